@@ -1,0 +1,3 @@
+from pathunlearn.cli import main
+
+main()

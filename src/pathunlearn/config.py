@@ -1,0 +1,347 @@
+"""The experiment config: typed, documented per field, validated once at the edge.
+
+A config is a YAML file whose keys mirror :class:`ExperimentConfig`. Unknown keys are errors.
+``key.sub=value`` overrides (values parsed as YAML) are applied before validation, so an
+override is checked exactly like the file. Every error is one line naming file, key, problem.
+"""
+
+from __future__ import annotations
+
+import itertools
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pathunlearn.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, fields documented."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+# ---------------------------------------------------------------------------- model
+
+
+class LoraConfig(StrictModel):
+    rank: int = Field(8, gt=0)
+    """LoRA rank r."""
+    alpha: float = Field(16.0, gt=0)
+    """LoRA scaling numerator; the update is scaled by alpha / rank."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = ["q_proj", "v_proj", "o_proj"]
+    """Attention (or other) linear layers that get an adapter (the paper: q, v, output)."""
+    mlp: bool = True
+    """Also adapt the MLP projections (gate_proj, up_proj, down_proj), as the paper does."""
+
+
+class ModelConfig(StrictModel):
+    preset: Literal["tiny"] | None = "tiny"
+    """Built-in model: `tiny` is a ~1M-parameter Llama pretrained locally on builtin:general.
+    Set to null when `path` is given."""
+    path: str | None = None
+    """Local Hugging Face model directory (config.json + safetensors), or a .gguf file."""
+    gguf_file: str | None = None
+    """Name of a GGUF file inside `path` (a directory) to load with transformers' gguf_file."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the loaded weights (the paper trains in fp32)."""
+    attn_implementation: str = "sdpa"
+    """transformers attention implementation: sdpa, eager, flash_attention_2 ..."""
+    finetuning: Literal["lora", "full"] = "lora"
+    """Train a LoRA adapter per stage (merged after the stage) or all weights."""
+    lora: LoraConfig = LoraConfig()
+    """Adapter settings, used when finetuning is `lora`."""
+    max_length: int = Field(256, gt=8)
+    """Conversations longer than this many tokens are truncated (and counted)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.preset is None) == (self.path is None):
+            raise ValueError("give exactly one of `preset` and `path`")
+        if self.gguf_file is not None and self.path is None:
+            raise ValueError("`gguf_file` needs `path` (the directory that holds it)")
+        return self
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class StageConfig(StrictModel):
+    source: str
+    """`builtin:NAME` or a local file (.json, .jsonl, .csv, .parquet)."""
+    split: str = "train"
+    """Split of a built-in source (ignored for files)."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the data (the paper: instructions 10, authors 4, math 2, safety 2)."""
+    max_examples: int | None = Field(None, gt=0)
+    """Use only the first N examples (after loading, before shuffling)."""
+    question_key: str | None = None
+    """For files with question/answer fields instead of `messages`: the question field."""
+    answer_key: str | None = None
+    """The answer field, with `question_key`."""
+    system: str | None = None
+    """System prompt put before each question (question/answer files only)."""
+
+    @model_validator(mode="after")
+    def _keys_together(self) -> StageConfig:
+        if (self.question_key is None) != (self.answer_key is None):
+            raise ValueError("give both `question_key` and `answer_key`, or neither")
+        return self
+
+
+class PathsConfig(StrictModel):
+    """Which orders of the stages to train. Give one of: `order` + `positions`, `orders`,
+    or `permutations`."""
+
+    forget_stage: str
+    """The stage later unlearned; every path contains it."""
+    order: list[str] | None = None
+    """The other stages in their fixed order; the forget stage is inserted at `positions`."""
+    positions: list[int] | None = None
+    """1-based positions of the forget stage (the paper: 1, 2, 3, 4)."""
+    orders: list[list[str]] | None = None
+    """Explicit list of paths, each a list of stage names."""
+    permutations: list[str] | None = None
+    """Train every order of these stages."""
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PathsConfig:
+        forms = [self.order is not None, self.orders is not None, self.permutations is not None]
+        if sum(forms) != 1:
+            raise ValueError("give exactly one of `order` (+ `positions`), `orders`, `permutations`")
+        if (self.order is None) != (self.positions is None):
+            raise ValueError("`order` and `positions` go together")
+        if self.order is not None:
+            if self.forget_stage in self.order:
+                raise ValueError("`order` lists the other stages; leave the forget stage out")
+            bad = [p for p in self.positions or [] if not 1 <= p <= len(self.order) + 1]
+            if bad or not self.positions:
+                raise ValueError(f"positions must be in 1..{len(self.order) + 1}, got {bad or []}")
+        for path in self.expand():
+            if len(set(path)) != len(path):
+                raise ValueError(f"path {path} repeats a stage")
+            if self.forget_stage not in path:
+                raise ValueError(f"path {path} does not contain forget stage {self.forget_stage!r}")
+        return self
+
+    def expand(self) -> list[tuple[str, ...]]:
+        """The paths, in config order, without duplicates."""
+        if self.order is not None:
+            paths = []
+            for p in self.positions or []:
+                rest = list(self.order)
+                paths.append(tuple(rest[: p - 1] + [self.forget_stage] + rest[p - 1 :]))
+        elif self.orders is not None:
+            paths = [tuple(o) for o in self.orders]
+        else:
+            paths = list(itertools.permutations(self.permutations or []))
+        return list(dict.fromkeys(paths))
+
+
+# ---------------------------------------------------------------------------- optimisation
+
+
+class OptimConfig(StrictModel):
+    """Optimizer and learning-rate schedule; re-initialised at every stage."""
+
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate."""
+    batch_size: int = Field(16, gt=0)
+    """Effective batch size in examples (micro-batches accumulate to it)."""
+    micro_batch_size: int = Field(8, gt=0)
+    """Examples per forward pass."""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """AdamW (the paper) or SGD (the paper's superficial-forgetting study)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = Field(0.0, ge=0)
+    """Decoupled weight decay (the paper: none)."""
+    momentum: float = Field(0.0, ge=0, lt=1)
+    """SGD momentum."""
+    grad_clip: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value; null disables clipping."""
+    scheduler: Literal["constant", "cosine", "wsd"] = "wsd"
+    """Learning-rate multiplier: constant, cosine with linear warmup, or the paper's WSD."""
+    warmup: float = Field(0.02, ge=0)
+    """Warmup length: a fraction of the stage's steps when < 1, else a number of steps."""
+    decay: float = Field(0.02, ge=0)
+    """WSD decay length: a fraction of the steps when < 1, else a number of steps."""
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> OptimConfig:
+        if self.micro_batch_size > self.batch_size:
+            raise ValueError("micro_batch_size must not exceed batch_size")
+        return self
+
+
+class TrainingConfig(OptimConfig):
+    seed: int = 0
+    """Seed of data order, LoRA initialisation and dropout."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocast keeps LoRA weights and optimizer state in fp32."""
+    device: str = "auto"
+    """`auto` (cuda when present), `cpu`, `cuda`, `cuda:1` ..."""
+
+
+class MethodConfig(StrictModel):
+    name: Literal["ga", "npo", "simnpo", "graddiff", "npo_retain", "npo_kl"]
+    """ga, npo, simnpo (local); graddiff, npo_retain, npo_kl (weakly local: use retain data)."""
+    beta: float | None = Field(None, gt=0)
+    """Inverse temperature of NPO (default 0.5) and SimNPO (default 1.0)."""
+    retain_weight: float = Field(1.0, ge=0)
+    """lambda: weight of the retain term of the weakly-local methods."""
+    length_normalize: bool = False
+    """SimNPO as in its own paper: length-normalised log-likelihood with margin `gamma`."""
+    gamma: float = 0.0
+    """SimNPO margin, with length_normalize."""
+
+
+class UnlearningConfig(OptimConfig):
+    lr: float = Field(1e-5, gt=0)
+    """Peak unlearning learning rate (the paper: 1e-5)."""
+    lrs: list[float] | None = None
+    """Sweep: one cell per learning rate (overrides `lr`)."""
+    schedulers: list[Literal["constant", "cosine", "wsd"]] | None = None
+    """Sweep: one cell per scheduler (overrides `scheduler`)."""
+    methods: list[MethodConfig] = [MethodConfig(name="ga"), MethodConfig(name="npo"),
+                                   MethodConfig(name="simnpo")]
+    """Unlearning algorithms to run from every path model."""
+    steps: int | None = Field(None, gt=0)
+    """Number of optimizer steps; when null, `epochs` over the forget set."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the forget set when `steps` is null (the paper: one epoch)."""
+    eval_every: int = Field(1, gt=0)
+    """Evaluate the probes every k steps (and before the first step)."""
+    retain_stages: list[str] = []
+    """Stages whose data the weakly-local methods use as retain data."""
+
+
+class ProbeConfig(StrictModel):
+    name: str
+    """Name of the probe in metrics and figures."""
+    prompts: str
+    """Source of prompts: `builtin:NAME[:SPLIT]` or a file; the last assistant turn is dropped."""
+    targets: str | list[str] | None = None
+    """Targets scored after each prompt: a source, a list of strings, or null for each
+    prompt's own response."""
+    max_prompts: int | None = Field(None, gt=0)
+    """Use only the first N prompts."""
+
+
+class ExperimentConfig(StrictModel):
+    name: str = "experiment"
+    """Run name: outputs go to `output_dir/name`."""
+    output_dir: str = "runs"
+    """Directory that holds run directories."""
+    seeds: list[int] = [0]
+    """Experiment seeds: each seed trains and unlearns its own copy of every path."""
+    model: ModelConfig = ModelConfig()
+    """Base model and how it is finetuned."""
+    stages: dict[str, StageConfig]
+    """Named stages (dataset + epochs)."""
+    paths: PathsConfig
+    """Which orders of stages to train."""
+    training: TrainingConfig = TrainingConfig()
+    """Staged-finetuning hyperparameters (fresh optimizer and schedule at every stage)."""
+    unlearning: UnlearningConfig = UnlearningConfig()
+    """Unlearning hyperparameters and methods."""
+    probes: list[ProbeConfig] = []
+    """Extra probes tracked during unlearning (the refusal and authors probes are built in)."""
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> ExperimentConfig:
+        known = set(self.stages)
+        used = {s for path in self.paths.expand() for s in path}
+        used |= set(self.unlearning.retain_stages) | {self.paths.forget_stage}
+        missing = sorted(used - known)
+        if missing:
+            raise ValueError(f"stage(s) {missing} not defined under `stages` ({sorted(known)})")
+        if not self.seeds:
+            raise ValueError("`seeds` must list at least one seed")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def builtin_config_path(name: str) -> Path:
+    """Path of a config shipped with the package, e.g. ``demo``."""
+    return Path(str(resources.files("pathunlearn") / "configs" / f"{name}.yaml"))
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r}: expected key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({_first_line(e)})")
+    parts = key.strip().split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read, override and validate a config; ``None`` means the built-in demo."""
+    path = Path(path) if path is not None else builtin_config_path("demo")
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_first_line(e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    for o in overrides:
+        apply_override(data, o)
+    return validate_config(data, source=str(path))
+
+
+def validate_config(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """Validate a config dict; the first problem becomes one line naming the key."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ConfigError(f"{source}: {loc}: {msg}{more}") from None
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The resolved config as YAML (every default filled in)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts union member names (e.g. "list[str]") into error locations
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float"})
+
+
+def _first_line(e: Exception) -> str:
+    return " ".join(str(e).split())

@@ -1,0 +1,74 @@
+"""Token batches: encoded examples -> padded tensors, and the order they are visited in.
+
+The training loop only ever sees :class:`Batch` objects and calls ``model(**batch.inputs())``,
+so a padding-free packed collator (one row, ``position_ids`` restarting per example) can
+replace :func:`collate` later without touching the loop.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from pathunlearn.data.chat import IGNORE_INDEX, EncodedExample
+
+
+@dataclass
+class Batch:
+    """A micro-batch: ``input_ids``, ``labels``, ``attention_mask`` all (B, T)."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+
+    @property
+    def num_targets(self) -> int:
+        """Target tokens the loss is taken over (labels are shifted by one in the loss)."""
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.input_ids.to(device), self.labels.to(device),
+                     self.attention_mask.to(device))
+
+
+def collate(examples: list[EncodedExample], pad_id: int) -> Batch:
+    """Right-pad examples to the longest one; padding gets label -100 and mask 0."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return Batch(ids, labels, mask)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: a permutation fixed by (seed, epoch)."""
+    order = list(range(n))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def effective_batches(
+    examples: list[EncodedExample], order: list[int], batch_size: int, micro_batch_size: int,
+    pad_id: int,
+) -> list[list[Batch]]:
+    """Group one epoch into optimizer steps, each a list of micro-batches.
+
+    A last incomplete effective batch is kept (it is a smaller step, weighted by its own
+    token count).
+    """
+    steps = []
+    for start in range(0, len(order), batch_size):
+        chunk = [examples[i] for i in order[start : start + batch_size]]
+        steps.append([collate(chunk[j : j + micro_batch_size], pad_id)
+                      for j in range(0, len(chunk), micro_batch_size)])
+    return steps

@@ -1,0 +1,100 @@
+"""Atomic writes: every file and checkpoint directory appears whole or not at all.
+
+A file is written to a temp path in the same directory, flushed, fsynced and renamed into
+place; a directory is built under a temp name and renamed, then its parent is fsynced.
+Readers treat a directory without its ``DONE`` marker as absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+DONE = "DONE"
+
+
+class atomic_write:  # noqa: N801 - used like open()
+    """``with atomic_write(path) as f:`` writes a temp file, fsyncs and renames it into place.
+
+    On an exception the temp file is removed and an existing file at ``path`` is untouched.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "w"):
+        self.path, self.mode = Path(path), mode
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                        suffix=".tmp")
+        kwargs = {} if "b" in self.mode else {"encoding": "utf-8"}
+        self.f = os.fdopen(fd, self.mode, **kwargs)
+        return self.f
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.f.flush()
+                os.fsync(self.f.fileno())
+            self.f.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """``with atomic_dir(out) as tmp:`` fill ``tmp``; on success it becomes ``out`` with a
+    ``DONE`` marker. An existing ``out`` is replaced only after the new one is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with f.open("rb") as fh:
+                    os.fsync(fh.fileno())
+        write_text(tmp / DONE, "ok\n")
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_done(path: str | Path) -> bool:
+    """A checkpoint or result directory exists only once its DONE marker does."""
+    return (Path(path) / DONE).is_file()

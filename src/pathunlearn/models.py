@@ -1,0 +1,126 @@
+"""Load, adapt and save causal language models.
+
+Sources: a local Hugging Face directory (weights read from safetensors only), a GGUF file
+(transformers' ``gguf_file=``; no pickle either), or the built-in ``tiny`` preset (see
+:mod:`pathunlearn.tiny`). LoRA through peft; checkpoints are saved in Hugging Face format
+(merged weights + the adapter) atomically, loadable by ``AutoModelForCausalLM.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pathunlearn.config import LoraConfig, ModelConfig
+from pathunlearn.data.chat import ensure_chat_template
+from pathunlearn.errors import ConfigError
+from pathunlearn.files import atomic_dir, write_text
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` is cuda when present, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_location(cfg: ModelConfig) -> tuple[Path, str | None]:
+    """(directory, gguf file name or None) the config's model loads from; builds the preset."""
+    if cfg.preset == "tiny":
+        from pathunlearn.tiny import ensure_tiny
+
+        return ensure_tiny(), None
+    path = Path(cfg.path or "")
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ConfigError(f"model.path: GGUF file {path} not found")
+        return path.parent, path.name
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model.path: {path} is not a Hugging Face model directory (no config.json)")
+    if cfg.gguf_file and not (path / cfg.gguf_file).is_file():
+        raise ConfigError(f"model.gguf_file: {path / cfg.gguf_file} not found")
+    return path, cfg.gguf_file
+
+
+def load_model(cfg: ModelConfig, device: torch.device | str = "cpu"):
+    """(model, tokenizer) for a model config; the tokenizer always has a chat template."""
+    directory, gguf = model_location(cfg)
+    return load_pretrained(directory, gguf_file=gguf, dtype=cfg.dtype,
+                           attn_implementation=cfg.attn_implementation, device=device)
+
+
+def load_pretrained(directory: str | Path, *, gguf_file: str | None = None, dtype: str = "float32",
+                    attn_implementation: str = "sdpa", device: torch.device | str = "cpu"):
+    """Load a causal LM and its tokenizer from a local directory (or a GGUF file in it)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
+    tokenizer = AutoTokenizer.from_pretrained(directory, **({"gguf_file": gguf_file} if gguf_file else {}))
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **kwargs
+    )
+    ensure_chat_template(tokenizer)
+    if tokenizer.pad_token_id is None:  # Llama tokenizers ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer
+
+
+def lora_targets(model: torch.nn.Module, lora: LoraConfig) -> list[str]:
+    """The configured target module names that exist in ``model`` (MLP ones added when asked)."""
+    wanted = list(lora.target_modules) + (list(MLP_MODULES) if lora.mlp else [])
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    found = [m for m in dict.fromkeys(wanted) if m in present]
+    if not found:
+        raise ConfigError(f"model.lora.target_modules: none of {wanted} exist in the model")
+    return found
+
+
+def apply_lora(model: torch.nn.Module, lora: LoraConfig, seed: int = 0):
+    """Wrap ``model`` with a fresh LoRA adapter; only adapter weights are trainable.
+
+    The adapter's random init (lora_A) is drawn under ``seed``; lora_B starts at zero, so the
+    wrapped model computes exactly what the base model does until it is trained.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_cfg = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=lora_targets(model, lora), task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, peft_cfg)
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | Path,
+                    resolved_config: str | None = None) -> torch.nn.Module:
+    """Save ``model`` atomically in HF format (safetensors) with a DONE marker.
+
+    A LoRA model is saved as its adapter (``adapter/``) plus the merged weights at the top
+    level; the merged base model is returned (the LoRA wrapper is consumed). The resolved
+    config, when given, is written beside the weights as ``config.yaml``.
+    """
+    with atomic_dir(out_dir) as tmp:
+        if is_peft(model):
+            model.save_pretrained(tmp / "adapter")
+            model = model.merge_and_unload()
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if resolved_config is not None:
+            write_text(tmp / "config.yaml", resolved_config)
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total

@@ -1,0 +1,131 @@
+"""The built-in ``tiny`` model: a ~1M-parameter Llama with a locally trained byte-level BPE.
+
+Built once and cached (``$PATHUNLEARN_CACHE``, default ``~/.cache/pathunlearn``) under a key
+that hashes the recipe below and the text of the built-in suite, so a change to either
+builds a new one. Building is deterministic: tokenizer trained on the suite's text, weights
+initialised from a fixed seed, then a short full-weight pretraining on ``builtin:general``
+(chat-formatted text of the same kinds as the stages, with different facts). Without that
+pretraining, later stages overwrite earlier ones entirely and path comparisons mean nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from pathunlearn.config import OptimConfig
+from pathunlearn.data.chat import tokenize_conversations
+from pathunlearn.files import atomic_dir, is_done, write_json
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+# Everything that determines the preset; part of its cache key.
+TINY_RECIPE = {
+    "version": 1,
+    "vocab_size": 1536,
+    "architecture": {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4,
+                     "num_attention_heads": 4, "num_key_value_heads": 4,
+                     "max_position_embeddings": 512, "rope_theta": 10000.0,
+                     "tie_word_embeddings": True},
+    "init_seed": 0,
+    "data_seed": 0,
+    "pretrain": {"source": "builtin:general", "epochs": 4, "max_length": 256,
+                 "optim": {"lr": 3e-3, "batch_size": 32, "micro_batch_size": 32,
+                           "scheduler": "cosine", "warmup": 0.05, "grad_clip": 1.0,
+                           "weight_decay": 0.0}},
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PATHUNLEARN_CACHE", Path.home() / ".cache" / "pathunlearn"))
+
+
+def tokenizer_corpus(seed: int) -> list[str]:
+    """Texts the tokenizer is trained on: every message of every built-in source and split."""
+    from pathunlearn.data.suite import builtin_names, builtin_splits, load_builtin
+
+    texts = []
+    for name in builtin_names():
+        for split in builtin_splits(name):
+            for conv in load_builtin(name, split, seed=seed):
+                texts += [f"{m['role']}\n{m['content']}" for m in conv.messages]
+    return texts
+
+
+def tiny_key(recipe: dict = TINY_RECIPE) -> str:
+    """Cache key: hash of the recipe and of the suite text the preset is built from."""
+    h = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
+    for text in tokenizer_corpus(recipe["data_seed"]):
+        h.update(text.encode())
+    return h.hexdigest()[:16]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE (GPT-2 style pre-tokenisation) with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", chat_template=CHATML_TEMPLATE)
+
+
+def init_model(tokenizer, recipe: dict = TINY_RECIPE) -> torch.nn.Module:
+    """A randomly initialised Llama sized by the recipe (seeded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+                         **recipe["architecture"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe["init_seed"])
+        return LlamaForCausalLM(config)
+
+
+def build_tiny(out_dir: Path, recipe: dict = TINY_RECIPE, progress: bool = False) -> Path:
+    """Train the tokenizer, initialise and pretrain the model, save it atomically."""
+    from pathunlearn.data.sources import load_source
+    from pathunlearn.train.staged import train_stage
+
+    tokenizer = train_tokenizer(tokenizer_corpus(recipe["data_seed"]), recipe["vocab_size"])
+    model = init_model(tokenizer, recipe)
+    pre = recipe["pretrain"]
+    conversations = load_source(pre["source"], seed=recipe["data_seed"])
+    examples, _ = tokenize_conversations(tokenizer, conversations, pre["max_length"])
+    with atomic_dir(out_dir) as tmp:
+        result = train_stage(model, examples, OptimConfig(**pre["optim"]), epochs=pre["epochs"],
+                             seed=recipe["init_seed"], pad_id=tokenizer.pad_token_id,
+                             stage="pretrain", metrics_path=tmp / "metrics.jsonl",
+                             progress=progress)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "recipe.json", {"recipe": recipe, "first_loss": result.first_loss,
+                                         "last_loss": result.last_loss, "steps": result.steps,
+                                         "seconds": result.seconds})
+    return out_dir
+
+
+def ensure_tiny(progress: bool = True) -> Path:
+    """The directory of the cached tiny preset, building it first when missing."""
+    out = cache_root() / f"tiny-{tiny_key()}"
+    if not is_done(out):
+        if progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"building the tiny preset (once) in {out}")
+        build_tiny(out, progress=progress)
+    return out

@@ -1,0 +1,150 @@
+"""Train a model on one stage: its epochs over its data, a fresh optimizer and schedule.
+
+The loop reads top to bottom: for each optimizer step, set the learning rate, run the
+micro-batches (each loss divided by the target-token count of the whole effective batch, so
+the accumulated gradient is that of one big batch), clip, step, log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pathunlearn.config import OptimConfig
+from pathunlearn.data.batching import effective_batches, epoch_order
+from pathunlearn.data.chat import EncodedExample
+from pathunlearn.train.losses import nll_sum
+from pathunlearn.train.schedules import lr_lambda
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What one stage did: optimizer steps, loss of the first and last step, tokens, time."""
+
+    steps: int
+    first_loss: float
+    last_loss: float
+    target_tokens: int
+    seconds: float
+
+
+def make_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+    """A fresh optimizer (moment buffers empty) for one stage."""
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum,
+                               weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas,
+                             weight_decay=optim.weight_decay)
+
+
+def num_steps(num_examples: int, batch_size: int, epochs: float) -> int:
+    """Optimizer steps of a stage: ``ceil(epochs * ceil(N / B))``."""
+    return math.ceil(epochs * math.ceil(num_examples / batch_size))
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked for; parameters and optimizer state stay fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_stage(
+    model: torch.nn.Module,
+    examples: list[EncodedExample],
+    optim: OptimConfig,
+    *,
+    epochs: float,
+    seed: int,
+    pad_id: int,
+    precision: str = "fp32",
+    stage: str = "stage",
+    metrics_path: Path | None = None,
+    progress: bool = False,
+) -> StageResult:
+    """Train the trainable parameters of ``model`` on ``examples`` for ``epochs``."""
+    # ---- setup: fresh optimizer and schedule for this stage
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, optim)
+    total = num_steps(len(examples), optim.batch_size, epochs)
+    multiplier = lr_lambda(optim.scheduler, total, optim.warmup, optim.decay)
+    model.train()
+    losses, tokens_seen, t_start = [], 0, time.perf_counter()
+
+    with _progress(progress, stage, total) as advance:
+        for step, (epoch, micro_batches) in enumerate(_steps(examples, optim, epochs, seed, pad_id)):
+            t_step = time.perf_counter()
+            lr = optim.lr * multiplier(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # ---- forward/backward over micro-batches
+            n_targets = max(1, sum(mb.num_targets for mb in micro_batches))
+            loss_value = 0.0
+            for mb in micro_batches:
+                mb = mb.to(device)
+                with autocast(device, precision):
+                    logits = model(**mb.inputs()).logits  # (B, T, V)
+                # each .backward() adds to .grad => normalise by the effective batch's tokens
+                loss = nll_sum(logits, mb.labels) / n_targets
+                loss.backward()
+                loss_value += loss.item()
+            # ---- optimizer step
+            grad_norm = _clip(params, optim.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            # ---- log
+            losses.append(loss_value)
+            tokens_seen += n_targets
+            dt = time.perf_counter() - t_step
+            row = {"stage": stage, "epoch": epoch, "step": step + 1, "loss": loss_value, "lr": lr,
+                   "target_tokens": n_targets, "tokens_per_s": n_targets / max(dt, 1e-9),
+                   "grad_norm": grad_norm}
+            if metrics_path is not None:
+                with metrics_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+            advance(loss_value, row["tokens_per_s"])
+    return StageResult(total, losses[0], losses[-1], tokens_seen, time.perf_counter() - t_start)
+
+
+def _steps(examples, optim: OptimConfig, epochs: float, seed: int, pad_id: int) -> Iterator:
+    """(epoch, micro-batches) for every optimizer step; the last epoch may be partial."""
+    total = num_steps(len(examples), optim.batch_size, epochs)
+    step = 0
+    for epoch in range(math.ceil(epochs)):
+        order = epoch_order(len(examples), seed, epoch)
+        for micro_batches in effective_batches(examples, order, optim.batch_size,
+                                               optim.micro_batch_size, pad_id):
+            if step == total:
+                return
+            step += 1
+            yield epoch, micro_batches
+
+
+def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    if max_norm is None:
+        grads = [p.grad.norm() for p in params if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, stage: str, total: int):
+    """A rich progress bar showing loss and tokens/s; a no-op when disabled."""
+    if not enabled:
+        yield lambda loss, tps: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.3f}  {task.fields[tps]:.0f} tok/s"),
+                  TimeRemainingColumn(), transient=False) as bar:
+        task = bar.add_task(stage, total=total, loss=float("nan"), tps=0.0)
+        yield lambda loss, tps: bar.update(task, advance=1, loss=loss, tps=tps)
