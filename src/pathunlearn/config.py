@@ -286,7 +286,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {override!r}: value is not valid YAML ({_first_line(e)})")
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({_first_line(e)})") from None
     parts = key.strip().split(".")
     node = data
     for i, part in enumerate(parts[:-1]):

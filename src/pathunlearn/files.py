@@ -32,6 +32,7 @@ class atomic_write:  # noqa: N801 - used like open()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
                                         suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
         kwargs = {} if "b" in self.mode else {"encoding": "utf-8"}
         self.f = os.fdopen(fd, self.mode, **kwargs)
         return self.f
@@ -47,6 +48,12 @@ class atomic_write:  # noqa: N801 - used like open()
         finally:
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -77,8 +84,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        mask = _umask()
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700 directories
         for f in tmp.rglob("*"):
-            if f.is_file():
+            if f.is_dir():
+                os.chmod(f, 0o777 & ~mask)
+            elif f.is_file():
+                os.chmod(f, 0o666 & ~mask)
                 with f.open("rb") as fh:
                     os.fsync(fh.fileno())
         write_text(tmp / DONE, "ok\n")

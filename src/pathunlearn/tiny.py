@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from pathunlearn.config import OptimConfig
-from pathunlearn.data.chat import tokenize_conversations
+from pathunlearn.data.batching import pack
+from pathunlearn.data.chat import EncodedExample, tokenize_conversations
 from pathunlearn.files import atomic_dir, is_done, write_json
 
 CHATML_TEMPLATE = (
@@ -37,8 +38,9 @@ TINY_RECIPE = {
                      "tie_word_embeddings": True},
     "init_seed": 0,
     "data_seed": 0,
-    "pretrain": {"source": "builtin:general", "epochs": 4, "max_length": 256,
-                 "optim": {"lr": 3e-3, "batch_size": 32, "micro_batch_size": 32,
+    # packed rows of `row_length` tokens, loss on every token (plain LM pretraining)
+    "pretrain": {"source": "builtin:general", "epochs": 4, "row_length": 128,
+                 "optim": {"lr": 3e-3, "batch_size": 16, "micro_batch_size": 16,
                            "scheduler": "cosine", "warmup": 0.05, "grad_clip": 1.0,
                            "weight_decay": 0.0}},
 }
@@ -105,7 +107,8 @@ def build_tiny(out_dir: Path, recipe: dict = TINY_RECIPE, progress: bool = False
     model = init_model(tokenizer, recipe)
     pre = recipe["pretrain"]
     conversations = load_source(pre["source"], seed=recipe["data_seed"])
-    examples, _ = tokenize_conversations(tokenizer, conversations, pre["max_length"])
+    encoded, _ = tokenize_conversations(tokenizer, conversations, pre["row_length"])
+    examples = pack([EncodedExample(e.input_ids, e.input_ids) for e in encoded], pre["row_length"])
     with atomic_dir(out_dir) as tmp:
         result = train_stage(model, examples, OptimConfig(**pre["optim"]), epochs=pre["epochs"],
                              seed=recipe["init_seed"], pad_id=tokenizer.pad_token_id,

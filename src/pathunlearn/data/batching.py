@@ -50,6 +50,19 @@ def collate(examples: list[EncodedExample], pad_id: int) -> Batch:
     return Batch(ids, labels, mask)
 
 
+def pack(examples: list[EncodedExample], row_length: int) -> list[EncodedExample]:
+    """Concatenate examples (in order) and cut the stream into rows of ``row_length`` tokens.
+
+    Padding-free batches for pretraining-style training: nothing is wasted on padding, and
+    attention crosses example boundaries (as in ordinary LM pretraining). The last partial
+    row is kept.
+    """
+    ids = [t for e in examples for t in e.input_ids]
+    labels = [t for e in examples for t in e.labels]
+    return [EncodedExample(ids[i : i + row_length], labels[i : i + row_length])
+            for i in range(0, len(ids), row_length)]
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The example order of one epoch: a permutation fixed by (seed, epoch)."""
     order = list(range(n))

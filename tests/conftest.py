@@ -1,0 +1,43 @@
+"""Shared fixtures: run the real CLI entry point in-process and capture its output."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from pathunlearn.cli import main
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``cli("config", "show", ...)`` runs ``pathunlearn ...`` through ``main()``."""
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["pathunlearn", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """The tiny preset's tokenizer (trained on the built-in suite; seconds, no pretraining)."""
+    from pathunlearn.tiny import TINY_RECIPE, tokenizer_corpus, train_tokenizer
+
+    return train_tokenizer(tokenizer_corpus(TINY_RECIPE["data_seed"]), TINY_RECIPE["vocab_size"])
