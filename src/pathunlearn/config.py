@@ -180,8 +180,10 @@ class OptimConfig(StrictModel):
 
 
 class TrainingConfig(OptimConfig):
-    seed: int = 0
-    """Seed of data order, LoRA initialisation and dropout."""
+    seed: int | None = None
+    """Seed of data order, adapter init and dropout. Null: each experiment seed (`seeds`) trains
+    its own paths; a number: every experiment seed shares the same trained paths and only the
+    unlearning varies across seeds."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocast keeps LoRA weights and optimizer state in fp32."""
     device: str = "auto"

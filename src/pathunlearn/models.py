@@ -71,7 +71,9 @@ def load_pretrained(directory: str | Path, *, gguf_file: str | None = None, dtyp
                     attn_implementation: str = "sdpa", device: torch.device | str = "cpu"):
     """Load a causal LM and its tokenizer from a local directory (or a GGUF file in it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar per checkpoint load drowns the stage bars
     kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
     tokenizer = AutoTokenizer.from_pretrained(directory, **({"gguf_file": gguf_file} if gguf_file else {}))
     model = AutoModelForCausalLM.from_pretrained(

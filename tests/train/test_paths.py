@@ -1,0 +1,160 @@
+"""Paths as a trie of prefixes: counts, cache keys, training, and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pathunlearn.config import load_config, validate_config
+from pathunlearn.files import is_done
+from pathunlearn.train.paths import path_model_dir, plan_paths, prefix_dir, train_paths
+
+STAGES = {name: {"source": f"builtin:{name}", "epochs": 1}
+          for name in ("instructions", "authors", "arithmetic", "refusals")}
+
+
+def config(tmp_path, paths, **extra):
+    data = {"name": "t", "output_dir": str(tmp_path), "seeds": [0], "stages": STAGES,
+            "paths": paths, **extra}
+    return validate_config(data)
+
+
+POSITIONS = {"forget_stage": "refusals", "order": ["instructions", "authors", "arithmetic"],
+             "positions": [1, 2, 3, 4]}
+
+
+def test_trie_counts(tmp_path):
+    plan = plan_paths(config(tmp_path, POSITIONS))
+    assert (len(plan.prefixes), plan.naive_count) == (13, 16)
+    perms = plan_paths(config(tmp_path, {"forget_stage": "refusals",
+                                         "permutations": list(STAGES)}))
+    assert (len(perms.prefixes), perms.naive_count) == (64, 96)
+    two_seeds = plan_paths(config(tmp_path, POSITIONS, seeds=[0, 1]))
+    assert (len(two_seeds.prefixes), two_seeds.naive_count) == (26, 32)
+    shared = plan_paths(config(tmp_path, POSITIONS, seeds=[0, 1], training={"seed": 7}))
+    assert len(shared.prefixes) == 13  # a fixed training seed: seeds share trained paths
+    assert shared.leaf(("refusals", "instructions", "authors", "arithmetic"), 1).seed == 7
+
+
+def test_parents_come_before_children_and_leaves_are_paths(tmp_path):
+    plan = plan_paths(config(tmp_path, POSITIONS))
+    seen = set()
+    for p in plan.prefixes:
+        assert p.parent_key is None or p.parent_key in seen
+        seen.add(p.key)
+    for path in plan.paths:
+        assert plan.leaf(path, 0).stages == path
+
+
+def test_keys_change_exactly_with_what_determines_a_prefix(tmp_path):
+    cfg = config(tmp_path, POSITIONS)
+    keys = {p.stages: p.key for p in plan_paths(cfg).prefixes}
+    more_epochs = {p.stages: p.key for p in plan_paths(
+        config(tmp_path, POSITIONS, stages={**STAGES, "authors": {"source": "builtin:authors",
+                                                                  "epochs": 2}})).prefixes}
+    for stages, key in keys.items():
+        assert (more_epochs[stages] == key) == ("authors" not in stages), stages
+    other_lr = plan_paths(config(tmp_path, POSITIONS, training={"lr": 0.1})).prefixes
+    assert not set(keys.values()) & {p.key for p in other_lr}
+    other_dir = plan_paths(config(tmp_path / "elsewhere", POSITIONS)).prefixes
+    assert {p.key for p in other_dir} == set(keys.values())  # output dir is not part of a key
+
+
+def test_local_data_file_content_is_part_of_the_key(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "a"},
+                                             {"role": "assistant", "content": "b"}]}) + "\n")
+    paths = {"forget_stage": "f", "orders": [["f"]]}
+    cfg = validate_config({"stages": {"f": {"source": str(data)}}, "paths": paths})
+    before = plan_paths(cfg).prefixes[0].key
+    data.write_text(data.read_text().replace('"b"', '"c"'))
+    assert plan_paths(cfg).prefixes[0].key != before
+
+
+SMALL = {
+    "name": "small", "seeds": [0],
+    "stages": {"instructions": {"source": "builtin:instructions", "epochs": 2, "max_examples": 64},
+               "refusals": {"source": "builtin:refusals", "epochs": 2, "max_examples": 64}},
+    "paths": {"forget_stage": "refusals", "order": ["instructions"], "positions": [1, 2]},
+    "training": {"lr": 3e-3, "batch_size": 8, "micro_batch_size": 4},
+}
+
+
+def write_config(tmp_path, data, out):
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump({**data, "output_dir": str(out)}))
+    return path
+
+
+def test_train_paths_shares_prefixes_and_each_stage_loss_falls(tmp_path):
+    cfg = load_config(write_config(tmp_path, SMALL, tmp_path / "runs"))
+    plan = train_paths(cfg, log=lambda *_: None)
+    assert len(plan.prefixes) == 4  # refusals, refusals>instructions, instructions, instructions>refusals
+    for p in plan.prefixes:
+        d = prefix_dir(cfg.run_dir, p)
+        assert is_done(d) and (d / "model.safetensors").is_file() and (d / "config.yaml").is_file()
+        assert (d / "adapter" / "adapter_model.safetensors").is_file()
+        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        assert {r["stage"] for r in rows} == {p.stage}
+        first, last = rows[0]["loss"], sum(r["loss"] for r in rows[-3:]) / 3
+        assert last < first, (p.label, first, last)
+    leaf = path_model_dir(cfg.run_dir, plan, ("instructions", "refusals"), 0)
+    assert json.loads((leaf / "prefix.json").read_text())["stages"] == ["instructions", "refusals"]
+    # a second call trains nothing
+    logged = []
+    train_paths(cfg, log=logged.append)
+    assert "4 already done" in logged[0] and len(logged) == 1
+
+
+def test_kill_mid_stage_then_resume_is_byte_identical(tmp_path):
+    data = {**SMALL, "paths": {"forget_stage": "refusals", "orders": [["instructions", "refusals"]]},
+            "stages": {"instructions": {"source": "builtin:instructions", "epochs": 1,
+                                        "max_examples": 96},
+                       "refusals": {"source": "builtin:refusals", "epochs": 3}}}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "pathunlearn", "train"]
+    # reference: uninterrupted
+    ref_cfg = write_config(tmp_path, data, tmp_path / "ref")
+    subprocess.run([*cmd, str(ref_cfg)], check=True, env=env, capture_output=True)
+    # interrupted: kill -9 while the second stage is being trained
+    cfg_path = write_config(tmp_path, data, tmp_path / "killed")
+    proc = subprocess.Popen([*cmd, str(cfg_path)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    prefixes = tmp_path / "killed" / "small" / "prefixes"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        partial = [m for m in prefixes.glob(".*.tmp/metrics.jsonl") if m.read_text().count("\n") >= 2]
+        if partial and len(list(prefixes.glob("*/DONE"))) == 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert len(list(prefixes.glob("*/DONE"))) == 1
+    subprocess.run([*cmd, str(cfg_path)], check=True, env=env, capture_output=True)
+    ref = sorted((tmp_path / "ref" / "small" / "prefixes").glob("*/model.safetensors"))
+    got = sorted(prefixes.glob("*/model.safetensors"))
+    assert [p.parent.name for p in ref] == [p.parent.name for p in got] and len(got) == 2
+    for a, b in zip(ref, got, strict=True):
+        assert Path(a).read_bytes() == Path(b).read_bytes()
+
+
+def test_cli_plan(tmp_path, cli):
+    result = cli("train", write_config(tmp_path, SMALL, tmp_path / "runs"), "--plan")
+    assert result.code == 0
+    assert "2 paths x 1 seeds: 4 stage-trainings (4 without sharing)" in result.out.replace("\n", " ")
+    assert not (tmp_path / "runs").exists()  # planning writes nothing
+
+
+@pytest.mark.parametrize("bad", ["paths.positions=[7]", "training.precision=fp8"])
+def test_cli_train_bad_config(tmp_path, cli, bad):
+    result = cli("train", write_config(tmp_path, SMALL, tmp_path / "runs"), bad)
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
