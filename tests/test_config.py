@@ -117,3 +117,14 @@ def test_config_show_prints_resolved_defaults(tmp_path, cli):
     assert shown["training"]["lr"] == 0.5
     assert shown["training"]["betas"] == [0.9, 0.999]  # a default filled in
     assert shown["unlearning"]["methods"][1]["name"] == "npo"
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"stages": {**MINIMAL["stages"], "my stage": {"source": "builtin:authors"}}}, "stage name 'my stage'"),
+    ({"name": "../escape"}, "name '../escape'"),
+])
+def test_names_that_become_directories_are_checked(change, words):
+    from pathunlearn.config import validate_config
+
+    with pytest.raises(ConfigError, match=words):
+        validate_config({**MINIMAL, **change})

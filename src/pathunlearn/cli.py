@@ -187,6 +187,140 @@ def model_info(args: ConfigArgs = None) -> None:
     console.print("chat template renders:", repr(render(tokenizer, sample)), highlight=False)
 
 
+# ---------------------------------------------------------------------------- train
+
+
+@app.command("train")
+def train(
+    args: ConfigArgs = None,
+    plan_only: Annotated[bool, typer.Option("--plan", help="Print the plan and exit.")] = False,
+) -> None:
+    """Finetune the base model along every path of the config, stage after stage.
+
+    Paths sharing a prefix share its training (each distinct prefix is trained once and
+    cached in RUN_DIR/prefixes); rerunning resumes at the first unfinished prefix.
+
+    Example: pathunlearn train configs/demo.yaml --plan
+    """
+    from pathunlearn.config import load_config
+    from pathunlearn.train.paths import plan_paths, train_paths
+
+    config, overrides = split_args(args)
+    cfg = load_config(config, overrides)
+    plan = plan_paths(cfg)
+    if plan_only:
+        base = "tiny preset (pretrained on builtin:general)" if cfg.model.preset == "tiny" else (
+            cfg.model.preset or cfg.model.path)
+        print_plan(plan, cfg.run_dir, base)
+        return
+    train_paths(cfg, plan, progress=True, log=console.print)
+    console.print(f"path models in {cfg.run_dir / 'prefixes'}")
+
+
+def print_plan(plan, run_dir: Path, base: str) -> None:
+    """The trie of prefixes per training seed, with what is already trained."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    from pathunlearn.files import is_done
+    from pathunlearn.train.paths import prefix_dir
+
+    for tseed in dict.fromkeys(p.seed for p in plan.prefixes):
+        tree = Tree(f"[bold]training seed {tseed}[/]: {escape(base)}")
+        nodes = {None: tree}
+        for p in (p for p in plan.prefixes if p.seed == tseed):
+            done = " [green](done)[/]" if is_done(prefix_dir(run_dir, p)) else ""
+            nodes[p.key] = nodes[p.parent_key].add(f"{p.stage} [dim]{p.key}[/]{done}")
+        console.print(tree)
+    console.print(f"{len(plan.paths)} paths x {len(plan.seeds)} seeds: "
+                  f"{len(plan.prefixes)} stage-trainings ({plan.naive_count} without sharing)")
+
+
+# ---------------------------------------------------------------------------- eval
+
+eval_app = typer.Typer(help="Evaluate models by generation.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("math")
+def eval_math(
+    model_dir: Annotated[str, typer.Argument(
+        help="Local Hugging Face model directory (a path model, an unlearned cell ...) or "
+             "'tiny' for the built-in preset.", show_default=False)],
+    data: Annotated[str, typer.Option(
+        help="builtin:NAME[:SPLIT] or a data file; gold answers from meta.answer or '#### N'."
+    )] = "builtin:arithmetic:test",
+    n: Annotated[int, typer.Option(min=1, help="Samples per question (the paper: 5).")] = 5,
+    max_questions: Annotated[int | None, typer.Option(
+        min=1, help="Evaluate only the first N questions.")] = None,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (> 0).")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus (top-p) sampling mass, in (0, 1].")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens per response, at most.")] = 256,
+    greedy: Annotated[bool, typer.Option(help="Greedy decoding (one response per question).")] = False,
+    seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same samples).")] = 0,
+    prompt: Annotated[str, typer.Option(
+        help="paper: the Appendix F '####' prompt; plain: the question as is (use it for the "
+             "built-in tiny model, which is trained on plain questions).")] = "paper",
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences generated at once.")] = 16,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object (summary and every response).")] = False,
+) -> None:
+    """Math accuracy by sampling: N answers per question, scored on the number after '####'.
+
+    Accuracy is the mean over questions of the fraction of correct samples (the paper's GSM8K
+    utility); responses without a '####' answer count as wrong and are reported as the
+    no-answer rate. The shuffled baseline scores the same answers against other questions'
+    gold answers: accuracy above it means the answers depend on the question.
+
+    Example: pathunlearn eval math tiny --prompt plain --n 5 --max-questions 20
+    """
+    import json
+    import time
+
+    from pathunlearn.data.sources import load_source
+    from pathunlearn.eval.math import PROMPT_STYLES, evaluate_math, gold_answers
+    from pathunlearn.models import load_pretrained, resolve_device
+
+    if prompt not in PROMPT_STYLES:
+        raise UserError(f"--prompt {prompt!r}: must be one of {', '.join(PROMPT_STYLES)}")
+    if not greedy and (temperature <= 0 or not 0 < top_p <= 1):
+        raise UserError(f"--temperature {temperature} --top-p {top_p}: need temperature > 0 "
+                        "and 0 < top-p <= 1 (or --greedy)")
+    directory = _model_directory(model_dir)
+    conversations = load_source(data, max_examples=max_questions)
+    gold_answers(conversations)  # fail on bad data before loading the model
+    model, tokenizer = load_pretrained(directory, device=resolve_device(device))
+    start = time.perf_counter()
+    result = evaluate_math(model, tokenizer, conversations, n=n, temperature=temperature,
+                           top_p=top_p, max_new_tokens=max_new_tokens, greedy=greedy, seed=seed,
+                           prompt_style=prompt, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    if json_output:
+        report = {"model": str(directory), "data": data, "seconds": seconds, **result.to_json()}
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    baseline = result.shuffled_accuracy
+    console.print(f"model: {directory}\ndata: {data} ({result.num_questions} questions, "
+                  f"{result.n} samples each, prompt {prompt})", highlight=False)
+    console.print(f"accuracy: {result.accuracy:.3f}  no answer: {result.no_answer_rate:.3f}  "
+                  f"shuffled baseline: {'n/a' if baseline is None else f'{baseline:.3f}'}  "
+                  f"({seconds:.1f}s)", highlight=False)
+
+
+def _model_directory(model_dir: str) -> Path:
+    """The directory of MODEL_DIR: the tiny preset for 'tiny', else a checked local path."""
+    if model_dir == "tiny":
+        from pathunlearn.tiny import ensure_tiny
+
+        return ensure_tiny()
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{model_dir}: not a Hugging Face model directory (no config.json); "
+                        "give a directory written by save_pretrained, or 'tiny'")
+    return path
+
+
 # ---------------------------------------------------------------------------- run
 
 

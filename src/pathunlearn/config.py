@@ -8,6 +8,7 @@ override is checked exactly like the file. Every error is one line naming file, 
 from __future__ import annotations
 
 import itertools
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -220,7 +221,13 @@ class UnlearningConfig(OptimConfig):
     eval_every: int = Field(1, gt=0)
     """Evaluate the probes every k steps (and before the first step)."""
     retain_stages: list[str] = []
-    """Stages whose data the weakly-local methods use as retain data."""
+    """Retain data of the weakly-local methods; empty: the path's other stages."""
+    probe_prompts: int = Field(16, gt=0)
+    """Prompts per forget-label probe (each scored with the target + 20 paraphrases)."""
+    probe_examples: int = Field(32, gt=0)
+    """Examples per response probe (forget responses, authors answers)."""
+    save_model: bool = False
+    """Also save every unlearned model (merged weights + adapter) in its cell directory."""
 
 
 class ProbeConfig(StrictModel):
@@ -257,6 +264,11 @@ class ExperimentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _names_exist(self) -> ExperimentConfig:
+        bad = [s for s in self.stages if not re.fullmatch(r"[A-Za-z0-9_]+", s)]
+        if bad:
+            raise ValueError(f"stage name {bad[0]!r}: use letters, digits and _ only")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"name {self.name!r}: use letters, digits, _, . and - only")
         known = set(self.stages)
         used = {s for path in self.paths.expand() for s in path}
         used |= set(self.unlearning.retain_stages) | {self.paths.forget_stage}

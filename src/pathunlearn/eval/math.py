@@ -1,0 +1,278 @@
+"""Math accuracy by generation: the paper's ``####`` prompt, answer extraction, scoring.
+
+The paper's utility score on math is GSM8K accuracy with 5 samples per question: each
+question scores the fraction of its samples whose final answer is right, and accuracy is the
+mean over questions (Table 1, "math utility"). A response gives its final answer after a
+``####`` delimiter; a response without one counts as wrong and is also counted as "no answer".
+
+Prompt styles: ``paper`` wraps the question in the Appendix F instruction (for real instruct
+models); ``plain`` asks the question as it is, which is what the built-in ``arithmetic`` stage
+trains on — evaluate the built-in tiny model with ``plain``.
+
+Answers are compared as exact fractions (:class:`fractions.Fraction`): ``1,000 == 1000``,
+``42.0 == 42``, ``3.50 == 3.5``, ``6/3 == 2``; a fraction that is not whole (``1/2``) is kept as
+the number it denotes (0.5) and compared like any other.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Literal
+
+from pathunlearn.data.conversation import Conversation
+from pathunlearn.errors import DataError
+
+PromptStyle = Literal["paper", "plain"]
+PROMPT_STYLES: tuple[str, ...] = ("paper", "plain")
+
+# Our wording of the structure of the paper's Appendix F prompt.
+MATH_PROMPT = """Solve the following math problem.
+
+### Problem
+{question}
+
+### Output Requirement
+Explain your solution step by step. After the explanation, write a delimiter line that \
+contains exactly "####", followed by only the final numerical answer: no words, symbols or \
+units. For example, if the answer is 42, your response ends with "#### 42"."""
+
+# a delimiter is exactly four '#' (a markdown "### Problem" heading or "#####" is not one)
+_DELIMITER = re.compile(r"(?<!#)####(?!#)")
+# sign and currency in either order, thousands separators, decimals, an optional "/ b"
+_NUMBER = re.compile(
+    r"(?P<sign>[-+\u2212])?(?:[$€£¥]\s*)?(?P<sign2>[-+\u2212])?"
+    r"(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)?(?P<frac>\.\d+)?"
+    r"(?:\s*/\s*(?P<den>\d+)(?![.\d]))?"
+)
+
+
+def math_prompt(question: str, style: PromptStyle = "paper") -> str:
+    """The user message that asks ``question``: the Appendix F prompt, or the question as is."""
+    if style == "plain":
+        return question
+    if style == "paper":
+        return MATH_PROMPT.format(question=question.strip())
+    raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
+
+
+def _last_user(conv: Conversation) -> tuple[list[dict[str, str]], int]:
+    """The messages before the last assistant turn (all when there is none) and the index of
+    the last user message among them."""
+    has_answer = any(m["role"] == "assistant" for m in conv.messages)
+    messages = [dict(m) for m in (conv.prompt if has_answer else conv.messages)]
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is None:
+        raise DataError("a math question needs a user message")
+    return messages, last
+
+
+def question_messages(conv: Conversation, style: PromptStyle = "paper") -> list[dict[str, str]]:
+    """The messages to generate from: the conversation before its reference answer, its last
+    user message (the question) put through :func:`math_prompt`."""
+    messages, last = _last_user(conv)
+    messages[last]["content"] = math_prompt(messages[last]["content"], style)
+    return messages
+
+
+def _question(conv: Conversation) -> str:
+    messages, last = _last_user(conv)
+    return messages[last]["content"]
+
+
+# ---------------------------------------------------------------------------------------------
+# answers
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The first number in ``text`` as an exact fraction, or None.
+
+    Accepts a sign (``+``, ``-``, the unicode minus), a currency sign before or after it
+    (``$``, ``€``, ``£``, ``¥``), thousands separators (``1,234``), decimals (``3.50``, ``.5``)
+    and ``a/b``; words, units and punctuation around the number are ignored.
+    """
+    for m in _NUMBER.finditer(text):
+        if m["int"] is None and m["frac"] is None:
+            continue
+        digits = (m["int"] or "0").replace(",", "") + (m["frac"] or "")
+        value = Fraction(digits)
+        if m["den"] is not None:
+            if int(m["den"]) == 0:
+                return None
+            value /= int(m["den"])
+        negative = (m["sign"] or m["sign2"] or "") in ("-", "\u2212")
+        return -value if negative else value
+    return None
+
+
+def extract_answer(text: str) -> Fraction | None:
+    """The final answer of a response: the first number after its last ``####`` delimiter.
+
+    The number is looked for on the rest of the delimiter's line (the inline ``#### 42``
+    form) or, when that is blank, on the next non-blank line (a line that is exactly
+    ``####`` followed by the answer). None when there is no delimiter or no number there.
+    """
+    delimiters = list(_DELIMITER.finditer(text))
+    if not delimiters:
+        return None
+    rest = text[delimiters[-1].end():]
+    line = next((ln for ln in rest.splitlines() if ln.strip()), "")
+    return parse_number(line)
+
+
+def to_number(answer: Any) -> Fraction | None:
+    """A gold answer (int, float, Fraction or text such as ``"1,234"``) as a fraction."""
+    if isinstance(answer, bool) or answer is None:
+        return None
+    if isinstance(answer, int | Fraction):
+        return Fraction(answer)
+    if isinstance(answer, float):
+        if answer != answer or answer in (float("inf"), float("-inf")):
+            return None
+        return Fraction(repr(answer))  # 0.1 means one tenth, not its binary approximation
+    return parse_number(str(answer))
+
+
+def is_correct(text: str, answer: Any) -> bool:
+    """Whether the response's extracted answer equals ``answer`` numerically."""
+    got, gold = extract_answer(text), to_number(answer)
+    return got is not None and gold is not None and got == gold
+
+
+def gold_answer(conv: Conversation) -> Fraction | None:
+    """``meta["answer"]`` when present, else the answer after ``####`` in the reference response."""
+    if "answer" in conv.meta:
+        return to_number(conv.meta["answer"])
+    if any(m["role"] == "assistant" for m in conv.messages):
+        return extract_answer(conv.response)
+    return None
+
+
+def gold_answers(conversations: list[Conversation]) -> list[Fraction]:
+    """The gold answer of every conversation; a :class:`DataError` naming the first record
+    without one (or for no records at all)."""
+    if not conversations:
+        raise DataError("no math questions to evaluate")
+    golds = [gold_answer(c) for c in conversations]
+    missing = [i for i, g in enumerate(golds) if g is None]
+    if missing:
+        raise DataError(f"math record {missing[0]} ({len(missing)} of {len(golds)} in all) has "
+                        "no answer: give meta.answer or end the reference response with '#### N'")
+    return golds
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+@dataclass(frozen=True)
+class QuestionResult:
+    """One question: its prompt text, gold answer, samples and what was extracted from them."""
+
+    question: str
+    answer: Fraction
+    responses: list[str]
+    extracted: list[Fraction | None]
+
+    @property
+    def correct(self) -> list[bool]:
+        return [x is not None and x == self.answer for x in self.extracted]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / len(self.correct)
+
+    @property
+    def no_answer(self) -> float:
+        return sum(x is None for x in self.extracted) / len(self.extracted)
+
+
+@dataclass(frozen=True)
+class MathResult:
+    """Generation-based math accuracy (the paper's math utility).
+
+    ``accuracy``: mean over questions of the fraction of correct samples. ``no_answer_rate``:
+    fraction of all samples without a ``####`` answer. ``shuffled_accuracy``: the same score
+    against other questions' gold answers (see :func:`shuffled_baseline`; None for fewer than
+    two questions). ``settings``: how the samples were drawn.
+    """
+
+    accuracy: float
+    no_answer_rate: float
+    shuffled_accuracy: float | None
+    n: int
+    num_questions: int
+    questions: list[QuestionResult] = field(repr=False)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, details: bool = True) -> dict[str, Any]:
+        """A JSON-ready dict; fractions as numbers (int when whole), details per question."""
+        out = {"accuracy": self.accuracy, "no_answer_rate": self.no_answer_rate,
+               "shuffled_accuracy": self.shuffled_accuracy, "n": self.n,
+               "num_questions": self.num_questions, "settings": dict(self.settings)}
+        if details:
+            out["questions"] = [
+                {"question": q.question, "answer": _json_number(q.answer),
+                 "responses": q.responses, "extracted": [_json_number(x) for x in q.extracted],
+                 "correct": q.correct}
+                for q in self.questions
+            ]
+        return out
+
+
+def _json_number(x: Fraction | None) -> int | float | None:
+    if x is None:
+        return None
+    return int(x) if x.denominator == 1 else float(x)
+
+
+def shuffled_baseline(questions: list[QuestionResult]) -> float | None:
+    """Accuracy when each question's samples are scored against another question's gold answer.
+
+    Exactly the mean over all derangements (every question matched with a different one):
+    question i's sample agrees with the gold answer of a uniformly chosen other question j
+    with probability (#{j != i : gold_j = x}) / (Q - 1), so no seed is needed. It is the
+    accuracy a model reaches by answering with numbers of the right distribution but
+    unrelated to the question (the issue's shuffled-answer baseline). None when Q < 2.
+    """
+    q = len(questions)
+    if q < 2:
+        return None
+    golds = Counter(r.answer for r in questions)
+    total = 0.0
+    for r in questions:
+        hits = sum(golds[x] - (x == r.answer) for x in r.extracted if x is not None)
+        total += hits / (len(r.extracted) * (q - 1))
+    return total / q
+
+
+def evaluate_math(model, tokenizer, conversations: list[Conversation], *, n: int = 5,
+                  temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
+                  greedy: bool = False, seed: int = 0, prompt_style: PromptStyle = "paper",
+                  max_questions: int | None = None, batch_size: int = 16) -> MathResult:
+    """Sample ``n`` responses per question and score them (greedy decoding: one per question).
+
+    The gold answer is ``conv.meta["answer"]`` or the ``####`` answer of the reference
+    response; a conversation with neither is a :class:`DataError` (see :func:`gold_answers`).
+    """
+    from pathunlearn.eval.generate import generate
+
+    conversations = conversations[:max_questions] if max_questions else conversations
+    golds = gold_answers(conversations)
+    n = 1 if greedy else n
+    prompts = [question_messages(c, prompt_style) for c in conversations]
+    samples = generate(model, tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
+                       max_new_tokens=max_new_tokens, greedy=greedy, seed=seed,
+                       batch_size=batch_size)
+    questions = [QuestionResult(_question(c), g, s, [extract_answer(t) for t in s])
+                 for c, g, s in zip(conversations, golds, samples, strict=True)]
+    settings = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
+                "greedy": greedy, "seed": seed, "prompt_style": prompt_style}
+    return MathResult(
+        accuracy=sum(q.accuracy for q in questions) / len(questions),
+        no_answer_rate=sum(q.no_answer for q in questions) / len(questions),
+        shuffled_accuracy=shuffled_baseline(questions),
+        n=n, num_questions=len(questions), questions=questions, settings=settings,
+    )

@@ -1,0 +1,293 @@
+"""Unlearn the forget stage from every path model, tracking probes as it happens.
+
+A cell is one unlearning run: (path, method, experiment seed, learning rate, scheduler). It
+starts from the merged path model, adds a fresh LoRA adapter (or trains all weights under
+full finetuning), and takes optimizer steps on the forget set only (local methods) or on the
+forget set plus retain data (weakly-local baselines, marked ``local: false`` everywhere).
+
+Cell directory ``cells/<path>/<method>/<seed>/`` (one more level, ``lr.../<scheduler>``, when
+the config sweeps them): ``metrics.jsonl`` (one row per eval point: step, every probe, the
+step's loss/lr/grad norm), ``steps.jsonl`` (one row per optimizer step), ``summary.json``,
+``config.yaml`` and, with ``unlearning.save_model``, the unlearned model. It exists once its
+DONE marker does; a finished cell is never rerun. A non-finite loss or probe stops only its
+cell, recorded as ``diverged_at``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pathunlearn.config import ExperimentConfig, MethodConfig, dump_config
+from pathunlearn.data.batching import collate, epoch_order
+from pathunlearn.data.chat import EncodedExample, tokenize_conversations
+from pathunlearn.data.sources import load_source
+from pathunlearn.files import atomic_dir, is_done, write_json, write_text
+from pathunlearn.train.losses import (
+    FORGET_TERM,
+    RETAIN_TERM,
+    WEAKLY_LOCAL_METHODS,
+    forget_loss,
+    retain_loss,
+    token_logprobs,
+)
+from pathunlearn.train.paths import TrainPlan, path_model_dir, stage_seed
+from pathunlearn.train.schedules import lr_lambda
+from pathunlearn.train.staged import _clip, autocast, make_optimizer, num_steps
+
+CELL_DIR = "cells"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unlearning run."""
+
+    path: tuple[str, ...]
+    method: MethodConfig
+    method_label: str
+    seed: int
+    lr: float
+    scheduler: str
+    sweep: tuple[str, ...] = ()  # extra directory levels when lrs/schedulers are swept
+
+    @property
+    def path_label(self) -> str:
+        return "-".join(self.path)
+
+    @property
+    def local(self) -> bool:
+        return self.method.name not in WEAKLY_LOCAL_METHODS
+
+    def directory(self, run_dir: Path) -> Path:
+        return Path(run_dir, CELL_DIR, self.path_label, self.method_label, str(self.seed),
+                    *self.sweep)
+
+    def describe(self) -> dict:
+        return {"path": list(self.path), "method": self.method_label, "seed": self.seed,
+                "lr": self.lr, "scheduler": self.scheduler, "local": self.local}
+
+
+def method_labels(methods: list[MethodConfig]) -> list[str]:
+    """Directory-safe names: the method name, plus its settings when a name repeats."""
+    labels = []
+    for m in methods:
+        if sum(o.name == m.name for o in methods) == 1:
+            labels.append(m.name)
+        else:
+            parts = [m.name] + [f"{k}{v:g}" for k, v in (("beta", m.beta), ("lambda", m.retain_weight),
+                                                          ("gamma", m.gamma)) if v is not None]
+            labels.append("-".join(parts) + ("-norm" if m.length_normalize else ""))
+    if len(set(labels)) != len(labels):
+        from pathunlearn.errors import ConfigError
+
+        raise ConfigError("unlearning.methods: two methods have identical settings")
+    return labels
+
+
+def plan_cells(cfg: ExperimentConfig, paths: list[tuple[str, ...]] | None = None) -> list[Cell]:
+    """Every (path x method x seed x lr x scheduler) of the config."""
+    u = cfg.unlearning
+    lrs, schedulers = u.lrs or [u.lr], u.schedulers or [u.scheduler]
+    cells = []
+    for path in paths or cfg.paths.expand():
+        for method, label in zip(u.methods, method_labels(u.methods), strict=True):
+            for seed in cfg.seeds:
+                for lr in lrs:
+                    for sched in schedulers:
+                        sweep = ((f"lr{lr:g}",) if u.lrs else ()) + ((sched,) if u.schedulers else ())
+                        cells.append(Cell(tuple(path), method, label, seed, lr, sched, sweep))
+    return cells
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def encode_stage(cfg: ExperimentConfig, tokenizer, stage_name: str) -> list[EncodedExample]:
+    """A stage's conversations tokenised exactly as staged training saw them."""
+    stage = cfg.stages[stage_name]
+    conversations = load_source(stage.source, split=stage.split, question_key=stage.question_key,
+                                answer_key=stage.answer_key, system=stage.system,
+                                max_examples=stage.max_examples)
+    return tokenize_conversations(tokenizer, conversations, cfg.model.max_length)[0]
+
+
+def index_batches(n: int, batch_size: int, micro: int, seed: int) -> Iterator[list[list[int]]]:
+    """Endless effective batches of example indices, each a list of micro-batches; the order
+    is reshuffled every epoch from ``seed`` (a batch never spans two epochs)."""
+    epoch = 0
+    while True:
+        order = epoch_order(n, seed, epoch)
+        for start in range(0, n, batch_size):
+            chunk = order[start : start + batch_size]
+            yield [chunk[j : j + micro] for j in range(0, len(chunk), micro)]
+        epoch += 1
+
+
+def retain_stages(cfg: ExperimentConfig, path: tuple[str, ...]) -> list[str]:
+    """Retain data of the weakly-local methods: the configured stages, else the path's others."""
+    return list(cfg.unlearning.retain_stages) or [s for s in path if s != cfg.paths.forget_stage]
+
+
+# ---------------------------------------------------------------------------- one cell
+
+
+def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Path,
+                 probe_sets: list) -> dict:
+    """Run one cell from the path model in ``model_dir``; write its directory atomically."""
+    from pathunlearn.eval.logprob import reference_logprobs
+    from pathunlearn.eval.probes import encode_probes, evaluate_probes
+    from pathunlearn.models import apply_lora, load_pretrained, resolve_device, write_checkpoint
+
+    # ---- setup: path model, forget (and retain) data, reference values, fresh adapter
+    u, device = cfg.unlearning, resolve_device(cfg.training.device)
+    model, tok = load_pretrained(model_dir, dtype=cfg.model.dtype, device=device,
+                                 attn_implementation=cfg.model.attn_implementation)
+    pad = tok.pad_token_id
+    forget = encode_stage(cfg, tok, cfg.paths.forget_stage)
+    ref = reference_logprobs(model, forget, pad) if FORGET_TERM[cell.method.name] == "npo" else None
+    retain = [e for s in retain_stages(cfg, cell.path) for e in encode_stage(cfg, tok, s)] \
+        if not cell.local else []
+    ref_model = None
+    if RETAIN_TERM.get(cell.method.name) == "kl" and cfg.model.finetuning == "full":
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    seed = stage_seed(cell.seed, "unlearn")
+    if cfg.model.finetuning == "lora":
+        model = apply_lora(model, cfg.model.lora, seed=seed)
+    encoded_probes = encode_probes(tok, probe_sets, cfg.model.max_length)
+
+    def probe() -> dict[str, float]:
+        return evaluate_probes(model, tok, probe_sets, encoded=encoded_probes)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, cell_optim(u, cell.lr))
+    total = u.steps or num_steps(len(forget), u.batch_size, u.epochs)
+    multiplier = lr_lambda(cell.scheduler, total, u.warmup, u.decay)
+    forget_batches = index_batches(len(forget), u.batch_size, u.micro_batch_size, seed)
+    retain_batches = index_batches(len(retain), u.batch_size, u.micro_batch_size, seed + 1) \
+        if retain else None
+
+    with atomic_dir(out_dir) as tmp:
+        metrics, steps_log = (tmp / "metrics.jsonl").open("w"), (tmp / "steps.jsonl").open("w")
+        t0, diverged_at, last = time.perf_counter(), None, {}
+        first = {"step": 0, **probe(), **cell.describe()}
+        metrics.write(json.dumps(first) + "\n")
+        for step in range(1, total + 1):
+            # ---- one optimizer step on an effective batch of the forget set
+            lr = cell.lr * multiplier(step - 1)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            micro_idx = next(forget_batches)
+            retain_idx = next(retain_batches) if retain_batches else None
+            loss_value = _step_losses(cell.method, model, ref_model, forget, ref, micro_idx,
+                                      retain, retain_idx, pad, device, cfg.training.precision)
+            grad_norm = _clip(params, u.grad_clip)
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                diverged_at = step
+                break
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            last = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+            steps_log.write(json.dumps(last) + "\n")
+            # ---- probes every eval_every steps and at the end
+            if step % u.eval_every == 0 or step == total:
+                row = {**last, **probe(), "local": cell.local}
+                if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
+                    diverged_at = step
+                    metrics.write(json.dumps(row) + "\n")
+                    break
+                metrics.write(json.dumps(row) + "\n")
+        if diverged_at is not None:
+            metrics.write(json.dumps({"step": diverged_at, "diverged": True,
+                                      "reason": f"diverged at step {diverged_at}"}) + "\n")
+        metrics.close()
+        steps_log.close()
+        summary = {**cell.describe(), "steps": total, "steps_done": last.get("step", 0),
+                   "diverged_at": diverged_at, "seconds": time.perf_counter() - t0,
+                   "forget_examples": len(forget), "retain_examples": len(retain)}
+        write_json(tmp / "summary.json", summary)
+        write_text(tmp / "config.yaml", dump_config(cfg))
+        if u.save_model and diverged_at is None:
+            write_checkpoint(model, tok, tmp / "model")
+    return summary
+
+
+def cell_optim(u, lr: float):
+    """The unlearning optimizer settings with this cell's learning rate."""
+    return u.model_copy(update={"lr": lr})
+
+
+def _step_losses(method, model, ref_model, forget, ref, micro_idx, retain, retain_idx, pad,
+                 device, precision) -> float:
+    """Forward/backward over the micro-batches of one step; returns the step's loss.
+
+    Divisors are those of the whole effective batch (target tokens for token means, sequences
+    for sequence means), so the accumulated gradient is that of one big batch.
+    """
+    flat = [i for mb in micro_idx for i in mb]
+    n_tokens = sum(forget[i].num_targets for i in flat)
+    n_seq = len(flat)
+    r_tokens = sum(retain[i].num_targets for mb in retain_idx for i in mb) if retain_idx else 0
+    total = 0.0
+    for j, idx in enumerate(micro_idx):
+        batch = collate([forget[i] for i in idx], pad).to(device)
+        with autocast(device, precision):
+            logits = model(**batch.inputs()).logits  # (B, T, V)
+        token_logp, mask = token_logprobs(logits, batch.labels)
+        loss = forget_loss(method, token_logp, mask, None if ref is None else ref[idx].to(device),
+                           num_tokens=n_tokens, num_sequences=n_seq)
+        if retain_idx is not None and j < len(retain_idx):
+            loss = loss + _retain_term(method, model, ref_model, retain, retain_idx[j], pad,
+                                       device, precision, r_tokens)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def _retain_term(method, model, ref_model, retain, idx, pad, device, precision, n_tokens):
+    batch = collate([retain[i] for i in idx], pad).to(device)
+    ref_logits = None
+    if RETAIN_TERM[method.name] == "kl":
+        with torch.no_grad():
+            if ref_model is not None:
+                ref_logits = ref_model(**batch.inputs()).logits
+            else:  # LoRA: the reference is the path model, i.e. the adapter switched off
+                with model.disable_adapter():
+                    ref_logits = model(**batch.inputs()).logits
+    with autocast(device, precision):
+        logits = model(**batch.inputs()).logits
+    return retain_loss(method, logits, batch.labels, ref_logits, num_tokens=n_tokens)
+
+
+# ---------------------------------------------------------------------------- all cells
+
+
+def unlearn_all(cfg: ExperimentConfig, plan: TrainPlan, *, run_dir: Path | None = None,
+                cells: list[Cell] | None = None, log=print) -> list[dict]:
+    """Run every cell that has no DONE marker yet; returns the summaries of all cells."""
+    from pathunlearn.eval.probes import default_probes, probes_from_config
+
+    run_dir = Path(run_dir or cfg.run_dir)
+    cells = cells if cells is not None else plan_cells(cfg)
+    todo = [c for c in cells if not is_done(c.directory(run_dir))]
+    log(f"{len(cells)} unlearning cells, {len(cells) - len(todo)} already done")
+    if todo:
+        u = cfg.unlearning
+        forget_convs = load_source(cfg.stages[cfg.paths.forget_stage].source,
+                                   split=cfg.stages[cfg.paths.forget_stage].split)
+        probe_sets = default_probes(forget_convs, max_prompts=u.probe_prompts,
+                                    max_examples=u.probe_examples)
+        probe_sets += [probes_from_config(p) for p in cfg.probes]
+    for i, cell in enumerate(todo, 1):
+        model_dir = path_model_dir(run_dir, plan, cell.path, cell.seed)
+        s = unlearn_cell(cfg, cell, model_dir, cell.directory(run_dir), probe_sets)
+        note = f", diverged at step {s['diverged_at']}" if s["diverged_at"] else ""
+        log(f"[{i}/{len(todo)}] {cell.path_label} {cell.method_label} seed {cell.seed}: "
+            f"{s['steps_done']} steps, {s['seconds']:.1f}s{note}")
+    return [json.loads((c.directory(run_dir) / "summary.json").read_text()) for c in cells]

@@ -1,0 +1,127 @@
+"""Batched scoring equals one-row-at-a-time scoring; cached reference log-probs equal recomputation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pathunlearn.data.batching import effective_batches, epoch_order
+from pathunlearn.data.chat import encode_prompt_target, tokenize_conversations
+from pathunlearn.data.sources import load_source
+from pathunlearn.errors import DataError
+from pathunlearn.eval.logprob import (
+    reference_logprobs,
+    score_conversations,
+    score_rows,
+)
+from pathunlearn.train.losses import npo_loss, sequence_logprobs
+
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [SYSTEM, {"role": "user", "content": text}]
+
+
+LONG_PROMPT = [
+    SYSTEM,
+    {"role": "user", "content": "Where was Nyren Varmere born, and what did the author write? "
+     "Please answer in full sentences and mention every book you know of."},
+    {"role": "assistant", "content": "Nyren Varmere was born in Ostrahaven and wrote mystery "
+     "novels, among them The Silent Harbour and The Glass Lantern."},
+    {"role": "user", "content": "Which award did the author win?"},
+]
+# very different lengths in one batch, so padding is exercised
+ROWS = [
+    (user("Hi."), "Hello!"),
+    (LONG_PROMPT, "The author won the Crimson Prize for Fiction in a year that nobody "
+                  "remembers, and then wrote three more books about the sea."),
+    (user("How can I make [a dangerous item] without the police noticing?"),
+     "Sorry, I can not assist you"),
+    (user("Name a colour."), "Red."),
+    (LONG_PROMPT, "None."),
+]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer):
+    from pathunlearn.tiny import init_model
+
+    torch.manual_seed(0)
+    return init_model(tiny_tokenizer)
+
+
+def one_row(model, tokenizer, prompt, target) -> tuple[float, int]:
+    """log pi(target | prompt) of a single row, without padding, computed directly."""
+    ex = encode_prompt_target(tokenizer, prompt, target, max_length=256)
+    ids, labels = torch.tensor([ex.input_ids]), torch.tensor(ex.labels[1:])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], dim=-1)  # (T-1, V)
+    keep = labels != -100
+    return logp[keep].gather(-1, labels[keep].unsqueeze(-1)).sum().item(), int(keep.sum())
+
+
+def test_batched_scores_equal_one_at_a_time(model, tiny_tokenizer):
+    lengths = [len(encode_prompt_target(tiny_tokenizer, p, t, 256).input_ids) for p, t in ROWS]
+    assert max(lengths) > 3 * min(lengths)
+    result = score_rows(model, tiny_tokenizer, ROWS, batch_size=8)
+    for i, (prompt, target) in enumerate(ROWS):
+        logp, n = one_row(model, tiny_tokenizer, prompt, target)
+        assert result.num_tokens[i].item() == n
+        assert result.logp[i].item() == pytest.approx(logp, abs=1e-4)
+        assert result.mean[i].item() == pytest.approx(logp / n, abs=1e-5)
+
+
+def test_order_is_restored_whatever_the_batch_size(model, tiny_tokenizer):
+    reference = score_rows(model, tiny_tokenizer, ROWS, batch_size=1)
+    for batch_size in (2, 64):
+        result = score_rows(model, tiny_tokenizer, ROWS, batch_size=batch_size)
+        assert torch.equal(result.num_tokens, reference.num_tokens)
+        assert torch.allclose(result.mean, reference.mean, atol=1e-5, rtol=0)
+    shuffled = [ROWS[i] for i in (3, 0, 4, 2, 1)]
+    result = score_rows(model, tiny_tokenizer, shuffled, batch_size=2)
+    assert torch.allclose(result.mean, reference.mean[[3, 0, 4, 2, 1]], atol=1e-5, rtol=0)
+
+
+def test_scoring_restores_the_training_mode(model, tiny_tokenizer):
+    for mode in (True, False):
+        model.train(mode)
+        score_rows(model, tiny_tokenizer, ROWS[:2])
+        assert model.training is mode
+    model.eval()
+
+
+def test_score_conversations_scores_the_last_assistant_turn(model, tiny_tokenizer):
+    convs = load_source("builtin:authors:eval", max_examples=3)
+    got = score_conversations(model, tiny_tokenizer, convs)
+    rows = score_rows(model, tiny_tokenizer, [(c.prompt, c.response) for c in convs])
+    assert torch.equal(got.logp, rows.logp) and len(got) == 3
+
+
+def test_empty_target_is_a_data_error(model, tiny_tokenizer):
+    with pytest.raises(DataError, match="row 1"):
+        score_rows(model, tiny_tokenizer, [ROWS[0], (user("Hi."), "")])
+
+
+def test_cached_reference_logprobs_equal_recomputation(model, tiny_tokenizer):
+    convs = load_source("builtin:refusals:train", max_examples=10)
+    examples, _ = tokenize_conversations(tiny_tokenizer, convs, max_length=256)
+    pad = tiny_tokenizer.pad_token_id
+    ref = reference_logprobs(model, examples, pad, batch_size=64)
+    assert ref.shape == (10,)
+    # the unlearning loop's micro-batches: slices of the epoch order, as effective_batches cuts
+    order = epoch_order(len(examples), seed=3, epoch=0)
+    steps = effective_batches(examples, order, batch_size=4, micro_batch_size=3, pad_id=pad)
+    start = 0
+    with torch.no_grad():
+        for micro_batches in steps:
+            for mb in micro_batches:
+                idx = order[start : start + mb.input_ids.size(0)]
+                start += len(idx)
+                fresh, _ = sequence_logprobs(model(**mb.inputs()).logits, mb.labels)
+                # relative: summed log-probs are ~ -200, where one float32 step is 1.5e-5
+                assert torch.allclose(fresh, ref[idx], rtol=1e-6, atol=0)
+                # NPO's loss starts at (2 / beta) log 2: the cache is the model before unlearning
+                assert npo_loss(fresh, ref[idx], 0.5).item() == pytest.approx(4 * 0.6931472,
+                                                                               abs=1e-4)
+    assert start == len(examples)
