@@ -321,6 +321,69 @@ def _model_directory(model_dir: str) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------- unlearn
+
+
+@app.command("unlearn")
+def unlearn(args: ConfigArgs = None) -> None:
+    """Unlearn the forget stage from every path model (training any missing path first).
+
+    Runs every cell (path x method x seed x swept lr/scheduler), tracking the probes before
+    the first step and every `unlearning.eval_every` steps; finished cells are skipped.
+
+    Example: pathunlearn unlearn configs/demo.yaml unlearning.lr=3e-5 unlearning.steps=10
+    """
+    from pathunlearn.config import load_config
+    from pathunlearn.train.paths import train_paths
+    from pathunlearn.train.unlearn import unlearn_all
+
+    config, overrides = split_args(args)
+    cfg = load_config(config, overrides)
+    plan = train_paths(cfg, progress=True, log=console.print)
+    summaries = unlearn_all(cfg, plan, log=console.print)
+    diverged = [s for s in summaries if s["diverged_at"]]
+    console.print(f"{len(summaries)} cells in {cfg.run_dir / 'cells'}"
+                  + (f"; {len(diverged)} diverged" if diverged else ""))
+
+
+# ---------------------------------------------------------------------------- report
+
+
+@app.command("report")
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (holds cells/).",
+                                            metavar="RUN_DIR", show_default=False)],
+    forget_stage: Annotated[str | None, typer.Option(
+        help="The unlearned stage (default: paths.forget_stage of RUN_DIR/config.yaml).")] = None,
+) -> None:
+    """Rebuild the table, recency verdict, figures and report.html from RUN_DIR's cells.
+
+    Writes RUN_DIR/results.{json,csv,md}, RUN_DIR/figures/*.{png,svg} and RUN_DIR/report.html,
+    then prints the table and the verdict. Safe to rerun while cells are still being added.
+
+    Example: pathunlearn report runs/demo
+    """
+    from rich.markup import escape
+
+    from pathunlearn.report import make_report
+    from pathunlearn.report.tables import format_table, notes
+
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    results, figures, page = make_report(run_dir, forget_stage)
+    console.print(format_table(results.table))
+    for line in notes(results.table):
+        console.print(f"[dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
+    console.rule("recency verdict")
+    for v in results.verdicts:
+        console.print(escape(v["text"]), highlight=False, soft_wrap=True)
+    console.rule()
+    files = [*results.files, *figures, page]
+    console.print(f"wrote {len(files)} files: results.{{json,csv,md}}, {len(figures)} figure "
+                  f"files in {escape(str(run_dir / 'figures'))}, {escape(str(page))}",
+                  highlight=False)
+
+
 # ---------------------------------------------------------------------------- run
 
 

@@ -29,6 +29,13 @@ from pathunlearn.config import ExperimentConfig, MethodConfig, dump_config
 from pathunlearn.data.batching import collate, epoch_order
 from pathunlearn.data.chat import EncodedExample, tokenize_conversations
 from pathunlearn.data.sources import load_source
+from pathunlearn.eval.divergence import (
+    heldout_examples,
+    kl_distance,
+    mse_distance,
+    position_logprobs,
+    token_logprobs_of,
+)
 from pathunlearn.files import atomic_dir, is_done, write_json, write_text
 from pathunlearn.train.losses import (
     FORGET_TERM,
@@ -75,20 +82,28 @@ class Cell:
 
 
 def method_labels(methods: list[MethodConfig]) -> list[str]:
-    """Directory-safe names: the method name, plus its settings when a name repeats."""
+    """Directory-safe names: the method name, plus the settings that tell apart methods of
+    the same name (``npo-beta0.5``, ``npo-beta1``)."""
+    def settings(m: MethodConfig) -> dict[str, object]:
+        return {"beta": m.beta, "lambda": m.retain_weight, "gamma": m.gamma,
+                "norm": m.length_normalize}
+
     labels = []
     for m in methods:
-        if sum(o.name == m.name for o in methods) == 1:
-            labels.append(m.name)
-        else:
-            parts = [m.name] + [f"{k}{v:g}" for k, v in (("beta", m.beta), ("lambda", m.retain_weight),
-                                                          ("gamma", m.gamma)) if v is not None]
-            labels.append("-".join(parts) + ("-norm" if m.length_normalize else ""))
+        group = [settings(o) for o in methods if o.name == m.name]
+        differing = [k for k in settings(m) if len({repr(g[k]) for g in group}) > 1]
+        labels.append("-".join([m.name] + [_setting(k, settings(m)[k]) for k in differing]))
     if len(set(labels)) != len(labels):
         from pathunlearn.errors import ConfigError
 
         raise ConfigError("unlearning.methods: two methods have identical settings")
     return labels
+
+
+def _setting(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return key if value else f"no{key}"
+    return f"{key}{'default' if value is None else format(value, 'g')}"
 
 
 def plan_cells(cfg: ExperimentConfig, paths: list[tuple[str, ...]] | None = None) -> list[Cell]:
@@ -130,6 +145,11 @@ def index_batches(n: int, batch_size: int, micro: int, seed: int) -> Iterator[li
         epoch += 1
 
 
+def retrain_path(cfg: ExperimentConfig, path: tuple[str, ...]) -> tuple[str, ...]:
+    """The retrain baseline's path: ``path`` without the forget stage (Definition 2.1)."""
+    return tuple(s for s in path if s != cfg.paths.forget_stage)
+
+
 def retain_stages(cfg: ExperimentConfig, path: tuple[str, ...]) -> list[str]:
     """Retain data of the weakly-local methods: the configured stages, else the path's others."""
     return list(cfg.unlearning.retain_stages) or [s for s in path if s != cfg.paths.forget_stage]
@@ -139,8 +159,13 @@ def retain_stages(cfg: ExperimentConfig, path: tuple[str, ...]) -> list[str]:
 
 
 def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Path,
-                 probe_sets: list) -> dict:
-    """Run one cell from the path model in ``model_dir``; write its directory atomically."""
+                 probe_sets: list, retrain_dir: Path | None = None) -> dict:
+    """Run one cell from the path model in ``model_dir``; write its directory atomically.
+
+    At every eval point the per-token log-probabilities of the held-out RE set are stored
+    (``re_tokens``: pairwise distances between cells are computed from them afterwards); with
+    ``retrain_dir`` also the distances to that retrain model (``re_retrain/kl``, ``/mse``).
+    """
     from pathunlearn.eval.logprob import reference_logprobs
     from pathunlearn.eval.probes import encode_probes, evaluate_probes
     from pathunlearn.models import apply_lora, load_pretrained, resolve_device, write_checkpoint
@@ -161,9 +186,17 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Pa
     if cfg.model.finetuning == "lora":
         model = apply_lora(model, cfg.model.lora, seed=seed)
     encoded_probes = encode_probes(tok, probe_sets, cfg.model.max_length)
+    heldout = heldout_examples(tok, cfg.model.max_length)
+    retrain = _retrain_reference(retrain_dir, heldout, cfg, device) if retrain_dir else None
 
-    def probe() -> dict[str, float]:
-        return evaluate_probes(model, tok, probe_sets, encoded=encoded_probes)
+    def probe() -> dict:
+        metrics = evaluate_probes(model, tok, probe_sets, encoded=encoded_probes)
+        current = position_logprobs(model, heldout, pad)
+        tokens = token_logprobs_of(current)
+        if retrain is not None:
+            metrics["re_retrain/kl"] = kl_distance(current, retrain)
+            metrics["re_retrain/mse"] = mse_distance(tokens, token_logprobs_of(retrain))
+        return {**metrics, "re_tokens": [round(float(x), 5) for x in tokens]}
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cell_optim(u, cell.lr))
@@ -218,6 +251,14 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Pa
     return summary
 
 
+def _retrain_reference(retrain_dir: Path, heldout, cfg: ExperimentConfig, device):
+    from pathunlearn.models import load_pretrained
+
+    model, tok = load_pretrained(retrain_dir, dtype=cfg.model.dtype, device=device,
+                                 attn_implementation=cfg.model.attn_implementation)
+    return position_logprobs(model, heldout, tok.pad_token_id)
+
+
 def cell_optim(u, lr: float):
     """The unlearning optimizer settings with this cell's learning rate."""
     return u.model_copy(update={"lr": lr})
@@ -269,8 +310,13 @@ def _retain_term(method, model, ref_model, retain, idx, pad, device, precision, 
 
 
 def unlearn_all(cfg: ExperimentConfig, plan: TrainPlan, *, run_dir: Path | None = None,
-                cells: list[Cell] | None = None, log=print) -> list[dict]:
-    """Run every cell that has no DONE marker yet; returns the summaries of all cells."""
+                cells: list[Cell] | None = None, retrain: bool = False,
+                log=print) -> list[dict]:
+    """Run every cell that has no DONE marker yet; returns the summaries of all cells.
+
+    ``retrain``: measure distances to each path's retrain model (the path without the
+    forget stage), which ``plan`` must contain.
+    """
     from pathunlearn.eval.probes import default_probes, probes_from_config
 
     run_dir = Path(run_dir or cfg.run_dir)
@@ -286,8 +332,11 @@ def unlearn_all(cfg: ExperimentConfig, plan: TrainPlan, *, run_dir: Path | None 
         probe_sets += [probes_from_config(p) for p in cfg.probes]
     for i, cell in enumerate(todo, 1):
         model_dir = path_model_dir(run_dir, plan, cell.path, cell.seed)
-        s = unlearn_cell(cfg, cell, model_dir, cell.directory(run_dir), probe_sets)
+        retrain_dir = path_model_dir(run_dir, plan, retrain_path(cfg, cell.path), cell.seed) \
+            if retrain else None
+        s = unlearn_cell(cfg, cell, model_dir, cell.directory(run_dir), probe_sets, retrain_dir)
         note = f", diverged at step {s['diverged_at']}" if s["diverged_at"] else ""
-        log(f"[{i}/{len(todo)}] {cell.path_label} {cell.method_label} seed {cell.seed}: "
+        sweep = " " + "/".join(cell.sweep) if cell.sweep else ""
+        log(f"[{i}/{len(todo)}] {cell.path_label} {cell.method_label}{sweep} seed {cell.seed}: "
             f"{s['steps_done']} steps, {s['seconds']:.1f}s{note}")
     return [json.loads((c.directory(run_dir) / "summary.json").read_text()) for c in cells]

@@ -1,0 +1,129 @@
+"""Unlearning cells on the tiny preset: probes per eval point, NPO's start, NaN guard, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pathunlearn.config import validate_config
+from pathunlearn.experiment import plan_experiment
+from pathunlearn.files import is_done
+from pathunlearn.train import unlearn as unlearn_module
+from pathunlearn.train.paths import train_paths
+from pathunlearn.train.unlearn import plan_cells, unlearn_all
+
+CONFIG = {
+    "name": "u", "seeds": [0],
+    "model": {"finetuning": "full"},
+    "stages": {"instructions": {"source": "builtin:instructions", "epochs": 1, "max_examples": 48},
+               "refusals": {"source": "builtin:refusals", "epochs": 3, "max_examples": 48}},
+    "paths": {"forget_stage": "refusals", "order": ["instructions"], "positions": [1, 2]},
+    "training": {"lr": 5e-4, "batch_size": 8, "micro_batch_size": 8},
+    "unlearning": {"methods": [{"name": "ga"}, {"name": "npo"}, {"name": "simnpo"},
+                               {"name": "graddiff"}, {"name": "npo_kl"}],
+                   "lr": 2e-4, "batch_size": 8, "micro_batch_size": 4, "steps": 4,
+                   "eval_every": 2, "probe_prompts": 3, "probe_examples": 4},
+}
+PROBES = {"forget_label_id/target", "forget_label_id/paraphrase_mean",
+          "forget_label_id/paraphrase_var", "forget_label_id/all_mean",
+          "forget_label_ood/all_mean", "forget_response/mean", "authors_train/mean",
+          "authors_eval/mean"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("unlearn")
+    cfg = validate_config({**CONFIG, "output_dir": str(out)})
+    plan = plan_experiment(cfg)  # the two paths and their retrain baseline, ("instructions",)
+    return cfg, train_paths(cfg, plan, log=lambda *_: None)
+
+
+def rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_every_cell_tracks_every_probe_at_each_eval_point(trained):
+    cfg, plan = trained
+    summaries = unlearn_all(cfg, plan, retrain=True, log=lambda *_: None)
+    cells = plan_cells(cfg)
+    assert len(summaries) == len(cells) == 10
+    for cell, s in zip(cells, summaries, strict=True):
+        d = cell.directory(cfg.run_dir)
+        assert is_done(d) and s["diverged_at"] is None and s["steps_done"] == 4
+        metrics = rows(d / "metrics.jsonl")
+        assert [r["step"] for r in metrics] == [0, 2, 4]
+        for r in metrics:
+            assert PROBES <= set(r) and all(math.isfinite(r[k]) for k in PROBES)
+            assert r["re_retrain/kl"] > 0 and r["re_retrain/mse"] > 0
+            assert len(r["re_tokens"]) == len(metrics[0]["re_tokens"]) > 50
+        assert all(r["local"] == cell.local for r in metrics[1:])
+        assert len(rows(d / "steps.jsonl")) == 4
+        assert (d / "config.yaml").is_file()
+    assert {c.local for c in cells} == {True, False}
+
+
+def test_ga_lowers_the_forget_label_on_every_path(trained):
+    cfg, plan = trained
+    unlearn_all(cfg, plan, retrain=True, log=lambda *_: None)
+    for cell in plan_cells(cfg):
+        if cell.method.name == "ga":
+            m = rows(cell.directory(cfg.run_dir) / "metrics.jsonl")
+            assert m[1]["forget_label_id/target"] < m[0]["forget_label_id/target"], cell.path
+
+
+def test_npo_starts_at_two_over_beta_log_two(trained):
+    """At step 1 the model is the reference: NPO = (2/beta) log 2 exactly (beta 0.5)."""
+    cfg, plan = trained
+    unlearn_all(cfg, plan, retrain=True, log=lambda *_: None)
+    for cell in plan_cells(cfg):
+        if cell.method.name == "npo":
+            first = rows(cell.directory(cfg.run_dir) / "steps.jsonl")[0]
+            assert first["loss"] == pytest.approx(4 * math.log(2), abs=1e-4)
+
+
+def test_finished_cells_are_not_rerun(trained):
+    cfg, plan = trained
+    unlearn_all(cfg, plan, retrain=True, log=lambda *_: None)
+    logged = []
+    unlearn_all(cfg, plan, retrain=True, log=logged.append)
+    assert logged == ["10 unlearning cells, 10 already done"]
+
+
+def test_nan_stops_only_its_cell(trained, monkeypatch, tmp_path):
+    cfg, plan = trained
+    cfg = cfg.model_copy(update={"name": "nan"})
+    # reuse the trained path models: point the new run at the same prefixes directory
+    (tmp_path / "nan").mkdir()
+    (tmp_path / "nan" / "prefixes").symlink_to(cfg.run_dir.parent / "u" / "prefixes")
+    cfg = cfg.model_copy(update={"output_dir": str(tmp_path)})
+    real = unlearn_module.forget_loss
+
+    def poisoned(method, *args, **kwargs):
+        loss = real(method, *args, **kwargs)
+        return loss * float("nan") if method.name == "npo" else loss
+
+    monkeypatch.setattr(unlearn_module, "forget_loss", poisoned)
+    summaries = unlearn_all(cfg, plan, retrain=True, log=lambda *_: None)
+    for s in summaries:
+        if s["method"] == "npo":
+            assert s["diverged_at"] == 1
+        else:
+            assert s["diverged_at"] is None and s["steps_done"] == 4
+    npo = next(c for c in plan_cells(cfg) if c.method.name == "npo")
+    last = rows(npo.directory(cfg.run_dir) / "metrics.jsonl")[-1]
+    assert last == {"step": 1, "diverged": True, "reason": "diverged at step 1"}
+
+
+def test_sweeps_expand_into_cells(tmp_path):
+    cfg = validate_config({**CONFIG, "output_dir": str(tmp_path), "seeds": [0, 1],
+                           "unlearning": {**CONFIG["unlearning"], "lrs": [1e-5, 3e-5],
+                                          "schedulers": ["wsd", "cosine"],
+                                          "methods": [{"name": "npo", "beta": 0.5},
+                                                      {"name": "npo", "beta": 1.0}]}})
+    cells = plan_cells(cfg)
+    assert len(cells) == 2 * 2 * 2 * 2 * 2  # paths x methods x seeds x lrs x schedulers
+    dirs = {c.directory(tmp_path).relative_to(tmp_path).as_posix() for c in cells}
+    assert len(dirs) == len(cells)
+    assert "cells/refusals-instructions/npo-beta1/1/lr3e-05/cosine" in dirs
