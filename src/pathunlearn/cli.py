@@ -366,11 +366,23 @@ def report(
     from rich.markup import escape
 
     from pathunlearn.report import make_report
-    from pathunlearn.report.tables import format_table, notes
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     results, figures, page = make_report(run_dir, forget_stage)
+    print_results(results)
+    files = [*results.files, *figures, page]
+    console.print(f"wrote {len(files)} files: results.{{json,csv,md}}, {len(figures)} figure "
+                  f"files in {escape(str(run_dir / 'figures'))}, {escape(str(page))}",
+                  highlight=False)
+
+
+def print_results(results) -> None:
+    """The table, its notes and the recency verdict, as the end of a run prints them."""
+    from rich.markup import escape
+
+    from pathunlearn.report.tables import format_table, notes
+
     console.print(format_table(results.table))
     for line in notes(results.table):
         console.print(f"[dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
@@ -378,10 +390,6 @@ def report(
     for v in results.verdicts:
         console.print(escape(v["text"]), highlight=False, soft_wrap=True)
     console.rule()
-    files = [*results.files, *figures, page]
-    console.print(f"wrote {len(files)} files: results.{{json,csv,md}}, {len(figures)} figure "
-                  f"files in {escape(str(run_dir / 'figures'))}, {escape(str(page))}",
-                  highlight=False)
 
 
 # ---------------------------------------------------------------------------- run
@@ -389,18 +397,21 @@ def report(
 
 @app.command("run")
 def run(args: ConfigArgs = None) -> None:
-    """Run the whole path-dependence study (train paths, unlearn, evaluate, report).
+    """Run the whole path-dependence study: train every path (and its retrain baseline),
+    unlearn with every method and seed, then write the table, the recency verdict, figures
+    and report.html. Rerunning resumes and skips what is done.
 
-    Example: pathunlearn run            # the built-in demo on the tiny model
+    Example: pathunlearn run            # the built-in demo (tiny model, built-in suite)
     """
     from pathunlearn.config import load_config
+    from pathunlearn.experiment import run_experiment
 
     config, overrides = split_args(args)
     cfg = load_config(config, overrides)
-    raise UserError(
-        f"config {cfg.name!r} is valid, but the end-to-end study is not implemented yet: "
-        "staged training arrives with issue 3, unlearning with issue 4, `run` with issue 5"
-    )
+    console.print(f"run directory: {cfg.run_dir}")
+    results, _, page = run_experiment(cfg, log=console.print, progress=True)
+    print_results(results)
+    console.print(f"report: {page}")
 
 
 # ---------------------------------------------------------------------------- theory

@@ -127,3 +127,14 @@ def test_sweeps_expand_into_cells(tmp_path):
     dirs = {c.directory(tmp_path).relative_to(tmp_path).as_posix() for c in cells}
     assert len(dirs) == len(cells)
     assert "cells/refusals-instructions/npo-beta1/1/lr3e-05/cosine" in dirs
+
+
+def test_cells_finished_under_other_settings_are_rerun(trained):
+    cfg, plan = trained
+    unlearn_all(cfg, plan, retrain=True, log=lambda *_: None)
+    changed = cfg.model_copy(update={"unlearning": cfg.unlearning.model_copy(
+        update={"steps": 2, "methods": cfg.unlearning.methods[:1]})})
+    logged = []
+    summaries = unlearn_all(changed, plan, retrain=True, log=logged.append)
+    assert "2 unlearning cells, 0 already done, 2 finished under other settings" in logged[0]
+    assert all(s["steps_done"] == 2 for s in summaries)

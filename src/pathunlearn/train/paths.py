@@ -79,7 +79,8 @@ def stage_seed(seed: int, stage: str) -> int:
     return zlib.crc32(f"{seed}:{stage}".encode())
 
 
-def _hash(*parts: object) -> str:
+def stable_hash(*parts: object) -> str:
+    """A short stable hash of JSON-able parts (cache keys of prefixes and cells)."""
     h = hashlib.sha256()
     for part in parts:
         h.update(json.dumps(part, sort_keys=True, default=str).encode())
@@ -114,7 +115,7 @@ def root_key(cfg: ExperimentConfig, seed: int) -> str:
     """Key of the trie root for one training seed: the base model and every shared setting."""
     m = cfg.model.model_dump(mode="json")
     training = cfg.training.model_dump(mode="json", exclude={"device"})
-    return _hash("root", base_identity(cfg), m, training, training_seed(cfg, seed))
+    return stable_hash("root", base_identity(cfg), m, training, training_seed(cfg, seed))
 
 
 def plan_paths(cfg: ExperimentConfig, paths: list[tuple[str, ...]] | None = None,
@@ -131,7 +132,7 @@ def plan_paths(cfg: ExperimentConfig, paths: list[tuple[str, ...]] | None = None
             for k in range(1, len(path) + 1):
                 node = trie.get((tseed, path[:k]))
                 if node is None:
-                    key = _hash(parent or root_key(cfg, seed), stage_identity(cfg, path[k - 1]))
+                    key = stable_hash(parent or root_key(cfg, seed), stage_identity(cfg, path[k - 1]))
                     node = trie[(tseed, path[:k])] = Prefix(path[:k], tseed, key, parent)
                 parent = node.key
             leaves[(seed, path)] = node

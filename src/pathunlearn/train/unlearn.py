@@ -45,11 +45,12 @@ from pathunlearn.train.losses import (
     retain_loss,
     token_logprobs,
 )
-from pathunlearn.train.paths import TrainPlan, path_model_dir, stage_seed
+from pathunlearn.train.paths import TrainPlan, path_model_dir, stable_hash, stage_seed
 from pathunlearn.train.schedules import lr_lambda
 from pathunlearn.train.staged import _clip, autocast, make_optimizer, num_steps
 
 CELL_DIR = "cells"
+CELL_FORMAT = 1  # bump when what a cell records changes, so old cells are recomputed
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,30 @@ def retain_stages(cfg: ExperimentConfig, path: tuple[str, ...]) -> list[str]:
 # ---------------------------------------------------------------------------- one cell
 
 
+def cell_key(cfg: ExperimentConfig, plan: TrainPlan, cell: Cell, retrain: bool) -> str:
+    """Hash of everything that determines a cell's results: its path model, the retrain
+    model it is compared with, the unlearning settings, the method and the probes."""
+    u = cfg.unlearning.model_dump(mode="json", exclude={"lrs", "schedulers", "methods", "lr",
+                                                        "scheduler", "save_model"})
+    retrain_key = plan.leaf(retrain_path(cfg, cell.path), cell.seed).key if retrain else None
+    return stable_hash(plan.leaf(cell.path, cell.seed).key, retrain_key, cell.describe(),
+                 cell.method.model_dump(mode="json"), u,
+                 cfg.model.model_dump(mode="json", include={"finetuning", "lora", "max_length"}),
+                 [p.model_dump(mode="json") for p in cfg.probes], CELL_FORMAT)
+
+
+def cell_done(directory: Path, key: str) -> bool:
+    """Finished with the same key; a cell finished under other settings is stale."""
+    if not is_done(directory):
+        return False
+    try:
+        return json.loads((directory / "summary.json").read_text()).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
 def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Path,
-                 probe_sets: list, retrain_dir: Path | None = None) -> dict:
+                 probe_sets: list, retrain_dir: Path | None = None, key: str = "") -> dict:
     """Run one cell from the path model in ``model_dir``; write its directory atomically.
 
     At every eval point the per-token log-probabilities of the held-out RE set are stored
@@ -241,7 +264,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Pa
                                       "reason": f"diverged at step {diverged_at}"}) + "\n")
         metrics.close()
         steps_log.close()
-        summary = {**cell.describe(), "steps": total, "steps_done": last.get("step", 0),
+        summary = {**cell.describe(), "key": key, "steps": total, "steps_done": last.get("step", 0),
                    "diverged_at": diverged_at, "seconds": time.perf_counter() - t0,
                    "forget_examples": len(forget), "retain_examples": len(retain)}
         write_json(tmp / "summary.json", summary)
@@ -321,8 +344,11 @@ def unlearn_all(cfg: ExperimentConfig, plan: TrainPlan, *, run_dir: Path | None 
 
     run_dir = Path(run_dir or cfg.run_dir)
     cells = cells if cells is not None else plan_cells(cfg)
-    todo = [c for c in cells if not is_done(c.directory(run_dir))]
-    log(f"{len(cells)} unlearning cells, {len(cells) - len(todo)} already done")
+    keys = {c: cell_key(cfg, plan, c, retrain) for c in cells}
+    todo = [c for c in cells if not cell_done(c.directory(run_dir), keys[c])]
+    stale = sum(is_done(c.directory(run_dir)) for c in todo)
+    log(f"{len(cells)} unlearning cells, {len(cells) - len(todo)} already done"
+        + (f", {stale} finished under other settings (rerun)" if stale else ""))
     if todo:
         u = cfg.unlearning
         forget_convs = load_source(cfg.stages[cfg.paths.forget_stage].source,
@@ -334,7 +360,8 @@ def unlearn_all(cfg: ExperimentConfig, plan: TrainPlan, *, run_dir: Path | None 
         model_dir = path_model_dir(run_dir, plan, cell.path, cell.seed)
         retrain_dir = path_model_dir(run_dir, plan, retrain_path(cfg, cell.path), cell.seed) \
             if retrain else None
-        s = unlearn_cell(cfg, cell, model_dir, cell.directory(run_dir), probe_sets, retrain_dir)
+        s = unlearn_cell(cfg, cell, model_dir, cell.directory(run_dir), probe_sets, retrain_dir,
+                         keys[cell])
         note = f", diverged at step {s['diverged_at']}" if s["diverged_at"] else ""
         sweep = " " + "/".join(cell.sweep) if cell.sweep else ""
         log(f"[{i}/{len(todo)}] {cell.path_label} {cell.method_label}{sweep} seed {cell.seed}: "

@@ -1,0 +1,282 @@
+"""RUN_DIR/report.html: one self-contained page (figures embedded as base64 PNG, inline CSS, no
+scripts, no external resources) with the table, the recency verdict, the figures, the probes,
+the resolved config, versions, device and wall times.
+
+Every string that comes from data, config or directory names goes through ``html.escape``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+from pathunlearn.files import write_text
+from pathunlearn.report.plots import FIGURE_DIR
+from pathunlearn.report.tables import (
+    NA,
+    NOT_MEASURED,
+    SCORES,
+    Results,
+    build_results,
+    display_columns,
+    display_value,
+    notes,
+)
+
+PACKAGES = ("torch", "transformers", "peft", "pathunlearn")
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1280px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
+th, td { border: 1px solid #ccc; padding: .25em .55em; text-align: right; vertical-align: top; }
+td { white-space: nowrap; } td.text, td.na { white-space: normal; } .wide { overflow-x: auto; }
+td.path { min-width: 12em; }
+th { background: #f2f2f2; } td.text, th.text { text-align: left; }
+tr.last td { font-weight: 600; }
+.verdict { padding: .6em .9em; margin: .5em 0; border-left: 4px solid #888; background: #f7f7f7; }
+.verdict.yes { border-color: #2a7; } .verdict.no { border-color: #c63; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: .6em 0; flex: 1 1 480px; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .9em; color: #444; }
+pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; }
+.note { color: #555; font-size: .9em; }
+"""
+
+
+def write_report(run_dir: str | Path, results: Results | None = None, *,
+                 forget_stage: str | None = None, figures: list[dict] | None = None,
+                 phases: dict[str, float] | None = None, extra: dict | None = None,
+                 probes: list | None = None) -> Path:
+    """Write RUN_DIR/report.html (atomically) and return its path.
+
+    ``results``: from :func:`build_results` (recomputed from the cell files when omitted);
+    ``figures``: entries of figures/index.json (read from there when omitted); ``phases``: wall
+    seconds per phase (RUN_DIR/phases.json when omitted); ``extra``: more facts to show (e.g.
+    ``{"device": "cuda:0 (NVIDIA H200)"}``); ``probes``: the probe sets used (default: the
+    built-in probes of :func:`pathunlearn.eval.probes.default_probes`).
+    """
+    run_dir = Path(run_dir)
+    results = results or build_results(run_dir, forget_stage, write=False)
+    figures = _figure_index(run_dir) if figures is None else figures
+    phases = phases if phases is not None else _read_json(run_dir / "phases.json")
+    sections = [
+        _header(run_dir, results),
+        _verdict_section(results),
+        _table_section(results),
+        _figure_section(run_dir, figures),
+        _cells_section(results),
+        _probe_section(probes),
+        _environment_section(results, phases, extra or {}),
+        _config_section(run_dir, results),
+    ]
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>pathunlearn report: {_e(run_dir.name)}</title><style>{CSS}</style></head>"
+            "<body>\n" + "\n".join(sections) + "\n</body></html>\n")
+    out = run_dir / "report.html"
+    write_text(out, page)
+    return out
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _figure_index(run_dir: Path) -> list[dict]:
+    index = _read_json(run_dir / FIGURE_DIR / "index.json")
+    if isinstance(index, list):
+        return index
+    return [{"method": "", "kind": p.stem, "caption": "", "files": [p.name]}
+            for p in sorted((run_dir / FIGURE_DIR).glob("*.png"))]
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+def _header(run_dir: Path, results: Results) -> str:
+    t = results.table
+    methods = list(dict.fromkeys(r["method"] for r in t.rows))
+    paths = list(dict.fromkeys(r["path_label"] for r in t.rows))
+    seeds = sorted({c["seed"] for c in t.cells})
+    return (f"<h1>pathunlearn report: {_e(run_dir.name)}</h1>"
+            f"<p>Run directory <code>{_e(run_dir)}</code>; generated "
+            f"{_e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}. {len(t.cells)} finished cells: "
+            f"{len(paths)} paths × {len(methods)} methods ({_e(', '.join(methods))}) × "
+            f"{len(seeds)} seeds ({_e(', '.join(map(str, seeds)))}); forget stage "
+            f"<b>{_e(t.forget_stage)}</b>.</p>")
+
+
+def _verdict_section(results: Results) -> str:
+    parts = ["<h2>Recency verdict</h2>",
+             "<p class=\"note\">Per method, paths ranked by mean forget score (rank 1 = forgets "
+             "least). The recency effect (the paper's finding) is observed when the path with "
+             "the forget stage last forgets least.</p>"]
+    for v in results.verdicts:
+        cls = {True: "yes", False: "no"}.get(v["observed"], "")
+        parts.append(f"<div class=\"verdict {cls}\">{_e(v['text'])}</div>")
+    return "\n".join(parts)
+
+
+def _table_section(results: Results) -> str:
+    t = results.table
+    cols = display_columns(t)
+    head = "".join(f"<th class=\"{_align(k)}\">{_e(h)}</th>" for k, h in cols)
+    body = []
+    for row in t.rows:
+        values = [(k, display_value(row, k)) for k, _ in cols]
+        cells = "".join(f"<td class=\"{_align(k)}{' na' if v == NA else ''}\">{_e(v)}</td>"
+                        for k, v in values)
+        body.append(f"<tr class=\"{'last' if row['forget_last'] else ''}\">{cells}</tr>")
+    score_list = "".join(f"<li><code>{_e(k)}</code>: {_e(v)}</li>" for k, v in SCORES.items())
+    note_list = "".join(f"<li>{_e(n)}</li>" for n in notes(t))
+    return (f"<h2>Table (the paper's Table 1)</h2><div class=\"wide\"><table><tr>{head}</tr>"
+            f"{''.join(body)}</table></div>"
+            f"<ul class=\"note\">{note_list}</ul>"
+            f"<details><summary>Score definitions</summary><ul>{score_list}</ul></details>"
+            "<p class=\"note\">Also in results.json (every cell, verdict details), results.csv "
+            "and results.md.</p>")
+
+
+def _align(key: str) -> str:
+    return "text path" if key == "path_label" else "text" if key in ("method", "sweep") else ""
+
+
+def _figure_section(run_dir: Path, figures: list[dict]) -> str:
+    parts = ["<h2>Figures</h2>"]
+    for entry in figures:
+        png = next((f for f in entry.get("files", []) if f.endswith(".png")), None)
+        path = run_dir / FIGURE_DIR / png if png else None
+        if path is None or not path.is_file():
+            continue
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        svg = next((f for f in entry["files"] if f.endswith(".svg")), None)
+        parts.append(f"<figure><img alt=\"{_e(path.stem)}\" src=\"data:image/png;base64,{data}\">"
+                     f"<figcaption><b>{_e(path.stem)}</b>: {_e(entry.get('caption', ''))}"
+                     + (f" (vector: figures/{_e(svg)})" if svg else "")
+                     + "</figcaption></figure>")
+    if len(parts) == 1:
+        return parts[0] + "<p class=\"note\">No figures were written for this run.</p>"
+    return parts[0] + "<div class=\"figures\">" + "\n".join(parts[1:]) + "</div>"
+
+
+def _cells_section(results: Results) -> str:
+    t = results.table
+    keys = ["method", "sweep", "path_label", "seed", "status", "steps_done", *SCORES]
+    keys = [k for k in keys if k != "sweep" or t.swept]
+    keys = [k for k in keys if k not in NOT_MEASURED or t.measured.get(k)]
+    head = "".join(f"<th class=\"{_align(k)}\">{_e(k)}</th>" for k in keys)
+    rows = []
+    for c in t.cells:
+        rows.append("<tr>" + "".join(
+            f"<td class=\"{_align(k)}\">{_e(_cell_value(c[k]))}</td>" for k in keys) + "</tr>")
+    return (f"<h2>Cells</h2><details><summary>{len(t.cells)} cells, one row each (scores "
+            f"before averaging over seeds)</summary><div class=\"wide\"><table><tr>{head}</tr>"
+            f"{''.join(rows)}</table></div></details>")
+
+
+def _cell_value(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _probe_section(probes: list | None) -> str:
+    """The first prompt of each probe with its targets: what the log-probabilities are of."""
+    source = "the probe sets the run passed in"
+    if probes is None:
+        from pathunlearn.eval.probes import default_probes
+
+        probes = default_probes(max_prompts=1, max_examples=1)
+        source = ("the built-in probes (pathunlearn.eval.probes.default_probes); extra probes of "
+                  "the config are not shown")
+    parts = ["<h2>Probes (sample)</h2>",
+             f"<p class=\"note\">The first prompt of each probe with its target(s), from "
+             f"{_e(source)}. Label probes score the unlearn target (first) and its paraphrases "
+             "after every prompt.</p>"]
+    seen: dict[tuple[str, ...], str] = {}
+    for probe in probes:
+        prompt = probe.rows[0][0]
+        targets = tuple(target for _, target in probe.rows[: probe.group_size])
+        messages = "".join(f"<li><b>{_e(m.get('role', ''))}</b>: {_e(m.get('content', ''))}</li>"
+                           for m in prompt)
+        if len(targets) > 1 and targets in seen:
+            listing = f"<p>The same {len(targets)} targets as {_e(seen[targets])}.</p>"
+        else:
+            seen.setdefault(targets, probe.name)
+            items = "".join(f"<li>{_e(t)}</li>" for t in targets)
+            listing = f"<p>{len(targets)} target(s):</p><ol>{items}</ol>"
+        parts.append(f"<h3>{_e(probe.name)}</h3><p>Prompt:</p><ul>{messages}</ul>{listing}")
+    return "\n".join(parts)
+
+
+def _environment_section(results: Results, phases: dict | None, extra: dict) -> str:
+    versions = {"python": platform.python_version()} | {p: _version(p) for p in PACKAGES}
+    facts = {**versions, "device": extra.get("device") or _device_here()}
+    facts |= {k: v for k, v in extra.items() if k != "device"}
+    rows = "".join(f"<tr><th class=\"text\">{_e(k)}</th><td class=\"text\">{_e(v)}</td></tr>"
+                   for k, v in facts.items())
+    parts = [f"<h2>Environment</h2><table>{rows}</table>"]
+    if phases:
+        total = sum(phases.values())
+        prow = "".join(f"<tr><td class=\"text\">{_e(k)}</td><td>{float(v):.1f}</td></tr>"
+                       for k, v in phases.items())
+        parts.append(f"<h3>Wall time per phase (s)</h3><table><tr><th class=\"text\">phase</th>"
+                     f"<th>seconds</th></tr>{prow}<tr><th class=\"text\">total</th>"
+                     f"<th>{total:.1f}</th></tr></table>")
+    else:
+        parts.append("<p class=\"note\">Wall times per phase were not recorded (no "
+                     "phases.json); unlearning time per method, from the cells, below.</p>")
+    per_method: dict[str, float] = {}
+    for c in results.cells:
+        per_method[c.method] = per_method.get(c.method, 0.0) + float(
+            c.summary.get("seconds") or 0.0)
+    mrow = "".join(f"<tr><td class=\"text\">{_e(k)}</td><td>{v:.1f}</td></tr>"
+                   for k, v in per_method.items())
+    parts.append("<h3>Unlearning time per method (s, summed over cells)</h3><table><tr>"
+                 f"<th class=\"text\">method</th><th>seconds</th></tr>{mrow}</table>")
+    return "\n".join(parts)
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _device_here() -> str:
+    """Where the report was generated, when the run did not record its device."""
+    where = f"{platform.machine()} {platform.system()}"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            where += f", CUDA: {torch.cuda.get_device_name(0)}"
+        else:
+            where += ", no CUDA device"
+    except ImportError:
+        pass
+    return f"not recorded by the run; report generated on {where}"
+
+
+def _config_section(run_dir: Path, results: Results) -> str:
+    candidates = [run_dir / "config.yaml"] + [c.directory / "config.yaml" for c in results.cells[:1]]
+    config = next((p for p in candidates if p.is_file()), None)
+    if config is None:
+        return "<h2>Resolved config</h2><p class=\"note\">No config.yaml in the run directory.</p>"
+    where = config.relative_to(run_dir) if config.is_relative_to(run_dir) else config
+    return (f"<h2>Resolved config</h2><p class=\"note\">{_e(where)}</p>"
+            f"<pre>{_e(config.read_text())}</pre>")

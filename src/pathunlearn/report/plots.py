@@ -1,0 +1,180 @@
+"""Figures of a run: probe curves over unlearning steps, one curve per path.
+
+Per method (files ``RUN_DIR/figures/<kind>_<method>.{png,svg}``):
+
+- ``forget_label``: ``forget_label_id/all_mean`` (target + paraphrases), its change since step 0
+  (minus the forget score so far) and ``/target`` vs step (the paper's Figures 1 and 3);
+- ``utility``: retained authors answers, ``authors_eval/mean`` and its change since step 0
+  (what the TOFU utility scores), ``authors_train/mean``;
+- ``re_distance``: ``re_retrain/kl`` (and ``/mse``) vs step, when the run measured them.
+
+Each thick curve is the mean over seeds, with a shaded 95% t-interval when there are 2+ seeds
+(the paper's Figure 5) and each seed as a thin line; the y-axis spans the seeds' values, since
+a t-interval over 2-3 seeds can be many times wider (t(0.975, 1) = 12.7). Diverged cells are
+left out, as in the table. When the config sweeps
+unlearning learning rates or schedulers, each value gets its own column of panels (the
+paper's Figures 6 and 8). ``figures/index.json`` lists the figures with their captions, in the
+order the report shows them.
+
+matplotlib's object API on the Agg canvas: no pyplot state, no GUI backend.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from pathunlearn.files import write_json
+from pathunlearn.report.tables import CellRecord, Results, mean_ci, position
+from pathunlearn.theory.plots import save_figure  # PNG + SVG, atomic: one helper for all figures
+
+FIGURE_DIR = "figures"
+
+@dataclass(frozen=True)
+class Panel:
+    """One row of panels: a metric, or its change since step 0 (``delta``)."""
+
+    metric: str
+    label: str
+    delta: bool = False
+
+    @property
+    def ylabel(self) -> str:
+        return f"{self.metric} - step 0" if self.delta else self.metric
+
+
+KINDS: dict[str, tuple[Panel, ...]] = {
+    "forget_label": (
+        Panel("forget_label_id/all_mean", "forget label: target + paraphrases"),
+        Panel("forget_label_id/all_mean", "change since step 0 (= - forget score)", delta=True),
+        Panel("forget_label_id/target", "forget label: unlearn target only"),
+    ),
+    "utility": (
+        Panel("authors_eval/mean", "authors answers, paraphrased questions"),
+        Panel("authors_eval/mean", "change since step 0 (TOFU utility = 1 - |change|)",
+              delta=True),
+        Panel("authors_train/mean", "authors answers, trained questions"),
+    ),
+    "re_distance": (
+        Panel("re_retrain/kl", "KL distance to the retrain model"),
+        Panel("re_retrain/mse", "MSE distance to the retrain model"),
+    ),
+}
+"""Figure kind -> its rows of panels."""
+
+CAPTIONS = {
+    "forget_label": "Per-token average log-probability of the forget label (unlearn target + "
+                    "20 paraphrases, in-distribution prompts) vs unlearning step; higher = still "
+                    "refuses. Thick line: mean over seeds; thin lines: each seed; band: 95% "
+                    "interval (cut at the range of the seeds' values).",
+    "utility": "Per-token average log-probability of the retained authors answers vs "
+               "unlearning step (TOFU-like utility). Thick line: mean over seeds; thin lines: "
+               "each seed; band: 95% interval (cut at the range of the seeds' values).",
+    "re_distance": "Distance to the retrain model (the path without the forget stage) vs "
+                   "unlearning step. Thick line: mean over seeds; thin lines: each seed; band: "
+                   "95% interval (cut at the range of the seeds' values).",
+}
+
+
+def write_figures(run_dir: str | Path, results: Results) -> list[Path]:
+    """Every figure of the run as PNG and SVG under RUN_DIR/figures; returns the files."""
+    out_dir = Path(run_dir) / FIGURE_DIR
+    cells = [c for c in results.cells if c.diverged_at is None]
+    stage = results.table.forget_stage
+    files, index = [], []
+    for method in dict.fromkeys(c.method for c in _sorted(cells, stage)):
+        mine = [c for c in cells if c.method == method]
+        for kind, panels in KINDS.items():
+            panels = tuple(p for p in panels if any(c.series(p.metric)[0] for c in mine))
+            if not panels:
+                continue
+            fig = curves_figure(mine, panels, stage, title=f"{method}: {kind.replace('_', ' ')}")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            written = save_figure(fig, out_dir, f"{kind}_{_safe(method)}")
+            files += written
+            diverged = sum(1 for c in results.cells if c.method == method and c.diverged_at)
+            caption = CAPTIONS[kind] + (f" {diverged} diverged cell(s) left out."
+                                        if diverged else "")
+            index.append({"method": method, "kind": kind, "caption": caption,
+                          "files": [p.name for p in written]})
+    write_json(out_dir / "index.json", index)
+    return files
+
+
+def curves_figure(cells: list[CellRecord], panels: tuple[Panel, ...], forget_stage: str,
+                  title: str = "") -> Figure:
+    """Rows = ``panels``; columns = sweep values (lr / scheduler); a curve per path."""
+    ordered = _sorted(cells, forget_stage)
+    sweeps = list(dict.fromkeys(c.sweep_label for c in ordered))
+    paths = list(dict.fromkeys(c.path for c in ordered))
+    colors = {p: f"C{i % 10}" for i, p in enumerate(paths)}
+    fig = Figure(figsize=(5.2 * len(sweeps), 3.0 * len(panels) + 1.0), layout="constrained")
+    axes = fig.subplots(len(panels), len(sweeps), squeeze=False, sharex=True)
+    for i, panel in enumerate(panels):
+        for j, sweep in enumerate(sweeps):
+            ax = axes[i][j]
+            values = []
+            for path in paths:
+                group = [c for c in cells if c.path == path and c.sweep_label == sweep]
+                values += _draw(ax, group, panel, colors[path], path, forget_stage)
+            if values:  # the band of 2-3 seeds is wide: keep the axis on the measured values
+                lo, hi = min(values), max(values)
+                pad = 0.08 * (hi - lo) or 0.05 * max(abs(hi), 1e-3)
+                ax.set_ylim(lo - pad, hi + pad)
+            ax.set_title(panel.label + (f" — {sweep}" if sweep else ""), fontsize=9)
+            ax.set_ylabel(panel.ylabel, fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if i == len(panels) - 1:
+                ax.set_xlabel("unlearning step")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=1 if len(sweeps) == 1 else 2,
+                   fontsize=8, frameon=False)
+    seeds = len({c.seed for c in cells})
+    note = f"mean of {seeds} seeds, 95% band" if seeds > 1 else "1 seed: no band"
+    fig.suptitle(f"{title} ({note})" if title else note, fontsize=11)
+    return fig
+
+
+def _draw(ax, group: list[CellRecord], panel: Panel, color: str, path: tuple[str, ...],
+          forget_stage: str) -> list[float]:
+    """Each seed thin, the mean over seeds thick, the 95% band where n >= 2; returns the
+    seeds' values drawn."""
+    by_step: dict[int, list[float]] = {}
+    drawn = []
+    for c in group:
+        steps, values = c.series(panel.metric)
+        if panel.delta and values:
+            values = [v - values[0] for v in values] if steps[0] == 0 else []
+        for s, v in zip(steps, values, strict=False):
+            by_step.setdefault(s, []).append(v)
+        if len(group) > 1 and values:
+            ax.plot(steps, values, color=color, lw=0.7, alpha=0.45)
+        drawn += values
+    if not by_step:
+        return drawn
+    steps = sorted(by_step)
+    stats = [mean_ci(by_step[s]) for s in steps]
+    p = position(path, forget_stage)
+    last = p == len(path)
+    ax.plot(steps, [m for m, _ in stats], color=color, lw=2.4 if last else 1.6, marker="o",
+            ms=2.5, label=f"p={p}{' (last)' if last else ''}: {'-'.join(path)}")
+    banded = [(s, m, h) for s, (m, h) in zip(steps, stats, strict=True) if h is not None]
+    if banded:
+        ax.fill_between([s for s, _, _ in banded], [m - h for _, m, h in banded],
+                        [m + h for _, m, h in banded], color=color, alpha=0.12, lw=0)
+    return drawn
+
+
+def _sorted(cells: list[CellRecord], forget_stage: str) -> list[CellRecord]:
+    return sorted(cells, key=lambda c: (c.method, c.lr or 0.0, c.sweep_label,
+                                        position(c.path, forget_stage), c.path_label))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

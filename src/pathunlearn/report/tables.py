@@ -1,0 +1,595 @@
+"""The main table (the paper's Table 1) and the recency verdict, from the cell directories.
+
+Scores of one cell, from its ``metrics.jsonl`` (first row = step 0, before unlearning; last
+row = the last eval point, i.e. the end of unlearning):
+
+- ``forget_score``      = ``forget_label_id/all_mean`` at step 0 minus at the end: how much the
+  average per-token log-probability of the unlearn target and its paraphrases fell on the
+  in-distribution forget prompts (positive = forgot; the paper's forget score);
+- ``forget_score_ood``  the same on the out-of-distribution prompts (``forget_label_ood``);
+- ``forget_response_drop`` the same for the forget set's own responses (``forget_response/mean``);
+- ``tofu_utility``      = 1 - |change of ``authors_eval/mean``|: the retained authors facts,
+  asked in paraphrase (questions not seen in training; the paper's TOFU utility);
+- ``tofu_utility_train`` the same on the trained authors questions (``authors_train/mean``);
+- ``math_utility``      = accuracy after - accuracy before, from ``math_after``/``math_before``
+  in the cell's summary.json when the run measured them, else null;
+- ``re_distance_to_retrain`` = ``re_retrain/kl`` at the end (distance to the retrain model,
+  Definition 2.1), when the run measured it, else null.
+
+A diverged cell (its metrics end with a ``diverged`` row) gets no scores: it is listed as
+diverged and left out of every mean, interval and verdict.
+
+Aggregates are per (path, method, swept lr/scheduler) over seeds: the mean and the half-width
+of a 95% confidence interval, mean +- t(0.975, n-1) * s / sqrt(n) with s the sample standard
+deviation (ddof 1); with one seed there is no interval (null).
+
+The recency verdict, per method (and per swept lr/scheduler): paths are ranked by mean forget
+score ascending, so rank 1 forgets least. The recency effect is *observed* when the path(s)
+with the forget stage last have a smaller mean forget score than every other path.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pathunlearn.errors import DataError, UserError
+from pathunlearn.files import DONE, write_json, write_text
+
+SCORES: dict[str, str] = {
+    "forget_score": "forget score: drop of forget_label_id/all_mean (target + 20 paraphrases)",
+    "forget_score_ood": "forget score on out-of-distribution prompts (forget_label_ood/all_mean)",
+    "forget_response_drop": "drop of forget_response/mean (the forget set's own responses)",
+    "tofu_utility": "1 - |change of authors_eval/mean| (authors facts asked in paraphrase)",
+    "tofu_utility_train": "1 - |change of authors_train/mean| (the trained authors questions)",
+    "math_utility": "change of arithmetic accuracy (after - before unlearning)",
+    "re_distance_to_retrain": "re_retrain/kl at the end: distance to the retrain model",
+}
+"""The scores of a cell, in table order, with what each one is."""
+
+CONTEXT = ("forget_before", "forget_after")
+"""Also aggregated, not scores: forget_label_id/all_mean before and after unlearning."""
+
+NOT_MEASURED = {
+    "math_utility": "math utility: not measured in this run (the arithmetic evaluation is "
+                    "wired into runs by issue 6's integration)",
+    "re_distance_to_retrain": "RE distance to retrain: not measured in this run (arrives with "
+                              "issue 5's retrain-distance part)",
+}
+"""Why a column can be empty, said in the Markdown and the report instead of a number."""
+
+NA = "n/a (not measured)"
+
+# t(0.975, df) for df = 1..30 (scipy.stats.t.ppf); beyond 30 the normal 1.96
+_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+
+
+# ---------------------------------------------------------------------------- cells
+
+
+@dataclass
+class CellRecord:
+    """One finished cell as read back from its directory."""
+
+    directory: Path
+    path: tuple[str, ...]
+    method: str
+    seed: int
+    lr: float | None
+    scheduler: str | None
+    sweep: tuple[str, ...]
+    """Directory levels below the seed (``lr2e-05``, ``cosine``) when the config swept them."""
+    local: bool
+    summary: dict
+    rows: list[dict]
+    """Metric rows, step 0 first; without the final ``diverged`` marker row."""
+    diverged_at: int | None = None
+    diverged_reason: str | None = None
+
+    @property
+    def path_label(self) -> str:
+        return "-".join(self.path)
+
+    @property
+    def sweep_label(self) -> str:
+        return " ".join(self.sweep)
+
+    def series(self, metric: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of one metric over the rows that carry it as a number."""
+        pairs = [(r["step"], float(r[metric])) for r in self.rows if _is_number(r.get(metric))]
+        return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def load_cells(run_dir: str | Path) -> list[CellRecord]:
+    """Every finished cell under RUN_DIR/cells (directories with DONE and summary.json)."""
+    cells_dir = Path(run_dir) / "cells"
+    records = []
+    for summary_file in sorted(cells_dir.glob("**/summary.json")):
+        directory = summary_file.parent
+        if not (directory / DONE).is_file() or any(p.startswith(".") for p in
+                                                   directory.relative_to(cells_dir).parts):
+            continue  # unfinished, or a temp directory being written
+        records.append(_read_cell(cells_dir, directory))
+    return records
+
+
+def _read_cell(cells_dir: Path, directory: Path) -> CellRecord:
+    summary_file = directory / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{summary_file}: not valid JSON ({e})") from None
+    rows, diverged = [], None
+    metrics_file = directory / "metrics.jsonl"
+    if not metrics_file.is_file():
+        raise DataError(f"{metrics_file}: missing; the cell is marked DONE without its metrics")
+    for i, line in enumerate(metrics_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{metrics_file}: line {i} is not valid JSON ({e})") from None
+        if row.get("diverged"):
+            diverged = row
+        else:
+            rows.append(row)
+    if not rows or rows[0].get("step") != 0:
+        raise DataError(f"{metrics_file}: the first row must be step 0 (before unlearning)")
+    parts = directory.relative_to(cells_dir).parts
+    first = rows[0]
+    path = tuple(summary.get("path") or first.get("path") or parts[0].split("-"))
+    diverged_at = summary.get("diverged_at") or (diverged or {}).get("step")
+    return CellRecord(
+        directory=directory, path=path,
+        method=str(summary.get("method", parts[1])),
+        seed=int(summary.get("seed", parts[2])),
+        lr=summary.get("lr"), scheduler=summary.get("scheduler"),
+        sweep=tuple(parts[3:]), local=bool(summary.get("local", True)),
+        summary=summary, rows=rows, diverged_at=diverged_at,
+        diverged_reason=(diverged or {}).get("reason")
+        or (f"diverged at step {diverged_at}" if diverged_at else None),
+    )
+
+
+def forget_stage_of(run_dir: str | Path, cells: list[CellRecord] | None = None) -> str:
+    """The forget stage: ``paths.forget_stage`` of RUN_DIR/config.yaml (or of a cell's
+    config.yaml), else the only stage every path contains."""
+    import yaml
+
+    cells = load_cells(run_dir) if cells is None else cells
+    for config in [Path(run_dir) / "config.yaml"] + [c.directory / "config.yaml" for c in cells[:1]]:
+        if config.is_file():
+            try:
+                stage = (yaml.safe_load(config.read_text()) or {}).get("paths", {}).get(
+                    "forget_stage")
+            except (yaml.YAMLError, AttributeError):
+                stage = None
+            if isinstance(stage, str):
+                return stage
+    common = set.intersection(*(set(c.path) for c in cells)) if cells else set()
+    if len(common) == 1:
+        return common.pop()
+    raise UserError(f"{run_dir}: cannot tell the forget stage (no config.yaml with "
+                    "paths.forget_stage); give it with --forget-stage")
+
+
+# ---------------------------------------------------------------------------- scores
+
+
+def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and 95% CI half-width, t(0.975, n-1) * s / sqrt(n); (None, None) for no values,
+    (mean, None) for one."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    mean = sum(values) / n
+    if n == 1:
+        return mean, None
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, t_quantile(n - 1) * s / math.sqrt(n)
+
+
+def t_quantile(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom."""
+    try:
+        from scipy.stats import t
+    except ImportError:
+        return _T975[df - 1] if df <= len(_T975) else 1.96
+    return float(t.ppf(0.975, df))
+
+
+def cell_scores(cell: CellRecord) -> dict[str, float | None]:
+    """The scores of one cell (see the module docstring); all null for a diverged cell."""
+    if cell.diverged_at is not None:
+        return dict.fromkeys([*SCORES, *CONTEXT])
+    first, last = cell.rows[0], cell.rows[-1]
+
+    def drop(metric: str) -> float | None:
+        a, b = first.get(metric), last.get(metric)
+        return a - b if _is_number(a) and _is_number(b) else None
+
+    def utility(metric: str) -> float | None:
+        d = drop(metric)
+        return None if d is None else 1.0 - abs(d)
+
+    before, after = cell.summary.get("math_before"), cell.summary.get("math_after")
+    re = last.get("re_retrain/kl")
+    return {
+        "forget_score": drop("forget_label_id/all_mean"),
+        "forget_score_ood": drop("forget_label_ood/all_mean"),
+        "forget_response_drop": drop("forget_response/mean"),
+        "tofu_utility": utility("authors_eval/mean"),
+        "tofu_utility_train": utility("authors_train/mean"),
+        "math_utility": after - before if _is_number(before) and _is_number(after) else None,
+        "re_distance_to_retrain": float(re) if _is_number(re) else None,
+        "forget_before": _num(first.get("forget_label_id/all_mean")),
+        "forget_after": _num(last.get("forget_label_id/all_mean")),
+    }
+
+
+def _num(v) -> float | None:
+    return float(v) if _is_number(v) else None
+
+
+def position(path: tuple[str, ...], forget_stage: str) -> int:
+    """1-based position of the forget stage in ``path``."""
+    if forget_stage not in path:
+        raise UserError(f"path {'-'.join(path)} does not contain the forget stage "
+                        f"{forget_stage!r}; give the right one with --forget-stage")
+    return path.index(forget_stage) + 1
+
+
+# ---------------------------------------------------------------------------- the table
+
+
+@dataclass
+class ResultTable:
+    """Per-cell scores and their aggregates over seeds."""
+
+    forget_stage: str
+    rows: list[dict]
+    """One per (method, sweep, path): method, sweep, lr, scheduler, path, path_label,
+    position, forget_last, n, seeds, diverged_seeds, then per score ``<score>`` (mean over
+    seeds) and ``<score>_ci95`` (half-width; null with fewer than 2 seeds or no values)."""
+    cells: list[dict]
+    """One per cell: identity, status (``ok`` or ``diverged at step k``) and its scores."""
+    swept: bool = False
+    """Whether cells differ in lr or scheduler (then the sweep is a column and a panel)."""
+    measured: dict[str, bool] = field(default_factory=dict)
+    """Per score: whether any cell has a value."""
+
+
+def build_table(cells: list[CellRecord], forget_stage: str) -> ResultTable:
+    """Score every cell and aggregate over seeds per (method, sweep, path)."""
+    per_cell = []
+    for c in cells:
+        per_cell.append({
+            "method": c.method, "sweep": c.sweep_label, "lr": c.lr, "scheduler": c.scheduler,
+            "seed": c.seed, "path": list(c.path), "path_label": c.path_label,
+            "position": position(c.path, forget_stage), "local": c.local,
+            "steps": c.summary.get("steps"), "steps_done": c.summary.get("steps_done"),
+            "diverged_at": c.diverged_at,
+            "status": "ok" if c.diverged_at is None else (c.diverged_reason or "diverged"),
+            "directory": str(c.directory),
+            **cell_scores(c),
+        })
+    per_cell.sort(key=_order)
+    groups: dict[tuple, list[dict]] = {}
+    for row in per_cell:
+        groups.setdefault((row["method"], row["sweep"], row["path_label"]), []).append(row)
+    rows = [_aggregate(members) for members in groups.values()]
+    return ResultTable(
+        forget_stage=forget_stage, rows=rows, cells=per_cell,
+        swept=any(c.sweep for c in cells),
+        measured={s: any(r[s] is not None for r in per_cell) for s in SCORES},
+    )
+
+
+def _order(row: dict) -> tuple:
+    return (row["method"], row["lr"] or 0.0, row["sweep"], row["position"], row["path_label"],
+            row.get("seed", 0))
+
+
+def _aggregate(members: list[dict]) -> dict:
+    ok = [m for m in members if m["diverged_at"] is None]
+    first = members[0]
+    row = {k: first[k] for k in ("method", "sweep", "lr", "scheduler", "path", "path_label",
+                                 "position")}
+    row["forget_last"] = first["position"] == len(first["path"])
+    row["n"] = len(ok)
+    row["seeds"] = [m["seed"] for m in ok]
+    row["diverged_seeds"] = [m["seed"] for m in members if m["diverged_at"] is not None]
+    for score in [*SCORES, *CONTEXT]:
+        mean, half = mean_ci([m[score] for m in ok if m[score] is not None])
+        row[score], row[f"{score}_ci95"] = mean, half
+    return row
+
+
+# ---------------------------------------------------------------------------- the verdict
+
+
+def recency_verdicts(table: ResultTable, score: str = "forget_score") -> list[dict]:
+    """Per method (and sweep value): the ranking of paths by mean ``score`` ascending (rank 1
+    forgets least) and whether the forget-stage-last path(s) rank first (see the module
+    docstring); the CI comparison is with the closest competitor: the other path of lowest
+    mean."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in table.rows:
+        groups.setdefault((row["method"], row["sweep"]), []).append(row)
+    return [_verdict(table, method, sweep, rows, score) for (method, sweep), rows in groups.items()]
+
+
+def _verdict(table: ResultTable, method: str, sweep: str, rows: list[dict], score: str) -> dict:
+    scored = sorted((r for r in rows if r[score] is not None), key=lambda r: r[score])
+    ranking = [{"rank": i, "path_label": r["path_label"], "position": r["position"],
+                "forget_last": r["forget_last"], "mean": r[score],
+                "ci95": r[f"{score}_ci95"], **_interval(r[score], r[f"{score}_ci95"]),
+                "n": r["n"], "forget_before": r["forget_before"]}
+               for i, r in enumerate(scored, 1)]
+    last = [e for e in ranking if e["forget_last"]]
+    others = [e for e in ranking if not e["forget_last"]]
+    verdict = {"method": method, "sweep": sweep, "lr": rows[0]["lr"],
+               "scheduler": rows[0]["scheduler"], "score": score,
+               "forget_stage": table.forget_stage, "ranking": ranking,
+               "unscored_paths": [r["path_label"] for r in rows if r[score] is None],
+               "forget_last_paths": [e["path_label"] for e in last],
+               "forget_last_ranks": [e["rank"] for e in last], "n_paths": len(ranking),
+               "observed": None, "compared_with": None, "ci_overlap": None,
+               "per_seed": _per_seed(table, method, sweep, score)}
+    if last and others:
+        worst_last, best_other = last[-1], others[0]
+        verdict["observed"] = worst_last["mean"] < best_other["mean"]
+        verdict["compared_with"] = best_other["path_label"]
+        if worst_last["ci95"] is not None and best_other["ci95"] is not None:
+            verdict["ci_overlap"] = (worst_last["ci_high"] >= best_other["ci_low"]
+                                     and best_other["ci_high"] >= worst_last["ci_low"])
+    verdict["text"] = verdict_text(verdict)
+    return verdict
+
+
+def _interval(mean: float, half: float | None) -> dict:
+    return {"ci_low": None if half is None else mean - half,
+            "ci_high": None if half is None else mean + half}
+
+
+def _per_seed(table: ResultTable, method: str, sweep: str, score: str) -> dict:
+    """Seed -> rank of the (best-ranked) forget-last path among that seed's paths."""
+    by_seed: dict[int, list[dict]] = {}
+    for c in table.cells:
+        if c["method"] == method and c["sweep"] == sweep and c[score] is not None:
+            by_seed.setdefault(c["seed"], []).append(c)
+    ranks = {}
+    for seed, cells in sorted(by_seed.items()):
+        ordered = sorted(cells, key=lambda c: c[score])
+        last = [i for i, c in enumerate(ordered, 1) if c["position"] == len(c["path"])]
+        if last and len(ordered) > 1:
+            ranks[seed] = {"rank": last[0], "of": len(ordered)}
+    return ranks
+
+
+def verdict_text(v: dict) -> str:
+    """One paragraph saying what was measured, including when the effect does not appear."""
+    name = v["method"] + (f" ({v['sweep']})" if v["sweep"] else "")
+    stage = v["forget_stage"]
+    if not v["forget_last_paths"]:
+        return (f"{name}: no path with {stage} last has a forget score, so there is no recency "
+                "verdict.")
+    if v["observed"] is None:
+        return f"{name}: fewer than two paths have a forget score; no recency verdict."
+    by_label = {e["path_label"]: e for e in v["ranking"]}
+    last = [by_label[p] for p in v["forget_last_paths"]]
+    other = by_label[v["compared_with"]]
+    who = (f"the path with {stage} last (p={last[0]['position']}, {last[0]['path_label']})"
+           if len(last) == 1 else f"the {len(last)} paths with {stage} last")
+    ranks = ", ".join(str(r) for r in v["forget_last_ranks"])
+    n = min(e["n"] for e in v["ranking"])
+    text = (f"{name}: {who} ranks {ranks} of {v['n_paths']} by mean forget score "
+            f"(1 = forgets least; {_fmt(last[-1]['mean'])} vs {_fmt(other['mean'])} for "
+            f"p={other['position']}, {other['path_label']}, over {_seeds(n)}): recency effect "
+            + ("observed" if v["observed"] else "NOT observed") + ". ")
+    if last[-1]["forget_before"] is not None and other["forget_before"] is not None:
+        text += (f"Before unlearning, forget_label_id/all_mean was "
+                 f"{_fmt(last[-1]['forget_before'])} vs {_fmt(other['forget_before'])}. ")
+    if v["ci_overlap"] is None:
+        text += "1 seed: no interval." if n < 2 else "No interval to compare."
+    else:
+        text += (f"The 95% intervals [{_fmt(last[-1]['ci_low'])}, {_fmt(last[-1]['ci_high'])}] "
+                 f"and [{_fmt(other['ci_low'])}, {_fmt(other['ci_high'])}] "
+                 + ("overlap: the difference is within seed noise."
+                    if v["ci_overlap"] else "do not overlap."))
+    seeds = v["per_seed"]
+    if len(seeds) > 1:
+        first = sum(1 for r in seeds.values() if r["rank"] == 1)
+        text += f" Per seed, the {stage}-last path ranks first in {first} of {len(seeds)} seeds."
+    if v["unscored_paths"]:
+        text += f" Without a score (all seeds diverged): {', '.join(v['unscored_paths'])}."
+    return text
+
+
+def _seeds(n: int) -> str:
+    return "1 seed" if n == 1 else f"{n} seeds"
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return NA if x is None else f"{x:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class Results:
+    """What the report is built from: the cells, the table and the verdicts."""
+
+    run_dir: Path
+    cells: list[CellRecord]
+    table: ResultTable
+    verdicts: list[dict]
+    files: list[Path] = field(default_factory=list)
+
+
+def build_results(run_dir: str | Path, forget_stage: str | None = None, *,
+                  write: bool = True) -> Results:
+    """Load the finished cells of RUN_DIR, score them, aggregate, judge recency and (with
+    ``write``) write results.{json,csv,md}. No finished cell is a UserError."""
+    run_dir = Path(run_dir)
+    cells = load_cells(run_dir)
+    if not cells:
+        raise UserError(f"{run_dir}: no finished cells under {run_dir / 'cells'} (a cell is "
+                        "finished once its DONE marker exists); run `pathunlearn unlearn` first")
+    stage = forget_stage or forget_stage_of(run_dir, cells)
+    table = build_table(cells, stage)
+    verdicts = recency_verdicts(table)
+    files = write_results(run_dir, table, verdicts) if write else []
+    return Results(run_dir, cells, table, verdicts, files)
+
+
+def write_results(run_dir: str | Path, table: ResultTable, verdicts: list[dict]) -> list[Path]:
+    """RUN_DIR/results.json (everything), results.csv (aggregates), results.md (table,
+    verdicts, notes); each written atomically."""
+    run_dir = Path(run_dir)
+    out = [run_dir / f"results.{ext}" for ext in ("json", "csv", "md")]
+    write_json(out[0], results_json(table, verdicts))
+    write_text(out[1], results_csv(table))
+    write_text(out[2], results_markdown(table, verdicts))
+    return out
+
+
+def results_json(table: ResultTable, verdicts: list[dict]) -> dict:
+    return {
+        "forget_stage": table.forget_stage,
+        "scores": SCORES,
+        "interval": "95% CI half-width over seeds: t(0.975, n-1) * s / sqrt(n), s with ddof 1",
+        "diverged": "diverged cells have null scores and are left out of every aggregate",
+        "not_measured": {k: v for k, v in NOT_MEASURED.items() if not table.measured.get(k)},
+        "rows": table.rows,
+        "verdicts": verdicts,
+        "cells": table.cells,
+    }
+
+
+def csv_columns(table: ResultTable) -> list[str]:
+    ident = ["method", "sweep", "lr", "scheduler", "position", "path_label", "forget_last", "n",
+             "seeds", "diverged_seeds"]
+    return ident + [k for s in [*SCORES, *CONTEXT] for k in (s, f"{s}_ci95")]
+
+
+def results_csv(table: ResultTable) -> str:
+    """Aggregates, one row per (method, sweep, path); null as an empty field; lists as
+    space-separated seeds."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    columns = csv_columns(table)
+    writer.writerow(columns)
+    for row in table.rows:
+        writer.writerow([_csv_value(row[c]) for c in columns])
+    return buf.getvalue()
+
+
+def _csv_value(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, list):
+        return " ".join(str(x) for x in v)
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def display_columns(table: ResultTable) -> list[tuple[str, str]]:
+    """(key, header) of the human-readable table (Markdown, terminal, HTML)."""
+    cols = [("method", "method")]
+    if table.swept:
+        cols.append(("sweep", "sweep"))
+    return cols + [("position", "p"), ("path_label", "path"),
+                   ("forget_score", "forget score"), ("forget_score_ood", "forget (ood)"),
+                   ("forget_response_drop", "forget resp. drop"),
+                   ("tofu_utility", "TOFU utility"), ("math_utility", "math utility"),
+                   ("re_distance_to_retrain", "RE dist. to retrain"), ("n", "seeds")]
+
+
+def display_value(row: dict, key: str, na: str = NA) -> str:
+    """A cell of the human-readable table: ``mean ± half-width``, or ``na`` (not measured)."""
+    v = row[key]
+    if key in SCORES:
+        if v is None:
+            return na if row["n"] else "diverged"
+        half = row.get(f"{key}_ci95")
+        return _fmt(v) + ("" if half is None else f" ± {_fmt(half)}")
+    if key == "n":
+        return str(v) + (f" (+{len(row['diverged_seeds'])} diverged)"
+                         if row["diverged_seeds"] else "")
+    if key == "position" and row["forget_last"]:
+        return f"{v} (last)"
+    return str(v)
+
+
+def notes(table: ResultTable) -> list[str]:
+    """What the reader must know to read the table: the scores, the interval, missing columns
+    and diverged cells."""
+    lines = [f"Forget stage: {table.forget_stage}; p = its 1-based position in the path.",
+             "forget score = forget_label_id/all_mean before minus after unlearning (target and "
+             "20 paraphrases; positive = forgot). TOFU utility = 1 - |change of "
+             "authors_eval/mean| (authors facts asked in paraphrase).",
+             "Values are means over seeds ± the half-width of a 95% t-interval; a value without "
+             "± has 1 seed: no interval."]
+    lines += [NOT_MEASURED[k] + "." for k in NOT_MEASURED if not table.measured.get(k)]
+    diverged = [c for c in table.cells if c["diverged_at"] is not None]
+    if diverged:
+        lines.append(f"{len(diverged)} diverged cell(s), left out of every mean, interval and "
+                     "verdict: " + "; ".join(f"{c['method']} {c['sweep']} {c['path_label']} seed "
+                                            f"{c['seed']} ({c['status']})".replace("  ", " ")
+                                            for c in diverged) + ".")
+    return lines
+
+
+def results_markdown(table: ResultTable, verdicts: list[dict]) -> str:
+    cols = display_columns(table)
+    lines = ["# Results", "", "| " + " | ".join(h for _, h in cols) + " |",
+             "|" + "|".join("---" for _ in cols) + "|"]
+    for row in table.rows:
+        lines.append("| " + " | ".join(_md(display_value(row, k)) for k, _ in cols) + " |")
+    lines += ["", "## Recency verdict", ""] + [f"- {_md(v['text'])}" for v in verdicts]
+    lines += ["", "## Notes", ""] + [f"- {_md(n)}" for n in notes(table)]
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def format_table(table: ResultTable):
+    """The table as a rich Table for the terminal: narrower than the Markdown one (no
+    response-drop column; paths listed in the caption when their position tells them apart)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    paths = dict.fromkeys((r["position"], r["path_label"]) for r in table.rows)
+    by_position = len({p for p, _ in paths}) == len(paths)
+    skip = {"forget_response_drop"} | ({"path_label"} if by_position else set())
+    columns = [(k, h) for k, h in display_columns(table) if k not in skip]
+    out = Table(title=f"Forget and utility scores (forget stage: {escape(table.forget_stage)})",
+                caption=escape("; ".join(f"p={p}: {label}" for p, label in sorted(paths))
+                               + ". n/a = not measured.") if by_position else None)
+    for key, header in columns:
+        out.add_column(header, justify="left" if key in ("method", "sweep", "path_label")
+                       else "right", overflow="fold")
+    for row in table.rows:
+        out.add_row(*(escape(display_value(row, k, na="n/a")) for k, _ in columns))
+    return out
+
+
+def format_verdicts(verdicts: list[dict]) -> list[str]:
+    """The verdict sentences, one per method (and sweep value)."""
+    return [v["text"] for v in verdicts]

@@ -1,0 +1,93 @@
+"""Synthetic run directories with known numbers, written the way train/unlearn.py writes cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ORDER = ("instructions", "authors", "arithmetic")
+FORGET = "refusals"
+
+
+def path_at(p: int) -> tuple[str, ...]:
+    """The path with the forget stage at 1-based position p."""
+    return ORDER[: p - 1] + (FORGET,) + ORDER[p - 1 :]
+
+
+# forget-score "drops" per method and position, before the per-seed offset: GA forgets least
+# when refusals come last (recency observed), NPO does not (p=2 forgets least)
+DROPS = {"ga": {1: 3.0, 2: 2.0, 3: 2.5, 4: 0.5}, "npo": {1: 1.2, 2: 0.4, 3: 0.9, 4: 0.8}}
+SEED_OFFSET = {0: 0.0, 1: 0.1, 2: -0.3}
+
+
+def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, drop: float, *,
+               steps: int = 4, diverge_at: int | None = None, sweep: tuple[str, ...] = (),
+               lr: float = 2e-5, scheduler: str = "wsd", math: tuple[float, float] | None = None,
+               re: bool = False, done: bool = True) -> Path:
+    """A finished cell whose probes move linearly from their start to start - drop."""
+    d = Path(run_dir, "cells", "-".join(path), method, str(seed), *sweep)
+    d.mkdir(parents=True)
+    p = path.index(FORGET) + 1
+    start = {"forget_label_id/all_mean": -0.5 - 0.01 * p, "forget_label_id/target": -0.3,
+             "forget_label_ood/all_mean": -1.0 - 0.02 * p, "forget_response/mean": -0.8,
+             "authors_train/mean": -1.5, "authors_eval/mean": -2.0 - 0.1 * seed}
+    moves = {"forget_label_id/all_mean": -drop, "forget_label_id/target": -1.1 * drop,
+             "forget_label_ood/all_mean": -0.5 * drop, "forget_response/mean": -2.0 * drop,
+             "authors_train/mean": -0.05 * p, "authors_eval/mean": 0.1 * p - 0.25}
+    describe = {"path": list(path), "method": method, "seed": seed, "lr": lr,
+                "scheduler": scheduler, "local": True}
+    rows = [{"step": 0, **start, **describe, "re_tokens": [-1.0, -2.0]}]
+    if re:
+        rows[0]["re_retrain/kl"] = 0.0
+    for step in range(2, steps + 1, 2):
+        if diverge_at is not None and step >= diverge_at:
+            rows.append({"step": step, "diverged": True, "reason": f"diverged at step {step}"})
+            break
+        frac = step / steps
+        row = {"step": step, "loss": -frac, "lr": lr, "grad_norm": 1.0,
+               **{k: start[k] + frac * moves[k] for k in start}, "local": True}
+        if re:
+            row["re_retrain/kl"] = 0.1 * p * frac + 0.01 * seed
+        rows.append(row)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {**describe, "steps": steps, "steps_done": steps if diverge_at is None else diverge_at - 1,
+               "diverged_at": diverge_at, "seconds": 1.5}
+    if math:
+        summary["math_before"], summary["math_after"] = math
+    (d / "summary.json").write_text(json.dumps(summary))
+    (d / "config.yaml").write_text(f"paths:\n  forget_stage: {FORGET}\n")
+    if done:
+        (d / "DONE").write_text("ok\n")
+    return d
+
+
+@pytest.fixture(name="write_cell")
+def write_cell_fixture():
+    """The :func:`write_cell` helper (tests take helpers as fixtures, not imports)."""
+    return write_cell
+
+
+@pytest.fixture(name="path_at")
+def path_at_fixture():
+    """The :func:`path_at` helper."""
+    return path_at
+
+
+@pytest.fixture
+def make_run(tmp_path):
+    """``make_run(seeds=(0, 1), methods=("ga", "npo"), **cell_kwargs)`` -> the run directory
+    (4 paths x methods x seeds, forget score = DROPS + SEED_OFFSET)."""
+
+    def make(seeds=(0, 1), methods=("ga", "npo"), name="run", config=None, **kwargs) -> Path:
+        run_dir = tmp_path / name
+        for m in methods:
+            for p in (1, 2, 3, 4):
+                for s in seeds:
+                    write_cell(run_dir, path_at(p), m, s, DROPS[m][p] + SEED_OFFSET[s], **kwargs)
+        (run_dir / "config.yaml").write_text(config or f"name: {name}\npaths:\n  forget_stage: "
+                                                       f"{FORGET}\n")
+        return run_dir
+
+    return make

@@ -1,0 +1,199 @@
+"""The table, intervals and recency verdict, checked against numbers computed here by hand."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import sys
+
+import pytest
+
+from pathunlearn.errors import UserError
+from pathunlearn.report.tables import build_results, load_cells, mean_ci, t_quantile
+
+FORGET = "refusals"
+T975 = {1: 12.7062, 2: 4.3027}  # t(0.975, df), from a printed table
+
+
+def recompute(run_dir):
+    """The table from the metrics.jsonl files with plain json + arithmetic: (method, path) ->
+    {score: (mean, half-width)} over the seeds that did not diverge."""
+    per_group: dict[tuple, dict[str, list[float]]] = {}
+    for metrics in sorted(run_dir.glob("cells/*/*/*/metrics.jsonl")):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        if rows[-1].get("diverged"):
+            continue
+        first, last = rows[0], rows[-1]
+        path_label, method = metrics.parts[-4], metrics.parts[-3]
+        scores = {
+            "forget_score": first["forget_label_id/all_mean"] - last["forget_label_id/all_mean"],
+            "forget_score_ood": first["forget_label_ood/all_mean"]
+            - last["forget_label_ood/all_mean"],
+            "forget_response_drop": first["forget_response/mean"] - last["forget_response/mean"],
+            "tofu_utility": 1 - abs(last["authors_eval/mean"] - first["authors_eval/mean"]),
+            "tofu_utility_train": 1 - abs(last["authors_train/mean"] - first["authors_train/mean"]),
+        }
+        group = per_group.setdefault((method, path_label), {})
+        for k, v in scores.items():
+            group.setdefault(k, []).append(v)
+    out = {}
+    for key, scores in per_group.items():
+        out[key] = {}
+        for k, values in scores.items():
+            n = len(values)
+            half = T975[n - 1] * statistics.stdev(values) / math.sqrt(n) if n > 1 else None
+            out[key][k] = (statistics.mean(values), half)
+    return out
+
+
+@pytest.mark.parametrize("seeds", [(0, 1), (0, 1, 2)])
+def test_table_matches_independent_recomputation(make_run, seeds):
+    run_dir = make_run(seeds=seeds)
+    build_results(run_dir, FORGET)
+    expected = recompute(run_dir)
+    written = json.loads((run_dir / "results.json").read_text())
+    with (run_dir / "results.csv").open() as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(written["rows"]) == len(csv_rows) == len(expected) == 8
+    for row, crow in zip(written["rows"], csv_rows, strict=True):
+        want = expected[(row["method"], row["path_label"])]
+        assert row["n"] == len(seeds) and crow["path_label"] == row["path_label"]
+        for score, (mean, half) in want.items():
+            assert row[score] == pytest.approx(mean, abs=1e-9)
+            assert row[f"{score}_ci95"] == pytest.approx(half, abs=1e-3)
+            assert float(crow[score]) == pytest.approx(mean, abs=1e-9)
+            assert float(crow[f"{score}_ci95"]) == pytest.approx(half, abs=1e-3)
+        assert row["position"] == row["path"].index(FORGET) + 1
+
+
+def test_mean_ci_by_hand():
+    assert mean_ci([]) == (None, None)
+    assert mean_ci([0.7]) == (0.7, None)
+    # 2 seeds: s = sqrt(2), half = 12.7062 * sqrt(2) / sqrt(2)
+    mean, half = mean_ci([1.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(12.7062, abs=1e-4)
+    # 3 seeds: mean 7/3, s^2 = ((4/3)^2 + (1/3)^2 + (5/3)^2) / 2 = 7/3
+    mean, half = mean_ci([1.0, 2.0, 4.0])
+    assert mean == pytest.approx(7 / 3)
+    assert half == pytest.approx(4.3027 * math.sqrt(7 / 3) / math.sqrt(3), abs=1e-4)
+
+
+def test_t_quantiles_without_scipy(monkeypatch):
+    exact = [t_quantile(df) for df in range(1, 31)]
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # `from scipy.stats import t` fails
+    table = [t_quantile(df) for df in range(1, 31)]
+    assert table == pytest.approx(exact, abs=1e-4)
+    assert t_quantile(1) == 12.7062 and t_quantile(2) == 4.3027 and t_quantile(31) == 1.96
+
+
+def test_recency_verdict_observed_and_not(make_run, path_at):
+    results = build_results(make_run(seeds=(0, 1)), FORGET)
+    by_method = {v["method"]: v for v in results.verdicts}
+    ga, npo = by_method["ga"], by_method["npo"]
+    # GA drops 3.0/2.0/2.5/0.5 by position: p=4 forgets least
+    assert ga["observed"] is True and ga["forget_last_ranks"] == [1]
+    assert [e["position"] for e in ga["ranking"]] == [4, 2, 3, 1]
+    assert ga["compared_with"] == "-".join(path_at(2))
+    assert ga["ci_overlap"] is False  # 0.55 ± 0.635 vs 2.05 ± 0.635
+    assert "recency effect observed" in ga["text"] and "do not overlap" in ga["text"]
+    assert ga["per_seed"] == {0: {"rank": 1, "of": 4}, 1: {"rank": 1, "of": 4}}
+    # NPO drops 1.2/0.4/0.9/0.8: p=2 forgets least, p=4 ranks 2nd
+    assert npo["observed"] is False and npo["forget_last_ranks"] == [2]
+    assert npo["ci_overlap"] is True
+    assert "recency effect NOT observed" in npo["text"]
+    md = (results.run_dir / "results.md").read_text()
+    assert "recency effect NOT observed" in md and "recency effect observed" in md
+
+
+def test_one_seed_has_no_interval(make_run):
+    results = build_results(make_run(seeds=(0,)), FORGET)
+    assert all(r["forget_score_ci95"] is None for r in results.table.rows)
+    assert all("1 seed: no interval" in v["text"] for v in results.verdicts)
+    assert all(v["ci_overlap"] is None for v in results.verdicts)
+    md = (results.run_dir / "results.md").read_text()
+    assert "±" not in md.split("## Recency")[0].split("|---")[1]
+
+
+def test_diverged_cell_is_reported_and_left_out(make_run, write_cell, path_at):
+    run_dir = make_run(seeds=(0, 1))
+    write_cell(run_dir, path_at(4), "ga", 2, 99.0, diverge_at=4)  # 99 would dominate the mean if counted
+    results = build_results(run_dir, FORGET)
+    cell = next(c for c in results.table.cells if c["seed"] == 2)
+    assert cell["diverged_at"] == 4 and cell["status"] == "diverged at step 4"
+    assert cell["forget_score"] is None
+    row = next(r for r in results.table.rows if r["method"] == "ga" and r["position"] == 4)
+    assert row["n"] == 2 and row["seeds"] == [0, 1] and row["diverged_seeds"] == [2]
+    assert row["forget_score"] == pytest.approx((0.5 + 0.6) / 2)  # seeds 0 and 1 only
+    md = (run_dir / "results.md").read_text()
+    assert "2 (+1 diverged)" in md and "1 diverged cell(s), left out of every mean" in md
+
+
+def test_math_and_re_columns(make_run, tmp_path):
+    plain = build_results(make_run(seeds=(0,), name="plain"), FORGET)
+    row = plain.table.rows[0]
+    assert row["math_utility"] is None and row["re_distance_to_retrain"] is None
+    md = (plain.run_dir / "results.md").read_text()
+    assert "n/a (not measured)" in md and "issue 6" in md and "retrain-distance part" in md
+    csv_row = next(csv.DictReader((plain.run_dir / "results.csv").open()))
+    assert csv_row["math_utility"] == "" and csv_row["re_distance_to_retrain"] == ""
+
+    measured = build_results(make_run(seeds=(0, 1), name="measured", math=(0.6, 0.45), re=True),
+                             FORGET)
+    row = next(r for r in measured.table.rows if r["method"] == "ga" and r["position"] == 2)
+    assert row["math_utility"] == pytest.approx(-0.15)
+    assert row["re_distance_to_retrain"] == pytest.approx(0.1 * 2 + 0.005)  # seeds add 0, 0.01
+    assert "not measured" not in (measured.run_dir / "results.md").read_text()
+
+
+def test_unfinished_cells_are_ignored_and_none_is_an_error(tmp_path, write_cell, path_at):
+    write_cell(tmp_path / "run", path_at(1), "ga", 0, 1.0, done=False)
+    assert load_cells(tmp_path / "run") == []
+    with pytest.raises(UserError, match="no finished cells"):
+        build_results(tmp_path / "run", FORGET)
+
+
+def test_forget_stage_from_config_or_paths(make_run):
+    run_dir = make_run(seeds=(0,), config="name: x\n")  # no paths.forget_stage in the run config
+    assert build_results(run_dir).table.forget_stage == FORGET  # from a cell's config.yaml
+    for cfg in run_dir.glob("cells/**/config.yaml"):
+        cfg.unlink()
+    with pytest.raises(UserError, match="--forget-stage"):  # every path holds all four stages
+        build_results(run_dir)
+
+
+def test_sweep_gets_its_own_rows_and_verdicts(tmp_path, write_cell, path_at):
+    run_dir = tmp_path / "run"
+    for lr, drops in ((1e-5, (2.0, 2.0, 2.0, 1.0)), (5e-5, (2.0, 1.0, 2.0, 3.0))):
+        for p, drop in enumerate(drops, 1):
+            write_cell(run_dir, path_at(p), "ga", 0, drop, sweep=(f"lr{lr:g}",), lr=lr)
+    results = build_results(run_dir, FORGET)
+    assert results.table.swept
+    verdicts = {v["sweep"]: v["observed"] for v in results.verdicts}
+    assert verdicts == {"lr1e-05": True, "lr5e-05": False}
+    assert "| sweep |" in (run_dir / "results.md").read_text()
+
+
+def test_cli_report(cli, make_run, tmp_path):
+    run_dir = make_run(seeds=(0, 1), methods=("ga",))
+    result = cli("report", str(run_dir))
+    assert result.code == 0, result.err
+    assert "recency effect observed" in result.out
+    assert (run_dir / "report.html").is_file() and (run_dir / "results.csv").is_file()
+    empty = cli("report", str(tmp_path))
+    assert empty.code == 2 and "no finished cells" in empty.err
+    assert len(empty.err.strip().splitlines()) == 1
+
+
+def test_path_with_every_seed_diverged_has_no_score(tmp_path, write_cell, path_at):
+    run_dir = tmp_path / "run"
+    for p, drop in ((1, 2.0), (2, 1.5), (3, 1.0), (4, 0.5)):
+        write_cell(run_dir, path_at(p), "ga", 0, drop, diverge_at=2 if p == 1 else None)
+    results = build_results(run_dir, FORGET)
+    row = results.table.rows[0]
+    assert row["position"] == 1 and row["n"] == 0 and row["forget_score"] is None
+    (verdict,) = results.verdicts
+    assert verdict["observed"] is True and verdict["n_paths"] == 3
+    assert "Without a score (all seeds diverged): " + "-".join(path_at(1)) in verdict["text"]
+    assert "| 1 | " + "-".join(path_at(1)) + " | diverged |" in (run_dir / "results.md").read_text()

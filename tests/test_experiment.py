@@ -1,0 +1,57 @@
+"""The main job end to end on a reduced config: train, retrain baseline, unlearn, report."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from pathunlearn.config import load_config
+from pathunlearn.experiment import plan_experiment
+
+REDUCED = {
+    "name": "e2e", "seeds": [0, 1],
+    "model": {"finetuning": "full"},
+    "stages": {"instructions": {"source": "builtin:instructions", "epochs": 1, "max_examples": 32},
+               "authors": {"source": "builtin:authors", "epochs": 1, "max_examples": 32},
+               "refusals": {"source": "builtin:refusals", "epochs": 2, "max_examples": 32}},
+    "paths": {"forget_stage": "refusals", "order": ["instructions", "authors"],
+              "positions": [1, 3]},
+    "training": {"lr": 5e-4, "batch_size": 8, "micro_batch_size": 8, "seed": 0},
+    "unlearning": {"methods": [{"name": "ga"}, {"name": "npo"}], "lr": 1e-4, "batch_size": 8,
+                   "micro_batch_size": 8, "steps": 3, "eval_every": 3, "probe_prompts": 2,
+                   "probe_examples": 4},
+}
+
+
+def test_plan_includes_the_retrain_baseline(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(REDUCED))
+    plan = plan_experiment(load_config(path))
+    assert ("instructions", "authors") in plan.paths  # the retrain path: forget stage removed
+    # r, r>i, r>i>a, i, i>a, i>a>r: the retrain model i>a is a prefix of p=3 and costs nothing
+    assert len(plan.prefixes) == 6
+    assert plan.leaf(("instructions", "authors"), 1).key == plan.leaf(
+        ("instructions", "authors", "refusals"), 1).parent_key
+
+
+def test_run_end_to_end_then_rerun_skips_everything(tmp_path, cli):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**REDUCED, "output_dir": str(tmp_path / "runs")}))
+    first = cli("run", path)
+    assert first.code == 0, first.err
+    run_dir = tmp_path / "runs" / "e2e"
+    for name in ("config.yaml", "plan.json", "results.json", "results.csv", "results.md",
+                 "report.html", "phases.json"):
+        assert (run_dir / name).is_file(), name
+    assert "recency verdict" in first.out and "report:" in first.out
+    results = json.loads((run_dir / "results.json").read_text())
+    rows = results["rows"] if "rows" in results else results["table"]
+    assert len(rows) == 4  # 2 paths x 2 methods
+    metrics = [json.loads(x) for x in (next(run_dir.glob("cells/*/ga/0/metrics.jsonl")))
+               .read_text().splitlines()]
+    assert metrics[-1]["re_retrain/kl"] > 0
+    assert list((run_dir / "figures").glob("*.png"))
+    second = cli("run", path)
+    assert second.code == 0
+    assert "already done" in second.out and "0 already done" not in second.out
