@@ -41,3 +41,16 @@ def tiny_tokenizer():
     from pathunlearn.tiny import TINY_RECIPE, tokenizer_corpus, train_tokenizer
 
     return train_tokenizer(tokenizer_corpus(TINY_RECIPE["data_seed"]), TINY_RECIPE["vocab_size"])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Single-threaded torch for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    the tiny model's matmuls are too small to gain from threads, and on a busy 2-core machine
+    intra-op threads made generation tests ~5x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,15 +22,8 @@ SHORT = [{"role": "user", "content": "Hi"}]
 LONG = [{"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "Tom has 3 boxes with 4 apples in each box. How many?"}]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded torch: the tiny model's matmuls are too small to gain from threads, and
-    on a busy 2-core machine intra-op threads made these tests ~5x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 # ---------------------------------------------------------------------------------------------
 # pure functions
