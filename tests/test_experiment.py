@@ -20,7 +20,8 @@ REDUCED = {
     "training": {"lr": 5e-4, "batch_size": 8, "micro_batch_size": 8, "seed": 0},
     "unlearning": {"methods": [{"name": "ga"}, {"name": "npo"}], "lr": 1e-4, "batch_size": 8,
                    "micro_batch_size": 8, "steps": 3, "eval_every": 3, "probe_prompts": 2,
-                   "probe_examples": 4},
+                   "probe_examples": 4, "math_questions": 3, "math_samples": 2,
+                   "math_max_new_tokens": 8},
 }
 
 
@@ -52,6 +53,9 @@ def test_run_end_to_end_then_rerun_skips_everything(tmp_path, cli):
                .read_text().splitlines()]
     assert metrics[-1]["re_retrain/kl"] > 0
     assert list((run_dir / "figures").glob("*.png"))
+    summary = json.loads(next(run_dir.glob("cells/*/npo/1/summary.json")).read_text())
+    assert 0 <= summary["math_before"] <= 1 and 0 <= summary["math_after"] <= 1
+    assert all(r["math_utility"] is not None for r in rows)
     second = cli("run", path)
     assert second.code == 0
     assert "already done" in second.out and "0 already done" not in second.out

@@ -228,6 +228,17 @@ class UnlearningConfig(OptimConfig):
     """Examples per response probe (forget responses, authors answers)."""
     save_model: bool = False
     """Also save every unlearned model (merged weights + adapter) in its cell directory."""
+    math_questions: int = Field(0, ge=0)
+    """Math accuracy before and after unlearning on this many questions (0: not measured)."""
+    math_source: str = "builtin:arithmetic:test"
+    """Questions (with `meta.answer` or a `#### N` reference answer) for the math utility."""
+    math_samples: int = Field(5, gt=0)
+    """Samples per question (the paper: 5); accuracy = mean fraction of correct samples."""
+    math_max_new_tokens: int = Field(128, gt=0)
+    """Generation budget per sample."""
+    math_prompt: Literal["auto", "paper", "plain"] = "auto"
+    """`paper`: the Appendix F math prompt; `plain`: the bare question, as the built-in
+    arithmetic stage trains it; `auto`: plain for built-in sources, paper otherwise."""
 
 
 class ProbeConfig(StrictModel):

@@ -1,6 +1,6 @@
 """RUN_DIR/report.html: one self-contained page (figures embedded as base64 PNG, inline CSS, no
-scripts, no external resources) with the table, the recency verdict, the figures, the probes,
-the resolved config, versions, device and wall times.
+scripts, no external resources) with the table, the recency verdict, the pairwise distances
+between paths, the figures, the probes, the resolved config, versions, device and wall times.
 
 Every string that comes from data, config or directory names goes through ``html.escape``.
 """
@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pathunlearn.files import write_text
+from pathunlearn.report.pairwise import pair_summary, summary_cells, summary_headers
 from pathunlearn.report.plots import FIGURE_DIR
 from pathunlearn.report.tables import (
     NA,
@@ -70,6 +71,7 @@ def write_report(run_dir: str | Path, results: Results | None = None, *,
         _header(run_dir, results),
         _verdict_section(results),
         _table_section(results),
+        _pairwise_section(results),
         _figure_section(run_dir, figures),
         _cells_section(results),
         _probe_section(probes),
@@ -124,10 +126,13 @@ def _verdict_section(results: Results) -> str:
              "<p class=\"note\">Per method, paths ranked by mean forget score (rank 1 = forgets "
              "least). The recency effect (the paper's finding) is observed when the path with "
              "the forget stage last forgets least.</p>"]
-    for v in results.verdicts:
-        cls = {True: "yes", False: "no"}.get(v["observed"], "")
-        parts.append(f"<div class=\"verdict {cls}\">{_e(v['text'])}</div>")
+    parts += [_verdict_div(v) for v in results.verdicts if v.get("kind") != "pairwise"]
     return "\n".join(parts)
+
+
+def _verdict_div(v: dict) -> str:
+    cls = {True: "yes", False: "no"}.get(v["observed"], "")
+    return f"<div class=\"verdict {cls}\">{_e(v['text'])}</div>"
 
 
 def _table_section(results: Results) -> str:
@@ -148,6 +153,31 @@ def _table_section(results: Results) -> str:
             f"<details><summary>Score definitions</summary><ul>{score_list}</ul></details>"
             "<p class=\"note\">Also in results.json (every cell, verdict details), results.csv "
             "and results.md.</p>")
+
+
+def _pairwise_section(results: Results) -> str:
+    """Pairwise d_MSE between paths: the growth verdicts, a compact table per method (first
+    and last step, growth factor), the notes."""
+    pairwise = results.pairwise
+    if pairwise is None:
+        return ""
+    parts = ["<h2>Pairwise distance between paths</h2>",
+             "<p class=\"note\">Per method, d_MSE between the unlearned models of every pair of "
+             "paths at the first and the last eval step (all steps in results.json, section "
+             "<code>pairwise</code>, and in the pairwise figures).</p>"]
+    parts += [_verdict_div(v) for v in pairwise.verdicts]
+    for method, sweep in pairwise.methods():
+        summary = pair_summary(pairwise, method, sweep)
+        heads = ["pair", *summary_headers(summary), "growth", "seeds"]
+        head = "".join(f"<th class=\"{'text' if i == 0 else ''}\">{_e(h)}</th>"
+                       for i, h in enumerate(heads))
+        rows = "".join("<tr>" + "".join(f"<td class=\"{'text' if i == 0 else ''}\">{_e(c)}</td>"
+                                        for i, c in enumerate(summary_cells(s, summary)))
+                       + "</tr>" for s in summary)
+        parts.append(f"<h3>{_e(method)}{_e(f' ({sweep})' if sweep else '')}</h3>"
+                     f"<div class=\"wide\"><table><tr>{head}</tr>{rows}</table></div>")
+    notes_list = "".join(f"<li>{_e(n)}</li>" for n in pairwise.notes())
+    return "\n".join(parts) + f"<ul class=\"note\">{notes_list}</ul>"
 
 
 def _align(key: str) -> str:

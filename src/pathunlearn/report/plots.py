@@ -6,7 +6,10 @@ Per method (files ``RUN_DIR/figures/<kind>_<method>.{png,svg}``):
   (minus the forget score so far) and ``/target`` vs step (the paper's Figures 1 and 3);
 - ``utility``: retained authors answers, ``authors_eval/mean`` and its change since step 0
   (what the TOFU utility scores), ``authors_train/mean``;
-- ``re_distance``: ``re_retrain/kl`` (and ``/mse``) vs step, when the run measured them.
+- ``re_distance``: ``re_retrain/kl`` (and ``/mse``) vs step, when the run measured them;
+- ``pairwise``: d_MSE between the unlearned models of every pair of paths vs step (a curve per
+  pair, see :mod:`pathunlearn.report.pairwise`), beside d_MSE of each path to its retrain model
+  (``re_retrain/mse``, the same distance) when measured; log y when every value is positive.
 
 Each thick curve is the mean over seeds, with a shaded 95% t-interval when there are 2+ seeds
 (the paper's Figure 5) and each seed as a thin line; the y-axis spans the seeds' values, since
@@ -29,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pathunlearn.files import write_json
+from pathunlearn.report.pairwise import pair_label
 from pathunlearn.report.tables import CellRecord, Results, mean_ci, position
 from pathunlearn.theory.plots import save_figure  # PNG + SVG, atomic: one helper for all figures
 
@@ -77,6 +81,13 @@ CAPTIONS = {
     "re_distance": "Distance to the retrain model (the path without the forget stage) vs "
                    "unlearning step. Thick line: mean over seeds; thin lines: each seed; band: "
                    "95% interval (cut at the range of the seeds' values).",
+    "pairwise": "d_MSE between the unlearned models of two paths (mean over the held-out "
+                "reference tokens of the squared difference of their per-token "
+                "log-probabilities; Definition 2.1) vs unlearning step, a curve per pair of "
+                "paths; Theorem 3.1 predicts growth with the steps (linear model). Beside it, "
+                "when measured: the same distance from each path to its retrain model "
+                "(re_retrain/mse). Thick line: mean over seeds; thin lines: each seed; band: "
+                "95% interval. Log y when every value is positive.",
 }
 
 
@@ -101,6 +112,15 @@ def write_figures(run_dir: str | Path, results: Results) -> list[Path]:
                                         if diverged else "")
             index.append({"method": method, "kind": kind, "caption": caption,
                           "files": [p.name for p in written]})
+        series = [s for s in (results.pairwise.series if results.pairwise else [])
+                  if s["method"] == method]
+        if series:
+            fig = pairwise_figure(series, mine, stage, title=f"{method}: pairwise d_MSE")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            written = save_figure(fig, out_dir, f"pairwise_{_safe(method)}")
+            files += written
+            index.append({"method": method, "kind": "pairwise", "caption": CAPTIONS["pairwise"],
+                          "files": [p.name for p in written]})
     write_json(out_dir / "index.json", index)
     return files
 
@@ -121,10 +141,7 @@ def curves_figure(cells: list[CellRecord], panels: tuple[Panel, ...], forget_sta
             for path in paths:
                 group = [c for c in cells if c.path == path and c.sweep_label == sweep]
                 values += _draw(ax, group, panel, colors[path], path, forget_stage)
-            if values:  # the band of 2-3 seeds is wide: keep the axis on the measured values
-                lo, hi = min(values), max(values)
-                pad = 0.08 * (hi - lo) or 0.05 * max(abs(hi), 1e-3)
-                ax.set_ylim(lo - pad, hi + pad)
+            _fit_ylim(ax, values)
             ax.set_title(panel.label + (f" — {sweep}" if sweep else ""), fontsize=9)
             ax.set_ylabel(panel.ylabel, fontsize=8)
             ax.grid(alpha=0.3)
@@ -141,29 +158,95 @@ def curves_figure(cells: list[CellRecord], panels: tuple[Panel, ...], forget_sta
     return fig
 
 
+def pairwise_figure(series: list[dict], cells: list[CellRecord], forget_stage: str,
+                    title: str = "") -> Figure:
+    """Rows = sweep values; left: d_MSE vs step, a curve per pair of paths (``series`` from
+    :func:`pathunlearn.report.pairwise.build_pairwise`); right, when the cells measured it:
+    d_MSE of each path to its retrain model. The two share the y-axis (the same distance);
+    log scale when every value of the row is positive."""
+    sweeps = list(dict.fromkeys(s["sweep"] for s in series))
+    ordered = _sorted(cells, forget_stage)
+    paths = list(dict.fromkeys(c.path for c in ordered))
+    retrain = Panel("re_retrain/mse", "d_MSE to the retrain model, per path")
+    beside = any(c.series(retrain.metric)[0] for c in cells)
+    fig = Figure(figsize=(5.6 * (1 + beside), 3.6 * len(sweeps) + 1.4), layout="constrained")
+    axes = fig.subplots(len(sweeps), 1 + beside, squeeze=False, sharex=True, sharey="row")
+    for i, sweep in enumerate(sweeps):
+        mine = [s for s in series if s["sweep"] == sweep]
+        pairs = list(dict.fromkeys((s["path_a"], s["path_b"]) for s in mine))
+        values = []
+        for k, pair in enumerate(pairs):
+            group = [s for s in mine if (s["path_a"], s["path_b"]) == pair]
+            values += _draw_seeds(axes[i][0], [(s["steps"], s["values"]) for s in group],
+                                  f"C{k % 10}", pair_label(group[0], mine))
+        if beside:
+            for j, path in enumerate(paths):
+                group = [c for c in ordered if c.path == path and c.sweep_label == sweep]
+                values += _draw(axes[i][1], group, retrain, f"C{j % 10}", path, forget_stage)
+        log = bool(values) and min(values) > 0
+        titles = ["d_MSE between the unlearned models of two paths", retrain.label]
+        for j, ax in enumerate(axes[i]):
+            if log:
+                ax.set_yscale("log")
+            _fit_ylim(ax, values, log)
+            ax.set_title(titles[j] + (f" — {sweep}" if sweep else ""), fontsize=9)
+            ax.set_ylabel("d_MSE" + (" (log scale)" if log else ""), fontsize=8)
+            ax.grid(alpha=0.3, which="both" if log else "major")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if i == len(sweeps) - 1:
+                ax.set_xlabel("unlearning step")
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7,
+                          ncol=2 if j == 0 else 1, frameon=False)
+    seeds = len({s["seed"] for s in series})
+    note = f"mean of {seeds} seeds, 95% band" if seeds > 1 else "1 seed: no band"
+    fig.suptitle(f"{title} ({note})" if title else note, fontsize=11)
+    return fig
+
+
+def _fit_ylim(ax, values: list[float], log: bool = False) -> None:
+    """Keep the axis on the seeds' values: the band of 2-3 seeds can be many times wider."""
+    if not values:
+        return
+    lo, hi = min(values), max(values)
+    if log:
+        ax.set_ylim(lo / 1.15, hi * 1.15)
+        return
+    pad = 0.08 * (hi - lo) or 0.05 * max(abs(hi), 1e-3)
+    ax.set_ylim(lo - pad, hi + pad)
+
+
 def _draw(ax, group: list[CellRecord], panel: Panel, color: str, path: tuple[str, ...],
           forget_stage: str) -> list[float]:
-    """Each seed thin, the mean over seeds thick, the 95% band where n >= 2; returns the
-    seeds' values drawn."""
-    by_step: dict[int, list[float]] = {}
-    drawn = []
+    """The curve of one path: ``panel``'s metric of each seed's cell (see :func:`_draw_seeds`)."""
+    series = []
     for c in group:
         steps, values = c.series(panel.metric)
         if panel.delta and values:
             values = [v - values[0] for v in values] if steps[0] == 0 else []
+        series.append((steps, values))
+    p = position(path, forget_stage)
+    last = p == len(path)
+    return _draw_seeds(ax, series, color, f"p={p}{' (last)' if last else ''}: {'-'.join(path)}",
+                       lw=2.4 if last else 1.6)
+
+
+def _draw_seeds(ax, series: list[tuple[list[int], list[float]]], color: str, label: str,
+                lw: float = 1.6) -> list[float]:
+    """Each seed's (steps, values) thin, the mean over seeds thick, the 95% band where n >= 2;
+    returns the seeds' values drawn."""
+    by_step: dict[int, list[float]] = {}
+    drawn = []
+    for steps, values in series:
         for s, v in zip(steps, values, strict=False):
             by_step.setdefault(s, []).append(v)
-        if len(group) > 1 and values:
+        if len(series) > 1 and values:
             ax.plot(steps, values, color=color, lw=0.7, alpha=0.45)
         drawn += values
     if not by_step:
         return drawn
     steps = sorted(by_step)
     stats = [mean_ci(by_step[s]) for s in steps]
-    p = position(path, forget_stage)
-    last = p == len(path)
-    ax.plot(steps, [m for m, _ in stats], color=color, lw=2.4 if last else 1.6, marker="o",
-            ms=2.5, label=f"p={p}{' (last)' if last else ''}: {'-'.join(path)}")
+    ax.plot(steps, [m for m, _ in stats], color=color, lw=lw, marker="o", ms=2.5, label=label)
     banded = [(s, m, h) for s, (m, h) in zip(steps, stats, strict=True) if h is not None]
     if banded:
         ax.fill_between([s for s, _, _ in banded], [m - h for _, m, h in banded],

@@ -26,6 +26,10 @@ deviation (ddof 1); with one seed there is no interval (null).
 The recency verdict, per method (and per swept lr/scheduler): paths are ranked by mean forget
 score ascending, so rank 1 forgets least. The recency effect is *observed* when the path(s)
 with the forget stage last have a smaller mean forget score than every other path.
+
+The pairwise distances between the unlearned models of different paths, and whether they grow
+with the unlearning steps, come from :mod:`pathunlearn.report.pairwise`; results.{json,md}
+carry them too.
 """
 
 from __future__ import annotations
@@ -36,9 +40,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pathunlearn.errors import DataError, UserError
 from pathunlearn.files import DONE, write_json, write_text
+
+if TYPE_CHECKING:
+    from pathunlearn.report.pairwise import PairwiseTable
 
 SCORES: dict[str, str] = {
     "forget_score": "forget score: drop of forget_label_id/all_mean (target + 20 paraphrases)",
@@ -339,7 +347,7 @@ def _verdict(table: ResultTable, method: str, sweep: str, rows: list[dict], scor
                for i, r in enumerate(scored, 1)]
     last = [e for e in ranking if e["forget_last"]]
     others = [e for e in ranking if not e["forget_last"]]
-    verdict = {"method": method, "sweep": sweep, "lr": rows[0]["lr"],
+    verdict = {"kind": "recency", "method": method, "sweep": sweep, "lr": rows[0]["lr"],
                "scheduler": rows[0]["scheduler"], "score": score,
                "forget_stage": table.forget_stage, "ranking": ranking,
                "unscored_paths": [r["path_label"] for r in rows if r[score] is None],
@@ -430,19 +438,25 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 @dataclass
 class Results:
-    """What the report is built from: the cells, the table and the verdicts."""
+    """What the report is built from: the cells, the table, the pairwise distances between
+    paths and the verdicts."""
 
     run_dir: Path
     cells: list[CellRecord]
     table: ResultTable
     verdicts: list[dict]
+    """The recency verdicts (``kind`` "recency"), then the pairwise-growth ones ("pairwise")."""
     files: list[Path] = field(default_factory=list)
+    pairwise: PairwiseTable | None = None
 
 
 def build_results(run_dir: str | Path, forget_stage: str | None = None, *,
                   write: bool = True) -> Results:
-    """Load the finished cells of RUN_DIR, score them, aggregate, judge recency and (with
-    ``write``) write results.{json,csv,md}. No finished cell is a UserError."""
+    """Load the finished cells of RUN_DIR, score them, aggregate, judge recency, compute the
+    pairwise distances between paths and (with ``write``) write results.{json,csv,md}. No
+    finished cell is a UserError."""
+    from pathunlearn.report.pairwise import build_pairwise  # it imports this module
+
     run_dir = Path(run_dir)
     cells = load_cells(run_dir)
     if not cells:
@@ -450,23 +464,28 @@ def build_results(run_dir: str | Path, forget_stage: str | None = None, *,
                         "finished once its DONE marker exists); run `pathunlearn unlearn` first")
     stage = forget_stage or forget_stage_of(run_dir, cells)
     table = build_table(cells, stage)
-    verdicts = recency_verdicts(table)
-    files = write_results(run_dir, table, verdicts) if write else []
-    return Results(run_dir, cells, table, verdicts, files)
+    pairwise = build_pairwise(cells, stage)
+    verdicts = recency_verdicts(table) + pairwise.verdicts
+    files = write_results(run_dir, table, verdicts, pairwise) if write else []
+    return Results(run_dir, cells, table, verdicts, files, pairwise)
 
 
-def write_results(run_dir: str | Path, table: ResultTable, verdicts: list[dict]) -> list[Path]:
+def write_results(run_dir: str | Path, table: ResultTable, verdicts: list[dict],
+                  pairwise: PairwiseTable | None = None) -> list[Path]:
     """RUN_DIR/results.json (everything), results.csv (aggregates), results.md (table,
-    verdicts, notes); each written atomically."""
+    verdicts, pairwise distances, notes); each written atomically."""
     run_dir = Path(run_dir)
     out = [run_dir / f"results.{ext}" for ext in ("json", "csv", "md")]
-    write_json(out[0], results_json(table, verdicts))
+    write_json(out[0], results_json(table, verdicts, pairwise))
     write_text(out[1], results_csv(table))
-    write_text(out[2], results_markdown(table, verdicts))
+    write_text(out[2], results_markdown(table, verdicts, pairwise))
     return out
 
 
-def results_json(table: ResultTable, verdicts: list[dict]) -> dict:
+def results_json(table: ResultTable, verdicts: list[dict],
+                 pairwise: PairwiseTable | None = None) -> dict:
+    pairs = {} if pairwise is None else {"pairwise": pairwise.to_json(),
+                                         "pairwise_notes": pairwise.notes()}
     return {
         "forget_stage": table.forget_stage,
         "scores": SCORES,
@@ -475,6 +494,7 @@ def results_json(table: ResultTable, verdicts: list[dict]) -> dict:
         "not_measured": {k: v for k, v in NOT_MEASURED.items() if not table.measured.get(k)},
         "rows": table.rows,
         "verdicts": verdicts,
+        **pairs,
         "cells": table.cells,
     }
 
@@ -554,14 +574,18 @@ def notes(table: ResultTable) -> list[str]:
     return lines
 
 
-def results_markdown(table: ResultTable, verdicts: list[dict]) -> str:
+def results_markdown(table: ResultTable, verdicts: list[dict],
+                     pairwise: PairwiseTable | None = None) -> str:
     cols = display_columns(table)
     lines = ["# Results", "", "| " + " | ".join(h for _, h in cols) + " |",
              "|" + "|".join("---" for _ in cols) + "|"]
     for row in table.rows:
         lines.append("| " + " | ".join(_md(display_value(row, k)) for k, _ in cols) + " |")
-    lines += ["", "## Recency verdict", ""] + [f"- {_md(v['text'])}" for v in verdicts]
+    lines += ["", "## Recency verdict", ""] + [f"- {_md(v['text'])}" for v in verdicts
+                                               if v.get("kind") != "pairwise"]
     lines += ["", "## Notes", ""] + [f"- {_md(n)}" for n in notes(table)]
+    if pairwise is not None:
+        lines += [""] + pairwise.markdown()
     return "\n".join(lines) + "\n"
 
 
@@ -591,5 +615,5 @@ def format_table(table: ResultTable):
 
 
 def format_verdicts(verdicts: list[dict]) -> list[str]:
-    """The verdict sentences, one per method (and sweep value)."""
+    """The verdict sentences: recency, then pairwise growth, one per method (and sweep)."""
     return [v["text"] for v in verdicts]

@@ -221,6 +221,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Pa
             metrics["re_retrain/mse"] = mse_distance(tokens, token_logprobs_of(retrain))
         return {**metrics, "re_tokens": [round(float(x), 5) for x in tokens]}
 
+    math_before = measure_math(cfg, model, tok, cell.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cell_optim(u, cell.lr))
     total = u.steps or num_steps(len(forget), u.batch_size, u.epochs)
@@ -264,9 +265,11 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Pa
                                       "reason": f"diverged at step {diverged_at}"}) + "\n")
         metrics.close()
         steps_log.close()
+        math_after = measure_math(cfg, model, tok, cell.seed) if diverged_at is None else None
         summary = {**cell.describe(), "key": key, "steps": total, "steps_done": last.get("step", 0),
                    "diverged_at": diverged_at, "seconds": time.perf_counter() - t0,
-                   "forget_examples": len(forget), "retain_examples": len(retain)}
+                   "forget_examples": len(forget), "retain_examples": len(retain),
+                   **_math_fields(math_before, math_after)}
         write_json(tmp / "summary.json", summary)
         write_text(tmp / "config.yaml", dump_config(cfg))
         if u.save_model and diverged_at is None:
@@ -280,6 +283,31 @@ def _retrain_reference(retrain_dir: Path, heldout, cfg: ExperimentConfig, device
     model, tok = load_pretrained(retrain_dir, dtype=cfg.model.dtype, device=device,
                                  attn_implementation=cfg.model.attn_implementation)
     return position_logprobs(model, heldout, tok.pad_token_id)
+
+
+def measure_math(cfg: ExperimentConfig, model, tokenizer, seed: int):
+    """Math accuracy on ``unlearning.math_questions`` questions, or None when not asked for."""
+    u = cfg.unlearning
+    if u.math_questions == 0:
+        return None
+    from pathunlearn.eval.math import evaluate_math
+
+    style = u.math_prompt
+    if style == "auto":
+        style = "plain" if u.math_source.startswith("builtin:") else "paper"
+    questions = load_source(u.math_source, max_examples=u.math_questions)
+    return evaluate_math(model, tokenizer, questions, n=u.math_samples,
+                         max_new_tokens=u.math_max_new_tokens, seed=seed, prompt_style=style)
+
+
+def _math_fields(before, after) -> dict:
+    if before is None:
+        return {}
+    fields = {"math_before": before.accuracy, "math_no_answer_before": before.no_answer_rate,
+              "math_shuffled_baseline": before.shuffled_accuracy}
+    if after is not None:
+        fields |= {"math_after": after.accuracy, "math_no_answer_after": after.no_answer_rate}
+    return fields
 
 
 def cell_optim(u, lr: float):
