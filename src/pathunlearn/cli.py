@@ -386,9 +386,11 @@ def print_results(results) -> None:
     console.print(format_table(results.table))
     for line in notes(results.table):
         console.print(f"[dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
-    console.rule("recency verdict")
-    for v in results.verdicts:
-        console.print(escape(v["text"]), highlight=False, soft_wrap=True)
+    for kind, title in (("recency", "recency verdict"),
+                        ("pairwise", "distance between paths under unlearning")):
+        console.rule(title)
+        for v in (v for v in results.verdicts if v.get("kind", "recency") == kind):
+            console.print(escape(v["text"]), highlight=False, soft_wrap=True)
     console.rule()
 
 

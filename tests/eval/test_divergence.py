@@ -46,3 +46,9 @@ def test_positions_are_the_target_tokens(tiny_tokenizer):
     alone = position_logprobs(model, examples[:1], tiny_tokenizer.pad_token_id)
     assert torch.allclose(alone.logp, r.logp[: examples[0].num_targets], atol=1e-5)
     assert kl_distance(r, r) == 0.0
+
+
+def test_mse_distance_of_stored_lists():
+    # the report calls it on the re_tokens lists of metrics.jsonl, not on tensors
+    assert mse_distance([-1.0, -2.0, -0.5], [-1.0, -1.0, -2.5]) == pytest.approx((0 + 1 + 4) / 3)
+    assert mse_distance([-0.3, -7.0], [-0.3, -7.0]) == 0.0

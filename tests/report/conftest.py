@@ -22,11 +22,22 @@ DROPS = {"ga": {1: 3.0, 2: 2.0, 3: 2.5, 4: 0.5}, "npo": {1: 1.2, 2: 0.4, 3: 0.9,
 SEED_OFFSET = {0: 0.0, 1: 0.1, 2: -0.3}
 
 
+def re_tokens_at(p: int, seed: int, frac: float, n: int = 3) -> list[float]:
+    """The held-out reference-token log-probs of a cell at fraction ``frac`` of unlearning:
+    paths start apart (0.1 per position) and drift apart (0.2 * p per unit of frac), so the
+    pairwise distances grow; seeds drift a little differently."""
+    return [round(-1.0 - 0.5 * j - 0.1 * p - frac * (0.2 * p * (j + 1) + 0.05 * seed), 5)
+            for j in range(n)]
+
+
 def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, drop: float, *,
                steps: int = 4, diverge_at: int | None = None, sweep: tuple[str, ...] = (),
                lr: float = 2e-5, scheduler: str = "wsd", math: tuple[float, float] | None = None,
-               re: bool = False, done: bool = True) -> Path:
-    """A finished cell whose probes move linearly from their start to start - drop."""
+               re: bool = False, re_tokens: bool | int = True, done: bool = True) -> Path:
+    """A finished cell whose probes move linearly from their start to start - drop.
+
+    ``re_tokens``: every row carries 3 held-out token log-probs (:func:`re_tokens_at`); False:
+    none (a run from before they were stored); an int: that many positions."""
     d = Path(run_dir, "cells", "-".join(path), method, str(seed), *sweep)
     d.mkdir(parents=True)
     p = path.index(FORGET) + 1
@@ -38,9 +49,10 @@ def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, dro
              "authors_train/mean": -0.05 * p, "authors_eval/mean": 0.1 * p - 0.25}
     describe = {"path": list(path), "method": method, "seed": seed, "lr": lr,
                 "scheduler": scheduler, "local": True}
-    rows = [{"step": 0, **start, **describe, "re_tokens": [-1.0, -2.0]}]
+    n_tokens = 3 if re_tokens is True else int(re_tokens)
+    rows = [{"step": 0, **start, **describe}]
     if re:
-        rows[0]["re_retrain/kl"] = 0.0
+        rows[0]["re_retrain/kl"], rows[0]["re_retrain/mse"] = 0.0, 0.01
     for step in range(2, steps + 1, 2):
         if diverge_at is not None and step >= diverge_at:
             rows.append({"step": step, "diverged": True, "reason": f"diverged at step {step}"})
@@ -50,7 +62,11 @@ def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, dro
                **{k: start[k] + frac * moves[k] for k in start}, "local": True}
         if re:
             row["re_retrain/kl"] = 0.1 * p * frac + 0.01 * seed
+            row["re_retrain/mse"] = 0.2 * p * frac + 0.01
         rows.append(row)
+    for row in rows:
+        if n_tokens and not row.get("diverged"):
+            row["re_tokens"] = re_tokens_at(p, seed, row["step"] / steps, n_tokens)
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {**describe, "steps": steps, "steps_done": steps if diverge_at is None else diverge_at - 1,
                "diverged_at": diverge_at, "seconds": 1.5}

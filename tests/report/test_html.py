@@ -27,7 +27,8 @@ def test_report_escapes_prompts_and_config(make_run):
     assert "<script" not in page.lower()
     assert page.count(ESCAPED) == 4  # the prompt, a target, the config, the device
     # self-contained: figures inline, nothing fetched from elsewhere
-    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == 4
+    # forget_label, utility, pairwise per method (no re_retrain: no re_distance)
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == 6
     assert not re.search(r'(src|href)="(https?:)?//', page)
     for text in ("recency effect observed", "n/a (not measured)", "transformers", "unlearn",
                  "15.5", "Sorry, I can not assist you"):

@@ -14,13 +14,13 @@ def test_figures_written_as_png_and_svg(make_run):
     run_dir = make_run(seeds=(0, 1), methods=("ga",), re=True)
     files = write_figures(run_dir, build_results(run_dir, FORGET, write=False))
     names = sorted(f.name for f in files)
-    assert names == sorted(f"{k}_ga.{ext}" for k in ("forget_label", "utility", "re_distance")
-                           for ext in ("png", "svg"))
+    kinds = ("forget_label", "utility", "re_distance", "pairwise")
+    assert names == sorted(f"{k}_ga.{ext}" for k in kinds for ext in ("png", "svg"))
     for f in files:
         head = f.read_bytes()[:64]
         assert head.startswith(b"\x89PNG") if f.suffix == ".png" else b"<svg" in f.read_bytes()
     index = json.loads((run_dir / "figures" / "index.json").read_text())
-    assert [e["kind"] for e in index] == ["forget_label", "utility", "re_distance"]
+    assert [e["kind"] for e in index] == list(kinds)
 
 
 def test_sweep_gets_one_panel_column_per_value(tmp_path, write_cell, path_at):

@@ -48,6 +48,11 @@ def recompute(run_dir):
     return out
 
 
+def recency(results):
+    """The recency verdicts (results.verdicts also holds the pairwise-growth ones)."""
+    return [v for v in results.verdicts if v["kind"] == "recency"]
+
+
 @pytest.mark.parametrize("seeds", [(0, 1), (0, 1, 2)])
 def test_table_matches_independent_recomputation(make_run, seeds):
     run_dir = make_run(seeds=seeds)
@@ -90,7 +95,7 @@ def test_t_quantiles_without_scipy(monkeypatch):
 
 def test_recency_verdict_observed_and_not(make_run, path_at):
     results = build_results(make_run(seeds=(0, 1)), FORGET)
-    by_method = {v["method"]: v for v in results.verdicts}
+    by_method = {v["method"]: v for v in recency(results)}
     ga, npo = by_method["ga"], by_method["npo"]
     # GA drops 3.0/2.0/2.5/0.5 by position: p=4 forgets least
     assert ga["observed"] is True and ga["forget_last_ranks"] == [1]
@@ -110,8 +115,8 @@ def test_recency_verdict_observed_and_not(make_run, path_at):
 def test_one_seed_has_no_interval(make_run):
     results = build_results(make_run(seeds=(0,)), FORGET)
     assert all(r["forget_score_ci95"] is None for r in results.table.rows)
-    assert all("1 seed: no interval" in v["text"] for v in results.verdicts)
-    assert all(v["ci_overlap"] is None for v in results.verdicts)
+    assert all("1 seed: no interval" in v["text"] for v in recency(results))
+    assert all(v["ci_overlap"] is None for v in recency(results))
     md = (results.run_dir / "results.md").read_text()
     assert "±" not in md.split("## Recency")[0].split("|---")[1]
 
@@ -135,7 +140,7 @@ def test_math_and_re_columns(make_run, tmp_path):
     row = plain.table.rows[0]
     assert row["math_utility"] is None and row["re_distance_to_retrain"] is None
     md = (plain.run_dir / "results.md").read_text()
-    assert "n/a (not measured)" in md and "issue 6" in md and "retrain-distance part" in md
+    assert "n/a (not measured)" in md and "math_questions" in md and "retrain baseline" in md
     csv_row = next(csv.DictReader((plain.run_dir / "results.csv").open()))
     assert csv_row["math_utility"] == "" and csv_row["re_distance_to_retrain"] == ""
 
@@ -170,7 +175,7 @@ def test_sweep_gets_its_own_rows_and_verdicts(tmp_path, write_cell, path_at):
             write_cell(run_dir, path_at(p), "ga", 0, drop, sweep=(f"lr{lr:g}",), lr=lr)
     results = build_results(run_dir, FORGET)
     assert results.table.swept
-    verdicts = {v["sweep"]: v["observed"] for v in results.verdicts}
+    verdicts = {v["sweep"]: v["observed"] for v in recency(results)}
     assert verdicts == {"lr1e-05": True, "lr5e-05": False}
     assert "| sweep |" in (run_dir / "results.md").read_text()
 
@@ -193,7 +198,7 @@ def test_path_with_every_seed_diverged_has_no_score(tmp_path, write_cell, path_a
     results = build_results(run_dir, FORGET)
     row = results.table.rows[0]
     assert row["position"] == 1 and row["n"] == 0 and row["forget_score"] is None
-    (verdict,) = results.verdicts
+    (verdict,) = recency(results)
     assert verdict["observed"] is True and verdict["n_paths"] == 3
     assert "Without a score (all seeds diverged): " + "-".join(path_at(1)) in verdict["text"]
     assert "| 1 | " + "-".join(path_at(1)) + " | diverged |" in (run_dir / "results.md").read_text()

@@ -91,10 +91,15 @@ class PairwiseTable:
 
 def build_pairwise(cells: list[CellRecord], forget_stage: str) -> PairwiseTable:
     """d_MSE between every pair of paths at every common eval step (module docstring)."""
-    from pathunlearn.eval.divergence import mse_distance  # torch: only when a report needs it
+    import torch  # only when a report needs it
+
+    from pathunlearn.eval.divergence import mse_distance
 
     ok = [c for c in cells if c.diverged_at is None]
     tokens, skipped = _usable_tokens(ok)
+    # float64: the stored values have 5 decimals; float32 would add noise at the 1e-7 level
+    tokens = {d: {step: torch.tensor(t, dtype=torch.float64) for step, t in steps.items()}
+              for d, steps in tokens.items()}
     groups: dict[tuple, list[CellRecord]] = {}
     for c in sorted(ok, key=lambda c: (c.method, c.lr or 0.0, c.sweep_label, c.seed,
                                        position(c.path, forget_stage), c.path_label)):
@@ -121,7 +126,7 @@ def build_pairwise(cells: list[CellRecord], forget_stage: str) -> PairwiseTable:
     return table
 
 
-def _usable_tokens(cells: list[CellRecord]) -> tuple[dict, list[str]]:
+def _usable_tokens(cells: list[CellRecord]) -> tuple[dict, list[dict]]:
     """Cell directory -> {step: re_tokens} for cells whose every re_tokens has the run's length
     (the most common one), and a note per cell left out."""
     per_cell = {c.directory: {r["step"]: r["re_tokens"] for r in c.rows
@@ -171,8 +176,7 @@ def _aggregate(series: list[dict]) -> list[dict]:
 
 def pair_label(row: dict, rows: list[dict]) -> str:
     """"p1 vs p4", or the two paths when positions do not tell the paths apart."""
-    paths_at = Counter(p for r in rows for p in dict.fromkeys(
-        [(r["p_a"], r["path_a"]), (r["p_b"], r["path_b"])]))
+    paths_at = {p for r in rows for p in [(r["p_a"], r["path_a"]), (r["p_b"], r["path_b"])]}
     unique = len({p for p, _ in paths_at}) == len(paths_at)
     return (f"p{row['p_a']} vs p{row['p_b']}" if unique
             else f"{row['path_a']} vs {row['path_b']}")
@@ -238,8 +242,8 @@ def growth_verdict(table: PairwiseTable, method: str, sweep: str) -> dict:
                "growth": None, "pairs": len({(s["path_a"], s["path_b"]) for s in series}),
                "seeds": sorted({s["seed"] for s in series}), "series": len(series),
                "series_grew": None, "skipped_cells": skipped}
-    left_out = (f" ({skipped} cell{'s' if skipped > 1 else ''} without usable re_tokens left "
-                "out; see the notes)") if skipped else ""
+    left_out = (f" ({_n(skipped, 'cell')} without usable re_tokens left out; see the "
+                "notes)") if skipped else ""
     common = sorted(set.intersection(*(set(s["steps"]) for s in series))) if series else []
     if len(common) < 2:
         why = ("no two paths have cells with usable re_tokens" if not series else
@@ -253,8 +257,7 @@ def growth_verdict(table: PairwiseTable, method: str, sweep: str) -> dict:
     grew = sum(1 for a in at if a[t1] > a[t0])
     verdict.update(observed=y > x, first_step=t0, last_step=t1, first=x, last=y,
                    growth=y / x if x > 0 else None, series_grew=grew)
-    over = (f"mean over {verdict['pairs']} pairs and {len(verdict['seeds'])} "
-            f"seed{'s' if len(verdict['seeds']) > 1 else ''}")
+    over = f"mean over {_n(verdict['pairs'], 'pair')} and {_n(len(verdict['seeds']), 'seed')}"
     factor = f", ×{y / x:.2f}" if x > 0 else ""
     if y > x:
         text = f"{name}: pairwise distance between paths grew from {fmt(x)} (step {t0}) to " \
@@ -265,3 +268,7 @@ def growth_verdict(table: PairwiseTable, method: str, sweep: str) -> dict:
     verdict["text"] = (text + f"; it grew in {grew} of {len(series)} (pair, seed) series"
                        + left_out + ".")
     return verdict
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"

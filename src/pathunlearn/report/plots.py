@@ -28,8 +28,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from pathunlearn.files import write_json
 from pathunlearn.report.pairwise import pair_label
@@ -175,10 +176,11 @@ def pairwise_figure(series: list[dict], cells: list[CellRecord], forget_stage: s
         mine = [s for s in series if s["sweep"] == sweep]
         pairs = list(dict.fromkeys((s["path_a"], s["path_b"]) for s in mine))
         values = []
+        pair_colors = colormaps["Dark2"].colors  # not the C0-C3 of the paths beside
         for k, pair in enumerate(pairs):
             group = [s for s in mine if (s["path_a"], s["path_b"]) == pair]
             values += _draw_seeds(axes[i][0], [(s["steps"], s["values"]) for s in group],
-                                  f"C{k % 10}", pair_label(group[0], mine))
+                                  pair_colors[k % len(pair_colors)], pair_label(group[0], mine))
         if beside:
             for j, path in enumerate(paths):
                 group = [c for c in ordered if c.path == path and c.sweep_label == sweep]
@@ -188,6 +190,8 @@ def pairwise_figure(series: list[dict], cells: list[CellRecord], forget_stage: s
         for j, ax in enumerate(axes[i]):
             if log:
                 ax.set_yscale("log")
+                for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                    axis(FuncFormatter(lambda v, _: f"{v:g}"))
             _fit_ylim(ax, values, log)
             ax.set_title(titles[j] + (f" — {sweep}" if sweep else ""), fontsize=9)
             ax.set_ylabel("d_MSE" + (" (log scale)" if log else ""), fontsize=8)

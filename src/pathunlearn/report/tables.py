@@ -63,10 +63,10 @@ CONTEXT = ("forget_before", "forget_after")
 """Also aggregated, not scores: forget_label_id/all_mean before and after unlearning."""
 
 NOT_MEASURED = {
-    "math_utility": "math utility: not measured in this run (the arithmetic evaluation is "
-                    "wired into runs by issue 6's integration)",
-    "re_distance_to_retrain": "RE distance to retrain: not measured in this run (arrives with "
-                              "issue 5's retrain-distance part)",
+    "math_utility": "math utility: not measured in this run (set unlearning.math_questions "
+                    "> 0 to sample answers before and after unlearning)",
+    "re_distance_to_retrain": "RE distance to retrain: not measured in this run (its paths "
+                              "have no retrain baseline, or the cells predate it)",
 }
 """Why a column can be empty, said in the Markdown and the report instead of a number."""
 
