@@ -138,3 +138,27 @@ def test_cells_finished_under_other_settings_are_rerun(trained):
     summaries = unlearn_all(changed, plan, retrain=True, log=logged.append)
     assert "2 unlearning cells, 0 already done, 2 finished under other settings" in logged[0]
     assert all(s["steps_done"] == 2 for s in summaries)
+
+
+def test_lora_cells_train_only_a_fresh_adapter(tmp_path):
+    """Under LoRA the path model is merged and unlearning adds a new adapter; npo_kl's
+    reference is the same model with the adapter switched off."""
+    data = {**CONFIG, "output_dir": str(tmp_path), "model": {"finetuning": "lora",
+                                                             "lora": {"rank": 4, "alpha": 8}},
+            "stages": {"refusals": {"source": "builtin:refusals", "epochs": 1,
+                                    "max_examples": 16}},
+            "paths": {"forget_stage": "refusals", "orders": [["refusals"]]},
+            "unlearning": {**CONFIG["unlearning"], "methods": [{"name": "npo"}, {"name": "npo_kl"}],
+                           "retain_stages": ["refusals"], "steps": 2, "eval_every": 1,
+                           "save_model": True}}
+    cfg = validate_config(data)
+    plan = train_paths(cfg, log=lambda *_: None)
+    summaries = unlearn_all(cfg, plan, log=lambda *_: None)
+    assert [s["steps_done"] for s in summaries] == [2, 2]
+    for cell in plan_cells(cfg):
+        d = cell.directory(cfg.run_dir)
+        assert (d / "model" / "adapter" / "adapter_model.safetensors").is_file()
+        # at step 1 the adapter is still zero: the model is its reference, so NPO is
+        # (2/beta) log 2 and npo_kl's KL(ref || model) term adds exactly 0
+        first = rows(d / "steps.jsonl")[0]
+        assert first["loss"] == pytest.approx(4 * math.log(2), abs=1e-4)
