@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pathunlearn.errors import ConfigError
 from pathunlearn.theory import linear as L
+from pathunlearn.theory.export import to_json
 
 CONFIG = Path(__file__).parents[2] / "src" / "pathunlearn" / "configs" / "theory.yaml"
 # database=None: no .hypothesis/ directory in the checkout; examples are cheap, so 40 each.
@@ -199,14 +200,14 @@ def test_weakly_local_sweep(default_run):
 
 
 def test_to_json_has_every_quantity(default_run):
-    out = L.to_json(default_run)
+    out = to_json(default_run)
     th = out["theorem"]
     for key in ("delta_theta_0", "P_U", "M_U", "rho_star", "sigma_U", "C0", "t0", "corollary_1"):
         assert key in th
     assert len(th["delta_theta_0"]) == default_run.params.d
     assert th["P_U"]["rank"] == default_run.params.forget_rows
     assert len(out["table"]) == default_run.params.steps + 1
-    assert "matrix" in L.to_json(default_run, matrices=True)["theorem"]["M_U"]
+    assert "matrix" in to_json(default_run, matrices=True)["theorem"]["M_U"]
 
 
 # ---------------------------------------------------------------------------- properties

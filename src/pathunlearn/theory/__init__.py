@@ -7,13 +7,13 @@
 Figures and files: `pathunlearn.theory.plots.write_outputs` (imports matplotlib).
 """
 
+from pathunlearn.theory.export import to_json
 from pathunlearn.theory.linear import (
     TheoryParams,
     TheoryResult,
     load_params,
     params_from_mapping,
     run_theory,
-    to_json,
 )
 
 __all__ = [

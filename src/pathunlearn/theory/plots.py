@@ -18,7 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pathunlearn.errors import UserError
-from pathunlearn.theory.linear import TheoryResult, to_json
+from pathunlearn.theory.export import to_json
+from pathunlearn.theory.linear import TheoryResult
 
 FORMATS = ("png", "svg")
 
