@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from pathunlearn.config import load_config
+from pathunlearn.config import builtin_config_path, load_config
 from pathunlearn.experiment import plan_experiment
 
 REDUCED = {
@@ -59,3 +59,34 @@ def test_run_end_to_end_then_rerun_skips_everything(tmp_path, cli):
     second = cli("run", path)
     assert second.code == 0
     assert "already done" in second.out and "0 already done" not in second.out
+
+
+def test_superficial_study_end_to_end(tmp_path, cli):
+    # the shipped superficial config, reduced: 2 orders (theta_1, theta_3), 1 epoch per stage,
+    # 2 unlearning epochs of the 40 U examples at batch 8
+    cfg = yaml.safe_load(builtin_config_path("superficial").read_text())
+    cfg |= {"name": "sup", "output_dir": str(tmp_path / "runs")}
+    cfg["paths"]["orders"] = [["refuse", "comply", "unlearn"], ["unlearn", "comply", "refuse"]]
+    for stage in cfg["stages"].values():
+        stage["epochs"] = 1
+    cfg["unlearning"] |= {"steps": 10, "eval_every": 5}
+    path = tmp_path / "sup.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = cli("run", path)
+    assert result.code == 0, result.err
+    assert "superficial vs deep forgetting" in result.out
+    assert result.out.count("θ1 R→C→U (refuse-comply-unlearn): ") == 1
+    assert "θ2 U→C→R (unlearn-comply-refuse): " in result.out
+    run_dir = tmp_path / "runs" / "sup"
+    assert (run_dir / "figures" / "superficial.png").is_file()
+    assert (run_dir / "figures" / "superficial.svg").is_file()
+    summary = json.loads((run_dir / "superficial.json").read_text())
+    assert [e["epochs"] for e in summary["paths"]] == [[0.0, 1.0, 2.0]] * 2
+    assert {e["verdict"] for e in summary["paths"]} <= {"deep", "superficial", "neither"}
+    page = (run_dir / "report.html").read_text()
+    assert page.index("Superficial vs deep forgetting") < page.index("Recency verdict")
+    assert "θ1: R→C→U" in page and "drop_U &gt; 1" in page
+    assert 'alt="superficial"' in page
+    metrics = json.loads(next(run_dir.glob("cells/*/ga/0/metrics.jsonl")).open().readline())
+    assert {"R/sum", "C/sum", "U/sum"} <= set(metrics)
+    assert not any(k.startswith("forget_label") for k in metrics)  # builtin_probes: false

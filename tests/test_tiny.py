@@ -41,3 +41,11 @@ def test_cached_preset_is_pretrained_and_loads_from_config():
     model, tok = load_model(ModelConfig())
     assert model.config.hidden_size == 128 and tok.chat_template
     assert ensure_tiny(progress=False) == directory  # cached: same directory, no rebuild
+
+
+def test_tokenizer_corpus_ignores_sources_added_after_the_preset():
+    # adding builtin:rcu (issue 8) must not change the preset: its cache key hashes this corpus
+    from pathunlearn.tiny import TOKENIZER_SOURCES
+
+    assert "rcu" not in TOKENIZER_SOURCES
+    assert not any("[component A]" in text for text in tokenizer_corpus(0))

@@ -378,11 +378,19 @@ def report(
 
 
 def print_results(results) -> None:
-    """The table, its notes and the recency verdict, as the end of a run prints them."""
+    """The superficial-forgetting verdicts (``study: superficial``), then the table, its notes
+    and the recency verdict, as the end of a run prints them."""
     from rich.markup import escape
 
     from pathunlearn.report.tables import format_table, notes
 
+    if getattr(results, "superficial", None) is not None:
+        from pathunlearn.report.superficial import RULE, verdict_lines
+
+        console.rule("superficial vs deep forgetting")
+        console.print(f"[dim]{escape(RULE)}[/]", highlight=False, soft_wrap=True)
+        for line in verdict_lines(results.superficial):
+            console.print(escape(line), highlight=False, soft_wrap=True)
     console.print(format_table(results.table))
     for line in notes(results.table):
         console.print(f"[dim]{escape(line)}[/]", highlight=False, soft_wrap=True)

@@ -228,6 +228,10 @@ class UnlearningConfig(OptimConfig):
     """Examples per response probe (forget responses, authors answers)."""
     save_model: bool = False
     """Also save every unlearned model (merged weights + adapter) in its cell directory."""
+    builtin_probes: bool = True
+    """Track the built-in refusal and authors probes (forget_label_*, forget_response,
+    authors_*), which the table's scores come from; false: only the config's `probes` (e.g. the
+    superficial-forgetting study, where they cost time and mean nothing)."""
     math_questions: int = Field(0, ge=0)
     """Math accuracy before and after unlearning on this many questions (0: not measured)."""
     math_source: str = "builtin:arithmetic:test"
@@ -251,6 +255,11 @@ class ProbeConfig(StrictModel):
     prompt's own response."""
     max_prompts: int | None = Field(None, gt=0)
     """Use only the first N prompts."""
+    reduce: Literal["mean", "sum"] = "mean"
+    """How a response probe (targets null) scores a row: `mean`, the per-token average
+    log-probability, reported as `<name>/mean`; `sum`, the summed log-probability log pi(y|x)
+    of the whole response (the paper's Section 4.3), reported as `<name>/sum`. Both averaged
+    over the prompts. Label probes always use `mean`."""
 
 
 class ExperimentConfig(StrictModel):
@@ -272,6 +281,11 @@ class ExperimentConfig(StrictModel):
     """Unlearning hyperparameters and methods."""
     probes: list[ProbeConfig] = []
     """Extra probes tracked during unlearning (the refusal and authors probes are built in)."""
+    study: Literal["recency", "superficial"] = "recency"
+    """What the report leads with: `recency`, the paper's Table 1 and recency verdict;
+    `superficial`, the Section 4.3 study: per path, whether unlearning the forget stage also
+    removed the other compliance phrasing (deep) or not (superficial), from the probes `R`, `C`
+    and `U` (summed log-probability), and a panel per path (the paper's Figure 4)."""
 
     @model_validator(mode="after")
     def _names_exist(self) -> ExperimentConfig:
@@ -288,6 +302,11 @@ class ExperimentConfig(StrictModel):
             raise ValueError(f"stage(s) {missing} not defined under `stages` ({sorted(known)})")
         if not self.seeds:
             raise ValueError("`seeds` must list at least one seed")
+        if not self.unlearning.builtin_probes and not self.probes:
+            raise ValueError("unlearning.builtin_probes is false and `probes` is empty: "
+                             "nothing would be tracked")
+        if self.study == "superficial" and not {"R", "C", "U"} <= {p.name for p in self.probes}:
+            raise ValueError("study superficial needs probes named R, C and U")
         return self
 
     @property

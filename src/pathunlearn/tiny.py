@@ -1,8 +1,8 @@
 """The built-in ``tiny`` model: a ~1M-parameter Llama with a locally trained byte-level BPE.
 
 Built once and cached (``$PATHUNLEARN_CACHE``, default ``~/.cache/pathunlearn``) under a key
-that hashes the recipe below and the text of the built-in suite, so a change to either
-builds a new one. Building is deterministic: tokenizer trained on the suite's text, weights
+that hashes the recipe below and the text of the built-in sources in TOKENIZER_SOURCES, so a
+change to either builds a new one. Building is deterministic: tokenizer trained on the suite's text, weights
 initialised from a fixed seed, then a short full-weight pretraining on ``builtin:general``
 (chat-formatted text of the same kinds as the stages, with different facts). Without that
 pretraining, later stages overwrite earlier ones entirely and path comparisons mean nothing.
@@ -46,16 +46,23 @@ TINY_RECIPE = {
 }
 
 
+# The built-in sources the tokenizer is trained on (and whose text the cache key hashes). Kept
+# out of TINY_RECIPE, whose dict is hashed as is: a source added to the suite later (e.g.
+# ``rcu``, issue 8) must not change the preset, so it is not listed here.
+TOKENIZER_SOURCES: tuple[str, ...] = ("instructions", "authors", "arithmetic", "refusals",
+                                      "refusal-paraphrases", "general")
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("PATHUNLEARN_CACHE", Path.home() / ".cache" / "pathunlearn"))
 
 
 def tokenizer_corpus(seed: int) -> list[str]:
-    """Texts the tokenizer is trained on: every message of every built-in source and split."""
-    from pathunlearn.data.suite import builtin_names, builtin_splits, load_builtin
+    """Texts the tokenizer is trained on: every message of every split of TOKENIZER_SOURCES."""
+    from pathunlearn.data.suite import builtin_splits, load_builtin
 
     texts = []
-    for name in builtin_names():
+    for name in TOKENIZER_SOURCES:
         for split in builtin_splits(name):
             for conv in load_builtin(name, split, seed=seed):
                 texts += [f"{m['role']}\n{m['content']}" for m in conv.messages]

@@ -159,3 +159,43 @@ def test_batched_probe_evaluation_equals_one_row_at_a_time(tiny_tokenizer):
         single = [score_rows(model, tiny_tokenizer, [row]).mean.item() for row in probe.rows]
         expected = probe_metrics(probe, np.array(single))
         assert all(metrics[k] == pytest.approx(v, abs=1e-5) for k, v in expected.items())
+
+
+# ---------------------------------------------------------------------------- summed (issue 8)
+
+
+def test_summed_response_probe_reports_the_mean_of_score_result_logp(monkeypatch,
+                                                                     tiny_tokenizer):
+    sets = [response_probe("s", [qa("q1", "a1"), qa("q2", "a2")], reduce="sum"),
+            response_probe("m", [qa("q3", "a3")])]
+
+    def fake_score(model, examples, pad_id, batch_size):
+        # summed log-probs -4, -6, -9 over 2, 3, 3 tokens
+        return ScoreResult(torch.tensor([-4.0, -6.0, -9.0]), torch.tensor([2, 3, 3]))
+
+    monkeypatch.setattr(probes_module, "score_examples", fake_score)
+    metrics = evaluate_probes(None, tiny_tokenizer, sets)
+    assert metrics == pytest.approx({"s/sum": -5.0, "m/mean": -3.0})
+
+
+def test_summed_probe_from_config_and_its_limits():
+    probe = probes_from_config(ProbeConfig(name="U", prompts="builtin:rcu:U", reduce="sum"))
+    assert probe.reduce == "sum" and len(probe.rows) == 40
+    assert probe_metrics(probe, np.full(40, -30.0)) == {"U/sum": -30.0}
+    with pytest.raises(ConfigError, match="probe L: `reduce: sum` needs `targets: null`"):
+        probes_from_config(ProbeConfig(name="L", prompts="builtin:rcu:U", targets=["x"],
+                                       reduce="sum"))
+    with pytest.raises(ValueError, match="response probes only"):
+        ProbeSet("bad", ((prompt("a"), "x"),) * 2, group_size=2, reduce="sum")
+
+
+def test_summed_probe_on_a_model_equals_score_rows_logp(tiny_tokenizer):
+    from pathunlearn.tiny import init_model
+
+    torch.manual_seed(0)
+    model = init_model(tiny_tokenizer)
+    probe = response_probe("s", [qa("q1", "a short answer"), qa("q2", "another")],
+                           reduce="sum")
+    metrics = evaluate_probes(model, tiny_tokenizer, [probe])
+    logp = score_rows(model, tiny_tokenizer, list(probe.rows)).logp
+    assert metrics["s/sum"] == pytest.approx(logp.mean().item(), abs=1e-4)

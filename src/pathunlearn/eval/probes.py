@@ -15,7 +15,10 @@ Metric names (every value is a mean over the probe's prompts):
   ``<name>/all_mean``        the mean over target and paraphrases (the quantity behind the
                              paper's forget score).
 - response probes (G = 1, a prompt with one target, usually its own response):
-  ``<name>/mean``            the mean per-token average log-probability.
+  ``<name>/mean``            the mean per-token average log-probability; or, for a probe with
+                             ``reduce="sum"``,
+  ``<name>/sum``             the mean over prompts of the summed log-probability log pi(y|x)
+                             (the paper's Section 4.3 curves).
 
 The default probes (:func:`default_probes`), named after what they track:
 
@@ -58,11 +61,18 @@ class ProbeSet:
     rows: tuple[Row, ...]
     group_size: int = 1
     """Targets per prompt: 1 for a response probe, 1 + paraphrases for a label probe."""
+    reduce: str = "mean"
+    """Score of a row: "mean" per-token average log-probability, "sum" summed (response
+    probes only)."""
 
     def __post_init__(self) -> None:
         if not self.rows or len(self.rows) % self.group_size:
             raise ValueError(f"probe {self.name}: {len(self.rows)} rows do not form groups "
                              f"of {self.group_size}")
+        if self.reduce not in ("mean", "sum"):
+            raise ValueError(f"probe {self.name}: unknown reduce {self.reduce!r}")
+        if self.reduce == "sum" and self.group_size > 1:
+            raise ValueError(f"probe {self.name}: reduce 'sum' is for response probes only")
 
 
 def label_probe(name: str, prompts: Sequence[list[dict[str, str]]],
@@ -74,11 +84,13 @@ def label_probe(name: str, prompts: Sequence[list[dict[str, str]]],
     return ProbeSet(name, rows, group_size=len(targets))
 
 
-def response_probe(name: str, conversations: Sequence[Conversation]) -> ProbeSet:
-    """Each conversation's last assistant turn, scored given the turns before it."""
+def response_probe(name: str, conversations: Sequence[Conversation],
+                   reduce: str = "mean") -> ProbeSet:
+    """Each conversation's last assistant turn, scored given the turns before it (per-token
+    average, or summed with ``reduce="sum"``)."""
     if not conversations:
         raise DataError(f"probe {name}: has no conversations")
-    return ProbeSet(name, tuple((c.prompt, c.response) for c in conversations))
+    return ProbeSet(name, tuple((c.prompt, c.response) for c in conversations), reduce=reduce)
 
 
 def default_probes(forget: Sequence[Conversation] | None = None, *, seed: int = 0,
@@ -112,6 +124,7 @@ def probes_from_config(config: ProbeConfig, seed: int = 0) -> ProbeSet:
     ``targets`` null: each prompt's own last assistant turn (a response probe); a list of
     strings or a source (``builtin:NAME[:SPLIT]`` or a file, each conversation's last assistant
     turn is a target): every prompt x every target (a label probe, the first target first).
+    ``reduce`` "sum" applies to response probes only.
     """
     try:
         convs = load_source(config.prompts, seed=seed, max_examples=config.max_prompts)
@@ -121,17 +134,21 @@ def probes_from_config(config: ProbeConfig, seed: int = 0) -> ProbeSet:
     except DataError as e:
         raise DataError(f"probe {config.name}: {e}") from None
     if targets is None:
-        return response_probe(config.name, convs)
+        return response_probe(config.name, convs, reduce=config.reduce)
     if not targets:
         raise ConfigError(f"probe {config.name}: `targets` is empty")
+    if config.reduce == "sum":
+        raise ConfigError(f"probe {config.name}: `reduce: sum` needs `targets: null` (a "
+                          "response probe)")
     return label_probe(config.name, [c.prompt for c in convs], targets)
 
 
 def probe_metrics(probe: ProbeSet, scores: np.ndarray) -> dict[str, float]:
-    """The metrics of one probe from its rows' per-token average log-probabilities (N,)."""
+    """The metrics of one probe from its rows' scores (N,): per-token average
+    log-probabilities, or summed ones for a probe with ``reduce="sum"``."""
     grid = np.asarray(scores, dtype=np.float64).reshape(-1, probe.group_size)  # (P, G)
     if probe.group_size == 1:
-        return {f"{probe.name}/mean": float(grid.mean())}
+        return {f"{probe.name}/{probe.reduce}": float(grid.mean())}
     paraphrases = grid[:, 1:]  # (P, G-1)
     return {
         f"{probe.name}/target": float(grid[:, 0].mean()),
@@ -162,10 +179,11 @@ def evaluate_probes(model: torch.nn.Module, tokenizer, probe_sets: Sequence[Prob
         encoded = encode_probes(tokenizer, probe_sets, max_length)
     if len(encoded) != sum(len(p.rows) for p in probe_sets):
         raise ValueError("`encoded` does not come from these probe sets")
-    scores = score_examples(model, encoded, pad_token_id(tokenizer), batch_size).mean.numpy()
+    result = score_examples(model, encoded, pad_token_id(tokenizer), batch_size)
+    scores = {"mean": result.mean.numpy(), "sum": result.logp.numpy()}
     metrics, start = {}, 0
     for probe in probe_sets:
-        metrics |= probe_metrics(probe, scores[start : start + len(probe.rows)])
+        metrics |= probe_metrics(probe, scores[probe.reduce][start : start + len(probe.rows)])
         start += len(probe.rows)
     return metrics
 

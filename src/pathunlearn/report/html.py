@@ -54,14 +54,15 @@ pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; }
 def write_report(run_dir: str | Path, results: Results | None = None, *,
                  forget_stage: str | None = None, figures: list[dict] | None = None,
                  phases: dict[str, float] | None = None, extra: dict | None = None,
-                 probes: list | None = None) -> Path:
+                 probes: list | None = None, lead: list[str] | None = None) -> Path:
     """Write RUN_DIR/report.html (atomically) and return its path.
 
     ``results``: from :func:`build_results` (recomputed from the cell files when omitted);
     ``figures``: entries of figures/index.json (read from there when omitted); ``phases``: wall
     seconds per phase (RUN_DIR/phases.json when omitted); ``extra``: more facts to show (e.g.
     ``{"device": "cuda:0 (NVIDIA H200)"}``); ``probes``: the probe sets used (default: the
-    built-in probes of :func:`pathunlearn.eval.probes.default_probes`).
+    built-in probes of :func:`pathunlearn.eval.probes.default_probes`); ``lead``: HTML sections
+    (already escaped) shown right after the header, e.g. the superficial-forgetting study.
     """
     run_dir = Path(run_dir)
     results = results or build_results(run_dir, forget_stage, write=False)
@@ -69,6 +70,7 @@ def write_report(run_dir: str | Path, results: Results | None = None, *,
     phases = phases if phases is not None else _read_json(run_dir / "phases.json")
     sections = [
         _header(run_dir, results),
+        *(lead or []),
         _verdict_section(results),
         _table_section(results),
         _pairwise_section(results),

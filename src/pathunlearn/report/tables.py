@@ -448,6 +448,9 @@ class Results:
     """The recency verdicts (``kind`` "recency"), then the pairwise-growth ones ("pairwise")."""
     files: list[Path] = field(default_factory=list)
     pairwise: PairwiseTable | None = None
+    superficial: list[dict] | None = None
+    """Per-path R/C/U curves and verdicts of a ``study: superficial`` run
+    (:func:`pathunlearn.report.superficial.path_curves`); None for other studies."""
 
 
 def build_results(run_dir: str | Path, forget_stage: str | None = None, *,

@@ -382,7 +382,7 @@ def unlearn_all(cfg: ExperimentConfig, plan: TrainPlan, *, run_dir: Path | None 
         forget_convs = load_source(cfg.stages[cfg.paths.forget_stage].source,
                                    split=cfg.stages[cfg.paths.forget_stage].split)
         probe_sets = default_probes(forget_convs, max_prompts=u.probe_prompts,
-                                    max_examples=u.probe_examples)
+                                    max_examples=u.probe_examples) if u.builtin_probes else []
         probe_sets += [probes_from_config(p) for p in cfg.probes]
     for i, cell in enumerate(todo, 1):
         model_dir = path_model_dir(run_dir, plan, cell.path, cell.seed)
