@@ -57,3 +57,30 @@ def test_smollm2_prefers_the_right_answer(smol):
         return float(sequence_logprobs(logits, labels)[0][0])
 
     assert logprob("The capital of France is Paris.") > logprob("The capital of France is Berlin.") + 2
+
+
+def test_smollm2_study_end_to_end_with_lora(tmp_path):
+    """Two stages in both orders, LoRA, then GA and NPO for 2 steps: the real-model path."""
+    import json
+
+    from pathunlearn.config import validate_config
+    from pathunlearn.experiment import run_experiment
+
+    cfg = validate_config({
+        "name": "smol", "output_dir": str(tmp_path), "seeds": [0],
+        "model": {"preset": "smollm2", "finetuning": "lora", "max_length": 128,
+                  "lora": {"rank": 8, "alpha": 16}},
+        "stages": {"authors": {"source": "builtin:authors", "max_examples": 4},
+                   "refusals": {"source": "builtin:refusals", "max_examples": 4}},
+        "paths": {"forget_stage": "refusals", "order": ["authors"], "positions": [1, 2]},
+        "training": {"lr": 1e-4, "batch_size": 2, "micro_batch_size": 2, "seed": 0},
+        "unlearning": {"methods": [{"name": "ga"}, {"name": "npo"}], "lr": 1e-4,
+                       "batch_size": 2, "micro_batch_size": 1, "steps": 2, "eval_every": 2,
+                       "probe_prompts": 2, "probe_examples": 2},
+    })
+    results, _, report = run_experiment(cfg, log=lambda *_: None)
+    assert report.is_file() and len(results.table.rows) == 4
+    for metrics in tmp_path.glob("smol/cells/*/*/0/metrics.jsonl"):
+        rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+        assert [r["step"] for r in rows] == [0, 2]
+        assert rows[-1]["re_retrain/kl"] > 0

@@ -79,10 +79,22 @@ def load_pretrained(directory: str | Path, *, gguf_file: str | None = None, dtyp
     model = AutoModelForCausalLM.from_pretrained(
         directory, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **kwargs
     )
+    if gguf_file:
+        _drop_gguf_marker(model)
     ensure_chat_template(tokenizer)
     if tokenizer.pad_token_id is None:  # Llama tokenizers ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
+
+
+def _drop_gguf_marker(model: torch.nn.Module) -> None:
+    """transformers dequantizes GGUF tensors into ordinary float weights but keeps a GGUF
+    "quantizer" on the model, which makes ``save_pretrained`` refuse; the weights are dense,
+    so drop the marker (and keep ``quantization_config`` out of the saved config.json)."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def lora_targets(model: torch.nn.Module, lora: LoraConfig) -> list[str]:
