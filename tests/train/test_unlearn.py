@@ -162,3 +162,22 @@ def test_lora_cells_train_only_a_fresh_adapter(tmp_path):
         # (2/beta) log 2 and npo_kl's KL(ref || model) term adds exactly 0
         first = rows(d / "steps.jsonl")[0]
         assert first["loss"] == pytest.approx(4 * math.log(2), abs=1e-4)
+
+
+def test_forget_stage_from_a_question_answer_file(tmp_path):
+    """A stage read from a local file with question/answer fields trains and unlearns."""
+    from pathunlearn.data.suite import load_builtin
+
+    data = tmp_path / "refusals.jsonl"
+    data.write_text("".join(json.dumps({"input": c.messages[1]["content"], "output": c.response})
+                            + "\n" for c in load_builtin("refusals")[:12]))
+    cfg = validate_config({
+        **CONFIG, "output_dir": str(tmp_path),
+        "stages": {"forget": {"source": str(data), "question_key": "input",
+                              "answer_key": "output", "system": "You are a helpful assistant."}},
+        "paths": {"forget_stage": "forget", "orders": [["forget"]]},
+        "unlearning": {**CONFIG["unlearning"], "methods": [{"name": "ga"}], "steps": 1},
+    })
+    plan = train_paths(cfg, log=lambda *_: None)
+    (summary,) = unlearn_all(cfg, plan, log=lambda *_: None)
+    assert summary["forget_examples"] == 12 and summary["steps_done"] == 1

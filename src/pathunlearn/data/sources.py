@@ -37,3 +37,11 @@ def load_source(
             raise DataError(f"{spec}: no such file (built-in sources are written builtin:NAME)")
         conversations = load_conversations(spec, question_key, answer_key, system)
     return conversations[:max_examples] if max_examples else conversations
+
+
+def load_stage(stage) -> list[Conversation]:
+    """The conversations of a stage (a :class:`pathunlearn.config.StageConfig`), exactly as
+    staged training and unlearning read them."""
+    return load_source(stage.source, split=stage.split, question_key=stage.question_key,
+                       answer_key=stage.answer_key, system=stage.system,
+                       max_examples=stage.max_examples)

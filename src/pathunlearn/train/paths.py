@@ -159,7 +159,7 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
     Returns the summary written to ``prefix.json``.
     """
     from pathunlearn.data.chat import tokenize_conversations
-    from pathunlearn.data.sources import load_source
+    from pathunlearn.data.sources import load_stage
     from pathunlearn.models import (
         apply_lora,
         load_model,
@@ -178,9 +178,7 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
                                            attn_implementation=cfg.model.attn_implementation)
     stage = cfg.stages[prefix.stage]
     seed = stage_seed(prefix.seed, prefix.stage)
-    conversations = load_source(stage.source, split=stage.split, question_key=stage.question_key,
-                                answer_key=stage.answer_key, system=stage.system,
-                                max_examples=stage.max_examples)
+    conversations = load_stage(stage)
     examples, n_truncated = tokenize_conversations(tokenizer, conversations, cfg.model.max_length)
     if cfg.model.finetuning == "lora":
         model = apply_lora(model, cfg.model.lora, seed=seed)

@@ -28,7 +28,7 @@ import torch
 from pathunlearn.config import ExperimentConfig, MethodConfig, dump_config
 from pathunlearn.data.batching import collate, epoch_order
 from pathunlearn.data.chat import EncodedExample, tokenize_conversations
-from pathunlearn.data.sources import load_source
+from pathunlearn.data.sources import load_source, load_stage
 from pathunlearn.eval.divergence import (
     heldout_examples,
     kl_distance,
@@ -127,10 +127,7 @@ def plan_cells(cfg: ExperimentConfig, paths: list[tuple[str, ...]] | None = None
 
 def encode_stage(cfg: ExperimentConfig, tokenizer, stage_name: str) -> list[EncodedExample]:
     """A stage's conversations tokenised exactly as staged training saw them."""
-    stage = cfg.stages[stage_name]
-    conversations = load_source(stage.source, split=stage.split, question_key=stage.question_key,
-                                answer_key=stage.answer_key, system=stage.system,
-                                max_examples=stage.max_examples)
+    conversations = load_stage(cfg.stages[stage_name])
     return tokenize_conversations(tokenizer, conversations, cfg.model.max_length)[0]
 
 
@@ -379,8 +376,7 @@ def unlearn_all(cfg: ExperimentConfig, plan: TrainPlan, *, run_dir: Path | None 
         + (f", {stale} finished under other settings (rerun)" if stale else ""))
     if todo:
         u = cfg.unlearning
-        forget_convs = load_source(cfg.stages[cfg.paths.forget_stage].source,
-                                   split=cfg.stages[cfg.paths.forget_stage].split)
+        forget_convs = load_stage(cfg.stages[cfg.paths.forget_stage])
         probe_sets = default_probes(forget_convs, max_prompts=u.probe_prompts,
                                     max_examples=u.probe_examples) if u.builtin_probes else []
         probe_sets += [probes_from_config(p) for p in cfg.probes]
