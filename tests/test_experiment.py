@@ -59,6 +59,8 @@ def test_run_end_to_end_then_rerun_skips_everything(tmp_path, cli):
     second = cli("run", path)
     assert second.code == 0
     assert "already done" in second.out and "0 already done" not in second.out
+    history = json.loads((run_dir / "phases_history.json").read_text())
+    assert len(history) == 2 and history[0]["seconds"]["unlearn"] > history[1]["seconds"]["unlearn"]
 
 
 def test_superficial_study_end_to_end(tmp_path, cli):

@@ -7,9 +7,11 @@ skips what a previous run finished, so rerunning a finished run only rebuilds th
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pathunlearn.config import ExperimentConfig, dump_config
@@ -57,9 +59,24 @@ def run_experiment(cfg: ExperimentConfig, *, log=print, progress: bool = False):
     with phases.time("unlearn"):
         unlearn_all(cfg, plan, run_dir=run_dir, retrain=has_retrain, log=log)
     with phases.time("report"):
-        write_json(run_dir / "phases.json", phases.seconds)
-        device = str(resolve_device(cfg.training.device))
-        made = make_report(run_dir, cfg.paths.forget_stage, phases=phases.seconds,
-                           extra={"device": device})
+        history = _record_phases(run_dir, phases.seconds)
+        extra = {"device": str(resolve_device(cfg.training.device))}
+        if len(history) > 1:  # a rerun: keep the timings of the run that did the work visible
+            first = history[0]["seconds"]
+            extra["first invocation"] = ", ".join(f"{k} {v:.0f} s" for k, v in first.items())
+        made = make_report(run_dir, cfg.paths.forget_stage, phases=phases.seconds, extra=extra)
     write_json(run_dir / "phases.json", phases.seconds)
+    _record_phases(run_dir, phases.seconds, replace_last=True)
     return made
+
+
+def _record_phases(run_dir: Path, seconds: dict[str, float], replace_last: bool = False) -> list:
+    """``phases.json`` holds this invocation's wall times; ``phases_history.json`` every
+    invocation's, so rerunning a finished run does not hide how long the work took."""
+    path = run_dir / "phases_history.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    entry = {"finished": datetime.now(UTC).isoformat(timespec="seconds"),
+             "seconds": dict(seconds)}
+    history = history[:-1] + [entry] if replace_last and history else history + [entry]
+    write_json(path, history)
+    return history
