@@ -24,6 +24,7 @@ import torch
 from pathunlearn.data.batching import collate
 from pathunlearn.data.chat import IGNORE_INDEX, EncodedExample, tokenize_conversations
 from pathunlearn.data.sources import load_source
+from pathunlearn.eval.logprob import eval_mode
 
 HELDOUT_SOURCES = ("builtin:refusals:test", "builtin:instructions:eval",
                    "builtin:arithmetic:test", "builtin:authors:eval")
@@ -49,11 +50,9 @@ def heldout_examples(tokenizer, max_length: int, per_source: int = 4,
 def position_logprobs(model: torch.nn.Module, examples: list[EncodedExample], pad_id: int,
                       batch_size: int = 32) -> Reference:
     """log-softmax of the model's next-token distribution at every target position, in order."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     rows, tokens = [], []
-    try:
+    with eval_mode(model):
         for start in range(0, len(examples), batch_size):
             batch = collate(examples[start : start + batch_size], pad_id).to(device)
             logits = model(**batch.inputs()).logits[:, :-1].float()  # (B, T-1, V)
@@ -61,8 +60,6 @@ def position_logprobs(model: torch.nn.Module, examples: list[EncodedExample], pa
             mask = targets != IGNORE_INDEX
             rows.append(torch.log_softmax(logits[mask], dim=-1).cpu())  # (P_b, V)
             tokens.append(targets[mask].cpu())
-    finally:
-        model.train(was_training)
     return Reference(torch.cat(rows), torch.cat(tokens))
 
 

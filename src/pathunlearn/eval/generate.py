@@ -30,6 +30,7 @@ import inspect
 import torch
 
 from pathunlearn.data.chat import encode_prompt
+from pathunlearn.eval.logprob import eval_mode, pad_token_id
 
 # end-of-turn tokens of common chat templates (ChatML / Qwen, Llama 3, GPT-2 style)
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>")
@@ -187,25 +188,20 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, n: int = 1,
         apply_temperature(torch.zeros(1), temperature)  # validate before any work
         top_p_filter(torch.zeros(1, 1), top_p)
     stop_ids = stop_token_ids(tokenizer, model)
-    pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
+    pad_id = pad_token_id(tokenizer)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     draws = 1 if greedy else n
     jobs = [(i, j) for i in range(len(prompts)) for j in range(draws)]
     jobs.sort(key=lambda job: -len(encoded[job[0]]))  # similar lengths share a batch
     texts: dict[tuple[int, int], str] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(jobs), batch_size):
-                batch = jobs[start : start + batch_size]
-                generators = [None if greedy else sample_generator(seed, i, j) for i, j in batch]
-                new = _generate_batch(model, [encoded[i] for i, _ in batch], generators,
-                                      stop_ids=stop_ids, pad_id=pad_id,
-                                      max_new_tokens=max_new_tokens, temperature=temperature,
-                                      top_p=top_p)
-                for job, tokens in zip(batch, new, strict=True):
-                    texts[job] = tokenizer.decode(tokens, skip_special_tokens=True)
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), eval_mode(model):
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start : start + batch_size]
+            generators = [None if greedy else sample_generator(seed, i, j) for i, j in batch]
+            new = _generate_batch(model, [encoded[i] for i, _ in batch], generators,
+                                  stop_ids=stop_ids, pad_id=pad_id,
+                                  max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_p=top_p)
+            for job, tokens in zip(batch, new, strict=True):
+                texts[job] = tokenizer.decode(tokens, skip_special_tokens=True)
     return [[texts[(i, 0 if greedy else j)] for j in range(n)] for i in range(len(prompts))]

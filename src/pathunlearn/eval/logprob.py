@@ -58,7 +58,7 @@ def score_examples(model: torch.nn.Module, examples: list[EncodedExample], pad_i
     device = next(model.parameters()).device
     # longest first: the first batch shows at once whether the largest one fits in memory
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids), reverse=True)
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = collate([examples[i] for i in idx], pad_id).to(device)
@@ -123,8 +123,9 @@ def pad_token_id(tokenizer) -> int:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    # scoring must not see dropout; the loop that calls us may be mid-training
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode inside the block (no dropout), the caller's train/eval mode restored after:
+    scorers and samplers are called from loops that may be mid-training."""
     was_training = model.training
     model.eval()
     try:
