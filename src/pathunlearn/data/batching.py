@@ -7,7 +7,9 @@ replace :func:`collate` later without touching the loop.
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -70,18 +72,36 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def effective_batches(
-    examples: list[EncodedExample], order: list[int], batch_size: int, micro_batch_size: int,
-    pad_id: int,
-) -> list[list[Batch]]:
-    """Group one epoch into optimizer steps, each a list of micro-batches.
+def cut_epoch(order: list[int], batch_size: int, micro_batch_size: int) -> list[list[list[int]]]:
+    """One epoch's example order as optimizer steps, each a list of micro-batches of indices.
 
     A last incomplete effective batch is kept (it is a smaller step, weighted by its own
     token count).
     """
     steps = []
     for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start : start + batch_size]]
-        steps.append([collate(chunk[j : j + micro_batch_size], pad_id)
+        chunk = order[start : start + batch_size]
+        steps.append([chunk[j : j + micro_batch_size]
                       for j in range(0, len(chunk), micro_batch_size)])
     return steps
+
+
+def step_indices(n: int, batch_size: int, micro_batch_size: int,
+                 seed: int) -> Iterator[tuple[int, list[list[int]]]]:
+    """Endless ``(epoch, micro-batches of example indices)`` for every optimizer step: each
+    epoch is reshuffled from ``seed`` (:func:`epoch_order`) and cut by :func:`cut_epoch`, so a
+    batch never spans two epochs. Take as many steps as needed (``itertools.islice``)."""
+    if n == 0:
+        raise ValueError("no examples to batch")
+    for epoch in itertools.count():
+        for micro_batches in cut_epoch(epoch_order(n, seed, epoch), batch_size, micro_batch_size):
+            yield epoch, micro_batches
+
+
+def effective_batches(
+    examples: list[EncodedExample], order: list[int], batch_size: int, micro_batch_size: int,
+    pad_id: int,
+) -> list[list[Batch]]:
+    """One epoch in ``order`` as optimizer steps, each a list of collated micro-batches."""
+    return [[collate([examples[i] for i in idx], pad_id) for idx in step]
+            for step in cut_epoch(order, batch_size, micro_batch_size)]

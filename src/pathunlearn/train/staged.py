@@ -8,6 +8,7 @@ the accumulated gradient is that of one big batch), clip, step, log.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from pathunlearn.config import OptimConfig
-from pathunlearn.data.batching import effective_batches, epoch_order
+from pathunlearn.data.batching import collate, step_indices
 from pathunlearn.data.chat import EncodedExample
 from pathunlearn.train.losses import nll_sum
 from pathunlearn.train.schedules import lr_lambda
@@ -97,7 +98,7 @@ def train_stage(
                 loss.backward()
                 loss_value += loss.item()
             # ---- optimizer step
-            grad_norm = _clip(params, optim.grad_clip)
+            grad_norm = clip_gradients(params, optim.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             # ---- log
@@ -117,18 +118,14 @@ def train_stage(
 def _steps(examples, optim: OptimConfig, epochs: float, seed: int, pad_id: int) -> Iterator:
     """(epoch, micro-batches) for every optimizer step; the last epoch may be partial."""
     total = num_steps(len(examples), optim.batch_size, epochs)
-    step = 0
-    for epoch in range(math.ceil(epochs)):
-        order = epoch_order(len(examples), seed, epoch)
-        for micro_batches in effective_batches(examples, order, optim.batch_size,
-                                               optim.micro_batch_size, pad_id):
-            if step == total:
-                return
-            step += 1
-            yield epoch, micro_batches
+    steps = step_indices(len(examples), optim.batch_size, optim.micro_batch_size, seed)
+    for epoch, micro_idx in itertools.islice(steps, total):
+        yield epoch, [collate([examples[i] for i in idx], pad_id) for idx in micro_idx]
 
 
-def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """Clip the global gradient norm to ``max_norm`` (None: no clipping); returns the norm
+    before clipping."""
     if max_norm is None:
         grads = [p.grad.norm() for p in params if p.grad is not None]
         return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0

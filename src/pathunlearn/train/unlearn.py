@@ -19,14 +19,13 @@ import copy
 import json
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pathunlearn.config import ExperimentConfig, MethodConfig, dump_config
-from pathunlearn.data.batching import collate, epoch_order
+from pathunlearn.data.batching import collate, step_indices
 from pathunlearn.data.chat import EncodedExample, tokenize_conversations
 from pathunlearn.data.sources import load_source, load_stage
 from pathunlearn.eval.divergence import (
@@ -47,7 +46,7 @@ from pathunlearn.train.losses import (
 )
 from pathunlearn.train.paths import TrainPlan, path_model_dir, stable_hash, stage_seed
 from pathunlearn.train.schedules import lr_lambda
-from pathunlearn.train.staged import _clip, autocast, make_optimizer, num_steps
+from pathunlearn.train.staged import autocast, clip_gradients, make_optimizer, num_steps
 
 CELL_DIR = "cells"
 CELL_FORMAT = 1  # bump when what a cell records changes, so old cells are recomputed
@@ -131,18 +130,6 @@ def encode_stage(cfg: ExperimentConfig, tokenizer, stage_name: str) -> list[Enco
     return tokenize_conversations(tokenizer, conversations, cfg.model.max_length)[0]
 
 
-def index_batches(n: int, batch_size: int, micro: int, seed: int) -> Iterator[list[list[int]]]:
-    """Endless effective batches of example indices, each a list of micro-batches; the order
-    is reshuffled every epoch from ``seed`` (a batch never spans two epochs)."""
-    epoch = 0
-    while True:
-        order = epoch_order(n, seed, epoch)
-        for start in range(0, n, batch_size):
-            chunk = order[start : start + batch_size]
-            yield [chunk[j : j + micro] for j in range(0, len(chunk), micro)]
-        epoch += 1
-
-
 def retrain_path(cfg: ExperimentConfig, path: tuple[str, ...]) -> tuple[str, ...]:
     """The retrain baseline's path: ``path`` without the forget stage (Definition 2.1)."""
     return tuple(s for s in path if s != cfg.paths.forget_stage)
@@ -223,8 +210,8 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Pa
     optimizer = make_optimizer(params, cell_optim(u, cell.lr))
     total = u.steps or num_steps(len(forget), u.batch_size, u.epochs)
     multiplier = lr_lambda(cell.scheduler, total, u.warmup, u.decay)
-    forget_batches = index_batches(len(forget), u.batch_size, u.micro_batch_size, seed)
-    retain_batches = index_batches(len(retain), u.batch_size, u.micro_batch_size, seed + 1) \
+    forget_batches = step_indices(len(forget), u.batch_size, u.micro_batch_size, seed)
+    retain_batches = step_indices(len(retain), u.batch_size, u.micro_batch_size, seed + 1) \
         if retain else None
 
     with atomic_dir(out_dir) as tmp:
@@ -237,11 +224,11 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Pa
             lr = cell.lr * multiplier(step - 1)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            micro_idx = next(forget_batches)
-            retain_idx = next(retain_batches) if retain_batches else None
+            _, micro_idx = next(forget_batches)
+            retain_idx = next(retain_batches)[1] if retain_batches else None
             loss_value = _step_losses(cell.method, model, ref_model, forget, ref, micro_idx,
                                       retain, retain_idx, pad, device, cfg.training.precision)
-            grad_norm = _clip(params, u.grad_clip)
+            grad_norm = clip_gradients(params, u.grad_clip)
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 diverged_at = step
                 break
