@@ -29,6 +29,7 @@ from pathunlearn.data.batching import collate, step_indices
 from pathunlearn.data.chat import EncodedExample, tokenize_conversations
 from pathunlearn.data.sources import load_source, load_stage
 from pathunlearn.eval.divergence import (
+    Reference,
     heldout_examples,
     kl_distance,
     mse_distance,
@@ -166,12 +167,15 @@ def cell_done(directory: Path, key: str) -> bool:
 
 
 def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Path,
-                 probe_sets: list, retrain_dir: Path | None = None, key: str = "") -> dict:
+                 probe_sets: list, retrain: Reference | None = None, key: str = "",
+                 math_cache: dict | None = None) -> dict:
     """Run one cell from the path model in ``model_dir``; write its directory atomically.
 
     At every eval point the per-token log-probabilities of the held-out RE set are stored
     (``re_tokens``: pairwise distances between cells are computed from them afterwards); with
-    ``retrain_dir`` also the distances to that retrain model (``re_retrain/kl``, ``/mse``).
+    ``retrain`` (:func:`retrain_reference`) also the distances to that retrain model
+    (``re_retrain/kl``, ``/mse``). ``math_cache`` shares the before-unlearning math accuracy
+    of a path model between the cells that start from it.
     """
     from pathunlearn.eval.logprob import reference_logprobs
     from pathunlearn.eval.probes import encode_probes, evaluate_probes
@@ -194,7 +198,8 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Pa
         model = apply_lora(model, cfg.model.lora, seed=seed)
     encoded_probes = encode_probes(tok, probe_sets, cfg.model.max_length)
     heldout = heldout_examples(tok, cfg.model.max_length)
-    retrain = _retrain_reference(retrain_dir, heldout, cfg, device) if retrain_dir else None
+    if retrain is not None and retrain.tokens.numel() != sum(e.num_targets for e in heldout):
+        raise ValueError("the retrain reference was computed on another held-out set")
 
     def probe() -> dict:
         metrics = evaluate_probes(model, tok, probe_sets, encoded=encoded_probes)
@@ -205,7 +210,10 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Pa
             metrics["re_retrain/mse"] = mse_distance(tokens, token_logprobs_of(retrain))
         return {**metrics, "re_tokens": [round(float(x), 5) for x in tokens]}
 
-    math_before = measure_math(cfg, model, tok, cell.seed)
+    math_cache = {} if math_cache is None else math_cache
+    if (str(model_dir), cell.seed) not in math_cache:  # the same for every method of a path
+        math_cache[(str(model_dir), cell.seed)] = measure_math(cfg, model, tok, cell.seed)
+    math_before = math_cache[(str(model_dir), cell.seed)]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cell_optim(u, cell.lr))
     total = u.steps or num_steps(len(forget), u.batch_size, u.epochs)
@@ -261,11 +269,15 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Pa
     return summary
 
 
-def _retrain_reference(retrain_dir: Path, heldout, cfg: ExperimentConfig, device):
-    from pathunlearn.models import load_pretrained
+def retrain_reference(cfg: ExperimentConfig, retrain_dir: Path) -> Reference:
+    """The retrain model's next-token distributions on the held-out RE set, computed once
+    and shared by every cell compared with that model."""
+    from pathunlearn.models import load_pretrained, resolve_device
 
-    model, tok = load_pretrained(retrain_dir, dtype=cfg.model.dtype, device=device,
+    model, tok = load_pretrained(retrain_dir, dtype=cfg.model.dtype,
+                                 device=resolve_device(cfg.training.device),
                                  attn_implementation=cfg.model.attn_implementation)
+    heldout = heldout_examples(tok, cfg.model.max_length)
     return position_logprobs(model, heldout, tok.pad_token_id)
 
 
@@ -367,12 +379,18 @@ def unlearn_all(cfg: ExperimentConfig, plan: TrainPlan, *, run_dir: Path | None 
         probe_sets = default_probes(forget_convs, max_prompts=u.probe_prompts,
                                     max_examples=u.probe_examples) if u.builtin_probes else []
         probe_sets += [probes_from_config(p) for p in cfg.probes]
+    references: dict[Path, Reference] = {}  # one per retrain model, not one per cell
+    math_cache: dict = {}
     for i, cell in enumerate(todo, 1):
         model_dir = path_model_dir(run_dir, plan, cell.path, cell.seed)
-        retrain_dir = path_model_dir(run_dir, plan, retrain_path(cfg, cell.path), cell.seed) \
-            if retrain else None
-        s = unlearn_cell(cfg, cell, model_dir, cell.directory(run_dir), probe_sets, retrain_dir,
-                         keys[cell])
+        reference = None
+        if retrain:
+            retrain_dir = path_model_dir(run_dir, plan, retrain_path(cfg, cell.path), cell.seed)
+            if retrain_dir not in references:
+                references[retrain_dir] = retrain_reference(cfg, retrain_dir)
+            reference = references[retrain_dir]
+        s = unlearn_cell(cfg, cell, model_dir, cell.directory(run_dir), probe_sets, reference,
+                         keys[cell], math_cache)
         note = f", diverged at step {s['diverged_at']}" if s["diverged_at"] else ""
         sweep = " " + "/".join(cell.sweep) if cell.sweep else ""
         log(f"[{i}/{len(todo)}] {cell.path_label} {cell.method_label}{sweep} seed {cell.seed}: "
