@@ -34,7 +34,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from pathunlearn.files import write_json
 from pathunlearn.report.pairwise import pair_label
-from pathunlearn.report.tables import CellRecord, Results, mean_ci, position
+from pathunlearn.report.tables import CellRecord, Results, mean_over_seeds, position
 from pathunlearn.theory.plots import save_figure  # PNG + SVG, atomic: one helper for all figures
 
 FIGURE_DIR = "figures"
@@ -238,18 +238,14 @@ def _draw_seeds(ax, series: list[tuple[list[int], list[float]]], color: str, lab
                 lw: float = 1.6) -> list[float]:
     """Each seed's (steps, values) thin, the mean over seeds thick, the 95% band where n >= 2;
     returns the seeds' values drawn."""
-    by_step: dict[int, list[float]] = {}
     drawn = []
     for steps, values in series:
-        for s, v in zip(steps, values, strict=False):
-            by_step.setdefault(s, []).append(v)
         if len(series) > 1 and values:
             ax.plot(steps, values, color=color, lw=0.7, alpha=0.45)
         drawn += values
-    if not by_step:
+    steps, stats = mean_over_seeds(series)
+    if not steps:
         return drawn
-    steps = sorted(by_step)
-    stats = [mean_ci(by_step[s]) for s in steps]
     ax.plot(steps, [m for m, _ in stats], color=color, lw=lw, marker="o", ms=2.5, label=label)
     banded = [(s, m, h) for s, (m, h) in zip(steps, stats, strict=True) if h is not None]
     if banded:

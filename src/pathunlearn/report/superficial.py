@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pathunlearn.files import write_json
-from pathunlearn.report.tables import CellRecord, mean_ci
+from pathunlearn.report.tables import CellRecord, mean_over_seeds
 from pathunlearn.theory.plots import save_figure
 
 TAU = 1.0
@@ -89,12 +89,8 @@ def path_curves(cells: list[CellRecord], config: dict) -> list[dict]:
         curves: dict[str, list[float]] = {}
         steps: list[int] = []
         for probe in PROBES:
-            by_step: dict[int, list[float]] = {}
-            for cell in group:
-                for s, v in zip(*cell.series(f"{probe}/sum"), strict=True):
-                    by_step.setdefault(s, []).append(v)
-            steps = sorted(by_step)
-            curves[probe] = [mean_ci(by_step[s])[0] for s in steps]
+            steps, stats = mean_over_seeds(cell.series(f"{probe}/sum") for cell in group)
+            curves[probe] = [mean for mean, _ in stats]
         if not all(len(curves[p]) >= 2 for p in PROBES):
             continue
         verdict, reason = classify(curves["R"], curves["C"], curves["U"])

@@ -208,6 +208,17 @@ def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
     return mean, t_quantile(n - 1) * s / math.sqrt(n)
 
 
+def mean_over_seeds(series) -> tuple[list[int], list[tuple[float, float | None]]]:
+    """Seeds' ``(steps, values)`` series -> the steps any seed has, and at each the mean and
+    95% CI half-width (:func:`mean_ci`) over the seeds that have it."""
+    by_step: dict[int, list[float]] = {}
+    for steps, values in series:
+        for s, v in zip(steps, values, strict=False):
+            by_step.setdefault(s, []).append(v)
+    steps = sorted(by_step)
+    return steps, [mean_ci(by_step[s]) for s in steps]
+
+
 def t_quantile(df: int) -> float:
     """The 0.975 quantile of Student's t with ``df`` degrees of freedom."""
     try:
