@@ -67,6 +67,13 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu"):
                            attn_implementation=cfg.attn_implementation, device=device)
 
 
+def load_checkpoint(directory: str | Path, cfg: ModelConfig, device: torch.device | str = "cpu"):
+    """A checkpoint this run wrote (a prefix, a retrain model), loaded with the run's dtype and
+    attention implementation."""
+    return load_pretrained(directory, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
+                           device=device)
+
+
 def load_pretrained(directory: str | Path, *, gguf_file: str | None = None, dtype: str = "float32",
                     attn_implementation: str = "sdpa", device: torch.device | str = "cpu"):
     """Load a causal LM and its tokenizer from a local directory (or a GGUF file in it)."""

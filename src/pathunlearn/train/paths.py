@@ -162,8 +162,8 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
     from pathunlearn.data.sources import load_stage
     from pathunlearn.models import (
         apply_lora,
+        load_checkpoint,
         load_model,
-        load_pretrained,
         resolve_device,
         write_checkpoint,
     )
@@ -174,8 +174,7 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
         model, tokenizer = load_model(cfg.model, device=device)
     else:
         parent = Path(run_dir) / PREFIX_DIR / prefix.parent_key
-        model, tokenizer = load_pretrained(parent, dtype=cfg.model.dtype, device=device,
-                                           attn_implementation=cfg.model.attn_implementation)
+        model, tokenizer = load_checkpoint(parent, cfg.model, device)
     stage = cfg.stages[prefix.stage]
     seed = stage_seed(prefix.seed, prefix.stage)
     conversations = load_stage(stage)

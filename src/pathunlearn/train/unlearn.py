@@ -179,12 +179,11 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Pa
     """
     from pathunlearn.eval.logprob import reference_logprobs
     from pathunlearn.eval.probes import encode_probes, evaluate_probes
-    from pathunlearn.models import apply_lora, load_pretrained, resolve_device, write_checkpoint
+    from pathunlearn.models import apply_lora, load_checkpoint, resolve_device, write_checkpoint
 
     # ---- setup: path model, forget (and retain) data, reference values, fresh adapter
     u, device = cfg.unlearning, resolve_device(cfg.training.device)
-    model, tok = load_pretrained(model_dir, dtype=cfg.model.dtype, device=device,
-                                 attn_implementation=cfg.model.attn_implementation)
+    model, tok = load_checkpoint(model_dir, cfg.model, device)
     pad = tok.pad_token_id
     forget = encode_stage(cfg, tok, cfg.paths.forget_stage)
     ref = reference_logprobs(model, forget, pad) if FORGET_TERM[cell.method.name] == "npo" else None
@@ -272,11 +271,9 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, model_dir: Path, out_dir: Pa
 def retrain_reference(cfg: ExperimentConfig, retrain_dir: Path) -> Reference:
     """The retrain model's next-token distributions on the held-out RE set, computed once
     and shared by every cell compared with that model."""
-    from pathunlearn.models import load_pretrained, resolve_device
+    from pathunlearn.models import load_checkpoint, resolve_device
 
-    model, tok = load_pretrained(retrain_dir, dtype=cfg.model.dtype,
-                                 device=resolve_device(cfg.training.device),
-                                 attn_implementation=cfg.model.attn_implementation)
+    model, tok = load_checkpoint(retrain_dir, cfg.model, resolve_device(cfg.training.device))
     heldout = heldout_examples(tok, cfg.model.max_length)
     return position_logprobs(model, heldout, tok.pad_token_id)
 
