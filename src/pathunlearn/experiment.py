@@ -59,24 +59,21 @@ def run_experiment(cfg: ExperimentConfig, *, log=print, progress: bool = False):
     with phases.time("unlearn"):
         unlearn_all(cfg, plan, run_dir=run_dir, retrain=has_retrain, log=log)
     with phases.time("report"):
-        history = _record_phases(run_dir, phases.seconds)
+        earlier = _phase_history(run_dir)
         extra = {"device": str(resolve_device(cfg.training.device))}
-        if len(history) > 1:  # a rerun: keep the timings of the run that did the work visible
-            first = history[0]["seconds"]
+        if earlier:  # a rerun: keep the timings of the run that did the work visible
+            first = earlier[0]["seconds"]
             extra["first invocation"] = ", ".join(f"{k} {v:.0f} s" for k, v in first.items())
         made = make_report(run_dir, cfg.paths.forget_stage, phases=phases.seconds, extra=extra)
+    # phases.json: this invocation's wall times; phases_history.json: every invocation's, so
+    # rerunning a finished run does not hide how long the work took
     write_json(run_dir / "phases.json", phases.seconds)
-    _record_phases(run_dir, phases.seconds, replace_last=True)
+    write_json(run_dir / "phases_history.json", earlier + [
+        {"finished": datetime.now(UTC).isoformat(timespec="seconds"),
+         "seconds": dict(phases.seconds)}])
     return made
 
 
-def _record_phases(run_dir: Path, seconds: dict[str, float], replace_last: bool = False) -> list:
-    """``phases.json`` holds this invocation's wall times; ``phases_history.json`` every
-    invocation's, so rerunning a finished run does not hide how long the work took."""
+def _phase_history(run_dir: Path) -> list[dict]:
     path = run_dir / "phases_history.json"
-    history = json.loads(path.read_text()) if path.is_file() else []
-    entry = {"finished": datetime.now(UTC).isoformat(timespec="seconds"),
-             "seconds": dict(seconds)}
-    history = history[:-1] + [entry] if replace_last and history else history + [entry]
-    write_json(path, history)
-    return history
+    return json.loads(path.read_text()) if path.is_file() else []

@@ -138,7 +138,7 @@ def retrain_path(cfg: ExperimentConfig, path: tuple[str, ...]) -> tuple[str, ...
 
 def retain_stages(cfg: ExperimentConfig, path: tuple[str, ...]) -> list[str]:
     """Retain data of the weakly-local methods: the configured stages, else the path's others."""
-    return list(cfg.unlearning.retain_stages) or [s for s in path if s != cfg.paths.forget_stage]
+    return list(cfg.unlearning.retain_stages) or list(retrain_path(cfg, path))
 
 
 # ---------------------------------------------------------------------------- one cell
