@@ -195,6 +195,15 @@ def test_arithmetic_solutions_are_correct_and_end_in_the_answer(split):
         assert all(int(n) < 1000 for n in re.findall(r"\d+", user(c) + c.response))
 
 
+def test_arithmetic_numbers_stay_small_enough_for_the_tiny_model():
+    # the tiny preset learns the step facts only for small operands (see suite.py)
+    operands = [int(n) for c in load_builtin("arithmetic", "train")
+                for a, _, b, _ in EQUATION.findall(c.response) for n in (a, b)]
+    results = [c.meta["answer"] for c in load_builtin("arithmetic", "train")]
+    assert sum(n <= 9 for n in operands) / len(operands) > 0.5
+    assert max(results) < 300
+
+
 def test_arithmetic_train_and_test_share_no_question():
     assert not prompts("arithmetic", "train") & prompts("arithmetic", "test")
 
@@ -253,8 +262,8 @@ def test_general_mixes_every_kind_and_stays_small():
     general = load_builtin("general")
     kinds = [c.meta["kind"] for c in general]
     assert set(kinds) == {"people", "instruction", "arithmetic", "polite", "everyday"}
-    assert 1300 <= len(general) <= 1700
-    assert sum(len(m["content"]) for c in general for m in c.messages) < 250_000
+    assert 1800 <= len(general) <= 2200
+    assert sum(len(m["content"]) for c in general for m in c.messages) < 400_000
     for c in general:
         assert ("\n#### " in c.response) == (c.meta["kind"] == "arithmetic")
 

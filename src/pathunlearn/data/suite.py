@@ -8,8 +8,9 @@ functions of the question). The sources, in the paper's vocabulary:
   extract, short answer); splits ``train`` / ``eval`` test different items.
 - ``authors`` (stage): TOFU-like facts about invented authors; ``eval`` asks the *same* facts
   with paraphrased questions (held-out phrasings, same answers).
-- ``arithmetic`` (stage): GSM8K-style 2-3 step word problems whose solution has one line per
-  step and ends with ``#### <number>``; splits ``train`` / ``test``.
+- ``arithmetic`` (stage): GSM8K-style 2-3 step word problems with small numbers (operands
+  mostly 2-9) whose solution has one line per step and ends with ``#### <number>``; splits
+  ``train`` / ``test``.
 - ``refusals`` (the forget stage S_U): sanitized placeholder prompts ("[restricted item]") answered
   with REFUSAL_PREFIX plus a short reason; ``train`` / ``test`` (same templates) and ``ood``
   (different templates and styles).
@@ -445,6 +446,11 @@ def _authors(split: str, seed: int) -> list[Conversation]:
 
 # ---------------------------------------------------------------------------------------------
 # arithmetic (GSM8K-style word problems)
+#
+# Numbers are kept small (operands mostly 2-9, results up to a few hundred) so that the tiny preset can
+# learn the step facts: with operands up to 30 and results up to ~1000 it copied the question's
+# numbers but got under a quarter of the steps right, and its accuracy on the test split stayed
+# at the shuffled-answer baseline.
 
 _ITEMS = ("apples", "pencils", "stickers", "marbles", "cookies", "cards", "eggs", "oranges",
           "shells", "balloons")
@@ -455,7 +461,7 @@ _Problem = tuple[str, list[str], int]  # question, one line per step, final answ
 
 def _problem_change(rng: random.Random) -> _Problem:
     n, item = rng.choice(_NAMES), rng.choice(_SHOP_ITEMS)
-    a, p = rng.randint(2, 9), rng.randint(2, 12)
+    a, p = rng.randint(2, 7), rng.randint(2, 7)
     cost = a * p
     bill = rng.choice([b for b in (20, 50, 100, 200) if b >= cost])
     question = (f"{n} buys {a} {item} that cost {p} dollars each and pays with a {bill}-dollar "
@@ -466,9 +472,9 @@ def _problem_change(rng: random.Random) -> _Problem:
 
 
 def _problem_boxes(rng: random.Random) -> _Problem:
-    n, item, b, k = rng.choice(_NAMES), rng.choice(_ITEMS), rng.randint(2, 9), rng.randint(3, 12)
+    n, item, b, k = rng.choice(_NAMES), rng.choice(_ITEMS), rng.randint(2, 7), rng.randint(3, 8)
     total = b * k
-    g = rng.randint(1, total - 1)
+    g = rng.randint(1, 6)
     question = (f"{n} has {b} boxes with {k} {item} in each box. {n} gives away {g} {item}. "
                 f"How many {item} does {n} have left?")
     steps = [f"Each box has {k} {item}, so {b} boxes have {b} * {k} = {total} {item}.",
@@ -478,9 +484,9 @@ def _problem_boxes(rng: random.Random) -> _Problem:
 
 def _problem_share(rng: random.Random) -> _Problem:
     n, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-    friends, each = rng.randint(2, 6), rng.randint(2, 15)
+    friends, each = rng.randint(2, 6), rng.randint(2, 7)
     total = friends * each
-    a = rng.randint(1, total - 1)
+    a = rng.randint(1, 6)
     question = (f"{n} picks {a} {item} in the morning and {total - a} {item} in the afternoon, "
                 f"then shares them equally among {friends} friends. How many {item} does each "
                 "friend get?")
@@ -490,10 +496,10 @@ def _problem_share(rng: random.Random) -> _Problem:
 
 
 def _problem_shelf(rng: random.Random) -> _Problem:
-    n, rows, per = rng.choice(_NAMES), rng.randint(2, 8), rng.randint(3, 12)
-    add = rng.randint(1, 20)
+    n, rows, per = rng.choice(_NAMES), rng.randint(2, 7), rng.randint(3, 8)
+    add = rng.randint(1, 6)
     start, more = rows * per, rows * per + add
-    taken = rng.randint(1, more)
+    taken = rng.randint(1, 6)
     question = (f"A shelf has {rows} rows with {per} books in each row. {n} adds {add} more books "
                 f"and then takes away {taken} books. How many books are on the shelf now?")
     steps = [f"The shelf starts with {rows} * {per} = {start} books.",
@@ -504,9 +510,9 @@ def _problem_shelf(rng: random.Random) -> _Problem:
 
 def _problem_savings(rng: random.Random) -> _Problem:
     n, thing = rng.choice(_NAMES), rng.choice(_PURCHASES)
-    s, w = rng.randint(2, 20), rng.randint(2, 12)
+    s, w = rng.randint(2, 7), rng.randint(2, 7)
     saved = s * w
-    spent = rng.randint(1, saved)
+    spent = rng.randint(1, 6)
     question = (f"{n} saves {s} dollars every week for {w} weeks and then spends {spent} dollars "
                 f"on a {thing}. How many dollars does {n} have left?")
     steps = [f"Saving {s} dollars for {w} weeks gives {w} * {s} = {saved} dollars.",
@@ -516,7 +522,7 @@ def _problem_savings(rng: random.Random) -> _Problem:
 
 def _problem_times(rng: random.Random) -> _Problem:
     first, second = rng.sample(_NAMES, 2)
-    item, a, k = rng.choice(_ITEMS), rng.randint(2, 30), rng.randint(2, 5)
+    item, a, k = rng.choice(_ITEMS), rng.randint(2, 7), rng.randint(2, 5)
     question = (f"{first} has {a} {item}. {second} has {k} times as many {item} as {first}. "
                 f"How many {item} do they have together?")
     steps = [f"{second} has {k} * {a} = {k * a} {item}.",
@@ -525,7 +531,7 @@ def _problem_times(rng: random.Random) -> _Problem:
 
 
 def _problem_tickets(rng: random.Random) -> _Problem:
-    p, q, x, y = rng.randint(6, 20), rng.randint(2, 5), rng.randint(2, 5), rng.randint(2, 6)
+    p, q, x, y = rng.randint(6, 11), rng.randint(2, 5), rng.randint(2, 5), rng.randint(2, 6)
     question = (f"Adult tickets cost {p} dollars and child tickets cost {q} dollars. A family "
                 f"buys {x} adult tickets and {y} child tickets. How much do they pay in total?")
     steps = [f"The adult tickets cost {x} * {p} = {x * p} dollars.",
@@ -535,8 +541,8 @@ def _problem_tickets(rng: random.Random) -> _Problem:
 
 
 def _problem_pages(rng: random.Random) -> _Problem:
-    n, r, d = rng.choice(_NAMES), rng.randint(5, 30), rng.randint(2, 10)
-    pages = rng.randint(r * d + 1, r * d + 200)
+    n, r, d = rng.choice(_NAMES), rng.randint(5, 10), rng.randint(2, 7)
+    pages = rng.randint(r * d + 1, r * d + 6)
     question = (f"A book has {pages} pages. {n} reads {r} pages a day for {d} days. "
                 "How many pages are left to read?")
     steps = [f"{n} reads {d} * {r} = {d * r} pages.",
@@ -545,7 +551,7 @@ def _problem_pages(rng: random.Random) -> _Problem:
 
 
 def _problem_bake(rng: random.Random) -> _Problem:
-    n, trays, per = rng.choice(_NAMES), rng.randint(2, 6), rng.randint(4, 12)
+    n, trays, per = rng.choice(_NAMES), rng.randint(2, 6), rng.randint(4, 9)
     eaten, price = rng.randint(1, 5), rng.randint(1, 5)
     total, rest = trays * per, trays * per - eaten
     question = (f"{n} bakes {trays} trays of {per} cookies. The family eats {eaten} cookies and "
@@ -557,7 +563,7 @@ def _problem_bake(rng: random.Random) -> _Problem:
 
 
 def _problem_pizza(rng: random.Random) -> _Problem:
-    friends, price = rng.randint(2, 5), rng.randint(4, 15)
+    friends, price = rng.randint(2, 5), rng.randint(4, 9)
     pizzas = friends * rng.randint(1, 3)
     cost = pizzas * price
     question = (f"{friends} friends buy {pizzas} pizzas at {price} dollars each and split the cost "
@@ -571,7 +577,7 @@ _PROBLEMS = (_problem_change, _problem_boxes, _problem_share, _problem_shelf, _p
              _problem_times, _problem_tickets, _problem_pages, _problem_bake, _problem_pizza)
 _ARITHMETIC_SPLITS = {"train": (0, 240), "test": (240, 300)}
 _ARITHMETIC_STAGE_SIZE = 300  # the pool's first 300 problems are the stage's; the rest, general's
-_GENERAL_ARITHMETIC = 340
+_GENERAL_ARITHMETIC = 800
 
 
 def _draw_problem(rng: random.Random) -> tuple[str, Conversation]:
