@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
+
 from pathunlearn.config import ModelConfig
 from pathunlearn.files import is_done
 from pathunlearn.models import load_model
@@ -49,3 +51,47 @@ def test_tokenizer_corpus_ignores_sources_added_after_the_preset():
 
     assert "rcu" not in TOKENIZER_SOURCES
     assert not any("[component A]" in text for text in tokenizer_corpus(0))
+
+
+def test_pretrain_epochs_override_is_part_of_the_key(monkeypatch):
+    from pathunlearn.errors import ConfigError
+    from pathunlearn.tiny import EPOCHS_ENV, tiny_key, tiny_recipe
+
+    monkeypatch.delenv(EPOCHS_ENV, raising=False)
+    assert tiny_recipe() is TINY_RECIPE
+    full = tiny_key()
+    monkeypatch.setenv(EPOCHS_ENV, "2")
+    assert tiny_recipe()["pretrain"]["epochs"] == 2 and TINY_RECIPE["pretrain"]["epochs"] == 12
+    assert tiny_key() != full
+    for bad in ("0", "-1", "many"):
+        monkeypatch.setenv(EPOCHS_ENV, bad)
+        with pytest.raises(ConfigError, match=EPOCHS_ENV):
+            tiny_recipe()
+
+
+@pytest.mark.slow
+def test_real_preset_answers_arithmetic_above_the_shuffled_baseline(monkeypatch):
+    """Issue 6: after the demo's arithmetic stage the tiny preset answers the built-in test
+    problems measurably above the shuffled-answer baseline (measured: 13.3% greedy vs 2.0%)."""
+    import torch
+
+    from pathunlearn.config import builtin_config_path, load_config
+    from pathunlearn.data.sources import load_source
+    from pathunlearn.eval.math import evaluate_math
+    from pathunlearn.models import load_pretrained
+    from pathunlearn.tiny import EPOCHS_ENV
+    from pathunlearn.train.staged import train_stage
+    from pathunlearn.train.unlearn import encode_stage
+
+    monkeypatch.delenv(EPOCHS_ENV, raising=False)  # the real preset (a ~3 min build, once)
+    cfg = load_config(builtin_config_path("demo"))
+    model, tok = load_pretrained(ensure_tiny(progress=False))
+    torch.manual_seed(0)
+    train_stage(model, encode_stage(cfg, tok, "arithmetic"), cfg.training,
+                epochs=cfg.stages["arithmetic"].epochs, seed=0, pad_id=tok.pad_token_id)
+    test = load_source("builtin:arithmetic:test")
+    result = evaluate_math(model, tok, test, greedy=True, prompt_style="plain",
+                           max_new_tokens=cfg.unlearning.math_max_new_tokens)
+    assert result.num_questions == 60
+    assert result.accuracy >= 0.08 and result.accuracy >= 3 * result.shuffled_accuracy, (
+        result.accuracy, result.shuffled_accuracy)

@@ -3,13 +3,16 @@
 Built once and cached (``$PATHUNLEARN_CACHE``, default ``~/.cache/pathunlearn``) under a key
 that hashes the recipe below and the text of the built-in sources in TOKENIZER_SOURCES, so a
 change to either builds a new one. Building is deterministic: tokenizer trained on the suite's text, weights
-initialised from a fixed seed, then a short full-weight pretraining on ``builtin:general``
-(chat-formatted text of the same kinds as the stages, with different facts). Without that
-pretraining, later stages overwrite earlier ones entirely and path comparisons mean nothing.
+initialised from a fixed seed, then a full-weight pretraining on ``builtin:general``
+(chat-formatted text of the same kinds as the stages, with different facts; 12 epochs, ~3 min
+on 2 CPU cores). Without that pretraining, later stages overwrite earlier ones entirely and
+path comparisons mean nothing; with less of it the model cannot answer a word problem (see
+TINY_RECIPE).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -20,6 +23,7 @@ import torch
 from pathunlearn.config import OptimConfig
 from pathunlearn.data.batching import pack
 from pathunlearn.data.chat import EncodedExample, tokenize_conversations
+from pathunlearn.errors import ConfigError
 from pathunlearn.files import atomic_dir, is_done, write_json
 
 CHATML_TEMPLATE = (
@@ -30,7 +34,7 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 # Everything that determines the preset; part of its cache key.
 TINY_RECIPE = {
-    "version": 1,
+    "version": 2,
     "vocab_size": 1536,
     "architecture": {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4,
                      "num_attention_heads": 4, "num_key_value_heads": 4,
@@ -38,8 +42,12 @@ TINY_RECIPE = {
                      "tie_word_embeddings": True},
     "init_seed": 0,
     "data_seed": 0,
-    # packed rows of `row_length` tokens, loss on every token (plain LM pretraining)
-    "pretrain": {"source": "builtin:general", "epochs": 4, "row_length": 128,
+    # Packed rows of `row_length` tokens, loss on every token (plain LM pretraining). 12 epochs
+    # (672 steps, ~3 min on 2 cores), not fewer: the model learns to copy numbers from the
+    # question into its solution only late (after 4 or 8 epochs it copied 14-44 of 120
+    # operands of built-in arithmetic test problems, after 12 epochs 118), and without copying
+    # it cannot answer any word problem.
+    "pretrain": {"source": "builtin:general", "epochs": 12, "row_length": 128,
                  "optim": {"lr": 3e-3, "batch_size": 16, "micro_batch_size": 16,
                            "scheduler": "cosine", "warmup": 0.05, "grad_clip": 1.0,
                            "weight_decay": 0.0}},
@@ -51,6 +59,28 @@ TINY_RECIPE = {
 # ``rcu``, issue 8) must not change the preset, so it is not listed here.
 TOKENIZER_SOURCES: tuple[str, ...] = ("instructions", "authors", "arithmetic", "refusals",
                                       "refusal-paraphrases", "general")
+
+
+EPOCHS_ENV = "PATHUNLEARN_TINY_PRETRAIN_EPOCHS"
+
+
+def tiny_recipe() -> dict:
+    """TINY_RECIPE, with its pretraining epochs replaced by ``$PATHUNLEARN_TINY_PRETRAIN_EPOCHS``
+    when set (e.g. ``1`` for a model built in ~20 s that has the preset's shape and tokenizer
+    but not its skills: the test suite uses it to test mechanics). The override is part of
+    the recipe and so of the cache key: the two builds never share a directory."""
+    value = os.environ.get(EPOCHS_ENV)
+    if not value:
+        return TINY_RECIPE
+    try:
+        epochs = float(value)
+    except ValueError:
+        epochs = -1.0
+    if not epochs > 0:
+        raise ConfigError(f"${EPOCHS_ENV} must be a positive number of epochs, got {value!r}")
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["pretrain"]["epochs"] = int(epochs) if epochs.is_integer() else epochs
+    return recipe
 
 
 def cache_root() -> Path:
@@ -69,8 +99,10 @@ def tokenizer_corpus(seed: int) -> list[str]:
     return texts
 
 
-def tiny_key(recipe: dict = TINY_RECIPE) -> str:
-    """Cache key: hash of the recipe and of the suite text the preset is built from."""
+def tiny_key(recipe: dict | None = None) -> str:
+    """Cache key: hash of the recipe (default :func:`tiny_recipe`) and of the suite text the
+    preset is built from."""
+    recipe = tiny_recipe() if recipe is None else recipe
     h = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
     for text in tokenizer_corpus(recipe["data_seed"]):
         h.update(text.encode())
@@ -131,11 +163,13 @@ def build_tiny(out_dir: Path, recipe: dict = TINY_RECIPE, progress: bool = False
 
 def ensure_tiny(progress: bool = True) -> Path:
     """The directory of the cached tiny preset, building it first when missing."""
-    out = cache_root() / f"tiny-{tiny_key()}"
+    recipe = tiny_recipe()
+    out = cache_root() / f"tiny-{tiny_key(recipe)}"
     if not is_done(out):
         if progress:
             from rich.console import Console
 
-            Console(stderr=True).print(f"building the tiny preset (once) in {out}")
-        build_tiny(out, progress=progress)
+            Console(stderr=True).print(f"building the tiny preset (once, ~3 min on 2 cores) "
+                                       f"in {out}")
+        build_tiny(out, recipe, progress=progress)
     return out
