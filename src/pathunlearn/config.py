@@ -238,6 +238,13 @@ class UnlearningConfig(OptimConfig):
     """Questions (with `meta.answer` or a `#### N` reference answer) for the math utility."""
     math_samples: int = Field(5, gt=0)
     """Samples per question (the paper: 5); accuracy = mean fraction of correct samples."""
+    math_temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the math samples."""
+    math_top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus (top-p) sampling of the math samples; 1 keeps the whole distribution."""
+    math_greedy: bool = False
+    """One argmax answer per question instead of `math_samples` samples (accuracy per question
+    is then 0 or 1); cheaper, and what a small model answers best."""
     math_max_new_tokens: int = Field(128, gt=0)
     """Generation budget per sample."""
     math_prompt: Literal["auto", "paper", "plain"] = "auto"

@@ -290,7 +290,9 @@ def measure_math(cfg: ExperimentConfig, model, tokenizer, seed: int):
         style = "plain" if u.math_source.startswith("builtin:") else "paper"
     questions = load_source(u.math_source, max_examples=u.math_questions)
     return evaluate_math(model, tokenizer, questions, n=u.math_samples,
-                         max_new_tokens=u.math_max_new_tokens, seed=seed, prompt_style=style)
+                         temperature=u.math_temperature, top_p=u.math_top_p,
+                         greedy=u.math_greedy, max_new_tokens=u.math_max_new_tokens, seed=seed,
+                         prompt_style=style)
 
 
 def _math_fields(before, after) -> dict:
