@@ -72,6 +72,7 @@ def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, dro
                "diverged_at": diverge_at, "seconds": 1.5}
     if math:
         summary["math_before"], summary["math_after"] = math
+        summary["math_shuffled_baseline"], summary["math_no_answer_before"] = 0.02, 0.1 * (p == 4)
     (d / "summary.json").write_text(json.dumps(summary))
     (d / "config.yaml").write_text(f"paths:\n  forget_stage: {FORGET}\n")
     if done:

@@ -149,7 +149,14 @@ def test_math_and_re_columns(make_run, tmp_path):
     row = next(r for r in measured.table.rows if r["method"] == "ga" and r["position"] == 2)
     assert row["math_utility"] == pytest.approx(-0.15)
     assert row["re_distance_to_retrain"] == pytest.approx(0.1 * 2 + 0.005)  # seeds add 0, 0.01
-    assert "not measured" not in (measured.run_dir / "results.md").read_text()
+    md = (measured.run_dir / "results.md").read_text()
+    assert "not measured" not in md
+    # the accuracy before, which the utility is a change of, is in the notes and the CSV
+    assert row["math_before"] == pytest.approx(0.6) and row["math_after"] == pytest.approx(0.45)
+    assert "accuracy before unlearning: p=1 0.600 (shuffled 0.020)" in md
+    assert "p=4 0.600 (shuffled 0.020; no answer 10%)" in md
+    csv_row = next(csv.DictReader((measured.run_dir / "results.csv").open()))
+    assert float(csv_row["math_before"]) == pytest.approx(0.6)
 
 
 def test_unfinished_cells_are_ignored_and_none_is_an_error(tmp_path, write_cell, path_at):

@@ -59,8 +59,10 @@ SCORES: dict[str, str] = {
 }
 """The scores of a cell, in table order, with what each one is."""
 
-CONTEXT = ("forget_before", "forget_after")
-"""Also aggregated, not scores: forget_label_id/all_mean before and after unlearning."""
+CONTEXT = ("forget_before", "forget_after", "math_before", "math_after", "math_shuffled",
+           "math_no_answer")
+"""Also aggregated, not scores: forget_label_id/all_mean before and after unlearning, math
+accuracy before and after, the shuffled-answer baseline and the no-answer rate before."""
 
 NOT_MEASURED = {
     "math_utility": "math utility: not measured in this run (set unlearning.math_questions "
@@ -254,6 +256,10 @@ def cell_scores(cell: CellRecord) -> dict[str, float | None]:
         "re_distance_to_retrain": float(re) if _is_number(re) else None,
         "forget_before": _num(first.get("forget_label_id/all_mean")),
         "forget_after": _num(last.get("forget_label_id/all_mean")),
+        "math_before": _num(before),
+        "math_after": _num(after),
+        "math_shuffled": _num(cell.summary.get("math_shuffled_baseline")),
+        "math_no_answer": _num(cell.summary.get("math_no_answer_before")),
     }
 
 
@@ -579,6 +585,8 @@ def notes(table: ResultTable) -> list[str]:
              "Values are means over seeds ± the half-width of a 95% t-interval; a value without "
              "± has 1 seed: no interval."]
     lines += [NOT_MEASURED[k] + "." for k in NOT_MEASURED if not table.measured.get(k)]
+    if table.measured.get("math_utility"):
+        lines.append(math_note(table))
     diverged = [c for c in table.cells if c["diverged_at"] is not None]
     if diverged:
         lines.append(f"{len(diverged)} diverged cell(s), left out of every mean, interval and "
@@ -586,6 +594,27 @@ def notes(table: ResultTable) -> list[str]:
                                             f"{c['seed']} ({c['status']})".replace("  ", " ")
                                             for c in diverged) + ".")
     return lines
+
+
+def math_note(table: ResultTable) -> str:
+    """Math accuracy before unlearning per path (what the math utility is a change of), beside
+    its shuffled-answer baseline (the same answers scored against other questions' gold) and
+    the share of answers without a ``####`` line when there are any."""
+    per_path: dict[str, list[dict]] = {}
+    for row in table.rows:
+        if row.get("math_before") is not None:
+            per_path.setdefault(f"p={row['position']}", []).append(row)
+    parts = []
+    for label, rows in sorted(per_path.items()):
+        before = sum(r["math_before"] for r in rows) / len(rows)
+        shuffled = [r["math_shuffled"] for r in rows if r.get("math_shuffled") is not None]
+        extra = [f"shuffled {_fmt(sum(shuffled) / len(shuffled))}"] if shuffled else []
+        silent = [r["math_no_answer"] for r in rows if r.get("math_no_answer") is not None]
+        if silent and sum(silent) > 0:
+            extra.append(f"no answer {sum(silent) / len(silent):.0%}")
+        parts.append(f"{label} {_fmt(before)}" + (f" ({'; '.join(extra)})" if extra else ""))
+    return ("math utility = math accuracy after minus before unlearning; accuracy before "
+            "unlearning: " + ", ".join(parts))
 
 
 def results_markdown(table: ResultTable, verdicts: list[dict],
