@@ -74,7 +74,8 @@ class ModelConfig(StrictModel):
 
 class StageConfig(StrictModel):
     source: str
-    """`builtin:NAME` or a local file (.json, .jsonl, .csv, .parquet)."""
+    """`builtin:NAME`, `gsm8k:FILE` (a GSM8K release file) or a local file (.json, .jsonl,
+    .csv, .parquet)."""
     split: str = "train"
     """Split of a built-in source (ignored for files)."""
     epochs: float = Field(1.0, gt=0)
@@ -235,7 +236,8 @@ class UnlearningConfig(OptimConfig):
     math_questions: int = Field(0, ge=0)
     """Math accuracy before and after unlearning on this many questions (0: not measured)."""
     math_source: str = "builtin:arithmetic:test"
-    """Questions (with `meta.answer` or a `#### N` reference answer) for the math utility."""
+    """Questions (with `meta.answer` or a `#### N` reference answer) for the math utility,
+    e.g. `gsm8k:gsm8k/test.jsonl`."""
     math_samples: int = Field(5, gt=0)
     """Samples per question (the paper: 5); accuracy = mean fraction of correct samples."""
     math_temperature: float = Field(1.0, gt=0)

@@ -1,9 +1,12 @@
-"""Resolve a source string to conversations: ``builtin:NAME[:SPLIT]`` or a local file."""
+"""Resolve a source string to conversations: ``builtin:NAME[:SPLIT]``, ``ADAPTER:FILE`` (a
+benchmark file read by :mod:`pathunlearn.data.adapters`, e.g. ``gsm8k:test.jsonl``) or a local
+file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pathunlearn.data.adapters import parse_adapter
 from pathunlearn.data.conversation import Conversation
 from pathunlearn.data.io import load_conversations
 from pathunlearn.errors import DataError
@@ -32,6 +35,10 @@ def load_source(
 
         name, split = parse_builtin(spec, split)
         conversations = load_builtin(name, split or "train", seed=seed)
+    elif (adapted := parse_adapter(spec)) is not None:
+        from pathunlearn.data.adapters import load_adapted
+
+        conversations = load_adapted(*adapted, system=system)
     else:
         if not Path(spec).exists():
             raise DataError(f"{spec}: no such file (built-in sources are written builtin:NAME)")

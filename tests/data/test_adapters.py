@@ -1,0 +1,80 @@
+"""Benchmark adapters: ``gsm8k:FILE``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pathunlearn.data.adapters import parse_adapter
+from pathunlearn.data.sources import load_source
+from pathunlearn.errors import DataError
+from pathunlearn.eval.math import gold_answer, is_correct
+
+NATALIA = {
+    "question": "Natalia sold clips to 48 of her friends in April, and then she sold half as "
+                "many clips in May. How many clips did Natalia sell altogether?",
+    "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+              "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72",
+}
+
+
+def write(tmp_path, *records, name="test.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_gsm8k_record_becomes_a_scorable_conversation(tmp_path):
+    path = write(tmp_path, NATALIA, {"question": "How much?", "answer": "Costs $1,000.\n#### 1,250"},
+                 {"question": "Temperature?", "answer": "It drops.\n####  -3.5 "})
+    convs = load_source(f"gsm8k:{path}", system="You are a helpful assistant.")
+    assert [c.meta["answer"] for c in convs] == [72, 1250, -3.5]
+    first = convs[0]
+    assert first.messages[0] == {"role": "system", "content": "You are a helpful assistant."}
+    assert first.prompt[-1]["content"] == NATALIA["question"]
+    assert "<<" not in first.response and ">>" not in first.response
+    assert first.response.splitlines() == [
+        "Natalia sold 48/2 = 24 clips in May.",
+        "Natalia sold 48+24 = 72 clips altogether in April and May.", "#### 72"]
+    # the math utility scores against it as it is
+    for c in convs:
+        assert is_correct(c.response, c.meta["answer"]) and gold_answer(c) == c.meta["answer"]
+    assert len(load_source(f"gsm8k:{path}", max_examples=2)) == 2
+
+
+def test_gsm8k_reads_every_file_format(tmp_path):
+    as_json = tmp_path / "test.json"
+    as_json.write_text(json.dumps([NATALIA]))
+    assert load_source(f"gsm8k:{as_json}")[0].meta["answer"] == 72
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"question": "q"}, "record 2: missing field 'answer'"),
+    ({"question": "q", "answer": ""}, "record 2: field 'answer': expected non-empty text"),
+    ({"question": 3, "answer": "#### 3"}, "record 2: field 'question': expected non-empty text"),
+    ({"question": "q", "answer": "so 3"}, "record 2: field 'answer': the last line must be"),
+    ({"question": "q", "answer": "#### three"}, "record 2: field 'answer': final answer 'three'"),
+])
+def test_gsm8k_bad_record_names_file_record_and_field(tmp_path, record, message):
+    path = write(tmp_path, NATALIA, record)
+    with pytest.raises(DataError, match=message) as e:
+        load_source(f"gsm8k:{path}")
+    assert str(path) in str(e.value)
+
+
+def test_adapter_prefix_only_for_known_names(tmp_path):
+    assert parse_adapter("gsm8k:data/test.jsonl") == ("gsm8k", "data/test.jsonl")
+    assert parse_adapter("other:data.jsonl") is None and parse_adapter("data.jsonl") is None
+    with pytest.raises(DataError, match="no such file"):
+        load_source("gsm8k:missing.jsonl")
+
+
+def test_cli_shows_gsm8k_and_bad_record_is_one_line_exit_2(tmp_path, cli):
+    good = write(tmp_path, NATALIA)
+    result = cli("data", "show", f"gsm8k:{good}", "--n", "1")
+    assert result.code == 0 and "#### 72" in result.out
+    bad = write(tmp_path, NATALIA, {"question": "q", "answer": "no delimiter"}, name="bad.jsonl")
+    result = cli("data", "show", f"gsm8k:{bad}")
+    assert result.code == 2 and result.err.strip().count("\n") == 0
+    assert "bad.jsonl: record 2: field 'answer'" in result.err
