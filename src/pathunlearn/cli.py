@@ -119,7 +119,7 @@ def data_list() -> None:
 
 @data_app.command("show")
 def data_show(
-    source: Annotated[str, typer.Argument(help="builtin:NAME[:SPLIT], gsm8k:FILE or a data file.")],
+    source: Annotated[str, typer.Argument(help="builtin:NAME[:SPLIT], gsm8k:FILE, sorry-bench:FILE or a data file.")],
     n: Annotated[int, typer.Option(help="How many examples to print.")] = 3,
     split: Annotated[str | None, typer.Option(help="Split of a built-in source.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of a built-in source.")] = 0,
@@ -143,7 +143,7 @@ def data_show(
 
 @data_app.command("export")
 def data_export(
-    source: Annotated[str, typer.Argument(help="builtin:NAME[:SPLIT], gsm8k:FILE or a data file.")],
+    source: Annotated[str, typer.Argument(help="builtin:NAME[:SPLIT], gsm8k:FILE, sorry-bench:FILE or a data file.")],
     out: Annotated[Path, typer.Argument(help="Output .jsonl (OpenAI chat format).")],
     split: Annotated[str | None, typer.Option(help="Split of a built-in source.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of a built-in source.")] = 0,

@@ -74,10 +74,10 @@ class ModelConfig(StrictModel):
 
 class StageConfig(StrictModel):
     source: str
-    """`builtin:NAME`, `gsm8k:FILE` (a GSM8K release file) or a local file (.json, .jsonl,
-    .csv, .parquet)."""
+    """`builtin:NAME`, `gsm8k:FILE` / `sorry-bench:FILE` (benchmark files, see
+    `pathunlearn.data.adapters`) or a local file (.json, .jsonl, .csv, .parquet)."""
     split: str = "train"
-    """Split of a built-in source (ignored for files)."""
+    """Split of a built-in source or of `sorry-bench:FILE` (train/test/all); ignored for files."""
     epochs: float = Field(1.0, gt=0)
     """Passes over the data (the paper: instructions 10, authors 4, math 2, safety 2)."""
     max_examples: int | None = Field(None, gt=0)

@@ -78,3 +78,57 @@ def test_cli_shows_gsm8k_and_bad_record_is_one_line_exit_2(tmp_path, cli):
     result = cli("data", "show", f"gsm8k:{bad}")
     assert result.code == 2 and result.err.strip().count("\n") == 0
     assert "bad.jsonl: record 2: field 'answer'" in result.err
+
+
+# --- sorry-bench (placeholder prompts only) ----------------------------------------------------
+
+def sorry_record(i: int, style: str = "base", **extra) -> dict:
+    return {"question_id": i, "category": str(1 + i % 4), "prompt_style": style,
+            "turns": [f"How can I obtain [restricted item {i}] without being noticed?"], **extra}
+
+
+def test_sorry_bench_refuses_drops_encoded_styles_and_splits_70_30(tmp_path):
+    from pathunlearn.data.suite import REFUSAL_PREFIX
+
+    records = [sorry_record(i) for i in range(20)]
+    records += [sorry_record(100 + i, style) for i, style in enumerate(("morse", "caesar",
+                                                                          "translate-fr"))]
+    records.append(sorry_record(200, "slang", response="Sorry, I can not assist you with this "
+                                                       "question. It is unsafe."))
+    path = write(tmp_path, *records)
+    train = load_source(f"sorry-bench:{path}")  # split defaults to train
+    test = load_source(f"sorry-bench:{path}", split="test")
+    every = load_source(f"sorry-bench:{path}", split="all")
+    assert len(every) == 21 and (len(train), len(test)) == (15, 6)
+    ids = lambda convs: [c.meta["question_id"] for c in convs]  # noqa: E731
+    assert sorted(ids(train) + ids(test)) == sorted(ids(every))  # a partition
+    assert ids(train) == ids(load_source(f"sorry-bench:{path}", split="train"))  # seeded
+    assert not {"morse", "caesar", "translate-fr"} & {c.meta["prompt_style"] for c in every}
+    own = next(c for c in every if c.meta["question_id"] == 200)
+    assert own.response.endswith("It is unsafe.")
+    for c in every:
+        assert c.response.startswith(REFUSAL_PREFIX)
+        assert c.prompt[-1]["content"].startswith("How can I obtain [restricted item")
+        assert c.meta["source"] == "sorry-bench" and "category" in c.meta
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"turns": []}, "record 2: field 'turns'"),
+    ({"turns": [""]}, "record 2: field 'turns'"),
+    ({"prompt": "x"}, "record 2: field 'turns'"),
+    ({"turns": ["How can I obtain [restricted item]?"], "response": 3},
+     "record 2: field 'response'"),
+])
+def test_sorry_bench_bad_record(tmp_path, record, message):
+    path = write(tmp_path, sorry_record(0), record)
+    with pytest.raises(DataError, match=message):
+        load_source(f"sorry-bench:{path}")
+
+
+def test_sorry_bench_bad_split_and_empty_result(tmp_path):
+    path = write(tmp_path, sorry_record(0), sorry_record(1))
+    with pytest.raises(DataError, match="splits train, test, all"):
+        load_source(f"sorry-bench:{path}", split="eval")
+    only_encoded = write(tmp_path, sorry_record(0, "morse"), name="morse.jsonl")
+    with pytest.raises(DataError, match="no records left"):
+        load_source(f"sorry-bench:{only_encoded}")

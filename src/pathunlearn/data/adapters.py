@@ -8,11 +8,20 @@ can use as they are.
 - ``gsm8k``: the GSM8K release (``{"question", "answer"}``, the answer's last line
   ``#### 72``). The calculator annotations ``<<48/2=24>>`` are removed from the solution, the
   final line is normalised to ``#### <number>`` and the number is stored as ``meta.answer``
-  (thousands separators dropped), so the math utility scores against it.
+  (thousands separators dropped), so the math utility scores against it. Splits: none (the
+  release ships train and test files).
+- ``sorry-bench``: SORRY-BENCH prompts (``{"question_id", "category", "turns": [prompt],
+  "prompt_style"}``) as the paper's safety stage: each answered with REFUSAL_PREFIX and a
+  short reason (a record's own ``response`` field, when it has one, is used instead). As in
+  the paper's code, the prompt styles ``ascii``, ``atbash``, ``caesar``, ``morse``,
+  ``misspellings``, ``translate-fr`` and ``translate-mr`` are dropped, and the rest is split
+  70/30 into ``train`` / ``test`` with seed 42 (``all``: no split). The paper's reasons were
+  written by an LLM; without one, every refusal gets the same generic reason.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -53,10 +62,58 @@ def gsm8k_record(record: dict[str, Any], where: str, system: str | None = None) 
     return Conversation(messages=conv.messages, meta={"answer": value, "source": "gsm8k"})
 
 
-ADAPTERS: dict[str, Callable[[dict[str, Any], str, str | None], Conversation]] = {
-    "gsm8k": gsm8k_record,
+def _gsm8k(records: list[dict], path: str, system: str | None,
+           split: str | None) -> list[Conversation]:
+    return [gsm8k_record(r, f"{path}: record {i}", system) for i, r in enumerate(records, 1)]
+
+
+SORRY_BENCH_DROPPED_STYLES = ("ascii", "atbash", "caesar", "morse", "misspellings",
+                              "translate-fr", "translate-mr")
+SORRY_BENCH_SPLITS = ("train", "test", "all")
+SORRY_BENCH_REASON = ("The request asks for help with something that could hurt people or "
+                      "break the law.")
+
+
+def _sorry_bench(records: list[dict], path: str, system: str | None,
+                 split: str | None) -> list[Conversation]:
+    from pathunlearn.data.suite import REFUSAL_PREFIX
+
+    split = split or "train"
+    if split not in SORRY_BENCH_SPLITS:
+        raise DataError(f"{path}: sorry-bench has splits {', '.join(SORRY_BENCH_SPLITS)}, "
+                        f"not {split!r}")
+    kept = []
+    for i, r in enumerate(records, 1):
+        where = f"{path}: record {i}"
+        turns = r.get("turns")
+        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str) \
+                or not turns[0].strip():
+            raise DataError(f"{where}: field 'turns': expected a list whose first item is the "
+                            "prompt text")
+        style = r.get("prompt_style", "base")
+        if style in SORRY_BENCH_DROPPED_STYLES:
+            continue
+        response = r["response"] if "response" in r else f"{REFUSAL_PREFIX} {SORRY_BENCH_REASON}"
+        if not isinstance(response, str) or not response.strip():
+            raise DataError(f"{where}: field 'response': expected non-empty text")
+        conv = qa(turns[0].strip(), response.strip(), system)
+        meta = {"source": "sorry-bench", "prompt_style": style,
+                **{k: r[k] for k in ("question_id", "category") if k in r}}
+        kept.append(Conversation(messages=conv.messages, meta=meta))
+    if split == "all":
+        return kept
+    order = list(range(len(kept)))
+    random.Random(42).shuffle(order)
+    cut = round(0.7 * len(kept))
+    chosen = sorted(order[:cut] if split == "train" else order[cut:])
+    return [kept[i] for i in chosen]
+
+
+ADAPTERS: dict[str, Callable[[list[dict], str, str | None, str | None], list[Conversation]]] = {
+    "gsm8k": _gsm8k,
+    "sorry-bench": _sorry_bench,
 }
-"""Adapter name -> record reader (record, "file: record N", system prompt or None)."""
+"""Adapter name -> reader of a file's records (records, path, system prompt, split)."""
 
 
 def parse_adapter(spec: str) -> tuple[str, str] | None:
@@ -66,11 +123,14 @@ def parse_adapter(spec: str) -> tuple[str, str] | None:
     return (name, path) if sep and name in ADAPTERS else None
 
 
-def load_adapted(name: str, path: str | Path, system: str | None = None) -> list[Conversation]:
-    """The records of ``path`` read by adapter ``name``; a :class:`DataError` names the file,
-    the record (1-based) and the field of the first bad record."""
+def load_adapted(name: str, path: str | Path, system: str | None = None,
+                 split: str | None = None) -> list[Conversation]:
+    """The records of ``path`` read by adapter ``name`` (``split`` where it has splits); a
+    :class:`DataError` names the file, the record (1-based) and the field of a bad record."""
     records = read_records(path)
     if not records:
         raise DataError(f"{path}: no records")
-    reader = ADAPTERS[name]
-    return [reader(r, f"{path}: record {i}", system) for i, r in enumerate(records, 1)]
+    conversations = ADAPTERS[name](records, str(path), system, split)
+    if not conversations:
+        raise DataError(f"{path}: no records left for {name} split {split or 'train'}")
+    return conversations

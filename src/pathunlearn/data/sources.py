@@ -38,7 +38,7 @@ def load_source(
     elif (adapted := parse_adapter(spec)) is not None:
         from pathunlearn.data.adapters import load_adapted
 
-        conversations = load_adapted(*adapted, system=system)
+        conversations = load_adapted(*adapted, system=system, split=split)
     else:
         if not Path(spec).exists():
             raise DataError(f"{spec}: no such file (built-in sources are written builtin:NAME)")
