@@ -63,7 +63,7 @@ def test_pretrain_epochs_override_is_part_of_the_key(monkeypatch):
     monkeypatch.setenv(EPOCHS_ENV, "2")
     assert tiny_recipe()["pretrain"]["epochs"] == 2 and TINY_RECIPE["pretrain"]["epochs"] == 12
     assert tiny_key() != full
-    for bad in ("0", "-1", "many"):
+    for bad in ("0", "-1", "many", "inf", "nan"):
         monkeypatch.setenv(EPOCHS_ENV, bad)
         with pytest.raises(ConfigError, match=EPOCHS_ENV):
             tiny_recipe()

@@ -76,8 +76,9 @@ def tiny_recipe() -> dict:
         epochs = float(value)
     except ValueError:
         epochs = -1.0
-    if not epochs > 0:
-        raise ConfigError(f"${EPOCHS_ENV} must be a positive number of epochs, got {value!r}")
+    if not 0 < epochs < 1000:
+        raise ConfigError(f"${EPOCHS_ENV} must be a number of epochs in (0, 1000), got "
+                          f"{value!r}")
     recipe = copy.deepcopy(TINY_RECIPE)
     recipe["pretrain"]["epochs"] = int(epochs) if epochs.is_integer() else epochs
     return recipe
