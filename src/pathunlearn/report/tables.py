@@ -600,12 +600,15 @@ def math_note(table: ResultTable) -> str:
     """Math accuracy before unlearning per path (what the math utility is a change of), beside
     its shuffled-answer baseline (the same answers scored against other questions' gold) and
     the share of answers without a ``####`` line when there are any."""
-    per_path: dict[str, list[dict]] = {}
+    per_path: dict[tuple[int, str], list[dict]] = {}
     for row in table.rows:
         if row.get("math_before") is not None:
-            per_path.setdefault(f"p={row['position']}", []).append(row)
+            per_path.setdefault((row["position"], row["path_label"]), []).append(row)
+    positions = [p for p, _ in per_path]
     parts = []
-    for label, rows in sorted(per_path.items()):
+    for (p, path_label), rows in sorted(per_path.items()):
+        # "p=2" names the path unless several paths share that position
+        label = f"p={p}" if positions.count(p) == 1 else f"p={p} {path_label}"
         before = sum(r["math_before"] for r in rows) / len(rows)
         shuffled = [r["math_shuffled"] for r in rows if r.get("math_shuffled") is not None]
         extra = [f"shuffled {_fmt(sum(shuffled) / len(shuffled))}"] if shuffled else []
