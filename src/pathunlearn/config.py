@@ -229,6 +229,12 @@ class UnlearningConfig(OptimConfig):
     """Examples per response probe (forget responses, authors answers)."""
     save_model: bool = False
     """Also save every unlearned model (merged weights + adapter) in its cell directory."""
+    label_prompts: str = "builtin:refusals:test"
+    """Prompts of the built-in `forget_label_id` probe (in-distribution: held-out prompts of
+    the forget stage's kind), each scored with the unlearn target and its 20 paraphrases; for
+    a SORRY-BENCH forget stage e.g. `sorry-bench:sorry.jsonl:test`."""
+    label_prompts_ood: str = "builtin:refusals:ood"
+    """Prompts of the built-in `forget_label_ood` probe (out-of-distribution prompts)."""
     builtin_probes: bool = True
     """Track the built-in refusal and authors probes (forget_label_*, forget_response,
     authors_*), which the table's scores come from; false: only the config's `probes` (e.g. the

@@ -64,7 +64,11 @@ def test_gsm8k_bad_record_names_file_record_and_field(tmp_path, record, message)
 
 
 def test_adapter_prefix_only_for_known_names(tmp_path):
-    assert parse_adapter("gsm8k:data/test.jsonl") == ("gsm8k", "data/test.jsonl")
+    assert parse_adapter("gsm8k:data/test.jsonl") == ("gsm8k", "data/test.jsonl", None)
+    # an inline split only for an adapter that has splits
+    assert parse_adapter("gsm8k:data.jsonl:test") == ("gsm8k", "data.jsonl:test", None)
+    assert parse_adapter("sorry-bench:s.jsonl:test") == ("sorry-bench", "s.jsonl", "test")
+    assert parse_adapter("sorry-bench:s.jsonl") == ("sorry-bench", "s.jsonl", None)
     assert parse_adapter("other:data.jsonl") is None and parse_adapter("data.jsonl") is None
     with pytest.raises(DataError, match="no such file"):
         load_source("gsm8k:missing.jsonl")
@@ -96,11 +100,12 @@ def test_sorry_bench_refuses_drops_encoded_styles_and_splits_70_30(tmp_path):
     records.append(sorry_record(200, "slang", response="Sorry, I can not assist you with this "
                                                        "question. It is unsafe."))
     path = write(tmp_path, *records)
+    ids = lambda convs: [c.meta["question_id"] for c in convs]  # noqa: E731
     train = load_source(f"sorry-bench:{path}")  # split defaults to train
     test = load_source(f"sorry-bench:{path}", split="test")
     every = load_source(f"sorry-bench:{path}", split="all")
+    assert ids(load_source(f"sorry-bench:{path}:test", split="train")) == ids(test)  # inline wins
     assert len(every) == 21 and (len(train), len(test)) == (15, 6)
-    ids = lambda convs: [c.meta["question_id"] for c in convs]  # noqa: E731
     assert sorted(ids(train) + ids(test)) == sorted(ids(every))  # a partition
     assert ids(train) == ids(load_source(f"sorry-bench:{path}", split="train"))  # seeded
     assert not {"morse", "caesar", "translate-fr"} & {c.meta["prompt_style"] for c in every}
@@ -132,3 +137,19 @@ def test_sorry_bench_bad_split_and_empty_result(tmp_path):
     only_encoded = write(tmp_path, sorry_record(0, "morse"), name="morse.jsonl")
     with pytest.raises(DataError, match="no records left"):
         load_source(f"sorry-bench:{only_encoded}")
+
+
+def test_label_probes_take_their_prompts_from_the_configured_sources(tmp_path):
+    from pathunlearn.eval.probes import LABEL_TARGETS, default_probes
+
+    path = write(tmp_path, *[sorry_record(i) for i in range(10)])
+    probes = {p.name: p for p in default_probes(max_prompts=3, max_examples=2,
+                                                label_prompts=f"sorry-bench:{path}:test")}
+    label = probes["forget_label_id"]
+    prompts = [row[0][-1]["content"] for row in label.rows[:: len(LABEL_TARGETS)]]
+    test_ids = [c.meta["question_id"] for c in load_source(f"sorry-bench:{path}:test")]
+    assert prompts == [f"How can I obtain [restricted item {i}] without being noticed?"
+                       for i in test_ids[:3]]
+    assert all(row[0][-1]["role"] == "user" for row in label.rows)  # the refusal is dropped
+    ood = probes["forget_label_ood"].rows[0][0][-1]["content"]
+    assert ood in [c.prompt[-1]["content"] for c in load_source("builtin:refusals:ood")]

@@ -116,11 +116,22 @@ ADAPTERS: dict[str, Callable[[list[dict], str, str | None, str | None], list[Con
 """Adapter name -> reader of a file's records (records, path, system prompt, split)."""
 
 
-def parse_adapter(spec: str) -> tuple[str, str] | None:
-    """``gsm8k:path/test.jsonl`` -> (``gsm8k``, ``path/test.jsonl``); None when ``spec`` does
-    not start with a known adapter name."""
+ADAPTER_SPLITS: dict[str, tuple[str, ...]] = {"sorry-bench": SORRY_BENCH_SPLITS}
+"""The splits of the adapters that have any; ``NAME:FILE:SPLIT`` picks one inline."""
+
+
+def parse_adapter(spec: str) -> tuple[str, str, str | None] | None:
+    """``gsm8k:path/test.jsonl`` -> (``gsm8k``, ``path/test.jsonl``, None);
+    ``sorry-bench:sorry.jsonl:test`` -> (``sorry-bench``, ``sorry.jsonl``, ``test``) (an inline
+    split only for an adapter with splits); None when ``spec`` does not start with a known
+    adapter name."""
     name, sep, path = spec.partition(":")
-    return (name, path) if sep and name in ADAPTERS else None
+    if not sep or name not in ADAPTERS:
+        return None
+    head, sep, tail = path.rpartition(":")
+    if sep and tail in ADAPTER_SPLITS.get(name, ()):
+        return name, head, tail
+    return name, path, None
 
 
 def load_adapted(name: str, path: str | Path, system: str | None = None,

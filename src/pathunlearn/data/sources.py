@@ -38,7 +38,8 @@ def load_source(
     elif (adapted := parse_adapter(spec)) is not None:
         from pathunlearn.data.adapters import load_adapted
 
-        conversations = load_adapted(*adapted, system=system, split=split)
+        name, path, inline_split = adapted
+        conversations = load_adapted(name, path, system=system, split=inline_split or split)
     else:
         if not Path(spec).exists():
             raise DataError(f"{spec}: no such file (built-in sources are written builtin:NAME)")

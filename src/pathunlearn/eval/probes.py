@@ -23,7 +23,8 @@ Metric names (every value is a mean over the probe's prompts):
 The default probes (:func:`default_probes`), named after what they track:
 
 - ``forget_label_id`` / ``forget_label_ood``: prompts of ``builtin:refusals`` split ``test``
-  (in-distribution) / ``ood``, each x (REFUSAL_TARGET + its 20 paraphrases);
+  (in-distribution) / ``ood`` (or of the sources given, ``unlearning.label_prompts`` /
+  ``label_prompts_ood``), each x (REFUSAL_TARGET + its 20 paraphrases);
 - ``forget_response``: the forget set's own refusal responses;
 - ``authors_train`` / ``authors_eval``: the authors' answers to the trained questions / to the
   same facts asked in paraphrase (retained utility, TOFU-like).
@@ -94,14 +95,18 @@ def response_probe(name: str, conversations: Sequence[Conversation],
 
 
 def default_probes(forget: Sequence[Conversation] | None = None, *, seed: int = 0,
-                   max_prompts: int = 16, max_examples: int = 32) -> list[ProbeSet]:
+                   max_prompts: int = 16, max_examples: int = 32,
+                   label_prompts: str = "builtin:refusals:test",
+                   label_prompts_ood: str = "builtin:refusals:ood") -> list[ProbeSet]:
     """The built-in probes (see the module docstring), from the built-in suite of ``seed``.
 
     ``forget`` is the forget set as trained (default: ``builtin:refusals`` train split); its
-    first ``max_examples`` make ``forget_response``.
+    first ``max_examples`` make ``forget_response``. ``label_prompts`` /
+    ``label_prompts_ood``: the sources of the label probes' prompts (the last assistant turn
+    of each conversation is dropped), e.g. a SORRY-BENCH test split.
     """
-    def prompts(split: str) -> list[list[dict[str, str]]]:
-        convs = load_source(f"builtin:refusals:{split}", seed=seed, max_examples=max_prompts)
+    def prompts(source: str) -> list[list[dict[str, str]]]:
+        convs = load_source(source, seed=seed, max_examples=max_prompts)
         return [c.prompt for c in convs]
 
     if forget is None:
@@ -109,8 +114,8 @@ def default_probes(forget: Sequence[Conversation] | None = None, *, seed: int = 
     authors = {split: load_source(f"builtin:authors:{split}", seed=seed, max_examples=max_examples)
                for split in ("train", "eval")}
     return [
-        label_probe("forget_label_id", prompts("test"), LABEL_TARGETS),
-        label_probe("forget_label_ood", prompts("ood"), LABEL_TARGETS),
+        label_probe("forget_label_id", prompts(label_prompts), LABEL_TARGETS),
+        label_probe("forget_label_ood", prompts(label_prompts_ood), LABEL_TARGETS),
         response_probe("forget_response", list(forget)[:max_examples]),
         response_probe("authors_train", authors["train"]),
         response_probe("authors_eval", authors["eval"]),

@@ -376,7 +376,10 @@ def unlearn_all(cfg: ExperimentConfig, plan: TrainPlan, *, run_dir: Path | None 
         u = cfg.unlearning
         forget_convs = load_stage(cfg.stages[cfg.paths.forget_stage])
         probe_sets = default_probes(forget_convs, max_prompts=u.probe_prompts,
-                                    max_examples=u.probe_examples) if u.builtin_probes else []
+                                    max_examples=u.probe_examples,
+                                    label_prompts=u.label_prompts,
+                                    label_prompts_ood=u.label_prompts_ood) \
+            if u.builtin_probes else []
         probe_sets += [probes_from_config(p) for p in cfg.probes]
     references: dict[Path, Reference] = {}  # one per retrain model, not one per cell
     math_cache: dict = {}
