@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pathunlearn.data.conversation import Conversation, qa
-from pathunlearn.data.io import read_records
+from pathunlearn.data.io import read_records, record_to_conversation
 from pathunlearn.errors import DataError
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
@@ -36,17 +36,11 @@ _FINAL = re.compile(r"^\s*####\s*(?P<answer>.*?)\s*$")
 _GSM8K_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
 
 
-def _text(record: dict[str, Any], key: str, where: str) -> str:
-    value = record.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{where}: field '{key}': expected non-empty text"
-                        if key in record else f"{where}: missing field '{key}'")
-    return value.strip()
-
-
 def gsm8k_record(record: dict[str, Any], where: str, system: str | None = None) -> Conversation:
     """One GSM8K record as a conversation whose response ends with ``#### <answer>``."""
-    question, answer = _text(record, "question", where), _text(record, "answer", where)
+    # the generic question/answer reader checks both fields
+    pair = record_to_conversation(record, where, "question", "answer")
+    question, answer = pair.prompt[-1]["content"].strip(), pair.response.strip()
     lines = answer.splitlines()
     final = _FINAL.match(lines[-1])
     if final is None:
@@ -96,10 +90,9 @@ def _sorry_bench(records: list[dict], path: str, system: str | None,
         response = r["response"] if "response" in r else f"{REFUSAL_PREFIX} {SORRY_BENCH_REASON}"
         if not isinstance(response, str) or not response.strip():
             raise DataError(f"{where}: field 'response': expected non-empty text")
-        conv = qa(turns[0].strip(), response.strip(), system)
-        meta = {"source": "sorry-bench", "prompt_style": style,
-                **{k: r[k] for k in ("question_id", "category") if k in r}}
-        kept.append(Conversation(messages=conv.messages, meta=meta))
+        ids = {k: r[k] for k in ("question_id", "category") if k in r}
+        kept.append(qa(turns[0].strip(), response.strip(), system, source="sorry-bench",
+                       prompt_style=style, **ids))
     if split == "all":
         return kept
     order = list(range(len(kept)))
