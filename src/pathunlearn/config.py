@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -359,29 +360,49 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read, override and validate a config; ``None`` means the built-in demo."""
-    path = Path(path) if path is not None else builtin_config_path("demo")
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {_first_line(e)}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    """Read, override and validate an experiment config; ``None`` means the built-in demo."""
+    return load_model_config(ExperimentConfig, path or builtin_config_path("demo"), overrides)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_model_config(model: type[M], path: str | Path | None,
+                      overrides: Sequence[str] = ()) -> M:
+    """Read a YAML file (``None``: no file, only defaults), apply ``key.sub=value`` overrides
+    and validate the result as ``model``: the one loader of every config of the package (the
+    experiment config, the theory parameters). Every problem is one line naming the key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {_first_line(e)}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of keys, got "
+                              f"{type(data).__name__}")
     for o in overrides:
         apply_override(data, o)
-    return validate_config(data, source=str(path))
+    source = str(path) if path is not None else "overrides"
+    return validate_model(model, data, source=source)
 
 
 def validate_config(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
-    """Validate a config dict; the first problem becomes one line naming the key."""
+    """Validate an experiment config dict; the first problem becomes one line naming the key."""
+    return validate_model(ExperimentConfig, data, source)
+
+
+def validate_model(model: type[M], data: dict[str, Any], source: str = "<config>") -> M:
+    """Validate ``data`` as ``model``; the first problem becomes one line naming the key."""
     try:
-        return ExperimentConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or "(top level)"
