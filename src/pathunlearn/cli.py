@@ -429,20 +429,16 @@ def run(args: ConfigArgs = None) -> None:
 # ---------------------------------------------------------------------------- theory
 # (section for `pathunlearn theory`, issue 7)
 
-_THEORY = "Theory parameters (default: src/pathunlearn/configs/theory.yaml values)"
-
-
-def _opt(help: str, default: str, *names: str) -> typer.models.OptionInfo:
-    """A `theory` option whose default lives in TheoryParams; show_default mirrors it."""
-    return typer.Option(*names, help=help, show_default=default, rich_help_panel=_THEORY)
+TheoryArgs = Annotated[
+    list[str] | None,
+    typer.Argument(help="Theory YAML (default: the built-in configs/theory.yaml), then key=value "
+                        "overrides.", show_default=False),
+]
 
 
 @app.command()
 def theory(
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="YAML file with TheoryParams keys; flags override it."),
-    ] = None,
+    args: TheoryArgs = None,
     out: Annotated[
         Path, typer.Option("--out", help="Directory for figures and theory.json.")
     ] = Path("runs/theory"),
@@ -453,48 +449,6 @@ def theory(
     matrices: Annotated[
         bool, typer.Option("--matrices", help="Include the d×d matrices P_U and M_U in the JSON.")
     ] = False,
-    d: Annotated[int | None, _opt("Features; must exceed n_a + n_b + n_u.", "100", "--d")] = None,
-    n_a: Annotated[int | None, _opt("Rows of stage A.", "20", "--n-a")] = None,
-    n_b: Annotated[int | None, _opt("Rows of stage B.", "20", "--n-b")] = None,
-    n_u: Annotated[
-        int | None, _opt("Rows of stage U (three-position study).", "10", "--n-u")
-    ] = None,
-    forget: Annotated[
-        str | None, _opt("Stage unlearned in the theorem: A or B.", "B", "--forget")
-    ] = None,
-    k: Annotated[
-        int | None, _opt("Forget-set rows (first k of the forget stage).", "all", "--k")
-    ] = None,
-    m: Annotated[int | None, _opt("Test-set rows (>= k).", "50", "--m")] = None,
-    mu_a: Annotated[float | None, _opt("Proximal weight μ of stage A.", "1.0", "--mu-a")] = None,
-    mu_b: Annotated[float | None, _opt("Proximal weight μ of stage B.", "1.0", "--mu-b")] = None,
-    mu_u: Annotated[float | None, _opt("Proximal weight μ of stage U.", "1.0", "--mu-u")] = None,
-    eta: Annotated[float | None, _opt("Unlearning step size η.", "0.01", "--eta")] = None,
-    steps: Annotated[int | None, _opt("Unlearning steps T.", "60", "--steps", "--T", "-T")] = None,
-    dist_a: Annotated[
-        str | None, _opt("Stage A features: gaussian or uniform.", "gaussian", "--dist-a")
-    ] = None,
-    shift_a: Annotated[float | None, _opt("Mean of stage A features.", "0.0", "--shift-a")] = None,
-    scale_a: Annotated[float | None, _opt("Std of stage A features.", "1.0", "--scale-a")] = None,
-    dist_b: Annotated[
-        str | None, _opt("Stage B features: gaussian or uniform.", "uniform", "--dist-b")
-    ] = None,
-    shift_b: Annotated[float | None, _opt("Mean of stage B features.", "0.2", "--shift-b")] = None,
-    scale_b: Annotated[float | None, _opt("Std of stage B features.", "1.0", "--scale-b")] = None,
-    dist_u: Annotated[
-        str | None, _opt("Stage U features: gaussian or uniform.", "gaussian", "--dist-u")
-    ] = None,
-    shift_u: Annotated[float | None, _opt("Mean of stage U features.", "-0.2", "--shift-u")] = None,
-    scale_u: Annotated[float | None, _opt("Std of stage U features.", "0.8", "--scale-u")] = None,
-    noise: Annotated[float | None, _opt("Label-noise std.", "0.1", "--noise")] = None,
-    epsilon: Annotated[float | None, _opt("ε of Corollary 1.", "1.0", "--epsilon")] = None,
-    lambdas: Annotated[
-        str | None, _opt("Retain weights λ, comma-separated.", "0,1,2,4,8", "--lambdas")
-    ] = None,
-    n_retain: Annotated[
-        int | None, _opt("Retain-sample rows (weakly local).", "all", "--n-retain")
-    ] = None,
-    seed: Annotated[int | None, _opt("Random seed.", "0", "--seed")] = None,
 ) -> None:
     """Run the paper's linear theory (Section 3) and check Theorem 3.1 numerically.
 
@@ -504,20 +458,19 @@ def theory(
     first, middle, last, against a model retrained on A and B) and the weakly-local λ sweep.
     Writes theory.json and figures (PNG, SVG) to --out.
 
-    Example: pathunlearn theory --d 200 --eta 0.05 --json
+    Parameters, read like an experiment config (a YAML file, then key=value overrides whose
+    values are parsed as YAML): d, n_a, n_b, n_u, forget, k, m, mu_a, mu_b, mu_u, eta, steps,
+    dist_a, shift_a, scale_a, dist_b, shift_b, scale_b, dist_u, shift_u, scale_u, noise,
+    epsilon, lambdas, n_retain, seed. Each is documented in
+    pathunlearn.theory.linear.TheoryParams; their defaults are src/pathunlearn/configs/theory.yaml.
+
+    Example: pathunlearn theory d=200 eta=0.05 lambdas=[0,1,2] --json
     """
-    flags = dict(locals())  # first statement: exactly the parameters above
     import json
 
     from pathunlearn.theory import linear, plots
 
-    overrides = {
-        key: value
-        for key, value in flags.items()
-        if key not in ("config", "out", "json_output", "matrices") and value is not None
-    }
-    if "lambdas" in overrides:
-        overrides["lambdas"] = _parse_lambdas(overrides["lambdas"])
+    config, overrides = split_args(args)
     params = linear.load_params(config, overrides)
     result = linear.run_theory(params)
     report = plots.write_outputs(result, out, matrices=matrices)
@@ -525,16 +478,6 @@ def theory(
         sys.stdout.write(json.dumps(report) + "\n")
         return
     _print_theory(report)
-
-
-def _parse_lambdas(text: str) -> tuple[float, ...]:
-    """'0,1,2.5' → (0.0, 1.0, 2.5); a bad entry is a one-line ConfigError."""
-    from pathunlearn.errors import ConfigError
-
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"--lambdas {text!r}: must be comma-separated numbers") from None
 
 
 def _print_theory(report: dict) -> None:
@@ -567,7 +510,7 @@ def _print_theory(report: dict) -> None:
     checked = th["bound_checked_steps"]
     holds = f"{th['bound_holds_for_all_t_ge_t_start']} ({checked} steps checked)"
     if checked == 0:
-        holds = "not checked: t0 > T (raise --steps)"
+        holds = "not checked: t0 > T (raise steps)"
     summary.add_row("bound holds for all t ≥ max(t0, 0)", holds)
     console.print(summary)
     console.print(_theory_rows_table(report["table"], th["t_start"]))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -67,43 +67,76 @@ def test_files_written_atomically(json_run):
 
 
 def test_table_output(tmp_path):
-    result = CliRunner().invoke(app, ["theory", "--out", str(tmp_path), "--d", "60", "-T", "30"])
+    result = CliRunner().invoke(app, ["theory", "--out", str(tmp_path), "d=60", "steps=30"])
     assert result.exit_code == 0, result.output
     assert "log10 bound" in result.stdout and "A-B-U" in result.stdout
 
 
-def test_bad_flag_exits_2_with_one_line():
+def test_overrides_are_used(tmp_path):
+    """`pathunlearn theory eta=0.03 steps=10 --json` runs with exactly those values."""
+    result = CliRunner().invoke(
+        app, ["theory", "eta=0.03", "steps=10", "--json", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["params"]["eta"], report["params"]["steps"]) == (0.03, 10)
+    assert len(report["table"]) == 10 + 1
+    assert report["params"]["d"] == TheoryParams().d  # everything else: the defaults
+
+
+def test_file_then_override_override_wins(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("d: 120\neta: 0.02\nsteps: 12\n")
+    result = CliRunner().invoke(
+        app, ["theory", str(config), "eta=0.03", "--json", "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    params = json.loads(result.stdout)["params"]
+    assert (params["d"], params["eta"], params["steps"]) == (120, 0.03, 12)
+
+
+def test_lambdas_as_a_yaml_list(tmp_path):
+    result = CliRunner().invoke(
+        app, ["theory", "lambdas=[0,1,2]", "steps=10", "--json", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert [w["lambda"] for w in json.loads(result.stdout)["weakly_local"]] == [0, 1, 2]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pathunlearn", "theory", "--k", "500"],
+    return subprocess.run(
+        [sys.executable, "-m", "pathunlearn", "theory", *args],
         capture_output=True,
         text=True,
         env=env,
         timeout=120,
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("k=500", "k"), ("foo=1", "foo"), ("d=true", "d")],  # too large, unknown, YAML bool
+)
+def test_bad_override_exits_2_with_one_line(override, key):
+    proc = run_cli(override)
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "k" in lines[0] and "error" in lines[0]
+    assert len(lines) == 1 and f"{key}:" in lines[0] and "error" in lines[0]
 
 
-def test_bad_flag_raises_config_error_in_process(tmp_path):
+def test_bad_override_raises_config_error_in_process(tmp_path):
     """`app` itself lets the ConfigError out; main() turns it into exit code 2."""
-    result = CliRunner().invoke(app, ["theory", "--d", "10", "--out", str(tmp_path)])
+    result = CliRunner().invoke(app, ["theory", "d=10", "--out", str(tmp_path)])
     assert isinstance(result.exception, ConfigError)
 
 
-def test_help_shows_the_example_and_true_defaults():
+def test_help_shows_the_example_and_where_parameters_are_documented():
     command = typer.main.get_command(app).commands["theory"]
-    assert "pathunlearn theory --d 200 --eta 0.05 --json" in command.help
-    defaults = {f.name: f.default for f in fields(TheoryParams)}
-    for param in command.params:
-        if param.name in defaults:
-            expected = defaults[param.name]
-            if expected is None:
-                assert param.show_default == "all"
-            elif isinstance(expected, tuple):
-                assert param.show_default == ",".join(f"{x:g}" for x in expected)
-            else:
-                assert param.show_default == str(expected), param.name
-    assert {p.name for p in command.params} >= defaults.keys()
+    assert "pathunlearn theory d=200 eta=0.05 lambdas=[0,1,2] --json" in command.help
+    assert "pathunlearn.theory.linear.TheoryParams" in command.help
+    assert "configs/theory.yaml" in command.help
+    words = set(re.findall(r"\w+", command.help))
+    assert set(TheoryParams.model_fields) <= words  # the help's list of keys is complete
+    assert {p.name for p in command.params} == {"args", "out", "json_output", "matrices"}

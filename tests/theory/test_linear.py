@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
+from pathunlearn.config import validate_model
 from pathunlearn.errors import ConfigError
 from pathunlearn.theory import linear as L
 from pathunlearn.theory.export import to_json
@@ -114,34 +115,55 @@ def test_growing_projector_of_m_u_is_p_u():
         ({"lambdas": (1.0, -2.0)}, "lambdas"),
         ({"n_retain": 99}, "n_retain"),
         ({"d": True}, "d"),  # YAML `true` is not an int
+        ({"eta": True}, "eta"),  # nor a number
         ({"eta": "fast"}, "eta"),
+        ({"foo": 1}, "foo"),  # unknown key
     ],
 )
 def test_bad_parameters_raise_one_line_config_error(overrides, key):
     with pytest.raises(ConfigError) as info:
-        L.TheoryParams(**overrides)
+        validate_model(L.TheoryParams, overrides, source="TheoryParams")
     message = str(info.value)
-    assert "\n" not in message and key in message
+    assert "\n" not in message and f"TheoryParams: {key}" in message  # the key, first
 
 
 def test_unknown_config_key_is_named(tmp_path):
     path = tmp_path / "theory.yaml"
     path.write_text("d: 120\nlearning_rate: 3\n")
     with pytest.raises(ConfigError, match="learning_rate"):
-        L.load_params(path, {})
+        L.load_params(path, [])
 
 
-def test_flags_override_config(tmp_path):
+def test_overrides_override_config(tmp_path):
     path = tmp_path / "theory.yaml"
     path.write_text("d: 120\neta: 0.02\nlambdas: [0, 3]\n")
-    p = L.load_params(path, {"eta": 0.03})
+    p = L.load_params(path, ["eta=0.03"])
     assert (p.d, p.eta, p.lambdas) == (120, 0.03, (0, 3))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("d=true", "d"), ("k=500", "k"), ("lambdas=0,1", "lambdas"), ("foo=1", "foo")],
+)
+def test_bad_override_is_one_line_naming_file_and_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        L.load_params(None, [override])
+    message = str(info.value)
+    assert "\n" not in message and f"theory.yaml: {key}:" in message
+
+
+def test_override_values_are_yaml():
+    p = L.load_params(None, ["lambdas=[0,1,2]", "eta=1e-3", "k=null", "forget=A"])
+    assert (p.lambdas, p.eta, p.k, p.forget) == ((0.0, 1.0, 2.0), 0.001, None, "A")
 
 
 def test_shipped_config_documents_the_defaults():
     first_line = CONFIG.read_text().splitlines()[0]
-    assert first_line.startswith("# pathunlearn theory --config")
-    assert L.load_params(CONFIG, {}) == L.TheoryParams()
+    assert first_line.startswith(
+        "# pathunlearn theory src/pathunlearn/configs/theory.yaml --out runs/theory"
+    )
+    assert L.load_params(CONFIG, []) == L.TheoryParams()
+    assert L.load_params(None, []) == L.TheoryParams()  # None: the same built-in file
 
 
 def test_overflowing_run_is_a_config_error():

@@ -1,8 +1,9 @@
 """The paper's linear theory (Section 3), executable: see `pathunlearn.theory.linear`.
 
-    from pathunlearn.theory import TheoryParams, run_theory, to_json
+    from pathunlearn.theory import TheoryParams, load_params, run_theory, to_json
     result = run_theory(TheoryParams(d=200, eta=0.05))
     to_json(result)["theorem"]["rho_star"]
+    params = load_params("my.yaml", ["eta=0.05", "steps=100"])  # None: configs/theory.yaml
 
 Figures and files: `pathunlearn.theory.plots.write_outputs` (imports matplotlib).
 """
@@ -12,7 +13,6 @@ from pathunlearn.theory.linear import (
     TheoryParams,
     TheoryResult,
     load_params,
-    params_from_mapping,
     run_theory,
 )
 
@@ -20,7 +20,6 @@ __all__ = [
     "TheoryParams",
     "TheoryResult",
     "load_params",
-    "params_from_mapping",
     "run_theory",
     "to_json",
 ]

@@ -4,7 +4,6 @@ the per-step table, the positions experiment and the weakly-local sweep."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ def to_json(result: TheoryResult, matrices: bool = False) -> dict[str, Any]:
     p, th = result.params, result.theorem
     return _jsonable(
         {
-            "params": asdict(p) | {"k": p.forget_rows},
+            "params": p.model_dump() | {"k": p.forget_rows},
             "hypotheses": hypotheses_json(p, th),
             "theorem": theorem_json(p, th, matrices),
             "table": theorem_table(th),

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, NoReturn, get_args
 
 import numpy as np
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from pathunlearn.config import StrictModel, builtin_config_path, load_model_config
 from pathunlearn.errors import ConfigError
 
-DISTRIBUTIONS = ("gaussian", "uniform")
-FORGET_STAGES = ("A", "B")
 MAX_D = 4000  # the theorem's matrices are d×d; beyond this the run stops being "seconds"
 GD_MAX_ITERATIONS = 200_000  # the gradient-descent cross-check is skipped past this estimate
 OVERFLOW_LIMIT = 1e250  # distances past this are reported as an overflow (float64 ends at 1e308)
@@ -34,68 +35,99 @@ GD_TOL = 1e-11  # certified distance of a gradient-descent stage to its minimise
 # ---------------------------------------------------------------------------- parameters
 
 
-@dataclass(frozen=True)
-class TheoryParams:
-    """Every knob of the linear theory run, validated on construction (ConfigError otherwise)."""
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # float would take YAML `true` as 1.0
+        raise ValueError("must be a number, not true/false")
+    return value
 
-    d: int = 100
+
+Int = Annotated[int, Field(strict=True)]
+"""An integer; YAML `true` and `2.0` are rejected."""
+Real = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+"""A finite number (ints accepted); YAML `true` is rejected."""
+Distribution = Literal["gaussian", "uniform"]
+DISTRIBUTIONS: tuple[str, ...] = get_args(Distribution)
+
+
+class TheoryParams(StrictModel):
+    """Every knob of the linear theory run, validated on construction (read from YAML and
+    overrides by :func:`load_params`, whose errors are one ConfigError line naming the key)."""
+
+    d: Int = Field(100, le=MAX_D)
     """Number of features; must exceed n_a + n_b + n_u (overparameterised)."""
-    n_a: int = 20
+    n_a: Int = Field(20, ge=1)
     """Rows of stage A."""
-    n_b: int = 20
+    n_b: Int = Field(20, ge=1)
     """Rows of stage B."""
-    n_u: int = 10
+    n_u: Int = Field(10, ge=1)
     """Rows of stage U, the forget stage of the three-position experiment."""
-    forget: str = "B"
+    forget: Literal["A", "B"] = "B"
     """Which stage of the two-stage theorem is unlearned: "A" or "B"."""
-    k: int | None = None
+    k: Int | None = Field(None, ge=1)
     """Forget-set size: X_U is the first k rows of the forget stage (None: all of them)."""
-    m: int = 50
+    m: Int = Field(50, ge=1)
     """Test-set rows (half drawn like stage A, half like stage B); must be >= k."""
-    mu_a: float = 1.0
+    mu_a: Real = Field(1.0, gt=0)
     """Proximal weight μ of stage A in L(θ) = ‖Xθ − y‖² + μ‖θ − θ_prev‖²."""
-    mu_b: float = 1.0
+    mu_b: Real = Field(1.0, gt=0)
     """Proximal weight μ of stage B."""
-    mu_u: float = 1.0
+    mu_u: Real = Field(1.0, gt=0)
     """Proximal weight μ of stage U (three-position experiment)."""
-    eta: float = 0.01
+    eta: Real = Field(0.01, gt=0)
     """Unlearning step size η."""
-    steps: int = 60
+    steps: Int = Field(60, ge=2)
     """Number of unlearning steps T."""
-    dist_a: str = "gaussian"
+    dist_a: Distribution = "gaussian"
     """Feature distribution of stage A: "gaussian" or "uniform"."""
-    shift_a: float = 0.0
+    shift_a: Real = 0.0
     """Mean of every feature of stage A."""
-    scale_a: float = 1.0
+    scale_a: Real = Field(1.0, gt=0)
     """Standard deviation of every feature of stage A."""
-    dist_b: str = "uniform"
+    dist_b: Distribution = "uniform"
     """Feature distribution of stage B."""
-    shift_b: float = 0.2
+    shift_b: Real = 0.2
     """Mean of every feature of stage B."""
-    scale_b: float = 1.0
+    scale_b: Real = Field(1.0, gt=0)
     """Standard deviation of every feature of stage B."""
-    dist_u: str = "gaussian"
+    dist_u: Distribution = "gaussian"
     """Feature distribution of stage U."""
-    shift_u: float = -0.2
+    shift_u: Real = -0.2
     """Mean of every feature of stage U."""
-    scale_u: float = 0.8
+    scale_u: Real = Field(0.8, gt=0)
     """Standard deviation of every feature of stage U."""
-    noise: float = 0.1
+    noise: Real = Field(0.1, ge=0)
     """Standard deviation of the label noise: y = X θ_true + noise · ξ."""
-    epsilon: float = 1.0
+    epsilon: Real = Field(1.0, gt=0)
     """Retrain-equivalence tolerance ε of Corollary 1."""
-    lambdas: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    lambdas: tuple[Annotated[Real, Field(ge=0)], ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
     """Retain weights λ of the weakly-local sweep."""
-    n_retain: int | None = None
+    n_retain: Int | None = Field(None, ge=1)
     """Retain-sample rows for the weakly-local sweep, drawn from the rows not forgotten (None: all)."""
-    seed: int = 0
+    seed: Int = Field(0, ge=0)
     """Seed of every random draw."""
 
-    def __post_init__(self) -> None:
-        if isinstance(self.lambdas, list):  # YAML and Python callers give lists
-            object.__setattr__(self, "lambdas", tuple(self.lambdas))
-        _check_types(self)
-        _check_values(self)
+    @model_validator(mode="after")
+    def _fits_the_theorem(self) -> TheoryParams:
+        """The hypotheses that tie fields together: d > n, k <= rows of the forget stage (so
+        k < d), m >= k, and a retain sample no larger than the rows not forgotten."""
+        n_total = self.n_a + self.n_b + self.n_u
+        if self.d <= n_total:
+            _invalid("d", self.d, f"must exceed n_a + n_b + n_u = {n_total} (overparameterised, "
+                                  f"d > n): raise d or lower the row counts; got {self.d}")
+        n_forget = self.n_a if self.forget == "A" else self.n_b
+        k = self.forget_rows
+        if k > n_forget:
+            _invalid("k", self.k, f"must be in 1..{n_forget} (rows of stage {self.forget}), or "
+                                  f"null for all of them; got {k}")
+        if self.m < k:
+            _invalid("m", self.m, f"must be >= k = {k} so that X_test P_U has rank k: raise m "
+                                  f"or lower k; got {self.m}")
+        pool = self.n_a + self.n_b - k
+        if self.n_retain is not None and self.n_retain > pool:
+            _invalid("n_retain", self.n_retain, f"must be in 1..{pool} (rows of A and B not "
+                                                f"forgotten), or null for all of them; "
+                                                f"got {self.n_retain}")
+        return self
 
     @property
     def forget_rows(self) -> int:
@@ -104,104 +136,20 @@ class TheoryParams:
         return n_forget if self.k is None else self.k
 
 
-def _check_types(p: TheoryParams) -> None:
-    """Reject wrong types (YAML `true` for an int, a string for a float) naming the key."""
-    for f in fields(p):
-        value = getattr(p, f.name)
-        if f.name == "lambdas":
-            if not isinstance(value, tuple) or not all(_is_real(v) for v in value):
-                raise ConfigError(f"lambdas={value!r}: must be a list of numbers")
-        elif f.type in ("int", "int | None"):
-            if not (isinstance(value, int) and not isinstance(value, bool)):
-                if not (value is None and f.type == "int | None"):
-                    raise ConfigError(f"{f.name}={value!r}: must be an integer")
-        elif f.type == "float":
-            if not _is_real(value):
-                raise ConfigError(f"{f.name}={value!r}: must be a number")
-        elif f.type == "str" and not isinstance(value, str):
-            raise ConfigError(f"{f.name}={value!r}: must be a string")
+def _invalid(key: str, value: Any, why: str) -> NoReturn:
+    """Fail validation at `key`, so that the one-line error names it (not the top level): a
+    ValidationError raised inside a validator keeps its own location."""
+    error = PydanticCustomError("theory_params", "{why}", {"why": why})
+    raise ValidationError.from_exception_data(
+        "TheoryParams", [InitErrorDetails(type=error, loc=(key,), input=value)]
+    )
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_values(p: TheoryParams) -> None:
-    """The theorem's hypotheses and the simulator's limits, one ConfigError per violation."""
-    n_total = p.n_a + p.n_b + p.n_u
-    checks = [
-        (min(p.n_a, p.n_b, p.n_u) >= 1, "n_a, n_b, n_u", "every stage needs at least one row"),
-        (p.d > n_total, "d", f"must exceed n_a + n_b + n_u = {n_total} (overparameterised, d > n)"),
-        (p.d <= MAX_D, "d", f"at most {MAX_D} (the theorem's d×d matrices)"),
-        (p.forget in FORGET_STAGES, "forget", 'must be "A" or "B"'),
-        (p.m >= 1, "m", "the test set needs at least one row"),
-        (p.eta > 0, "eta", "the unlearning step must be positive"),
-        (p.steps >= 2, "steps", "at least 2 unlearning steps (to measure a growth rate)"),
-        (min(p.mu_a, p.mu_b, p.mu_u) > 0, "mu_a, mu_b, mu_u", "proximal weights must be > 0"),
-        (min(p.scale_a, p.scale_b, p.scale_u) > 0, "scale_a, scale_b, scale_u", "must be > 0"),
-        (p.noise >= 0, "noise", "must be >= 0"),
-        (p.epsilon > 0, "epsilon", "must be > 0"),
-        (all(lam >= 0 for lam in p.lambdas), "lambdas", "retain weights must be >= 0"),
-        (p.seed >= 0, "seed", "must be >= 0"),
-    ]
-    for dist_key in ("dist_a", "dist_b", "dist_u"):
-        ok = getattr(p, dist_key) in DISTRIBUTIONS
-        checks.append((ok, dist_key, f"must be one of {', '.join(DISTRIBUTIONS)}"))
-    for ok, key, why in checks:
-        if not ok:
-            raise ConfigError(f"{key}: {why} (got {_show(p, key)})")
-    _check_forget_rows(p)
-
-
-def _check_forget_rows(p: TheoryParams) -> None:
-    """1 <= k <= rows of the forget stage (so k < d), m >= k, and a valid retain sample."""
-    if p.forget not in FORGET_STAGES:
-        return
-    n_forget = p.n_a if p.forget == "A" else p.n_b
-    k = p.forget_rows
-    if not 1 <= k <= n_forget:
-        raise ConfigError(f"k: must be in 1..{n_forget} (rows of stage {p.forget}); got k={k}")
-    if p.m < k:
-        raise ConfigError(f"m: must be >= k={k} so that X_test P_U has rank k; got m={p.m}")
-    pool = p.n_a + p.n_b - k
-    if p.n_retain is not None and not 1 <= p.n_retain <= pool:
-        raise ConfigError(f"n_retain: must be in 1..{pool} (rows not forgotten); got {p.n_retain}")
-
-
-def _show(p: TheoryParams, keys: str) -> str:
-    return ", ".join(f"{k}={getattr(p, k)!r}" for k in keys.split(", "))
-
-
-def params_from_mapping(values: Mapping[str, Any], source: str = "config") -> TheoryParams:
-    """Build TheoryParams from a mapping (YAML keys = field names); unknown keys are errors."""
-    known = {f.name for f in fields(TheoryParams)}
-    for key in values:
-        if key not in known:
-            raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-    try:
-        return TheoryParams(**values)
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-
-
-def load_params(path: Path | None, overrides: Mapping[str, Any]) -> TheoryParams:
-    """Defaults ← YAML file at `path` (if any) ← `overrides` (CLI flags), validated once."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: must be a mapping of parameter: value")
-        values.update(loaded or {})
-    values.update(overrides)
-    source = "flags" if path is None else f"{path}" + (" + flags" if overrides else "")
-    return params_from_mapping(values, source)
+def load_params(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TheoryParams:
+    """TheoryParams from a YAML file (None: the built-in configs/theory.yaml) and ``key=value``
+    overrides (values parsed as YAML, applied over the file), validated once by the package's
+    config loader; every problem is one ConfigError line naming the file and the key."""
+    return load_model_config(TheoryParams, path or builtin_config_path("theory"), overrides)
 
 
 # ---------------------------------------------------------------------------- data
