@@ -61,6 +61,11 @@ def write_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)

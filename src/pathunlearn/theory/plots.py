@@ -1,62 +1,22 @@
 """Figures and files of `pathunlearn theory`: distance vs t with the bound, the three positions,
-the weakly-local sweep; every file written atomically (temp file, fsync, rename).
-
-Uses matplotlib's object API with the Agg canvas directly, so no GUI backend is ever touched.
+the weakly-local sweep; every file written atomically (:mod:`pathunlearn.figures`,
+:func:`pathunlearn.files.write_bytes`).
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pathunlearn.errors import UserError
+from pathunlearn.figures import save_figure
+from pathunlearn.files import write_bytes
 from pathunlearn.theory.export import to_json
 from pathunlearn.theory.linear import TheoryResult
-
-FORMATS = ("png", "svg")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same directory, fsync, then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process umask (Python 3.11 can only read it by setting it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Save `fig` as out_dir/stem.png and .svg (atomically); return the paths."""
-    FigureCanvasAgg(fig)
-    paths = []
-    for fmt in FORMATS:
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight")
-        path = out_dir / f"{stem}.{fmt}"
-        write_atomic(path, buf.getvalue())
-        paths.append(path)
-    return paths
 
 
 def theorem_figure(result: TheoryResult) -> Figure:
@@ -175,5 +135,5 @@ def write_outputs(result: TheoryResult, out_dir: Path, matrices: bool = False) -
         files += save_figure(weakly_local_figure(result), out_dir, "theory_weakly_local")
     json_path = out_dir / "theory.json"
     report = to_json(result, matrices) | {"files": [str(f) for f in [*files, json_path]]}
-    write_atomic(json_path, (json.dumps(report, indent=1) + "\n").encode())
+    write_bytes(json_path, (json.dumps(report, indent=1) + "\n").encode())
     return report
