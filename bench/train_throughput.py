@@ -16,7 +16,7 @@ from pathunlearn.config import LoraConfig, OptimConfig
 from pathunlearn.data.chat import tokenize_conversations
 from pathunlearn.data.suite import load_builtin
 from pathunlearn.models import apply_lora, load_pretrained
-from pathunlearn.tiny import ensure_tiny
+from pathunlearn.train.pretrain import ensure_tiny
 from pathunlearn.train.staged import train_stage
 
 

@@ -18,13 +18,14 @@ from pathunlearn.data.batching import collate
 from pathunlearn.data.chat import tokenize_conversations
 from pathunlearn.data.suite import load_builtin
 from pathunlearn.eval.logprob import reference_logprobs
+from pathunlearn.losses import token_logprobs
+from pathunlearn.methods import ForgetBatch, make_method
 from pathunlearn.models import load_pretrained
-from pathunlearn.tiny import ensure_tiny
-from pathunlearn.train.losses import forget_loss, token_logprobs
+from pathunlearn.train.pretrain import ensure_tiny
 
 
 def time_method(name: str, model, examples, ref, steps: int, batch: int) -> float:
-    method = MethodConfig(name=name)
+    method = make_method(MethodConfig(name=name))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     times = []
     for step in range(steps):
@@ -32,8 +33,7 @@ def time_method(name: str, model, examples, ref, steps: int, batch: int) -> floa
         b = collate([examples[i] for i in idx], 0)
         t = time.perf_counter()
         logp, mask = token_logprobs(model(**b.inputs()).logits, b.labels)
-        loss = forget_loss(method, logp, mask, ref[idx], num_tokens=int(mask.sum()),
-                           num_sequences=batch)
+        loss = method.forget_loss(ForgetBatch(logp, mask, int(mask.sum()), batch, ref[idx]))
         loss.backward()
         opt.step()
         opt.zero_grad()

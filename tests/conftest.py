@@ -45,6 +45,15 @@ def cli(capsys, monkeypatch):
     return run
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tiny_preset():
+    """The tiny preset (the suite's 4-epoch build), built once before any test: loading a
+    model never builds one, so tests that load ``tiny`` find it here (cached across runs)."""
+    from pathunlearn.train.pretrain import ensure_tiny
+
+    return ensure_tiny(progress=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """The tiny preset's tokenizer (trained on the built-in suite; seconds, no pretraining)."""

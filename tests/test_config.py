@@ -73,7 +73,7 @@ BAD = [
     (with_(model__lora__rank=0), ["model.lora.rank"]),
     (with_(model__path="/x"), ["model", "exactly one of `preset` and `path`"]),
     (with_(stages__a__epochs="many"), ["stages.a.epochs"]),
-    (with_(unlearning__methods=[{"name": "sgd_ascent"}]), ["unlearning.methods.0.name"]),
+    (with_(unlearning__methods=[{"name": " "}]), ["unlearning.methods.0", "empty"]),
     (with_(stages__a__question_key="q"), ["stages.a", "answer_key"]),
     (with_(paths__permutations=None, paths__order=["a", "f"]), ["paths", "leave the forget stage out"]),
     ({"stages": {}}, ["paths", "Field required"]),

@@ -7,7 +7,7 @@ import json
 import yaml
 
 from pathunlearn.config import builtin_config_path, load_config
-from pathunlearn.experiment import plan_experiment
+from pathunlearn.plan import plan_run
 
 REDUCED = {
     "name": "e2e", "seeds": [0, 1],
@@ -20,16 +20,16 @@ REDUCED = {
     "training": {"lr": 5e-4, "batch_size": 8, "micro_batch_size": 8, "seed": 0},
     "unlearning": {"methods": [{"name": "ga"}, {"name": "npo"}], "lr": 1e-4, "batch_size": 8,
                    "micro_batch_size": 8, "steps": 3, "eval_every": 3, "probe_prompts": 2,
-                   "probe_examples": 4, "math_questions": 3, "math_samples": 2,
-                   "math_max_new_tokens": 8},
+                   "probe_examples": 4,
+                   "math": {"questions": 3, "samples": 2, "max_new_tokens": 8}},
 }
 
 
 def test_plan_includes_the_retrain_baseline(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(REDUCED))
-    plan = plan_experiment(load_config(path))
-    assert ("instructions", "authors") in plan.paths  # the retrain path: forget stage removed
+    plan = plan_run(load_config(path))
+    assert plan.retrain_paths == (("instructions", "authors"),)  # the forget stage removed
     # r, r>i, r>i>a, i, i>a, i>a>r: the retrain model i>a is a prefix of p=3 and costs nothing
     assert len(plan.prefixes) == 6
     assert plan.leaf(("instructions", "authors"), 1).key == plan.leaf(

@@ -52,7 +52,7 @@ def test_smollm2_prefers_the_right_answer(smol):
         ids, labels = torch.tensor([ex.input_ids]), torch.tensor([ex.labels])
         with torch.no_grad():
             logits = model(ids).logits
-        from pathunlearn.train.losses import sequence_logprobs
+        from pathunlearn.losses import sequence_logprobs
 
         return float(sequence_logprobs(logits, labels)[0][0])
 

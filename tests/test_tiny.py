@@ -10,7 +10,8 @@ import pytest
 from pathunlearn.config import ModelConfig
 from pathunlearn.files import is_done
 from pathunlearn.models import load_model
-from pathunlearn.tiny import TINY_RECIPE, build_tiny, ensure_tiny, tokenizer_corpus, train_tokenizer
+from pathunlearn.tiny import TINY_RECIPE, tokenizer_corpus, train_tokenizer
+from pathunlearn.train.pretrain import build_tiny, ensure_tiny
 
 
 def test_tokenizer_training_is_deterministic(tiny_tokenizer):
@@ -91,7 +92,28 @@ def test_real_preset_answers_arithmetic_above_the_shuffled_baseline(monkeypatch)
                 epochs=cfg.stages["arithmetic"].epochs, seed=0, pad_id=tok.pad_token_id)
     test = load_source("builtin:arithmetic:test")
     result = evaluate_math(model, tok, test, greedy=True, prompt_style="plain",
-                           max_new_tokens=cfg.unlearning.math_max_new_tokens)
+                           max_new_tokens=cfg.unlearning.math.max_new_tokens)
     assert result.num_questions == 60
     assert result.accuracy >= 0.08 and result.accuracy >= 3 * result.shuffled_accuracy, (
         result.accuracy, result.shuffled_accuracy)
+
+
+def test_loading_never_builds_and_model_build_does(tmp_path, monkeypatch, cli):
+    """Issue 12: a missing preset is a one-line error naming the command that builds it;
+    `pathunlearn model build` builds it, and then it loads."""
+    from pathunlearn.errors import UserError
+    from pathunlearn.tiny import EPOCHS_ENV, tiny_dir
+
+    monkeypatch.setenv("PATHUNLEARN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(EPOCHS_ENV, "0.25")  # ~10 steps: a build in seconds
+    with pytest.raises(UserError, match="pathunlearn model build"):
+        load_model(ModelConfig())
+    assert not (tmp_path / "cache").exists()  # loading built nothing
+    info = cli("model", "info")
+    assert info.code == 2 and len(info.err.strip().splitlines()) == 1
+    assert "not built yet" in info.err
+    built = cli("model", "build")
+    assert built.code == 0, built.err
+    assert is_done(tiny_dir()) and str(tiny_dir()) in "".join(built.out.split())
+    model, _ = load_model(ModelConfig())
+    assert model.config.hidden_size == 128

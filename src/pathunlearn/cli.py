@@ -170,7 +170,7 @@ app.add_typer(model_app, name="model")
 
 @model_app.command("info")
 def model_info(args: ConfigArgs = None) -> None:
-    """Load the config's model (building the tiny preset if needed) and describe it.
+    """Load the config's model and describe it (a preset must be built: `model build`).
 
     Example: pathunlearn model info model.preset=null model.path=/models/Llama-3.2-1B-Instruct
     """
@@ -189,6 +189,31 @@ def model_info(args: ConfigArgs = None) -> None:
     console.print("chat template renders:", repr(render(tokenizer, sample)), highlight=False)
 
 
+@model_app.command("build")
+def model_build(args: ConfigArgs = None) -> None:
+    """Build the config's base model when it is a preset built locally (the tiny preset:
+    tokenizer + pretraining on builtin:general, ~3.5 min on 2 cores, once, cached).
+
+    Loading a model never builds one; `pathunlearn run` and `train` build the base model of
+    their plan first when it is missing.
+
+    Example: pathunlearn model build
+    """
+    from pathunlearn.config import load_config
+    from pathunlearn.train.pretrain import ensure_base
+
+    config, overrides = split_args(args)
+    cfg = load_config(config, overrides)
+    ensure_base(cfg.model, progress=True, log=console.print)
+    if cfg.model.preset == "tiny":
+        from pathunlearn.tiny import tiny_location
+
+        console.print(f"tiny preset: {tiny_location()}")
+    else:
+        console.print(f"nothing to build: model.{'preset' if cfg.model.preset else 'path'} "
+                      f"{cfg.model.preset or cfg.model.path} is loaded as it is")
+
+
 # ---------------------------------------------------------------------------- train
 
 
@@ -197,7 +222,8 @@ def train(
     args: ConfigArgs = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="Print the plan and exit.")] = False,
 ) -> None:
-    """Finetune the base model along every path of the config, stage after stage.
+    """Finetune the base model along every path of the config (and every retrain baseline),
+    stage after stage.
 
     Paths sharing a prefix share its training (each distinct prefix is trained once and
     cached in RUN_DIR/prefixes); rerunning resumes at the first unfinished prefix.
@@ -205,37 +231,42 @@ def train(
     Example: pathunlearn train configs/demo.yaml --plan
     """
     from pathunlearn.config import load_config
-    from pathunlearn.train.paths import plan_paths, train_paths
 
     config, overrides = split_args(args)
     cfg = load_config(config, overrides)
-    plan = plan_paths(cfg)
     if plan_only:
-        base = "tiny preset (pretrained on builtin:general)" if cfg.model.preset == "tiny" else (
-            cfg.model.preset or cfg.model.path)
-        print_plan(plan, cfg.run_dir, base)
+        from pathunlearn.plan import plan_run
+
+        print_plan(plan_run(cfg), cfg)
         return
-    train_paths(cfg, plan, progress=True, log=console.print)
+    from pathunlearn.experiment import train as train_run
+
+    train_run(cfg, progress=True, log=console.print)
     console.print(f"path models in {cfg.run_dir / 'prefixes'}")
 
 
-def print_plan(plan, run_dir: Path, base: str) -> None:
-    """The trie of prefixes per training seed, with what is already trained."""
+def print_plan(plan, cfg) -> None:
+    """The trie of prefixes per training seed, with what is already trained, and the cells."""
     from rich.markup import escape
     from rich.tree import Tree
 
     from pathunlearn.files import is_done
-    from pathunlearn.train.paths import prefix_dir
 
+    base = "tiny preset (pretrained on builtin:general)" if cfg.model.preset == "tiny" else (
+        cfg.model.preset or cfg.model.path)
+    retrain = set(plan.retrain_paths) - set(plan.paths)
     for tseed in dict.fromkeys(p.seed for p in plan.prefixes):
         tree = Tree(f"[bold]training seed {tseed}[/]: {escape(base)}")
         nodes = {None: tree}
         for p in (p for p in plan.prefixes if p.seed == tseed):
-            done = " [green](done)[/]" if is_done(prefix_dir(run_dir, p)) else ""
-            nodes[p.key] = nodes[p.parent_key].add(f"{p.stage} [dim]{p.key}[/]{done}")
+            done = " [green](done)[/]" if is_done(p.directory(cfg.run_dir)) else ""
+            note = " [cyan](retrain baseline)[/]" if p.stages in retrain else ""
+            nodes[p.key] = nodes[p.parent_key].add(f"{p.stage} [dim]{p.key}[/]{note}{done}")
         console.print(tree)
-    console.print(f"{len(plan.paths)} paths x {len(plan.seeds)} seeds: "
-                  f"{len(plan.prefixes)} stage-trainings ({plan.naive_count} without sharing)")
+    extra = f" + {len(retrain)} retrain baseline(s)" if retrain else ""
+    console.print(f"{len(plan.paths)} paths x {len(plan.seeds)} seeds{extra}: "
+                  f"{len(plan.prefixes)} stage-trainings ({plan.naive_count} without sharing); "
+                  f"{len(plan.cells)} unlearning cells")
 
 
 # ---------------------------------------------------------------------------- eval
@@ -248,7 +279,8 @@ app.add_typer(eval_app, name="eval")
 def eval_math(
     model_dir: Annotated[str, typer.Argument(
         help="Local Hugging Face model directory (a path model, an unlearned cell ...) or "
-             "'tiny' for the built-in preset.", show_default=False)],
+             "'tiny' for the built-in preset (built by `pathunlearn model build`).",
+        show_default=False)],
     data: Annotated[str, typer.Option(
         help="builtin:NAME[:SPLIT], gsm8k:FILE or a data file; gold answers from meta.answer or '#### N'."
     )] = "builtin:arithmetic:test",
@@ -313,9 +345,9 @@ def eval_math(
 def _model_directory(model_dir: str) -> Path:
     """The directory of MODEL_DIR: the tiny preset for 'tiny', else a checked local path."""
     if model_dir == "tiny":
-        from pathunlearn.tiny import ensure_tiny
+        from pathunlearn.tiny import tiny_location
 
-        return ensure_tiny()
+        return tiny_location()
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise UserError(f"{model_dir}: not a Hugging Face model directory (no config.json); "
@@ -331,18 +363,17 @@ def unlearn(args: ConfigArgs = None) -> None:
     """Unlearn the forget stage from every path model (training any missing path first).
 
     Runs every cell (path x method x seed x swept lr/scheduler), tracking the probes before
-    the first step and every `unlearning.eval_every` steps; finished cells are skipped.
+    the first step and every `unlearning.eval_every` steps; finished cells are skipped (the
+    same plan as `pathunlearn run`, so a later `run` recomputes none of them).
 
     Example: pathunlearn unlearn configs/demo.yaml unlearning.lr=3e-5 unlearning.steps=10
     """
     from pathunlearn.config import load_config
-    from pathunlearn.train.paths import train_paths
-    from pathunlearn.train.unlearn import unlearn_all
+    from pathunlearn.experiment import unlearn as unlearn_run
 
     config, overrides = split_args(args)
     cfg = load_config(config, overrides)
-    plan = train_paths(cfg, progress=True, log=console.print)
-    summaries = unlearn_all(cfg, plan, log=console.print)
+    summaries = unlearn_run(cfg, progress=True, log=console.print)
     diverged = [s for s in summaries if s["diverged_at"]]
     console.print(f"{len(summaries)} cells in {cfg.run_dir / 'cells'}"
                   + (f"; {len(diverged)} diverged" if diverged else ""))
@@ -353,25 +384,25 @@ def unlearn(args: ConfigArgs = None) -> None:
 
 @app.command("report")
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory (holds cells/).",
-                                            metavar="RUN_DIR", show_default=False)],
-    forget_stage: Annotated[str | None, typer.Option(
-        help="The unlearned stage (default: paths.forget_stage of RUN_DIR/config.yaml).")] = None,
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (holds config.yaml, plan.json "
+                                            "and cells/).", metavar="RUN_DIR",
+                                            show_default=False)],
 ) -> None:
     """Rebuild the table, recency verdict, figures and report.html from RUN_DIR's cells.
 
-    Writes RUN_DIR/results.{json,csv,md}, RUN_DIR/figures/*.{png,svg} and RUN_DIR/report.html,
-    then prints the table and the verdict. Safe to rerun while cells are still being added.
+    Reads RUN_DIR/config.yaml (validated) and RUN_DIR/plan.json, and every finished cell of
+    the plan. Writes RUN_DIR/results.{json,csv,md}, RUN_DIR/figures/*.{png,svg} and
+    RUN_DIR/report.html, then prints the table and the verdict. Safe to rerun while cells are
+    still being added.
 
     Example: pathunlearn report runs/demo
     """
     from rich.markup import escape
 
     from pathunlearn.report import make_report
+    from pathunlearn.rundir import load_run
 
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory")
-    results, figures, page = make_report(run_dir, forget_stage)
+    results, figures, page = make_report(load_run(run_dir))
     print_results(results)
     files = [*results.files, *figures, page]
     console.print(f"wrote {len(files)} files: results.{{json,csv,md}}, {len(figures)} figure "
@@ -384,9 +415,9 @@ def print_results(results) -> None:
     and the recency verdict, as the end of a run prints them."""
     from rich.markup import escape
 
-    from pathunlearn.report.tables import format_table, notes
+    from pathunlearn.report.tables import format_table
 
-    if getattr(results, "superficial", None) is not None:
+    if results.superficial is not None:
         from pathunlearn.report.superficial import RULE, verdict_lines
 
         console.rule("superficial vs deep forgetting")
@@ -394,7 +425,7 @@ def print_results(results) -> None:
         for line in verdict_lines(results.superficial):
             console.print(escape(line), highlight=False, soft_wrap=True)
     console.print(format_table(results.table))
-    for line in notes(results.table):
+    for line in results.notes():
         console.print(f"[dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
     for kind, title in (("recency", "recency verdict"),
                         ("pairwise", "distance between paths under unlearning")):

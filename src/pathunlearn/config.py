@@ -8,6 +8,7 @@ override is checked exactly like the file. Every error is one line naming file, 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Sequence
 from importlib import resources
@@ -194,8 +195,11 @@ class TrainingConfig(OptimConfig):
 
 
 class MethodConfig(StrictModel):
-    name: Literal["ga", "npo", "simnpo", "graddiff", "npo_retain", "npo_kl"]
-    """ga, npo, simnpo (local); graddiff, npo_retain, npo_kl (weakly local: use retain data)."""
+    name: str
+    """A built-in method: ga, npo, simnpo (local); graddiff, npo_retain, npo_kl (weakly local:
+    use retain data). Or a user's method (a subclass of pathunlearn.methods.Method): an import
+    path `package.module:Class`, a file `path/to/file.py:Class`, or the name of an entry point
+    of the group `pathunlearn.methods`."""
     beta: float | None = Field(None, gt=0)
     """Inverse temperature of NPO (default 0.5) and SimNPO (default 1.0)."""
     retain_weight: float = Field(1.0, ge=0)
@@ -204,6 +208,41 @@ class MethodConfig(StrictModel):
     """SimNPO as in its own paper: length-normalised log-likelihood with margin `gamma`."""
     gamma: float = 0.0
     """SimNPO margin, with length_normalize."""
+    options: dict[str, Any] = {}
+    """Settings of a user's method, read by it as `self.options` (built-in methods take none)."""
+
+    @model_validator(mode="after")
+    def _named(self) -> MethodConfig:
+        if not self.name.strip():
+            raise ValueError("`name` is empty")
+        return self
+
+    def __hash__(self) -> int:  # `options` is a dict: hash the settings' JSON instead
+        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
+
+
+class MathConfig(StrictModel):
+    """Math accuracy before and after every cell, by generation (the paper's GSM8K utility)."""
+
+    questions: int = Field(0, ge=0)
+    """Questions to answer before and after unlearning (0: not measured)."""
+    source: str = "builtin:arithmetic:test"
+    """Questions (with `meta.answer` or a `#### N` reference answer), e.g.
+    `gsm8k:gsm8k/test.jsonl`."""
+    samples: int = Field(5, gt=0)
+    """Samples per question (the paper: 5); accuracy = mean fraction of correct samples."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus (top-p) sampling; 1 keeps the whole distribution."""
+    greedy: bool = False
+    """One argmax answer per question instead of `samples` samples (accuracy per question is
+    then 0 or 1); cheaper, and what a small model answers best."""
+    max_new_tokens: int = Field(128, gt=0)
+    """Generation budget per sample."""
+    prompt: Literal["auto", "paper", "plain"] = "auto"
+    """`paper`: the Appendix F math prompt; `plain`: the bare question, as the built-in
+    arithmetic stage trains it; `auto`: plain for built-in sources, paper otherwise."""
 
 
 class UnlearningConfig(OptimConfig):
@@ -240,25 +279,18 @@ class UnlearningConfig(OptimConfig):
     """Track the built-in refusal and authors probes (forget_label_*, forget_response,
     authors_*), which the table's scores come from; false: only the config's `probes` (e.g. the
     superficial-forgetting study, where they cost time and mean nothing)."""
-    math_questions: int = Field(0, ge=0)
-    """Math accuracy before and after unlearning on this many questions (0: not measured)."""
-    math_source: str = "builtin:arithmetic:test"
-    """Questions (with `meta.answer` or a `#### N` reference answer) for the math utility,
-    e.g. `gsm8k:gsm8k/test.jsonl`."""
-    math_samples: int = Field(5, gt=0)
-    """Samples per question (the paper: 5); accuracy = mean fraction of correct samples."""
-    math_temperature: float = Field(1.0, gt=0)
-    """Sampling temperature of the math samples."""
-    math_top_p: float = Field(1.0, gt=0, le=1)
-    """Nucleus (top-p) sampling of the math samples; 1 keeps the whole distribution."""
-    math_greedy: bool = False
-    """One argmax answer per question instead of `math_samples` samples (accuracy per question
-    is then 0 or 1); cheaper, and what a small model answers best."""
-    math_max_new_tokens: int = Field(128, gt=0)
-    """Generation budget per sample."""
-    math_prompt: Literal["auto", "paper", "plain"] = "auto"
-    """`paper`: the Appendix F math prompt; `plain`: the bare question, as the built-in
-    arithmetic stage trains it; `auto`: plain for built-in sources, paper otherwise."""
+    math: MathConfig = MathConfig()
+    """Math accuracy before and after unlearning (off unless `math.questions` > 0)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_math_keys(cls, data: Any) -> Any:
+        old = [k for k in data if isinstance(k, str) and k.startswith("math_")] \
+            if isinstance(data, dict) else []
+        if old:
+            moved = ", ".join(f"{k} -> math.{k.removeprefix('math_')}" for k in old)
+            raise ValueError(f"the math_* keys moved into the section unlearning.math: {moved}")
+        return data
 
 
 class ProbeConfig(StrictModel):

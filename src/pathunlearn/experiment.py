@@ -1,8 +1,10 @@
-"""The whole study, end to end and resumable: ``pathunlearn run``.
+"""The study, end to end and resumable: ``pathunlearn train``, ``unlearn`` and ``run``.
 
-plan -> train prefixes (path models and retrain baselines share the trie) -> unlearn every
-cell (probes, distances to the retrain model) -> table, verdict, figures, report. Every step
-skips what a previous run finished, so rerunning a finished run only rebuilds the report.
+plan (:func:`pathunlearn.plan.plan_run`, written as config.yaml + plan.json) -> build the base
+model when it is a missing preset -> train the prefixes (path models and retrain baselines
+share the trie) -> unlearn every cell (probes, distances to the retrain model) -> table,
+verdict, figures, report. Every command uses the same plan, so what one finished the next one
+skips: rerunning a finished run only rebuilds the report.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pathunlearn.config import ExperimentConfig, dump_config
-from pathunlearn.files import write_json, write_text
-from pathunlearn.train.paths import TrainPlan, plan_paths, train_paths
-from pathunlearn.train.unlearn import retrain_path, unlearn_all
+from pathunlearn.config import ExperimentConfig
+from pathunlearn.files import write_json
+from pathunlearn.plan import Plan, plan_run
+from pathunlearn.rundir import start_run
+from pathunlearn.train.paths import train_paths
+from pathunlearn.train.unlearn import unlearn_all
 
 
 @dataclass
@@ -35,36 +39,49 @@ class Phases:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def plan_experiment(cfg: ExperimentConfig) -> TrainPlan:
-    """The trie over the config's paths and their retrain baselines (paths without the
-    forget stage), which share its prefixes."""
-    paths = cfg.paths.expand()
-    retrain = [retrain_path(cfg, p) for p in paths]
-    return plan_paths(cfg, paths + [r for r in retrain if r])
+def prepare(cfg: ExperimentConfig) -> Plan:
+    """The plan of ``cfg``, written as RUN_DIR/config.yaml and RUN_DIR/plan.json."""
+    plan = plan_run(cfg)
+    start_run(cfg.run_dir, cfg, plan)
+    return plan
+
+
+def train(cfg: ExperimentConfig, *, log=print, progress: bool = False) -> Plan:
+    """``pathunlearn train``: plan, then train every prefix not trained yet."""
+    plan = prepare(cfg)
+    train_paths(cfg, plan, progress=progress, log=log)
+    return plan
+
+
+def unlearn(cfg: ExperimentConfig, *, log=print, progress: bool = False) -> list[dict]:
+    """``pathunlearn unlearn``: plan, train what is missing, run every cell not finished;
+    returns the cells' summaries."""
+    plan = train(cfg, log=log, progress=progress)
+    return unlearn_all(cfg, plan, log=log)
 
 
 def run_experiment(cfg: ExperimentConfig, *, log=print, progress: bool = False):
-    """Run (or resume) the study of ``cfg``; returns ``(results, figure files, report path)``."""
+    """``pathunlearn run``: the whole study of ``cfg`` (or what is left of it); returns
+    ``(results, figure files, report path)``."""
     from pathunlearn.models import resolve_device
     from pathunlearn.report import make_report
+    from pathunlearn.rundir import load_run
 
     run_dir = Path(cfg.run_dir)
     phases = Phases()
-    write_text(run_dir / "config.yaml", dump_config(cfg))
     with phases.time("plan"):
-        plan = plan_experiment(cfg)
-        has_retrain = all(retrain_path(cfg, p) for p in cfg.paths.expand())
+        plan = prepare(cfg)
     with phases.time("train"):
         train_paths(cfg, plan, run_dir=run_dir, progress=progress, log=log)
     with phases.time("unlearn"):
-        unlearn_all(cfg, plan, run_dir=run_dir, retrain=has_retrain, log=log)
+        unlearn_all(cfg, plan, run_dir=run_dir, log=log)
     with phases.time("report"):
         earlier = _phase_history(run_dir)
         extra = {"device": str(resolve_device(cfg.training.device))}
         if earlier:  # a rerun: keep the timings of the run that did the work visible
             first = earlier[0]["seconds"]
             extra["first invocation"] = ", ".join(f"{k} {v:.0f} s" for k, v in first.items())
-        made = make_report(run_dir, cfg.paths.forget_stage, phases=phases.seconds, extra=extra)
+        made = make_report(load_run(run_dir), phases=phases.seconds, extra=extra)
     # phases.json: this invocation's wall times; phases_history.json: every invocation's, so
     # rerunning a finished run does not hide how long the work took
     write_json(run_dir / "phases.json", phases.seconds)

@@ -29,11 +29,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def model_location(cfg: ModelConfig) -> tuple[Path, str | None]:
-    """(directory, gguf file name or None) the config's model loads from; builds the preset."""
+    """(directory, gguf file name or None) the config's model loads from. Never builds a
+    preset: a tiny preset that is not built yet is a UserError saying how to build it."""
     if cfg.preset == "tiny":
-        from pathunlearn.tiny import ensure_tiny
+        from pathunlearn.tiny import tiny_location
 
-        return ensure_tiny(), None
+        return tiny_location(), None
     if cfg.preset == "smollm2":
         return smollm2_location()
     path = Path(cfg.path or "")

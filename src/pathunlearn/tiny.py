@@ -1,18 +1,25 @@
 """The built-in ``tiny`` model: a ~1M-parameter Llama with a locally trained byte-level BPE.
 
+This module holds the recipe, the cache location and the pieces the build is made of (the
+tokenizer, the initialised model); the build itself, which trains, is
+:func:`pathunlearn.train.pretrain.build_tiny`, run by an explicit step: ``pathunlearn model
+build``, or the first step of ``pathunlearn run`` / ``train`` (the root of the plan). Loading
+the preset (:func:`tiny_location`) never trains.
+
 Built once and cached (``$PATHUNLEARN_CACHE``, default ``~/.cache/pathunlearn``) under a key
 that hashes the recipe below and the text of the built-in sources in TOKENIZER_SOURCES, so a
-change to either builds a new one. Building is deterministic: tokenizer trained on the suite's text, weights
-initialised from a fixed seed, then a full-weight pretraining on ``builtin:general``
-(chat-formatted text of the same kinds as the stages, with different facts; 12 epochs, ~3 min
-on 2 CPU cores). Without that pretraining, later stages overwrite earlier ones entirely and
-path comparisons mean nothing; with less of it the model cannot answer a word problem (see
-TINY_RECIPE).
+change to either builds a new one. Building is deterministic: tokenizer trained on the suite's
+text, weights initialised from a fixed seed, then a full-weight pretraining on
+``builtin:general`` (chat-formatted text of the same kinds as the stages, with different facts;
+12 epochs, ~3 min on 2 CPU cores). Without that pretraining, later stages overwrite earlier ones
+entirely and path comparisons mean nothing; with less of it the model cannot answer a word
+problem (see TINY_RECIPE).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -20,11 +27,8 @@ from pathlib import Path
 
 import torch
 
-from pathunlearn.config import OptimConfig
-from pathunlearn.data.batching import pack
-from pathunlearn.data.chat import EncodedExample, tokenize_conversations
-from pathunlearn.errors import ConfigError
-from pathunlearn.files import atomic_dir, is_done, write_json
+from pathunlearn.errors import ConfigError, UserError
+from pathunlearn.files import is_done
 
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -104,8 +108,15 @@ def tiny_key(recipe: dict | None = None) -> str:
     """Cache key: hash of the recipe (default :func:`tiny_recipe`) and of the suite text the
     preset is built from."""
     recipe = tiny_recipe() if recipe is None else recipe
-    h = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
-    for text in tokenizer_corpus(recipe["data_seed"]):
+    return _key(json.dumps(recipe, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _key(recipe_json: str) -> str:
+    # the suite is generated deterministically from the recipe's data seed: hash it once per
+    # process (every plan computes the key)
+    h = hashlib.sha256(recipe_json.encode())
+    for text in tokenizer_corpus(json.loads(recipe_json)["data_seed"]):
         h.update(text.encode())
     return h.hexdigest()[:16]
 
@@ -138,39 +149,18 @@ def init_model(tokenizer, recipe: dict = TINY_RECIPE) -> torch.nn.Module:
         return LlamaForCausalLM(config)
 
 
-def build_tiny(out_dir: Path, recipe: dict = TINY_RECIPE, progress: bool = False) -> Path:
-    """Train the tokenizer, initialise and pretrain the model, save it atomically."""
-    from pathunlearn.data.sources import load_source
-    from pathunlearn.train.staged import train_stage
-
-    tokenizer = train_tokenizer(tokenizer_corpus(recipe["data_seed"]), recipe["vocab_size"])
-    model = init_model(tokenizer, recipe)
-    pre = recipe["pretrain"]
-    conversations = load_source(pre["source"], seed=recipe["data_seed"])
-    encoded, _ = tokenize_conversations(tokenizer, conversations, pre["row_length"])
-    examples = pack([EncodedExample(e.input_ids, e.input_ids) for e in encoded], pre["row_length"])
-    with atomic_dir(out_dir) as tmp:
-        result = train_stage(model, examples, OptimConfig(**pre["optim"]), epochs=pre["epochs"],
-                             seed=recipe["init_seed"], pad_id=tokenizer.pad_token_id,
-                             stage="pretrain", metrics_path=tmp / "metrics.jsonl",
-                             progress=progress)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / "recipe.json", {"recipe": recipe, "first_loss": result.first_loss,
-                                         "last_loss": result.last_loss, "steps": result.steps,
-                                         "seconds": result.seconds})
-    return out_dir
+def tiny_dir(recipe: dict | None = None) -> Path:
+    """Where the tiny preset of ``recipe`` (default :func:`tiny_recipe`) is cached; it exists
+    once its DONE marker does."""
+    return cache_root() / f"tiny-{tiny_key(recipe)}"
 
 
-def ensure_tiny(progress: bool = True) -> Path:
-    """The directory of the cached tiny preset, building it first when missing."""
-    recipe = tiny_recipe()
-    out = cache_root() / f"tiny-{tiny_key(recipe)}"
-    if not is_done(out):
-        if progress:
-            from rich.console import Console
-
-            Console(stderr=True).print(f"building the tiny preset (once, ~3 min on 2 cores) "
-                                       f"in {out}")
-        build_tiny(out, recipe, progress=progress)
-    return out
+def tiny_location() -> Path:
+    """The directory of the built tiny preset. Loading never trains: when the preset is not
+    built yet this is a UserError saying how to build it."""
+    directory = tiny_dir()
+    if not is_done(directory):
+        raise UserError(f"the tiny preset is not built yet (expected in {directory}): run "
+                        "`pathunlearn model build` (once, ~3.5 min on 2 cores); `pathunlearn "
+                        "run` and `pathunlearn train` build it first when it is missing")
+    return directory

@@ -14,7 +14,7 @@ from pathunlearn.eval.logprob import (
     score_conversations,
     score_rows,
 )
-from pathunlearn.train.losses import npo_loss, sequence_logprobs
+from pathunlearn.losses import npo_loss, sequence_logprobs
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 

@@ -196,10 +196,10 @@ def test_evaluate_math_bookkeeping(monkeypatch, tiny_tokenizer):
 
 
 def test_experiment_math_settings_reach_the_sampler(monkeypatch, tiny_tokenizer):
-    """unlearning.math_* (samples, temperature, top-p, greedy, prompt) drive measure_math."""
+    """unlearning.math (samples, temperature, top-p, greedy, prompt) drives measure_math."""
     import pathunlearn.eval.generate as gen
     from pathunlearn.config import builtin_config_path, load_config
-    from pathunlearn.train.unlearn import measure_math
+    from pathunlearn.eval.math import measure_math
 
     seen = {}
 
@@ -208,20 +208,30 @@ def test_experiment_math_settings_reach_the_sampler(monkeypatch, tiny_tokenizer)
         return [["#### 1"] * n for _ in prompts]
 
     monkeypatch.setattr(gen, "generate", fake_generate)
-    cfg = load_config(builtin_config_path("demo"), ["unlearning.math_questions=7",
-                                                     "unlearning.math_greedy=false",
-                                                     "unlearning.math_samples=3",
-                                                     "unlearning.math_temperature=0.5",
-                                                     "unlearning.math_top_p=0.9"])
-    result = measure_math(cfg, None, tiny_tokenizer, seed=4)
+    cfg = load_config(builtin_config_path("demo"), ["unlearning.math.questions=7",
+                                                     "unlearning.math.greedy=false",
+                                                     "unlearning.math.samples=3",
+                                                     "unlearning.math.temperature=0.5",
+                                                     "unlearning.math.top_p=0.9"])
+    result = measure_math(cfg.unlearning.math, None, tiny_tokenizer, seed=4)
     assert result.n == 3 and result.num_questions == 7 and seen["count"] == 7
     assert (seen["temperature"], seen["top_p"], seen["greedy"], seen["seed"]) == (0.5, 0.9,
                                                                                 False, 4)
     assert not seen["prompt"].startswith("Solve the following")  # built-in source: plain
     demo = load_config(builtin_config_path("demo"))
-    assert measure_math(demo, None, tiny_tokenizer, seed=0).n == 1 and seen["greedy"] is True
-    assert measure_math(load_config(builtin_config_path("demo"), ["unlearning.math_questions=0"]),
-                        None, tiny_tokenizer, seed=0) is None
+    assert measure_math(demo.unlearning.math, None, tiny_tokenizer, seed=0).n == 1
+    assert seen["greedy"] is True
+    off = load_config(builtin_config_path("demo"), ["unlearning.math.questions=0"])
+    assert measure_math(off.unlearning.math, None, tiny_tokenizer, seed=0) is None
+
+
+def test_old_math_keys_name_the_new_ones():
+    from pathunlearn.config import builtin_config_path, load_config
+    from pathunlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unlearning: the math_\* keys moved into the section "
+                                          r"unlearning.math: math_questions -> math.questions"):
+        load_config(builtin_config_path("demo"), ["unlearning.math_questions=7"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Synthetic run directories with known numbers, written the way train/unlearn.py writes cells."""
+"""Synthetic run directories with known numbers, written the way train/unlearn.py writes cells:
+a valid config.yaml and plan.json (pathunlearn.plan), and each cell in the directory its plan
+names, with its key."""
 
 from __future__ import annotations
 
@@ -6,6 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
+
+from pathunlearn.config import validate_config
+from pathunlearn.plan import plan_run
+from pathunlearn.rundir import start_run
 
 ORDER = ("instructions", "authors", "arithmetic")
 FORGET = "refusals"
@@ -30,6 +37,41 @@ def re_tokens_at(p: int, seed: int, frac: float, n: int = 3) -> list[float]:
             for j in range(n)]
 
 
+def run_config(name: str, seeds=(0,), methods=("ga",), lrs=(), extra: dict | None = None) -> dict:
+    """The config of a synthetic run: the four stages with the forget stage at p = 1..4."""
+    data = {"name": name, "seeds": list(seeds),
+            "stages": {s: {"source": f"builtin:{s}"} for s in (*ORDER, FORGET)},
+            "paths": {"forget_stage": FORGET, "order": list(ORDER), "positions": [1, 2, 3, 4]},
+            "unlearning": {"methods": [{"name": m} for m in methods], "lr": 2e-5}}
+    if lrs:
+        data["unlearning"]["lrs"] = list(lrs)
+    for key, value in (extra or {}).items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return data
+
+
+def plan_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int,
+              sweep: tuple[str, ...], lr: float):
+    """The planned cell (path, method, seed, sweep) of RUN_DIR, adding the seed, the method
+    and the swept lr to the run's config (and plan.json) when they are new."""
+    config_file = Path(run_dir, "config.yaml")
+    if config_file.is_file():
+        data = yaml.safe_load(config_file.read_text())
+        u = data["unlearning"]
+        data["seeds"] = sorted(set(data["seeds"]) | {seed})
+        if method not in [m["name"] for m in u["methods"]]:
+            u["methods"].append({"name": method})
+        if sweep:
+            u["lrs"] = sorted(set(u.get("lrs") or []) | {lr})
+    else:
+        data = run_config(Path(run_dir).name, [seed], [method], [lr] if sweep else ())
+    cfg = validate_config(data)
+    plan = plan_run(cfg)
+    start_run(run_dir, cfg, plan)
+    return next(c for c in plan.cells if c.path == tuple(path) and c.method_label == method
+                and c.seed == seed and c.sweep == tuple(sweep))
+
+
 def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, drop: float, *,
                steps: int = 4, diverge_at: int | None = None, sweep: tuple[str, ...] = (),
                lr: float = 2e-5, scheduler: str = "wsd", math: tuple[float, float] | None = None,
@@ -38,7 +80,8 @@ def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, dro
 
     ``re_tokens``: every row carries 3 held-out token log-probs (:func:`re_tokens_at`); False:
     none (a run from before they were stored); an int: that many positions."""
-    d = Path(run_dir, "cells", "-".join(path), method, str(seed), *sweep)
+    cell = plan_cell(run_dir, path, method, seed, sweep, lr)
+    d = cell.directory(run_dir)
     d.mkdir(parents=True)
     p = path.index(FORGET) + 1
     start = {"forget_label_id/all_mean": -0.5 - 0.01 * p, "forget_label_id/target": -0.3,
@@ -68,13 +111,13 @@ def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, dro
         if n_tokens and not row.get("diverged"):
             row["re_tokens"] = re_tokens_at(p, seed, row["step"] / steps, n_tokens)
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = {**describe, "steps": steps, "steps_done": steps if diverge_at is None else diverge_at - 1,
+    summary = {**describe, "key": cell.key, "steps": steps,
+               "steps_done": steps if diverge_at is None else diverge_at - 1,
                "diverged_at": diverge_at, "seconds": 1.5}
     if math:
         summary["math_before"], summary["math_after"] = math
         summary["math_shuffled_baseline"], summary["math_no_answer_before"] = 0.02, 0.1 * (p == 4)
     (d / "summary.json").write_text(json.dumps(summary))
-    (d / "config.yaml").write_text(f"paths:\n  forget_stage: {FORGET}\n")
     if done:
         (d / "DONE").write_text("ok\n")
     return d
@@ -95,16 +138,17 @@ def path_at_fixture():
 @pytest.fixture
 def make_run(tmp_path):
     """``make_run(seeds=(0, 1), methods=("ga", "npo"), **cell_kwargs)`` -> the run directory
-    (4 paths x methods x seeds, forget score = DROPS + SEED_OFFSET)."""
+    (4 paths x methods x seeds, forget score = DROPS + SEED_OFFSET); ``config``: more config
+    sections, merged into the run's."""
 
     def make(seeds=(0, 1), methods=("ga", "npo"), name="run", config=None, **kwargs) -> Path:
         run_dir = tmp_path / name
+        cfg = validate_config(run_config(name, seeds, methods, extra=config))
+        start_run(run_dir, cfg, plan_run(cfg))
         for m in methods:
             for p in (1, 2, 3, 4):
                 for s in seeds:
                     write_cell(run_dir, path_at(p), m, s, DROPS[m][p] + SEED_OFFSET[s], **kwargs)
-        (run_dir / "config.yaml").write_text(config or f"name: {name}\npaths:\n  forget_stage: "
-                                                       f"{FORGET}\n")
         return run_dir
 
     return make

@@ -7,7 +7,8 @@ import re
 from pathunlearn.eval.probes import label_probe
 from pathunlearn.report.html import write_report
 from pathunlearn.report.plots import write_figures
-from pathunlearn.report.tables import build_results
+from pathunlearn.report.results import build_results
+from pathunlearn.rundir import load_run
 
 FORGET = "refusals"
 
@@ -16,13 +17,13 @@ ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 
 
 def test_report_escapes_prompts_and_config(make_run):
-    run_dir = make_run(seeds=(0, 1), config=f"name: x\nnote: '{SCRIPT}'\npaths:\n  forget_stage: "
-                                            f"{FORGET}\n")
-    results = build_results(run_dir, FORGET)
-    write_figures(run_dir, results)
+    run_dir = make_run(seeds=(0, 1), config={"stages": {
+        "instructions": {"source": "builtin:instructions", "system": SCRIPT}}})
+    results = build_results(load_run(run_dir))
+    write_figures(results)
     probe = label_probe("forget_label_id", [[{"role": "user", "content": f"How? {SCRIPT}"}]],
                         ["Sorry, I can not assist you", f"No {SCRIPT}"])
-    page = write_report(run_dir, results, phases={"train": 12.5, "unlearn": 3.0},
+    page = write_report(results, phases={"train": 12.5, "unlearn": 3.0},
                         extra={"device": f"cpu {SCRIPT}"}, probes=[probe]).read_text()
     assert "<script" not in page.lower()
     assert page.count(ESCAPED) == 4  # the prompt, a target, the config, the device
@@ -37,7 +38,8 @@ def test_report_escapes_prompts_and_config(make_run):
 
 def test_report_without_figures_or_phases(make_run):
     run_dir = make_run(seeds=(0,), methods=("ga",))
-    page = write_report(run_dir, probes=[label_probe("p", [[{"role": "user", "content": "q"}]],
+    page = write_report(build_results(load_run(run_dir), write=False),
+                        probes=[label_probe("p", [[{"role": "user", "content": "q"}]],
                                                      ["t"])]).read_text()
     assert "No figures were written" in page and "not recorded" in page
     assert "1 seed: no interval" in page

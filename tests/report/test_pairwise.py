@@ -12,7 +12,8 @@ import pytest
 
 from pathunlearn.report.html import write_report
 from pathunlearn.report.plots import pairwise_figure, write_figures
-from pathunlearn.report.tables import build_results
+from pathunlearn.report.results import build_results
+from pathunlearn.rundir import load_run
 
 FORGET = "refusals"
 T975 = {1: 12.7062, 2: 4.3027}  # t(0.975, df), from a printed table
@@ -57,7 +58,7 @@ def written_rows(run_dir) -> dict[tuple, dict]:
 @pytest.mark.parametrize("seeds", [(0, 1), (0, 1, 2)])
 def test_pairwise_matches_independent_recomputation(make_run, seeds):
     run_dir = make_run(seeds=seeds)
-    build_results(run_dir, FORGET)
+    build_results(load_run(run_dir))
     expected, written = recompute(run_dir), written_rows(run_dir)
     assert written.keys() == expected.keys()
     assert len(written) == 2 * 6 * 3  # methods x pairs of 4 paths x eval steps 0, 2, 4
@@ -70,7 +71,7 @@ def test_pairwise_matches_independent_recomputation(make_run, seeds):
 
 def test_pairwise_by_hand(make_run, path_at):
     run_dir = make_run(seeds=(0,), methods=("ga",))
-    build_results(run_dir, FORGET)
+    build_results(load_run(run_dir))
     rows = written_rows(run_dir)
     p1, p4 = "-".join(path_at(1)), "-".join(path_at(4))
     # re_tokens_at: p1 and p4 start 0.1 * 3 apart at every position -> d = 0.09
@@ -81,7 +82,7 @@ def test_pairwise_by_hand(make_run, path_at):
 
 
 def test_growth_verdict_and_table(make_run):
-    results = build_results(make_run(seeds=(0, 1)), FORGET)
+    results = build_results(load_run(make_run(seeds=(0, 1))))
     pairwise = [v for v in results.verdicts if v["kind"] == "pairwise"]
     assert [v["method"] for v in pairwise] == ["ga", "npo"]
     ga = pairwise[0]
@@ -104,7 +105,7 @@ def test_shrinking_distance_is_reported_as_not_grown(make_run):
         for row, tokens in zip(rows, reversed([r["re_tokens"] for r in rows]), strict=True):
             row["re_tokens"] = tokens
         metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (verdict,) = [v for v in build_results(run_dir, FORGET).verdicts if v["kind"] == "pairwise"]
+    (verdict,) = [v for v in build_results(load_run(run_dir)).verdicts if v["kind"] == "pairwise"]
     assert verdict["observed"] is False and verdict["series_grew"] == 0
     assert "did not grow" in verdict["text"]
 
@@ -115,7 +116,7 @@ def test_missing_and_odd_re_tokens_are_skipped_with_a_note(make_run, write_cell,
     write_cell(run_dir, path_at(2), "ga", 2, 1.0, re_tokens=5)  # another held-out set
     write_cell(run_dir, path_at(3), "ga", 2, 1.0)
     write_cell(run_dir, path_at(4), "ga", 2, 1.0)
-    results = build_results(run_dir, FORGET)
+    results = build_results(load_run(run_dir))
     written = written_rows(run_dir)
     assert written.keys() == recompute(run_dir).keys()
     assert {r["n"] for k, r in written.items() if (r["p_a"], r["p_b"]) == (3, 4)} == {3}
@@ -130,18 +131,18 @@ def test_missing_and_odd_re_tokens_are_skipped_with_a_note(make_run, write_cell,
 
 def test_run_without_re_tokens(make_run):
     run_dir = make_run(seeds=(0,), methods=("ga",), re_tokens=False)
-    results = build_results(run_dir, FORGET)
+    results = build_results(load_run(run_dir))
     assert json.loads((run_dir / "results.json").read_text())["pairwise"] == {}
     (verdict,) = [v for v in results.verdicts if v["kind"] == "pairwise"]
     assert verdict["observed"] is None and "no two paths have cells with usable" in verdict["text"]
-    files = write_figures(run_dir, results)
+    files = write_figures(results)
     assert files and not any(f.name.startswith("pairwise") for f in files)
 
 
 def test_pairwise_figure_is_written_on_log_scale(make_run):
     run_dir = make_run(seeds=(0, 1), methods=("ga",), re=True)
-    results = build_results(run_dir, FORGET, write=False)
-    files = write_figures(run_dir, results)
+    results = build_results(load_run(run_dir), write=False)
+    files = write_figures(results)
     assert {f.name for f in files} >= {"pairwise_ga.png", "pairwise_ga.svg"}
     assert (run_dir / "figures" / "pairwise_ga.png").read_bytes().startswith(b"\x89PNG")
     index = json.loads((run_dir / "figures" / "index.json").read_text())
@@ -161,7 +162,7 @@ def test_zero_distance_gives_a_linear_axis_and_no_growth_factor(make_run):
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
         rows[0]["re_tokens"] = [-1.0, -1.0, -1.0]
         metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    results = build_results(run_dir, FORGET)
+    results = build_results(load_run(run_dir))
     (ax,) = pairwise_figure(results.pairwise.series, results.cells, FORGET).get_axes()
     assert ax.get_yscale() == "linear"
     assert "| p1 vs p2 | 0 | " in (run_dir / "results.md").read_text()
@@ -170,9 +171,9 @@ def test_zero_distance_gives_a_linear_axis_and_no_growth_factor(make_run):
 
 def test_report_has_the_pairwise_section(make_run):
     run_dir = make_run(seeds=(0, 1), methods=("ga",))
-    results = build_results(run_dir, FORGET)
-    write_figures(run_dir, results)
-    page = write_report(run_dir, results, probes=[]).read_text()
+    results = build_results(load_run(run_dir))
+    write_figures(results)
+    page = write_report(results, probes=[]).read_text()
     section = page.split("<h2>Pairwise distance between paths</h2>")[1].split("<h2>")[0]
     assert "pairwise distance between paths grew from" in section
     assert "<td class=\"text\">p1 vs p4</td>" in section and "Theorem 3.1" in section

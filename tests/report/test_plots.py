@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 
 from pathunlearn.report.plots import Panel, curves_figure, write_figures
-from pathunlearn.report.tables import build_results, load_cells
+from pathunlearn.report.results import build_results
+from pathunlearn.rundir import load_run
 
 FORGET = "refusals"
 
 
 def test_figures_written_as_png_and_svg(make_run):
     run_dir = make_run(seeds=(0, 1), methods=("ga",), re=True)
-    files = write_figures(run_dir, build_results(run_dir, FORGET, write=False))
+    files = write_figures(build_results(load_run(run_dir), write=False))
     names = sorted(f.name for f in files)
     kinds = ("forget_label", "utility", "re_distance", "pairwise")
     assert names == sorted(f"{k}_ga.{ext}" for k in kinds for ext in ("png", "svg"))
@@ -28,7 +29,7 @@ def test_sweep_gets_one_panel_column_per_value(tmp_path, write_cell, path_at):
         for p in (1, 4):
             write_cell(tmp_path / "run", path_at(p), "ga", 0, 1.0, sweep=(f"lr{lr:g}",), lr=lr)
     panels = (Panel("forget_label_id/all_mean", "x"), Panel("forget_label_id/target", "y"))
-    fig = curves_figure(load_cells(tmp_path / "run"), panels, FORGET)
+    fig = curves_figure(load_run(tmp_path / "run").cells, panels, FORGET)
     axes = fig.get_axes()
     assert len(axes) == 4 and {a.get_title() for a in axes} >= {"x — lr1e-05", "x — lr5e-05"}
     assert len(axes[0].get_lines()) == 2  # a curve per path

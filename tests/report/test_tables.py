@@ -10,8 +10,10 @@ import sys
 
 import pytest
 
-from pathunlearn.errors import UserError
-from pathunlearn.report.tables import build_results, load_cells, mean_ci, t_quantile
+from pathunlearn.errors import ConfigError, UserError
+from pathunlearn.report.results import build_results
+from pathunlearn.report.stats import mean_ci, t_quantile
+from pathunlearn.rundir import load_run
 
 FORGET = "refusals"
 T975 = {1: 12.7062, 2: 4.3027}  # t(0.975, df), from a printed table
@@ -56,7 +58,7 @@ def recency(results):
 @pytest.mark.parametrize("seeds", [(0, 1), (0, 1, 2)])
 def test_table_matches_independent_recomputation(make_run, seeds):
     run_dir = make_run(seeds=seeds)
-    build_results(run_dir, FORGET)
+    build_results(load_run(run_dir))
     expected = recompute(run_dir)
     written = json.loads((run_dir / "results.json").read_text())
     with (run_dir / "results.csv").open() as f:
@@ -94,7 +96,7 @@ def test_t_quantiles_without_scipy(monkeypatch):
 
 
 def test_recency_verdict_observed_and_not(make_run, path_at):
-    results = build_results(make_run(seeds=(0, 1)), FORGET)
+    results = build_results(load_run(make_run(seeds=(0, 1))))
     by_method = {v["method"]: v for v in recency(results)}
     ga, npo = by_method["ga"], by_method["npo"]
     # GA drops 3.0/2.0/2.5/0.5 by position: p=4 forgets least
@@ -113,7 +115,7 @@ def test_recency_verdict_observed_and_not(make_run, path_at):
 
 
 def test_one_seed_has_no_interval(make_run):
-    results = build_results(make_run(seeds=(0,)), FORGET)
+    results = build_results(load_run(make_run(seeds=(0,))))
     assert all(r["forget_score_ci95"] is None for r in results.table.rows)
     assert all("1 seed: no interval" in v["text"] for v in recency(results))
     assert all(v["ci_overlap"] is None for v in recency(results))
@@ -124,7 +126,7 @@ def test_one_seed_has_no_interval(make_run):
 def test_diverged_cell_is_reported_and_left_out(make_run, write_cell, path_at):
     run_dir = make_run(seeds=(0, 1))
     write_cell(run_dir, path_at(4), "ga", 2, 99.0, diverge_at=4)  # 99 would dominate the mean if counted
-    results = build_results(run_dir, FORGET)
+    results = build_results(load_run(run_dir))
     cell = next(c for c in results.table.cells if c["seed"] == 2)
     assert cell["diverged_at"] == 4 and cell["status"] == "diverged at step 4"
     assert cell["forget_score"] is None
@@ -136,16 +138,16 @@ def test_diverged_cell_is_reported_and_left_out(make_run, write_cell, path_at):
 
 
 def test_math_and_re_columns(make_run, tmp_path):
-    plain = build_results(make_run(seeds=(0,), name="plain"), FORGET)
+    plain = build_results(load_run(make_run(seeds=(0,), name="plain")))
     row = plain.table.rows[0]
     assert row["math_utility"] is None and row["re_distance_to_retrain"] is None
     md = (plain.run_dir / "results.md").read_text()
-    assert "n/a (not measured)" in md and "math_questions" in md and "retrain baseline" in md
+    assert "n/a (not measured)" in md and "math.questions" in md and "retrain baseline" in md
     csv_row = next(csv.DictReader((plain.run_dir / "results.csv").open()))
     assert csv_row["math_utility"] == "" and csv_row["re_distance_to_retrain"] == ""
 
-    measured = build_results(make_run(seeds=(0, 1), name="measured", math=(0.6, 0.45), re=True),
-                             FORGET)
+    measured = build_results(load_run(make_run(seeds=(0, 1), name="measured", math=(0.6, 0.45),
+                                               re=True)))
     row = next(r for r in measured.table.rows if r["method"] == "ga" and r["position"] == 2)
     assert row["math_utility"] == pytest.approx(-0.15)
     assert row["re_distance_to_retrain"] == pytest.approx(0.1 * 2 + 0.005)  # seeds add 0, 0.01
@@ -161,18 +163,40 @@ def test_math_and_re_columns(make_run, tmp_path):
 
 def test_unfinished_cells_are_ignored_and_none_is_an_error(tmp_path, write_cell, path_at):
     write_cell(tmp_path / "run", path_at(1), "ga", 0, 1.0, done=False)
-    assert load_cells(tmp_path / "run") == []
+    assert load_run(tmp_path / "run").cells == []
     with pytest.raises(UserError, match="no finished cells"):
-        build_results(tmp_path / "run", FORGET)
+        build_results(load_run(tmp_path / "run"))
 
 
-def test_forget_stage_from_config_or_paths(make_run):
-    run_dir = make_run(seeds=(0,), config="name: x\n")  # no paths.forget_stage in the run config
-    assert build_results(run_dir).table.forget_stage == FORGET  # from a cell's config.yaml
-    for cfg in run_dir.glob("cells/**/config.yaml"):
-        cfg.unlink()
-    with pytest.raises(UserError, match="--forget-stage"):  # every path holds all four stages
-        build_results(run_dir)
+def test_the_report_reads_the_run_config_and_plan(make_run, tmp_path):
+    run_dir = make_run(seeds=(0,))
+    assert load_run(run_dir).forget_stage == FORGET  # from the validated config.yaml
+    (run_dir / "plan.json").unlink()
+    with pytest.raises(UserError, match="plan.json: missing"):
+        load_run(run_dir)
+    (run_dir / "config.yaml").write_text("name: x\n")  # not a valid config
+    with pytest.raises(ConfigError, match="config.yaml: stages: Field required"):
+        load_run(run_dir)
+    with pytest.raises(UserError, match="no config.yaml"):
+        load_run(run_dir / "cells")
+
+
+def test_cells_of_the_plan_only_with_their_key(make_run):
+    """A cell directory finished under other settings (another key) is stale: not in the
+    table, said in the notes; a planned cell not written yet is pending."""
+    run_dir = make_run(seeds=(0, 1), methods=("ga",))
+    run = load_run(run_dir)
+    stale = run.cells[0]
+    summary = json.loads((stale.directory / "summary.json").read_text())
+    (stale.directory / "summary.json").write_text(json.dumps({**summary, "key": "other"}))
+    import shutil
+
+    shutil.rmtree(run.cells[1].directory)
+    run = load_run(run_dir)
+    assert len(run.cells) == 6 and len(run.stale) == 1 and len(run.pending) == 1
+    md = (build_results(run).run_dir / "results.md").read_text()
+    assert "1 of 8 planned cells are not finished yet" in md
+    assert "1 cell directories hold cells finished under other settings" in md
 
 
 def test_sweep_gets_its_own_rows_and_verdicts(tmp_path, write_cell, path_at):
@@ -180,20 +204,21 @@ def test_sweep_gets_its_own_rows_and_verdicts(tmp_path, write_cell, path_at):
     for lr, drops in ((1e-5, (2.0, 2.0, 2.0, 1.0)), (5e-5, (2.0, 1.0, 2.0, 3.0))):
         for p, drop in enumerate(drops, 1):
             write_cell(run_dir, path_at(p), "ga", 0, drop, sweep=(f"lr{lr:g}",), lr=lr)
-    results = build_results(run_dir, FORGET)
+    results = build_results(load_run(run_dir))
     assert results.table.swept
     verdicts = {v["sweep"]: v["observed"] for v in recency(results)}
     assert verdicts == {"lr1e-05": True, "lr5e-05": False}
     assert "| sweep |" in (run_dir / "results.md").read_text()
 
 
-def test_cli_report(cli, make_run, tmp_path):
+def test_cli_report(cli, make_run, tmp_path, write_cell, path_at):
     run_dir = make_run(seeds=(0, 1), methods=("ga",))
     result = cli("report", str(run_dir))
     assert result.code == 0, result.err
     assert "recency effect observed" in result.out
     assert (run_dir / "report.html").is_file() and (run_dir / "results.csv").is_file()
-    empty = cli("report", str(tmp_path))
+    write_cell(tmp_path / "empty", path_at(1), "ga", 0, 1.0, done=False)
+    empty = cli("report", str(tmp_path / "empty"))
     assert empty.code == 2 and "no finished cells" in empty.err
     assert len(empty.err.strip().splitlines()) == 1
 
@@ -202,7 +227,7 @@ def test_path_with_every_seed_diverged_has_no_score(tmp_path, write_cell, path_a
     run_dir = tmp_path / "run"
     for p, drop in ((1, 2.0), (2, 1.5), (3, 1.0), (4, 0.5)):
         write_cell(run_dir, path_at(p), "ga", 0, drop, diverge_at=2 if p == 1 else None)
-    results = build_results(run_dir, FORGET)
+    results = build_results(load_run(run_dir))
     row = results.table.rows[0]
     assert row["position"] == 1 and row["n"] == 0 and row["forget_score"] is None
     (verdict,) = recency(results)

@@ -15,7 +15,8 @@ import yaml
 
 from pathunlearn.config import load_config, validate_config
 from pathunlearn.files import is_done
-from pathunlearn.train.paths import path_model_dir, plan_paths, prefix_dir, train_paths
+from pathunlearn.plan import plan_run
+from pathunlearn.train.paths import train_paths
 
 STAGES = {name: {"source": f"builtin:{name}", "epochs": 1}
           for name in ("instructions", "authors", "arithmetic", "refusals")}
@@ -32,20 +33,23 @@ POSITIONS = {"forget_stage": "refusals", "order": ["instructions", "authors", "a
 
 
 def test_trie_counts(tmp_path):
-    plan = plan_paths(config(tmp_path, POSITIONS))
-    assert (len(plan.prefixes), plan.naive_count) == (13, 16)
-    perms = plan_paths(config(tmp_path, {"forget_stage": "refusals",
-                                         "permutations": list(STAGES)}))
-    assert (len(perms.prefixes), perms.naive_count) == (64, 96)
-    two_seeds = plan_paths(config(tmp_path, POSITIONS, seeds=[0, 1]))
-    assert (len(two_seeds.prefixes), two_seeds.naive_count) == (26, 32)
-    shared = plan_paths(config(tmp_path, POSITIONS, seeds=[0, 1], training={"seed": 7}))
+    # without sharing: the 4 paths (16 stages) and their retrain baseline (3 stages), which
+    # is the prefix of the refusals-last path and so costs nothing with sharing
+    plan = plan_run(config(tmp_path, POSITIONS))
+    assert (len(plan.prefixes), plan.naive_count) == (13, 16 + 3)
+    assert plan.retrain_paths == (("instructions", "authors", "arithmetic"),)
+    perms = plan_run(config(tmp_path, {"forget_stage": "refusals",
+                                       "permutations": list(STAGES)}))
+    assert (len(perms.prefixes), perms.naive_count) == (64, 96 + 6 * 3)
+    two_seeds = plan_run(config(tmp_path, POSITIONS, seeds=[0, 1]))
+    assert (len(two_seeds.prefixes), two_seeds.naive_count) == (26, 2 * (16 + 3))
+    shared = plan_run(config(tmp_path, POSITIONS, seeds=[0, 1], training={"seed": 7}))
     assert len(shared.prefixes) == 13  # a fixed training seed: seeds share trained paths
     assert shared.leaf(("refusals", "instructions", "authors", "arithmetic"), 1).seed == 7
 
 
 def test_parents_come_before_children_and_leaves_are_paths(tmp_path):
-    plan = plan_paths(config(tmp_path, POSITIONS))
+    plan = plan_run(config(tmp_path, POSITIONS))
     seen = set()
     for p in plan.prefixes:
         assert p.parent_key is None or p.parent_key in seen
@@ -56,15 +60,15 @@ def test_parents_come_before_children_and_leaves_are_paths(tmp_path):
 
 def test_keys_change_exactly_with_what_determines_a_prefix(tmp_path):
     cfg = config(tmp_path, POSITIONS)
-    keys = {p.stages: p.key for p in plan_paths(cfg).prefixes}
-    more_epochs = {p.stages: p.key for p in plan_paths(
+    keys = {p.stages: p.key for p in plan_run(cfg).prefixes}
+    more_epochs = {p.stages: p.key for p in plan_run(
         config(tmp_path, POSITIONS, stages={**STAGES, "authors": {"source": "builtin:authors",
                                                                   "epochs": 2}})).prefixes}
     for stages, key in keys.items():
         assert (more_epochs[stages] == key) == ("authors" not in stages), stages
-    other_lr = plan_paths(config(tmp_path, POSITIONS, training={"lr": 0.1})).prefixes
+    other_lr = plan_run(config(tmp_path, POSITIONS, training={"lr": 0.1})).prefixes
     assert not set(keys.values()) & {p.key for p in other_lr}
-    other_dir = plan_paths(config(tmp_path / "elsewhere", POSITIONS)).prefixes
+    other_dir = plan_run(config(tmp_path / "elsewhere", POSITIONS)).prefixes
     assert {p.key for p in other_dir} == set(keys.values())  # output dir is not part of a key
 
 
@@ -74,9 +78,9 @@ def test_local_data_file_content_is_part_of_the_key(tmp_path):
                                              {"role": "assistant", "content": "b"}]}) + "\n")
     paths = {"forget_stage": "f", "orders": [["f"]]}
     cfg = validate_config({"stages": {"f": {"source": str(data)}}, "paths": paths})
-    before = plan_paths(cfg).prefixes[0].key
+    before = plan_run(cfg).prefixes[0].key
     data.write_text(data.read_text().replace('"b"', '"c"'))
-    assert plan_paths(cfg).prefixes[0].key != before
+    assert plan_run(cfg).prefixes[0].key != before
 
 
 SMALL = {
@@ -99,14 +103,14 @@ def test_train_paths_shares_prefixes_and_each_stage_loss_falls(tmp_path):
     plan = train_paths(cfg, log=lambda *_: None)
     assert len(plan.prefixes) == 4  # refusals, refusals>instructions, instructions, instructions>refusals
     for p in plan.prefixes:
-        d = prefix_dir(cfg.run_dir, p)
+        d = p.directory(cfg.run_dir)
         assert is_done(d) and (d / "model.safetensors").is_file() and (d / "config.yaml").is_file()
         assert (d / "adapter" / "adapter_model.safetensors").is_file()
         rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
         assert {r["stage"] for r in rows} == {p.stage}
         first, last = rows[0]["loss"], sum(r["loss"] for r in rows[-3:]) / 3
         assert last < first, (p.label, first, last)
-    leaf = path_model_dir(cfg.run_dir, plan, ("instructions", "refusals"), 0)
+    leaf = plan.leaf(("instructions", "refusals"), 0).directory(cfg.run_dir)
     assert json.loads((leaf / "prefix.json").read_text())["stages"] == ["instructions", "refusals"]
     # a second call trains nothing
     logged = []
@@ -150,7 +154,8 @@ def test_kill_mid_stage_then_resume_is_byte_identical(tmp_path):
 def test_cli_plan(tmp_path, cli):
     result = cli("train", write_config(tmp_path, SMALL, tmp_path / "runs"), "--plan")
     assert result.code == 0
-    assert "2 paths x 1 seeds: 4 stage-trainings (4 without sharing)" in result.out.replace("\n", " ")
+    assert ("2 paths x 1 seeds + 1 retrain baseline(s): 4 stage-trainings (5 without "
+            "sharing); 6 unlearning cells" in " ".join(result.out.split()))
     assert not (tmp_path / "runs").exists()  # planning writes nothing
 
 

@@ -49,7 +49,7 @@ def test_token_weighted_accumulation_equals_one_big_batch(tiny_tokenizer, exampl
 def test_mean_of_micro_batch_means_would_differ(tiny_tokenizer, examples):
     """Guards the test above: the two normalisations give different gradients on this data."""
     from pathunlearn.data.batching import collate
-    from pathunlearn.train.losses import nll_sum
+    from pathunlearn.losses import nll_sum
 
     torch.manual_seed(0)
     model = init_model(tiny_tokenizer)

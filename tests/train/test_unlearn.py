@@ -7,12 +7,12 @@ import math
 
 import pytest
 
+from pathunlearn import methods
 from pathunlearn.config import validate_config
-from pathunlearn.experiment import plan_experiment
 from pathunlearn.files import is_done
-from pathunlearn.train import unlearn as unlearn_module
+from pathunlearn.plan import plan_run
 from pathunlearn.train.paths import train_paths
-from pathunlearn.train.unlearn import plan_cells, unlearn_all
+from pathunlearn.train.unlearn import unlearn_all
 
 CONFIG = {
     "name": "u", "seeds": [0],
@@ -36,7 +36,7 @@ PROBES = {"forget_label_id/target", "forget_label_id/paraphrase_mean",
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("unlearn")
     cfg = validate_config({**CONFIG, "output_dir": str(out)})
-    plan = plan_experiment(cfg)  # the two paths and their retrain baseline, ("instructions",)
+    plan = plan_run(cfg)  # the two paths and their retrain baseline, ("instructions",)
     return cfg, train_paths(cfg, plan, log=lambda *_: None)
 
 
@@ -46,8 +46,8 @@ def rows(path):
 
 def test_every_cell_tracks_every_probe_at_each_eval_point(trained):
     cfg, plan = trained
-    summaries = unlearn_all(cfg, plan, retrain=True, log=lambda *_: None)
-    cells = plan_cells(cfg)
+    summaries = unlearn_all(cfg, plan, log=lambda *_: None)
+    cells = plan.cells
     assert len(summaries) == len(cells) == 10
     for cell, s in zip(cells, summaries, strict=True):
         d = cell.directory(cfg.run_dir)
@@ -66,8 +66,8 @@ def test_every_cell_tracks_every_probe_at_each_eval_point(trained):
 
 def test_ga_lowers_the_forget_label_on_every_path(trained):
     cfg, plan = trained
-    unlearn_all(cfg, plan, retrain=True, log=lambda *_: None)
-    for cell in plan_cells(cfg):
+    unlearn_all(cfg, plan, log=lambda *_: None)
+    for cell in plan_run(cfg).cells:
         if cell.method.name == "ga":
             m = rows(cell.directory(cfg.run_dir) / "metrics.jsonl")
             assert m[1]["forget_label_id/target"] < m[0]["forget_label_id/target"], cell.path
@@ -76,8 +76,8 @@ def test_ga_lowers_the_forget_label_on_every_path(trained):
 def test_npo_starts_at_two_over_beta_log_two(trained):
     """At step 1 the model is the reference: NPO = (2/beta) log 2 exactly (beta 0.5)."""
     cfg, plan = trained
-    unlearn_all(cfg, plan, retrain=True, log=lambda *_: None)
-    for cell in plan_cells(cfg):
+    unlearn_all(cfg, plan, log=lambda *_: None)
+    for cell in plan_run(cfg).cells:
         if cell.method.name == "npo":
             first = rows(cell.directory(cfg.run_dir) / "steps.jsonl")[0]
             assert first["loss"] == pytest.approx(4 * math.log(2), abs=1e-4)
@@ -85,9 +85,9 @@ def test_npo_starts_at_two_over_beta_log_two(trained):
 
 def test_finished_cells_are_not_rerun(trained):
     cfg, plan = trained
-    unlearn_all(cfg, plan, retrain=True, log=lambda *_: None)
+    unlearn_all(cfg, plan, log=lambda *_: None)
     logged = []
-    unlearn_all(cfg, plan, retrain=True, log=logged.append)
+    unlearn_all(cfg, plan, log=logged.append)
     assert logged == ["10 unlearning cells, 10 already done"]
 
 
@@ -98,20 +98,20 @@ def test_nan_stops_only_its_cell(trained, monkeypatch, tmp_path):
     (tmp_path / "nan").mkdir()
     (tmp_path / "nan" / "prefixes").symlink_to(cfg.run_dir.parent / "u" / "prefixes")
     cfg = cfg.model_copy(update={"output_dir": str(tmp_path)})
-    real = unlearn_module.forget_loss
+    real = methods.NPO.forget_loss
 
-    def poisoned(method, *args, **kwargs):
-        loss = real(method, *args, **kwargs)
-        return loss * float("nan") if method.name == "npo" else loss
+    def poisoned(self, batch):
+        loss = real(self, batch)
+        return loss * float("nan") if self.name == "npo" else loss
 
-    monkeypatch.setattr(unlearn_module, "forget_loss", poisoned)
-    summaries = unlearn_all(cfg, plan, retrain=True, log=lambda *_: None)
+    monkeypatch.setattr(methods.NPO, "forget_loss", poisoned)
+    summaries = unlearn_all(cfg, plan, log=lambda *_: None)
     for s in summaries:
         if s["method"] == "npo":
             assert s["diverged_at"] == 1
         else:
             assert s["diverged_at"] is None and s["steps_done"] == 4
-    npo = next(c for c in plan_cells(cfg) if c.method.name == "npo")
+    npo = next(c for c in plan_run(cfg).cells if c.method.name == "npo")
     last = rows(npo.directory(cfg.run_dir) / "metrics.jsonl")[-1]
     assert last == {"step": 1, "diverged": True, "reason": "diverged at step 1"}
 
@@ -122,7 +122,7 @@ def test_sweeps_expand_into_cells(tmp_path):
                                           "schedulers": ["wsd", "cosine"],
                                           "methods": [{"name": "npo", "beta": 0.5},
                                                       {"name": "npo", "beta": 1.0}]}})
-    cells = plan_cells(cfg)
+    cells = plan_run(cfg).cells
     assert len(cells) == 2 * 2 * 2 * 2 * 2  # paths x methods x seeds x lrs x schedulers
     dirs = {c.directory(tmp_path).relative_to(tmp_path).as_posix() for c in cells}
     assert len(dirs) == len(cells)
@@ -131,11 +131,11 @@ def test_sweeps_expand_into_cells(tmp_path):
 
 def test_cells_finished_under_other_settings_are_rerun(trained):
     cfg, plan = trained
-    unlearn_all(cfg, plan, retrain=True, log=lambda *_: None)
+    unlearn_all(cfg, plan, log=lambda *_: None)
     changed = cfg.model_copy(update={"unlearning": cfg.unlearning.model_copy(
         update={"steps": 2, "methods": cfg.unlearning.methods[:1]})})
     logged = []
-    summaries = unlearn_all(changed, plan, retrain=True, log=logged.append)
+    summaries = unlearn_all(changed, plan_run(changed), log=logged.append)
     assert "2 unlearning cells, 0 already done, 2 finished under other settings" in logged[0]
     assert all(s["steps_done"] == 2 for s in summaries)
 
@@ -155,7 +155,7 @@ def test_lora_cells_train_only_a_fresh_adapter(tmp_path):
     plan = train_paths(cfg, log=lambda *_: None)
     summaries = unlearn_all(cfg, plan, log=lambda *_: None)
     assert [s["steps_done"] for s in summaries] == [2, 2]
-    for cell in plan_cells(cfg):
+    for cell in plan_run(cfg).cells:
         d = cell.directory(cfg.run_dir)
         assert (d / "model" / "adapter" / "adapter_model.safetensors").is_file()
         # at step 1 the adapter is still zero: the model is its reference, so NPO is

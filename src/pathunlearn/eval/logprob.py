@@ -23,7 +23,7 @@ from pathunlearn.data.batching import collate
 from pathunlearn.data.chat import EncodedExample, encode_prompt_target
 from pathunlearn.data.conversation import Conversation
 from pathunlearn.errors import DataError
-from pathunlearn.train.losses import sequence_logprobs
+from pathunlearn.losses import sequence_logprobs
 
 Row = tuple[list[dict[str, str]], str]
 """(prompt messages, target text)."""

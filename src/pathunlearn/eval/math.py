@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
 
+from pathunlearn.config import MathConfig
 from pathunlearn.data.conversation import Conversation
 from pathunlearn.errors import DataError
 
@@ -276,3 +277,20 @@ def evaluate_math(model, tokenizer, conversations: list[Conversation], *, n: int
         shuffled_accuracy=shuffled_baseline(questions),
         n=n, num_questions=len(questions), questions=questions, settings=settings,
     )
+
+
+def measure_math(config: MathConfig, model, tokenizer, seed: int) -> MathResult | None:
+    """Math accuracy on the first ``config.questions`` questions of ``config.source`` as
+    ``unlearning.math`` asks for it (before and after every cell); None when it is off."""
+    if config.questions == 0:
+        return None
+    from pathunlearn.data.sources import load_source
+
+    style = config.prompt
+    if style == "auto":
+        style = "plain" if config.source.startswith("builtin:") else "paper"
+    questions = load_source(config.source, max_examples=config.questions)
+    return evaluate_math(model, tokenizer, questions, n=config.samples,
+                         temperature=config.temperature, top_p=config.top_p,
+                         greedy=config.greedy, max_new_tokens=config.max_new_tokens, seed=seed,
+                         prompt_style=style)

@@ -42,10 +42,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pathunlearn.config import ProbeConfig
+from pathunlearn import metrics as M
+from pathunlearn.config import ExperimentConfig, ProbeConfig
 from pathunlearn.data.chat import EncodedExample
 from pathunlearn.data.conversation import Conversation
-from pathunlearn.data.sources import load_source
+from pathunlearn.data.sources import load_source, load_stage
 from pathunlearn.data.suite import REFUSAL_PARAPHRASES, REFUSAL_TARGET
 from pathunlearn.errors import ConfigError, DataError
 from pathunlearn.eval.logprob import Row, encode_rows, pad_token_id, score_examples
@@ -114,12 +115,26 @@ def default_probes(forget: Sequence[Conversation] | None = None, *, seed: int = 
     authors = {split: load_source(f"builtin:authors:{split}", seed=seed, max_examples=max_examples)
                for split in ("train", "eval")}
     return [
-        label_probe("forget_label_id", prompts(label_prompts), LABEL_TARGETS),
-        label_probe("forget_label_ood", prompts(label_prompts_ood), LABEL_TARGETS),
-        response_probe("forget_response", list(forget)[:max_examples]),
-        response_probe("authors_train", authors["train"]),
-        response_probe("authors_eval", authors["eval"]),
+        label_probe(M.FORGET_LABEL_ID, prompts(label_prompts), LABEL_TARGETS),
+        label_probe(M.FORGET_LABEL_OOD, prompts(label_prompts_ood), LABEL_TARGETS),
+        response_probe(M.FORGET_RESPONSE, list(forget)[:max_examples]),
+        response_probe(M.AUTHORS_TRAIN, authors["train"]),
+        response_probe(M.AUTHORS_EVAL, authors["eval"]),
     ]
+
+
+def probe_sets_of(cfg: ExperimentConfig) -> list[ProbeSet]:
+    """The probe sets a run tracks: the built-in ones (unless ``unlearning.builtin_probes`` is
+    false; ``forget_response`` from the forget stage as trained), then the config's
+    ``probes``."""
+    u = cfg.unlearning
+    sets = []
+    if u.builtin_probes:
+        forget = load_stage(cfg.stages[cfg.paths.forget_stage])
+        sets = default_probes(forget, max_prompts=u.probe_prompts, max_examples=u.probe_examples,
+                              label_prompts=u.label_prompts,
+                              label_prompts_ood=u.label_prompts_ood)
+    return sets + [probes_from_config(p) for p in cfg.probes]
 
 
 def probes_from_config(config: ProbeConfig, seed: int = 0) -> ProbeSet:
@@ -153,13 +168,13 @@ def probe_metrics(probe: ProbeSet, scores: np.ndarray) -> dict[str, float]:
     log-probabilities, or summed ones for a probe with ``reduce="sum"``."""
     grid = np.asarray(scores, dtype=np.float64).reshape(-1, probe.group_size)  # (P, G)
     if probe.group_size == 1:
-        return {f"{probe.name}/{probe.reduce}": float(grid.mean())}
+        return {M.key(probe.name, probe.reduce): float(grid.mean())}
     paraphrases = grid[:, 1:]  # (P, G-1)
     return {
-        f"{probe.name}/target": float(grid[:, 0].mean()),
-        f"{probe.name}/paraphrase_mean": float(paraphrases.mean(axis=1).mean()),
-        f"{probe.name}/paraphrase_var": float(paraphrases.var(axis=1).mean()),  # ddof=0
-        f"{probe.name}/all_mean": float(grid.mean(axis=1).mean()),
+        M.key(probe.name, M.TARGET): float(grid[:, 0].mean()),
+        M.key(probe.name, M.PARAPHRASE_MEAN): float(paraphrases.mean(axis=1).mean()),
+        M.key(probe.name, M.PARAPHRASE_VAR): float(paraphrases.var(axis=1).mean()),  # ddof=0
+        M.key(probe.name, M.ALL_MEAN): float(grid.mean(axis=1).mean()),
     }
 
 

@@ -15,19 +15,13 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from pathunlearn.config import dump_config
 from pathunlearn.files import write_text
 from pathunlearn.report.pairwise import pair_summary, summary_cells, summary_headers
 from pathunlearn.report.plots import FIGURE_DIR
-from pathunlearn.report.tables import (
-    NA,
-    NOT_MEASURED,
-    SCORES,
-    Results,
-    build_results,
-    display_columns,
-    display_value,
-    notes,
-)
+from pathunlearn.report.results import Results
+from pathunlearn.report.tables import NA, NOT_MEASURED, SCORES, display_columns, display_value
+from pathunlearn.rundir import CONFIG
 
 PACKAGES = ("torch", "transformers", "peft", "pathunlearn")
 
@@ -51,21 +45,19 @@ pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; }
 """
 
 
-def write_report(run_dir: str | Path, results: Results | None = None, *,
-                 forget_stage: str | None = None, figures: list[dict] | None = None,
+def write_report(results: Results, *, figures: list[dict] | None = None,
                  phases: dict[str, float] | None = None, extra: dict | None = None,
                  probes: list | None = None, lead: list[str] | None = None) -> Path:
     """Write RUN_DIR/report.html (atomically) and return its path.
 
-    ``results``: from :func:`build_results` (recomputed from the cell files when omitted);
-    ``figures``: entries of figures/index.json (read from there when omitted); ``phases``: wall
-    seconds per phase (RUN_DIR/phases.json when omitted); ``extra``: more facts to show (e.g.
+    ``results``: from :func:`pathunlearn.report.results.build_results`; ``figures``: entries
+    of figures/index.json (read from there when omitted); ``phases``: wall seconds per phase
+    (RUN_DIR/phases.json when omitted); ``extra``: more facts to show (e.g.
     ``{"device": "cuda:0 (NVIDIA H200)"}``); ``probes``: the probe sets used (default: the
     built-in probes of :func:`pathunlearn.eval.probes.default_probes`); ``lead``: HTML sections
     (already escaped) shown right after the header, e.g. the superficial-forgetting study.
     """
-    run_dir = Path(run_dir)
-    results = results or build_results(run_dir, forget_stage, write=False)
+    run_dir = results.run_dir
     figures = _figure_index(run_dir) if figures is None else figures
     phases = phases if phases is not None else _read_json(run_dir / "phases.json")
     sections = [
@@ -78,7 +70,7 @@ def write_report(run_dir: str | Path, results: Results | None = None, *,
         _cells_section(results),
         _probe_section(probes),
         _environment_section(results, phases, extra or {}),
-        _config_section(run_dir, results),
+        _config_section(results),
     ]
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>pathunlearn report: {_e(run_dir.name)}</title><style>{CSS}</style></head>"
@@ -148,7 +140,7 @@ def _table_section(results: Results) -> str:
                         for k, v in values)
         body.append(f"<tr class=\"{'last' if row['forget_last'] else ''}\">{cells}</tr>")
     score_list = "".join(f"<li><code>{_e(k)}</code>: {_e(v)}</li>" for k, v in SCORES.items())
-    note_list = "".join(f"<li>{_e(n)}</li>" for n in notes(t))
+    note_list = "".join(f"<li>{_e(n)}</li>" for n in results.notes())
     return (f"<h2>Table (the paper's Table 1)</h2><div class=\"wide\"><table><tr>{head}</tr>"
             f"{''.join(body)}</table></div>"
             f"<ul class=\"note\">{note_list}</ul>"
@@ -304,11 +296,6 @@ def _device_here() -> str:
     return f"not recorded by the run; report generated on {where}"
 
 
-def _config_section(run_dir: Path, results: Results) -> str:
-    candidates = [run_dir / "config.yaml"] + [c.directory / "config.yaml" for c in results.cells[:1]]
-    config = next((p for p in candidates if p.is_file()), None)
-    if config is None:
-        return "<h2>Resolved config</h2><p class=\"note\">No config.yaml in the run directory.</p>"
-    where = config.relative_to(run_dir) if config.is_relative_to(run_dir) else config
-    return (f"<h2>Resolved config</h2><p class=\"note\">{_e(where)}</p>"
-            f"<pre>{_e(config.read_text())}</pre>")
+def _config_section(results: Results) -> str:
+    return (f"<h2>Resolved config</h2><p class=\"note\">{_e(CONFIG)}, validated</p>"
+            f"<pre>{_e(dump_config(results.config))}</pre>")

@@ -12,7 +12,7 @@ proves, for the linear model, that the distance between two orders grows geometr
 unlearning steps; these numbers say whether it does here.
 
 Aggregates are per (method, sweep, pair, step) over seeds: the mean and the 95% CI half-width of
-:func:`pathunlearn.report.tables.mean_ci`. Diverged cells are left out, as in the table. A cell
+:func:`pathunlearn.report.stats.mean_ci`. Diverged cells are left out, as in the table. A cell
 without ``re_tokens`` (runs from before they were stored) or whose ``re_tokens`` have another
 length than the run's is skipped with a note; the rest of the report is unaffected.
 
@@ -26,7 +26,10 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pathunlearn.report.tables import CellRecord, mean_ci, position
+from pathunlearn import metrics as M
+from pathunlearn.plan import position
+from pathunlearn.report.stats import mean_ci
+from pathunlearn.rundir import CellRecord
 
 DISTANCE = ("d_MSE(A_t, B_t) = mean over the P reference tokens of a fixed held-out probe set "
             "(used in no stage's training) of (log p_A(y) - log p_B(y))^2, with log p(y) the "
@@ -129,8 +132,8 @@ def build_pairwise(cells: list[CellRecord], forget_stage: str) -> PairwiseTable:
 def _usable_tokens(cells: list[CellRecord]) -> tuple[dict, list[dict]]:
     """Cell directory -> {step: re_tokens} for cells whose every re_tokens has the run's length
     (the most common one), and a note per cell left out."""
-    per_cell = {c.directory: {r["step"]: r["re_tokens"] for r in c.rows
-                              if isinstance(r.get("re_tokens"), list) and r["re_tokens"]}
+    per_cell = {c.directory: {r[M.STEP]: r[M.RE_TOKENS] for r in c.rows
+                              if isinstance(r.get(M.RE_TOKENS), list) and r[M.RE_TOKENS]}
                 for c in cells}
     lengths = Counter(len(t) for steps in per_cell.values() for t in steps.values())
     expected = lengths.most_common(1)[0][0] if lengths else None

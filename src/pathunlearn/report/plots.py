@@ -32,10 +32,14 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from pathunlearn import metrics as M
+from pathunlearn.figures import save_figure
 from pathunlearn.files import write_json
+from pathunlearn.plan import position
 from pathunlearn.report.pairwise import pair_label
-from pathunlearn.report.tables import CellRecord, Results, mean_over_seeds, position
-from pathunlearn.theory.plots import save_figure  # PNG + SVG, atomic: one helper for all figures
+from pathunlearn.report.results import Results
+from pathunlearn.report.stats import mean_over_seeds
+from pathunlearn.rundir import CellRecord
 
 FIGURE_DIR = "figures"
 
@@ -54,19 +58,19 @@ class Panel:
 
 KINDS: dict[str, tuple[Panel, ...]] = {
     "forget_label": (
-        Panel("forget_label_id/all_mean", "forget label: target + paraphrases"),
-        Panel("forget_label_id/all_mean", "change since step 0 (= - forget score)", delta=True),
-        Panel("forget_label_id/target", "forget label: unlearn target only"),
+        Panel(M.FORGET_LABEL_ID_ALL, "forget label: target + paraphrases"),
+        Panel(M.FORGET_LABEL_ID_ALL, "change since step 0 (= - forget score)", delta=True),
+        Panel(M.FORGET_LABEL_ID_TARGET, "forget label: unlearn target only"),
     ),
     "utility": (
-        Panel("authors_eval/mean", "authors answers, paraphrased questions"),
-        Panel("authors_eval/mean", "change since step 0 (TOFU utility = 1 - |change|)",
+        Panel(M.AUTHORS_EVAL_MEAN, "authors answers, paraphrased questions"),
+        Panel(M.AUTHORS_EVAL_MEAN, "change since step 0 (TOFU utility = 1 - |change|)",
               delta=True),
-        Panel("authors_train/mean", "authors answers, trained questions"),
+        Panel(M.AUTHORS_TRAIN_MEAN, "authors answers, trained questions"),
     ),
     "re_distance": (
-        Panel("re_retrain/kl", "KL distance to the retrain model"),
-        Panel("re_retrain/mse", "MSE distance to the retrain model"),
+        Panel(M.RE_RETRAIN_KL, "KL distance to the retrain model"),
+        Panel(M.RE_RETRAIN_MSE, "MSE distance to the retrain model"),
     ),
 }
 """Figure kind -> its rows of panels."""
@@ -92,9 +96,9 @@ CAPTIONS = {
 }
 
 
-def write_figures(run_dir: str | Path, results: Results) -> list[Path]:
+def write_figures(results: Results) -> list[Path]:
     """Every figure of the run as PNG and SVG under RUN_DIR/figures; returns the files."""
-    out_dir = Path(run_dir) / FIGURE_DIR
+    out_dir = results.run_dir / FIGURE_DIR
     cells = [c for c in results.cells if c.diverged_at is None]
     stage = results.table.forget_stage
     files, index = [], []
@@ -168,7 +172,7 @@ def pairwise_figure(series: list[dict], cells: list[CellRecord], forget_stage: s
     sweeps = list(dict.fromkeys(s["sweep"] for s in series))
     ordered = _sorted(cells, forget_stage)
     paths = list(dict.fromkeys(c.path for c in ordered))
-    retrain = Panel("re_retrain/mse", "d_MSE to the retrain model, per path")
+    retrain = Panel(M.RE_RETRAIN_MSE, "d_MSE to the retrain model, per path")
     beside = any(c.series(retrain.metric)[0] for c in cells)
     fig = Figure(figsize=(5.6 * (1 + beside), 3.6 * len(sweeps) + 1.4), layout="constrained")
     axes = fig.subplots(len(sweeps), 1 + beside, squeeze=False, sharex=True, sharey="row")

@@ -25,9 +25,12 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from pathunlearn import metrics as M
+from pathunlearn.config import ExperimentConfig
+from pathunlearn.figures import save_figure
 from pathunlearn.files import write_json
-from pathunlearn.report.tables import CellRecord, mean_over_seeds
-from pathunlearn.theory.plots import save_figure
+from pathunlearn.report.stats import mean_over_seeds
+from pathunlearn.rundir import CellRecord, Run
 
 TAU = 1.0
 """Least drop of U (nats, summed log-probability) that counts as U having fallen."""
@@ -63,23 +66,23 @@ def classify(r: list[float], c: list[float], u: list[float], *, tau: float = TAU
 # ---------------------------------------------------------------------------- curves per path
 
 
-def _letters(config: dict) -> dict[str, str]:
+def _letters(config: ExperimentConfig) -> dict[str, str]:
     """Stage name -> R / C / U when its source is ``builtin:rcu:<letter>``, else the name."""
     letters = {}
-    for name, stage in (config.get("stages") or {}).items():
-        source = str(stage.get("source", ""))
-        split = source.split(":")[2] if source.count(":") == 2 else stage.get("split")
+    for name, stage in config.stages.items():
+        source = stage.source
+        split = source.split(":")[2] if source.count(":") == 2 else stage.split
         letters[name] = split if source.startswith("builtin:rcu") and split in PROBES else name
     return letters
 
 
-def path_curves(cells: list[CellRecord], config: dict) -> list[dict]:
+def path_curves(cells: list[CellRecord], config: ExperimentConfig) -> list[dict]:
     """Per path (config order; theta_k = the k-th path): the epochs, the mean over seeds of
     ``R/sum``, ``C/sum``, ``U/sum`` at each, and the verdict of :func:`classify`."""
     letters = _letters(config)
-    batch = (config.get("unlearning") or {}).get("batch_size") or 1
-    order = [tuple(p) for p in (config.get("paths") or {}).get("orders") or []]
-    paths = list(dict.fromkeys(order + [c.path for c in cells if c.diverged_at is None]))
+    batch = config.unlearning.batch_size
+    paths = list(dict.fromkeys(config.paths.expand()
+                               + [c.path for c in cells if c.diverged_at is None]))
     entries = []
     for k, path in enumerate(paths, 1):
         group = [c for c in cells if c.path == path and c.diverged_at is None]
@@ -89,7 +92,7 @@ def path_curves(cells: list[CellRecord], config: dict) -> list[dict]:
         curves: dict[str, list[float]] = {}
         steps: list[int] = []
         for probe in PROBES:
-            steps, stats = mean_over_seeds(cell.series(f"{probe}/sum") for cell in group)
+            steps, stats = mean_over_seeds(cell.series(M.key(probe, M.SUM)) for cell in group)
             curves[probe] = [mean for mean, _ in stats]
         if not all(len(curves[p]) >= 2 for p in PROBES):
             continue
@@ -136,11 +139,11 @@ def superficial_figure(entries: list[dict]) -> Figure:
     return fig
 
 
-def write_superficial(run_dir: str | Path, cells: list[CellRecord], config: dict) -> list[dict]:
+def write_superficial(run: Run) -> list[dict]:
     """Curves and verdicts of every path: RUN_DIR/superficial.json and the figure; returns the
     entries (empty when no cell has the R, C, U probes)."""
-    run_dir = Path(run_dir)
-    entries = path_curves(cells, config)
+    run_dir = run.run_dir
+    entries = path_curves(run.cells, run.config)
     write_json(run_dir / "superficial.json", {"rule": RULE, "tau": TAU, "rho": RHO,
                                               "paths": entries})
     if entries:

@@ -28,25 +28,20 @@ score ascending, so rank 1 forgets least. The recency effect is *observed* when 
 with the forget stage last have a smaller mean forget score than every other path.
 
 The pairwise distances between the unlearned models of different paths, and whether they grow
-with the unlearning steps, come from :mod:`pathunlearn.report.pairwise`; results.{json,md}
-carry them too.
+with the unlearning steps, come from :mod:`pathunlearn.report.pairwise`;
+:mod:`pathunlearn.report.results` puts both into results.{json,csv,md}.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pathunlearn.errors import DataError, UserError
-from pathunlearn.files import DONE, write_json, write_text
-
-if TYPE_CHECKING:
-    from pathunlearn.report.pairwise import PairwiseTable
+from pathunlearn import metrics as M
+from pathunlearn.plan import position
+from pathunlearn.report.stats import mean_ci
+from pathunlearn.rundir import CellRecord, is_number
 
 SCORES: dict[str, str] = {
     "forget_score": "forget score: drop of forget_label_id/all_mean (target + 20 paraphrases)",
@@ -65,7 +60,7 @@ CONTEXT = ("forget_before", "forget_after", "math_before", "math_after", "math_s
 accuracy before and after, the shuffled-answer baseline and the no-answer rate before."""
 
 NOT_MEASURED = {
-    "math_utility": "math utility: not measured in this run (set unlearning.math_questions "
+    "math_utility": "math utility: not measured in this run (set unlearning.math.questions "
                     "> 0 to sample answers before and after unlearning)",
     "re_distance_to_retrain": "RE distance to retrain: not measured in this run (its paths "
                               "have no retrain baseline, or the cells predate it)",
@@ -74,160 +69,7 @@ NOT_MEASURED = {
 
 NA = "n/a (not measured)"
 
-# t(0.975, df) for df = 1..30 (scipy.stats.t.ppf); beyond 30 the normal 1.96
-_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
-
-
-# ---------------------------------------------------------------------------- cells
-
-
-@dataclass
-class CellRecord:
-    """One finished cell as read back from its directory."""
-
-    directory: Path
-    path: tuple[str, ...]
-    method: str
-    seed: int
-    lr: float | None
-    scheduler: str | None
-    sweep: tuple[str, ...]
-    """Directory levels below the seed (``lr2e-05``, ``cosine``) when the config swept them."""
-    local: bool
-    summary: dict
-    rows: list[dict]
-    """Metric rows, step 0 first; without the final ``diverged`` marker row."""
-    diverged_at: int | None = None
-    diverged_reason: str | None = None
-
-    @property
-    def path_label(self) -> str:
-        return "-".join(self.path)
-
-    @property
-    def sweep_label(self) -> str:
-        return " ".join(self.sweep)
-
-    def series(self, metric: str) -> tuple[list[int], list[float]]:
-        """(steps, values) of one metric over the rows that carry it as a number."""
-        pairs = [(r["step"], float(r[metric])) for r in self.rows if _is_number(r.get(metric))]
-        return [s for s, _ in pairs], [v for _, v in pairs]
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def load_cells(run_dir: str | Path) -> list[CellRecord]:
-    """Every finished cell under RUN_DIR/cells (directories with DONE and summary.json)."""
-    cells_dir = Path(run_dir) / "cells"
-    records = []
-    for summary_file in sorted(cells_dir.glob("**/summary.json")):
-        directory = summary_file.parent
-        if not (directory / DONE).is_file() or any(p.startswith(".") for p in
-                                                   directory.relative_to(cells_dir).parts):
-            continue  # unfinished, or a temp directory being written
-        records.append(_read_cell(cells_dir, directory))
-    return records
-
-
-def _read_cell(cells_dir: Path, directory: Path) -> CellRecord:
-    summary_file = directory / "summary.json"
-    try:
-        summary = json.loads(summary_file.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{summary_file}: not valid JSON ({e})") from None
-    rows, diverged = [], None
-    metrics_file = directory / "metrics.jsonl"
-    if not metrics_file.is_file():
-        raise DataError(f"{metrics_file}: missing; the cell is marked DONE without its metrics")
-    for i, line in enumerate(metrics_file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{metrics_file}: line {i} is not valid JSON ({e})") from None
-        if row.get("diverged"):
-            diverged = row
-        else:
-            rows.append(row)
-    if not rows or rows[0].get("step") != 0:
-        raise DataError(f"{metrics_file}: the first row must be step 0 (before unlearning)")
-    parts = directory.relative_to(cells_dir).parts
-    first = rows[0]
-    path = tuple(summary.get("path") or first.get("path") or parts[0].split("-"))
-    diverged_at = summary.get("diverged_at") or (diverged or {}).get("step")
-    return CellRecord(
-        directory=directory, path=path,
-        method=str(summary.get("method", parts[1])),
-        seed=int(summary.get("seed", parts[2])),
-        lr=summary.get("lr"), scheduler=summary.get("scheduler"),
-        sweep=tuple(parts[3:]), local=bool(summary.get("local", True)),
-        summary=summary, rows=rows, diverged_at=diverged_at,
-        diverged_reason=(diverged or {}).get("reason")
-        or (f"diverged at step {diverged_at}" if diverged_at else None),
-    )
-
-
-def forget_stage_of(run_dir: str | Path, cells: list[CellRecord] | None = None) -> str:
-    """The forget stage: ``paths.forget_stage`` of RUN_DIR/config.yaml (or of a cell's
-    config.yaml), else the only stage every path contains."""
-    import yaml
-
-    cells = load_cells(run_dir) if cells is None else cells
-    for config in [Path(run_dir) / "config.yaml"] + [c.directory / "config.yaml" for c in cells[:1]]:
-        if config.is_file():
-            try:
-                stage = (yaml.safe_load(config.read_text()) or {}).get("paths", {}).get(
-                    "forget_stage")
-            except (yaml.YAMLError, AttributeError):
-                stage = None
-            if isinstance(stage, str):
-                return stage
-    common = set.intersection(*(set(c.path) for c in cells)) if cells else set()
-    if len(common) == 1:
-        return common.pop()
-    raise UserError(f"{run_dir}: cannot tell the forget stage (no config.yaml with "
-                    "paths.forget_stage); give it with --forget-stage")
-
-
 # ---------------------------------------------------------------------------- scores
-
-
-def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and 95% CI half-width, t(0.975, n-1) * s / sqrt(n); (None, None) for no values,
-    (mean, None) for one."""
-    n = len(values)
-    if n == 0:
-        return None, None
-    mean = sum(values) / n
-    if n == 1:
-        return mean, None
-    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, t_quantile(n - 1) * s / math.sqrt(n)
-
-
-def mean_over_seeds(series) -> tuple[list[int], list[tuple[float, float | None]]]:
-    """Seeds' ``(steps, values)`` series -> the steps any seed has, and at each the mean and
-    95% CI half-width (:func:`mean_ci`) over the seeds that have it."""
-    by_step: dict[int, list[float]] = {}
-    for steps, values in series:
-        for s, v in zip(steps, values, strict=False):
-            by_step.setdefault(s, []).append(v)
-    steps = sorted(by_step)
-    return steps, [mean_ci(by_step[s]) for s in steps]
-
-
-def t_quantile(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom."""
-    try:
-        from scipy.stats import t
-    except ImportError:
-        return _T975[df - 1] if df <= len(_T975) else 1.96
-    return float(t.ppf(0.975, df))
 
 
 def cell_scores(cell: CellRecord) -> dict[str, float | None]:
@@ -238,41 +80,33 @@ def cell_scores(cell: CellRecord) -> dict[str, float | None]:
 
     def drop(metric: str) -> float | None:
         a, b = first.get(metric), last.get(metric)
-        return a - b if _is_number(a) and _is_number(b) else None
+        return a - b if is_number(a) and is_number(b) else None
 
     def utility(metric: str) -> float | None:
         d = drop(metric)
         return None if d is None else 1.0 - abs(d)
 
-    before, after = cell.summary.get("math_before"), cell.summary.get("math_after")
-    re = last.get("re_retrain/kl")
+    before, after = cell.summary.get(M.MATH_BEFORE), cell.summary.get(M.MATH_AFTER)
+    re = last.get(M.RE_RETRAIN_KL)
     return {
-        "forget_score": drop("forget_label_id/all_mean"),
-        "forget_score_ood": drop("forget_label_ood/all_mean"),
-        "forget_response_drop": drop("forget_response/mean"),
-        "tofu_utility": utility("authors_eval/mean"),
-        "tofu_utility_train": utility("authors_train/mean"),
-        "math_utility": after - before if _is_number(before) and _is_number(after) else None,
-        "re_distance_to_retrain": float(re) if _is_number(re) else None,
-        "forget_before": _num(first.get("forget_label_id/all_mean")),
-        "forget_after": _num(last.get("forget_label_id/all_mean")),
+        "forget_score": drop(M.FORGET_LABEL_ID_ALL),
+        "forget_score_ood": drop(M.FORGET_LABEL_OOD_ALL),
+        "forget_response_drop": drop(M.FORGET_RESPONSE_MEAN),
+        "tofu_utility": utility(M.AUTHORS_EVAL_MEAN),
+        "tofu_utility_train": utility(M.AUTHORS_TRAIN_MEAN),
+        "math_utility": after - before if is_number(before) and is_number(after) else None,
+        "re_distance_to_retrain": float(re) if is_number(re) else None,
+        "forget_before": _num(first.get(M.FORGET_LABEL_ID_ALL)),
+        "forget_after": _num(last.get(M.FORGET_LABEL_ID_ALL)),
         "math_before": _num(before),
         "math_after": _num(after),
-        "math_shuffled": _num(cell.summary.get("math_shuffled_baseline")),
-        "math_no_answer": _num(cell.summary.get("math_no_answer_before")),
+        "math_shuffled": _num(cell.summary.get(M.MATH_SHUFFLED)),
+        "math_no_answer": _num(cell.summary.get(M.MATH_NO_ANSWER_BEFORE)),
     }
 
 
 def _num(v) -> float | None:
-    return float(v) if _is_number(v) else None
-
-
-def position(path: tuple[str, ...], forget_stage: str) -> int:
-    """1-based position of the forget stage in ``path``."""
-    if forget_stage not in path:
-        raise UserError(f"path {'-'.join(path)} does not contain the forget stage "
-                        f"{forget_stage!r}; give the right one with --forget-stage")
-    return path.index(forget_stage) + 1
+    return float(v) if is_number(v) else None
 
 
 # ---------------------------------------------------------------------------- the table
@@ -453,72 +287,6 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 # ---------------------------------------------------------------------------- outputs
 
 
-@dataclass
-class Results:
-    """What the report is built from: the cells, the table, the pairwise distances between
-    paths and the verdicts."""
-
-    run_dir: Path
-    cells: list[CellRecord]
-    table: ResultTable
-    verdicts: list[dict]
-    """The recency verdicts (``kind`` "recency"), then the pairwise-growth ones ("pairwise")."""
-    files: list[Path] = field(default_factory=list)
-    pairwise: PairwiseTable | None = None
-    superficial: list[dict] | None = None
-    """Per-path R/C/U curves and verdicts of a ``study: superficial`` run
-    (:func:`pathunlearn.report.superficial.path_curves`); None for other studies."""
-
-
-def build_results(run_dir: str | Path, forget_stage: str | None = None, *,
-                  write: bool = True) -> Results:
-    """Load the finished cells of RUN_DIR, score them, aggregate, judge recency, compute the
-    pairwise distances between paths and (with ``write``) write results.{json,csv,md}. No
-    finished cell is a UserError."""
-    from pathunlearn.report.pairwise import build_pairwise  # it imports this module
-
-    run_dir = Path(run_dir)
-    cells = load_cells(run_dir)
-    if not cells:
-        raise UserError(f"{run_dir}: no finished cells under {run_dir / 'cells'} (a cell is "
-                        "finished once its DONE marker exists); run `pathunlearn unlearn` first")
-    stage = forget_stage or forget_stage_of(run_dir, cells)
-    table = build_table(cells, stage)
-    pairwise = build_pairwise(cells, stage)
-    verdicts = recency_verdicts(table) + pairwise.verdicts
-    files = write_results(run_dir, table, verdicts, pairwise) if write else []
-    return Results(run_dir, cells, table, verdicts, files, pairwise)
-
-
-def write_results(run_dir: str | Path, table: ResultTable, verdicts: list[dict],
-                  pairwise: PairwiseTable | None = None) -> list[Path]:
-    """RUN_DIR/results.json (everything), results.csv (aggregates), results.md (table,
-    verdicts, pairwise distances, notes); each written atomically."""
-    run_dir = Path(run_dir)
-    out = [run_dir / f"results.{ext}" for ext in ("json", "csv", "md")]
-    write_json(out[0], results_json(table, verdicts, pairwise))
-    write_text(out[1], results_csv(table))
-    write_text(out[2], results_markdown(table, verdicts, pairwise))
-    return out
-
-
-def results_json(table: ResultTable, verdicts: list[dict],
-                 pairwise: PairwiseTable | None = None) -> dict:
-    pairs = {} if pairwise is None else {"pairwise": pairwise.to_json(),
-                                         "pairwise_notes": pairwise.notes()}
-    return {
-        "forget_stage": table.forget_stage,
-        "scores": SCORES,
-        "interval": "95% CI half-width over seeds: t(0.975, n-1) * s / sqrt(n), s with ddof 1",
-        "diverged": "diverged cells have null scores and are left out of every aggregate",
-        "not_measured": {k: v for k, v in NOT_MEASURED.items() if not table.measured.get(k)},
-        "rows": table.rows,
-        "verdicts": verdicts,
-        **pairs,
-        "cells": table.cells,
-    }
-
-
 def csv_columns(table: ResultTable) -> list[str]:
     ident = ["method", "sweep", "lr", "scheduler", "position", "path_label", "forget_last", "n",
              "seeds", "diverged_seeds"]
@@ -620,22 +388,8 @@ def math_note(table: ResultTable) -> str:
             "unlearning: " + ", ".join(parts))
 
 
-def results_markdown(table: ResultTable, verdicts: list[dict],
-                     pairwise: PairwiseTable | None = None) -> str:
-    cols = display_columns(table)
-    lines = ["# Results", "", "| " + " | ".join(h for _, h in cols) + " |",
-             "|" + "|".join("---" for _ in cols) + "|"]
-    for row in table.rows:
-        lines.append("| " + " | ".join(_md(display_value(row, k)) for k, _ in cols) + " |")
-    lines += ["", "## Recency verdict", ""] + [f"- {_md(v['text'])}" for v in verdicts
-                                               if v.get("kind") != "pairwise"]
-    lines += ["", "## Notes", ""] + [f"- {_md(n)}" for n in notes(table)]
-    if pairwise is not None:
-        lines += [""] + pairwise.markdown()
-    return "\n".join(lines) + "\n"
-
-
-def _md(text: str) -> str:
+def markdown_text(text: str) -> str:
+    """``text`` safe inside a Markdown table cell or list item."""
     return text.replace("|", "\\|").replace("\n", " ")
 
 

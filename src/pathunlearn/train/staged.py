@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from pathunlearn.config import OptimConfig
 from pathunlearn.data.batching import collate, step_indices
 from pathunlearn.data.chat import EncodedExample
-from pathunlearn.train.losses import nll_sum
+from pathunlearn.losses import nll_sum
 from pathunlearn.train.schedules import lr_lambda
 
 
@@ -34,6 +35,12 @@ class StageResult:
     last_loss: float
     target_tokens: int
     seconds: float
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """Seed of one stage's data order and adapter init: fixed by (training seed, stage name),
+    so a stage sees the same shuffles wherever it sits in a path."""
+    return zlib.crc32(f"{seed}:{stage}".encode())
 
 
 def make_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import typing
 
 import pytest
 import torch
@@ -12,22 +11,20 @@ from pathunlearn.config import MethodConfig
 from pathunlearn.data.batching import collate
 from pathunlearn.data.chat import IGNORE_INDEX, encode_conversation
 from pathunlearn.data.sources import load_source
-from pathunlearn.train.losses import (
-    DEFAULT_BETA,
-    FORGET_TERM,
-    LOCAL_METHODS,
-    RETAIN_TERM,
-    WEAKLY_LOCAL_METHODS,
-    forget_loss,
+from pathunlearn.losses import (
     ga_loss,
     kl_to_reference,
-    method_beta,
     npo_loss,
-    retain_loss,
     retain_nll,
     sequence_logprobs,
     simnpo_loss,
     token_logprobs,
+)
+from pathunlearn.methods import (
+    BUILTIN_METHODS,
+    ForgetBatch,
+    RetainBatch,
+    make_method,
 )
 
 LN3 = math.log(3.0)
@@ -144,18 +141,36 @@ def test_token_mean_losses_accumulate_over_micro_batches():
         assert sum(pieces).item() == pytest.approx(full.item(), rel=1e-6)
 
 
-# ---------------------------------------------------------------------------- method table
+# ---------------------------------------------------------------------------- methods
 
 
-def test_method_tables_cover_every_configurable_method():
-    names = set(typing.get_args(MethodConfig.model_fields["name"].annotation))
-    assert LOCAL_METHODS | WEAKLY_LOCAL_METHODS == names
-    assert not LOCAL_METHODS & WEAKLY_LOCAL_METHODS
-    assert set(FORGET_TERM) == names and set(RETAIN_TERM) == WEAKLY_LOCAL_METHODS
-    assert DEFAULT_BETA["npo"] == 0.5 and DEFAULT_BETA["simnpo"] == 1.0
-    assert method_beta(MethodConfig(name="npo")) == 0.5
-    assert method_beta(MethodConfig(name="npo", beta=0.1)) == 0.1
-    assert method_beta(MethodConfig(name="ga")) is None
+def forget_loss(method: MethodConfig, token_logp, mask, ref_logp=None, *, num_tokens=None,
+                num_sequences=None):
+    """The forget term of the configured method on one batch (the divisors default to the
+    batch's own counts)."""
+    batch = ForgetBatch(token_logp, mask, int(mask.sum()) if num_tokens is None else num_tokens,
+                        mask.size(0) if num_sequences is None else num_sequences, ref_logp)
+    return make_method(method).forget_loss(batch)
+
+
+def retain_loss(method: MethodConfig, logits, labels, ref_logits=None):
+    n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    return make_method(method).retain_loss(RetainBatch(logits, labels, n, ref_logits))
+
+
+def test_method_objects_cover_every_built_in_method():
+    names = set(BUILTIN_METHODS)
+    local = {n for n, m in BUILTIN_METHODS.items() if m.local}
+    assert local == {"ga", "npo", "simnpo"}
+    assert names - local == {"graddiff", "npo_retain", "npo_kl"}
+    assert BUILTIN_METHODS["npo"].default_beta == 0.5
+    assert BUILTIN_METHODS["simnpo"].default_beta == 1.0
+    assert make_method(MethodConfig(name="npo")).beta == 0.5
+    assert make_method(MethodConfig(name="npo", beta=0.1)).beta == 0.1
+    assert make_method(MethodConfig(name="ga")).beta is None
+    needs_ref = {n for n, m in BUILTIN_METHODS.items() if m.needs_reference}
+    assert needs_ref == {"npo", "npo_retain", "npo_kl"}
+    assert {n for n, m in BUILTIN_METHODS.items() if m.needs_reference_model} == {"npo_kl"}
 
 
 def test_forget_loss_dispatches_to_the_pure_losses():
@@ -188,6 +203,8 @@ def test_retain_loss_is_weighted_retain_term():
     assert kl.item() == pytest.approx(0.5 * kl_to_reference(logits, ref_logits, labels).item())
     with pytest.raises(ValueError, match="ref_logits"):
         retain_loss(MethodConfig(name="npo_kl"), logits, labels)
+    with pytest.raises(NotImplementedError, match="local"):
+        retain_loss(MethodConfig(name="ga"), logits, labels)
 
 
 # ---------------------------------------------------------------------------- gradient sign

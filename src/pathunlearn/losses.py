@@ -6,9 +6,11 @@ position t predict the token at t + 1, so labels are shifted by one inside these
 Unlearning losses (all to be *minimised*; log pi(y|x) is the sum of the response tokens'
 log-probabilities, as :func:`sequence_logprobs` returns it):
 
-- local (gradients from the forget set only): ``ga_loss``, ``npo_loss``, ``simnpo_loss``;
-- weakly local (also use retain data; marked non-local in every output): GradDiff = GA +
-  lambda * ``retain_nll``, NPO + lambda * ``retain_nll``, NPO + lambda * ``kl_to_reference``.
+- forget terms: ``ga_loss``, ``npo_loss``, ``simnpo_loss``;
+- retain terms of the weakly-local methods: ``retain_nll``, ``kl_to_reference``.
+
+The unlearning methods that combine them (GA, NPO, SimNPO, GradDiff, NPO + retain NLL,
+NPO + KL) are objects in :mod:`pathunlearn.methods`.
 
 Micro-batches: every loss takes its divisor explicitly (``num_tokens`` for token means,
 ``num_sequences`` for sequence means). Pass the count of the whole *effective* batch and the
@@ -17,15 +19,10 @@ micro-batch losses add up to the effective batch's loss, as their gradients do.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
 from pathunlearn.data.chat import IGNORE_INDEX
-
-if TYPE_CHECKING:
-    from pathunlearn.config import MethodConfig
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,17 +60,6 @@ def nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- unlearning
-
-LOCAL_METHODS = frozenset({"ga", "npo", "simnpo"})
-WEAKLY_LOCAL_METHODS = frozenset({"graddiff", "npo_retain", "npo_kl"})
-DEFAULT_BETA = {"npo": 0.5, "simnpo": 1.0, "npo_retain": 0.5, "npo_kl": 0.5}
-"""beta when MethodConfig.beta is null (the paper: NPO 0.5, SimNPO 1.0); GA has none."""
-FORGET_TERM = {"ga": "ga", "npo": "npo", "simnpo": "simnpo",
-               "graddiff": "ga", "npo_retain": "npo", "npo_kl": "npo"}
-"""The forget-set loss of each method."""
-RETAIN_TERM = {"graddiff": "nll", "npo_retain": "nll", "npo_kl": "kl"}
-"""The retain-set term of each weakly-local method (weighted by MethodConfig.retain_weight)."""
-
 
 def ga_loss(token_logp: torch.Tensor, mask: torch.Tensor,
             num_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
@@ -148,47 +134,6 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
     kl = (logp.exp() * (logp - logq)).sum(-1)  # (B, T-1)
     n = mask.sum() if num_tokens is None else num_tokens
     return (kl * mask).sum() / _at_least_one(n)
-
-
-def method_beta(method: MethodConfig) -> float | None:
-    """The beta a method uses: its own, else DEFAULT_BETA (None for GA and GradDiff)."""
-    return method.beta if method.beta is not None else DEFAULT_BETA.get(method.name)
-
-
-def forget_loss(method: MethodConfig, token_logp: torch.Tensor, mask: torch.Tensor,
-                ref_logp: torch.Tensor | None = None, *,
-                num_tokens: int | torch.Tensor | None = None,
-                num_sequences: int | None = None) -> torch.Tensor:
-    """The forget-set term of ``method`` on one micro-batch (see FORGET_TERM).
-
-    token_logp, mask (B, T-1) from :func:`token_logprobs`; ref_logp (B,) the cached reference
-    log-probabilities of these sequences (NPO forms only). Divisors as in the losses above.
-    """
-    term = FORGET_TERM[method.name]
-    if term == "ga":
-        return ga_loss(token_logp, mask, num_tokens)
-    logp = (token_logp * mask).sum(-1)  # (B,) log pi(y|x)
-    if term == "npo":
-        if ref_logp is None:
-            raise ValueError(f"{method.name} needs the reference log-probabilities ref_logp")
-        return npo_loss(logp, ref_logp, method_beta(method), num_sequences)
-    lengths = mask.sum(-1) if method.length_normalize else None
-    return simnpo_loss(logp, method_beta(method), lengths, method.gamma, num_sequences)
-
-
-def retain_loss(method: MethodConfig, logits: torch.Tensor, labels: torch.Tensor,
-                ref_logits: torch.Tensor | None = None, *,
-                num_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
-    """lambda * the retain term of a weakly-local ``method`` (see RETAIN_TERM) on a retain
-    micro-batch; ``ref_logits`` (the reference model's logits) for ``npo_kl`` only."""
-    term = RETAIN_TERM[method.name]  # KeyError for local methods: they have no retain term
-    if term == "nll":
-        value = retain_nll(logits, labels, num_tokens)
-    elif ref_logits is None:
-        raise ValueError(f"{method.name} needs the reference model's logits ref_logits")
-    else:
-        value = kl_to_reference(logits, ref_logits, labels, num_tokens)
-    return method.retain_weight * value
 
 
 def _at_least_one(n: int | torch.Tensor) -> int | torch.Tensor:

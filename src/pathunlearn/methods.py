@@ -1,0 +1,313 @@
+"""Unlearning methods as objects: what a cell minimises, one class per method.
+
+A method is a subclass of :class:`Method` with
+
+- ``name``: how outputs call it (directory names, the table);
+- ``local``: True when it uses only forget-set gradients (the paper's Definition 2.2); a
+  weakly-local method also has a retain term and is marked ``local: false`` in every output;
+- ``default_beta``: its inverse temperature when the config gives none (None: it has none);
+- ``needs_reference``: whether it needs log pi_ref(y|x) of every forget example under the path
+  model before unlearning (computed once per cell, then looked up per micro-batch);
+- ``needs_reference_model``: whether its retain term needs the reference model's logits on
+  the retain batch (under LoRA the path model is the model with the adapter switched off);
+- ``forget_loss(batch)``: the forget-set term of one micro-batch (to be *minimised*);
+- ``retain_loss(batch)``: the retain-set term of one retain micro-batch (weakly local only).
+
+The built-in methods (GA, NPO, SimNPO; GradDiff, NPO + retain NLL, NPO + KL) are defined below
+exactly as a user's method is. A config names a method by its built-in name, by an import path
+``package.module:Class``, by a file ``path/to/file.py:Class`` or by an entry point of the group
+``pathunlearn.methods``; see ``examples/custom_method.py``:
+
+    class WeightedGA(Method):
+        name = "wga"
+
+        def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
+            weight = self.options.get("weight", 1.0)
+            return weight * ga_loss(batch.token_logp, batch.mask, batch.num_tokens)
+
+Divisors: ``num_tokens`` / ``num_sequences`` count the whole *effective* batch, so the losses of
+its micro-batches add up to the loss of the effective batch, as their gradients do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from pathunlearn.errors import ConfigError
+from pathunlearn.losses import ga_loss, kl_to_reference, npo_loss, retain_nll, simnpo_loss
+
+if TYPE_CHECKING:
+    from pathunlearn.config import MethodConfig
+
+ENTRY_POINT_GROUP = "pathunlearn.methods"
+
+
+@dataclass(frozen=True)
+class ForgetBatch:
+    """One micro-batch of the forget set, as a method's forget term sees it."""
+
+    token_logp: torch.Tensor
+    """(B, T-1) log-probability of every target token under the model being unlearned; 0 where
+    ``mask`` is False. Differentiable."""
+    mask: torch.Tensor
+    """(B, T-1) bool: which positions are response tokens."""
+    num_tokens: int
+    """Target tokens of the whole effective batch: the divisor of a token mean."""
+    num_sequences: int
+    """Sequences of the whole effective batch: the divisor of a sequence mean."""
+    ref_logp: torch.Tensor | None = None
+    """(B,) log pi_ref(y|x) of these sequences under the path model before unlearning; set
+    when the method has ``needs_reference``."""
+
+    @property
+    def logp(self) -> torch.Tensor:
+        """(B,) log pi(y|x): the summed log-probability of each response."""
+        return (self.token_logp * self.mask).sum(-1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B,) number of response tokens of each sequence."""
+        return self.mask.sum(-1)
+
+
+@dataclass(frozen=True)
+class RetainBatch:
+    """One micro-batch of retain data, as a weakly-local method's retain term sees it."""
+
+    logits: torch.Tensor
+    """(B, T, V) the model's logits. Differentiable."""
+    labels: torch.Tensor
+    """(B, T) target ids, -100 where there is no target (shifted by one inside the losses)."""
+    num_tokens: int
+    """Target tokens of the whole effective retain batch."""
+    ref_logits: torch.Tensor | None = None
+    """(B, T, V) the reference model's logits; set when the method has
+    ``needs_reference_model``."""
+
+
+class Method:
+    """Base class of every unlearning method (see the module docstring).
+
+    ``config`` is the method's entry of ``unlearning.methods``: ``config.beta`` (or
+    ``default_beta``) is :attr:`beta`, ``config.retain_weight`` is lambda, ``config.options``
+    holds a user's method's own settings (:attr:`options`).
+    """
+
+    name: ClassVar[str]
+    local: ClassVar[bool] = True
+    default_beta: ClassVar[float | None] = None
+    needs_reference: ClassVar[bool] = False
+    needs_reference_model: ClassVar[bool] = False
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+
+    @property
+    def beta(self) -> float | None:
+        """``config.beta``, else ``default_beta``."""
+        return self.config.beta if self.config.beta is not None else self.default_beta
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.config.options)
+
+    def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
+        """The forget-set term of one micro-batch (a scalar to minimise)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no forget_loss")
+
+    def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
+        """The retain-set term of one retain micro-batch (weakly-local methods only)."""
+        raise NotImplementedError(f"{type(self).__name__} is local: it has no retain term")
+
+
+# ---------------------------------------------------------------------------- built-in
+
+
+class GA(Method):
+    """Gradient ascent: ascend the token-mean NLL of the forget responses (the paper's GA)."""
+
+    name = "ga"
+
+    def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
+        return ga_loss(batch.token_logp, batch.mask, batch.num_tokens)
+
+
+class NPO(Method):
+    """Negative Preference Optimisation; the reference is the path model before unlearning."""
+
+    name = "npo"
+    default_beta = 0.5
+    needs_reference = True
+
+    def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
+        if batch.ref_logp is None:
+            raise ValueError(f"{self.name} needs the reference log-probabilities ref_logp")
+        return npo_loss(batch.logp, batch.ref_logp, self.beta, batch.num_sequences)
+
+
+class SimNPO(Method):
+    """SimNPO: NPO without a reference; the paper's summed form, or with
+    ``length_normalize`` the SimNPO paper's length-normalised form with margin ``gamma``."""
+
+    name = "simnpo"
+    default_beta = 1.0
+
+    def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
+        lengths = batch.lengths if self.config.length_normalize else None
+        return simnpo_loss(batch.logp, self.beta, lengths, self.config.gamma,
+                           batch.num_sequences)
+
+
+class GradDiff(GA):
+    """GA on the forget set + lambda * NLL on retain data (weakly local)."""
+
+    name = "graddiff"
+    local = False
+
+    def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
+        return self.config.retain_weight * retain_nll(batch.logits, batch.labels,
+                                                      batch.num_tokens)
+
+
+class NPORetain(NPO):
+    """NPO on the forget set + lambda * NLL on retain data (weakly local)."""
+
+    name = "npo_retain"
+    local = False
+
+    def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
+        return self.config.retain_weight * retain_nll(batch.logits, batch.labels,
+                                                      batch.num_tokens)
+
+
+class NPOKL(NPO):
+    """NPO on the forget set + lambda * KL(reference || model) on retain data (weakly
+    local)."""
+
+    name = "npo_kl"
+    local = False
+    needs_reference_model = True
+
+    def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
+        if batch.ref_logits is None:
+            raise ValueError(f"{self.name} needs the reference model's logits ref_logits")
+        return self.config.retain_weight * kl_to_reference(batch.logits, batch.ref_logits,
+                                                           batch.labels, batch.num_tokens)
+
+
+BUILTIN_METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (GA, NPO, SimNPO, GradDiff, NPORetain, NPOKL)}
+"""The methods a config names by a bare name."""
+
+
+# ---------------------------------------------------------------------------- resolution
+
+
+def resolve_method(spec: str) -> type[Method]:
+    """The method class a config's ``name`` names: a built-in name, ``module:Class``,
+    ``path/to/file.py:Class`` or an entry point of the group ``pathunlearn.methods``.
+    Anything else, or a class that breaks the :class:`Method` contract, is a ConfigError."""
+    if spec in BUILTIN_METHODS:
+        return BUILTIN_METHODS[spec]
+    if ":" in spec:
+        cls = _import_class(spec)
+    else:
+        cls = _entry_point(spec)
+    check_method(cls, spec)
+    return cls
+
+
+def make_method(config: MethodConfig) -> Method:
+    """An instance of the method ``config.name`` names, configured by ``config``."""
+    return resolve_method(config.name)(config)
+
+
+def check_method(cls: object, spec: str) -> None:
+    """Raise a ConfigError naming ``spec`` unless ``cls`` is a usable method class."""
+    where = f"method {spec!r}"
+    if not (inspect.isclass(cls) and issubclass(cls, Method)):
+        raise ConfigError(f"{where}: {cls!r} is not a subclass of pathunlearn.methods.Method")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"{where}: `name` must be a string of letters, digits, _, . and - "
+                          f"(used in directory names), got {name!r}")
+    if name in BUILTIN_METHODS and BUILTIN_METHODS[name] is not cls:
+        raise ConfigError(f"{where}: name {name!r} is the built-in method's; choose another")
+    if cls.forget_loss is Method.forget_loss:
+        raise ConfigError(f"{where}: defines no forget_loss(self, batch)")
+    has_retain = cls.retain_loss is not Method.retain_loss
+    if cls.local and has_retain:
+        raise ConfigError(f"{where}: a local method uses only forget-set gradients; set "
+                          "`local = False` to give it a retain term")
+    if not cls.local and not has_retain:
+        raise ConfigError(f"{where}: `local = False` but no retain_loss(self, batch)")
+
+
+def method_identity(cls: type[Method]) -> dict[str, str]:
+    """What identifies a method's code in a cell's key: the built-in name, or a user's class
+    with the hash of the file that defines it (editing the loss recomputes its cells)."""
+    if BUILTIN_METHODS.get(cls.name) is cls:
+        return {"name": cls.name}
+    ident = {"name": cls.name, "class": f"{cls.__module__}:{cls.__qualname__}"}
+    source = inspect.getsourcefile(cls)
+    if source and Path(source).is_file():
+        ident["source_sha"] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    return ident
+
+
+def _import_class(spec: str) -> type:
+    where, _, attr = spec.rpartition(":")
+    if where.endswith(".py"):
+        module = _module_from_file(Path(where), spec)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as e:  # the user's module failed to import: say which and why
+            raise ConfigError(f"method {spec!r}: cannot import {where} "
+                              f"({type(e).__name__}: {e})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"method {spec!r}: {where} has no attribute {attr!r}") from None
+
+
+def _module_from_file(path: Path, spec: str):
+    if not path.is_file():
+        raise ConfigError(f"method {spec!r}: no such file {path}")
+    name = "pathunlearn_user_method_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    if name in sys.modules:  # one module object per file, so a class resolves to itself
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise ConfigError(f"method {spec!r}: cannot load {path} ({type(e).__name__}: {e})") from None
+    return module
+
+
+def _entry_point(spec: str) -> type:
+    found = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
+    if not found:
+        raise ConfigError(f"method {spec!r}: not a built-in method ({', '.join(BUILTIN_METHODS)}),"
+                          f" an import path module:Class or file.py:Class, or an entry point of "
+                          f"the group {ENTRY_POINT_GROUP}")
+    try:
+        return found[0].load()
+    except Exception as e:
+        raise ConfigError(f"method {spec!r}: its entry point {found[0].value} does not load "
+                          f"({type(e).__name__}: {e})") from None
+

@@ -1,0 +1,365 @@
+"""The plan of a run: every model it trains and every unlearning run, each with its key.
+
+:func:`plan_run` is the one place that decides what a run produces and where:
+
+- ``base``: the base model's identity (a preset's recipe key, or a local checkpoint's path and
+  config hash); a preset that is built locally (``tiny``) is built before the first stage;
+- ``prefixes``: the trie of distinct prefixes (first k stages) of every path *and* of every
+  path's retrain baseline (the path without the forget stage, Definition 2.1), per training
+  seed, parents first; each is trained once and cached in ``prefixes/<key>/``;
+- ``cells``: one unlearning run per (path, method, experiment seed, swept lr, swept scheduler),
+  with the keys of its path model and of its retrain model, and its own key.
+
+A prefix's key hashes everything that determines its weights: the base model, every stage of
+the prefix with its data and epochs, the finetuning and optimizer settings and the training
+seed. A cell's key hashes its path model, its retrain model, its method (a user's method with
+the hash of the file that defines it), the unlearning settings and the probes. The output
+directory is in no key, so a run directory can be moved.
+
+``pathunlearn train``, ``unlearn``, ``run`` and ``report`` all use this plan; ``plan.json``
+(:meth:`Plan.to_json`) holds it and is the same whichever command wrote it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pathunlearn.config import ExperimentConfig, MethodConfig
+from pathunlearn.errors import ConfigError
+from pathunlearn.methods import method_identity, resolve_method
+
+PLAN_FORMAT = 1
+"""Version of plan.json."""
+CELL_FORMAT = 1
+"""Bump when what a cell records changes, so old cells are recomputed."""
+PREFIX_DIR = "prefixes"
+CELL_DIR = "cells"
+
+Path_ = tuple[str, ...]
+"""A path: stage names in training order."""
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """One node of the trie: the first stages of some path, trained under one seed."""
+
+    stages: Path_
+    seed: int
+    """The training seed (see ``training.seed``)."""
+    key: str
+    parent_key: str | None
+    """None: the parent is the base model."""
+
+    @property
+    def stage(self) -> str:
+        """The stage this node trains (its last)."""
+        return self.stages[-1]
+
+    @property
+    def label(self) -> str:
+        return " > ".join(self.stages)
+
+    def directory(self, run_dir: str | Path) -> Path:
+        """``RUN_DIR/prefixes/<key>``: the checkpoint of this prefix."""
+        return prefix_dir(run_dir, self.key)
+
+    def to_json(self) -> dict:
+        return {"stages": list(self.stages), "seed": self.seed, "key": self.key,
+                "parent": self.parent_key}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Prefix:
+        return cls(tuple(data["stages"]), int(data["seed"]), data["key"], data["parent"])
+
+
+def prefix_dir(run_dir: str | Path, key: str) -> Path:
+    """The checkpoint directory of the prefix with key ``key``."""
+    return Path(run_dir, PREFIX_DIR, key)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unlearning run: its identity, where it lives and the keys it depends on.
+
+    The same object names the directory the unlearning loop writes
+    (:meth:`directory`) and the one the report reads back (:func:`pathunlearn.rundir.load_run`).
+    """
+
+    path: Path_
+    method: MethodConfig
+    method_label: str
+    """Directory-safe name: the method's name, plus the settings that tell apart methods of
+    the same name (``npo-beta0.5``)."""
+    seed: int
+    """The experiment seed."""
+    lr: float
+    scheduler: str
+    local: bool
+    """Whether the method uses only forget-set gradients."""
+    sweep: tuple[str, ...] = ()
+    """Extra directory levels when the config sweeps lrs / schedulers (``lr2e-05``,
+    ``cosine``)."""
+    key: str = ""
+    model_key: str = ""
+    """The key of the path model the cell starts from (a prefix)."""
+    retrain_key: str | None = None
+    """The key of the retrain model it is compared with; None: no retrain baseline (a path
+    made of the forget stage only)."""
+
+    @property
+    def path_label(self) -> str:
+        return "-".join(self.path)
+
+    @property
+    def sweep_label(self) -> str:
+        return " ".join(self.sweep)
+
+    def directory(self, run_dir: str | Path) -> Path:
+        """``RUN_DIR/cells/<path>/<method>/<seed>[/<lr>][/<scheduler>]``."""
+        return Path(run_dir, CELL_DIR, self.path_label, self.method_label, str(self.seed),
+                    *self.sweep)
+
+    def describe(self) -> dict:
+        """The identity fields every row and summary of the cell carries."""
+        return {"path": list(self.path), "method": self.method_label, "seed": self.seed,
+                "lr": self.lr, "scheduler": self.scheduler, "local": self.local}
+
+    def to_json(self) -> dict:
+        return {**self.describe(), "method_config": self.method.model_dump(mode="json"),
+                "sweep": list(self.sweep), "key": self.key, "model": self.model_key,
+                "retrain": self.retrain_key}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Cell:
+        return cls(tuple(data["path"]), MethodConfig.model_validate(data["method_config"]),
+                   data["method"], int(data["seed"]), float(data["lr"]), data["scheduler"],
+                   bool(data["local"]), tuple(data["sweep"]), data["key"], data["model"],
+                   data["retrain"])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run trains and unlearns (see the module docstring)."""
+
+    base: dict
+    prefixes: tuple[Prefix, ...]
+    """Parents before children."""
+    paths: tuple[Path_, ...]
+    """The config's paths, in config order."""
+    retrain_paths: tuple[Path_, ...]
+    """The retrain baselines of the paths (distinct, in order of first use)."""
+    seeds: tuple[int, ...]
+    cells: tuple[Cell, ...]
+    leaves: dict[tuple[int, Path_], str] = field(repr=False)
+    """(experiment seed, path or retrain path) -> the key of the prefix that is the whole
+    path."""
+
+    @property
+    def naive_count(self) -> int:
+        """Stage-trainings without sharing prefixes: every distinct path model and retrain
+        model (per training seed) trained from the base model on its own."""
+        by_key = self._by_key
+        return sum(len(path) for path, _ in {(path, by_key[key].seed)
+                                             for (_, path), key in self.leaves.items()})
+
+    def prefix(self, key: str) -> Prefix:
+        return self._by_key[key]
+
+    def leaf(self, path: Path_, seed: int) -> Prefix:
+        """The prefix that is the whole ``path`` (its path model) for experiment seed
+        ``seed``."""
+        return self._by_key[self.leaves[(seed, tuple(path))]]
+
+    @property
+    def _by_key(self) -> dict[str, Prefix]:
+        return {p.key: p for p in self.prefixes}
+
+    def to_json(self) -> dict:
+        """plan.json: a function of the config alone (no state, no time)."""
+        return {"format": PLAN_FORMAT, "base": self.base,
+                "paths": [list(p) for p in self.paths],
+                "retrain_paths": [list(p) for p in self.retrain_paths],
+                "seeds": list(self.seeds), "stage_trainings": len(self.prefixes),
+                "naive_stage_trainings": self.naive_count,
+                "prefixes": [p.to_json() for p in self.prefixes],
+                "leaves": [{"seed": s, "path": list(p), "key": k}
+                           for (s, p), k in self.leaves.items()],
+                "cells": [c.to_json() for c in self.cells]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Plan:
+        return cls(data["base"], tuple(Prefix.from_json(p) for p in data["prefixes"]),
+                   tuple(tuple(p) for p in data["paths"]),
+                   tuple(tuple(p) for p in data["retrain_paths"]),
+                   tuple(data["seeds"]), tuple(Cell.from_json(c) for c in data["cells"]),
+                   {(int(e["seed"]), tuple(e["path"])): e["key"] for e in data["leaves"]})
+
+
+# ---------------------------------------------------------------------------- planning
+
+
+def plan_run(cfg: ExperimentConfig) -> Plan:
+    """The whole plan of ``cfg``: base model, prefixes (paths and retrain baselines), cells.
+
+    Resolves every unlearning method (a user's method is imported here, so a bad name is a
+    ConfigError before any work starts).
+    """
+    paths = cfg.paths.expand()
+    retrain = list(dict.fromkeys(r for r in (retrain_path(cfg, p) for p in paths) if r))
+    seeds = list(dict.fromkeys(cfg.seeds))
+    base = base_identity(cfg)
+    prefixes, leaves = _trie(cfg, base, paths + [r for r in retrain if r not in paths], seeds)
+    cells = _cells(cfg, paths, leaves)
+    return Plan(base, prefixes, tuple(paths), tuple(retrain), tuple(seeds), tuple(cells),
+                leaves)
+
+
+def _trie(cfg: ExperimentConfig, base: dict, paths: list[Path_], seeds: list[int]):
+    """The distinct prefixes of ``paths`` per training seed (parents first), and the leaf key
+    of every (experiment seed, path)."""
+    nodes: dict[tuple[int, Path_], Prefix] = {}  # (training seed, stages) -> node
+    leaves: dict[tuple[int, Path_], str] = {}
+    for seed in seeds:
+        tseed = training_seed(cfg, seed)
+        for path in paths:
+            parent = None
+            for k in range(1, len(path) + 1):
+                node = nodes.get((tseed, path[:k]))
+                if node is None:
+                    key = stable_hash(parent or root_key(cfg, base, tseed),
+                                      stage_identity(cfg, path[k - 1]))
+                    node = nodes[(tseed, path[:k])] = Prefix(path[:k], tseed, key, parent)
+                parent = node.key
+            leaves[(seed, path)] = parent
+    return tuple(nodes.values()), leaves
+
+
+def _cells(cfg: ExperimentConfig, paths: list[Path_],
+           leaves: dict[tuple[int, Path_], str]) -> list[Cell]:
+    """Every (path x method x seed x lr x scheduler) of the config, keyed."""
+    u = cfg.unlearning
+    classes = []
+    for i, m in enumerate(u.methods):
+        try:
+            classes.append(resolve_method(m.name))
+        except ConfigError as e:
+            raise ConfigError(f"unlearning.methods.{i}.name: {e}") from None
+    labels = method_labels(u.methods, [c.name for c in classes])
+    lrs, schedulers = u.lrs or [u.lr], u.schedulers or [u.scheduler]
+    cells = []
+    for path in paths:
+        retrain = retrain_path(cfg, path)
+        for method, cls, label in zip(u.methods, classes, labels, strict=True):
+            for seed in cfg.seeds:
+                for lr in lrs:
+                    for sched in schedulers:
+                        sweep = ((f"lr{lr:g}",) if u.lrs else ()) + ((sched,) if u.schedulers
+                                                                     else ())
+                        cell = Cell(tuple(path), method, label, seed, lr, sched, cls.local,
+                                    sweep, model_key=leaves[(seed, path)],
+                                    retrain_key=leaves[(seed, retrain)] if retrain else None)
+                        key = cell_key(cfg, cell, method_identity(cls))
+                        cells.append(Cell(**{**cell.__dict__, "key": key}))
+    return cells
+
+
+def retrain_path(cfg: ExperimentConfig, path: Path_) -> Path_:
+    """The retrain baseline's path: ``path`` without the forget stage (Definition 2.1)."""
+    return tuple(s for s in path if s != cfg.paths.forget_stage)
+
+
+def position(path: Path_, forget_stage: str) -> int:
+    """1-based position of the forget stage in ``path`` (every path of a valid config holds
+    it)."""
+    return path.index(forget_stage) + 1
+
+
+def method_labels(methods: list[MethodConfig], names: list[str] | None = None) -> list[str]:
+    """Directory-safe labels: each method's name (``names``, default the config names), plus
+    the settings that tell apart methods of the same name (``npo-beta0.5``, ``npo-beta1``)."""
+    names = names or [m.name for m in methods]
+
+    def settings(m: MethodConfig) -> dict[str, object]:
+        return {"beta": m.beta, "lambda": m.retain_weight, "gamma": m.gamma,
+                "norm": m.length_normalize,
+                **{f"opt-{k}": v for k, v in sorted(m.options.items())}}
+
+    labels = []
+    for m, name in zip(methods, names, strict=True):
+        group = [settings(o) for o, n in zip(methods, names, strict=True) if n == name]
+        differing = [k for k in settings(m) if len({repr(g.get(k)) for g in group}) > 1]
+        labels.append("-".join([name] + [_setting(k, settings(m).get(k)) for k in differing]))
+    if len(set(labels)) != len(labels):
+        raise ConfigError("unlearning.methods: two methods have identical settings")
+    return labels
+
+
+def _setting(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return key if value else f"no{key}"
+    if isinstance(value, int | float):
+        return f"{key}{format(value, 'g')}"
+    return f"{key}{'default' if value is None else value}"
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+def training_seed(cfg: ExperimentConfig, seed: int) -> int:
+    """The seed staged training uses for experiment seed ``seed`` (see training.seed)."""
+    return seed if cfg.training.seed is None else cfg.training.seed
+
+
+def stable_hash(*parts: object) -> str:
+    """A short stable hash of JSON-able parts (the keys of prefixes and cells)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+def base_identity(cfg: ExperimentConfig) -> dict:
+    """What identifies the base model: the preset's recipe key or the local path's config."""
+    m = cfg.model
+    if m.preset == "tiny":
+        from pathunlearn.tiny import tiny_key
+
+        return {"preset": "tiny", "key": tiny_key()}
+    ident: dict = {"preset": m.preset, "path": m.path, "gguf_file": m.gguf_file}
+    config_json = Path(m.path or "") / "config.json"
+    if config_json.is_file():
+        ident["config_sha"] = hashlib.sha256(config_json.read_bytes()).hexdigest()
+    return ident
+
+
+def stage_identity(cfg: ExperimentConfig, name: str) -> dict:
+    """A stage's settings, plus the content hash of a local data file."""
+    stage = cfg.stages[name]
+    ident = {"name": name, **stage.model_dump(mode="json")}
+    if not stage.source.startswith("builtin:") and Path(stage.source).is_file():
+        ident["data_sha"] = hashlib.sha256(Path(stage.source).read_bytes()).hexdigest()
+    return ident
+
+
+def root_key(cfg: ExperimentConfig, base: dict, tseed: int) -> str:
+    """Key of the trie root for one training seed: the base model and every shared setting."""
+    m = cfg.model.model_dump(mode="json")
+    training = cfg.training.model_dump(mode="json", exclude={"device"})
+    return stable_hash("root", base, m, training, tseed)
+
+
+def cell_key(cfg: ExperimentConfig, cell: Cell, method: dict) -> str:
+    """Hash of everything that determines a cell's results: its path model, the retrain
+    model it is compared with, the unlearning settings, the method (``method``: its
+    :func:`~pathunlearn.methods.method_identity`) and the probes."""
+    u = cfg.unlearning.model_dump(mode="json", exclude={"lrs", "schedulers", "methods", "lr",
+                                                        "scheduler", "save_model"})
+    return stable_hash(cell.model_key, cell.retrain_key, cell.describe(),
+                       cell.method.model_dump(mode="json"), method, u,
+                       cfg.model.model_dump(mode="json",
+                                            include={"finetuning", "lora", "max_length"}),
+                       [p.model_dump(mode="json") for p in cfg.probes], CELL_FORMAT)

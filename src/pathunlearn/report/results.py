@@ -1,0 +1,136 @@
+"""What the report is built from, computed from a loaded run: the table and recency verdicts
+(:mod:`~pathunlearn.report.tables`), the pairwise distances between paths and their growth
+verdicts (:mod:`~pathunlearn.report.pairwise`), written as results.{json,csv,md}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pathunlearn.config import ExperimentConfig
+from pathunlearn.errors import UserError
+from pathunlearn.files import write_json, write_text
+from pathunlearn.report.pairwise import PairwiseTable, build_pairwise
+from pathunlearn.report.tables import (
+    NOT_MEASURED,
+    SCORES,
+    ResultTable,
+    build_table,
+    display_columns,
+    display_value,
+    markdown_text,
+    notes,
+    recency_verdicts,
+    results_csv,
+)
+from pathunlearn.rundir import CellRecord, Run
+
+RESULTS = ("results.json", "results.csv", "results.md")
+
+
+@dataclass
+class Results:
+    """The scored run: its cells, the table, the pairwise distances and the verdicts."""
+
+    run: Run
+    table: ResultTable
+    verdicts: list[dict]
+    """The recency verdicts (``kind`` "recency"), then the pairwise-growth ones ("pairwise")."""
+    files: list[Path] = field(default_factory=list)
+    pairwise: PairwiseTable | None = None
+    superficial: list[dict] | None = None
+    """Per-path R/C/U curves and verdicts of a ``study: superficial`` run
+    (:func:`pathunlearn.report.superficial.path_curves`); None for other studies."""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.run_dir
+
+    @property
+    def cells(self) -> list[CellRecord]:
+        return self.run.cells
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.run.config
+
+    def notes(self) -> list[str]:
+        """The table's notes, and what the run has not finished yet."""
+        return notes(self.table) + run_notes(self.run)
+
+
+def build_results(run: Run, *, write: bool = True) -> Results:
+    """Score the finished cells of ``run``, aggregate, judge recency, compute the pairwise
+    distances between paths and (with ``write``) write results.{json,csv,md}. A run without
+    a finished cell is a UserError."""
+    if not run.cells:
+        raise UserError(f"{run.run_dir}: no finished cells under {run.run_dir / 'cells'} (a "
+                        "cell is finished once its DONE marker exists); run `pathunlearn "
+                        "unlearn` first")
+    table = build_table(run.cells, run.forget_stage)
+    pairwise = build_pairwise(run.cells, run.forget_stage)
+    verdicts = recency_verdicts(table) + pairwise.verdicts
+    results = Results(run, table, verdicts, [], pairwise)
+    if write:
+        results.files = write_results(results)
+    return results
+
+
+def run_notes(run: Run) -> list[str]:
+    """Cells of the plan the table does not hold yet, said rather than silently missing."""
+    lines = []
+    if run.pending:
+        lines.append(f"{len(run.pending)} of {len(run.plan.cells)} planned cells are not "
+                     "finished yet and are not in the table.")
+    if run.stale:
+        lines.append(f"{len(run.stale)} cell directories hold cells finished under other "
+                     "settings (another key); they are not in the table and are recomputed "
+                     "by the next `pathunlearn unlearn` or `run`.")
+    return lines
+
+
+def write_results(results: Results) -> list[Path]:
+    """RUN_DIR/results.json (everything), results.csv (aggregates), results.md (table,
+    verdicts, pairwise distances, notes); each written atomically."""
+    out = [results.run_dir / name for name in RESULTS]
+    write_json(out[0], results_json(results))
+    write_text(out[1], results_csv(results.table))
+    write_text(out[2], results_markdown(results))
+    return out
+
+
+def results_json(results: Results) -> dict:
+    table, pairwise = results.table, results.pairwise
+    pairs = {} if pairwise is None else {"pairwise": pairwise.to_json(),
+                                         "pairwise_notes": pairwise.notes()}
+    return {
+        "forget_stage": table.forget_stage,
+        "scores": SCORES,
+        "interval": "95% CI half-width over seeds: t(0.975, n-1) * s / sqrt(n), s with ddof 1",
+        "diverged": "diverged cells have null scores and are left out of every aggregate",
+        "not_measured": {k: v for k, v in NOT_MEASURED.items() if not table.measured.get(k)},
+        "rows": table.rows,
+        "verdicts": results.verdicts,
+        **pairs,
+        "cells": table.cells,
+        "unfinished_cells": len(results.run.pending),
+        "stale_cells": len(results.run.stale),
+    }
+
+
+def results_markdown(results: Results) -> str:
+    table = results.table
+    cols = display_columns(table)
+    lines = ["# Results", "", "| " + " | ".join(h for _, h in cols) + " |",
+             "|" + "|".join("---" for _ in cols) + "|"]
+    for row in table.rows:
+        lines.append("| " + " | ".join(markdown_text(display_value(row, k)) for k, _ in cols)
+                     + " |")
+    lines += ["", "## Recency verdict", ""] + [f"- {markdown_text(v['text'])}"
+                                               for v in results.verdicts
+                                               if v.get("kind") != "pairwise"]
+    lines += ["", "## Notes", ""] + [f"- {markdown_text(n)}" for n in results.notes()]
+    if results.pairwise is not None:
+        lines += [""] + results.pairwise.markdown()
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,213 @@
+"""The run directory: what a run writes where, written and read back by the same code.
+
+```
+runs/<name>/
+  config.yaml      the resolved config (every command writes it; the report validates it)
+  plan.json        the plan (pathunlearn.plan): base model, prefixes, cells with their keys
+  prefixes/<key>/  a path-model checkpoint + metrics.jsonl, prefix.json, config.yaml (train/paths)
+  cells/<path>/<method>/<seed>[/<lr>][/<scheduler>]/
+                   metrics.jsonl (a row per eval point), steps.jsonl (a row per optimizer
+                   step), summary.json, config.yaml [, model/] (train/unlearn, via CellWriter)
+  results.{json,csv,md}, figures/, report.html    (report/)
+  phases.json, phases_history.json                (experiment.py: wall times)
+```
+
+A directory without its DONE marker does not exist as far as any reader is concerned, and a
+cell counts as finished only with the key its plan gives it (a cell finished under other
+settings is stale). :func:`load_run` returns what the report is built from: the validated
+config, the plan and the finished cells, each read back through the :class:`~pathunlearn.plan.Cell`
+that named its directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pathunlearn import metrics as M
+from pathunlearn.config import ExperimentConfig, dump_config, load_config
+from pathunlearn.errors import DataError, UserError
+from pathunlearn.files import is_done, write_json, write_text
+from pathunlearn.plan import PLAN_FORMAT, Cell, Plan
+
+CONFIG = "config.yaml"
+PLAN = "plan.json"
+METRICS = "metrics.jsonl"
+STEPS = "steps.jsonl"
+SUMMARY = "summary.json"
+
+
+def start_run(run_dir: str | Path, cfg: ExperimentConfig, plan: Plan) -> None:
+    """Write RUN_DIR/config.yaml and RUN_DIR/plan.json (atomically): the first thing every
+    command that works on a run does."""
+    write_text(Path(run_dir) / CONFIG, dump_config(cfg))
+    write_json(Path(run_dir) / PLAN, plan.to_json())
+
+
+# ---------------------------------------------------------------------------- one cell
+
+
+class CellWriter:
+    """The files of one cell, written into its (temporary) directory as unlearning goes."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._metrics = (self.directory / METRICS).open("w", encoding="utf-8")
+        self._steps = (self.directory / STEPS).open("w", encoding="utf-8")
+
+    def metrics(self, row: dict) -> None:
+        """One eval point: step, every probe metric, the step's loss / lr / grad norm."""
+        self._metrics.write(json.dumps(row) + "\n")
+
+    def step(self, row: dict) -> None:
+        """One optimizer step: step, loss, lr, grad norm."""
+        self._steps.write(json.dumps(row) + "\n")
+
+    def diverged(self, step: int) -> None:
+        """The final row of a cell stopped by a non-finite loss or probe."""
+        self.metrics({M.STEP: step, M.DIVERGED: True, "reason": f"diverged at step {step}"})
+
+    def finish(self, summary: dict, cfg: ExperimentConfig) -> None:
+        """Close the row files; write summary.json and the resolved config."""
+        self._metrics.close()
+        self._steps.close()
+        write_json(self.directory / SUMMARY, summary)
+        write_text(self.directory / CONFIG, dump_config(cfg))
+
+
+def cell_done(directory: Path, key: str) -> bool:
+    """Finished with the same key; a cell finished under other settings is stale."""
+    if not is_done(directory):
+        return False
+    try:
+        return json.loads((directory / SUMMARY).read_text()).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class CellRecord:
+    """One finished cell as read back from its directory."""
+
+    cell: Cell
+    directory: Path
+    summary: dict
+    rows: list[dict]
+    """Metric rows, step 0 first; without the final ``diverged`` marker row."""
+    diverged_at: int | None = None
+    diverged_reason: str | None = None
+
+    path = property(lambda self: self.cell.path)
+    method = property(lambda self: self.cell.method_label)
+    seed = property(lambda self: self.cell.seed)
+    lr = property(lambda self: self.cell.lr)
+    scheduler = property(lambda self: self.cell.scheduler)
+    sweep = property(lambda self: self.cell.sweep)
+    local = property(lambda self: self.cell.local)
+    path_label = property(lambda self: self.cell.path_label)
+    sweep_label = property(lambda self: self.cell.sweep_label)
+
+    def series(self, metric: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of one metric over the rows that carry it as a number."""
+        pairs = [(r[M.STEP], float(r[metric])) for r in self.rows if is_number(r.get(metric))]
+        return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+def is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def read_cell(run_dir: str | Path, cell: Cell) -> CellRecord:
+    """The finished cell ``cell`` of RUN_DIR; a malformed file is a DataError naming it."""
+    directory = cell.directory(run_dir)
+    summary_file = directory / SUMMARY
+    try:
+        summary = json.loads(summary_file.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{summary_file}: not valid JSON ({e})") from None
+    metrics_file = directory / METRICS
+    if not metrics_file.is_file():
+        raise DataError(f"{metrics_file}: missing; the cell is marked DONE without its metrics")
+    rows, diverged = [], None
+    for i, line in enumerate(metrics_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{metrics_file}: line {i} is not valid JSON ({e})") from None
+        if row.get(M.DIVERGED):
+            diverged = row
+        else:
+            rows.append(row)
+    if not rows or rows[0].get(M.STEP) != 0:
+        raise DataError(f"{metrics_file}: the first row must be step 0 (before unlearning)")
+    diverged_at = summary.get(M.DIVERGED_AT) or (diverged or {}).get(M.STEP)
+    reason = (diverged or {}).get("reason") or (f"diverged at step {diverged_at}"
+                                                if diverged_at else None)
+    return CellRecord(cell, directory, summary, rows, diverged_at, reason)
+
+
+# ---------------------------------------------------------------------------- a whole run
+
+
+@dataclass
+class Run:
+    """What a run directory holds: its config, its plan and its finished cells."""
+
+    run_dir: Path
+    config: ExperimentConfig
+    plan: Plan
+    cells: list[CellRecord]
+    """The finished cells of the plan, in plan order."""
+    pending: list[Cell] = field(default_factory=list)
+    """Cells of the plan not finished yet."""
+    stale: list[Cell] = field(default_factory=list)
+    """Cells whose directory holds a cell finished under other settings (another key)."""
+
+    @property
+    def forget_stage(self) -> str:
+        return self.config.paths.forget_stage
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read RUN_DIR: validate its config.yaml, read its plan.json, read every finished cell
+    of the plan. Problems are one-line UserErrors naming the file."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    if not (run_dir / CONFIG).is_file():
+        raise UserError(f"{run_dir}: no {CONFIG}; not a run directory written by pathunlearn")
+    config = load_config(run_dir / CONFIG)
+    plan = read_plan(run_dir)
+    records, pending, stale = [], [], []
+    for cell in plan.cells:
+        directory = cell.directory(run_dir)
+        if cell_done(directory, cell.key):
+            records.append(read_cell(run_dir, cell))
+        elif is_done(directory):
+            stale.append(cell)
+        else:
+            pending.append(cell)
+    return Run(run_dir, config, plan, records, pending, stale)
+
+
+def read_plan(run_dir: str | Path) -> Plan:
+    """RUN_DIR/plan.json as a :class:`Plan`."""
+    path = Path(run_dir) / PLAN
+    rerun = "rerun `pathunlearn unlearn` (or `run`) with the run's config to write it"
+    try:
+        data = json.loads(path.read_text())
+    except OSError:
+        raise UserError(f"{path}: missing; {rerun}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise UserError(f"{path}: written by another version of pathunlearn (plan format "
+                        f"{data.get('format') if isinstance(data, dict) else None}, expected "
+                        f"{PLAN_FORMAT}); {rerun}")
+    try:
+        return Plan.from_json(data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: malformed plan ({type(e).__name__}: {e})") from None

@@ -1,0 +1,89 @@
+"""One plan for every command: prefixes, retrain baselines and cells with their keys; plan.json
+the same whichever command wrote it; `unlearn` then `run` recomputes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from pathunlearn.config import validate_config
+from pathunlearn.plan import Plan, plan_run, retrain_path
+
+SMALL = {
+    "name": "p", "seeds": [0, 1],
+    "model": {"finetuning": "full"},
+    "stages": {"instructions": {"source": "builtin:instructions", "epochs": 1, "max_examples": 16},
+               "refusals": {"source": "builtin:refusals", "epochs": 1, "max_examples": 16}},
+    "paths": {"forget_stage": "refusals", "order": ["instructions"], "positions": [1, 2]},
+    "training": {"lr": 5e-4, "batch_size": 8, "micro_batch_size": 8, "seed": 0},
+    "unlearning": {"methods": [{"name": "ga"}, {"name": "npo"}], "lr": 1e-4, "batch_size": 8,
+                   "micro_batch_size": 8, "steps": 2, "eval_every": 2, "probe_prompts": 2,
+                   "probe_examples": 4},
+}
+
+
+def test_the_plan_holds_paths_retrain_baselines_and_cells(tmp_path):
+    cfg = validate_config({**SMALL, "output_dir": str(tmp_path)})
+    plan = plan_run(cfg)
+    assert plan.paths == (("refusals", "instructions"), ("instructions", "refusals"))
+    assert plan.retrain_paths == (("instructions",),)
+    assert len(plan.cells) == 2 * 2 * 2  # paths x methods x seeds
+    for cell in plan.cells:
+        assert cell.model_key == plan.leaf(cell.path, cell.seed).key
+        assert cell.retrain_key == plan.leaf(retrain_path(cfg, cell.path), cell.seed).key
+    assert len({c.key for c in plan.cells}) == len(plan.cells)
+    # training.seed 0: both experiment seeds share the path models, not the cells
+    assert {c.model_key for c in plan.cells if c.path == plan.paths[0]} == {
+        plan.leaf(plan.paths[0], 0).key}
+
+
+def test_plan_json_round_trips_and_depends_on_the_config_only(tmp_path):
+    cfg = validate_config({**SMALL, "output_dir": str(tmp_path / "a")})
+    plan = plan_run(cfg)
+    data = plan.to_json()
+    assert Plan.from_json(json.loads(json.dumps(data))).to_json() == data
+    elsewhere = plan_run(validate_config({**SMALL, "output_dir": str(tmp_path / "b")}))
+    assert elsewhere.to_json() == data  # the output directory is in no key
+
+
+def test_cell_keys_change_with_the_unlearning_prefix_keys_do_not(tmp_path):
+    cfg = validate_config({**SMALL, "output_dir": str(tmp_path)})
+    other = validate_config({**SMALL, "output_dir": str(tmp_path),
+                             "unlearning": {**SMALL["unlearning"], "steps": 3}})
+    a, b = plan_run(cfg), plan_run(other)
+    assert [p.key for p in a.prefixes] == [p.key for p in b.prefixes]
+    assert not {c.key for c in a.cells} & {c.key for c in b.cells}
+
+
+def test_a_path_of_the_forget_stage_alone_has_no_retrain_model(tmp_path):
+    cfg = validate_config({**SMALL, "output_dir": str(tmp_path),
+                           "paths": {"forget_stage": "refusals", "orders": [["refusals"]]}})
+    plan = plan_run(cfg)
+    assert plan.retrain_paths == () and {c.retrain_key for c in plan.cells} == {None}
+
+
+def test_every_command_writes_the_same_plan_and_unlearn_then_run_recomputes_nothing(
+        tmp_path, cli):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, "output_dir": str(tmp_path / "runs")}))
+    run_dir = tmp_path / "runs" / "p"
+
+    assert cli("train", path).code == 0
+    written_by_train = (run_dir / "plan.json").read_bytes()
+    assert json.loads(written_by_train)["cells"]  # the cells too, not only the prefixes
+
+    unlearned = cli("unlearn", path)
+    assert unlearned.code == 0, unlearned.err
+    assert (run_dir / "plan.json").read_bytes() == written_by_train
+    summaries = {p: p.read_bytes() for p in run_dir.glob("cells/**/summary.json")}
+    assert len(summaries) == 8
+
+    ran = cli("run", path)
+    assert ran.code == 0, ran.err
+    assert (run_dir / "plan.json").read_bytes() == written_by_train
+    out = " ".join(ran.out.split())
+    assert "4 stage-trainings planned (5 without sharing), 4 already done" in out
+    assert "8 unlearning cells, 8 already done" in out and "rerun" not in out
+    assert {p: p.read_bytes() for p in run_dir.glob("cells/**/summary.json")} == summaries
+    assert json.loads((run_dir / "results.json").read_text())["unfinished_cells"] == 0
