@@ -169,6 +169,12 @@ class SimNPO(Method):
                            batch.num_sequences)
 
 
+def weighted_retain_nll(method: Method, batch: RetainBatch) -> torch.Tensor:
+    """lambda (``retain_weight``) * the token-mean NLL of a retain batch: the retain term of
+    GradDiff and NPO + retain NLL."""
+    return method.config.retain_weight * retain_nll(batch.logits, batch.labels, batch.num_tokens)
+
+
 class GradDiff(GA):
     """GA on the forget set + lambda * NLL on retain data (weakly local)."""
 
@@ -176,8 +182,7 @@ class GradDiff(GA):
     local = False
 
     def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
-        return self.config.retain_weight * retain_nll(batch.logits, batch.labels,
-                                                      batch.num_tokens)
+        return weighted_retain_nll(self, batch)
 
 
 class NPORetain(NPO):
@@ -187,8 +192,7 @@ class NPORetain(NPO):
     local = False
 
     def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
-        return self.config.retain_weight * retain_nll(batch.logits, batch.labels,
-                                                      batch.num_tokens)
+        return weighted_retain_nll(self, batch)
 
 
 class NPOKL(NPO):

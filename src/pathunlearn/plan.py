@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from pathunlearn.config import ExperimentConfig, MethodConfig
@@ -173,7 +174,7 @@ class Plan:
         ``seed``."""
         return self._by_key[self.leaves[(seed, tuple(path))]]
 
-    @property
+    @cached_property
     def _by_key(self) -> dict[str, Prefix]:
         return {p.key: p for p in self.prefixes}
 
@@ -261,8 +262,7 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_],
                         cell = Cell(tuple(path), method, label, seed, lr, sched, cls.local,
                                     sweep, model_key=leaves[(seed, path)],
                                     retrain_key=leaves[(seed, retrain)] if retrain else None)
-                        key = cell_key(cfg, cell, method_identity(cls))
-                        cells.append(Cell(**{**cell.__dict__, "key": key}))
+                        cells.append(replace(cell, key=cell_key(cfg, cell, method_identity(cls))))
     return cells
 
 
