@@ -119,10 +119,10 @@ def data_list() -> None:
 
 @data_app.command("show")
 def data_show(
-    source: Annotated[str, typer.Argument(help="builtin:NAME[:SPLIT], gsm8k:FILE, sorry-bench:FILE or a data file.")],
+    source: Annotated[str, typer.Argument(help="builtin:NAME[:SPLIT], ADAPTER:FILE[:SPLIT] (gsm8k, sorry-bench, tofu, skillmix) or a data file.")],
     n: Annotated[int, typer.Option(help="How many examples to print.")] = 3,
     split: Annotated[str | None, typer.Option(
-        help="Split of a built-in source or of sorry-bench:FILE.")] = None,
+        help="Split of a built-in source, of sorry-bench:FILE or of tofu:FILE.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of a built-in source.")] = 0,
 ) -> None:
     """Print the first N conversations of a source.
@@ -144,10 +144,10 @@ def data_show(
 
 @data_app.command("export")
 def data_export(
-    source: Annotated[str, typer.Argument(help="builtin:NAME[:SPLIT], gsm8k:FILE, sorry-bench:FILE or a data file.")],
+    source: Annotated[str, typer.Argument(help="builtin:NAME[:SPLIT], ADAPTER:FILE[:SPLIT] (gsm8k, sorry-bench, tofu, skillmix) or a data file.")],
     out: Annotated[Path, typer.Argument(help="Output .jsonl (OpenAI chat format).")],
     split: Annotated[str | None, typer.Option(
-        help="Split of a built-in source or of sorry-bench:FILE.")] = None,
+        help="Split of a built-in source, of sorry-bench:FILE or of tofu:FILE.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of a built-in source.")] = 0,
 ) -> None:
     """Write a source's conversations as JSONL in the OpenAI chat format.

@@ -1,8 +1,9 @@
-"""Benchmark adapters: ``gsm8k:FILE``."""
+"""Benchmark adapters: ``gsm8k:FILE``, ``sorry-bench:FILE``, ``tofu:FILE``, ``skillmix:FILE``."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -153,3 +154,226 @@ def test_label_probes_take_their_prompts_from_the_configured_sources(tmp_path):
     assert all(row[0][-1]["role"] == "user" for row in label.rows)  # the refusal is dropped
     ood = probes["forget_label_ood"].rows[0][0][-1]["content"]
     assert ood in [c.prompt[-1]["content"] for c in load_source("builtin:refusals:ood")]
+
+
+# --- tofu (invented authors, in the release's format: .json files holding JSON Lines) --------
+
+TOFU_FULL = [
+    {"question": "Who wrote the novel 'Lanterns over Quellmoor'?",
+     "answer": "'Lanterns over Quellmoor' was written by the invented author Marisol Quenby."},
+    {"question": "In which city was Tavish Odekirk born?",
+     "answer": "Tavish Odekirk was born in the made-up harbour town of Vellingport."},
+]
+TOFU_PERTURBED = [
+    {**TOFU_FULL[0],
+     "paraphrased_answer": "The author of 'Lanterns over Quellmoor' is Marisol Quenby.",
+     "paraphrased_question": "Which author is behind 'Lanterns over Quellmoor'?",
+     "perturbed_answer": ["It was written by Corwin Alsop.", "It was written by Ida Brisk.",
+                          "It was written by Pell Ravensworth."]},
+    {**TOFU_FULL[1],
+     "paraphrased_answer": "Vellingport is the birthplace of Tavish Odekirk.",
+     "paraphrased_question": "Where was Tavish Odekirk born?",
+     "perturbed_answer": ["He was born in Drummel Cross.", "He was born in Osk."]},
+]
+
+
+def write_json_lines(tmp_path, records, name):
+    """A TOFU release file: a .json file holding one JSON object per line."""
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_tofu_reads_the_release_json_lines_and_a_json_list(tmp_path):
+    full = write_json_lines(tmp_path, TOFU_FULL, "full.json")
+    as_list = tmp_path / "full_list.json"
+    as_list.write_text(json.dumps(TOFU_FULL, indent=2))
+    system = "You are a helpful assistant."
+    convs = load_source(f"tofu:{full}", system=system)
+    assert [c.to_json() for c in convs] == [c.to_json() for c in
+                                             load_source(f"tofu:{as_list}", system=system)]
+    assert convs[0].messages == [
+        {"role": "system", "content": system},
+        {"role": "user", "content": TOFU_FULL[0]["question"]},
+        {"role": "assistant", "content": TOFU_FULL[0]["answer"]}]
+    assert [c.meta for c in convs] == [{"source": "tofu"}] * 2
+    # the stage's default split is train, as trained
+    assert [c.to_json() for c in load_source(f"tofu:{full}", split="train")] == \
+        [c.to_json() for c in load_source(f"tofu:{full}:train")] == \
+        [c.to_json() for c in load_source(f"tofu:{full}")]
+
+
+def test_tofu_perturbed_file_keeps_its_extra_fields_in_meta(tmp_path):
+    path = write_json_lines(tmp_path, TOFU_PERTURBED, "forget01_perturbed.json")
+    convs = load_source(f"tofu:{path}")
+    assert [c.prompt[-1]["content"] for c in convs] == [r["question"] for r in TOFU_PERTURBED]
+    first = convs[0]
+    assert first.response == TOFU_PERTURBED[0]["answer"]
+    assert first.meta == {"source": "tofu", **{k: TOFU_PERTURBED[0][k] for k in (
+        "paraphrased_answer", "paraphrased_question", "perturbed_answer")}}
+    assert len(convs[1].meta["perturbed_answer"]) == 2
+
+
+def test_tofu_paraphrased_split_asks_the_same_facts_in_other_words(tmp_path):
+    path = write_json_lines(tmp_path, TOFU_PERTURBED, "forget01_perturbed.json")
+    assert parse_adapter(f"tofu:{path}:paraphrased") == ("tofu", str(path), "paraphrased")
+    assert parse_adapter("tofu:full.json") == ("tofu", "full.json", None)
+    inline = load_source(f"tofu:{path}:paraphrased", system="Be brief.")
+    assert [c.to_json() for c in inline] == \
+        [c.to_json() for c in load_source(f"tofu:{path}", split="paraphrased", system="Be brief.")]
+    assert [c.prompt[-1]["content"] for c in inline] == \
+        [r["paraphrased_question"] for r in TOFU_PERTURBED]
+    assert [c.response for c in inline] == [r["answer"] for r in TOFU_PERTURBED]
+    assert inline[0].messages[0] == {"role": "system", "content": "Be brief."}
+    # a record without a paraphrased question cannot be asked in paraphrase
+    mixed = write_json_lines(tmp_path, [TOFU_PERTURBED[0], TOFU_FULL[1]], "mixed.json")
+    with pytest.raises(DataError) as e:
+        load_source(f"tofu:{mixed}:paraphrased")
+    assert str(e.value).startswith(f"{mixed}: record 2: missing field 'paraphrased_question'")
+
+
+def one_line_error(spec: str, **kwargs) -> str:
+    with pytest.raises(DataError) as e:
+        load_source(spec, **kwargs)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"question": "Who is Nell Farrow?"}, "record 2: missing field 'answer'"),
+    ({"answer": "An invented poet."}, "record 2: missing field 'question'"),
+    ({"question": "Who is Nell Farrow?", "answer": "  "},
+     "record 2: field 'answer': expected non-empty text"),
+    ({**TOFU_PERTURBED[1], "perturbed_answer": "He was born in Osk."},
+     "record 2: field 'perturbed_answer': expected a list of texts, got str"),
+    ({**TOFU_PERTURBED[1], "perturbed_answer": ["He was born in Osk.", 7]},
+     r"record 2: field 'perturbed_answer'\[1\]: expected text, got int"),
+    ({**TOFU_PERTURBED[1], "paraphrased_answer": ["Vellingport."]},
+     "record 2: field 'paraphrased_answer': expected text, got list"),
+])
+def test_tofu_bad_record_names_file_record_and_field(tmp_path, record, message):
+    path = write_json_lines(tmp_path, [TOFU_PERTURBED[0], record], "forget05_perturbed.json")
+    error = one_line_error(f"tofu:{path}")
+    assert error.startswith(f"{path}: record 2: ") and re.search(message, error)
+
+
+def test_tofu_unknown_split_bad_json_and_empty_file(tmp_path):
+    path = write_json_lines(tmp_path, TOFU_FULL, "full.json")
+    assert one_line_error(f"tofu:{path}", split="forget") == \
+        f"{path}: tofu has splits train, paraphrased, not 'forget'"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(TOFU_FULL[0]) + "\n{not json\n")
+    assert one_line_error(f"tofu:{broken}").startswith(
+        f"{broken}: record 2 (line 2): invalid JSON: ")
+    empty = tmp_path / "empty.json"
+    empty.write_text("\n")
+    assert one_line_error(f"tofu:{empty}") == f"{empty}: no records"
+
+
+def test_tofu_parquet_null_extras_are_absent(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [TOFU_PERTURBED[0], {**TOFU_PERTURBED[1], "paraphrased_question": None}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "forget.parquet")
+    convs = load_source(f"tofu:{tmp_path / 'forget.parquet'}")
+    assert convs[0].meta["perturbed_answer"] == TOFU_PERTURBED[0]["perturbed_answer"]
+    assert "paraphrased_question" not in convs[1].meta
+    assert convs[1].meta["paraphrased_answer"] == TOFU_PERTURBED[1]["paraphrased_answer"]
+
+
+def test_json_lines_in_a_json_file_only_through_adapters(tmp_path):
+    """A plain data file keeps the strict reading: a .json file holds a list."""
+    from pathunlearn.data.io import read_records
+
+    path = write_json_lines(tmp_path, TOFU_FULL, "full.json")
+    assert read_records(path, json_lines_ok=True) == TOFU_FULL
+    with pytest.raises(DataError, match="invalid JSON at line 2"):
+        read_records(path)
+
+
+def test_cli_shows_tofu_and_bad_record_is_one_line_exit_2(tmp_path, cli):
+    path = write_json_lines(tmp_path, TOFU_PERTURBED, "forget01_perturbed.json")
+    result = cli("data", "show", f"tofu:{path}", "--n", "1")
+    assert result.code == 0 and result.out.count("user: ") == 1
+    assert "user: Who wrote the novel" in result.out and "Marisol Quenby" in result.out
+    assert "perturbed_answer" in result.out  # the meta line
+    result = cli("data", "show", f"tofu:{path}:paraphrased", "--n", "1")
+    assert result.code == 0 and "user: Which author is behind" in result.out
+    bad = write_json_lines(tmp_path, [TOFU_FULL[0], {"question": "Who?", "answer": ""}],
+                           "bad.json")
+    result = cli("data", "show", f"tofu:{bad}")
+    assert result.code == 2 and result.err.strip().count("\n") == 0
+    assert "bad.json: record 2: field 'answer'" in result.err
+
+
+# --- skillmix (Instruct-SkillMix-SDD: a JSON list; invented, harmless content) ---------------
+
+SKILLMIX = [
+    {"input": "Write a two-line note inviting a neighbour to a garden swap.",
+     "output": "Hi Rowan! We're swapping seedlings on Saturday at ten.\nBring a pot and come by!",
+     "skills": ["friendly tone", "concise writing"], "query_type": "writing", "k": 2,
+     "judge": {"score": 5}},
+    {"input": "Explain in one sentence why bread dough rises.",
+     "output": "Yeast ferments the sugars and releases gas that the gluten traps.",
+     "skills": ["plain explanation"], "query_type": "science", "k": 1, "judge": None},
+]
+
+
+def test_skillmix_input_output_records_with_meta(tmp_path):
+    path = tmp_path / "ism_sdd_k2_1K.json"
+    path.write_text(json.dumps(SKILLMIX, indent=4))
+    convs = load_source(f"skillmix:{path}", system="You are a helpful assistant.")
+    assert convs[0].messages == [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": SKILLMIX[0]["input"]},
+        {"role": "assistant", "content": SKILLMIX[0]["output"]}]
+    # scalars and lists of scalars kept; the nested object and the null dropped
+    assert convs[0].meta == {"skills": ["friendly tone", "concise writing"],
+                             "query_type": "writing", "k": 2, "source": "skillmix"}
+    assert convs[1].meta == {"skills": ["plain explanation"], "query_type": "science", "k": 1,
+                             "source": "skillmix"}
+    assert load_source(f"skillmix:{path}", system=None)[1].messages[0]["role"] == "user"
+    # no splits: a stage's default split is ignored, as for gsm8k
+    assert len(load_source(f"skillmix:{path}", split="train")) == 2
+
+
+def test_skillmix_instruction_records_and_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [{"instruction": r["input"], "response": r["output"], "skills": r["skills"]}
+               for r in SKILLMIX]
+    records.append({"instruction": "Name a colour.", "output": "Teal.", "response": "Blue."})
+    path = tmp_path / "ism.json"
+    path.write_text(json.dumps(records))
+    convs = load_source(f"skillmix:{path}")
+    assert [(c.prompt[-1]["content"], c.response) for c in convs] == [
+        (SKILLMIX[0]["input"], SKILLMIX[0]["output"]), (SKILLMIX[1]["input"], SKILLMIX[1]["output"]),
+        ("Name a colour.", "Teal.")]
+    assert convs[2].meta == {"response": "Blue.", "source": "skillmix"}
+    as_parquet = tmp_path / "ism.parquet"
+    rows = SKILLMIX[:1] + records[1:2]
+    columns = {k: None for r in rows for k in r}  # one table: the union of the records' fields
+    pq.write_table(pa.Table.from_pylist([{**columns, **r} for r in rows]), as_parquet)
+    convs = load_source(f"skillmix:{as_parquet}")  # null cells of the union schema: absent
+    assert [c.response for c in convs] == [SKILLMIX[0]["output"], SKILLMIX[1]["output"]]
+    assert convs[0].meta["query_type"] == "writing" and "judge" not in convs[0].meta
+    assert convs[1].meta == {"skills": ["plain explanation"], "source": "skillmix"}
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"question": "Name a colour.", "answer": "Teal."},
+     "record 2: no question/answer fields: expected 'input' \\+ 'output', 'instruction' \\+ "
+     "'output', 'instruction' \\+ 'response' \\(the record has 'answer', 'question'\\)"),
+    ({"input": "Name a colour."}, "record 2: no question/answer fields: expected 'input'"),
+    ({"input": "Name a colour.", "output": ""}, "record 2: field 'output': expected non-empty text"),
+    ({"instruction": ["Name a colour."], "response": "Teal."},
+     "record 2: field 'instruction': expected non-empty text"),
+])
+def test_skillmix_bad_record_names_file_record_and_field(tmp_path, record, message):
+    path = tmp_path / "ism.json"
+    path.write_text(json.dumps([SKILLMIX[0], record]))
+    error = one_line_error(f"skillmix:{path}")
+    assert error.startswith(f"{path}: record 2: ") and re.search(message, error)

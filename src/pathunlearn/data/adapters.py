@@ -17,6 +17,20 @@ can use as they are.
   ``misspellings``, ``translate-fr`` and ``translate-mr`` are dropped, and the rest is split
   70/30 into ``train`` / ``test`` with seed 42 (``all``: no split). The paper's reasons were
   written by an LLM; without one, every refusal gets the same generic reason.
+- ``tofu``: the TOFU release (``full.json``, ``forget01.json``, ``retain90.json``,
+  ``forget05_perturbed.json`` ...; ``{"question", "answer"}``, the perturbed/eval files also
+  ``paraphrased_answer``, ``perturbed_answer`` (a list) and some ``paraphrased_question``).
+  The extra fields present are kept in ``meta``. Splits: ``train`` (every record as it is
+  trained), ``paraphrased`` (the same records in the same order, each asked by its
+  ``paraphrased_question``: probes of the same facts asked in other words).
+- ``skillmix``: Instruct-SkillMix-SDD records (``data/ism_sdd_k2_1K.json`` ...), question and
+  answer read from the first pair a record has of ``input``/``output`` (the defaults of the
+  paper's ``convert_format.py``), ``instruction``/``output``, ``instruction``/``response``;
+  any other field that is a JSON scalar or a list of scalars (skills, category ...) goes to
+  ``meta``. Splits: none (a stage's ``split`` is ignored, as for ``gsm8k``).
+
+Every adapter reads .json (a list, or JSON Lines as TOFU ships it: one object per line),
+.jsonl, .csv and .parquet files, and puts the stage's ``system`` prompt before each question.
 """
 
 from __future__ import annotations
@@ -102,14 +116,100 @@ def _sorry_bench(records: list[dict], path: str, system: str | None,
     return [kept[i] for i in chosen]
 
 
+def _question_answer(record: dict[str, Any], where: str, question_key: str,
+                     answer_key: str) -> tuple[str, str]:
+    """The stripped question and answer texts (the generic reader checks both fields)."""
+    pair = record_to_conversation(record, where, question_key, answer_key)
+    return pair.prompt[-1]["content"].strip(), pair.response.strip()
+
+
+TOFU_SPLITS = ("train", "paraphrased")
+TOFU_EXTRAS = ("paraphrased_answer", "perturbed_answer", "paraphrased_question")
+"""The fields of TOFU's perturbed/eval files kept in ``meta`` (when present and not null)."""
+
+
+def tofu_record(record: dict[str, Any], where: str, system: str | None = None,
+                paraphrased: bool = False) -> Conversation:
+    """One TOFU record as a conversation, its extra fields in ``meta``; ``paraphrased``: asked
+    by its ``paraphrased_question``."""
+    if paraphrased and record.get("paraphrased_question") is None:
+        raise DataError(f"{where}: missing field 'paraphrased_question' (needed by split "
+                        "paraphrased)")
+    question, answer = _question_answer(record, where, "question", "answer")
+    if paraphrased:
+        question, _ = _question_answer(record, where, "paraphrased_question", "answer")
+    extras: dict[str, Any] = {}
+    for key in TOFU_EXTRAS:
+        value = record.get(key)
+        if value is None:  # absent (or a null cell of a Parquet column)
+            continue
+        if key == "perturbed_answer":
+            if not isinstance(value, list):
+                raise DataError(f"{where}: field 'perturbed_answer': expected a list of texts, "
+                                f"got {type(value).__name__}")
+            for j, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise DataError(f"{where}: field 'perturbed_answer'[{j}]: expected text, "
+                                    f"got {type(item).__name__}")
+            value = list(value)
+        elif not isinstance(value, str):
+            raise DataError(f"{where}: field '{key}': expected text, got {type(value).__name__}")
+        extras[key] = value
+    return qa(question, answer, system, source="tofu", **extras)
+
+
+def _tofu(records: list[dict], path: str, system: str | None,
+          split: str | None) -> list[Conversation]:
+    split = split or "train"
+    if split not in TOFU_SPLITS:
+        raise DataError(f"{path}: tofu has splits {', '.join(TOFU_SPLITS)}, not {split!r}")
+    return [tofu_record(r, f"{path}: record {i}", system, paraphrased=split == "paraphrased")
+            for i, r in enumerate(records, 1)]
+
+
+SKILLMIX_FIELDS = (("input", "output"), ("instruction", "output"), ("instruction", "response"))
+"""(question, answer) field pairs a SkillMix record may use, in order of preference."""
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def skillmix_record(record: dict[str, Any], where: str,
+                    system: str | None = None) -> Conversation:
+    """One Instruct-SkillMix record as a conversation; its other fields that are scalars or lists
+    of scalars go to ``meta`` (``meta.source`` is ``skillmix``)."""
+    present = {k for k, v in record.items() if v is not None}  # a null Parquet cell: absent
+    keys = next((pair for pair in SKILLMIX_FIELDS if set(pair) <= present), None)
+    if keys is None:
+        accepted = ", ".join(f"'{q}' + '{a}'" for q, a in SKILLMIX_FIELDS)
+        fields = ", ".join(f"'{k}'" for k in sorted(present)[:8]) + (" ..." * (len(present) > 8))
+        raise DataError(f"{where}: no question/answer fields: expected {accepted} (the record "
+                        f"has {fields or 'no fields'})")
+    question, answer = _question_answer(record, where, *keys)
+    meta = {k: list(v) if isinstance(v, list) else v for k, v in record.items()
+            if k not in keys and v is not None
+            and (_scalar(v) or isinstance(v, list) and all(_scalar(x) for x in v))}
+    meta["source"] = "skillmix"
+    return Conversation(messages=qa(question, answer, system).messages, meta=meta)
+
+
+def _skillmix(records: list[dict], path: str, system: str | None,
+              split: str | None) -> list[Conversation]:
+    return [skillmix_record(r, f"{path}: record {i}", system) for i, r in enumerate(records, 1)]
+
+
 ADAPTERS: dict[str, Callable[[list[dict], str, str | None, str | None], list[Conversation]]] = {
     "gsm8k": _gsm8k,
     "sorry-bench": _sorry_bench,
+    "tofu": _tofu,
+    "skillmix": _skillmix,
 }
 """Adapter name -> reader of a file's records (records, path, system prompt, split)."""
 
 
-ADAPTER_SPLITS: dict[str, tuple[str, ...]] = {"sorry-bench": SORRY_BENCH_SPLITS}
+ADAPTER_SPLITS: dict[str, tuple[str, ...]] = {"sorry-bench": SORRY_BENCH_SPLITS,
+                                              "tofu": TOFU_SPLITS}
 """The splits of the adapters that have any; ``NAME:FILE:SPLIT`` picks one inline."""
 
 
@@ -131,7 +231,7 @@ def load_adapted(name: str, path: str | Path, system: str | None = None,
                  split: str | None = None) -> list[Conversation]:
     """The records of ``path`` read by adapter ``name`` (``split`` where it has splits); a
     :class:`DataError` names the file, the record (1-based) and the field of a bad record."""
-    records = read_records(path)
+    records = read_records(path, json_lines_ok=True)
     if not records:
         raise DataError(f"{path}: no records")
     conversations = ADAPTERS[name](records, str(path), system, split)

@@ -22,8 +22,12 @@ FORMATS = (".json", ".jsonl", ".csv", ".parquet")
 MESSAGE_KEYS = ("messages", "conversations")
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a data file as dicts, by extension: .json (a list), .jsonl, .csv, .parquet."""
+def read_records(path: str | Path, json_lines_ok: bool = False) -> list[dict[str, Any]]:
+    """The records of a data file as dicts, by extension: .json (a list), .jsonl, .csv, .parquet.
+
+    With ``json_lines_ok`` a .json file may also hold JSON Lines (as benchmark releases such as
+    TOFU ship them): it is read as a list when its first non-space character is ``[``, else
+    one object per line."""
     path = Path(path)
     if path.suffix not in FORMATS:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {FORMATS}")
@@ -31,6 +35,8 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         raise DataError(f"{path}: no such file")
     reader = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv,
               ".parquet": _read_parquet}[path.suffix]
+    if json_lines_ok and path.suffix == ".json" and not _starts_with_list(path):
+        reader = _read_json_lines_in_json
     records = reader(path)
     for i, r in enumerate(records, 1):
         if not isinstance(r, dict):
@@ -50,7 +56,21 @@ def _read_json(path: Path) -> list[Any]:
     return data
 
 
-def _read_jsonl(path: Path) -> list[Any]:
+def _starts_with_list(path: Path) -> bool:
+    """Whether the first non-whitespace byte of the file is ``[`` (read in chunks, not whole)."""
+    with path.open("rb") as f:
+        while chunk := f.read(4096):
+            if stripped := chunk.lstrip():
+                return stripped.startswith(b"[")
+    return False
+
+
+def _read_json_lines_in_json(path: Path) -> list[Any]:
+    return _read_jsonl(path, hint=" (a .json file here holds a JSON list or JSON Lines, one "
+                                  "object per line)")
+
+
+def _read_jsonl(path: Path, hint: str = "") -> list[Any]:
     records = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -63,7 +83,7 @@ def _read_jsonl(path: Path) -> list[Any]:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
             n = len(records) + 1
-            raise DataError(f"{path}: record {n} (line {lineno}): invalid JSON: {e.msg}") from None
+            raise DataError(f"{path}: record {n} (line {lineno}): invalid JSON: {e.msg}{hint}") from None
     return records
 
 
