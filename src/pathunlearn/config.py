@@ -41,6 +41,12 @@ class LoraConfig(StrictModel):
     """Attention (or other) linear layers that get an adapter (the paper: q, v, output)."""
     mlp: bool = True
     """Also adapt the MLP projections (gate_proj, up_proj, down_proj), as the paper does."""
+    scope: Literal["path", "stage"] | None = None
+    """`path` (the paper; the default under LoRA): one adapter is trained through every stage
+    of a path, with a fresh optimizer and schedule per stage; a prefix stores it unmerged and
+    its children continue it; the path model (what unlearning starts from) is the base model
+    with it merged. `stage`: every stage trains a fresh adapter on the previous stage's merged
+    model. Null under full finetuning."""
 
 
 class ModelConfig(StrictModel):
@@ -56,11 +62,23 @@ class ModelConfig(StrictModel):
     attn_implementation: str = "sdpa"
     """transformers attention implementation: sdpa, eager, flash_attention_2 ..."""
     finetuning: Literal["lora", "full"] = "lora"
-    """Train a LoRA adapter per stage (merged after the stage) or all weights."""
+    """Train a LoRA adapter (see `lora.scope`) or all weights."""
     lora: LoraConfig = LoraConfig()
     """Adapter settings, used when finetuning is `lora`."""
     max_length: int = Field(256, gt=8)
     """Conversations longer than this many tokens are truncated (and counted)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_scope(cls, data: Any) -> Any:
+        # the scope defaults to `path` under LoRA and stays null under full finetuning, so a
+        # resolved config says what ran and a scope on a full-finetuning config is an error
+        if isinstance(data, dict) and data.get("finetuning", "lora") == "lora":
+            lora = data.get("lora")
+            lora = lora.model_dump() if isinstance(lora, BaseModel) else dict(lora or {})
+            if lora.get("scope") is None:
+                data = {**data, "lora": {**lora, "scope": "path"}}
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -68,6 +86,9 @@ class ModelConfig(StrictModel):
             raise ValueError("give exactly one of `preset` and `path`")
         if self.gguf_file is not None and self.path is None:
             raise ValueError("`gguf_file` needs `path` (the directory that holds it)")
+        if self.finetuning == "full" and self.lora.scope is not None:
+            raise ValueError("`lora.scope` is set but `finetuning` is full: no adapter is "
+                             "trained; set finetuning: lora or drop lora.scope")
         return self
 
 
@@ -76,10 +97,12 @@ class ModelConfig(StrictModel):
 
 class StageConfig(StrictModel):
     source: str
-    """`builtin:NAME`, `gsm8k:FILE` / `sorry-bench:FILE` (benchmark files, see
-    `pathunlearn.data.adapters`) or a local file (.json, .jsonl, .csv, .parquet)."""
+    """`builtin:NAME`, a benchmark file read by an adapter (`gsm8k:FILE`, `sorry-bench:FILE`,
+    `tofu:FILE`, `skillmix:FILE`, see `pathunlearn.data.adapters`) or a local file (.json,
+    .jsonl, .csv, .parquet)."""
     split: str = "train"
-    """Split of a built-in source or of `sorry-bench:FILE` (train/test/all); ignored for files."""
+    """Split of a built-in source, of `sorry-bench:FILE` (train/test/all) or of `tofu:FILE`
+    (train/paraphrased); ignored for other files."""
     epochs: float = Field(1.0, gt=0)
     """Passes over the data (the paper: instructions 10, authors 4, math 2, safety 2)."""
     max_examples: int | None = Field(None, gt=0)
@@ -167,8 +190,9 @@ class OptimConfig(StrictModel):
     """Decoupled weight decay (the paper: none)."""
     momentum: float = Field(0.0, ge=0, lt=1)
     """SGD momentum."""
-    grad_clip: float | None = Field(1.0, gt=0)
-    """Clip the global gradient norm to this value; null disables clipping."""
+    grad_clip: float | None = Field(None, gt=0)
+    """Clip the global gradient norm to this value; null (the default, as the paper's code:
+    its recipes set no clip_grad_norm) disables clipping."""
     scheduler: Literal["constant", "cosine", "wsd"] = "wsd"
     """Learning-rate multiplier: constant, cosine with linear warmup, or the paper's WSD."""
     warmup: float = Field(0.02, ge=0)

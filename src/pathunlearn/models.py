@@ -131,6 +131,14 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig, seed: int = 0):
         return get_peft_model(model, peft_cfg)
 
 
+def load_adapter(model: torch.nn.Module, adapter_dir: str | Path):
+    """Wrap ``model`` with the (unmerged) adapter saved in ``adapter_dir``, trainable: a path
+    adapter continued by the next stage (``model.lora.scope: path``)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+
+
 def is_peft(model: torch.nn.Module) -> bool:
     from peft import PeftModel
 

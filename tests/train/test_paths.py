@@ -163,3 +163,82 @@ def test_cli_plan(tmp_path, cli):
 def test_cli_train_bad_config(tmp_path, cli, bad):
     result = cli("train", write_config(tmp_path, SMALL, tmp_path / "runs"), bad)
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+
+
+LORA = {**SMALL, "model": {"finetuning": "lora", "lora": {"rank": 4, "alpha": 8}},
+        "paths": {"forget_stage": "refusals", "orders": [["instructions", "refusals"]]},
+        "stages": {"instructions": {"source": "builtin:instructions", "epochs": 1,
+                                    "max_examples": 16},
+                   "refusals": {"source": "builtin:refusals", "epochs": 1, "max_examples": 16}}}
+
+
+def adapter_weights(directory):
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "adapter" / "adapter_model.safetensors"))
+
+
+def merged_with(adapter_dir, cfg):
+    """The base model with the adapter of ``adapter_dir`` merged: its state dict."""
+    from pathunlearn.models import load_adapter, load_model
+
+    base, _ = load_model(cfg.model)
+    return load_adapter(base, adapter_dir / "adapter").merge_and_unload().state_dict()
+
+
+@pytest.mark.parametrize("scope", ["path", "stage"])
+def test_lora_scope_path_is_base_plus_one_adapter(tmp_path, scope):
+    """Issue 13: with scope path, the model after stage 2 is the base model plus ONE adapter
+    trained through both stages; with scope stage, the first stage's adapter is merged into
+    the weights the second adapter starts from, so base + the last adapter is not the model."""
+    import torch
+    from safetensors.torch import load_file
+
+    data = {**LORA, "model": {**LORA["model"], "lora": {**LORA["model"]["lora"], "scope": scope}}}
+    cfg = load_config(write_config(tmp_path, data, tmp_path / "runs"))
+    plan = train_paths(cfg, log=lambda *_: None)
+    first, both = (plan.leaf(p, 0).directory(cfg.run_dir) for p in
+                   [("instructions",), ("instructions", "refusals")])
+    a, ab = adapter_weights(first), adapter_weights(both)
+    assert a.keys() == ab.keys() and any(not torch.equal(a[k], ab[k]) for k in a)
+    saved = load_file(str(both / "model.safetensors"))
+    rebuilt = merged_with(both, cfg)
+    same = all(torch.allclose(saved[k], rebuilt[k], atol=1e-6) for k in saved)
+    assert same == (scope == "path")
+
+
+def test_lora_path_adapter_continues_byte_identically(tmp_path):
+    """The trie trains stage 2 from the stored stage-1 adapter; an uninterrupted in-process
+    run (one adapter, stage after stage, fresh optimizer per stage) gives the same bytes."""
+    import torch
+
+    from pathunlearn.data.chat import tokenize_conversations
+    from pathunlearn.data.sources import load_stage
+    from pathunlearn.models import apply_lora, load_model
+    from pathunlearn.train.staged import stage_seed, train_stage
+
+    cfg = load_config(write_config(tmp_path, LORA, tmp_path / "runs"))
+    plan = train_paths(cfg, log=lambda *_: None)
+    stored = adapter_weights(plan.leaf(("instructions", "refusals"), 0).directory(cfg.run_dir))
+
+    model, tok = load_model(cfg.model)
+    tseed = plan.leaf(("instructions",), 0).seed
+    model = apply_lora(model, cfg.model.lora, seed=stage_seed(tseed, "instructions"))
+    for stage in ("instructions", "refusals"):
+        examples, _ = tokenize_conversations(tok, load_stage(cfg.stages[stage]),
+                                             cfg.model.max_length)
+        train_stage(model, examples, cfg.training, epochs=cfg.stages[stage].epochs,
+                    seed=stage_seed(tseed, stage), pad_id=tok.pad_token_id)
+    from peft import get_peft_model_state_dict
+
+    live = get_peft_model_state_dict(model)
+    assert live.keys() == stored.keys()
+    for k in stored:
+        assert torch.equal(live[k], stored[k]), k
+
+
+def test_lora_scope_on_full_finetuning_is_a_config_error(tmp_path, cli):
+    data = {**SMALL, "model": {"finetuning": "full", "lora": {"scope": "path"}}}
+    result = cli("train", write_config(tmp_path, data, tmp_path / "runs"), "--plan")
+    assert result.code == 2 and "model: `lora.scope` is set but `finetuning` is full" in result.err
+    assert len(result.err.strip().splitlines()) == 1

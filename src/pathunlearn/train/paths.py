@@ -2,9 +2,11 @@
 
 The plan (:func:`pathunlearn.plan.plan_run`) holds the trie: the distinct prefixes of every
 path and of every retrain baseline, whose root is the base model (e.g. the tiny preset, built
-here first when it is missing). A prefix is trained from its parent's checkpoint with a fresh
-adapter (LoRA, merged after the stage) or on all weights, a fresh optimizer and a fresh
-schedule.
+here first when it is missing). A prefix is trained with a fresh optimizer and a fresh
+schedule: on all weights of its parent's checkpoint (full finetuning), or, with LoRA,
+continuing the path's one adapter on the base model (``scope: path``, the paper) or with a
+fresh adapter on the parent's merged checkpoint (``scope: stage``). Either way the prefix
+stores its adapter unmerged (``adapter/``) and the merged weights (the path model).
 
 Run directory: ``prefixes/<key>/`` holds the checkpoint (HF format, safetensors), the
 prefix's ``metrics.jsonl``, ``prefix.json`` and the resolved ``config.yaml``; it exists once
@@ -22,6 +24,7 @@ from pathunlearn.data.sources import load_stage
 from pathunlearn.files import atomic_dir, is_done, write_json, write_text
 from pathunlearn.models import (
     apply_lora,
+    load_adapter,
     load_checkpoint,
     load_model,
     resolve_device,
@@ -41,17 +44,11 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
     Returns the summary written to ``prefix.json``.
     """
     device = resolve_device(cfg.training.device)
-    if prefix.parent_key is None:
-        model, tokenizer = load_model(cfg.model, device=device)
-    else:
-        model, tokenizer = load_checkpoint(prefix_dir(run_dir, prefix.parent_key), cfg.model,
-                                           device)
     stage = cfg.stages[prefix.stage]
     seed = stage_seed(prefix.seed, prefix.stage)
+    model, tokenizer = stage_model(cfg, prefix, run_dir, device, seed)
     conversations = load_stage(stage)
     examples, n_truncated = tokenize_conversations(tokenizer, conversations, cfg.model.max_length)
-    if cfg.model.finetuning == "lora":
-        model = apply_lora(model, cfg.model.lora, seed=seed)
     with atomic_dir(prefix.directory(run_dir)) as tmp:
         result = train_stage(model, examples, cfg.training, epochs=stage.epochs, seed=seed,
                              pad_id=tokenizer.pad_token_id, precision=cfg.training.precision,
@@ -66,6 +63,26 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
         write_json(tmp / "prefix.json", summary)
         write_text(tmp / "config.yaml", dump_config(cfg))
     return summary
+
+
+def stage_model(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, device, seed: int):
+    """(model, tokenizer) that trains ``prefix``'s stage: all weights of the parent's
+    checkpoint (full finetuning); a fresh adapter on the parent's merged checkpoint (LoRA,
+    ``scope: stage``); or the base model with the parent's path adapter, continued (LoRA,
+    ``scope: path``, the paper), a fresh adapter for the first stage. The base model of the
+    root prefix is the config's."""
+    lora = cfg.model.finetuning == "lora"
+    if prefix.parent_key is None:
+        model, tokenizer = load_model(cfg.model, device=device)
+    elif lora and cfg.model.lora.scope == "path":
+        model, tokenizer = load_model(cfg.model, device=device)
+        return load_adapter(model, prefix_dir(run_dir, prefix.parent_key) / "adapter"), tokenizer
+    else:
+        model, tokenizer = load_checkpoint(prefix_dir(run_dir, prefix.parent_key), cfg.model,
+                                           device)
+    if lora:
+        model = apply_lora(model, cfg.model.lora, seed=seed)
+    return model, tokenizer
 
 
 def train_paths(cfg: ExperimentConfig, plan: Plan | None = None, *,
