@@ -87,3 +87,20 @@ def test_every_command_writes_the_same_plan_and_unlearn_then_run_recomputes_noth
     assert "8 unlearning cells, 8 already done" in out and "rerun" not in out
     assert {p: p.read_bytes() for p in run_dir.glob("cells/**/summary.json")} == summaries
     assert json.loads((run_dir / "results.json").read_text())["unfinished_cells"] == 0
+
+
+def test_labels_name_the_variant_and_the_plan_describes_each_method(tmp_path):
+    """Issue 13: SimNPO's length-normalised form is labelled as such everywhere; every cell
+    carries a one-line description of its method (the report's notes list them)."""
+    cfg = validate_config({**SMALL, "output_dir": str(tmp_path), "unlearning": {
+        **SMALL["unlearning"], "methods": [{"name": "simnpo", "length_normalize": True},
+                                           {"name": "npo_kl", "retain_weight": 2.0}]}})
+    cells = {c.method_label: c for c in plan_run(cfg).cells}
+    assert set(cells) == {"simnpo-norm", "npo_kl"}
+    assert "length-normalised" in cells["simnpo-norm"].method_description
+    assert "weakly local" in cells["npo_kl"].method_description
+    both = validate_config({**SMALL, "output_dir": str(tmp_path), "unlearning": {
+        **SMALL["unlearning"], "methods": [{"name": "simnpo"},
+                                           {"name": "simnpo", "length_normalize": True}]}})
+    assert [c.method_label for c in plan_run(both).cells][:2] == ["simnpo", "simnpo"]
+    assert {c.method_label for c in plan_run(both).cells} == {"simnpo", "simnpo-norm"}

@@ -294,7 +294,8 @@ def eval_math(
     seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same samples).")] = 0,
     prompt: Annotated[str, typer.Option(
         help="paper: the Appendix F '####' prompt; plain: the question as is (use it for the "
-             "built-in tiny model, which is trained on plain questions).")] = "paper",
+             "built-in tiny model, which is trained on plain questions); or a template with "
+             "{question} where the question goes.")] = "paper",
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences generated at once.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     json_output: Annotated[bool, typer.Option(
@@ -316,8 +317,9 @@ def eval_math(
     from pathunlearn.eval.math import PROMPT_STYLES, evaluate_math, gold_answers
     from pathunlearn.models import load_pretrained, resolve_device
 
-    if prompt not in PROMPT_STYLES:
-        raise UserError(f"--prompt {prompt!r}: must be one of {', '.join(PROMPT_STYLES)}")
+    if prompt not in PROMPT_STYLES and "{question}" not in prompt:
+        raise UserError(f"--prompt {prompt!r}: must be one of {', '.join(PROMPT_STYLES)} or a "
+                        "template containing {question}")
     if not greedy and (temperature <= 0 or not 0 < top_p <= 1):
         raise UserError(f"--temperature {temperature} --top-p {top_p}: need temperature > 0 "
                         "and 0 < top-p <= 1 (or --greedy)")

@@ -264,9 +264,18 @@ class MathConfig(StrictModel):
     then 0 or 1); cheaper, and what a small model answers best."""
     max_new_tokens: int = Field(128, gt=0)
     """Generation budget per sample."""
-    prompt: Literal["auto", "paper", "plain"] = "auto"
-    """`paper`: the Appendix F math prompt; `plain`: the bare question, as the built-in
-    arithmetic stage trains it; `auto`: plain for built-in sources, paper otherwise."""
+    prompt: str = "auto"
+    """`paper`: our wording of the Appendix F math prompt; `plain`: the bare question, as the
+    built-in arithmetic stage trains it; `auto`: plain for built-in sources, paper otherwise;
+    or your own template, the text with `{question}` where the question goes (e.g. the exact
+    prompt of the paper's code)."""
+
+    @model_validator(mode="after")
+    def _prompt(self) -> MathConfig:
+        if self.prompt not in ("auto", "paper", "plain") and "{question}" not in self.prompt:
+            raise ValueError("`prompt` must be auto, paper, plain or a template containing "
+                             "{question}")
+        return self
 
 
 class UnlearningConfig(OptimConfig):

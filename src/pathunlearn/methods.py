@@ -122,6 +122,19 @@ class Method:
     def options(self) -> dict[str, Any]:
         return dict(self.config.options)
 
+    def variant(self) -> list[str]:
+        """Settings always named in the method's label because they change what it is (e.g.
+        SimNPO's length normalisation: ``simnpo-norm``); empty for most methods."""
+        return []
+
+    def describe(self) -> str:
+        """One line saying what ran: the first line of the class docstring, beta, options and
+        whether the method is local (shown in the report's notes)."""
+        doc = (type(self).__doc__ or type(self).__name__).strip().splitlines()[0].rstrip(".")
+        parts = [doc] + ([f"beta {self.beta:g}"] if self.beta is not None else [])
+        parts += [f"{k} {v}" for k, v in sorted(self.options.items())]
+        return ", ".join(parts) + ("" if self.local else " (weakly local: uses retain data)")
+
     def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
         """The forget-set term of one micro-batch (a scalar to minimise)."""
         raise NotImplementedError(f"{type(self).__name__} defines no forget_loss")
@@ -135,7 +148,7 @@ class Method:
 
 
 class GA(Method):
-    """Gradient ascent: ascend the token-mean NLL of the forget responses (the paper's GA)."""
+    """GA: gradient ascent on the token-mean NLL of the forget responses (the paper's GA)."""
 
     name = "ga"
 
@@ -144,7 +157,7 @@ class GA(Method):
 
 
 class NPO(Method):
-    """Negative Preference Optimisation; the reference is the path model before unlearning."""
+    """NPO (reference: the path model before unlearning)."""
 
     name = "npo"
     default_beta = 0.5
@@ -163,6 +176,15 @@ class SimNPO(Method):
     name = "simnpo"
     default_beta = 1.0
 
+    def variant(self) -> list[str]:
+        return ["norm"] if self.config.length_normalize else []
+
+    def describe(self) -> str:
+        if self.config.length_normalize:
+            return (f"SimNPO, beta {self.beta:g}, length-normalised with margin gamma "
+                    f"{self.config.gamma:g} (the SimNPO paper's form)")
+        return f"SimNPO, beta {self.beta:g}, summed log-probability (the paper's form)"
+
     def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
         lengths = batch.lengths if self.config.length_normalize else None
         return simnpo_loss(batch.logp, self.beta, lengths, self.config.gamma,
@@ -176,7 +198,7 @@ def weighted_retain_nll(method: Method, batch: RetainBatch) -> torch.Tensor:
 
 
 class GradDiff(GA):
-    """GA on the forget set + lambda * NLL on retain data (weakly local)."""
+    """GradDiff: GA on the forget set + lambda * NLL on retain data."""
 
     name = "graddiff"
     local = False
@@ -186,7 +208,7 @@ class GradDiff(GA):
 
 
 class NPORetain(NPO):
-    """NPO on the forget set + lambda * NLL on retain data (weakly local)."""
+    """NPO on the forget set + lambda * NLL on retain data."""
 
     name = "npo_retain"
     local = False
@@ -196,8 +218,7 @@ class NPORetain(NPO):
 
 
 class NPOKL(NPO):
-    """NPO on the forget set + lambda * KL(reference || model) on retain data (weakly
-    local)."""
+    """NPO on the forget set + lambda * KL(reference || model) on retain data."""
 
     name = "npo_kl"
     local = False

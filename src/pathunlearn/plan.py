@@ -109,6 +109,8 @@ class Cell:
     retrain_key: str | None = None
     """The key of the retrain model it is compared with; None: no retrain baseline (a path
     made of the forget stage only)."""
+    method_description: str = ""
+    """What the method is, in one line (:meth:`pathunlearn.methods.Method.describe`)."""
 
     @property
     def path_label(self) -> str:
@@ -130,15 +132,15 @@ class Cell:
 
     def to_json(self) -> dict:
         return {**self.describe(), "method_config": self.method.model_dump(mode="json"),
-                "sweep": list(self.sweep), "key": self.key, "model": self.model_key,
-                "retrain": self.retrain_key}
+                "method_description": self.method_description, "sweep": list(self.sweep),
+                "key": self.key, "model": self.model_key, "retrain": self.retrain_key}
 
     @classmethod
     def from_json(cls, data: dict) -> Cell:
         return cls(tuple(data["path"]), MethodConfig.model_validate(data["method_config"]),
                    data["method"], int(data["seed"]), float(data["lr"]), data["scheduler"],
                    bool(data["local"]), tuple(data["sweep"]), data["key"], data["model"],
-                   data["retrain"])
+                   data["retrain"], data.get("method_description", ""))
 
 
 @dataclass(frozen=True)
@@ -248,12 +250,13 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_],
             classes.append(resolve_method(m.name))
         except ConfigError as e:
             raise ConfigError(f"unlearning.methods.{i}.name: {e}") from None
-    labels = method_labels(u.methods, [c.name for c in classes])
+    objects = [cls(m) for cls, m in zip(classes, u.methods, strict=True)]
+    labels = method_labels(u.methods, [c.name for c in classes], [o.variant() for o in objects])
     lrs, schedulers = u.lrs or [u.lr], u.schedulers or [u.scheduler]
     cells = []
     for path in paths:
         retrain = retrain_path(cfg, path)
-        for method, cls, label in zip(u.methods, classes, labels, strict=True):
+        for method, cls, obj, label in zip(u.methods, classes, objects, labels, strict=True):
             for seed in cfg.seeds:
                 for lr in lrs:
                     for sched in schedulers:
@@ -261,7 +264,8 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_],
                                                                      else ())
                         cell = Cell(tuple(path), method, label, seed, lr, sched, cls.local,
                                     sweep, model_key=leaves[(seed, path)],
-                                    retrain_key=leaves[(seed, retrain)] if retrain else None)
+                                    retrain_key=leaves[(seed, retrain)] if retrain else None,
+                                    method_description=obj.describe())
                         cells.append(replace(cell, key=cell_key(cfg, cell, method_identity(cls))))
     return cells
 
@@ -277,10 +281,14 @@ def position(path: Path_, forget_stage: str) -> int:
     return path.index(forget_stage) + 1
 
 
-def method_labels(methods: list[MethodConfig], names: list[str] | None = None) -> list[str]:
-    """Directory-safe labels: each method's name (``names``, default the config names), plus
-    the settings that tell apart methods of the same name (``npo-beta0.5``, ``npo-beta1``)."""
+def method_labels(methods: list[MethodConfig], names: list[str] | None = None,
+                  variants: list[list[str]] | None = None) -> list[str]:
+    """Directory-safe labels: each method's name (``names``, default the config names), its
+    variant (``variants``: settings that change what the method is, always named, e.g.
+    ``simnpo-norm``), then the settings that tell apart methods of the same name
+    (``npo-beta0.5``, ``npo-beta1``)."""
     names = names or [m.name for m in methods]
+    variants = variants or [[] for _ in methods]
 
     def settings(m: MethodConfig) -> dict[str, object]:
         return {"beta": m.beta, "lambda": m.retain_weight, "gamma": m.gamma,
@@ -288,10 +296,14 @@ def method_labels(methods: list[MethodConfig], names: list[str] | None = None) -
                 **{f"opt-{k}": v for k, v in sorted(m.options.items())}}
 
     labels = []
-    for m, name in zip(methods, names, strict=True):
+    for m, name, variant in zip(methods, names, variants, strict=True):
         group = [settings(o) for o, n in zip(methods, names, strict=True) if n == name]
-        differing = [k for k in settings(m) if len({repr(g.get(k)) for g in group}) > 1]
-        labels.append("-".join([name] + [_setting(k, settings(m).get(k)) for k in differing]))
+        # a setting some method of the group names as its variant tells them apart already
+        named = {p for v, n in zip(variants, names, strict=True) if n == name for p in v}
+        differing = [k for k in settings(m) if len({repr(g.get(k)) for g in group}) > 1
+                     and k not in named]
+        labels.append("-".join([name, *variant]
+                               + [_setting(k, settings(m).get(k)) for k in differing]))
     if len(set(labels)) != len(labels):
         raise ConfigError("unlearning.methods: two methods have identical settings")
     return labels

@@ -282,3 +282,16 @@ def test_cli_eval_math_data_without_answers(cli, saved_model, tmp_path):
 def test_cli_eval_math_bad_prompt_style(cli, saved_model):
     r = cli("eval", "math", saved_model, "--prompt", "fancy")
     assert r.code == 2 and "--prompt" in r.err
+
+
+def test_a_user_template_is_the_prompt():
+    """Issue 13: the exact prompt is the user's to give, with {question} where it goes."""
+    from pathunlearn.config import MathConfig, validate_model
+    from pathunlearn.errors import ConfigError
+
+    template = "Q: {question}\nAnswer with '#### N' at the end. {not a field}"
+    assert math_prompt("  What is 2+2? ", template) == (
+        "Q: What is 2+2?\nAnswer with '#### N' at the end. {not a field}")
+    assert MathConfig(prompt=template).prompt == template
+    with pytest.raises(ConfigError, match="template containing"):
+        validate_model(MathConfig, {"prompt": "Solve it."})

@@ -234,3 +234,14 @@ def test_path_with_every_seed_diverged_has_no_score(tmp_path, write_cell, path_a
     assert verdict["observed"] is True and verdict["n_paths"] == 3
     assert "Without a score (all seeds diverged): " + "-".join(path_at(1)) in verdict["text"]
     assert "| 1 | " + "-".join(path_at(1)) + " | diverged |" in (run_dir / "results.md").read_text()
+
+
+def test_notes_say_what_ran_and_what_the_interval_covers(make_run):
+    shared = make_run(seeds=(0, 1), methods=("ga",), name="shared",
+                      config={"training": {"seed": 0}})
+    md = (build_results(load_run(shared)).run_dir / "results.md").read_text()
+    assert "Methods: ga = GA: gradient ascent" in md
+    assert "The seeds share the path models (training.seed: 0)" in md
+    own = make_run(seeds=(0, 1), methods=("ga",), name="own")
+    assert "share the path models" not in (build_results(load_run(own)).run_dir
+                                           / "results.md").read_text()

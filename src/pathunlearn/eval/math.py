@@ -50,13 +50,18 @@ _NUMBER = re.compile(
 )
 
 
-def math_prompt(question: str, style: PromptStyle = "paper") -> str:
-    """The user message that asks ``question``: the Appendix F prompt, or the question as is."""
+def math_prompt(question: str, style: PromptStyle | str = "paper") -> str:
+    """The user message that asks ``question``: the Appendix F prompt (``paper``), the
+    question as is (``plain``), or a template with ``{question}`` where the question goes (the
+    rest of the template is kept verbatim, braces included)."""
     if style == "plain":
         return question
     if style == "paper":
         return MATH_PROMPT.format(question=question.strip())
-    raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
+    if "{question}" in style:
+        return style.replace("{question}", question.strip())
+    raise ValueError(f"prompt style must be one of {PROMPT_STYLES} or a template with "
+                     f"{{question}}, got {style!r}")
 
 
 def _last_user(conv: Conversation) -> tuple[list[dict[str, str]], int]:

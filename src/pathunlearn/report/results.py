@@ -78,8 +78,17 @@ def build_results(run: Run, *, write: bool = True) -> Results:
 
 
 def run_notes(run: Run) -> list[str]:
-    """Cells of the plan the table does not hold yet, said rather than silently missing."""
-    lines = []
+    """What ran (each method in one line), what the seed interval covers, and the cells of
+    the plan the table does not hold yet (said rather than silently missing)."""
+    methods = dict.fromkeys((c.method_label, c.method_description) for c in run.plan.cells)
+    lines = ["Methods: " + "; ".join(f"{label} = {text}" if text else label
+                                    for label, text in methods) + "."]
+    cfg = run.config
+    if cfg.training.seed is not None and len(cfg.seeds) > 1:
+        lines.append(f"The seeds share the path models (training.seed: {cfg.training.seed}): "
+                     "the 95% intervals cover the unlearning's batch order and adapter "
+                     "initialisation only, not the finetuning. Set training.seed: null to "
+                     "train every path per seed.")
     if run.pending:
         lines.append(f"{len(run.pending)} of {len(run.plan.cells)} planned cells are not "
                      "finished yet and are not in the table.")
