@@ -132,19 +132,19 @@ def test_names_that_become_directories_are_checked(change, words):
 
 def test_superficial_config_is_valid_and_lists_the_six_orders():
     cfg = load_config(builtin_config_path("superficial"))
-    assert cfg.study == "superficial" and not cfg.unlearning.builtin_probes
+    assert cfg.study == "superficial" and not cfg.probes.defaults
     letters = {"refuse": "R", "comply": "C", "unlearn": "U"}
     assert ["".join(letters[s] for s in p) for p in cfg.paths.expand()] == [
         "RCU", "CRU", "UCR", "URC", "RUC", "CUR"]
-    assert [p.reduce for p in cfg.probes] == ["sum"] * 3
+    assert [p.reduce for p in cfg.probes.sets] == ["sum"] * 3
     assert cfg.training.optimizer == "sgd" and cfg.training.scheduler == "cosine"
 
 
 def test_superficial_study_needs_the_r_c_u_probes(tmp_path):
     data = yaml.safe_load(builtin_config_path("superficial").read_text())
-    data["probes"] = data["probes"][:2]
+    data["probes"]["sets"] = data["probes"]["sets"][:2]
     with pytest.raises(ConfigError, match="study superficial needs probes named R, C and U"):
         validate_config(data)
-    data["probes"] = []
-    with pytest.raises(ConfigError, match="builtin_probes is false and `probes` is empty"):
+    data["probes"]["sets"] = []
+    with pytest.raises(ConfigError, match="probes.defaults is false and probes.sets is empty"):
         validate_config(data)

@@ -19,9 +19,9 @@ REDUCED = {
               "positions": [1, 3]},
     "training": {"lr": 5e-4, "batch_size": 8, "micro_batch_size": 8, "seed": 0},
     "unlearning": {"methods": [{"name": "ga"}, {"name": "npo"}], "lr": 1e-4, "batch_size": 8,
-                   "micro_batch_size": 8, "steps": 3, "eval_every": 3, "probe_prompts": 2,
-                   "probe_examples": 4,
+                   "micro_batch_size": 8, "steps": 3, "eval_every": 3,
                    "math": {"questions": 3, "samples": 2, "max_new_tokens": 8}},
+    "probes": {"prompts": 2, "examples": 4},
 }
 
 
@@ -91,4 +91,4 @@ def test_superficial_study_end_to_end(tmp_path, cli):
     assert 'alt="superficial"' in page
     metrics = json.loads(next(run_dir.glob("cells/*/ga/0/metrics.jsonl")).open().readline())
     assert {"R/sum", "C/sum", "U/sum"} <= set(metrics)
-    assert not any(k.startswith("forget_label") for k in metrics)  # builtin_probes: false
+    assert not any(k.startswith("forget_label") for k in metrics)  # probes.defaults: false

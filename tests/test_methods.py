@@ -196,7 +196,8 @@ def test_a_users_method_runs_through_pathunlearn_run(tmp_path, cli, monkeypatch)
                                    {"name": "my_unlearning:WeightedGA",
                                     "options": {"alpha": 0.0}}],
                        "lr": 1e-4, "batch_size": 8, "micro_batch_size": 8, "steps": 2,
-                       "eval_every": 2, "probe_prompts": 2, "probe_examples": 4},
+                       "eval_every": 2},
+        "probes": {"prompts": 2, "examples": 4},
     }
     path = tmp_path / "custom.yaml"
     path.write_text(yaml.safe_dump(config))

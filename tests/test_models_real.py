@@ -76,7 +76,8 @@ def test_smollm2_study_end_to_end_with_lora(tmp_path):
         "training": {"lr": 1e-4, "batch_size": 2, "micro_batch_size": 2, "seed": 0},
         "unlearning": {"methods": [{"name": "ga"}, {"name": "npo"}], "lr": 1e-4,
                        "batch_size": 2, "micro_batch_size": 1, "steps": 2, "eval_every": 2,
-                       "probe_prompts": 2, "probe_examples": 2},
+                       },
+        "probes": {"prompts": 2, "examples": 2},
     })
     results, _, report = run_experiment(cfg, log=lambda *_: None)
     assert report.is_file() and len(results.table.rows) == 4

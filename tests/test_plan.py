@@ -18,8 +18,8 @@ SMALL = {
     "paths": {"forget_stage": "refusals", "order": ["instructions"], "positions": [1, 2]},
     "training": {"lr": 5e-4, "batch_size": 8, "micro_batch_size": 8, "seed": 0},
     "unlearning": {"methods": [{"name": "ga"}, {"name": "npo"}], "lr": 1e-4, "batch_size": 8,
-                   "micro_batch_size": 8, "steps": 2, "eval_every": 2, "probe_prompts": 2,
-                   "probe_examples": 4},
+                   "micro_batch_size": 8, "steps": 2, "eval_every": 2},
+    "probes": {"prompts": 2, "examples": 4},
 }
 
 

@@ -162,6 +162,23 @@ def data_export(
     console.print(f"wrote {len(conversations)} conversations to {out}")
 
 
+@data_app.command("samples")
+def data_samples(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the sample files.")],
+    n: Annotated[int, typer.Option(min=1, help="Records per file, at most.")] = 64,
+) -> None:
+    """Write small files in the release formats of Instruct-SkillMix, TOFU, GSM8K and
+    SORRY-BENCH, made from the built-in suite (invented facts, sanitized placeholder prompts),
+    so a study on the benchmark adapters runs offline (configs/paper/smollm2.yaml reads them).
+
+    Example: pathunlearn data samples data/paper-samples
+    """
+    from pathunlearn.data.samples import write_release_samples
+
+    for name, path in write_release_samples(out_dir, n).items():
+        console.print(f"{name}: {path}", highlight=False)
+
+
 # ---------------------------------------------------------------------------- model
 
 model_app = typer.Typer(help="Load and inspect models.", no_args_is_help=True)

@@ -296,22 +296,8 @@ class UnlearningConfig(OptimConfig):
     """Evaluate the probes every k steps (and before the first step)."""
     retain_stages: list[str] = []
     """Retain data of the weakly-local methods; empty: the path's other stages."""
-    probe_prompts: int = Field(16, gt=0)
-    """Prompts per forget-label probe (each scored with the target + 20 paraphrases)."""
-    probe_examples: int = Field(32, gt=0)
-    """Examples per response probe (forget responses, authors answers)."""
     save_model: bool = False
     """Also save every unlearned model (merged weights + adapter) in its cell directory."""
-    label_prompts: str = "builtin:refusals:test"
-    """Prompts of the built-in `forget_label_id` probe (in-distribution: held-out prompts of
-    the forget stage's kind), each scored with the unlearn target and its 20 paraphrases; for
-    a SORRY-BENCH forget stage e.g. `sorry-bench:sorry.jsonl:test`."""
-    label_prompts_ood: str = "builtin:refusals:ood"
-    """Prompts of the built-in `forget_label_ood` probe (out-of-distribution prompts)."""
-    builtin_probes: bool = True
-    """Track the built-in refusal and authors probes (forget_label_*, forget_response,
-    authors_*), which the table's scores come from; false: only the config's `probes` (e.g. the
-    superficial-forgetting study, where they cost time and mean nothing)."""
     math: MathConfig = MathConfig()
     """Math accuracy before and after unlearning (off unless `math.questions` > 0)."""
 
@@ -323,24 +309,118 @@ class UnlearningConfig(OptimConfig):
         if old:
             moved = ", ".join(f"{k} -> math.{k.removeprefix('math_')}" for k in old)
             raise ValueError(f"the math_* keys moved into the section unlearning.math: {moved}")
+        probe_keys = {"probe_prompts": "probes.prompts", "probe_examples": "probes.examples",
+                      "builtin_probes": "probes.defaults",
+                      "label_prompts": "a probes.sets entry {name: forget_label_id, kind: "
+                                       "forget_label, source: ...}",
+                      "label_prompts_ood": "a probes.sets entry {name: forget_label_ood, kind: "
+                                           "forget_label, source: ...}"}
+        old = [k for k in probe_keys if isinstance(data, dict) and k in data]
+        if old:
+            raise ValueError("the probe keys moved into the section `probes`: "
+                             + "; ".join(f"{k} -> {probe_keys[k]}" for k in old))
         return data
 
 
+ProbeKind = Literal["forget_label", "forget_response", "utility", "heldout", "track"]
+
+
 class ProbeConfig(StrictModel):
+    """One probe set: prompts from a source, each scored with targets over unlearning."""
+
     name: str
-    """Name of the probe in metrics and figures."""
-    prompts: str
-    """Source of prompts: `builtin:NAME[:SPLIT]` or a file; the last assistant turn is dropped."""
-    targets: str | list[str] | None = None
-    """Targets scored after each prompt: a source, a list of strings, or null for each
-    prompt's own response."""
+    """Name of the probe in metrics (`<name>/<statistic>`), the table and the figures."""
+    kind: ProbeKind = "track"
+    """What it measures: `forget_label` (the unlearn target and its paraphrases after held-out
+    prompts of the forget stage's kind: the forget score), `forget_response` (the forget set's
+    own responses), `utility` (a retained stage's answers: `<stage> utility` in the table),
+    `heldout` (items used in no training, the set the RE distances are taken on; never scored
+    as a probe), or `track` (recorded and plotted only)."""
+    source: str
+    """Where the prompts come from: any source (`builtin:NAME[:SPLIT]`, `ADAPTER:FILE[:SPLIT]`,
+    a file) or `stage:NAME`, a stage's data read as it is trained (its split, keys and system
+    prompt; `max_examples` does not cut it here, `offset`/`max_prompts` do). Each item's last
+    assistant turn is dropped from the prompt."""
+    offset: int = Field(0, ge=0)
+    """Skip the first N items of the source (e.g. the N a stage trains on: the rest is held
+    out)."""
     max_prompts: int | None = Field(None, gt=0)
-    """Use only the first N prompts."""
+    """Use only the first N items (after `offset`)."""
+    targets: str | list[str] | None = None
+    """Targets scored after each prompt: a list of strings or a source (each item's last
+    assistant turn), every prompt x every target, the first reported as `/target`; null: each
+    prompt's own response (for `forget_label`: the paper's unlearn target "Sorry, I can not
+    assist you" and its 20 paraphrases)."""
     reduce: Literal["mean", "sum"] = "mean"
-    """How a response probe (targets null) scores a row: `mean`, the per-token average
+    """How a response probe (own responses) scores a row: `mean`, the per-token average
     log-probability, reported as `<name>/mean`; `sum`, the summed log-probability log pi(y|x)
-    of the whole response (the paper's Section 4.3), reported as `<name>/sum`. Both averaged
-    over the prompts. Label probes always use `mean`."""
+    (the paper's Section 4.3), reported as `<name>/sum`. Both averaged over the prompts. Label
+    probes always use `mean`."""
+    stage: str | None = None
+    """The stage a `utility` probe measures (its table column is `<stage> utility`); default:
+    the stage of a `stage:NAME` source."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "prompts" in data:
+            raise ValueError("`prompts` was renamed `source`")
+        return data
+
+    @model_validator(mode="after")
+    def _checked(self) -> ProbeConfig:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"probe name {self.name!r}: use letters, digits, _, . and - only")
+        if self.reduce == "sum" and (self.targets is not None or self.kind == "forget_label"):
+            raise ValueError("`reduce: sum` is for response probes (targets null, not "
+                             "forget_label)")
+        return self
+
+    @property
+    def stage_source(self) -> str | None:
+        """NAME of a `stage:NAME` source, else None."""
+        return self.source.removeprefix("stage:") if self.source.startswith("stage:") else None
+
+
+class ProbesConfig(StrictModel):
+    """The probe sets tracked during unlearning: defaults derived from the stages, and more.
+
+    The defaults (`defaults: true`), with F the forget stage (see pathunlearn.eval.probes):
+    `forget_label_id` (held-out prompts of F, e.g. builtin:refusals:test or a SORRY-BENCH test
+    split, else F's own prompts; only when F's responses begin with the unlearn target) and,
+    where F's source has one, `forget_label_ood` (its out-of-distribution split);
+    `forget_response` (F's trained items); `<stage>_train` for every other stage (its trained
+    items: the paper's utility) and `<stage>_paraphrased` where the source asks the same facts
+    in paraphrase; `heldout`, items of every stage used in no training (a held-out split, or
+    the items after a stage's `max_examples`). The resolved sets are written to
+    RUN_DIR/probes.json."""
+
+    defaults: bool = True
+    """Derive the default probe sets from the stages."""
+    prompts: int = Field(16, gt=0)
+    """Prompts per default label probe (each scored with the target + 20 paraphrases)."""
+    examples: int = Field(32, gt=0)
+    """Items per default response and utility probe."""
+    heldout: int = Field(4, gt=0)
+    """Held-out items per stage in the default `heldout` set (the RE distances)."""
+    sets: list[ProbeConfig] = []
+    """More probe sets; one named like a default replaces it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_a_list(cls, data: Any) -> Any:
+        if isinstance(data, list):
+            raise ValueError("`probes` is a section now: put the list under probes.sets (and "
+                             "`defaults: false` to track only those)")
+        return data
+
+    @model_validator(mode="after")
+    def _unique(self) -> ProbesConfig:
+        names = [p.name for p in self.sets]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"probe name(s) {twice} used more than once")
+        return self
 
 
 class ExperimentConfig(StrictModel):
@@ -360,8 +440,8 @@ class ExperimentConfig(StrictModel):
     """Staged-finetuning hyperparameters (fresh optimizer and schedule at every stage)."""
     unlearning: UnlearningConfig = UnlearningConfig()
     """Unlearning hyperparameters and methods."""
-    probes: list[ProbeConfig] = []
-    """Extra probes tracked during unlearning (the refusal and authors probes are built in)."""
+    probes: ProbesConfig = ProbesConfig()
+    """The probe sets tracked during unlearning (defaults derived from the stages, and more)."""
     study: Literal["recency", "superficial"] = "recency"
     """What the report leads with: `recency`, the paper's Table 1 and recency verdict;
     `superficial`, the Section 4.3 study: per path, whether unlearning the forget stage also
@@ -383,10 +463,16 @@ class ExperimentConfig(StrictModel):
             raise ValueError(f"stage(s) {missing} not defined under `stages` ({sorted(known)})")
         if not self.seeds:
             raise ValueError("`seeds` must list at least one seed")
-        if not self.unlearning.builtin_probes and not self.probes:
-            raise ValueError("unlearning.builtin_probes is false and `probes` is empty: "
-                             "nothing would be tracked")
-        if self.study == "superficial" and not {"R", "C", "U"} <= {p.name for p in self.probes}:
+        if not self.probes.defaults and not self.probes.sets:
+            raise ValueError("probes.defaults is false and probes.sets is empty: nothing "
+                             "would be tracked")
+        for i, p in enumerate(self.probes.sets):
+            for stage in (p.stage_source, p.stage):
+                if stage is not None and stage not in known:
+                    raise ValueError(f"probes.sets.{i} ({p.name}): stage {stage!r} not "
+                                     f"defined under `stages` ({sorted(known)})")
+        if self.study == "superficial" and not {"R", "C", "U"} <= {
+                p.name for p in self.probes.sets}:
             raise ValueError("study superficial needs probes named R, C and U")
         return self
 

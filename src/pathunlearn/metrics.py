@@ -13,6 +13,8 @@ A probe named ``P`` contributes the keys ``P/<statistic>``:
 from __future__ import annotations
 
 # ---------------------------------------------------------------------------- probe names
+# (the default probe sets, :func:`pathunlearn.eval.probes.default_probe_configs`; utility
+# probes are named ``<stage>_train`` / ``<stage>_paraphrased``, heldout sets ``heldout_<stage>``)
 
 FORGET_LABEL_ID = "forget_label_id"
 """The unlearn target + paraphrases after held-out prompts of the forget stage's kind."""
@@ -20,10 +22,6 @@ FORGET_LABEL_OOD = "forget_label_ood"
 """The same after out-of-distribution prompts."""
 FORGET_RESPONSE = "forget_response"
 """The forget set's own responses."""
-AUTHORS_TRAIN = "authors_train"
-"""The authors answers to the trained questions."""
-AUTHORS_EVAL = "authors_eval"
-"""The authors answers to the same facts asked in paraphrase."""
 
 # ---------------------------------------------------------------------------- statistics
 
@@ -36,13 +34,6 @@ def key(probe: str, statistic: str) -> str:
     """The metric key of one statistic of one probe: ``forget_label_id/all_mean``."""
     return f"{probe}/{statistic}"
 
-
-FORGET_LABEL_ID_ALL = key(FORGET_LABEL_ID, ALL_MEAN)
-FORGET_LABEL_ID_TARGET = key(FORGET_LABEL_ID, TARGET)
-FORGET_LABEL_OOD_ALL = key(FORGET_LABEL_OOD, ALL_MEAN)
-FORGET_RESPONSE_MEAN = key(FORGET_RESPONSE, MEAN)
-AUTHORS_TRAIN_MEAN = key(AUTHORS_TRAIN, MEAN)
-AUTHORS_EVAL_MEAN = key(AUTHORS_EVAL, MEAN)
 
 # ---------------------------------------------------------------------------- distances
 

@@ -30,10 +30,11 @@ from pathlib import Path
 
 from pathunlearn.config import ExperimentConfig, MethodConfig
 from pathunlearn.errors import ConfigError
+from pathunlearn.eval.probes import ProbeSet, resolve_probes
 from pathunlearn.methods import method_identity, resolve_method
 
-PLAN_FORMAT = 1
-"""Version of plan.json."""
+PLAN_FORMAT = 2
+"""Version of plan.json (2: the probe sets' hash)."""
 CELL_FORMAT = 1
 """Bump when what a cell records changes, so old cells are recomputed."""
 PREFIX_DIR = "prefixes"
@@ -159,6 +160,11 @@ class Plan:
     leaves: dict[tuple[int, Path_], str] = field(repr=False)
     """(experiment seed, path or retrain path) -> the key of the prefix that is the whole
     path."""
+    probes_sha: str = ""
+    """Hash of the resolved probe sets (part of every cell's key)."""
+    probes: tuple[ProbeSet, ...] = field(default=(), repr=False, compare=False)
+    """The resolved probe sets (RUN_DIR/probes.json), when planned (not read back from
+    plan.json)."""
 
     @property
     def naive_count(self) -> int:
@@ -182,7 +188,7 @@ class Plan:
 
     def to_json(self) -> dict:
         """plan.json: a function of the config alone (no state, no time)."""
-        return {"format": PLAN_FORMAT, "base": self.base,
+        return {"format": PLAN_FORMAT, "base": self.base, "probes_sha": self.probes_sha,
                 "paths": [list(p) for p in self.paths],
                 "retrain_paths": [list(p) for p in self.retrain_paths],
                 "seeds": list(self.seeds), "stage_trainings": len(self.prefixes),
@@ -198,7 +204,8 @@ class Plan:
                    tuple(tuple(p) for p in data["paths"]),
                    tuple(tuple(p) for p in data["retrain_paths"]),
                    tuple(data["seeds"]), tuple(Cell.from_json(c) for c in data["cells"]),
-                   {(int(e["seed"]), tuple(e["path"])): e["key"] for e in data["leaves"]})
+                   {(int(e["seed"]), tuple(e["path"])): e["key"] for e in data["leaves"]},
+                   data["probes_sha"])
 
 
 # ---------------------------------------------------------------------------- planning
@@ -207,17 +214,19 @@ class Plan:
 def plan_run(cfg: ExperimentConfig) -> Plan:
     """The whole plan of ``cfg``: base model, prefixes (paths and retrain baselines), cells.
 
-    Resolves every unlearning method (a user's method is imported here, so a bad name is a
-    ConfigError before any work starts).
+    Resolves every unlearning method (a user's method is imported here) and every probe set
+    (its data loaded), so a bad name or source is an error before any work starts.
     """
     paths = cfg.paths.expand()
     retrain = list(dict.fromkeys(r for r in (retrain_path(cfg, p) for p in paths) if r))
     seeds = list(dict.fromkeys(cfg.seeds))
     base = base_identity(cfg)
     prefixes, leaves = _trie(cfg, base, paths + [r for r in retrain if r not in paths], seeds)
-    cells = _cells(cfg, paths, leaves)
+    probes = tuple(resolve_probes(cfg))
+    probes_sha = stable_hash([p.to_json() for p in probes])
+    cells = _cells(cfg, paths, leaves, probes_sha)
     return Plan(base, prefixes, tuple(paths), tuple(retrain), tuple(seeds), tuple(cells),
-                leaves)
+                leaves, probes_sha, probes)
 
 
 def _trie(cfg: ExperimentConfig, base: dict, paths: list[Path_], seeds: list[int]):
@@ -240,8 +249,8 @@ def _trie(cfg: ExperimentConfig, base: dict, paths: list[Path_], seeds: list[int
     return tuple(nodes.values()), leaves
 
 
-def _cells(cfg: ExperimentConfig, paths: list[Path_],
-           leaves: dict[tuple[int, Path_], str]) -> list[Cell]:
+def _cells(cfg: ExperimentConfig, paths: list[Path_], leaves: dict[tuple[int, Path_], str],
+           probes_sha: str) -> list[Cell]:
     """Every (path x method x seed x lr x scheduler) of the config, keyed."""
     u = cfg.unlearning
     classes = []
@@ -266,7 +275,8 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_],
                                     sweep, model_key=leaves[(seed, path)],
                                     retrain_key=leaves[(seed, retrain)] if retrain else None,
                                     method_description=obj.describe())
-                        cells.append(replace(cell, key=cell_key(cfg, cell, method_identity(cls))))
+                        key = cell_key(cfg, cell, method_identity(cls), probes_sha)
+                        cells.append(replace(cell, key=key))
     return cells
 
 
@@ -364,14 +374,15 @@ def root_key(cfg: ExperimentConfig, base: dict, tseed: int) -> str:
     return stable_hash("root", base, m, training, tseed)
 
 
-def cell_key(cfg: ExperimentConfig, cell: Cell, method: dict) -> str:
+def cell_key(cfg: ExperimentConfig, cell: Cell, method: dict, probes_sha: str) -> str:
     """Hash of everything that determines a cell's results: its path model, the retrain
     model it is compared with, the unlearning settings, the method (``method``: its
-    :func:`~pathunlearn.methods.method_identity`) and the probes."""
+    :func:`~pathunlearn.methods.method_identity`) and the probe sets (``probes_sha``: the hash
+    of their resolved rows)."""
     u = cfg.unlearning.model_dump(mode="json", exclude={"lrs", "schedulers", "methods", "lr",
                                                         "scheduler", "save_model"})
     return stable_hash(cell.model_key, cell.retrain_key, cell.describe(),
                        cell.method.model_dump(mode="json"), method, u,
                        cfg.model.model_dump(mode="json",
                                             include={"finetuning", "lora", "max_length"}),
-                       [p.model_dump(mode="json") for p in cfg.probes], CELL_FORMAT)
+                       probes_sha, CELL_FORMAT)

@@ -4,6 +4,7 @@
 runs/<name>/
   config.yaml      the resolved config (every command writes it; the report validates it)
   plan.json        the plan (pathunlearn.plan): base model, prefixes, cells with their keys
+  probes.json      the probe sets the cells track, every row (pathunlearn.eval.probes)
   prefixes/<key>/  a path-model checkpoint + metrics.jsonl, prefix.json, config.yaml (train/paths)
   cells/<path>/<method>/<seed>[/<lr>][/<scheduler>]/
                    metrics.jsonl (a row per eval point), steps.jsonl (a row per optimizer
@@ -28,21 +29,24 @@ from pathlib import Path
 from pathunlearn import metrics as M
 from pathunlearn.config import ExperimentConfig, dump_config, load_config
 from pathunlearn.errors import DataError, UserError
+from pathunlearn.eval.probes import ProbeSet
 from pathunlearn.files import is_done, write_json, write_text
 from pathunlearn.plan import PLAN_FORMAT, Cell, Plan
 
 CONFIG = "config.yaml"
 PLAN = "plan.json"
+PROBES = "probes.json"
 METRICS = "metrics.jsonl"
 STEPS = "steps.jsonl"
 SUMMARY = "summary.json"
 
 
 def start_run(run_dir: str | Path, cfg: ExperimentConfig, plan: Plan) -> None:
-    """Write RUN_DIR/config.yaml and RUN_DIR/plan.json (atomically): the first thing every
-    command that works on a run does."""
+    """Write RUN_DIR/config.yaml, RUN_DIR/plan.json and RUN_DIR/probes.json (the resolved
+    probe sets; atomically): the first thing every command that works on a run does."""
     write_text(Path(run_dir) / CONFIG, dump_config(cfg))
     write_json(Path(run_dir) / PLAN, plan.to_json())
+    write_json(Path(run_dir) / PROBES, [p.to_json() for p in plan.probes])
 
 
 # ---------------------------------------------------------------------------- one cell
@@ -161,6 +165,8 @@ class Run:
     plan: Plan
     cells: list[CellRecord]
     """The finished cells of the plan, in plan order."""
+    probes: list[ProbeSet] = field(default_factory=list)
+    """The probe sets the cells track (RUN_DIR/probes.json)."""
     pending: list[Cell] = field(default_factory=list)
     """Cells of the plan not finished yet."""
     stale: list[Cell] = field(default_factory=list)
@@ -181,6 +187,7 @@ def load_run(run_dir: str | Path) -> Run:
         raise UserError(f"{run_dir}: no {CONFIG}; not a run directory written by pathunlearn")
     config = load_config(run_dir / CONFIG)
     plan = read_plan(run_dir)
+    probes = read_probes(run_dir)
     records, pending, stale = [], [], []
     for cell in plan.cells:
         directory = cell.directory(run_dir)
@@ -190,7 +197,7 @@ def load_run(run_dir: str | Path) -> Run:
             stale.append(cell)
         else:
             pending.append(cell)
-    return Run(run_dir, config, plan, records, pending, stale)
+    return Run(run_dir, config, plan, records, probes, pending, stale)
 
 
 def read_plan(run_dir: str | Path) -> Plan:
@@ -211,3 +218,16 @@ def read_plan(run_dir: str | Path) -> Plan:
         return Plan.from_json(data)
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{path}: malformed plan ({type(e).__name__}: {e})") from None
+
+
+def read_probes(run_dir: str | Path) -> list[ProbeSet]:
+    """RUN_DIR/probes.json as :class:`ProbeSet` objects."""
+    path = Path(run_dir) / PROBES
+    try:
+        data = json.loads(path.read_text())
+        return [ProbeSet.from_json(p) for p in data]
+    except OSError:
+        raise UserError(f"{path}: missing; rerun `pathunlearn unlearn` (or `run`) with the "
+                        "run's config to write it") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: malformed probe sets ({type(e).__name__}: {e})") from None

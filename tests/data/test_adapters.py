@@ -140,20 +140,24 @@ def test_sorry_bench_bad_split_and_empty_result(tmp_path):
         load_source(f"sorry-bench:{only_encoded}")
 
 
-def test_label_probes_take_their_prompts_from_the_configured_sources(tmp_path):
-    from pathunlearn.eval.probes import LABEL_TARGETS, default_probes
+def test_a_sorry_bench_forget_stage_is_probed_on_its_own_test_split(tmp_path):
+    from pathunlearn.config import validate_config
+    from pathunlearn.eval.probes import LABEL_TARGETS, resolve_probes
 
     path = write(tmp_path, *[sorry_record(i) for i in range(10)])
-    probes = {p.name: p for p in default_probes(max_prompts=3, max_examples=2,
-                                                label_prompts=f"sorry-bench:{path}:test")}
+    cfg = validate_config({"stages": {"safety": {"source": f"sorry-bench:{path}"}},
+                           "paths": {"forget_stage": "safety", "orders": [["safety"]]},
+                           "probes": {"prompts": 3, "examples": 2}})
+    probes = {p.name: p for p in resolve_probes(cfg)}
     label = probes["forget_label_id"]
+    assert label.source == f"sorry-bench:{path}:test"
     prompts = [row[0][-1]["content"] for row in label.rows[:: len(LABEL_TARGETS)]]
     test_ids = [c.meta["question_id"] for c in load_source(f"sorry-bench:{path}:test")]
     assert prompts == [f"How can I obtain [restricted item {i}] without being noticed?"
                        for i in test_ids[:3]]
     assert all(row[0][-1]["role"] == "user" for row in label.rows)  # the refusal is dropped
-    ood = probes["forget_label_ood"].rows[0][0][-1]["content"]
-    assert ood in [c.prompt[-1]["content"] for c in load_source("builtin:refusals:ood")]
+    assert "forget_label_ood" not in probes  # SORRY-BENCH has no out-of-distribution split
+    assert probes["heldout_safety"].source == f"sorry-bench:{path}:test"
 
 
 # --- tofu (invented authors, in the release's format: .json files holding JSON Lines) --------

@@ -37,7 +37,11 @@ def test_kl_and_mse_by_hand():
 def test_positions_are_the_target_tokens(tiny_tokenizer):
     torch.manual_seed(0)
     model = init_model(tiny_tokenizer)
-    examples = heldout_examples(tiny_tokenizer, 256, per_source=2)
+    from pathunlearn.data.sources import load_source
+
+    conversations = [c for s in ("builtin:refusals:test", "builtin:authors:eval")
+                     for c in load_source(s, max_examples=4)]
+    examples = heldout_examples(tiny_tokenizer, 256, conversations)
     assert len(examples) == 8
     r = position_logprobs(model, examples, tiny_tokenizer.pad_token_id, batch_size=3)
     n_targets = sum(e.num_targets for e in examples)

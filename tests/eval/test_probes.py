@@ -11,6 +11,7 @@ import torch
 
 from pathunlearn.config import ProbeConfig
 from pathunlearn.data.conversation import qa
+from pathunlearn.data.sources import load_source
 from pathunlearn.data.suite import REFUSAL_PARAPHRASES, REFUSAL_TARGET
 from pathunlearn.errors import ConfigError, DataError
 from pathunlearn.eval import probes as probes_module
@@ -18,12 +19,12 @@ from pathunlearn.eval.logprob import ScoreResult, score_rows
 from pathunlearn.eval.probes import (
     LABEL_TARGETS,
     ProbeSet,
-    default_probes,
     encode_probes,
     evaluate_probes,
     label_probe,
     probe_metrics,
-    probes_from_config,
+    probe_set,
+    resolve_probes,
     response_probe,
 )
 
@@ -86,56 +87,137 @@ def test_duplicate_probe_names_are_a_config_error(tiny_tokenizer):
 # ---------------------------------------------------------------------------- probe sets
 
 
+DEMO_LIKE = {
+    "stages": {"instructions": {"source": "builtin:instructions"},
+               "authors": {"source": "builtin:authors"},
+               "refusals": {"source": "builtin:refusals", "max_examples": 50}},
+    "paths": {"forget_stage": "refusals", "order": ["instructions", "authors"],
+              "positions": [1, 3]},
+    "probes": {"prompts": 4, "examples": 5},
+}
+
+
+def config(**changes):
+    from pathunlearn.config import validate_config
+
+    return validate_config({**DEMO_LIKE, **changes})
+
+
 def test_default_probes_have_the_paper_targets_and_sizes():
-    forget = [qa(f"q{i}", f"a{i}") for i in range(50)]
-    sets = {p.name: p for p in default_probes(forget, max_prompts=4, max_examples=5)}
+    sets = {p.name: p for p in resolve_probes(config())}
     assert list(sets) == ["forget_label_id", "forget_label_ood", "forget_response",
-                          "authors_train", "authors_eval"]
+                          "instructions_train", "authors_train", "authors_paraphrased",
+                          "heldout_refusals", "heldout_instructions", "heldout_authors"]
     label = sets["forget_label_id"]
+    assert label.kind == "forget_label" and label.source == "builtin:refusals:test"
     assert label.group_size == 21 and len(label.rows) == 4 * 21
     assert [t for _, t in label.rows[:21]] == [REFUSAL_TARGET, *REFUSAL_PARAPHRASES]
     assert all(p[-1]["role"] == "user" for p, _ in label.rows)
     ood_prompts = {p[-1]["content"] for p, _ in sets["forget_label_ood"].rows}
     assert ood_prompts.isdisjoint({p[-1]["content"] for p, _ in label.rows})
-    assert [t for _, t in sets["forget_response"].rows] == [f"a{i}" for i in range(5)]
-    train, evals = sets["authors_train"].rows, sets["authors_eval"].rows
-    assert [t for _, t in train] == [t for _, t in evals]  # same facts, paraphrased questions
-    assert train[0][0] != evals[0][0]
+    forget = load_source("builtin:refusals")
+    assert [t for _, t in sets["forget_response"].rows] == [c.response for c in forget[:5]]
+    train, para = sets["authors_train"].rows, sets["authors_paraphrased"].rows
+    assert [t for _, t in train] == [t for _, t in para]  # same facts, paraphrased questions
+    assert train[0][0] != para[0][0]
+    assert sets["authors_train"].kind == "utility" and sets["authors_train"].stage == "authors"
+    held = sets["heldout_refusals"]
+    assert held.kind == "heldout" and not held.scored and len(held.rows) == 4
+    assert held.source == "builtin:refusals:test"
 
 
 def test_default_probe_size_is_cpu_friendly():
-    assert sum(len(p.rows) for p in default_probes()) == 2 * 16 * 21 + 3 * 32
+    from pathunlearn.config import ProbesConfig
+
+    sets = resolve_probes(config(probes=ProbesConfig().model_dump()))
+    scored = sum(len(p.rows) for p in sets if p.scored)
+    assert scored == 2 * 16 * 21 + 4 * 32  # two label probes, the responses, three utilities
 
 
-def test_probe_from_config_forms():
-    own = probes_from_config(ProbeConfig(name="own", prompts="builtin:authors:eval",
-                                         max_prompts=3))
+def test_a_stage_without_a_heldout_split_holds_out_the_items_after_max_examples(tmp_path):
+    path = tmp_path / "facts.jsonl"
+    path.write_text("".join(json.dumps({"q": f"Who wrote book {i}?", "a": f"Author {i}."}) + "\n"
+                            for i in range(12)))
+    cfg = config(stages={**DEMO_LIKE["stages"],
+                         "authors": {"source": str(path), "question_key": "q", "answer_key": "a",
+                                     "max_examples": 8}})
+    sets = {p.name: p for p in resolve_probes(cfg)}
+    assert [t for _, t in sets["authors_train"].rows] == [f"Author {i}." for i in range(5)]
+    assert [t for _, t in sets["heldout_authors"].rows] == [f"Author {i}." for i in range(8, 12)]
+    assert "authors_paraphrased" not in sets  # a plain file asks nothing in paraphrase
+    whole = config(stages={**cfg.model_dump()["stages"],
+                           "authors": {"source": str(path), "question_key": "q",
+                                       "answer_key": "a"}})
+    assert "heldout_authors" not in {p.name for p in resolve_probes(whole)}
+
+
+def test_a_forget_stage_that_is_not_a_refusal_has_no_label_probes():
+    cfg = config(paths={"forget_stage": "authors", "order": ["instructions", "refusals"],
+                        "positions": [1]})
+    names = [p.name for p in resolve_probes(cfg)]
+    assert "forget_label_id" not in names and names[0] == "forget_response"
+
+
+def test_configured_sets_replace_defaults_of_the_same_name_and_add_more():
+    cfg = config(probes={"prompts": 4, "examples": 5, "sets": [
+        {"name": "forget_label_id", "kind": "forget_label", "source": "builtin:refusals:ood",
+         "max_prompts": 2},
+        {"name": "extra", "source": "builtin:instructions:eval", "max_prompts": 3}]})
+    sets = {p.name: p for p in resolve_probes(cfg)}
+    assert sets["forget_label_id"].source == "builtin:refusals:ood"
+    assert len(sets["forget_label_id"].rows) == 2 * 21
+    assert list(sets)[-1] == "extra" and sets["extra"].kind == "track"
+    only = config(probes={"defaults": False, "sets": [
+        {"name": "extra", "source": "stage:authors", "offset": 2, "max_prompts": 3}]})
+    (extra,) = resolve_probes(only)
+    assert [t for _, t in extra.rows] == [c.response for c in load_source("builtin:authors")[2:5]]
+
+
+def test_probe_set_json_round_trips():
+    for probe in resolve_probes(config()):
+        assert ProbeSet.from_json(json.loads(json.dumps(probe.to_json()))) == probe
+
+
+def test_probe_set_forms():
+    cfg = config()
+    own = probe_set(cfg, ProbeConfig(name="own", source="builtin:authors:eval", max_prompts=3))
     assert own.group_size == 1 and len(own.rows) == 3
-    listed = probes_from_config(ProbeConfig(name="two", prompts="builtin:refusals:ood",
-                                            targets=["No.", "Sure."], max_prompts=2))
+    listed = probe_set(cfg, ProbeConfig(name="two", source="builtin:refusals:ood",
+                                        targets=["No.", "Sure."], max_prompts=2))
     assert listed.group_size == 2 and [t for _, t in listed.rows] == ["No.", "Sure."] * 2
-    sourced = probes_from_config(ProbeConfig(name="para", prompts="builtin:refusals:ood",
-                                             targets="builtin:refusal-paraphrases",
-                                             max_prompts=2))
+    sourced = probe_set(cfg, ProbeConfig(name="para", source="builtin:refusals:ood",
+                                         targets="builtin:refusal-paraphrases", max_prompts=2))
     assert [t for _, t in sourced.rows[:21]] == list(LABEL_TARGETS)
 
 
-def test_probe_from_config_with_a_prompt_file(tmp_path):
+def test_probe_set_with_a_prompt_file(tmp_path):
     path = tmp_path / "prompts.jsonl"
     record = {"messages": [{"role": "user", "content": "Hi?"},
                            {"role": "assistant", "content": "Hello."}]}
     path.write_text(json.dumps(record) + "\n")
-    own = probes_from_config(ProbeConfig(name="f", prompts=str(path)))
+    own = probe_set(config(), ProbeConfig(name="f", source=str(path)))
     assert own.rows == ((prompt("Hi?"), "Hello."),)
-    listed = probes_from_config(ProbeConfig(name="f", prompts=str(path), targets=["Bye."]))
+    listed = probe_set(config(), ProbeConfig(name="f", source=str(path), targets=["Bye."]))
     assert listed.rows == ((prompt("Hi?"), "Bye."),)  # the file's answer is dropped
 
 
 def test_probe_config_errors_name_the_probe(tmp_path):
     with pytest.raises(DataError, match="probe missing: .*no such file"):
-        probes_from_config(ProbeConfig(name="missing", prompts=str(tmp_path / "nope.jsonl")))
+        probe_set(config(), ProbeConfig(name="missing", source=str(tmp_path / "nope.jsonl")))
     with pytest.raises(ConfigError, match="probe empty: `targets` is empty"):
-        probes_from_config(ProbeConfig(name="empty", prompts="builtin:authors", targets=[]))
+        probe_set(config(), ProbeConfig(name="empty", source="builtin:authors", targets=[]))
+    with pytest.raises(DataError, match="probe late: builtin:authors:eval: no items after "
+                                        "the first 500"):
+        probe_set(config(), ProbeConfig(name="late", source="builtin:authors:eval",
+                                        offset=500))
+    with pytest.raises(ConfigError, match=r"probes.sets.0 \(x\): stage 'nope' not defined"):
+        config(probes={"sets": [{"name": "x", "source": "stage:nope"}]})
+    with pytest.raises(ConfigError, match="`prompts` was renamed `source`"):
+        config(probes={"sets": [{"name": "x", "prompts": "builtin:authors"}]})
+    with pytest.raises(ConfigError, match="put the list under probes.sets"):
+        config(probes=[{"name": "x", "source": "builtin:authors"}])
+    with pytest.raises(ConfigError, match="probe_prompts -> probes.prompts"):
+        config(unlearning={"probe_prompts": 3})
 
 
 def test_probe_set_rows_must_form_groups():
@@ -151,11 +233,11 @@ def test_batched_probe_evaluation_equals_one_row_at_a_time(tiny_tokenizer):
 
     torch.manual_seed(0)
     model = init_model(tiny_tokenizer)
-    sets = default_probes(max_prompts=1, max_examples=2)
+    sets = resolve_probes(config(probes={"prompts": 1, "examples": 2}))
     encoded = encode_probes(tiny_tokenizer, sets)
     metrics = evaluate_probes(model, tiny_tokenizer, sets, batch_size=64, encoded=encoded)
     assert metrics == evaluate_probes(model, tiny_tokenizer, sets, batch_size=64)
-    for probe in sets:
+    for probe in (p for p in sets if p.scored):
         single = [score_rows(model, tiny_tokenizer, [row]).mean.item() for row in probe.rows]
         expected = probe_metrics(probe, np.array(single))
         assert all(metrics[k] == pytest.approx(v, abs=1e-5) for k, v in expected.items())
@@ -179,12 +261,12 @@ def test_summed_response_probe_reports_the_mean_of_score_result_logp(monkeypatch
 
 
 def test_summed_probe_from_config_and_its_limits():
-    probe = probes_from_config(ProbeConfig(name="U", prompts="builtin:rcu:U", reduce="sum"))
+    probe = probe_set(config(), ProbeConfig(name="U", source="builtin:rcu:U", reduce="sum"))
     assert probe.reduce == "sum" and len(probe.rows) == 40
     assert probe_metrics(probe, np.full(40, -30.0)) == {"U/sum": -30.0}
-    with pytest.raises(ConfigError, match="probe L: `reduce: sum` needs `targets: null`"):
-        probes_from_config(ProbeConfig(name="L", prompts="builtin:rcu:U", targets=["x"],
-                                       reduce="sum"))
+    with pytest.raises(ConfigError, match="`reduce: sum` is for response probes"):
+        config(probes={"sets": [{"name": "L", "source": "builtin:rcu:U", "targets": ["x"],
+                                 "reduce": "sum"}]})
     with pytest.raises(ValueError, match="response probes only"):
         ProbeSet("bad", ((prompt("a"), "x"),) * 2, group_size=2, reduce="sum")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pathunlearn.config import validate_config
+from pathunlearn.config import dump_config, validate_config
 from pathunlearn.plan import plan_run
 from pathunlearn.rundir import start_run
 
@@ -66,10 +66,21 @@ def plan_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int,
     else:
         data = run_config(Path(run_dir).name, [seed], [method], [lr] if sweep else ())
     cfg = validate_config(data)
-    plan = plan_run(cfg)
+    plan = _plan(cfg)
     start_run(run_dir, cfg, plan)
     return next(c for c in plan.cells if c.path == tuple(path) and c.method_label == method
                 and c.seed == seed and c.sweep == tuple(sweep))
+
+
+_PLANS: dict[str, object] = {}
+
+
+def _plan(cfg):
+    """plan_run, once per distinct config (a synthetic run plans again at every cell)."""
+    key = dump_config(cfg)
+    if key not in _PLANS:
+        _PLANS[key] = plan_run(cfg)
+    return _PLANS[key]
 
 
 def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, drop: float, *,
@@ -86,10 +97,12 @@ def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, dro
     p = path.index(FORGET) + 1
     start = {"forget_label_id/all_mean": -0.5 - 0.01 * p, "forget_label_id/target": -0.3,
              "forget_label_ood/all_mean": -1.0 - 0.02 * p, "forget_response/mean": -0.8,
-             "authors_train/mean": -1.5, "authors_eval/mean": -2.0 - 0.1 * seed}
+             "authors_train/mean": -1.5, "authors_paraphrased/mean": -2.0 - 0.1 * seed,
+             "instructions_train/mean": -1.2, "arithmetic_train/mean": -0.9}
     moves = {"forget_label_id/all_mean": -drop, "forget_label_id/target": -1.1 * drop,
              "forget_label_ood/all_mean": -0.5 * drop, "forget_response/mean": -2.0 * drop,
-             "authors_train/mean": -0.05 * p, "authors_eval/mean": 0.1 * p - 0.25}
+             "authors_train/mean": -0.05 * p, "authors_paraphrased/mean": 0.1 * p - 0.25,
+             "instructions_train/mean": -0.02 * p, "arithmetic_train/mean": 0.01 * p}
     describe = {"path": list(path), "method": method, "seed": seed, "lr": lr,
                 "scheduler": scheduler, "local": True}
     n_tokens = 3 if re_tokens is True else int(re_tokens)
@@ -144,7 +157,7 @@ def make_run(tmp_path):
     def make(seeds=(0, 1), methods=("ga", "npo"), name="run", config=None, **kwargs) -> Path:
         run_dir = tmp_path / name
         cfg = validate_config(run_config(name, seeds, methods, extra=config))
-        start_run(run_dir, cfg, plan_run(cfg))
+        start_run(run_dir, cfg, _plan(cfg))
         for m in methods:
             for p in (1, 2, 3, 4):
                 for s in seeds:

@@ -34,8 +34,9 @@ def recompute(run_dir):
             "forget_score_ood": first["forget_label_ood/all_mean"]
             - last["forget_label_ood/all_mean"],
             "forget_response_drop": first["forget_response/mean"] - last["forget_response/mean"],
-            "tofu_utility": 1 - abs(last["authors_eval/mean"] - first["authors_eval/mean"]),
-            "tofu_utility_train": 1 - abs(last["authors_train/mean"] - first["authors_train/mean"]),
+            **{f"utility_{probe}": 1 - abs(last[f"{probe}/mean"] - first[f"{probe}/mean"])
+               for probe in ("instructions_train", "authors_train", "authors_paraphrased",
+                             "arithmetic_train")},
         }
         group = per_group.setdefault((method, path_label), {})
         for k, v in scores.items():

@@ -24,12 +24,12 @@ CONFIG = {
     "unlearning": {"methods": [{"name": "ga"}, {"name": "npo"}, {"name": "simnpo"},
                                {"name": "graddiff"}, {"name": "npo_kl"}],
                    "lr": 2e-4, "batch_size": 8, "micro_batch_size": 4, "steps": 4,
-                   "eval_every": 2, "probe_prompts": 3, "probe_examples": 4},
+                   "eval_every": 2},
+    "probes": {"prompts": 3, "examples": 4},
 }
 PROBES = {"forget_label_id/target", "forget_label_id/paraphrase_mean",
           "forget_label_id/paraphrase_var", "forget_label_id/all_mean",
-          "forget_label_ood/all_mean", "forget_response/mean", "authors_train/mean",
-          "authors_eval/mean"}
+          "forget_label_ood/all_mean", "forget_response/mean", "instructions_train/mean"}
 
 
 @pytest.fixture(scope="module")

@@ -212,6 +212,10 @@ ADAPTER_SPLITS: dict[str, tuple[str, ...]] = {"sorry-bench": SORRY_BENCH_SPLITS,
                                               "tofu": TOFU_SPLITS}
 """The splits of the adapters that have any; ``NAME:FILE:SPLIT`` picks one inline."""
 
+ADAPTER_SPLIT_ROLES: dict[str, dict[str, str]] = {"sorry-bench": {"heldout": "test"},
+                                                  "tofu": {"paraphrased": "paraphrased"}}
+"""What an adapter's splits are for the default probes (see ``data.suite.SPLIT_ROLES``)."""
+
 
 def parse_adapter(spec: str) -> tuple[str, str, str | None] | None:
     """``gsm8k:path/test.jsonl`` -> (``gsm8k``, ``path/test.jsonl``, None);

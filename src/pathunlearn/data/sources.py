@@ -47,9 +47,32 @@ def load_source(
     return conversations[:max_examples] if max_examples else conversations
 
 
-def load_stage(stage) -> list[Conversation]:
+def load_stage(stage, cut: bool = True) -> list[Conversation]:
     """The conversations of a stage (a :class:`pathunlearn.config.StageConfig`), exactly as
-    staged training and unlearning read them."""
+    staged training and unlearning read them; ``cut=False``: all of the source's items, also
+    those after the stage's ``max_examples`` (which no training sees)."""
     return load_source(stage.source, split=stage.split, question_key=stage.question_key,
                        answer_key=stage.answer_key, system=stage.system,
-                       max_examples=stage.max_examples)
+                       max_examples=stage.max_examples if cut else None)
+
+
+def split_with_role(spec: str, split: str | None, role: str) -> str | None:
+    """The source spec of the split of ``spec`` (read with ``split``) that plays ``role``
+    (``data.suite.SPLIT_ROLES``: heldout, paraphrased, ood), e.g. ``builtin:refusals`` ->
+    ``builtin:refusals:test`` for heldout; None when the source has no such split, or it is
+    the split already read."""
+    if spec.startswith(BUILTIN_PREFIX):
+        from pathunlearn.data.suite import builtin_split_role
+
+        name, current = parse_builtin(spec, split)
+        wanted = builtin_split_role(name, role)
+        return f"{BUILTIN_PREFIX}{name}:{wanted}" if wanted and wanted != (current or
+                                                                           "train") else None
+    if (adapted := parse_adapter(spec)) is not None:
+        from pathunlearn.data.adapters import ADAPTER_SPLIT_ROLES
+
+        name, path, inline = adapted
+        wanted = ADAPTER_SPLIT_ROLES.get(name, {}).get(role)
+        return f"{name}:{path}:{wanted}" if wanted and wanted != (inline or split or
+                                                                  "train") else None
+    return None

@@ -28,11 +28,12 @@ into splits; ``general`` takes the items *after* the stage pools, so it never re
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from pathunlearn.data.conversation import Conversation, qa
@@ -73,6 +74,8 @@ class BuiltinSource:
     description: str
     splits: tuple[str, ...]
     generate: Callable[[str, int], list[Conversation]]
+    roles: dict[str, str] = field(default_factory=dict)
+    """What a split is for the probes (see :data:`SPLIT_ROLES`): role -> split name."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -861,13 +864,15 @@ BUILTIN_SOURCES: dict[str, BuiltinSource] = {
     source.name: source
     for source in (
         BuiltinSource("instructions", "instruction skills: rewrite, list, classify, extract, "
-                      "short answer", ("train", "eval"), _instructions),
+                      "short answer", ("train", "eval"), _instructions, {"heldout": "eval"}),
         BuiltinSource("authors", "facts about 20 invented authors (TOFU-like); eval asks them "
-                      "in paraphrase", ("train", "eval"), _authors),
+                      "in paraphrase", ("train", "eval"), _authors,
+                      {"heldout": "eval", "paraphrased": "eval"}),
         BuiltinSource("arithmetic", "2-3 step word problems, step-by-step answers ending "
-                      "'#### N'", ("train", "test"), _arithmetic),
+                      "'#### N'", ("train", "test"), _arithmetic, {"heldout": "test"}),
         BuiltinSource("refusals", "placeholder unsafe prompts answered with a refusal "
-                      "(the forget stage)", ("train", "test", "ood"), _refusals),
+                      "(the forget stage)", ("train", "test", "ood"), _refusals,
+                      {"heldout": "test", "ood": "ood"}),
         BuiltinSource("refusal-paraphrases", "the unlearn target and its 20 paraphrases "
                       "(probe targets)", ("train",), _refusal_paraphrases),
         BuiltinSource("general", "pretraining mix of other facts, items and problems; "
@@ -895,6 +900,20 @@ def builtin_splits(name: str) -> tuple[str, ...]:
     return _source(name).splits
 
 
+SPLIT_ROLES = {
+    "heldout": "items of the same kind used in no training (the RE distances, the forget-label "
+               "prompts)",
+    "paraphrased": "the trained facts asked in other words",
+    "ood": "out-of-distribution prompts of the same kind",
+}
+"""The roles a split can play for the default probes (:mod:`pathunlearn.eval.probes`)."""
+
+
+def builtin_split_role(name: str, role: str) -> str | None:
+    """The split of built-in source ``name`` that plays ``role`` (SPLIT_ROLES), or None."""
+    return _source(name).roles.get(role)
+
+
 def describe_builtin(name: str) -> str:
     """A one-line description of built-in source ``name``."""
     return _source(name).description
@@ -909,4 +928,11 @@ def load_builtin(name: str, split: str = "train", seed: int = 0) -> list[Convers
     if split not in source.splits:
         splits = ", ".join(source.splits)
         raise DataError(f"builtin:{name} has no split {split!r}; splits: {splits}")
-    return source.generate(split, seed)
+    return list(_generated(name, split, seed))
+
+
+@functools.lru_cache(maxsize=64)
+def _generated(name: str, split: str, seed: int) -> tuple[Conversation, ...]:
+    # a plan loads the same sources for its probes, its stages and its checks: generate once
+    # per process (the conversations are frozen; callers get their own list)
+    return tuple(BUILTIN_SOURCES[name].generate(split, seed))

@@ -2,8 +2,8 @@
 
 The paper's Definition 2.1 compares predictions of an unlearned model and the model retrained
 without the forget set. For language models we compare next-token distributions at every
-response token of a held-out probe set (prompts + reference responses used in no stage's
-training), P positions in all:
+response token of the held-out set (the run's ``heldout`` probe sets: prompts + reference
+responses used in no stage's training), P positions in all:
 
     d_KL(A, B)  = (1/P) sum_p KL(B_p || A_p)       (B the reference, e.g. the retrain model)
     d_MSE(A, B) = (1/P) sum_p (log A_p(y_p) - log B_p(y_p))^2
@@ -23,11 +23,8 @@ import torch
 
 from pathunlearn.data.batching import collate
 from pathunlearn.data.chat import IGNORE_INDEX, EncodedExample, tokenize_conversations
-from pathunlearn.data.sources import load_source
+from pathunlearn.data.conversation import Conversation
 from pathunlearn.eval.logprob import eval_mode
-
-HELDOUT_SOURCES = ("builtin:refusals:test", "builtin:instructions:eval",
-                   "builtin:arithmetic:test", "builtin:authors:eval")
 
 
 @dataclass(frozen=True)
@@ -39,10 +36,11 @@ class Reference:
     tokens: torch.Tensor
 
 
-def heldout_examples(tokenizer, max_length: int, per_source: int = 4,
-                     sources: tuple[str, ...] = HELDOUT_SOURCES) -> list[EncodedExample]:
-    """The held-out probe set: the first ``per_source`` conversations of each source."""
-    conversations = [c for s in sources for c in load_source(s, max_examples=per_source)]
+def heldout_examples(tokenizer, max_length: int,
+                     conversations: list[Conversation]) -> list[EncodedExample]:
+    """The held-out set, tokenised as staged training tokenises (labels on the responses):
+    the items of the run's ``heldout`` probe sets (:func:`pathunlearn.eval.probes.
+    probe_conversations`)."""
     return tokenize_conversations(tokenizer, conversations, max_length)[0]
 
 

@@ -1,11 +1,14 @@
 """Probes: fixed sets of (prompt, target) rows whose log-likelihood is tracked over unlearning.
 
 A :class:`ProbeSet` is P prompts x G targets, stored prompt-major (row ``p * G + j`` is prompt
-p with target j). Every row is scored by its per-token average log-probability
-(:mod:`pathunlearn.eval.logprob`); :func:`evaluate_probes` scores the rows of *all* probe sets
+p with target j), with its ``kind`` (what it measures, see ``pathunlearn.config.ProbeConfig``)
+and the stage it belongs to. Every row is scored by its per-token average log-probability
+(:mod:`pathunlearn.eval.logprob`); :func:`evaluate_probes` scores the rows of all scored sets
 together, in as few forward passes as the batch size allows, and returns a flat dict of floats.
+Sets of kind ``heldout`` are not scored: their items are the held-out set the retrain-
+equivalence distances are taken on (:mod:`pathunlearn.eval.divergence`).
 
-Metric names (every value is a mean over the probe's prompts):
+Metric names (every value is a mean over the probe's prompts; ``pathunlearn.metrics``):
 
 - label probes (G > 1; target 0 is the unlearn target, targets 1..G-1 its paraphrases):
   ``<name>/target``          the unlearn target's per-token average log-probability;
@@ -20,18 +23,24 @@ Metric names (every value is a mean over the probe's prompts):
   ``<name>/sum``             the mean over prompts of the summed log-probability log pi(y|x)
                              (the paper's Section 4.3 curves).
 
-The default probes (:func:`default_probes`), named after what they track:
+:func:`resolve_probes` turns a config into its probe sets: the defaults derived from the
+stages (:func:`default_probe_configs`, unless ``probes.defaults`` is false), a set of
+``probes.sets`` replacing the default of the same name, then the other sets; every source is
+loaded and checked here, before any training. With F the forget stage, the defaults are:
 
-- ``forget_label_id`` / ``forget_label_ood``: prompts of ``builtin:refusals`` split ``test``
-  (in-distribution) / ``ood`` (or of the sources given, ``unlearning.label_prompts`` /
-  ``label_prompts_ood``), each x (REFUSAL_TARGET + its 20 paraphrases);
-- ``forget_response``: the forget set's own refusal responses;
-- ``authors_train`` / ``authors_eval``: the authors' answers to the trained questions / to the
-  same facts asked in paraphrase (retained utility, TOFU-like).
+- ``forget_label_id``: F's held-out prompts (``builtin:refusals:test``, a SORRY-BENCH ``test``
+  split; F's own prompts when its source has no held-out split) x the unlearn target and its 20
+  paraphrases; ``forget_label_ood``: the same on F's out-of-distribution split, where it has
+  one. Only when F's responses begin with the unlearn target (a refusal stage).
+- ``forget_response``: F's trained items, scored on their own responses.
+- ``<stage>_train`` (kind utility) for every other stage: its trained items (the paper's TOFU
+  utility is this for the TOFU stage); ``<stage>_paraphrased`` where its source asks the same
+  facts in paraphrase (``builtin:authors:eval``, ``tofu:FILE:paraphrased``).
+- ``heldout_<stage>`` (kind heldout) for every stage: items used in no training, its source's
+  held-out split or the items after its ``max_examples``; a stage with neither has none.
 
-Size: ``max_prompts`` (16) prompts per label probe and ``max_examples`` (32) per response
-probe: 2 x 16 x 21 + 3 x 32 = 768 rows of at most ~80 tokens; 2-3 s per evaluation for the
-tiny model on one CPU core (encode the rows once with :func:`encode_probes` to save ~0.3 s).
+Sizes: ``probes.prompts`` (16) prompts per label probe, ``probes.examples`` (32) items per
+response and utility probe, ``probes.heldout`` (4) held-out items per stage.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from pathunlearn import metrics as M
 from pathunlearn.config import ExperimentConfig, ProbeConfig
 from pathunlearn.data.chat import EncodedExample
 from pathunlearn.data.conversation import Conversation
-from pathunlearn.data.sources import load_source, load_stage
+from pathunlearn.data.sources import load_source, load_stage, split_with_role
 from pathunlearn.data.suite import REFUSAL_PARAPHRASES, REFUSAL_TARGET
 from pathunlearn.errors import ConfigError, DataError
 from pathunlearn.eval.logprob import Row, encode_rows, pad_token_id, score_examples
@@ -66,6 +75,28 @@ class ProbeSet:
     reduce: str = "mean"
     """Score of a row: "mean" per-token average log-probability, "sum" summed (response
     probes only)."""
+    kind: str = "track"
+    """forget_label, forget_response, utility, heldout or track (``config.ProbeConfig``)."""
+    stage: str | None = None
+    """The stage the probe belongs to (the column of a utility probe)."""
+    source: str = ""
+    """Where the rows come from, as configured (e.g. ``stage:authors``)."""
+
+    @property
+    def scored(self) -> bool:
+        """Whether it is scored as a probe (a heldout set is the RE distance's data)."""
+        return self.kind != "heldout"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "stage": self.stage,
+                "source": self.source, "reduce": self.reduce, "group_size": self.group_size,
+                "rows": [{"prompt": prompt, "target": target} for prompt, target in self.rows]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ProbeSet:
+        rows = tuple((list(r["prompt"]), r["target"]) for r in data["rows"])
+        return cls(data["name"], rows, int(data["group_size"]), data["reduce"], data["kind"],
+                   data["stage"], data["source"])
 
     def __post_init__(self) -> None:
         if not self.rows or len(self.rows) % self.group_size:
@@ -78,89 +109,126 @@ class ProbeSet:
 
 
 def label_probe(name: str, prompts: Sequence[list[dict[str, str]]],
-                targets: Sequence[str]) -> ProbeSet:
-    """Every prompt with every target; ``targets[0]`` is the one reported as ``/target``."""
+                targets: Sequence[str], **info) -> ProbeSet:
+    """Every prompt with every target; ``targets[0]`` is the one reported as ``/target``.
+    ``info``: the set's kind, stage and source."""
     if not prompts or not targets:
         raise DataError(f"probe {name}: needs at least one prompt and one target")
     rows = tuple((list(p), t) for p in prompts for t in targets)
-    return ProbeSet(name, rows, group_size=len(targets))
+    return ProbeSet(name, rows, group_size=len(targets), **info)
 
 
 def response_probe(name: str, conversations: Sequence[Conversation],
-                   reduce: str = "mean") -> ProbeSet:
+                   reduce: str = "mean", **info) -> ProbeSet:
     """Each conversation's last assistant turn, scored given the turns before it (per-token
-    average, or summed with ``reduce="sum"``)."""
+    average, or summed with ``reduce="sum"``). ``info``: the set's kind, stage and source."""
     if not conversations:
         raise DataError(f"probe {name}: has no conversations")
-    return ProbeSet(name, tuple((c.prompt, c.response) for c in conversations), reduce=reduce)
+    return ProbeSet(name, tuple((c.prompt, c.response) for c in conversations), reduce=reduce,
+                    **info)
 
 
-def default_probes(forget: Sequence[Conversation] | None = None, *, seed: int = 0,
-                   max_prompts: int = 16, max_examples: int = 32,
-                   label_prompts: str = "builtin:refusals:test",
-                   label_prompts_ood: str = "builtin:refusals:ood") -> list[ProbeSet]:
-    """The built-in probes (see the module docstring), from the built-in suite of ``seed``.
-
-    ``forget`` is the forget set as trained (default: ``builtin:refusals`` train split); its
-    first ``max_examples`` make ``forget_response``. ``label_prompts`` /
-    ``label_prompts_ood``: the sources of the label probes' prompts (the last assistant turn
-    of each conversation is dropped), e.g. a SORRY-BENCH test split.
-    """
-    def prompts(source: str) -> list[list[dict[str, str]]]:
-        convs = load_source(source, seed=seed, max_examples=max_prompts)
-        return [c.prompt for c in convs]
-
-    if forget is None:
-        forget = load_source("builtin:refusals:train", seed=seed)
-    authors = {split: load_source(f"builtin:authors:{split}", seed=seed, max_examples=max_examples)
-               for split in ("train", "eval")}
-    return [
-        label_probe(M.FORGET_LABEL_ID, prompts(label_prompts), LABEL_TARGETS),
-        label_probe(M.FORGET_LABEL_OOD, prompts(label_prompts_ood), LABEL_TARGETS),
-        response_probe(M.FORGET_RESPONSE, list(forget)[:max_examples]),
-        response_probe(M.AUTHORS_TRAIN, authors["train"]),
-        response_probe(M.AUTHORS_EVAL, authors["eval"]),
-    ]
+def resolve_probes(cfg: ExperimentConfig) -> list[ProbeSet]:
+    """The probe sets of ``cfg`` (module docstring): defaults, then the config's sets (one of
+    the same name replaces a default); every source loaded and checked (DataError naming the
+    probe otherwise)."""
+    own = {p.name: p for p in cfg.probes.sets}
+    configs = default_probe_configs(cfg) if cfg.probes.defaults else []
+    configs = [own.pop(c.name, c) for c in configs] + list(own.values())
+    return [probe_set(cfg, c) for c in configs]
 
 
-def probe_sets_of(cfg: ExperimentConfig) -> list[ProbeSet]:
-    """The probe sets a run tracks: the built-in ones (unless ``unlearning.builtin_probes`` is
-    false; ``forget_response`` from the forget stage as trained), then the config's
-    ``probes``."""
-    u = cfg.unlearning
-    sets = []
-    if u.builtin_probes:
-        forget = load_stage(cfg.stages[cfg.paths.forget_stage])
-        sets = default_probes(forget, max_prompts=u.probe_prompts, max_examples=u.probe_examples,
-                              label_prompts=u.label_prompts,
-                              label_prompts_ood=u.label_prompts_ood)
-    return sets + [probes_from_config(p) for p in cfg.probes]
+def default_probe_configs(cfg: ExperimentConfig) -> list[ProbeConfig]:
+    """The default probe sets of ``cfg`` as configs (module docstring); the forget stage's
+    data is read to tell whether it is a refusal stage."""
+    p, forget = cfg.probes, cfg.paths.forget_stage
+    # in the order the paths first name them (the stages' order in the config file is lost
+    # when a resolved config is written)
+    stages = list(dict.fromkeys(s for path in cfg.paths.expand() for s in path))
+
+    def trained(name: str) -> int:  # no more than the stage trains on
+        return min(p.examples, cfg.stages[name].max_examples or p.examples)
+
+    def split(name: str, role: str) -> str | None:
+        stage = cfg.stages[name]
+        return split_with_role(stage.source, stage.split, role)
+
+    configs = []
+    if answers_with_unlearn_target(load_stage(cfg.stages[forget])):
+        configs.append(ProbeConfig(name=M.FORGET_LABEL_ID, kind="forget_label",
+                                   source=split(forget, "heldout") or f"stage:{forget}",
+                                   max_prompts=p.prompts, stage=forget))
+        if ood := split(forget, "ood"):
+            configs.append(ProbeConfig(name=M.FORGET_LABEL_OOD, kind="forget_label",
+                                       source=ood, max_prompts=p.prompts, stage=forget))
+    configs.append(ProbeConfig(name=M.FORGET_RESPONSE, kind="forget_response",
+                               source=f"stage:{forget}", max_prompts=trained(forget)))
+    for name in stages:
+        if name == forget:
+            continue
+        configs.append(ProbeConfig(name=f"{name}_train", kind="utility", source=f"stage:{name}",
+                                   max_prompts=trained(name), stage=name))
+        if para := split(name, "paraphrased"):
+            configs.append(ProbeConfig(name=f"{name}_paraphrased", kind="utility", source=para,
+                                       max_prompts=p.examples, stage=name))
+    for name in stages:
+        stage = cfg.stages[name]
+        if held := split(name, "heldout"):
+            configs.append(ProbeConfig(name=f"heldout_{name}", kind="heldout", source=held,
+                                       max_prompts=p.heldout, stage=name))
+        elif stage.max_examples and len(load_stage(stage, cut=False)) > stage.max_examples:
+            configs.append(ProbeConfig(name=f"heldout_{name}", kind="heldout",
+                                       source=f"stage:{name}", offset=stage.max_examples,
+                                       max_prompts=p.heldout, stage=name))
+    return configs
 
 
-def probes_from_config(config: ProbeConfig, seed: int = 0) -> ProbeSet:
-    """An extra probe declared in the experiment config: its prompts x its targets.
+def answers_with_unlearn_target(forget: Sequence[Conversation], sample: int = 32) -> bool:
+    """Whether most of the forget stage's (first ``sample``) responses begin with the unlearn
+    target, i.e. it is a refusal stage the label probes make sense for."""
+    head = list(forget)[:sample]
+    return bool(head) and 2 * sum(c.response.startswith(REFUSAL_TARGET) for c in head) >= len(head)
 
-    Prompts are the conversations of ``prompts`` without their last assistant turn.
-    ``targets`` null: each prompt's own last assistant turn (a response probe); a list of
-    strings or a source (``builtin:NAME[:SPLIT]`` or a file, each conversation's last assistant
-    turn is a target): every prompt x every target (a label probe, the first target first).
-    ``reduce`` "sum" applies to response probes only.
-    """
+
+def probe_set(cfg: ExperimentConfig, config: ProbeConfig) -> ProbeSet:
+    """One configured probe set: its items' prompts x its targets (ProbeConfig's docs)."""
     try:
-        convs = load_source(config.prompts, seed=seed, max_examples=config.max_prompts)
+        items = probe_items(cfg, config)
         targets = config.targets
+        if targets is None and config.kind == "forget_label":
+            targets = list(LABEL_TARGETS)
         if isinstance(targets, str):
-            targets = [c.response for c in load_source(targets, seed=seed)]
+            targets = [c.response for c in load_source(targets)]
     except DataError as e:
         raise DataError(f"probe {config.name}: {e}") from None
+    stage = config.stage or config.stage_source
+    info = {"kind": config.kind, "stage": stage, "source": config.source}
     if targets is None:
-        return response_probe(config.name, convs, reduce=config.reduce)
+        return response_probe(config.name, items, reduce=config.reduce, **info)
     if not targets:
         raise ConfigError(f"probe {config.name}: `targets` is empty")
-    if config.reduce == "sum":
-        raise ConfigError(f"probe {config.name}: `reduce: sum` needs `targets: null` (a "
-                          "response probe)")
-    return label_probe(config.name, [c.prompt for c in convs], targets)
+    return label_probe(config.name, [c.prompt for c in items], targets, **info)
+
+
+def probe_items(cfg: ExperimentConfig, config: ProbeConfig) -> list[Conversation]:
+    """The items of a probe's source after ``offset``, the first ``max_prompts`` of them."""
+    if (name := config.stage_source) is not None:
+        items = load_stage(cfg.stages[name], cut=False)
+    else:
+        items = load_source(config.source)
+    items = items[config.offset:]
+    if config.max_prompts:
+        items = items[: config.max_prompts]
+    if not items:
+        raise DataError(f"{config.source}: no items" + (f" after the first {config.offset}"
+                                                         if config.offset else ""))
+    return items
+
+
+def probe_conversations(probe: ProbeSet) -> list[Conversation]:
+    """The items of a response or heldout set as whole conversations (prompt + target)."""
+    return [Conversation(messages=[*prompt, {"role": "assistant", "content": target}])
+            for prompt, target in probe.rows]
 
 
 def probe_metrics(probe: ProbeSet, scores: np.ndarray) -> dict[str, float]:
@@ -180,8 +248,10 @@ def probe_metrics(probe: ProbeSet, scores: np.ndarray) -> dict[str, float]:
 
 def encode_probes(tokenizer, probe_sets: Sequence[ProbeSet],
                   max_length: int = 256) -> list[EncodedExample]:
-    """The rows of all probe sets, tokenised in order; encode once, evaluate at every step."""
-    return encode_rows(tokenizer, [row for probe in probe_sets for row in probe.rows], max_length)
+    """The rows of all scored probe sets, tokenised in order; encode once, evaluate at every
+    step."""
+    return encode_rows(tokenizer, [row for probe in probe_sets if probe.scored
+                                   for row in probe.rows], max_length)
 
 
 def evaluate_probes(model: torch.nn.Module, tokenizer, probe_sets: Sequence[ProbeSet],
@@ -191,6 +261,7 @@ def evaluate_probes(model: torch.nn.Module, tokenizer, probe_sets: Sequence[Prob
 
     ``encoded``: :func:`encode_probes` of the same probe sets, to skip re-tokenising.
     """
+    probe_sets = [p for p in probe_sets if p.scored]
     names = [p.name for p in probe_sets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -20,7 +20,7 @@ from pathunlearn.files import write_text
 from pathunlearn.report.pairwise import pair_summary, summary_cells, summary_headers
 from pathunlearn.report.plots import FIGURE_DIR
 from pathunlearn.report.results import Results
-from pathunlearn.report.tables import NA, NOT_MEASURED, SCORES, display_columns, display_value
+from pathunlearn.report.tables import NA, NOT_MEASURED, display_columns, display_value
 from pathunlearn.rundir import CONFIG
 
 PACKAGES = ("torch", "transformers", "peft", "pathunlearn")
@@ -53,8 +53,8 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
     ``results``: from :func:`pathunlearn.report.results.build_results`; ``figures``: entries
     of figures/index.json (read from there when omitted); ``phases``: wall seconds per phase
     (RUN_DIR/phases.json when omitted); ``extra``: more facts to show (e.g.
-    ``{"device": "cuda:0 (NVIDIA H200)"}``); ``probes``: the probe sets used (default: the
-    built-in probes of :func:`pathunlearn.eval.probes.default_probes`); ``lead``: HTML sections
+    ``{"device": "cuda:0 (NVIDIA H200)"}``); ``probes``: the probe sets to show (default: the
+    ones the run tracked, RUN_DIR/probes.json); ``lead``: HTML sections
     (already escaped) shown right after the header, e.g. the superficial-forgetting study.
     """
     run_dir = results.run_dir
@@ -68,7 +68,7 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
         _pairwise_section(results),
         _figure_section(run_dir, figures),
         _cells_section(results),
-        _probe_section(probes),
+        _probe_section(results.run.probes if probes is None else probes),
         _environment_section(results, phases, extra or {}),
         _config_section(results),
     ]
@@ -139,7 +139,8 @@ def _table_section(results: Results) -> str:
         cells = "".join(f"<td class=\"{_align(k)}{' na' if v == NA else ''}\">{_e(v)}</td>"
                         for k, v in values)
         body.append(f"<tr class=\"{'last' if row['forget_last'] else ''}\">{cells}</tr>")
-    score_list = "".join(f"<li><code>{_e(k)}</code>: {_e(v)}</li>" for k, v in SCORES.items())
+    score_list = "".join(f"<li><code>{_e(sc.key)}</code> ({_e(sc.header)}): {_e(sc.definition)}"
+                         "</li>" for sc in t.scores)
     note_list = "".join(f"<li>{_e(n)}</li>" for n in results.notes())
     return (f"<h2>Table (the paper's Table 1)</h2><div class=\"wide\"><table><tr>{head}</tr>"
             f"{''.join(body)}</table></div>"
@@ -198,7 +199,8 @@ def _figure_section(run_dir: Path, figures: list[dict]) -> str:
 
 def _cells_section(results: Results) -> str:
     t = results.table
-    keys = ["method", "sweep", "path_label", "seed", "status", "steps_done", *SCORES]
+    keys = ["method", "sweep", "path_label", "seed", "status", "steps_done",
+            *(sc.key for sc in t.scores)]
     keys = [k for k in keys if k != "sweep" or t.swept]
     keys = [k for k in keys if k not in NOT_MEASURED or t.measured.get(k)]
     head = "".join(f"<th class=\"{_align(k)}\">{_e(k)}</th>" for k in keys)
@@ -217,19 +219,20 @@ def _cell_value(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _probe_section(probes: list | None) -> str:
-    """The first prompt of each probe with its targets: what the log-probabilities are of."""
-    source = "the probe sets the run passed in"
-    if probes is None:
-        from pathunlearn.eval.probes import default_probes
-
-        probes = default_probes(max_prompts=1, max_examples=1)
-        source = ("the built-in probes (pathunlearn.eval.probes.default_probes); extra probes of "
-                  "the config are not shown")
-    parts = ["<h2>Probes (sample)</h2>",
-             f"<p class=\"note\">The first prompt of each probe with its target(s), from "
-             f"{_e(source)}. Label probes score the unlearn target (first) and its paraphrases "
-             "after every prompt.</p>"]
+def _probe_section(probes: list) -> str:
+    """Every probe set the run tracked (RUN_DIR/probes.json): kind, stage, source, size; then
+    the first prompt of each with its targets: what the log-probabilities are of."""
+    head = "".join(f"<th class=\"text\">{h}</th>" for h in ("probe", "kind", "stage", "source"))
+    summary = "".join(
+        f"<tr><td class=\"text\">{_e(p.name)}</td><td class=\"text\">{_e(p.kind)}</td>"
+        f"<td class=\"text\">{_e(p.stage or '')}</td><td class=\"text\">{_e(p.source)}</td>"
+        f"<td>{len(p.rows) // p.group_size}</td><td>{p.group_size}</td></tr>" for p in probes)
+    parts = ["<h2>Probes</h2>",
+             "<p class=\"note\">The probe sets this run tracked (RUN_DIR/probes.json holds every "
+             "row). Label probes score the unlearn target (first) and its paraphrases after "
+             "every prompt; heldout sets are the items the RE distances are taken on.</p>",
+             f"<div class=\"wide\"><table><tr>{head}<th>prompts</th><th>targets each</th></tr>"
+             f"{summary}</table></div>"]
     seen: dict[tuple[str, ...], str] = {}
     for probe in probes:
         prompt = probe.rows[0][0]
@@ -242,7 +245,7 @@ def _probe_section(probes: list | None) -> str:
             seen.setdefault(targets, probe.name)
             items = "".join(f"<li>{_e(t)}</li>" for t in targets)
             listing = f"<p>{len(targets)} target(s):</p><ol>{items}</ol>"
-        parts.append(f"<h3>{_e(probe.name)}</h3><p>Prompt:</p><ul>{messages}</ul>{listing}")
+        parts.append(f"<h3>{_e(probe.name)}</h3><p>First prompt:</p><ul>{messages}</ul>{listing}")
     return "\n".join(parts)
 
 

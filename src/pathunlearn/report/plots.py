@@ -2,10 +2,11 @@
 
 Per method (files ``RUN_DIR/figures/<kind>_<method>.{png,svg}``):
 
-- ``forget_label``: ``forget_label_id/all_mean`` (target + paraphrases), its change since step 0
-  (minus the forget score so far) and ``/target`` vs step (the paper's Figures 1 and 3);
-- ``utility``: retained authors answers, ``authors_eval/mean`` and its change since step 0
-  (what the TOFU utility scores), ``authors_train/mean``;
+- ``forget_label``: the first label probe's ``/all_mean`` (``forget_label_id``: target +
+  paraphrases), its change since step 0 (minus the forget score so far) and ``/target`` vs step
+  (the paper's Figures 1 and 3);
+- ``utility``: every utility probe's change since step 0 (what its utility scores: the
+  ``<stage>_train`` probes are the stages' trained answers);
 - ``re_distance``: ``re_retrain/kl`` (and ``/mse``) vs step, when the run measured them;
 - ``pairwise``: d_MSE between the unlearned models of every pair of paths vs step (a curve per
   pair, see :mod:`pathunlearn.report.pairwise`), beside d_MSE of each path to its retrain model
@@ -39,6 +40,7 @@ from pathunlearn.plan import position
 from pathunlearn.report.pairwise import pair_label
 from pathunlearn.report.results import Results
 from pathunlearn.report.stats import mean_over_seeds
+from pathunlearn.report.tables import utility_header
 from pathunlearn.rundir import CellRecord
 
 FIGURE_DIR = "figures"
@@ -56,33 +58,38 @@ class Panel:
         return f"{self.metric} - step 0" if self.delta else self.metric
 
 
-KINDS: dict[str, tuple[Panel, ...]] = {
-    "forget_label": (
-        Panel(M.FORGET_LABEL_ID_ALL, "forget label: target + paraphrases"),
-        Panel(M.FORGET_LABEL_ID_ALL, "change since step 0 (= - forget score)", delta=True),
-        Panel(M.FORGET_LABEL_ID_TARGET, "forget label: unlearn target only"),
-    ),
-    "utility": (
-        Panel(M.AUTHORS_EVAL_MEAN, "authors answers, paraphrased questions"),
-        Panel(M.AUTHORS_EVAL_MEAN, "change since step 0 (TOFU utility = 1 - |change|)",
-              delta=True),
-        Panel(M.AUTHORS_TRAIN_MEAN, "authors answers, trained questions"),
-    ),
-    "re_distance": (
-        Panel(M.RE_RETRAIN_KL, "KL distance to the retrain model"),
-        Panel(M.RE_RETRAIN_MSE, "MSE distance to the retrain model"),
-    ),
-}
-"""Figure kind -> its rows of panels."""
+def kinds(probes: list) -> dict[str, tuple[Panel, ...]]:
+    """Figure kind -> its rows of panels, for a run with these probe sets: the first label
+    probe (the forget score's), every utility probe's change since step 0, the distances to
+    the retrain model."""
+    out: dict[str, tuple[Panel, ...]] = {}
+    label = next((p for p in probes if p.kind == "forget_label"), None)
+    if label is not None:
+        all_mean, target = M.key(label.name, M.ALL_MEAN), M.key(label.name, M.TARGET)
+        out["forget_label"] = (
+            Panel(all_mean, "forget label: target + paraphrases"),
+            Panel(all_mean, "change since step 0 (= - forget score)", delta=True),
+            Panel(target, "forget label: unlearn target only"))
+    utility = [p for p in probes if p.kind == "utility"]
+    if utility:
+        out["utility"] = tuple(Panel(M.key(p.name, p.reduce), f"{utility_header(p)}: change "
+                                     "since step 0 (utility = 1 - |change|)", delta=True)
+                               for p in utility)
+    out["re_distance"] = (Panel(M.RE_RETRAIN_KL, "KL distance to the retrain model"),
+                          Panel(M.RE_RETRAIN_MSE, "MSE distance to the retrain model"))
+    return out
+
 
 CAPTIONS = {
     "forget_label": "Per-token average log-probability of the forget label (unlearn target + "
                     "20 paraphrases, in-distribution prompts) vs unlearning step; higher = still "
                     "refuses. Thick line: mean over seeds; thin lines: each seed; band: 95% "
                     "interval (cut at the range of the seeds' values).",
-    "utility": "Per-token average log-probability of the retained authors answers vs "
-               "unlearning step (TOFU-like utility). Thick line: mean over seeds; thin lines: "
-               "each seed; band: 95% interval (cut at the range of the seeds' values).",
+    "utility": "Change since step 0 of the per-token average log-probability of each retained "
+               "stage's answers vs unlearning step (utility = 1 - |change|; the paper's TOFU "
+               "utility for the TOFU stage's trained answers). Thick line: mean over seeds; "
+               "thin lines: each seed; band: 95% interval (cut at the range of the seeds' "
+               "values).",
     "re_distance": "Distance to the retrain model (the path without the forget stage) vs "
                    "unlearning step. Thick line: mean over seeds; thin lines: each seed; band: "
                    "95% interval (cut at the range of the seeds' values).",
@@ -104,7 +111,7 @@ def write_figures(results: Results) -> list[Path]:
     files, index = [], []
     for method in dict.fromkeys(c.method for c in _sorted(cells, stage)):
         mine = [c for c in cells if c.method == method]
-        for kind, panels in KINDS.items():
+        for kind, panels in kinds(results.run.probes).items():
             panels = tuple(p for p in panels if any(c.series(p.metric)[0] for c in mine))
             if not panels:
                 continue

@@ -14,7 +14,6 @@ from pathunlearn.files import write_json, write_text
 from pathunlearn.report.pairwise import PairwiseTable, build_pairwise
 from pathunlearn.report.tables import (
     NOT_MEASURED,
-    SCORES,
     ResultTable,
     build_table,
     display_columns,
@@ -68,7 +67,7 @@ def build_results(run: Run, *, write: bool = True) -> Results:
         raise UserError(f"{run.run_dir}: no finished cells under {run.run_dir / 'cells'} (a "
                         "cell is finished once its DONE marker exists); run `pathunlearn "
                         "unlearn` first")
-    table = build_table(run.cells, run.forget_stage)
+    table = build_table(run.cells, run.forget_stage, run.probes)
     pairwise = build_pairwise(run.cells, run.forget_stage)
     verdicts = recency_verdicts(table) + pairwise.verdicts
     results = Results(run, table, verdicts, [], pairwise)
@@ -115,7 +114,7 @@ def results_json(results: Results) -> dict:
                                          "pairwise_notes": pairwise.notes()}
     return {
         "forget_stage": table.forget_stage,
-        "scores": SCORES,
+        "scores": {sc.key: f"{sc.header}: {sc.definition}" for sc in table.scores},
         "interval": "95% CI half-width over seeds: t(0.975, n-1) * s / sqrt(n), s with ddof 1",
         "diverged": "diverged cells have null scores and are left out of every aggregate",
         "not_measured": {k: v for k, v in NOT_MEASURED.items() if not table.measured.get(k)},

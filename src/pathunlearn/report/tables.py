@@ -1,16 +1,20 @@
 """The main table (the paper's Table 1) and the recency verdict, from the cell directories.
 
 Scores of one cell, from its ``metrics.jsonl`` (first row = step 0, before unlearning; last
-row = the last eval point, i.e. the end of unlearning):
+row = the last eval point, i.e. the end of unlearning). Which scores a run has follows from
+its probe sets (RUN_DIR/probes.json, :func:`scores_of`):
 
-- ``forget_score``      = ``forget_label_id/all_mean`` at step 0 minus at the end: how much the
-  average per-token log-probability of the unlearn target and its paraphrases fell on the
-  in-distribution forget prompts (positive = forgot; the paper's forget score);
-- ``forget_score_ood``  the same on the out-of-distribution prompts (``forget_label_ood``);
-- ``forget_response_drop`` the same for the forget set's own responses (``forget_response/mean``);
-- ``tofu_utility``      = 1 - |change of ``authors_eval/mean``|: the retained authors facts,
-  asked in paraphrase (questions not seen in training; the paper's TOFU utility);
-- ``tofu_utility_train`` the same on the trained authors questions (``authors_train/mean``);
+- ``forget_score``      = the first ``forget_label`` probe's ``/all_mean`` at step 0 minus at
+  the end (by default ``forget_label_id``): how much the average per-token log-probability of
+  the unlearn target and its paraphrases fell on held-out forget prompts (positive = forgot;
+  the paper's forget score); without a label probe, the drop of the forget response probe;
+- ``forget_score_<x>``  the same for every other label probe ``forget_label_<x>`` (by default
+  ``forget_score_ood``, out-of-distribution prompts);
+- ``<probe>_drop``      the drop of a ``forget_response`` probe (``forget_response_drop``: the
+  forget set's own responses);
+- ``utility_<probe>``   = 1 - |change| of a ``utility`` probe: ``utility_<stage>_train`` on the
+  stage's trained answers (the paper's TOFU utility for the TOFU stage),
+  ``utility_<stage>_paraphrased`` on the same facts asked in paraphrase;
 - ``math_utility``      = accuracy after - accuracy before, from ``math_after``/``math_before``
   in the cell's summary.json when the run measured them, else null;
 - ``re_distance_to_retrain`` = ``re_retrain/kl`` at the end (distance to the retrain model,
@@ -43,20 +47,73 @@ from pathunlearn.plan import position
 from pathunlearn.report.stats import mean_ci
 from pathunlearn.rundir import CellRecord, is_number
 
-SCORES: dict[str, str] = {
-    "forget_score": "forget score: drop of forget_label_id/all_mean (target + 20 paraphrases)",
-    "forget_score_ood": "forget score on out-of-distribution prompts (forget_label_ood/all_mean)",
-    "forget_response_drop": "drop of forget_response/mean (the forget set's own responses)",
-    "tofu_utility": "1 - |change of authors_eval/mean| (authors facts asked in paraphrase)",
-    "tofu_utility_train": "1 - |change of authors_train/mean| (the trained authors questions)",
-    "math_utility": "change of arithmetic accuracy (after - before unlearning)",
-    "re_distance_to_retrain": "re_retrain/kl at the end: distance to the retrain model",
-}
-"""The scores of a cell, in table order, with what each one is."""
+
+@dataclass(frozen=True)
+class Score:
+    """One score of a cell: its key in results, its column header, what it is, and how it is
+    computed from the cell (``drop`` or ``utility`` of ``metric``, ``math``, ``re``)."""
+
+    key: str
+    header: str
+    definition: str
+    how: str
+    metric: str | None = None
+
+
+MATH = Score("math_utility", "math utility",
+             "change of math accuracy (after - before unlearning)", "math")
+RE = Score("re_distance_to_retrain", "RE dist. to retrain",
+           "re_retrain/kl at the end: distance to the retrain model on the held-out set", "re")
+
+
+def scores_of(probes: list) -> list[Score]:
+    """The scores of a run with these probe sets (``eval.probes.ProbeSet``), in table order
+    (the module docstring)."""
+    labels = [p for p in probes if p.kind == "forget_label"]
+    responses = [p for p in probes if p.kind == "forget_response"]
+    out = []
+    if labels:
+        first = labels[0]
+        out.append(Score("forget_score", "forget score", f"drop of {first.name}/all_mean (the "
+                         "unlearn target + its paraphrases after held-out forget prompts; the "
+                         "paper's forget score)", "drop", M.key(first.name, M.ALL_MEAN)))
+    elif responses:
+        first = responses.pop(0)
+        out.append(Score("forget_score", "forget score", f"drop of {first.name}/"
+                         f"{first.reduce} (the forget set's own responses: the run has no "
+                         "label probe)", "drop", M.key(first.name, first.reduce)))
+    else:
+        out.append(Score("forget_score", "forget score", "no forget_label or forget_response "
+                         "probe in this run", "drop"))
+    for p in labels[1:]:
+        x = p.name.removeprefix("forget_label_")
+        out.append(Score(f"forget_score_{x}", f"forget ({x})", f"drop of {p.name}/all_mean "
+                         f"({p.source})", "drop", M.key(p.name, M.ALL_MEAN)))
+    for p in responses:
+        header = "forget resp. drop" if p.name == M.FORGET_RESPONSE else f"{p.name} drop"
+        out.append(Score(f"{p.name}_drop", header, f"drop of {p.name}/{p.reduce} (the forget "
+                         "set's own responses)", "drop", M.key(p.name, p.reduce)))
+    for p in (p for p in probes if p.kind == "utility"):
+        out.append(Score(f"utility_{p.name}", utility_header(p),
+                         f"1 - |change of {p.name}/{p.reduce}| ({p.source})", "utility",
+                         M.key(p.name, p.reduce)))
+    return [*out, MATH, RE]
+
+
+def utility_header(probe) -> str:
+    """``authors utility`` (trained answers), ``authors utility (paraphrased)``, else the
+    probe's name."""
+    stage = probe.stage or probe.name
+    if probe.name == f"{stage}_train":
+        return f"{stage} utility"
+    if probe.name == f"{stage}_paraphrased":
+        return f"{stage} utility (paraphrased)"
+    return f"{probe.name} utility"
+
 
 CONTEXT = ("forget_before", "forget_after", "math_before", "math_after", "math_shuffled",
            "math_no_answer")
-"""Also aggregated, not scores: forget_label_id/all_mean before and after unlearning, math
+"""Also aggregated, not scores: the forget score's metric before and after unlearning, math
 accuracy before and after, the shuffled-answer baseline and the no-answer rate before."""
 
 NOT_MEASURED = {
@@ -72,37 +129,29 @@ NA = "n/a (not measured)"
 # ---------------------------------------------------------------------------- scores
 
 
-def cell_scores(cell: CellRecord) -> dict[str, float | None]:
-    """The scores of one cell (see the module docstring); all null for a diverged cell."""
+def cell_scores(cell: CellRecord, scores: list[Score]) -> dict[str, float | None]:
+    """The ``scores`` of one cell (see the module docstring); all null for a diverged cell."""
     if cell.diverged_at is not None:
-        return dict.fromkeys([*SCORES, *CONTEXT])
+        return dict.fromkeys([*(s.key for s in scores), *CONTEXT])
     first, last = cell.rows[0], cell.rows[-1]
-
-    def drop(metric: str) -> float | None:
-        a, b = first.get(metric), last.get(metric)
-        return a - b if is_number(a) and is_number(b) else None
-
-    def utility(metric: str) -> float | None:
-        d = drop(metric)
-        return None if d is None else 1.0 - abs(d)
-
     before, after = cell.summary.get(M.MATH_BEFORE), cell.summary.get(M.MATH_AFTER)
-    re = last.get(M.RE_RETRAIN_KL)
-    return {
-        "forget_score": drop(M.FORGET_LABEL_ID_ALL),
-        "forget_score_ood": drop(M.FORGET_LABEL_OOD_ALL),
-        "forget_response_drop": drop(M.FORGET_RESPONSE_MEAN),
-        "tofu_utility": utility(M.AUTHORS_EVAL_MEAN),
-        "tofu_utility_train": utility(M.AUTHORS_TRAIN_MEAN),
-        "math_utility": after - before if is_number(before) and is_number(after) else None,
-        "re_distance_to_retrain": float(re) if is_number(re) else None,
-        "forget_before": _num(first.get(M.FORGET_LABEL_ID_ALL)),
-        "forget_after": _num(last.get(M.FORGET_LABEL_ID_ALL)),
-        "math_before": _num(before),
-        "math_after": _num(after),
-        "math_shuffled": _num(cell.summary.get(M.MATH_SHUFFLED)),
-        "math_no_answer": _num(cell.summary.get(M.MATH_NO_ANSWER_BEFORE)),
-    }
+
+    def value(score: Score) -> float | None:
+        if score.how == "math":
+            return after - before if is_number(before) and is_number(after) else None
+        if score.how == "re":
+            return _num(last.get(M.RE_RETRAIN_KL))
+        a, b = first.get(score.metric), last.get(score.metric)
+        if not (is_number(a) and is_number(b)):
+            return None
+        return a - b if score.how == "drop" else 1.0 - abs(a - b)
+
+    forget = next(s for s in scores if s.key == "forget_score").metric
+    return {**{s.key: value(s) for s in scores},
+            "forget_before": _num(first.get(forget)), "forget_after": _num(last.get(forget)),
+            "math_before": _num(before), "math_after": _num(after),
+            "math_shuffled": _num(cell.summary.get(M.MATH_SHUFFLED)),
+            "math_no_answer": _num(cell.summary.get(M.MATH_NO_ANSWER_BEFORE))}
 
 
 def _num(v) -> float | None:
@@ -123,14 +172,18 @@ class ResultTable:
     seeds) and ``<score>_ci95`` (half-width; null with fewer than 2 seeds or no values)."""
     cells: list[dict]
     """One per cell: identity, status (``ok`` or ``diverged at step k``) and its scores."""
+    scores: list[Score] = field(default_factory=list)
+    """The scores of this run, in table order (:func:`scores_of`)."""
     swept: bool = False
     """Whether cells differ in lr or scheduler (then the sweep is a column and a panel)."""
     measured: dict[str, bool] = field(default_factory=dict)
     """Per score: whether any cell has a value."""
 
 
-def build_table(cells: list[CellRecord], forget_stage: str) -> ResultTable:
-    """Score every cell and aggregate over seeds per (method, sweep, path)."""
+def build_table(cells: list[CellRecord], forget_stage: str, probes: list) -> ResultTable:
+    """Score every cell (the scores its run's ``probes`` give, :func:`scores_of`) and
+    aggregate over seeds per (method, sweep, path)."""
+    scores = scores_of(probes)
     per_cell = []
     for c in cells:
         per_cell.append({
@@ -141,17 +194,18 @@ def build_table(cells: list[CellRecord], forget_stage: str) -> ResultTable:
             "diverged_at": c.diverged_at,
             "status": "ok" if c.diverged_at is None else (c.diverged_reason or "diverged"),
             "directory": str(c.directory),
-            **cell_scores(c),
+            **cell_scores(c, scores),
         })
     per_cell.sort(key=_order)
     groups: dict[tuple, list[dict]] = {}
     for row in per_cell:
         groups.setdefault((row["method"], row["sweep"], row["path_label"]), []).append(row)
-    rows = [_aggregate(members) for members in groups.values()]
+    keys = [s.key for s in scores]
+    rows = [_aggregate(members, keys) for members in groups.values()]
     return ResultTable(
-        forget_stage=forget_stage, rows=rows, cells=per_cell,
+        forget_stage=forget_stage, rows=rows, cells=per_cell, scores=scores,
         swept=any(c.sweep for c in cells),
-        measured={s: any(r[s] is not None for r in per_cell) for s in SCORES},
+        measured={k: any(r[k] is not None for r in per_cell) for k in keys},
     )
 
 
@@ -160,7 +214,7 @@ def _order(row: dict) -> tuple:
             row.get("seed", 0))
 
 
-def _aggregate(members: list[dict]) -> dict:
+def _aggregate(members: list[dict], keys: list[str]) -> dict:
     ok = [m for m in members if m["diverged_at"] is None]
     first = members[0]
     row = {k: first[k] for k in ("method", "sweep", "lr", "scheduler", "path", "path_label",
@@ -169,7 +223,7 @@ def _aggregate(members: list[dict]) -> dict:
     row["n"] = len(ok)
     row["seeds"] = [m["seed"] for m in ok]
     row["diverged_seeds"] = [m["seed"] for m in members if m["diverged_at"] is not None]
-    for score in [*SCORES, *CONTEXT]:
+    for score in [*keys, *CONTEXT]:
         mean, half = mean_ci([m[score] for m in ok if m[score] is not None])
         row[score], row[f"{score}_ci95"] = mean, half
     return row
@@ -290,7 +344,8 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 def csv_columns(table: ResultTable) -> list[str]:
     ident = ["method", "sweep", "lr", "scheduler", "position", "path_label", "forget_last", "n",
              "seeds", "diverged_seeds"]
-    return ident + [k for s in [*SCORES, *CONTEXT] for k in (s, f"{s}_ci95")]
+    keys = [s.key for s in table.scores]
+    return ident + [k for s in [*keys, *CONTEXT] for k in (s, f"{s}_ci95")]
 
 
 def results_csv(table: ResultTable) -> str:
@@ -321,16 +376,13 @@ def display_columns(table: ResultTable) -> list[tuple[str, str]]:
     if table.swept:
         cols.append(("sweep", "sweep"))
     return cols + [("position", "p"), ("path_label", "path"),
-                   ("forget_score", "forget score"), ("forget_score_ood", "forget (ood)"),
-                   ("forget_response_drop", "forget resp. drop"),
-                   ("tofu_utility", "TOFU utility"), ("math_utility", "math utility"),
-                   ("re_distance_to_retrain", "RE dist. to retrain"), ("n", "seeds")]
+                   *((s.key, s.header) for s in table.scores), ("n", "seeds")]
 
 
 def display_value(row: dict, key: str, na: str = NA) -> str:
     """A cell of the human-readable table: ``mean ± half-width``, or ``na`` (not measured)."""
     v = row[key]
-    if key in SCORES:
+    if f"{key}_ci95" in row:  # a score
         if v is None:
             return na if row["n"] else "diverged"
         half = row.get(f"{key}_ci95")
@@ -347,9 +399,9 @@ def notes(table: ResultTable) -> list[str]:
     """What the reader must know to read the table: the scores, the interval, missing columns
     and diverged cells."""
     lines = [f"Forget stage: {table.forget_stage}; p = its 1-based position in the path.",
-             "forget score = forget_label_id/all_mean before minus after unlearning (target and "
-             "20 paraphrases; positive = forgot). TOFU utility = 1 - |change of "
-             "authors_eval/mean| (authors facts asked in paraphrase).",
+             "; ".join(f"{s.header} = {s.definition}" for s in table.scores
+                       if s.how in ("drop", "utility")) + " (drops: before minus after "
+             "unlearning, positive = fell; utilities: 1 = unchanged).",
              "Values are means over seeds ± the half-width of a 95% t-interval; a value without "
              "± has 1 seed: no interval."]
     lines += [NOT_MEASURED[k] + "." for k in NOT_MEASURED if not table.measured.get(k)]
@@ -401,7 +453,9 @@ def format_table(table: ResultTable):
 
     paths = dict.fromkeys((r["position"], r["path_label"]) for r in table.rows)
     by_position = len({p for p, _ in paths}) == len(paths)
-    skip = {"forget_response_drop"} | ({"path_label"} if by_position else set())
+    # the terminal is narrow: no response drops, no paraphrased utilities (results.md has all)
+    skip = {s.key for s in table.scores if s.key.endswith("_drop")
+            or s.key.endswith("_paraphrased")} | ({"path_label"} if by_position else set())
     columns = [(k, h) for k, h in display_columns(table) if k not in skip]
     out = Table(title=f"Forget and utility scores (forget stage: {escape(table.forget_stage)})",
                 caption=escape("; ".join(f"p={p}: {label}" for p, label in sorted(paths))

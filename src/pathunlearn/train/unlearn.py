@@ -41,7 +41,13 @@ from pathunlearn.eval.divergence import (
 )
 from pathunlearn.eval.logprob import reference_logprobs
 from pathunlearn.eval.math import MathResult, measure_math
-from pathunlearn.eval.probes import ProbeSet, encode_probes, evaluate_probes, probe_sets_of
+from pathunlearn.eval.probes import (
+    ProbeSet,
+    encode_probes,
+    evaluate_probes,
+    probe_conversations,
+    resolve_probes,
+)
 from pathunlearn.files import atomic_dir, is_done
 from pathunlearn.losses import token_logprobs
 from pathunlearn.methods import ForgetBatch, Method, RetainBatch, make_method
@@ -99,7 +105,7 @@ def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
     stale = sum(is_done(c.directory(run_dir)) for c in todo)
     log(f"{len(cells)} unlearning cells, {len(cells) - len(todo)} already done"
         + (f", {stale} finished under other settings (rerun)" if stale else ""))
-    shared = Shared(probe_sets_of(cfg)) if todo else None
+    shared = Shared(list(plan.probes or resolve_probes(cfg))) if todo else None
     for i, cell in enumerate(todo, 1):
         s = unlearn_cell(cfg, cell, run_dir, shared)
         note = f", diverged at step {s['diverged_at']}" if s["diverged_at"] else ""
@@ -245,22 +251,24 @@ def retain_batch(method: Method, model: torch.nn.Module, data: CellData, idx: li
 
 
 class CellProbes:
-    """What a cell measures at every eval point: every probe, the log-probability of every
-    held-out reference token (``re_tokens``, from which pairwise distances between cells are
-    computed afterwards) and, with a retrain model, the distances to it (``re_retrain/kl``,
-    ``/mse``)."""
+    """What a cell measures at every eval point: every scored probe, the log-probability of
+    every held-out reference token (``re_tokens``, from which pairwise distances between cells
+    are computed afterwards) and, with a retrain model, the distances to it
+    (``re_retrain/kl``, ``/mse``). Without heldout probe sets there are no distances."""
 
     def __init__(self, cfg: ExperimentConfig, tokenizer, probe_sets: list[ProbeSet],
                  retrain: Reference | None):
         self.tokenizer, self.probe_sets, self.retrain = tokenizer, probe_sets, retrain
         self.encoded = encode_probes(tokenizer, probe_sets, cfg.model.max_length)
-        self.heldout = heldout_examples(tokenizer, cfg.model.max_length)
+        self.heldout = heldout_set(cfg, tokenizer, probe_sets)
         if retrain is not None and retrain.tokens.numel() != sum(e.num_targets
                                                                  for e in self.heldout):
             raise ValueError("the retrain reference was computed on another held-out set")
 
     def __call__(self, model: torch.nn.Module) -> dict:
         metrics = evaluate_probes(model, self.tokenizer, self.probe_sets, encoded=self.encoded)
+        if not self.heldout:
+            return metrics
         current = position_logprobs(model, self.heldout, self.tokenizer.pad_token_id)
         tokens = token_logprobs_of(current)
         if self.retrain is not None:
@@ -269,17 +277,25 @@ class CellProbes:
         return {**metrics, M.RE_TOKENS: [round(float(x), 5) for x in tokens]}
 
 
+def heldout_set(cfg: ExperimentConfig, tokenizer, probe_sets: list[ProbeSet]) -> list:
+    """The held-out RE set: the items of every ``heldout`` probe set, tokenised."""
+    conversations = [c for p in probe_sets if p.kind == "heldout"
+                     for c in probe_conversations(p)]
+    return heldout_examples(tokenizer, cfg.model.max_length, conversations) \
+        if conversations else []
+
+
 def retrain_reference(cfg: ExperimentConfig, cell: Cell, run_dir: Path,
                       shared: Shared) -> Reference | None:
     """The retrain model's next-token distributions on the held-out RE set, computed once per
     retrain model and shared by every cell compared with it; None without a retrain model."""
     key = cell.retrain_key
-    if key is None:
+    if key is None or not any(p.kind == "heldout" for p in shared.probe_sets):
         return None
     if key not in shared.references:
         model, tok = load_checkpoint(prefix_dir(run_dir, key), cfg.model,
                                      resolve_device(cfg.training.device))
-        heldout = heldout_examples(tok, cfg.model.max_length)
+        heldout = heldout_set(cfg, tok, shared.probe_sets)
         shared.references[key] = position_logprobs(model, heldout, tok.pad_token_id)
     return shared.references[key]
 
