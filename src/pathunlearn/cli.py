@@ -181,7 +181,7 @@ def data_samples(
 
 # ---------------------------------------------------------------------------- model
 
-model_app = typer.Typer(help="Load and inspect models.", no_args_is_help=True)
+model_app = typer.Typer(help="Build, load and inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 
@@ -239,8 +239,7 @@ def train(
     args: ConfigArgs = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="Print the plan and exit.")] = False,
 ) -> None:
-    """Finetune the base model along every path of the config (and every retrain baseline),
-    stage after stage.
+    """Finetune the base model along every path (and retrain baseline), stage after stage.
 
     Paths sharing a prefix share its training (each distinct prefix is trained once and
     cached in RUN_DIR/prefixes); rerunning resumes at the first unfinished prefix.
