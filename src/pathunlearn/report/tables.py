@@ -60,8 +60,9 @@ class Score:
     metric: str | None = None
 
 
-MATH = Score("math_utility", "math utility",
-             "change of math accuracy (after - before unlearning)", "math")
+MATH = Score("math_utility", "math utility (accuracy)",
+             "change of math accuracy by generation (after - before unlearning; the paper's "
+             "math utility)", "math")
 RE = Score("re_distance_to_retrain", "RE dist. to retrain",
            "re_retrain/kl at the end: distance to the retrain model on the held-out set", "re")
 
