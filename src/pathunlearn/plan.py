@@ -29,6 +29,8 @@ from functools import cached_property
 from pathlib import Path
 
 from pathunlearn.config import ExperimentConfig, MethodConfig
+from pathunlearn.data.adapters import parse_adapter
+from pathunlearn.data.sources import BUILTIN_PREFIX
 from pathunlearn.errors import ConfigError
 from pathunlearn.eval.probes import ProbeSet, resolve_probes
 from pathunlearn.methods import method_identity, resolve_method
@@ -174,9 +176,6 @@ class Plan:
         return sum(len(path) for path, _ in {(path, by_key[key].seed)
                                              for (_, path), key in self.leaves.items()})
 
-    def prefix(self, key: str) -> Prefix:
-        return self._by_key[key]
-
     def leaf(self, path: Path_, seed: int) -> Prefix:
         """The prefix that is the whole ``path`` (its path model) for experiment seed
         ``seed``."""
@@ -260,12 +259,14 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_], leaves: dict[tuple[int, Pa
         except ConfigError as e:
             raise ConfigError(f"unlearning.methods.{i}.name: {e}") from None
     objects = [cls(m) for cls, m in zip(classes, u.methods, strict=True)]
+    identities = [method_identity(cls) for cls in classes]  # hashes a user's file: once each
     labels = method_labels(u.methods, [c.name for c in classes], [o.variant() for o in objects])
     lrs, schedulers = u.lrs or [u.lr], u.schedulers or [u.scheduler]
     cells = []
     for path in paths:
         retrain = retrain_path(cfg, path)
-        for method, cls, obj, label in zip(u.methods, classes, objects, labels, strict=True):
+        for method, cls, obj, ident, label in zip(u.methods, classes, objects, identities,
+                                                  labels, strict=True):
             for seed in cfg.seeds:
                 for lr in lrs:
                     for sched in schedulers:
@@ -275,7 +276,7 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_], leaves: dict[tuple[int, Pa
                                     sweep, model_key=leaves[(seed, path)],
                                     retrain_key=leaves[(seed, retrain)] if retrain else None,
                                     method_description=obj.describe())
-                        key = cell_key(cfg, cell, method_identity(cls), probes_sha)
+                        key = cell_key(cfg, cell, ident, probes_sha)
                         cells.append(replace(cell, key=key))
     return cells
 
@@ -291,14 +292,12 @@ def position(path: Path_, forget_stage: str) -> int:
     return path.index(forget_stage) + 1
 
 
-def method_labels(methods: list[MethodConfig], names: list[str] | None = None,
-                  variants: list[list[str]] | None = None) -> list[str]:
-    """Directory-safe labels: each method's name (``names``, default the config names), its
-    variant (``variants``: settings that change what the method is, always named, e.g.
+def method_labels(methods: list[MethodConfig], names: list[str],
+                  variants: list[list[str]]) -> list[str]:
+    """Directory-safe labels: each method's name (``names``: its class's), its variant
+    (``variants``: settings that change what the method is, always named, e.g.
     ``simnpo-norm``), then the settings that tell apart methods of the same name
     (``npo-beta0.5``, ``npo-beta1``)."""
-    names = names or [m.name for m in methods]
-    variants = variants or [[] for _ in methods]
 
     def settings(m: MethodConfig) -> dict[str, object]:
         return {"beta": m.beta, "lambda": m.retain_weight, "gamma": m.gamma,
@@ -359,12 +358,22 @@ def base_identity(cfg: ExperimentConfig) -> dict:
 
 
 def stage_identity(cfg: ExperimentConfig, name: str) -> dict:
-    """A stage's settings, plus the content hash of a local data file."""
+    """A stage's settings, plus the content hash of its local data file (a plain file, or the
+    file an adapter reads: ``tofu:FILE``)."""
     stage = cfg.stages[name]
     ident = {"name": name, **stage.model_dump(mode="json")}
-    if not stage.source.startswith("builtin:") and Path(stage.source).is_file():
-        ident["data_sha"] = hashlib.sha256(Path(stage.source).read_bytes()).hexdigest()
+    data = data_file(stage.source)
+    if data is not None and data.is_file():
+        ident["data_sha"] = hashlib.sha256(data.read_bytes()).hexdigest()
     return ident
+
+
+def data_file(source: str) -> Path | None:
+    """The local file a source reads (None for a built-in source)."""
+    if source.startswith(BUILTIN_PREFIX):
+        return None
+    adapted = parse_adapter(source)
+    return Path(adapted[1] if adapted is not None else source)
 
 
 def root_key(cfg: ExperimentConfig, base: dict, tseed: int) -> str:

@@ -83,6 +83,18 @@ def test_local_data_file_content_is_part_of_the_key(tmp_path):
     assert plan_run(cfg).prefixes[0].key != before
 
 
+def test_the_file_an_adapter_reads_is_part_of_the_key(tmp_path):
+    data = tmp_path / "tofu.json"
+    data.write_text(json.dumps({"question": "Who wrote it?", "answer": "Ann Bell."}) + "\n")
+    paths = {"forget_stage": "f", "orders": [["f"]]}
+    cfg = validate_config({"stages": {"f": {"source": f"tofu:{data}"}}, "paths": paths,
+                           "probes": {"defaults": False,
+                                      "sets": [{"name": "p", "source": "stage:f"}]}})
+    before = plan_run(cfg).prefixes[0].key
+    data.write_text(data.read_text().replace("Ann Bell", "Bo Lund"))
+    assert plan_run(cfg).prefixes[0].key != before
+
+
 SMALL = {
     "name": "small", "seeds": [0],
     "stages": {"instructions": {"source": "builtin:instructions", "epochs": 2, "max_examples": 64},

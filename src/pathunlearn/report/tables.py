@@ -121,7 +121,7 @@ NOT_MEASURED = {
     "math_utility": "math utility: not measured in this run (set unlearning.math.questions "
                     "> 0 to sample answers before and after unlearning)",
     "re_distance_to_retrain": "RE distance to retrain: not measured in this run (its paths "
-                              "have no retrain baseline, or the cells predate it)",
+                              "have no retrain baseline, or it has no heldout probe set)",
 }
 """Why a column can be empty, said in the Markdown and the report instead of a number."""
 

@@ -46,7 +46,6 @@ from pathunlearn.eval.probes import (
     encode_probes,
     evaluate_probes,
     probe_conversations,
-    resolve_probes,
 )
 from pathunlearn.files import atomic_dir, is_done
 from pathunlearn.losses import token_logprobs
@@ -105,7 +104,10 @@ def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
     stale = sum(is_done(c.directory(run_dir)) for c in todo)
     log(f"{len(cells)} unlearning cells, {len(cells) - len(todo)} already done"
         + (f", {stale} finished under other settings (rerun)" if stale else ""))
-    shared = Shared(list(plan.probes or resolve_probes(cfg))) if todo else None
+    if todo and not plan.probes:
+        raise ValueError("the plan holds no probe sets: plan_run resolves them (a plan read "
+                         "back from plan.json does not)")
+    shared = Shared(list(plan.probes)) if todo else None
     for i, cell in enumerate(todo, 1):
         s = unlearn_cell(cfg, cell, run_dir, shared)
         note = f", diverged at step {s['diverged_at']}" if s["diverged_at"] else ""
