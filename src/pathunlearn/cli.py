@@ -5,6 +5,8 @@ Every user error (bad config, malformed data) is printed as one line and exits w
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +17,10 @@ from rich.console import Console
 from pathunlearn.errors import UserError
 
 app = typer.Typer(
-    help="Measure how the order of finetuning stages changes what local unlearning does.",
+    help="Measure how the order of finetuning stages changes what local unlearning does.\n\n"
+         "A mistake in the input (config, data, model files, arguments) is reported as one "
+         "line per problem and exit code 2; add --debug (anywhere) or set "
+         "PATHUNLEARN_DEBUG=1 to see the traceback.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -24,15 +29,65 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def main() -> None:
-    """Console-script entry point: user errors become one line and exit code 2."""
-    try:
-        app()
-    except UserError as e:
-        from rich.markup import escape
+DEBUG_ENV = "PATHUNLEARN_DEBUG"
+"""Set to 1 (or pass ``--debug``) to see the traceback behind a one-line error."""
 
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EROFS, errno.EPERM}
+"""Errors of a failed write that the user's machine causes (disk full, file too large,
+read-only or forbidden directory): one line, not a traceback."""
+
+
+def main() -> None:
+    """Console-script entry point. A user's error (bad config, data, model files, arguments)
+    is one line per problem on stderr and exit code 2; a write the machine refuses (disk full,
+    read-only directory) is one line and exit code 1; ``--debug`` or PATHUNLEARN_DEBUG=1 adds
+    the traceback. Anything else is a bug and keeps its traceback."""
+    exceptions = _click_exceptions()
+    no_args = getattr(exceptions, "NoArgsIsHelpError", ())
+    debug = "--debug" in sys.argv[1:] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        code = app(args=[a for a in sys.argv[1:] if a != "--debug"], prog_name="pathunlearn",
+                   standalone_mode=False)
+    except UserError as e:
+        _fail(e, debug, [f"error: {line}" for line in str(e).splitlines() or [repr(e)]], 2)
+    except no_args as e:
+        console.print(e.ctx.get_help() if e.ctx else str(e), highlight=False)
         sys.exit(2)
+    except exceptions.UsageError as e:
+        command = e.ctx.command_path if e.ctx else "pathunlearn"
+        _fail(e, debug, [f"error: {e.format_message()} (see: {command} --help)"], 2)
+    except (typer.Abort, KeyboardInterrupt) as e:
+        _fail(e, debug, ["interrupted: finished stages and cells are kept; rerun to resume"], 130)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(e, debug, [f"error: {where}{e.strerror or e}: the run stopped; what was being "
+                         "written is discarded, what finished is kept (rerun to resume)"], 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_exceptions():
+    """The click exceptions typer raises: typer >= 0.20 vendors click as ``typer._click``."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _fail(e: BaseException, debug: bool, lines: list[str], code: int) -> None:
+    from rich.markup import escape
+
+    if debug:
+        import traceback
+
+        traceback.print_exception(e, file=sys.stderr)
+    for line in lines:
+        head, _, rest = line.partition(": ")
+        err_console.print(f"[bold red]{escape(head)}:[/] {escape(rest)}", highlight=False,
+                          soft_wrap=True)
+    sys.exit(code)
 
 
 def split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
@@ -71,6 +126,26 @@ def config_show(args: ConfigArgs = None) -> None:
 
     config, overrides = split_args(args)
     print(dump_config(load_config(config, overrides)), end="")
+
+
+@config_app.command("check")
+def config_check(args: ConfigArgs = None) -> None:
+    """Check a config and every input it names, without training: every stage's data (each
+    record), method, probe source, the model's files and the output directory. Lists every
+    problem, one line each, and exits with code 2; prints what was checked otherwise.
+
+    Example: pathunlearn config check configs/paper/smollm2.yaml
+    """
+    from pathunlearn.checks import check_inputs, used_stages
+    from pathunlearn.config import load_config
+
+    config, overrides = split_args(args)
+    cfg = load_config(config, overrides)
+    problems = check_inputs(cfg)
+    if problems:
+        raise UserError("\n".join(problems))
+    console.print(f"ok: {len(used_stages(cfg))} stages, {len(cfg.unlearning.methods)} methods, "
+                  f"the probe sets, the model and {cfg.run_dir} checked", highlight=False)
 
 
 # ---------------------------------------------------------------------------- data
@@ -193,10 +268,13 @@ def model_info(args: ConfigArgs = None) -> None:
     """
     from pathunlearn.config import load_config
     from pathunlearn.data.chat import render
-    from pathunlearn.models import count_parameters, load_model, model_location
+    from pathunlearn.models import check_model_files, count_parameters, load_model, model_location
 
     config, overrides = split_args(args)
     cfg = load_config(config, overrides)
+    problems = check_model_files(cfg.model)
+    if problems:
+        raise UserError("\n".join(problems))
     model, tokenizer = load_model(cfg.model)
     _, total = count_parameters(model)
     directory, gguf = model_location(cfg.model)
@@ -469,7 +547,6 @@ def run(args: ConfigArgs = None) -> None:
 
     config, overrides = split_args(args)
     cfg = load_config(config, overrides)
-    console.print(f"run directory: {cfg.run_dir}")
     results, _, page = run_experiment(cfg, log=console.print, progress=True)
     print_results(results)
     console.print(f"report: {page}")

@@ -546,22 +546,31 @@ def load_model_config(model: type[M], path: str | Path | None,
 
 
 def validate_config(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
-    """Validate an experiment config dict; the first problem becomes one line naming the key."""
+    """Validate an experiment config dict; every problem becomes one line naming the key."""
     return validate_model(ExperimentConfig, data, source)
 
 
 def validate_model(model: type[M], data: dict[str, Any], source: str = "<config>") -> M:
-    """Validate ``data`` as ``model``; the first problem becomes one line naming the key."""
+    """Validate ``data`` as ``model``. Every problem is one line ``SOURCE: KEY: problem``, all
+    of them in one :class:`ConfigError` (a line each): unknown keys first (usually the typo
+    that also makes a required key look missing), then the rest in config order."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        raise ConfigError("\n".join(f"{source}: {line}" for line in error_lines(e))) from None
+
+
+def error_lines(error: ValidationError) -> list[str]:
+    """``KEY: problem`` per distinct key of a pydantic error, unknown keys first (a value that
+    matches no member of a union is reported once, with the first member's complaint)."""
+    lines: dict[str, str] = {}
+    errors = sorted(error.errors(), key=lambda err: err["type"] != "extra_forbidden")
+    for err in errors:
         loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise ConfigError(f"{source}: {loc}: {msg}{more}") from None
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix(
+            "Value error, ")
+        lines.setdefault(loc, f"{loc}: {msg}")
+    return list(lines.values())
 
 
 def dump_config(config: ExperimentConfig) -> str:

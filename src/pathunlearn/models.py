@@ -8,6 +8,8 @@ Sources: a local Hugging Face directory (weights read from safetensors only), a 
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -22,10 +24,24 @@ MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` is cuda when present, else cpu."""
+    """``auto`` is cuda when present, else cpu; a device this machine lacks (``cuda`` without
+    a CUDA device, ``cuda:3`` on a 2-GPU machine, ``mps`` off a Mac) or a name torch does not
+    know is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {name!r}: not a device name (auto, cpu, cuda, cuda:1 ...)") \
+            from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ConfigError(f"device {name!r}: this machine has {count} CUDA device(s)"
+                              + ("" if torch.version.cuda else " (this torch is a CPU build)"))
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r}: MPS is not available here")
+    return device
 
 
 def model_location(cfg: ModelConfig) -> tuple[Path, str | None]:
@@ -61,6 +77,67 @@ def smollm2_location() -> tuple[Path, str]:
     return files[0].parent, files[0].name
 
 
+GGUF_MAGIC = b"GGUF"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+"""Any one of these beside config.json lets AutoTokenizer build the model's tokenizer."""
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def check_model_files(cfg: ModelConfig) -> list[str]:
+    """Problems with the files of the config's base model, one line each (empty: loadable as
+    far as can be told without loading it): a directory needs config.json (a JSON object with
+    `model_type`), safetensors weights (never pickle) and a tokenizer; a GGUF file needs the
+    GGUF header and the `gguf` package. A tiny preset that is not built yet is no problem
+    (``run`` and ``train`` build it)."""
+    if cfg.preset == "tiny":
+        return []
+    try:
+        directory, gguf = model_location(cfg)
+    except ConfigError as e:
+        return [str(e)]
+    key = "model.preset" if cfg.preset else "model.gguf_file" if cfg.gguf_file else "model.path"
+    if gguf:
+        return [f"{key}: {line}" for line in _gguf_problems(directory / gguf)]
+    problems = []
+    try:
+        import json
+
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or "model_type" not in config:
+            problems.append(f"model.path: {directory / 'config.json'}: no `model_type` key (not "
+                            "a transformers model config)")
+    except (ValueError, OSError) as e:
+        problems.append(f"model.path: {directory / 'config.json'}: not a JSON model config "
+                        f"({' '.join(str(e).split())})")
+    if not any(directory.glob("*.safetensors")):
+        pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in directory.glob(pattern))
+        problems.append(f"model.path: {directory}: no .safetensors weights"
+                        + (f" (only {', '.join(pickled)}: pickle files are never loaded; "
+                           "convert them with save_pretrained(safe_serialization=True))"
+                           if pickled else ""))
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        problems.append(f"model.path: {directory}: no tokenizer (none of "
+                        f"{', '.join(TOKENIZER_FILES)}); save the tokenizer beside the weights "
+                        "(tokenizer.save_pretrained)")
+    return problems
+
+
+def _gguf_problems(path: Path) -> list[str]:
+    problems = []
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        return [f"{path}: cannot read ({e.strerror or e})"]
+    if head[:4] != GGUF_MAGIC:
+        problems.append(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        problems.append(f"{path}: reading GGUF needs the `gguf` package (pip install gguf)")
+    return problems
+
+
 def load_model(cfg: ModelConfig, device: torch.device | str = "cpu"):
     """(model, tokenizer) for a model config; the tokenizer always has a chat template."""
     directory, gguf = model_location(cfg)
@@ -83,16 +160,28 @@ def load_pretrained(directory: str | Path, *, gguf_file: str | None = None, dtyp
 
     hf_logging.disable_progress_bar()  # one bar per checkpoint load drowns the stage bars
     kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
-    tokenizer = AutoTokenizer.from_pretrained(directory, **({"gguf_file": gguf_file} if gguf_file else {}))
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **kwargs
-    )
+    where = Path(directory, gguf_file) if gguf_file else Path(directory)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            directory, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError ... for bad files
+        raise ConfigError(f"{where}: cannot load the tokenizer: {_first_line(e)}") from e
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **kwargs)
+    except Exception as e:
+        raise ConfigError(f"{where}: cannot load the model: {_first_line(e)}") from e
     if gguf_file:
         _drop_gguf_marker(model)
     ensure_chat_template(tokenizer)
     if tokenizer.pad_token_id is None:  # Llama tokenizers ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _drop_gguf_marker(model: torch.nn.Module) -> None:
@@ -152,11 +241,20 @@ def write_checkpoint(model: torch.nn.Module, tokenizer, directory: str | Path) -
     level, and the merged base model is returned (the LoRA wrapper is consumed).
     """
     directory = Path(directory)
-    if is_peft(model):
-        model.save_pretrained(directory / "adapter")
-        model = model.merge_and_unload()
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    try:
+        if is_peft(model):
+            model.save_pretrained(directory / "adapter")
+            model = model.merge_and_unload()
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    except OSError:
+        raise
+    except Exception as e:  # safetensors reports a failed write as "... (os error 28)"
+        found = re.search(r"\(os error (\d+)\)", str(e))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(directory)) from e
     return model
 
 

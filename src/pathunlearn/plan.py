@@ -210,12 +210,20 @@ class Plan:
 # ---------------------------------------------------------------------------- planning
 
 
-def plan_run(cfg: ExperimentConfig) -> Plan:
+def plan_run(cfg: ExperimentConfig, check: bool = True) -> Plan:
     """The whole plan of ``cfg``: base model, prefixes (paths and retrain baselines), cells.
 
-    Resolves every unlearning method (a user's method is imported here) and every probe set
-    (its data loaded), so a bad name or source is an error before any work starts.
+    First checks every input (:func:`pathunlearn.checks.check_inputs`: every stage's data,
+    method, probe source, the model's files, the output directory) and raises one
+    ConfigError listing every problem, a line each, before any work starts. ``check=False``
+    skips that (the methods and probe sets are still resolved).
     """
+    if check:
+        from pathunlearn.checks import check_inputs
+
+        problems = check_inputs(cfg)
+        if problems:
+            raise ConfigError("\n".join(problems))
     paths = cfg.paths.expand()
     retrain = list(dict.fromkeys(r for r in (retrain_path(cfg, p) for p in paths) if r))
     seeds = list(dict.fromkeys(cfg.seeds))

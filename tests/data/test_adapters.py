@@ -66,8 +66,11 @@ def test_gsm8k_bad_record_names_file_record_and_field(tmp_path, record, message)
 
 def test_adapter_prefix_only_for_known_names(tmp_path):
     assert parse_adapter("gsm8k:data/test.jsonl") == ("gsm8k", "data/test.jsonl", None)
-    # an inline split only for an adapter that has splits
-    assert parse_adapter("gsm8k:data.jsonl:test") == ("gsm8k", "data.jsonl:test", None)
+    # a split after a data file's name is read as one, and an adapter without splits says so
+    assert parse_adapter("gsm8k:data.jsonl:test") == ("gsm8k", "data.jsonl", "test")
+    with pytest.raises(DataError, match="gsm8k has no splits"):
+        load_source("gsm8k:data.jsonl:test")
+    assert parse_adapter("gsm8k:dir:x/data") == ("gsm8k", "dir:x/data", None)
     assert parse_adapter("sorry-bench:s.jsonl:test") == ("sorry-bench", "s.jsonl", "test")
     assert parse_adapter("sorry-bench:s.jsonl") == ("sorry-bench", "s.jsonl", None)
     assert parse_adapter("other:data.jsonl") is None and parse_adapter("data.jsonl") is None

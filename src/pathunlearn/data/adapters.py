@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from pathunlearn.data.conversation import Conversation, qa
-from pathunlearn.data.io import read_records, record_to_conversation
+from pathunlearn.data.io import FORMATS, read_records, record_to_conversation
 from pathunlearn.errors import DataError
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
@@ -226,8 +226,8 @@ def parse_adapter(spec: str) -> tuple[str, str, str | None] | None:
     if not sep or name not in ADAPTERS:
         return None
     head, sep, tail = path.rpartition(":")
-    if sep and tail in ADAPTER_SPLITS.get(name, ()):
-        return name, head, tail
+    if sep and (tail in ADAPTER_SPLITS.get(name, ()) or Path(head).suffix in FORMATS):
+        return name, head, tail  # a split the adapter may not have: load_adapted says so
     return name, path, None
 
 

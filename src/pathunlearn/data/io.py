@@ -129,7 +129,8 @@ def record_to_conversation(
     key = next((k for k in MESSAGE_KEYS if k in record), None)
     if key is None:
         raise DataError(f"{where}: no 'messages' or 'conversations' field (for question/answer "
-                        f"records pass --question-key and --answer-key)")
+                        f"records set a stage's question_key and answer_key, or pass "
+                        f"--question-key and --answer-key)")
     messages = _check_messages(record[key], f"{where}: field '{key}'")
     meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
     return Conversation(messages=messages, meta=meta)

@@ -36,9 +36,12 @@ def load_source(
         name, split = parse_builtin(spec, split)
         conversations = load_builtin(name, split or "train", seed=seed)
     elif (adapted := parse_adapter(spec)) is not None:
-        from pathunlearn.data.adapters import load_adapted
+        from pathunlearn.data.adapters import ADAPTER_SPLITS, load_adapted
 
         name, path, inline_split = adapted
+        if inline_split is not None and name not in ADAPTER_SPLITS:
+            raise DataError(f"{spec}: {name} has no splits (got {inline_split!r}); drop the "
+                            f"':{inline_split}'")
         conversations = load_adapted(name, path, system=system, split=inline_split or split)
     else:
         if not Path(spec).exists():

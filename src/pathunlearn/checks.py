@@ -1,0 +1,152 @@
+"""Check every input of a run before any work: all problems at once, one line each.
+
+:func:`check_inputs` reads what a run will read, in the order a user fixes it:
+
+- every stage a path or a weakly-local method uses: its source loaded exactly as training
+  reads it (a built-in name and split, an adapter's file and split, a data file's every record);
+- every unlearning method (a user's method imported and its contract checked);
+- every probe set, default or configured, with its source and targets;
+- the math questions when ``unlearning.math.questions`` > 0, with their gold answers;
+- the base model's files (:func:`pathunlearn.models.check_model_files`): a directory's
+  config.json, safetensors weights and tokenizer, a GGUF file's header; and the device;
+- the output directory: a directory this process can write.
+
+Each problem is one line ``KEY: FILE: record N: problem`` (the config key first, then where in
+the file). :func:`pathunlearn.plan.plan_run` raises them together as one
+:class:`~pathunlearn.errors.ConfigError` (a line each), so ``pathunlearn train --plan`` and
+``pathunlearn config check`` list them all and ``run`` / ``train`` / ``unlearn`` stop before the
+first training step. Nothing here writes to the run directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pathunlearn.config import ExperimentConfig
+from pathunlearn.errors import UserError
+
+
+class Problems:
+    """Lines collected from the checks; ``with problems.at(KEY):`` turns a UserError raised in
+    its body into lines prefixed with ``KEY``."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    @contextmanager
+    def at(self, key: str) -> Iterator[None]:
+        try:
+            yield
+        except UserError as e:
+            self.lines += [f"{key}: {line}" if key else line for line in str(e).splitlines()]
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+
+    def __bool__(self) -> bool:
+        return bool(self.lines)
+
+
+def used_stages(cfg: ExperimentConfig) -> list[str]:
+    """Stages a path or a weakly-local method reads, in order of first use."""
+    named = [s for path in cfg.paths.expand() for s in path] + list(cfg.unlearning.retain_stages)
+    return list(dict.fromkeys(named))
+
+
+def check_inputs(cfg: ExperimentConfig) -> list[str]:
+    """Every problem with ``cfg``'s inputs, one line each (empty: all good); see the module
+    docstring for what is read."""
+    problems = Problems()
+    broken = _check_stages(cfg, problems)
+    _check_methods(cfg, problems)
+    _check_probes(cfg, problems, broken)
+    _check_math(cfg, problems)
+    from pathunlearn.models import check_model_files, resolve_device
+
+    for line in check_model_files(cfg.model):
+        problems.add(line)
+    with problems.at("training.device"):
+        resolve_device(cfg.training.device)
+    with problems.at("output_dir"):
+        check_writable(cfg.run_dir)
+    return problems.lines
+
+
+def _check_stages(cfg: ExperimentConfig, problems: Problems) -> set[str]:
+    """Load every used stage as training will; returns the names of the broken ones."""
+    from pathunlearn.data.sources import load_stage
+
+    broken = set()
+    for name in used_stages(cfg):
+        before = len(problems.lines)
+        with problems.at(f"stages.{name}.source"):
+            if not load_stage(cfg.stages[name]):
+                raise UserError(f"{cfg.stages[name].source}: no items")
+        if len(problems.lines) > before:
+            broken.add(name)
+    return broken
+
+
+def _check_methods(cfg: ExperimentConfig, problems: Problems) -> None:
+    from pathunlearn.methods import resolve_method
+
+    for i, method in enumerate(cfg.unlearning.methods):
+        with problems.at(f"unlearning.methods.{i}.name"):
+            resolve_method(method.name)
+
+
+def _check_probes(cfg: ExperimentConfig, problems: Problems, broken: set[str]) -> None:
+    """Every probe set, each on its own, except those that read a broken stage (reported
+    already)."""
+    from pathunlearn.eval.probes import default_probe_configs, probe_set
+
+    configs = list(cfg.probes.sets)
+    if cfg.probes.defaults and not broken:  # the defaults read every stage
+        with problems.at("probes.defaults"):
+            own = {p.name for p in configs}
+            configs = [c for c in default_probe_configs(cfg) if c.name not in own] + configs
+    for config in configs:
+        if config.stage_source in broken:
+            continue
+        index = next((i for i, p in enumerate(cfg.probes.sets) if p.name == config.name), None)
+        key = f"probes.sets.{index}" if index is not None else f"probes (default {config.name})"
+        with problems.at(key):
+            probe_set(cfg, config)
+
+
+def _check_math(cfg: ExperimentConfig, problems: Problems) -> None:
+    math = cfg.unlearning.math
+    if not math.questions:
+        return
+    from pathunlearn.data.sources import load_source
+    from pathunlearn.eval.math import gold_answers
+
+    with problems.at("unlearning.math.source"):
+        gold_answers(load_source(math.source, max_examples=math.questions))
+
+
+def check_writable(directory: str | Path) -> None:
+    """A UserError unless ``directory`` is (or can be made as) a directory this process can
+    write: its nearest existing ancestor must be a directory that takes a file (tried with a
+    temporary file, removed at once; nothing is created otherwise)."""
+    directory = Path(directory)
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "the output directory" if probe == directory else f"its parent {probe}"
+        raise UserError(f"{directory}: {what} is a file, not a directory")
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".pathunlearn-write-check-")
+    except OSError as e:
+        reason = "read-only file system" if e.errno == errno.EROFS else (e.strerror or str(e))
+        raise UserError(f"{directory}: cannot write in {probe} ({reason})") from None
+    os.close(fd)
+    os.unlink(name)
