@@ -23,6 +23,8 @@ that named its directory.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,103 @@ PROBES = "probes.json"
 METRICS = "metrics.jsonl"
 STEPS = "steps.jsonl"
 SUMMARY = "summary.json"
+
+
+# ---------------------------------------------------------------------------- one writer
+
+LOCK = ".lock"
+_held: dict[Path, int] = {}
+"""Run directories this process holds, with how many nested holds (``unlearn`` trains)."""
+
+
+class RunDirBusy(UserError):
+    """Another live process holds the run directory."""
+
+
+@contextmanager
+def hold_run_dir(run_dir: str | Path, command: str, log=print) -> Iterator[None]:
+    """Hold RUN_DIR for one writer while the body runs: ``flock`` on RUN_DIR/.lock, which
+    the kernel releases when the holder exits in any way (kill -9 included), so a lock is
+    never stale for a process that died. The file records the holder (pid, host, command,
+    start time) for the message a second writer gets (:class:`RunDirBusy`); a clean exit
+    empties it, so a record found on taking the lock belongs to a process that was killed, and
+    taking over from it is logged. Re-entrant within a process."""
+    import fcntl
+    import os
+    import socket
+    from datetime import UTC, datetime
+
+    key = Path(run_dir).resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(os.read(fd, 4096))
+            raise RunDirBusy(f"{run_dir}: in use by {holder}; wait for it to finish or stop "
+                             "it (one process writes a run directory at a time)") from None
+        previous = os.read(fd, 4096)
+        if previous.strip():
+            log(f"{run_dir}: taking over from {_describe_holder(previous)}, which stopped "
+                "without releasing it (killed); its unfinished work is discarded and redone")
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                  "started": datetime.now(UTC).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        os.fsync(fd)
+        _held[key] = 1
+        removed = remove_partial_writes(run_dir)
+        if removed:
+            log(f"{run_dir}: removed {removed} partial write(s) left by a stopped process")
+        try:
+            yield
+        finally:
+            del _held[key]
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def remove_partial_writes(run_dir: str | Path) -> int:
+    """Remove the temporary files and directories a killed writer left under RUN_DIR/prefixes
+    and RUN_DIR/cells (``.NAME.*.tmp`` of :mod:`pathunlearn.files`, ``.NAME.old`` of a
+    replaced checkpoint); only the holder of the run directory may call this. Returns how many
+    were removed. (The report's files, written by `pathunlearn report` without the lock, are
+    not touched.)"""
+    import shutil
+
+    from pathunlearn.plan import CELL_DIR, PREFIX_DIR
+
+    removed = 0
+    for top in (PREFIX_DIR, CELL_DIR):
+        root = Path(run_dir, top)
+        if not root.is_dir():
+            continue
+        partial = [p for p in root.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+        for p in sorted(partial, key=lambda p: len(p.parts)):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists() or p.is_symlink():
+                p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _describe_holder(data: bytes) -> str:
+    try:
+        h = json.loads(data.decode())
+        return (f"`pathunlearn {h['command']}` (pid {h['pid']} on host {h['host']}, since "
+                f"{h['started']})")
+    except (ValueError, KeyError, TypeError):
+        return "another process"
 
 
 def start_run(run_dir: str | Path, cfg: ExperimentConfig, plan: Plan) -> None:

@@ -194,7 +194,7 @@ def build_table(cells: list[CellRecord], forget_stage: str, probes: list) -> Res
             "steps": c.summary.get("steps"), "steps_done": c.summary.get("steps_done"),
             "diverged_at": c.diverged_at,
             "status": "ok" if c.diverged_at is None else (c.diverged_reason or "diverged"),
-            "directory": str(c.directory),
+            "directory": str(c.cell.directory("")),  # relative: the run directory can move
             **cell_scores(c, scores),
         })
     per_cell.sort(key=_order)
