@@ -59,6 +59,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
         ("The answer is 5 #### 7", 7),  # inline form
         ("### Problem\n2 + 2\n#### 4", 4),  # '###' is a heading, not a delimiter
         ("####\n- 42", 42),  # a markdown bullet is not a minus sign
+        ("#### 1 000", 1000),  # thousands grouped by a space, a thin space, a no-break space
+        ("#### 1\u2009234\u2009567", 1234567),
+        ("#### 12\u00a0500 dollars", 12500),
+        ("#### 5 10", 5),  # not a group of three digits: the first number
+        ("#### 2e3", 2000),  # exponent forms
+        ("#### 1.5E-2", Fraction(3, 200)),
+        ("#### 4e\u22121", Fraction(2, 5)),
+        ("#### 2 eggs", 2),  # an 'e' starting a word is no exponent
     ],
 )
 def test_extract_answer(text, expected):

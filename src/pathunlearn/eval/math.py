@@ -42,10 +42,12 @@ units. For example, if the answer is 42, your response ends with "#### 42"."""
 
 # a delimiter is exactly four '#' (a markdown "### Problem" heading or "#####" is not one)
 _DELIMITER = re.compile(r"(?<!#)####(?!#)")
-# sign and currency in either order, thousands separators, decimals, an optional "/ b"
+# sign and currency in either order, thousands separated by commas or (thin, no-break) spaces,
+# decimals, an exponent, an optional "/ b"
 _NUMBER = re.compile(
     r"(?P<sign>[-+\u2212])?(?:[$€£¥]\s*)?(?P<sign2>[-+\u2212])?"
-    r"(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)?(?P<frac>\.\d+)?"
+    r"(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d{1,3}(?:[ \u00a0\u2009\u202f]\d{3})+(?!\d)|\d+)?"
+    r"(?P<frac>\.\d+)?(?P<exp>[eE][-+\u2212]?\d+)?"
     r"(?:\s*/\s*(?P<den>\d+)(?![.\d]))?"
 )
 
@@ -96,14 +98,17 @@ def parse_number(text: str) -> Fraction | None:
     """The first number in ``text`` as an exact fraction, or None.
 
     Accepts a sign (``+``, ``-``, the unicode minus), a currency sign before or after it
-    (``$``, ``€``, ``£``, ``¥``), thousands separators (``1,234``), decimals (``3.50``, ``.5``)
+    (``$``, ``€``, ``£``, ``¥``), thousands separators (``1,234``, ``1 234`` with a space, a
+    thin or a no-break space), decimals (``3.50``, ``.5``), an exponent (``2e3``, ``1.5E-2``)
     and ``a/b``; words, units and punctuation around the number are ignored.
     """
     for m in _NUMBER.finditer(text):
         if m["int"] is None and m["frac"] is None:
             continue
-        digits = (m["int"] or "0").replace(",", "") + (m["frac"] or "")
+        digits = re.sub(r"[, \u00a0\u2009\u202f]", "", m["int"] or "0") + (m["frac"] or "")
         value = Fraction(digits)
+        if m["exp"] is not None:
+            value *= Fraction(10) ** int(m["exp"][1:].replace("\u2212", "-"))
         if m["den"] is not None:
             if int(m["den"]) == 0:
                 return None
