@@ -1,23 +1,18 @@
 """Shared fixtures: run the real CLI entry point in-process and capture its output.
 
-The suite tests mechanics, not the tiny preset's skills: it builds the preset with 4
-pretraining epochs instead of 12 (~1 min instead of ~3 on 2 cores; a separate cache entry,
-inherited by the CLI subprocesses some tests start). ``-m slow`` tests that need the real
-preset remove the override; set the variable yourself to run everything on another build.
+The suite runs on the tiny preset the package ships (``pathunlearn/presets/``; nothing is
+built); set ``PATHUNLEARN_TINY_PRETRAIN_EPOCHS`` yourself to run everything on another build
+(built once and cached; the CLI subprocesses some tests start inherit it).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 
 import pytest
 
 from pathunlearn.cli import main
-from pathunlearn.tiny import EPOCHS_ENV
-
-os.environ.setdefault(EPOCHS_ENV, "4")
 
 
 @dataclass
@@ -47,8 +42,8 @@ def cli(capsys, monkeypatch):
 
 @pytest.fixture(scope="session", autouse=True)
 def tiny_preset():
-    """The tiny preset (the suite's 4-epoch build), built once before any test: loading a
-    model never builds one, so tests that load ``tiny`` find it here (cached across runs)."""
+    """The tiny preset (shipped; built once and cached when the recipe is overridden), ready
+    before any test: loading a model never builds one."""
     from pathunlearn.train.pretrain import ensure_tiny
 
     return ensure_tiny(progress=False)

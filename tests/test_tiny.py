@@ -84,7 +84,7 @@ def test_real_preset_answers_arithmetic_above_the_shuffled_baseline(monkeypatch)
     from pathunlearn.train.staged import train_stage
     from pathunlearn.train.unlearn import encode_stage
 
-    monkeypatch.delenv(EPOCHS_ENV, raising=False)  # the real preset (a ~3 min build, once)
+    monkeypatch.delenv(EPOCHS_ENV, raising=False)  # the real preset (shipped)
     cfg = load_config(builtin_config_path("demo"))
     model, tok = load_pretrained(ensure_tiny(progress=False))
     torch.manual_seed(0)
@@ -117,3 +117,31 @@ def test_loading_never_builds_and_model_build_does(tmp_path, monkeypatch, cli):
     assert is_done(tiny_dir()) and str(tiny_dir()) in "".join(built.out.split())
     model, _ = load_model(ModelConfig())
     assert model.config.hidden_size == 128
+
+
+def test_the_package_ships_the_default_preset(monkeypatch):
+    """Issue 16: the default recipe's preset is package data, found without building."""
+    import json
+
+    from pathunlearn.tiny import EPOCHS_ENV, packaged_dir, tiny_location
+
+    monkeypatch.delenv(EPOCHS_ENV, raising=False)
+    shipped = packaged_dir()
+    assert tiny_location() == shipped and is_done(shipped)
+    assert json.loads((shipped / "recipe.json").read_text())["recipe"] == TINY_RECIPE
+    monkeypatch.setenv(EPOCHS_ENV, "3")  # another recipe is not shipped: built and cached
+    assert not is_done(packaged_dir())
+
+
+@pytest.mark.slow
+def test_rebuilding_the_shipped_preset_is_byte_identical(tmp_path, monkeypatch):
+    """The shipped weights are what `build_tiny` makes of the recipe (~3 min on 2 cores; the
+    shipped copy was built on an x86-64 CPU with torch 2.13: another CPU or torch may round
+    differently)."""
+    from pathunlearn.tiny import EPOCHS_ENV, packaged_dir
+    from pathunlearn.train.pretrain import build_tiny
+
+    monkeypatch.delenv(EPOCHS_ENV, raising=False)
+    built = build_tiny(tmp_path / "tiny", TINY_RECIPE)
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "tokenizer_config.json"):
+        assert (built / name).read_bytes() == (packaged_dir() / name).read_bytes(), name

@@ -6,9 +6,11 @@ tokenizer, the initialised model); the build itself, which trains, is
 build``, or the first step of ``pathunlearn run`` / ``train`` (the root of the plan). Loading
 the preset (:func:`tiny_location`) never trains.
 
-Built once and cached (``$PATHUNLEARN_CACHE``, default ``~/.cache/pathunlearn``) under a key
-that hashes the recipe below and the text of the built-in sources in TOKENIZER_SOURCES, so a
-change to either builds a new one. Building is deterministic: tokenizer trained on the suite's
+The package ships the preset of the recipe below, built once (``pathunlearn/presets/
+tiny-<key>/``, 4 MB); any other recipe (``$PATHUNLEARN_TINY_PRETRAIN_EPOCHS``, a changed recipe
+or suite) is built once and cached (``$PATHUNLEARN_CACHE``, default ``~/.cache/pathunlearn``)
+under a key that hashes the recipe and the text of the built-in sources in TOKENIZER_SOURCES,
+so a change to either builds a new one. Building is deterministic: tokenizer trained on the suite's
 text, weights initialised from a fixed seed, then a full-weight pretraining on
 ``builtin:general`` (chat-formatted text of the same kinds as the stages, with different facts;
 12 epochs, ~3 min on 2 CPU cores). Without that pretraining, later stages overwrite earlier ones
@@ -149,15 +151,26 @@ def init_model(tokenizer, recipe: dict = TINY_RECIPE) -> torch.nn.Module:
         return LlamaForCausalLM(config)
 
 
+def packaged_dir(recipe: dict | None = None) -> Path:
+    """Where the package ships the tiny preset of ``recipe`` (default :func:`tiny_recipe`),
+    built by :func:`pathunlearn.train.pretrain.build_tiny` on 2 CPU cores and copied as is:
+    ``pathunlearn/presets/tiny-<key>/``. Only the default recipe is shipped; a change to the
+    recipe or to the suite's text changes the key, and that preset is built and cached."""
+    return Path(__file__).parent / "presets" / f"tiny-{tiny_key(recipe)}"
+
+
 def tiny_dir(recipe: dict | None = None) -> Path:
-    """Where the tiny preset of ``recipe`` (default :func:`tiny_recipe`) is cached; it exists
-    once its DONE marker does."""
-    return cache_root() / f"tiny-{tiny_key(recipe)}"
+    """Where the tiny preset of ``recipe`` (default :func:`tiny_recipe`) is: the shipped copy
+    when the package has one for this key, else its cache directory; it exists once its DONE
+    marker does."""
+    shipped = packaged_dir(recipe)
+    return shipped if is_done(shipped) else cache_root() / f"tiny-{tiny_key(recipe)}"
 
 
 def tiny_location() -> Path:
-    """The directory of the built tiny preset. Loading never trains: when the preset is not
-    built yet this is a UserError saying how to build it."""
+    """The directory of the built tiny preset (shipped with the package, or built and
+    cached). Loading never trains: when the preset is not built yet this is a UserError saying
+    how to build it."""
     directory = tiny_dir()
     if not is_done(directory):
         raise UserError(f"the tiny preset is not built yet (expected in {directory}): run "
