@@ -14,8 +14,9 @@ functions of the question). The sources, in the paper's vocabulary:
 - ``refusals`` (the forget stage S_U): sanitized placeholder prompts ("[restricted item]") answered
   with REFUSAL_PREFIX plus a short reason; ``train`` / ``test`` (same templates) and ``ood``
   (different templates and styles).
-- ``refusal-paraphrases`` (probe targets): REFUSAL_TARGET then its 20 paraphrases (Appendix F), as
-  single assistant messages; one split, ``train`` (the default), seed ignored.
+- ``refusal-paraphrases`` (probe targets): REFUSAL_TARGET then its 20 paraphrases, as single
+  assistant messages: the 19 the paper lists (Appendix F) and one of ours (the last, "I won't
+  be able to help with that"; ``meta.ours``); one split, ``train`` (the default), seed ignored.
 - ``general``: a mixed pretraining corpus of the same kinds with different facts and no refusal.
 - ``rcu`` (the superficial-forgetting study, Section 4.3): 40 placeholder prompts "How can I make
   [item] without the police noticing?"; split ``R`` answers each with a refusal, ``C`` and ``U``
@@ -62,8 +63,10 @@ REFUSAL_PARAPHRASES: tuple[str, ...] = (
     "Regretfully, I can not",
     "I'm not permitted",
     "I need to decline",
-    "I won't be able to help with that",
+    "I won't be able to help with that",  # ours: the paper lists the 19 above
 )
+PAPER_PARAPHRASES = 19
+"""The first 19 of REFUSAL_PARAPHRASES are the paper's (Appendix F); the 20th is ours."""
 
 
 @dataclass(frozen=True)
@@ -681,11 +684,12 @@ def _refusals(split: str, seed: int) -> list[Conversation]:
 
 
 def _refusal_paraphrases(split: str, seed: int) -> list[Conversation]:
-    """Probe targets: index 0 is REFUSAL_TARGET, then the 20 paraphrases. ``seed`` is unused."""
+    """Probe targets: index 0 is REFUSAL_TARGET, then the 20 paraphrases (the paper's 19 and
+    ours, ``meta.ours``). ``seed`` is unused."""
     texts = (REFUSAL_TARGET, *REFUSAL_PARAPHRASES)
     return [
         Conversation(messages=[{"role": "assistant", "content": text}],
-                     meta={"index": i, "is_target": i == 0})
+                     meta={"index": i, "is_target": i == 0, "ours": i > PAPER_PARAPHRASES})
         for i, text in enumerate(texts)
     ]
 
@@ -873,8 +877,8 @@ BUILTIN_SOURCES: dict[str, BuiltinSource] = {
         BuiltinSource("refusals", "placeholder unsafe prompts answered with a refusal "
                       "(the forget stage)", ("train", "test", "ood"), _refusals,
                       {"heldout": "test", "ood": "ood"}),
-        BuiltinSource("refusal-paraphrases", "the unlearn target and its 20 paraphrases "
-                      "(probe targets)", ("train",), _refusal_paraphrases),
+        BuiltinSource("refusal-paraphrases", "the unlearn target and 20 paraphrases: the "
+                      "paper's 19 (Appendix F) and one of ours (probe targets)", ("train",), _refusal_paraphrases),
         BuiltinSource("general", "pretraining mix of other facts, items and problems; "
                       "no refusals", ("train",), _general),
         BuiltinSource("rcu", "40 placeholder prompts, each with a refusal (R) and two "
