@@ -58,3 +58,10 @@ MATH_BEFORE, MATH_AFTER = "math_before", "math_after"
 MATH_NO_ANSWER_BEFORE, MATH_NO_ANSWER_AFTER = "math_no_answer_before", "math_no_answer_after"
 MATH_SHUFFLED = "math_shuffled_baseline"
 DIVERGED_AT = "diverged_at"
+SATURATION = "saturation"
+"""The saturation diagnostics at step 0 (:mod:`pathunlearn.eval.saturation`): forget token
+probability, log-probability, gradient norm of the forget NLL, and the first step's gradient
+norm of the method's loss."""
+FORGET_TOKEN_PROB, FORGET_LOGP, FORGET_GRAD_NORM = ("forget_token_prob", "forget_logp",
+                                                    "forget_grad_norm")
+FIRST_GRAD_NORM = "first_step_grad_norm"

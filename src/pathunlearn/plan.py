@@ -37,8 +37,9 @@ from pathunlearn.methods import method_identity, resolve_method
 
 PLAN_FORMAT = 2
 """Version of plan.json (2: the probe sets' hash)."""
-CELL_FORMAT = 1
-"""Bump when what a cell records changes, so old cells are recomputed."""
+CELL_FORMAT = 2
+"""Bump when what a cell records changes, so old cells are recomputed (2: saturation
+diagnostics in summary.json)."""
 PREFIX_DIR = "prefixes"
 CELL_DIR = "cells"
 

@@ -95,7 +95,9 @@ def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, dro
     d = cell.directory(run_dir)
     d.mkdir(parents=True)
     p = path.index(FORGET) + 1
-    start = {"forget_label_id/all_mean": -0.5 - 0.01 * p, "forget_label_id/target": -0.3,
+    # the forget-last path (p = 4) starts saturated: its unlearn target near probability 1
+    start = {"forget_label_id/all_mean": -0.5 - 0.01 * p,
+             "forget_label_id/target": -0.1 if p == 4 else -1.0 - 0.1 * p,
              "forget_label_ood/all_mean": -1.0 - 0.02 * p, "forget_response/mean": -0.8,
              "authors_train/mean": -1.5, "authors_paraphrased/mean": -2.0 - 0.1 * seed,
              "instructions_train/mean": -1.2, "arithmetic_train/mean": -0.9}
@@ -126,7 +128,11 @@ def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, dro
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {**describe, "key": cell.key, "steps": steps,
                "steps_done": steps if diverge_at is None else diverge_at - 1,
-               "diverged_at": diverge_at, "seconds": 1.5}
+               "diverged_at": diverge_at, "seconds": 1.5,
+               "saturation": {"forget_token_prob": 0.9 if p == 4 else 0.3 + 0.05 * p,
+                              "forget_logp": -0.1 if p == 4 else -1.5,
+                              "forget_grad_norm": 0.1 if p == 4 else 1.0 + 0.1 * p,
+                              "first_step_grad_norm": 0.2 if p == 4 else 2.0}}
     if math:
         summary["math_before"], summary["math_after"] = math
         summary["math_shuffled_baseline"], summary["math_no_answer_before"] = 0.02, 0.1 * (p == 4)

@@ -68,9 +68,9 @@ def test_report_renders_in_chromium(chromium, make_run, tmp_path):
                   for f in pngs)
     assert sorted(image["src"] for image in facts["images"]) == srcs
     assert all(image["complete"] and image["width"] > 0 for image in facts["images"])
-    # the results table, the pairwise table (one method), the cells, the probes, the
+    # the saturation table, the results table, the pairwise table (one method), the cells, the probes, the
     # environment and the unlearning time per method
-    assert facts["tables"] == 6
+    assert facts["tables"] == 7
     assert {"forget score", "d at step 0", "steps_done", "targets each"} <= set(facts["headers"])
     assert {"Figures", "Cells", "Probes"} <= set(facts["sections"])
     # the dataset's HTML is text on the page, and nothing of it ran or became an element

@@ -244,5 +244,32 @@ def test_notes_say_what_ran_and_what_the_interval_covers(make_run):
     assert "Methods: ga = GA: gradient ascent" in md
     assert "The seeds share the path models (training.seed: 0)" in md
     own = make_run(seeds=(0, 1), methods=("ga",), name="own")
-    assert "share the path models" not in (build_results(load_run(own)).run_dir
-                                           / "results.md").read_text()
+    md = (build_results(load_run(own)).run_dir / "results.md").read_text()
+    assert "share the path models" not in md
+    assert "Every seed trains its own path models (training.seed: null)" in md
+    one = make_run(seeds=(0,), methods=("ga",), name="one")
+    assert "One seed: no interval" in (build_results(load_run(one)).run_dir
+                                        / "results.md").read_text()
+
+
+def test_the_verdict_says_where_each_path_starts_and_flags_saturation(make_run):
+    """Issue 15: the unlearn target's own log-probability, the forget-token probability and
+    the NLL gradient norm at step 0, per path, beside the verdict; a forget-last path that
+    starts with under half the gradient is flagged."""
+    from pathunlearn.report.results import build_results
+    from pathunlearn.rundir import load_run
+
+    results = build_results(load_run(make_run(seeds=(0, 1), methods=("ga",))), write=False)
+    verdict = next(v for v in results.verdicts if v["kind"] == "recency")
+    p4 = next(e for e in verdict["ranking"] if e["position"] == 4)
+    assert p4["target_before"] == pytest.approx(-0.1)
+    assert p4["forget_token_prob"] == pytest.approx(0.9)
+    assert p4["forget_grad_norm"] == pytest.approx(0.1)
+    assert p4["first_step_grad_norm"] == pytest.approx(0.2)
+    # compared with p=2 (ga forgets least after p=4 there), which starts at -1.2 / 0.4 / 1.2
+    assert ("At step 0: the unlearn target's log-probability -0.100 vs -1.200; forget-token "
+            "probability 0.900 vs 0.400; forget NLL gradient norm 0.1000 vs 1.2000. The "
+            "forget-last path starts with less than 0.5x the gradient") in verdict["text"]
+    row = next(r for r in results.table.rows if r["position"] == 1)
+    assert row["forget_grad_norm"] == pytest.approx(1.1) and row["target_before"] == \
+        pytest.approx(-1.1)

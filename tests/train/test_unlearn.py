@@ -59,8 +59,14 @@ def test_every_cell_tracks_every_probe_at_each_eval_point(trained):
             assert r["re_retrain/kl"] > 0 and r["re_retrain/mse"] > 0
             assert len(r["re_tokens"]) == len(metrics[0]["re_tokens"]) > 50
         assert all(r["local"] == cell.local for r in metrics[1:])
-        assert len(rows(d / "steps.jsonl")) == 4
+        steps = rows(d / "steps.jsonl")
+        assert len(steps) == 4
         assert (d / "config.yaml").is_file()
+        # the saturation diagnostics at step 0 (issue 15)
+        sat = s["saturation"]
+        assert 0 < sat["forget_token_prob"] < 1 and sat["forget_logp"] < 0
+        assert sat["forget_grad_norm"] > 0
+        assert sat["first_step_grad_norm"] == steps[0]["grad_norm"]
     assert {c.local for c in cells} == {True, False}
 
 

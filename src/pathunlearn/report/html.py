@@ -15,12 +15,19 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from pathunlearn import metrics as M
 from pathunlearn.config import dump_config
 from pathunlearn.files import write_text
 from pathunlearn.report.pairwise import pair_summary, summary_cells, summary_headers
 from pathunlearn.report.plots import FIGURE_DIR
 from pathunlearn.report.results import Results
-from pathunlearn.report.tables import NA, NOT_MEASURED, display_columns, display_value
+from pathunlearn.report.tables import (
+    NA,
+    NOT_MEASURED,
+    SATURATION,
+    display_columns,
+    display_value,
+)
 from pathunlearn.rundir import CONFIG
 
 PACKAGES = ("torch", "transformers", "peft", "pathunlearn")
@@ -121,7 +128,36 @@ def _verdict_section(results: Results) -> str:
              "least). The recency effect (the paper's finding) is observed when the path with "
              "the forget stage last forgets least.</p>"]
     parts += [_verdict_div(v) for v in results.verdicts if v.get("kind") != "pairwise"]
-    return "\n".join(parts)
+    return "\n".join(parts) + _saturation_table(results)
+
+
+SATURATION_HEADERS = {"target_before": "unlearn target log-prob", M.FORGET_TOKEN_PROB:
+                      "forget token prob", M.FORGET_GRAD_NORM: "forget NLL grad norm",
+                      M.FIRST_GRAD_NORM: "first-step grad norm"}
+
+
+def _saturation_table(results: Results) -> str:
+    """Per method and path, where unlearning starts (mean over seeds): the saturation
+    diagnostics at step 0 (pathunlearn.eval.saturation)."""
+    rows = results.table.rows
+    keys = [k for k in SATURATION if any(r.get(k) is not None for r in rows)]
+    if not keys:
+        return ""
+    head = "".join(f"<th>{_e(SATURATION_HEADERS[k])}</th>" for k in keys)
+    body = "".join(
+        f"<tr><td class=\"text\">{_e(r['method'])}{_e(' ' + r['sweep'] if r['sweep'] else '')}"
+        f"</td><td class=\"text path\">{_e(r['path_label'])}</td><td>{r['position']}</td>"
+        + "".join(f"<td>{_e(_cell_value(r.get(k)))}</td>" for k in keys) + "</tr>"
+        for r in rows)
+    return ("<h3>Where unlearning starts (saturation, step 0)</h3><p class=\"note\">Mean over "
+            "seeds. Gradient ascent's push on a sequence vanishes as its probability nears 1, "
+            "so a path that starts with its forget set near probability 1 (a high token "
+            "probability, a small gradient norm) can forget slowly for that reason alone. The "
+            "gradient norm is that of the mean NLL of the first forget examples at step 0 with "
+            "respect to the trained parameters; the first-step norm is the method's own loss "
+            "on its first batch.</p>"
+            f"<div class=\"wide\"><table><tr><th class=\"text\">method</th><th class=\"text\">"
+            f"path</th><th>p</th>{head}</tr>{body}</table></div>")
 
 
 def _verdict_div(v: dict) -> str:

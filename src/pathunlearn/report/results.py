@@ -83,11 +83,17 @@ def run_notes(run: Run) -> list[str]:
     lines = ["Methods: " + "; ".join(f"{label} = {text}" if text else label
                                     for label, text in methods) + "."]
     cfg = run.config
-    if cfg.training.seed is not None and len(cfg.seeds) > 1:
+    if len(cfg.seeds) < 2:
+        lines.append("One seed: no interval; the table's numbers are one run's.")
+    elif cfg.training.seed is not None:
         lines.append(f"The seeds share the path models (training.seed: {cfg.training.seed}): "
                      "the 95% intervals cover the unlearning's batch order and adapter "
                      "initialisation only, not the finetuning. Set training.seed: null to "
                      "train every path per seed.")
+    else:
+        lines.append("Every seed trains its own path models (training.seed: null): the 95% "
+                     "intervals cover the finetuning's data order and adapter initialisation "
+                     "and the unlearning's batch order and adapter initialisation together.")
     if run.pending:
         lines.append(f"{len(run.pending)} of {len(run.plan.cells)} planned cells are not "
                      "finished yet and are not in the table.")

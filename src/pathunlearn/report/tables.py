@@ -112,10 +112,15 @@ def utility_header(probe) -> str:
     return f"{probe.name} utility"
 
 
+SATURATION = ("target_before", M.FORGET_TOKEN_PROB, M.FORGET_GRAD_NORM, M.FIRST_GRAD_NORM)
+"""The saturation diagnostics at step 0 (:mod:`pathunlearn.eval.saturation`): the unlearn
+target's own per-token log-probability (the label probe's ``/target``), the forget responses'
+mean token probability, the gradient norm of their NLL, the first step's gradient norm."""
 CONTEXT = ("forget_before", "forget_after", "math_before", "math_after", "math_shuffled",
-           "math_no_answer")
+           "math_no_answer", *SATURATION)
 """Also aggregated, not scores: the forget score's metric before and after unlearning, math
-accuracy before and after, the shuffled-answer baseline and the no-answer rate before."""
+accuracy before and after, the shuffled-answer baseline and the no-answer rate before, the
+saturation diagnostics."""
 
 NOT_MEASURED = {
     "math_utility": "math utility: not measured in this run (set unlearning.math.questions "
@@ -148,7 +153,10 @@ def cell_scores(cell: CellRecord, scores: list[Score]) -> dict[str, float | None
         return a - b if score.how == "drop" else 1.0 - abs(a - b)
 
     forget = next(s for s in scores if s.key == "forget_score").metric
+    saturation = cell.summary.get(M.SATURATION) or {}
     return {**{s.key: value(s) for s in scores},
+            "target_before": _num(first.get(M.key(forget.rsplit("/", 1)[0], M.TARGET))),
+            **{k: _num(saturation.get(k)) for k in SATURATION[1:]},
             "forget_before": _num(first.get(forget)), "forget_after": _num(last.get(forget)),
             "math_before": _num(before), "math_after": _num(after),
             "math_shuffled": _num(cell.summary.get(M.MATH_SHUFFLED)),
@@ -249,7 +257,8 @@ def _verdict(table: ResultTable, method: str, sweep: str, rows: list[dict], scor
     ranking = [{"rank": i, "path_label": r["path_label"], "position": r["position"],
                 "forget_last": r["forget_last"], "mean": r[score],
                 "ci95": r[f"{score}_ci95"], **_interval(r[score], r[f"{score}_ci95"]),
-                "n": r["n"], "forget_before": r["forget_before"]}
+                "n": r["n"], "forget_before": r["forget_before"],
+                **{k: r[k] for k in SATURATION}}
                for i, r in enumerate(scored, 1)]
     last = [e for e in ranking if e["forget_last"]]
     others = [e for e in ranking if not e["forget_last"]]
@@ -315,6 +324,7 @@ def verdict_text(v: dict) -> str:
     if last[-1]["forget_before"] is not None and other["forget_before"] is not None:
         text += (f"Before unlearning, forget_label_id/all_mean was "
                  f"{_fmt(last[-1]['forget_before'])} vs {_fmt(other['forget_before'])}. ")
+    text += saturation_text(last[-1], other)
     if v["ci_overlap"] is None:
         text += "1 seed: no interval." if n < 2 else "No interval to compare."
     else:
@@ -328,6 +338,36 @@ def verdict_text(v: dict) -> str:
         text += f" Per seed, the {stage}-last path ranks first in {first} of {len(seeds)} seeds."
     if v["unscored_paths"]:
         text += f" Without a score (all seeds diverged): {', '.join(v['unscored_paths'])}."
+    return text
+
+
+SATURATED_RATIO = 0.5
+"""A forget-last path whose forget NLL gradient at step 0 is below this fraction of the
+compared path's is flagged as starting saturated."""
+
+
+def saturation_text(last: dict, other: dict) -> str:
+    """Where the two paths start unlearning from: the unlearn target's own log-probability,
+    the forget tokens' probability and the forget NLL's gradient norm, and a warning when the
+    forget-last path starts with much less gradient (slower forgetting may then be saturation,
+    not the order as such)."""
+    parts = []
+    if last["target_before"] is not None and other["target_before"] is not None:
+        parts.append(f"the unlearn target's log-probability {_fmt(last['target_before'])} vs "
+                     f"{_fmt(other['target_before'])}")
+    prob, grad = M.FORGET_TOKEN_PROB, M.FORGET_GRAD_NORM
+    if last[prob] is not None and other[prob] is not None:
+        parts.append(f"forget-token probability {_fmt(last[prob])} vs {_fmt(other[prob])}")
+    if last[grad] is not None and other[grad] is not None:
+        parts.append(f"forget NLL gradient norm {_fmt(last[grad], 4)} vs {_fmt(other[grad], 4)}")
+    if not parts:
+        return ""
+    text = f"At step 0: {'; '.join(parts)}. "
+    if (last[grad] is not None and other[grad] is not None
+            and last[grad] < SATURATED_RATIO * other[grad]):
+        text += (f"The forget-last path starts with less than {SATURATED_RATIO:g}x the "
+                 "gradient: its slower forgetting may be saturation (the forget set already "
+                 "near probability 1) rather than the order as such. ")
     return text
 
 

@@ -9,7 +9,8 @@ trains all weights under full finetuning), and takes optimizer steps on the forg
 It writes its directory (see :mod:`pathunlearn.rundir`) through a :class:`CellWriter`:
 ``metrics.jsonl`` (one row per eval point: step, every probe, the held-out token
 log-probabilities, the distances to the retrain model, the step's loss/lr/grad norm),
-``steps.jsonl`` (one row per optimizer step), ``summary.json``, ``config.yaml`` and, with
+``steps.jsonl`` (one row per optimizer step), ``summary.json`` (with the saturation
+diagnostics at step 0 and the first step's gradient norm), ``config.yaml`` and, with
 ``unlearning.save_model``, the unlearned model. It exists once its DONE marker does; a cell
 finished with its key is never rerun. A non-finite loss or probe stops only its cell,
 recorded as ``diverged_at``.
@@ -47,6 +48,7 @@ from pathunlearn.eval.probes import (
     evaluate_probes,
     probe_conversations,
 )
+from pathunlearn.eval.saturation import saturation
 from pathunlearn.files import atomic_dir, is_done
 from pathunlearn.losses import token_logprobs
 from pathunlearn.methods import ForgetBatch, Method, RetainBatch, make_method
@@ -127,7 +129,8 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
        method);
     2. take from the path model what the method needs before it changes (reference
        log-probabilities or a frozen copy) and the math accuracy before unlearning;
-    3. a fresh adapter, optimizer, schedule and batch order;
+    3. a fresh adapter, optimizer, schedule and batch order; the saturation diagnostics at
+       step 0 (:mod:`pathunlearn.eval.saturation`);
     4. probes at step 0, then optimizer steps, probes every ``eval_every`` steps; a non-finite
        loss or probe stops the cell;
     5. the math accuracy after, the summary, the unlearned model when asked for.
@@ -164,6 +167,8 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     retain_batches = step_indices(len(data.retain), u.batch_size, u.micro_batch_size,
                                   seed + 1) if data.retain else None
     probe = CellProbes(cfg, tok, shared.probe_sets, retrain_reference(cfg, cell, run_dir, shared))
+    start = saturation(model, data.forget, data.pad_id, device, cfg.probes.examples,
+                       u.micro_batch_size)  # changes nothing: no update, RNG restored
 
     # ---- 4. the loop
     with atomic_dir(cell.directory(run_dir)) as tmp:
@@ -184,6 +189,8 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             last = {M.STEP: step, M.LOSS: loss, M.LR: lr, M.GRAD_NORM: grad_norm}
+            if step == 1:
+                start[M.FIRST_GRAD_NORM] = grad_norm
             files.step(last)
             if step % u.eval_every == 0 or step == total:
                 row = {**last, **probe(model), "local": cell.local}
@@ -199,7 +206,8 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
         summary = {**cell.describe(), "key": cell.key, "steps": total,
                    "steps_done": last.get(M.STEP, 0), M.DIVERGED_AT: diverged_at,
                    "seconds": time.perf_counter() - t0, "forget_examples": len(data.forget),
-                   "retain_examples": len(data.retain), **math_fields(math_before, math_after)}
+                   "retain_examples": len(data.retain), M.SATURATION: start,
+                   **math_fields(math_before, math_after)}
         files.finish(summary, cfg)
         if u.save_model and diverged_at is None:
             write_checkpoint(model, tok, tmp / "model")
