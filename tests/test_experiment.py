@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from pathunlearn.config import builtin_config_path, load_config
@@ -22,6 +23,7 @@ REDUCED = {
                    "micro_batch_size": 8, "steps": 3, "eval_every": 3,
                    "math": {"questions": 3, "samples": 2, "max_new_tokens": 8}},
     "probes": {"prompts": 2, "examples": 4},
+    "relearn": {"steps": 2, "forget_examples": 4},
 }
 
 
@@ -56,6 +58,22 @@ def test_run_end_to_end_then_rerun_skips_everything(tmp_path, cli):
     summary = json.loads(next(run_dir.glob("cells/*/npo/1/summary.json")).read_text())
     assert 0 <= summary["math_before"] <= 1 and 0 <= summary["math_after"] <= 1
     assert all(r["math_utility"] is not None for r in rows)
+    # relearning (issue 15): per cell a retain and a forget run of 2 steps, forget probes only
+    relearn = [json.loads(x) for x in next(run_dir.glob("cells/*/ga/0/relearn.jsonl"))
+               .read_text().splitlines()]
+    assert [(r["data"], r["step"]) for r in relearn] == [("retain", 0), ("retain", 1),
+                                                          ("retain", 2), ("forget", 0),
+                                                          ("forget", 1), ("forget", 2)]
+    assert relearn[0]["forget_label_id/all_mean"] == metrics[-1]["forget_label_id/all_mean"]
+    assert not any(k.startswith("authors_train") for k in relearn[0])
+    entries = results["relearn"]
+    assert len(entries) == 8  # 2 paths x 2 methods x (retain, forget)
+    for e in entries:
+        assert e["steps"] == [0, 1, 2] and e["seeds"] == 2
+        assert e["recovered"] is None or e["recovered"] == pytest.approx(
+            (e["relearned"] - e["unlearned"]) / (e["before"] - e["unlearned"]))
+    assert "Relearning after unlearning" in (run_dir / "report.html").read_text()
+    assert list((run_dir / "figures").glob("relearn_ga.png"))
     second = cli("run", path)
     assert second.code == 0
     assert "already done" in second.out and "0 already done" not in second.out
@@ -67,7 +85,7 @@ def test_superficial_study_end_to_end(tmp_path, cli):
     # the shipped superficial config, reduced: 2 orders (theta_1, theta_3), 1 epoch per stage,
     # 2 unlearning epochs of the 40 U examples at batch 8
     cfg = yaml.safe_load(builtin_config_path("superficial").read_text())
-    cfg |= {"name": "sup", "output_dir": str(tmp_path / "runs")}
+    cfg |= {"name": "sup", "output_dir": str(tmp_path / "runs"), "seeds": [0]}
     cfg["paths"]["orders"] = [["refuse", "comply", "unlearn"], ["unlearn", "comply", "refuse"]]
     for stage in cfg["stages"].values():
         stage["epochs"] = 1

@@ -423,6 +423,34 @@ class ProbesConfig(StrictModel):
         return self
 
 
+class RelearnConfig(StrictModel):
+    """After unlearning, finetune the unlearned model again for a few steps and track how much
+    of the forgotten likelihood returns: the depth of forgetting (the paper's Section 4.3 asks
+    whether forgetting is deep or superficial). Each run starts from the unlearned model with a
+    fresh optimizer; the unlearned model itself is kept as it was (it is what the table
+    scores and what `save_model` saves)."""
+
+    steps: int = Field(0, ge=0)
+    """Finetuning steps per run (0: no relearning)."""
+    data: list[Literal["retain", "forget"]] = ["retain", "forget"]
+    """One run per entry: `retain` finetunes on the path's other stages (the retain data of the
+    weakly-local methods), `forget` on the first `forget_examples` items of the forget set."""
+    forget_examples: int = Field(8, gt=0)
+    """Items of the forget set a `forget` run relearns from (a few, as in relearning attacks)."""
+    lr: float | None = Field(None, gt=0)
+    """Peak learning rate (constant, AdamW or SGD as `training.optimizer`); null: training.lr."""
+    batch_size: int = Field(8, gt=0)
+    """Examples per step."""
+    eval_every: int = Field(1, gt=0)
+    """Track the forget probes every k steps (and before the first)."""
+
+    @model_validator(mode="after")
+    def _some_data(self) -> RelearnConfig:
+        if self.steps and not self.data:
+            raise ValueError("`data` is empty: give retain, forget or both")
+        return self
+
+
 class ExperimentConfig(StrictModel):
     name: str = "experiment"
     """Run name: outputs go to `output_dir/name`."""
@@ -442,6 +470,8 @@ class ExperimentConfig(StrictModel):
     """Unlearning hyperparameters and methods."""
     probes: ProbesConfig = ProbesConfig()
     """The probe sets tracked during unlearning (defaults derived from the stages, and more)."""
+    relearn: RelearnConfig = RelearnConfig()
+    """Relearning after unlearning: how much of the forget set comes back (off by default)."""
     study: Literal["recency", "superficial"] = "recency"
     """What the report leads with: `recency`, the paper's Table 1 and recency verdict;
     `superficial`, the Section 4.3 study: per path, whether unlearning the forget stage also

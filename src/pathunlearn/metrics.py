@@ -65,3 +65,8 @@ norm of the method's loss."""
 FORGET_TOKEN_PROB, FORGET_LOGP, FORGET_GRAD_NORM = ("forget_token_prob", "forget_logp",
                                                     "forget_grad_norm")
 FIRST_GRAD_NORM = "first_step_grad_norm"
+
+# ---------------------------------------------------------------------------- relearn.jsonl
+
+RELEARN_DATA = "data"
+"""The field of a relearning row naming its run: ``retain`` or ``forget``."""

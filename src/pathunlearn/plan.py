@@ -403,4 +403,5 @@ def cell_key(cfg: ExperimentConfig, cell: Cell, method: dict, probes_sha: str) -
                        cell.method.model_dump(mode="json"), method, u,
                        cfg.model.model_dump(mode="json",
                                             include={"finetuning", "lora", "max_length"}),
-                       probes_sha, CELL_FORMAT)
+                       probes_sha, CELL_FORMAT,
+                       *([cfg.relearn.model_dump(mode="json")] if cfg.relearn.steps else []))

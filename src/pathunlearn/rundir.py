@@ -8,7 +8,8 @@ runs/<name>/
   prefixes/<key>/  a path-model checkpoint + metrics.jsonl, prefix.json, config.yaml (train/paths)
   cells/<path>/<method>/<seed>[/<lr>][/<scheduler>]/
                    metrics.jsonl (a row per eval point), steps.jsonl (a row per optimizer
-                   step), summary.json, config.yaml [, model/] (train/unlearn, via CellWriter)
+                   step), [relearn.jsonl,] summary.json, config.yaml [, model/]
+                   (train/unlearn, via CellWriter)
   results.{json,csv,md}, figures/, report.html    (report/)
   phases.json, phases_history.json                (experiment.py: wall times)
 ```
@@ -40,6 +41,7 @@ PLAN = "plan.json"
 PROBES = "probes.json"
 METRICS = "metrics.jsonl"
 STEPS = "steps.jsonl"
+RELEARN = "relearn.jsonl"
 SUMMARY = "summary.json"
 
 
@@ -167,6 +169,10 @@ class CellWriter:
         """One optimizer step: step, loss, lr, grad norm."""
         self._steps.write(json.dumps(row) + "\n")
 
+    def relearn(self, rows: list[dict]) -> None:
+        """The relearning rows (:mod:`pathunlearn.train.relearn`), written whole."""
+        write_text(self.directory / RELEARN, "".join(json.dumps(r) + "\n" for r in rows))
+
     def diverged(self, step: int) -> None:
         """The final row of a cell stopped by a non-finite loss or probe."""
         self.metrics({M.STEP: step, M.DIVERGED: True, "reason": f"diverged at step {step}"})
@@ -200,6 +206,8 @@ class CellRecord:
     """Metric rows, step 0 first; without the final ``diverged`` marker row."""
     diverged_at: int | None = None
     diverged_reason: str | None = None
+    relearn: list[dict] = field(default_factory=list)
+    """The relearning rows (relearn.jsonl; empty without relearning)."""
 
     path = property(lambda self: self.cell.path)
     method = property(lambda self: self.cell.method_label)
@@ -249,7 +257,10 @@ def read_cell(run_dir: str | Path, cell: Cell) -> CellRecord:
     diverged_at = summary.get(M.DIVERGED_AT) or (diverged or {}).get(M.STEP)
     reason = (diverged or {}).get("reason") or (f"diverged at step {diverged_at}"
                                                 if diverged_at else None)
-    return CellRecord(cell, directory, summary, rows, diverged_at, reason)
+    relearn_file = directory / RELEARN
+    relearn = [json.loads(line) for line in relearn_file.read_text().splitlines()
+               if line.strip()] if relearn_file.is_file() else []
+    return CellRecord(cell, directory, summary, rows, diverged_at, reason, relearn)
 
 
 # ---------------------------------------------------------------------------- a whole run

@@ -63,7 +63,8 @@ def test_six_panel_figure_and_verdict_lines():
         verdict, reason = classify(R, c, u)
         entries.append({"theta": k, "label": label, "path": label.split("→"),
                         "epochs": [0, 1, 2], "R": R, "C": c, "U": u, "seeds": 1,
-                        "verdict": verdict, "reason": reason})
+                        "verdict": verdict, "reason": reason, "seed_verdicts": {0: verdict},
+                        "agree": 1})
     fig = superficial_figure(entries)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 6
@@ -72,3 +73,32 @@ def test_six_panel_figure_and_verdict_lines():
     lines = verdict_lines(entries)
     assert lines[0].startswith("θ1 R→C→U (R-C-U): superficial")
     assert "deep" in lines[3]
+
+
+class FakeCell:
+    """A finished cell of a superficial run: R, C, U summed log-probabilities per eval point."""
+
+    def __init__(self, path, seed, curves):
+        self.path, self.seed, self.curves = tuple(path), seed, curves
+        self.diverged_at, self.summary = None, {"forget_examples": 40}
+
+    def series(self, metric):
+        values = self.curves[metric.split("/")[0]]
+        return list(range(len(values))), values
+
+
+def test_each_seed_is_judged_and_the_agreement_counted():
+    """Issue 15: with several seeds, the verdict of the mean curves and how many seeds agree."""
+    from pathunlearn.config import builtin_config_path, load_config
+    from pathunlearn.report.superficial import agreement, path_curves
+
+    config = load_config(builtin_config_path("superficial"))
+    path = config.paths.expand()[0]
+    deep = {"R": [-10.0, -10.0], "C": [-20.0, -60.0], "U": [-15.0, -60.0]}
+    shallow = {"R": [-10.0, -10.0], "C": [-20.0, -20.5], "U": [-15.0, -60.0]}
+    cells = [FakeCell(path, 0, deep), FakeCell(path, 1, deep), FakeCell(path, 2, shallow)]
+    (entry,) = path_curves(cells, config)
+    assert entry["seed_verdicts"] == {0: "deep", 1: "deep", 2: "superficial"}
+    assert entry["verdict"] == "deep" and entry["agree"] == 2
+    assert agreement(entry) == "2 of 3 seeds (deep, deep, superficial)"
+    assert verdict_lines([entry])[0].endswith("; 2 of 3 seeds (deep, deep, superficial) agree")

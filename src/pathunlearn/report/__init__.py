@@ -23,6 +23,10 @@ def make_report(run: Run, *, phases: dict[str, float] | None = None, extra: dict
 
     results = build_results(run)
     figures = write_figures(results)
+    if results.relearn:
+        from pathunlearn.report.relearn import write_relearn_figures
+
+        figures += write_relearn_figures(results.relearn, run.run_dir / "figures")
     lead = []
     if run.config.study == "superficial":
         from pathunlearn.report.superficial import superficial_html, write_superficial

@@ -73,6 +73,7 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
         _verdict_section(results),
         _table_section(results),
         _pairwise_section(results),
+        _relearn_section(results),
         _figure_section(run_dir, figures),
         _cells_section(results),
         _probe_section(results.run.probes if probes is None else probes),
@@ -209,6 +210,47 @@ def _pairwise_section(results: Results) -> str:
                      f"<div class=\"wide\"><table><tr>{head}</tr>{rows}</table></div>")
     notes_list = "".join(f"<li>{_e(n)}</li>" for n in pairwise.notes())
     return "\n".join(parts) + f"<ul class=\"note\">{notes_list}</ul>"
+
+
+def _relearn_section(results: Results) -> str:
+    """Per method, path and relearning data: the forget metric before unlearning, after it and
+    after relearning, the fraction recovered; and the relearning figures."""
+    from pathunlearn.report.relearn import figure_stem
+
+    entries = results.relearn
+    if not entries:
+        return ""
+    r = results.config.relearn
+    heads = ["method", "path", "p", "relearned on", "before unlearning", "unlearned",
+             f"after {r.steps} steps", "recovered", "seeds"]
+    head = "".join(f"<th class=\"{'text' if i < 2 or i == 3 else ''}\">{_e(h)}</th>"
+                   for i, h in enumerate(heads))
+    rows = "".join(
+        f"<tr><td class=\"text\">{_e(e['method'])}{_e(' ' + e['sweep'] if e['sweep'] else '')}"
+        f"</td><td class=\"text path\">{_e(e['path_label'])}</td><td>{e['position']}</td>"
+        f"<td class=\"text\">{_e(e['data'])}</td>"
+        + "".join(f"<td>{_e(_cell_value(e[k]))}</td>" for k in ("before", "unlearned",
+                                                                "relearned", "recovered"))
+        + f"<td>{e['seeds']}</td></tr>" for e in entries)
+    parts = ["<h2>Relearning after unlearning</h2>",
+             f"<p class=\"note\">After unlearning, {r.steps} finetuning steps (lr "
+             f"{_e(format(r.lr or results.config.training.lr, 'g'))}, batch {r.batch_size}) "
+             f"on the path's retain data and, separately, on {r.forget_examples} forget "
+             f"examples, from the unlearned model each time; the forget score's metric "
+             f"({_e(entries[0]['metric'])}, mean over seeds) before unlearning, after it and "
+             "after relearning. recovered = (after relearning - unlearned) / (before - "
+             "unlearned): the share of what unlearning removed that came back (shallow "
+             "forgetting comes back fast).</p>",
+             f"<div class=\"wide\"><table><tr>{head}</tr>{rows}</table></div>"]
+    for method, sweep in dict.fromkeys((e["method"], e["sweep"]) for e in entries):
+        png = results.run_dir / FIGURE_DIR / f"{figure_stem(method, sweep)}.png"
+        if png.is_file():
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            parts.append(f"<figure><img alt=\"{_e(png.stem)}\" src=\"data:image/png;base64,"
+                         f"{data}\"><figcaption><b>{_e(png.stem)}</b>: the forget metric over "
+                         "relearning steps per path (dotted: before unlearning)</figcaption>"
+                         "</figure>")
+    return "\n".join(parts)
 
 
 def _align(key: str) -> str:

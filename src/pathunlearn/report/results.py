@@ -12,6 +12,7 @@ from pathunlearn.config import ExperimentConfig
 from pathunlearn.errors import UserError
 from pathunlearn.files import write_json, write_text
 from pathunlearn.report.pairwise import PairwiseTable, build_pairwise
+from pathunlearn.report.relearn import relearn_curves
 from pathunlearn.report.tables import (
     NOT_MEASURED,
     ResultTable,
@@ -38,6 +39,9 @@ class Results:
     """The recency verdicts (``kind`` "recency"), then the pairwise-growth ones ("pairwise")."""
     files: list[Path] = field(default_factory=list)
     pairwise: PairwiseTable | None = None
+    relearn: list[dict] = field(default_factory=list)
+    """Relearning curves per (method, sweep, path, data) (:mod:`pathunlearn.report.relearn`);
+    empty without relearning."""
     superficial: list[dict] | None = None
     """Per-path R/C/U curves and verdicts of a ``study: superficial`` run
     (:func:`pathunlearn.report.superficial.path_curves`); None for other studies."""
@@ -70,7 +74,10 @@ def build_results(run: Run, *, write: bool = True) -> Results:
     table = build_table(run.cells, run.forget_stage, run.probes)
     pairwise = build_pairwise(run.cells, run.forget_stage)
     verdicts = recency_verdicts(table) + pairwise.verdicts
-    results = Results(run, table, verdicts, [], pairwise)
+    forget_metric = next(s.metric for s in table.scores if s.key == "forget_score")
+    relearn = relearn_curves(run.cells, forget_metric, run.forget_stage) if forget_metric \
+        else []
+    results = Results(run, table, verdicts, [], pairwise, relearn)
     if write:
         results.files = write_results(results)
     return results
@@ -127,6 +134,7 @@ def results_json(results: Results) -> dict:
         "rows": table.rows,
         "verdicts": results.verdicts,
         **pairs,
+        "relearn": results.relearn,
         "cells": table.cells,
         "unfinished_cells": len(results.run.pending),
         "stale_cells": len(results.run.stale),

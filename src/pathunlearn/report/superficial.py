@@ -2,8 +2,9 @@
 
 A run with ``study: superficial`` tracks three response probes, ``R`` (refusal), ``C`` and ``U``
 (two compliance phrasings), as summed log-probabilities log pi(y|x) averaged over the prompts,
-while gradient ascent unlearns U. Per path the curves are read at epoch 0 (before unlearning)
-and at the end, and :func:`classify` names what happened:
+while gradient ascent unlearns U. Per path the curves (mean over seeds) are read at epoch 0
+(before unlearning) and at the end, and :func:`classify` names what happened; each seed's own
+curves are classified too, and the report says how many seeds agree with the verdict:
 
 - ``drop_X = X[0] - X[-1]`` (positive: X became less likely);
 - **deep**: ``drop_U > TAU`` and ``drop_C >= RHO * drop_U`` and ``C[-1] < R[-1]`` and
@@ -97,16 +98,35 @@ def path_curves(cells: list[CellRecord], config: ExperimentConfig) -> list[dict]
         if not all(len(curves[p]) >= 2 for p in PROBES):
             continue
         verdict, reason = classify(curves["R"], curves["C"], curves["U"])
+        per_seed = {}
+        for cell in sorted(group, key=lambda c: c.seed):
+            own = [cell.series(M.key(probe, M.SUM))[1] for probe in PROBES]
+            if all(len(x) >= 2 for x in own):
+                per_seed[cell.seed] = classify(*own)[0]
         entries.append({"theta": k, "path": list(path),
                         "label": "→".join(letters.get(s, s) for s in path),
                         "epochs": [s * batch / n for s in steps], **curves,
-                        "seeds": len(group), "verdict": verdict, "reason": reason})
+                        "seeds": len(group), "verdict": verdict, "reason": reason,
+                        "seed_verdicts": per_seed,
+                        "agree": sum(v == verdict for v in per_seed.values())})
     return entries
 
 
+def agreement(entry: dict) -> str:
+    """How many seeds, judged alone, give the verdict of the mean curves: ``2 of 3 seeds
+    (deep, deep, superficial)``."""
+    verdicts = entry["seed_verdicts"]
+    if len(verdicts) < 2:
+        return "1 seed"
+    return (f"{entry['agree']} of {len(verdicts)} seeds "
+            f"({', '.join(verdicts[s] for s in sorted(verdicts))})")
+
+
 def verdict_lines(entries: list[dict]) -> list[str]:
-    """One line per path: θ_k, its order, the verdict and why."""
-    return [f"θ{e['theta']} {e['label']} ({'-'.join(e['path'])}): {e['verdict']} — {e['reason']}"
+    """One line per path: θ_k, its order, the verdict, why, and how many seeds agree."""
+    return [f"θ{e['theta']} {e['label']} ({'-'.join(e['path'])}): {e['verdict']} — "
+            f"{e['reason']}; {agreement(e)} agree" if len(e["seed_verdicts"]) > 1 else
+            f"θ{e['theta']} {e['label']} ({'-'.join(e['path'])}): {e['verdict']} — {e['reason']}"
             for e in entries]
 
 
@@ -162,13 +182,15 @@ def superficial_html(run_dir: Path, entries: list[dict]) -> str:
     if not entries:
         return "\n".join(parts) + "<p class=\"note\">No finished cell has the R, C, U probes.</p>"
     head = "".join(f"<th>{h}</th>" for h in ("path", "order", "R start", "R end", "C start",
-                                              "C end", "U start", "U end", "verdict", "why"))
+                                              "C end", "U start", "U end", "verdict",
+                                              "seeds agree", "why"))
     rows = []
     for e in entries:
         values = "".join(f"<td>{e[p][i]:.1f}</td>" for p in PROBES for i in (0, -1))
         rows.append(f"<tr><td class=\"text\">θ{e['theta']}: {e_(e['label'])}</td>"
                     f"<td class=\"text\">{e_('-'.join(e['path']))}</td>{values}"
                     f"<td class=\"text\"><b>{e_(e['verdict'])}</b></td>"
+                    f"<td class=\"text\">{e_(agreement(e))}</td>"
                     f"<td class=\"text\">{e_(e['reason'])}</td></tr>")
     parts.append(f"<div class=\"wide\"><table><tr>{head}</tr>{''.join(rows)}</table></div>")
     png = run_dir / "figures" / f"{FIGURE_STEM}.png"

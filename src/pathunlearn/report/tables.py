@@ -155,7 +155,8 @@ def cell_scores(cell: CellRecord, scores: list[Score]) -> dict[str, float | None
     forget = next(s for s in scores if s.key == "forget_score").metric
     saturation = cell.summary.get(M.SATURATION) or {}
     return {**{s.key: value(s) for s in scores},
-            "target_before": _num(first.get(M.key(forget.rsplit("/", 1)[0], M.TARGET))),
+            "target_before": None if forget is None else _num(
+                first.get(M.key(forget.rsplit("/", 1)[0], M.TARGET))),
             **{k: _num(saturation.get(k)) for k in SATURATION[1:]},
             "forget_before": _num(first.get(forget)), "forget_after": _num(last.get(forget)),
             "math_before": _num(before), "math_after": _num(after),

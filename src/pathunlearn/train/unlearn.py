@@ -9,7 +9,8 @@ trains all weights under full finetuning), and takes optimizer steps on the forg
 It writes its directory (see :mod:`pathunlearn.rundir`) through a :class:`CellWriter`:
 ``metrics.jsonl`` (one row per eval point: step, every probe, the held-out token
 log-probabilities, the distances to the retrain model, the step's loss/lr/grad norm),
-``steps.jsonl`` (one row per optimizer step), ``summary.json`` (with the saturation
+``steps.jsonl`` (one row per optimizer step), ``relearn.jsonl`` (with ``relearn.steps``),
+``summary.json`` (with the saturation
 diagnostics at step 0 and the first step's gradient norm), ``config.yaml`` and, with
 ``unlearning.save_model``, the unlearned model. It exists once its DONE marker does; a cell
 finished with its key is never rerun. A non-finite loss or probe stops only its cell,
@@ -55,6 +56,7 @@ from pathunlearn.methods import ForgetBatch, Method, RetainBatch, make_method
 from pathunlearn.models import apply_lora, load_checkpoint, resolve_device, write_checkpoint
 from pathunlearn.plan import Cell, Plan, plan_run, prefix_dir, retrain_path
 from pathunlearn.rundir import SUMMARY, CellWriter, cell_done
+from pathunlearn.train.relearn import relearn
 from pathunlearn.train.schedules import lr_lambda
 from pathunlearn.train.staged import (
     autocast,
@@ -133,7 +135,8 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
        step 0 (:mod:`pathunlearn.eval.saturation`);
     4. probes at step 0, then optimizer steps, probes every ``eval_every`` steps; a non-finite
        loss or probe stops the cell;
-    5. the math accuracy after, the summary, the unlearned model when asked for.
+    5. the math accuracy after, the relearning runs (:mod:`pathunlearn.train.relearn`, when
+       ``relearn.steps`` > 0), the summary, the unlearned model when asked for.
     """
     u, device = cfg.unlearning, resolve_device(cfg.training.device)
     method = make_method(cell.method)
@@ -201,8 +204,13 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
         if diverged_at is not None:
             files.diverged(diverged_at)
 
-        # ---- 5. math after, summary, the unlearned model
+        # ---- 5. math after, relearning, summary, the unlearned model
         math_after = measure_math(u.math, model, tok, cell.seed) if diverged_at is None else None
+        if cfg.relearn.steps and diverged_at is None:
+            retain = data.retain or [e for s in retain_stages(cfg, cell.path)
+                                     for e in encode_stage(cfg, tok, s)]
+            files.relearn(relearn(cfg, model, tok, {"retain": retain, "forget": data.forget},
+                                  shared.probe_sets, device, seed))
         summary = {**cell.describe(), "key": cell.key, "steps": total,
                    "steps_done": last.get(M.STEP, 0), M.DIVERGED_AT: diverged_at,
                    "seconds": time.perf_counter() - t0, "forget_examples": len(data.forget),

@@ -1,0 +1,81 @@
+"""Relearning after unlearning: how much of the forgotten likelihood comes back.
+
+Forgetting can be *superficial* (the model still holds what it was made to forget and a little
+finetuning brings it back) or *deep*. For every cell with ``relearn.steps`` > 0, after
+unlearning, :func:`relearn` finetunes the unlearned model for K steps (a fresh optimizer,
+constant learning rate, token-weighted NLL as staged training) once per ``relearn.data`` entry:
+
+- ``retain``: on the path's other stages (data that never held the forget set): does the
+  forget set come back as a side effect of ordinary finetuning?
+- ``forget``: on the first ``relearn.forget_examples`` items of the forget set: how fast do a
+  few examples restore the rest (the relearning attacks of the unlearning literature)?
+
+Before the first step and every ``eval_every`` steps it scores the forget probes (kinds
+``forget_label`` and ``forget_response``) and returns one row each (``data``, ``step``,
+``loss``, the probes' metrics). The trained parameters are restored afterwards, and the random
+state too, so the unlearned model and everything after it are exactly as without relearning.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pathunlearn import metrics as M
+from pathunlearn.config import ExperimentConfig
+from pathunlearn.data.batching import collate, step_indices
+from pathunlearn.data.chat import EncodedExample
+from pathunlearn.eval.probes import ProbeSet, encode_probes, evaluate_probes
+from pathunlearn.losses import nll_sum
+from pathunlearn.train.staged import autocast, clip_gradients, make_optimizer
+
+TRACKED_KINDS = ("forget_label", "forget_response")
+"""The probe kinds a relearning run scores."""
+DATA = M.RELEARN_DATA
+
+
+def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
+            examples: dict[str, list[EncodedExample]], probe_sets: list[ProbeSet],
+            device: torch.device, seed: int) -> list[dict]:
+    """The relearning rows of one cell (module docstring). ``examples``: the data of each run
+    (``retain``, ``forget``); a run without data is skipped."""
+    r, training = cfg.relearn, cfg.training
+    tracked = [p for p in probe_sets if p.kind in TRACKED_KINDS]
+    if not r.steps or not tracked:
+        return []
+    encoded = encode_probes(tokenizer, tracked, cfg.model.max_length)
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    optim = training.model_copy(update={"lr": r.lr or training.lr})
+    pad_id = tokenizer.pad_token_id
+    rows = []
+    with torch.random.fork_rng(devices=[]):
+        for kind in r.data:
+            data = examples.get(kind) or []
+            if not data:
+                continue
+            optimizer = make_optimizer(params, optim)
+            batches = step_indices(len(data), r.batch_size, r.batch_size, seed)
+            rows.append({M.RELEARN_DATA: kind, M.STEP: 0,
+                         **evaluate_probes(model, tokenizer, tracked, encoded=encoded)})
+            for step in range(1, r.steps + 1):
+                (idx,) = next(batches)[1]
+                batch = collate([data[i] for i in idx], pad_id).to(device)
+                with autocast(device, training.precision):
+                    logits = model(**batch.inputs()).logits
+                loss = nll_sum(logits, batch.labels) / max(batch.num_targets, 1)
+                loss.backward()
+                clip_gradients(params, training.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if step % r.eval_every == 0 or step == r.steps:
+                    row = {M.RELEARN_DATA: kind, M.STEP: step, M.LOSS: loss.item(),
+                           **evaluate_probes(model, tokenizer, tracked, encoded=encoded)}
+                    rows.append(row)
+                    if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
+                        break
+            with torch.no_grad():
+                for p, value in zip(params, saved, strict=True):
+                    p.copy_(value)
+    return rows
