@@ -110,3 +110,55 @@ def test_superficial_study_end_to_end(tmp_path, cli):
     metrics = json.loads(next(run_dir.glob("cells/*/ga/0/metrics.jsonl")).open().readline())
     assert {"R/sum", "C/sum", "U/sum"} <= set(metrics)
     assert not any(k.startswith("forget_label") for k in metrics)  # probes.defaults: false
+
+
+def test_matched_start_control_end_to_end(tmp_path, cli):
+    """Issue 15: the forget-last path's last stage is trained again and stopped where the
+    unlearn target reaches the other paths' starting level; its cells unlearn from there and
+    the report gives the verdict with and without the control."""
+    from test_resilience import REDUCED as SMALL
+
+    data = {**SMALL, "output_dir": str(tmp_path / "runs"),
+            "stages": {k: {**v, "epochs": 2} for k, v in SMALL["stages"].items()},
+            "controls": {"matched_start": {"tolerance": 0.05}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path)
+    plan = plan_run(cfg)
+    (matched,) = plan.matched
+    assert matched.path == ("instructions", "refusals")
+    controls = [c for c in plan.cells if c.control]
+    assert [c.path for c in controls] == [("instructions", "refusals")]
+    # the study's cells keep their keys: turning the control on recomputes none of them
+    plain = plan_run(load_config(path, ["controls.matched_start=null"]))
+    assert [c.key for c in plain.cells] == [c.key for c in plan.cells if not c.control]
+
+    result = cli("run", path)
+    assert result.code == 0, result.err
+    run_dir = tmp_path / "runs" / "small"
+    info = json.loads((matched.directory(run_dir) / "prefix.json").read_text())
+    leaf = json.loads((run_dir / "prefixes" / matched.leaf_key / "prefix.json").read_text())
+    assert info["control"] == "matched_start" and info["metric"] == "forget_label_id/target"
+    assert info["reached"] and info["trace"][-1]["value"] >= info["level"] - 0.05
+    assert all(t["value"] < info["level"] - 0.05 for t in info["trace"][:-1])
+    assert info["steps"] == info["stopped_at"] < leaf["steps"]
+    # the stopped stage took the same steps as the full one, up to where it stopped
+    rows = [json.loads(x) for x in (matched.directory(run_dir) / "metrics.jsonl")
+            .read_text().splitlines()]
+    full = [json.loads(x) for x in (run_dir / "prefixes" / matched.leaf_key / "metrics.jsonl")
+            .read_text().splitlines()]
+    assert [(r["loss"], r["lr"]) for r in rows] == [(r["loss"], r["lr"]) for r in
+                                                    full[:len(rows)]]
+    cell = json.loads((run_dir / "cells" / "instructions-refusals@matched_start" / "npo" / "0"
+                       / "metrics.jsonl").read_text().splitlines()[0])
+    assert cell["forget_label_id/target"] == pytest.approx(info["trace"][-1]["value"], abs=1e-5)
+    results = json.loads((run_dir / "results.json").read_text())
+    control = results["matched_start"]
+    assert control["models"][0]["stopped_at"] == info["stopped_at"]
+    (verdict,) = control["verdicts"]
+    assert verdict["kind"] == "recency_matched" and verdict["text"].startswith(
+        "With the matched-start control: npo:")
+    assert len(results["rows"]) == 2  # the study's table keeps its own cells
+    assert "recency verdict with the matched-start control" in result.out
+    assert "Recency verdict with the matched-start control" in (run_dir / "report.html"
+                                                                ).read_text()

@@ -110,6 +110,12 @@ def _check_probes(cfg: ExperimentConfig, problems: Problems, broken: set[str]) -
         with problems.at("probes.defaults"):
             own = {p.name for p in configs}
             configs = [c for c in default_probe_configs(cfg) if c.name not in own] + configs
+    control = cfg.controls.matched_start
+    if control is not None and not broken:
+        name = control.metric.rsplit("/", 1)[0]
+        if name not in {c.name for c in configs}:
+            problems.add(f"controls.matched_start.metric: no probe named {name!r} in this run "
+                         f"({', '.join(c.name for c in configs)})")
     for config in configs:
         if config.stage_source in broken:
             continue

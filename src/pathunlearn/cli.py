@@ -528,6 +528,13 @@ def print_results(results) -> None:
         console.rule(title)
         for v in (v for v in results.verdicts if v.get("kind", "recency") == kind):
             console.print(escape(v["text"]), highlight=False, soft_wrap=True)
+    if results.matched is not None:
+        from pathunlearn.report.controls import model_lines
+
+        console.rule("recency verdict with the matched-start control")
+        for line in [*model_lines(results.matched),
+                     *(v["text"] for v in results.matched.verdicts)]:
+            console.print(escape(line), highlight=False, soft_wrap=True)
     console.rule()
 
 

@@ -423,6 +423,33 @@ class ProbesConfig(StrictModel):
         return self
 
 
+class MatchedStartConfig(StrictModel):
+    """The matched-start control: does the forget-last path forget slowest because it learned
+    the forget set last, or because it starts unlearning from a higher likelihood (saturated)?
+    For every path that ends with the forget stage, that stage is trained again from the same
+    parent with the same data, seed and schedule, and stopped at the first check where
+    `metric` reaches the starting level of the other paths' path models (their mean, or
+    lowest / highest: `level`) minus `tolerance`; every method and seed then unlearns from
+    that model too, and the report gives the recency verdict with and without the control."""
+
+    metric: str = "forget_label_id/target"
+    """The probe metric whose starting level is matched (a probe of the run: `<name>/<stat>`;
+    the default is the unlearn target's own per-token log-probability)."""
+    tolerance: float = Field(0.1, ge=0)
+    """Stop once the metric is at least the level minus this (nats per token)."""
+    level: Literal["mean", "min", "max"] = "mean"
+    """Which starting level of the other paths' path models to match."""
+    check_every: int = Field(1, gt=0)
+    """Evaluate the metric every k optimizer steps of the forget stage (and before the first)."""
+
+
+class ControlsConfig(StrictModel):
+    """Controls for the claims the report makes (off unless given)."""
+
+    matched_start: MatchedStartConfig | None = None
+    """The matched-start control (see MatchedStartConfig); null: not run."""
+
+
 class RelearnConfig(StrictModel):
     """After unlearning, finetune the unlearned model again for a few steps and track how much
     of the forgotten likelihood returns: the depth of forgetting (the paper's Section 4.3 asks
@@ -470,6 +497,8 @@ class ExperimentConfig(StrictModel):
     """Unlearning hyperparameters and methods."""
     probes: ProbesConfig = ProbesConfig()
     """The probe sets tracked during unlearning (defaults derived from the stages, and more)."""
+    controls: ControlsConfig = ControlsConfig()
+    """Controls run beside the study (the matched-start control)."""
     relearn: RelearnConfig = RelearnConfig()
     """Relearning after unlearning: how much of the forget set comes back (off by default)."""
     study: Literal["recency", "superficial"] = "recency"
@@ -501,6 +530,16 @@ class ExperimentConfig(StrictModel):
                 if stage is not None and stage not in known:
                     raise ValueError(f"probes.sets.{i} ({p.name}): stage {stage!r} not "
                                      f"defined under `stages` ({sorted(known)})")
+        if self.controls.matched_start is not None:
+            paths = self.paths.expand()
+            last = [p for p in paths if p[-1] == self.paths.forget_stage]
+            if not last or len(last) == len(paths):
+                raise ValueError("controls.matched_start needs a path that ends with the "
+                                 f"forget stage {self.paths.forget_stage!r} and one that "
+                                 "does not")
+            if "/" not in self.controls.matched_start.metric:
+                raise ValueError("controls.matched_start.metric: give a probe metric "
+                                 "`<probe>/<statistic>`, e.g. forget_label_id/target")
         if self.study == "superficial" and not {"R", "C", "U"} <= {
                 p.name for p in self.probes.sets}:
             raise ValueError("study superficial needs probes named R, C and U")

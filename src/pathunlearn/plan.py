@@ -115,6 +115,9 @@ class Cell:
     made of the forget stage only)."""
     method_description: str = ""
     """What the method is, in one line (:meth:`pathunlearn.methods.Method.describe`)."""
+    control: str | None = None
+    """``matched_start``: a cell of the matched-start control (its path model is the
+    forget-last path's :class:`Matched` model); None: a cell of the study."""
 
     @property
     def path_label(self) -> str:
@@ -125,14 +128,15 @@ class Cell:
         return " ".join(self.sweep)
 
     def directory(self, run_dir: str | Path) -> Path:
-        """``RUN_DIR/cells/<path>/<method>/<seed>[/<lr>][/<scheduler>]``."""
-        return Path(run_dir, CELL_DIR, self.path_label, self.method_label, str(self.seed),
-                    *self.sweep)
+        """``RUN_DIR/cells/<path>[@<control>]/<method>/<seed>[/<lr>][/<scheduler>]``."""
+        top = self.path_label + (f"@{self.control}" if self.control else "")
+        return Path(run_dir, CELL_DIR, top, self.method_label, str(self.seed), *self.sweep)
 
     def describe(self) -> dict:
         """The identity fields every row and summary of the cell carries."""
         return {"path": list(self.path), "method": self.method_label, "seed": self.seed,
-                "lr": self.lr, "scheduler": self.scheduler, "local": self.local}
+                "lr": self.lr, "scheduler": self.scheduler, "local": self.local,
+                **({"control": self.control} if self.control else {})}
 
     def to_json(self) -> dict:
         return {**self.describe(), "method_config": self.method.model_dump(mode="json"),
@@ -144,7 +148,36 @@ class Cell:
         return cls(tuple(data["path"]), MethodConfig.model_validate(data["method_config"]),
                    data["method"], int(data["seed"]), float(data["lr"]), data["scheduler"],
                    bool(data["local"]), tuple(data["sweep"]), data["key"], data["model"],
-                   data["retrain"], data.get("method_description", ""))
+                   data["retrain"], data.get("method_description", ""), data.get("control"))
+
+
+@dataclass(frozen=True)
+class Matched:
+    """The matched-start control's path model of one forget-last path and training seed: its
+    last (forget) stage trained again from ``parent_key`` and stopped where the control's
+    metric reaches the starting level of the ``others`` (the other paths' path models of the
+    same training seed). Stored like a prefix, in ``prefixes/<key>/``."""
+
+    path: Path_
+    seed: int
+    """The training seed."""
+    key: str
+    parent_key: str | None
+    leaf_key: str
+    """The regular path model, whose training it repeats up to the stopping step."""
+    others: tuple[str, ...]
+
+    def directory(self, run_dir: str | Path) -> Path:
+        return prefix_dir(run_dir, self.key)
+
+    def to_json(self) -> dict:
+        return {"path": list(self.path), "seed": self.seed, "key": self.key,
+                "parent": self.parent_key, "leaf": self.leaf_key, "others": list(self.others)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Matched:
+        return cls(tuple(data["path"]), int(data["seed"]), data["key"], data["parent"],
+                   data["leaf"], tuple(data["others"]))
 
 
 @dataclass(frozen=True)
@@ -168,6 +201,9 @@ class Plan:
     probes: tuple[ProbeSet, ...] = field(default=(), repr=False, compare=False)
     """The resolved probe sets (RUN_DIR/probes.json), when planned (not read back from
     plan.json)."""
+    matched: tuple[Matched, ...] = ()
+    """The matched-start control's path models (``controls.matched_start``), one per
+    forget-last path and training seed."""
 
     @property
     def naive_count(self) -> int:
@@ -196,7 +232,8 @@ class Plan:
                 "prefixes": [p.to_json() for p in self.prefixes],
                 "leaves": [{"seed": s, "path": list(p), "key": k}
                            for (s, p), k in self.leaves.items()],
-                "cells": [c.to_json() for c in self.cells]}
+                "cells": [c.to_json() for c in self.cells],
+                "matched": [m.to_json() for m in self.matched]}
 
     @classmethod
     def from_json(cls, data: dict) -> Plan:
@@ -205,7 +242,8 @@ class Plan:
                    tuple(tuple(p) for p in data["retrain_paths"]),
                    tuple(data["seeds"]), tuple(Cell.from_json(c) for c in data["cells"]),
                    {(int(e["seed"]), tuple(e["path"])): e["key"] for e in data["leaves"]},
-                   data["probes_sha"])
+                   data["probes_sha"],
+                   matched=tuple(Matched.from_json(m) for m in data.get("matched", [])))
 
 
 # ---------------------------------------------------------------------------- planning
@@ -232,9 +270,34 @@ def plan_run(cfg: ExperimentConfig, check: bool = True) -> Plan:
     prefixes, leaves = _trie(cfg, base, paths + [r for r in retrain if r not in paths], seeds)
     probes = tuple(resolve_probes(cfg))
     probes_sha = stable_hash([p.to_json() for p in probes])
-    cells = _cells(cfg, paths, leaves, probes_sha)
+    matched = _matched(cfg, paths, seeds, prefixes, leaves, probes_sha)
+    cells = _cells(cfg, paths, leaves, probes_sha, matched)
     return Plan(base, prefixes, tuple(paths), tuple(retrain), tuple(seeds), tuple(cells),
-                leaves, probes_sha, probes)
+                leaves, probes_sha, probes, tuple({m.key: m for m in matched.values()}.values()))
+
+
+def _matched(cfg: ExperimentConfig, paths: list[Path_], seeds: list[int],
+             prefixes: tuple[Prefix, ...], leaves: dict[tuple[int, Path_], str],
+             probes_sha: str) -> dict[tuple[int, Path_], Matched]:
+    """(experiment seed, forget-last path) -> its matched-start model (``controls.
+    matched_start``; empty when off). The key hashes the leaf's parent, the forget stage, the
+    control's settings, the probe sets (the metric is one) and the models whose level it
+    matches."""
+    control = cfg.controls.matched_start
+    if control is None:
+        return {}
+    forget = cfg.paths.forget_stage
+    by_key = {p.key: p for p in prefixes}
+    out: dict[tuple[int, Path_], Matched] = {}
+    for seed in seeds:
+        others = tuple(sorted({leaves[(seed, p)] for p in paths if p[-1] != forget}))
+        for path in (p for p in paths if p[-1] == forget):
+            leaf = by_key[leaves[(seed, path)]]
+            key = stable_hash("matched_start", leaf.parent_key, leaf.seed,
+                              stage_identity(cfg, forget), control.model_dump(mode="json"),
+                              others, probes_sha)
+            out[(seed, path)] = Matched(path, leaf.seed, key, leaf.parent_key, leaf.key, others)
+    return out
 
 
 def _trie(cfg: ExperimentConfig, base: dict, paths: list[Path_], seeds: list[int]):
@@ -258,8 +321,9 @@ def _trie(cfg: ExperimentConfig, base: dict, paths: list[Path_], seeds: list[int
 
 
 def _cells(cfg: ExperimentConfig, paths: list[Path_], leaves: dict[tuple[int, Path_], str],
-           probes_sha: str) -> list[Cell]:
-    """Every (path x method x seed x lr x scheduler) of the config, keyed."""
+           probes_sha: str, matched: dict[tuple[int, Path_], Matched]) -> list[Cell]:
+    """Every (path x method x seed x lr x scheduler) of the config, keyed; then the same for
+    the matched-start control's models (``control`` set)."""
     u = cfg.unlearning
     classes = []
     for i, m in enumerate(u.methods):
@@ -271,7 +335,7 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_], leaves: dict[tuple[int, Pa
     identities = [method_identity(cls) for cls in classes]  # hashes a user's file: once each
     labels = method_labels(u.methods, [c.name for c in classes], [o.variant() for o in objects])
     lrs, schedulers = u.lrs or [u.lr], u.schedulers or [u.scheduler]
-    cells = []
+    cells, controls = [], []
     for path in paths:
         retrain = retrain_path(cfg, path)
         for method, cls, obj, ident, label in zip(u.methods, classes, objects, identities,
@@ -285,9 +349,14 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_], leaves: dict[tuple[int, Pa
                                     sweep, model_key=leaves[(seed, path)],
                                     retrain_key=leaves[(seed, retrain)] if retrain else None,
                                     method_description=obj.describe())
-                        key = cell_key(cfg, cell, ident, probes_sha)
-                        cells.append(replace(cell, key=key))
-    return cells
+                        cells.append(replace(cell, key=cell_key(cfg, cell, ident,
+                                                                probes_sha)))
+                        if (seed, path) in matched:
+                            control = replace(cell, control="matched_start",
+                                              model_key=matched[(seed, path)].key)
+                            controls.append(replace(control, key=cell_key(
+                                cfg, control, ident, probes_sha)))
+    return cells + controls
 
 
 def retrain_path(cfg: ExperimentConfig, path: Path_) -> Path_:

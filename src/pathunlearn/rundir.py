@@ -281,6 +281,9 @@ class Run:
     """Cells of the plan not finished yet."""
     stale: list[Cell] = field(default_factory=list)
     """Cells whose directory holds a cell finished under other settings (another key)."""
+    controls: list[CellRecord] = field(default_factory=list)
+    """The finished cells of the matched-start control (``Cell.control``), kept out of
+    ``cells``: they start from other models than the study's paths."""
 
     @property
     def forget_stage(self) -> str:
@@ -298,16 +301,16 @@ def load_run(run_dir: str | Path) -> Run:
     config = load_config(run_dir / CONFIG)
     plan = read_plan(run_dir)
     probes = read_probes(run_dir)
-    records, pending, stale = [], [], []
+    records, pending, stale, controls = [], [], [], []
     for cell in plan.cells:
         directory = cell.directory(run_dir)
         if cell_done(directory, cell.key):
-            records.append(read_cell(run_dir, cell))
+            (controls if cell.control else records).append(read_cell(run_dir, cell))
         elif is_done(directory):
             stale.append(cell)
         else:
             pending.append(cell)
-    return Run(run_dir, config, plan, records, probes, pending, stale)
+    return Run(run_dir, config, plan, records, probes, pending, stale, controls)
 
 
 def read_plan(run_dir: str | Path) -> Plan:

@@ -71,6 +71,7 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
         _header(run_dir, results),
         *(lead or []),
         _verdict_section(results),
+        _matched_section(results),
         _table_section(results),
         _pairwise_section(results),
         _relearn_section(results),
@@ -210,6 +211,46 @@ def _pairwise_section(results: Results) -> str:
                      f"<div class=\"wide\"><table><tr>{head}</tr>{rows}</table></div>")
     notes_list = "".join(f"<li>{_e(n)}</li>" for n in pairwise.notes())
     return "\n".join(parts) + f"<ul class=\"note\">{notes_list}</ul>"
+
+
+def _matched_section(results: Results) -> str:
+    """The matched-start control: where each matched model stopped, and per method the
+    recency verdict without and with the control, side by side."""
+    from pathunlearn.report.controls import model_lines
+
+    control = results.matched
+    if control is None:
+        return ""
+    parts = ["<h2>Recency verdict with the matched-start control</h2>",
+             "<p class=\"note\">A path that learned the forget set last starts unlearning "
+             "closer to probability 1, where gradient ascent pushes least. The control trains "
+             "that path's last stage again (same parent, data, seed and schedule) and stops it "
+             "at the first check where the control's metric reaches the other paths' starting "
+             "level (minus the tolerance); every method and seed unlearns from that model too. "
+             "If the forget-last path still forgets least, the recency effect is not explained "
+             "by its starting likelihood.</p>",
+             "<ul>" + "".join(f"<li>{_e(t)}</li>" for t in model_lines(control)) + "</ul>"]
+    without = {(v["method"], v["sweep"]): v for v in results.verdicts
+               if v.get("kind") == "recency"}
+    rows = []
+    for v in control.verdicts:
+        before = without.get((v["method"], v["sweep"]))
+
+        def cell(x):
+            if x is None or x["observed"] is None:
+                return "—"
+            ranks = ", ".join(str(r) for r in x["forget_last_ranks"])
+            return f"{'observed' if x['observed'] else 'NOT observed'} (rank {ranks})"
+
+        rows.append(f"<tr><td class=\"text\">{_e(v['method'])}"
+                    f"{_e(' ' + v['sweep'] if v['sweep'] else '')}</td>"
+                    f"<td class=\"text\">{_e(cell(before))}</td>"
+                    f"<td class=\"text\">{_e(cell(v))}</td></tr>")
+    parts.append("<div class=\"wide\"><table><tr><th class=\"text\">method</th>"
+                 "<th class=\"text\">recency without the control</th><th class=\"text\">"
+                 f"with the control</th></tr>{''.join(rows)}</table></div>")
+    parts += [_verdict_div(v) for v in control.verdicts]
+    return "\n".join(parts)
 
 
 def _relearn_section(results: Results) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from pathunlearn.config import ExperimentConfig
 from pathunlearn.errors import UserError
 from pathunlearn.files import write_json, write_text
+from pathunlearn.report.controls import MatchedStart, matched_start, model_lines
 from pathunlearn.report.pairwise import PairwiseTable, build_pairwise
 from pathunlearn.report.relearn import relearn_curves
 from pathunlearn.report.tables import (
@@ -42,6 +43,8 @@ class Results:
     relearn: list[dict] = field(default_factory=list)
     """Relearning curves per (method, sweep, path, data) (:mod:`pathunlearn.report.relearn`);
     empty without relearning."""
+    matched: MatchedStart | None = None
+    """The matched-start control's models, table and verdicts (None without the control)."""
     superficial: list[dict] | None = None
     """Per-path R/C/U curves and verdicts of a ``study: superficial`` run
     (:func:`pathunlearn.report.superficial.path_curves`); None for other studies."""
@@ -77,7 +80,7 @@ def build_results(run: Run, *, write: bool = True) -> Results:
     forget_metric = next(s.metric for s in table.scores if s.key == "forget_score")
     relearn = relearn_curves(run.cells, forget_metric, run.forget_stage) if forget_metric \
         else []
-    results = Results(run, table, verdicts, [], pairwise, relearn)
+    results = Results(run, table, verdicts, [], pairwise, relearn, matched_start(run))
     if write:
         results.files = write_results(results)
     return results
@@ -135,6 +138,7 @@ def results_json(results: Results) -> dict:
         "verdicts": results.verdicts,
         **pairs,
         "relearn": results.relearn,
+        "matched_start": None if results.matched is None else results.matched.to_json(),
         "cells": table.cells,
         "unfinished_cells": len(results.run.pending),
         "stale_cells": len(results.run.stale),
@@ -152,6 +156,10 @@ def results_markdown(results: Results) -> str:
     lines += ["", "## Recency verdict", ""] + [f"- {markdown_text(v['text'])}"
                                                for v in results.verdicts
                                                if v.get("kind") != "pairwise"]
+    if results.matched is not None:
+        lines += ["", "## Recency verdict with the matched-start control", ""]
+        lines += [f"- {markdown_text(t)}" for t in model_lines(results.matched)]
+        lines += [f"- {markdown_text(v['text'])}" for v in results.matched.verdicts]
     lines += ["", "## Notes", ""] + [f"- {markdown_text(n)}" for n in results.notes()]
     if results.pairwise is not None:
         lines += [""] + results.pairwise.markdown()

@@ -21,6 +21,7 @@ from pathlib import Path
 from pathunlearn.config import ExperimentConfig, dump_config
 from pathunlearn.data.chat import tokenize_conversations
 from pathunlearn.data.sources import load_stage
+from pathunlearn.errors import ConfigError
 from pathunlearn.files import atomic_dir, is_done, write_json, write_text
 from pathunlearn.models import (
     apply_lora,
@@ -38,10 +39,14 @@ from pathunlearn.train.staged import stage_seed, train_stage
 
 
 def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, directory: Path | None = None,
+                 stop=None, extra: dict | None = None) -> dict:
     """Train one prefix from its parent's checkpoint (or the base model) and save it atomically.
 
-    Returns the summary written to ``prefix.json``.
+    Returns the summary written to ``prefix.json``. ``directory`` (default the prefix's),
+    ``stop`` (see :func:`~pathunlearn.train.staged.train_stage`; called as
+    ``stop(step, model, tokenizer)``) and ``extra`` (more summary fields, computed after training by
+    ``extra()`` when callable) serve the matched-start control.
     """
     device = resolve_device(cfg.training.device)
     stage = cfg.stages[prefix.stage]
@@ -49,17 +54,21 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
     model, tokenizer = stage_model(cfg, prefix, run_dir, device, seed)
     conversations = load_stage(stage)
     examples, n_truncated = tokenize_conversations(tokenizer, conversations, cfg.model.max_length)
-    with atomic_dir(prefix.directory(run_dir)) as tmp:
+    with atomic_dir(directory or prefix.directory(run_dir)) as tmp:
         result = train_stage(model, examples, cfg.training, epochs=stage.epochs, seed=seed,
                              pad_id=tokenizer.pad_token_id, precision=cfg.training.precision,
                              stage=prefix.stage, metrics_path=tmp / "metrics.jsonl",
-                             progress=progress)
+                             progress=progress,
+                             stop=None if stop is None else (
+                                 lambda step: stop(step, model, tokenizer)))
+        (tmp / "metrics.jsonl").touch()  # a stage stopped before its first step logged none
         write_checkpoint(model, tokenizer, tmp)
         summary = {"stages": list(prefix.stages), "seed": prefix.seed, "key": prefix.key,
                    "parent": prefix.parent_key, "examples": len(examples),
                    "truncated": n_truncated, "steps": result.steps,
                    "first_loss": result.first_loss, "last_loss": result.last_loss,
-                   "target_tokens": result.target_tokens, "seconds": result.seconds}
+                   "target_tokens": result.target_tokens, "seconds": result.seconds,
+                   **((extra() if callable(extra) else extra) or {})}
         write_json(tmp / "prefix.json", summary)
         write_text(tmp / "config.yaml", dump_config(cfg))
     return summary
@@ -101,4 +110,83 @@ def train_paths(cfg: ExperimentConfig, plan: Plan | None = None, *,
         log(f"[{i}/{len(todo)}] seed {prefix.seed}: {prefix.label}  loss {s['first_loss']:.3f} -> "
             f"{s['last_loss']:.3f}  ({s['steps']} steps, {s['seconds']:.1f}s"
             f"{', ' + str(s['truncated']) + ' truncated' if s['truncated'] else ''})")
+    train_matched(cfg, plan, run_dir, progress=progress, log=log)
     return plan
+
+
+# ---------------------------------------------------------------------------- the control
+
+
+def train_matched(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, progress: bool = False,
+                  log=print) -> None:
+    """The matched-start control's models (:class:`pathunlearn.plan.Matched`) not trained yet:
+    the level of the metric on the other paths' path models, then the forget-last path's
+    last stage again from its parent, stopped at the first check where the metric reaches
+    the level minus the tolerance (the whole stage when it never does). prefix.json records
+    the level, each other model's value, the metric at every check and the stopping step."""
+    control = cfg.controls.matched_start
+    todo = [m for m in plan.matched if not is_done(m.directory(run_dir))]
+    if control is None or not todo:
+        return
+    from pathunlearn.eval.probes import evaluate_probes
+
+    name = control.metric.rsplit("/", 1)[0]
+    probe = [p for p in plan.probes if p.name == name]
+    if not probe:
+        raise ConfigError(f"controls.matched_start.metric: no probe named {name!r} in this run "
+                          f"({', '.join(p.name for p in plan.probes)})")
+    device = resolve_device(cfg.training.device)
+
+    def measure(model, tokenizer) -> float:
+        metrics = evaluate_probes(model, tokenizer, probe)
+        if control.metric not in metrics:
+            raise ConfigError(f"controls.matched_start.metric: probe {name} has no "
+                              f"{control.metric!r} ({', '.join(metrics)})")
+        return float(metrics[control.metric])
+
+    levels: dict[str, float] = {}
+    for i, m in enumerate(todo, 1):
+        for key in m.others:
+            if key not in levels:
+                model, tokenizer = load_checkpoint(prefix_dir(run_dir, key), cfg.model, device)
+                levels[key] = measure(model, tokenizer)
+        values = [levels[k] for k in m.others]
+        level = {"mean": sum(values) / len(values), "min": min(values),
+                 "max": max(values)}[control.level]
+        stopper = _Stopper(measure, level - control.tolerance, control.check_every)
+        leaf = Prefix(m.path, m.seed, m.leaf_key, m.parent_key)
+        s = train_prefix(cfg, leaf, run_dir, progress=progress, directory=m.directory(run_dir),
+                         stop=stopper, extra=lambda m=m, level=level, stopper=stopper: {
+                             "control": "matched_start", "key": m.key, "leaf": m.leaf_key,
+                             "metric": control.metric, "level": level,
+                             "others": {k: levels[k] for k in m.others}, **stopper.summary()})
+        last = stopper.trace[-1]["value"] if stopper.trace else float("nan")
+        log(f"[matched start {i}/{len(todo)}] seed {m.seed}: {' > '.join(m.path)}: "
+            + (f"stopped after {s['steps']} steps at {control.metric} {last:.3f} (level "
+               f"{level:.3f})" if stopper.reached else f"the whole stage ({s['steps']} steps) "
+               f"stays below the level {level:.3f} ({last:.3f} at the end)"))
+
+
+class _Stopper:
+    """``stop(step, model, tokenizer)`` of the matched-start control: measures the metric every
+    ``check_every`` steps (and before the first), records it, and stops once it reaches
+    ``target``."""
+
+    def __init__(self, measure, target: float, check_every: int):
+        self.measure, self.target, self.check_every = measure, target, check_every
+        self.trace: list[dict] = []
+
+    def __call__(self, step: int, model, tokenizer) -> bool:
+        if step % self.check_every:
+            return False
+        self.trace.append({"step": step, "value": self.measure(model, tokenizer)})
+        return self.reached
+
+    @property
+    def reached(self) -> bool:
+        return bool(self.trace) and self.trace[-1]["value"] >= self.target
+
+    def summary(self) -> dict:
+        return {"target": self.target, "reached": self.reached,
+                "stopped_at": self.trace[-1]["step"] if self.reached else None,
+                "trace": self.trace}

@@ -13,7 +13,7 @@ import json
 import math
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +31,9 @@ class StageResult:
     """What one stage did: optimizer steps, loss of the first and last step, tokens, time."""
 
     steps: int
-    first_loss: float
-    last_loss: float
+    first_loss: float | None
+    """None when the stage took no step (stopped before the first)."""
+    last_loss: float | None
     target_tokens: int
     seconds: float
 
@@ -76,8 +77,14 @@ def train_stage(
     stage: str = "stage",
     metrics_path: Path | None = None,
     progress: bool = False,
+    stop: Callable[[int], bool] | None = None,
 ) -> StageResult:
-    """Train the trainable parameters of ``model`` on ``examples`` for ``epochs``."""
+    """Train the trainable parameters of ``model`` on ``examples`` for ``epochs``.
+
+    ``stop(step)``, when given, is asked before the first step (``step`` 0) and after every
+    optimizer step (the number of steps taken); True ends the stage there, with the schedule
+    of the whole stage (the matched-start control). ``StageResult.steps`` counts the steps
+    taken."""
     # ---- setup: fresh optimizer and schedule for this stage
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
@@ -86,6 +93,8 @@ def train_stage(
     multiplier = lr_lambda(optim.scheduler, total, optim.warmup, optim.decay)
     model.train()
     losses, tokens_seen, t_start = [], 0, time.perf_counter()
+    if stop is not None and _asked(stop, 0, model):
+        return StageResult(0, None, None, 0, time.perf_counter() - t_start)
 
     with _progress(progress, stage, total) as advance:
         for step, (epoch, micro_batches) in enumerate(_steps(examples, optim, epochs, seed, pad_id)):
@@ -119,7 +128,18 @@ def train_stage(
                 with metrics_path.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
             advance(loss_value, row["tokens_per_s"])
-    return StageResult(total, losses[0], losses[-1], tokens_seen, time.perf_counter() - t_start)
+            if stop is not None and _asked(stop, step + 1, model):
+                break
+    return StageResult(len(losses), losses[0], losses[-1], tokens_seen,
+                       time.perf_counter() - t_start)
+
+
+def _asked(stop: Callable[[int], bool], step: int, model: torch.nn.Module) -> bool:
+    """``stop(step)``, with the model back in training mode afterwards."""
+    try:
+        return bool(stop(step))
+    finally:
+        model.train()
 
 
 def _steps(examples, optim: OptimConfig, epochs: float, seed: int, pad_id: int) -> Iterator:
