@@ -269,7 +269,8 @@ def test_the_verdict_says_where_each_path_starts_and_flags_saturation(make_run):
     # compared with p=2 (ga forgets least after p=4 there), which starts at -1.2 / 0.4 / 1.2
     assert ("At step 0: the unlearn target's log-probability -0.100 vs -1.200; forget-token "
             "probability 0.900 vs 0.400; forget NLL gradient norm 0.1000 vs 1.2000. The "
-            "forget-last path starts with less than 0.5x the gradient") in verdict["text"]
+            "forget-last path starts closer to probability 1 with less than 0.5x the gradient"
+            ) in verdict["text"]
     row = next(r for r in results.table.rows if r["position"] == 1)
     assert row["forget_grad_norm"] == pytest.approx(1.1) and row["target_before"] == \
         pytest.approx(-1.1)

@@ -36,13 +36,13 @@ def test_relearning_brings_the_forget_set_back_and_restores_the_model():
     rows = relearn(cfg, model, tok, examples, probes, torch.device("cpu"), seed=0)
     assert [(r["data"], r["step"]) for r in rows] == [
         (d, s) for d in ("retain", "forget") for s in range(4)]
-    # only the forget probes are tracked
+    # only the forget-label probes (the forget score's) are tracked
     assert {k.split("/")[0] for r in rows for k in r if "/" in k} == {
-        "forget_label_id", "forget_label_ood", "forget_response"}
+        "forget_label_id", "forget_label_ood"}
     # each run starts from the same (unlearned) model
-    assert rows[0]["forget_response/mean"] == rows[4]["forget_response/mean"]
-    # finetuning on forget examples raises their likelihood
-    assert rows[7]["forget_response/mean"] > rows[4]["forget_response/mean"] + 0.1
+    assert rows[0]["forget_label_id/all_mean"] == rows[4]["forget_label_id/all_mean"]
+    # finetuning on forget examples brings the refusal back
+    assert rows[7]["forget_label_id/target"] > rows[4]["forget_label_id/target"] + 0.1
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters())

@@ -344,7 +344,10 @@ def verdict_text(v: dict) -> str:
 
 SATURATED_RATIO = 0.5
 """A forget-last path whose forget NLL gradient at step 0 is below this fraction of the
-compared path's is flagged as starting saturated."""
+compared path's is flagged ..."""
+SATURATED_MARGIN = 0.1
+"""... as starting saturated when its forget-token probability is also higher by more than
+this; as starting with a smaller push at a comparable likelihood otherwise."""
 
 
 def saturation_text(last: dict, other: dict) -> str:
@@ -366,9 +369,15 @@ def saturation_text(last: dict, other: dict) -> str:
     text = f"At step 0: {'; '.join(parts)}. "
     if (last[grad] is not None and other[grad] is not None
             and last[grad] < SATURATED_RATIO * other[grad]):
-        text += (f"The forget-last path starts with less than {SATURATED_RATIO:g}x the "
-                 "gradient: its slower forgetting may be saturation (the forget set already "
-                 "near probability 1) rather than the order as such. ")
+        closer = last[prob] is not None and other[prob] is not None and \
+            last[prob] > other[prob] + SATURATED_MARGIN
+        text += (f"The forget-last path starts closer to probability 1 with less than "
+                 f"{SATURATED_RATIO:g}x the gradient: its slower forgetting may be saturation "
+                 "rather than the order as such (the matched-start control tests this). "
+                 if closer else
+                 f"The forget-last path starts with less than {SATURATED_RATIO:g}x the "
+                 "gradient at a comparable forget-token probability: the smaller push is not "
+                 "explained by a higher starting likelihood. ")
     return text
 
 

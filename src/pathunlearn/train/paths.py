@@ -161,7 +161,7 @@ def train_matched(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, progress:
                              "metric": control.metric, "level": level,
                              "others": {k: levels[k] for k in m.others}, **stopper.summary()})
         last = stopper.trace[-1]["value"] if stopper.trace else float("nan")
-        log(f"[matched start {i}/{len(todo)}] seed {m.seed}: {' > '.join(m.path)}: "
+        log(f"matched start {i}/{len(todo)}, seed {m.seed}: {' > '.join(m.path)}: "
             + (f"stopped after {s['steps']} steps at {control.metric} {last:.3f} (level "
                f"{level:.3f})" if stopper.reached else f"the whole stage ({s['steps']} steps) "
                f"stays below the level {level:.3f} ({last:.3f} at the end)"))

@@ -10,8 +10,9 @@ constant learning rate, token-weighted NLL as staged training) once per ``relear
 - ``forget``: on the first ``relearn.forget_examples`` items of the forget set: how fast do a
   few examples restore the rest (the relearning attacks of the unlearning literature)?
 
-Before the first step and every ``eval_every`` steps it scores the forget probes (kinds
-``forget_label`` and ``forget_response``) and returns one row each (``data``, ``step``,
+Before the first step and every ``eval_every`` steps it scores the forget probes (the
+``forget_label`` sets, which the forget score reads; the ``forget_response`` set when there is
+none) and returns one row each (``data``, ``step``,
 ``loss``, the probes' metrics). The trained parameters are restored afterwards, and the random
 state too, so the unlearned model and everything after it are exactly as without relearning.
 """
@@ -31,7 +32,8 @@ from pathunlearn.losses import nll_sum
 from pathunlearn.train.staged import autocast, clip_gradients, make_optimizer
 
 TRACKED_KINDS = ("forget_label", "forget_response")
-"""The probe kinds a relearning run scores."""
+"""The probe kinds a relearning run scores: the label probes (the forget score's) when the run
+has any, else the forget responses."""
 DATA = M.RELEARN_DATA
 
 
@@ -41,7 +43,8 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
     """The relearning rows of one cell (module docstring). ``examples``: the data of each run
     (``retain``, ``forget``); a run without data is skipped."""
     r, training = cfg.relearn, cfg.training
-    tracked = [p for p in probe_sets if p.kind in TRACKED_KINDS]
+    tracked = next(([p for p in probe_sets if p.kind == kind] for kind in TRACKED_KINDS
+                    if any(p.kind == kind for p in probe_sets)), [])
     if not r.steps or not tracked:
         return []
     encoded = encode_probes(tokenizer, tracked, cfg.model.max_length)
