@@ -212,6 +212,11 @@ class TrainingConfig(OptimConfig):
     """Seed of data order, adapter init and dropout. Null: each experiment seed (`seeds`) trains
     its own paths; a number: every experiment seed shares the same trained paths and only the
     unlearning varies across seeds."""
+    seed_of: dict[int, int] | None = None
+    """Experiment seed -> the training seed of its path models, to separate the two sources of
+    seed variance: experiment seeds mapped to the same training seed share path models and
+    differ only in the unlearning; the report then gives every score's spread across training
+    seeds and within one (e.g. {0: 0, 1: 0, 2: 1, 3: 1}). Excludes `seed`."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocast keeps LoRA weights and optimizer state in fp32."""
     device: str = "auto"
@@ -522,6 +527,14 @@ class ExperimentConfig(StrictModel):
             raise ValueError(f"stage(s) {missing} not defined under `stages` ({sorted(known)})")
         if not self.seeds:
             raise ValueError("`seeds` must list at least one seed")
+        seed_of = self.training.seed_of
+        if seed_of is not None:
+            if self.training.seed is not None:
+                raise ValueError("training.seed and training.seed_of exclude each other: "
+                                 "set training.seed: null")
+            missing = [s for s in self.seeds if s not in seed_of]
+            if missing:
+                raise ValueError(f"training.seed_of: no training seed for seed(s) {missing}")
         if not self.probes.defaults and not self.probes.sets:
             raise ValueError("probes.defaults is false and probes.sets is empty: nothing "
                              "would be tracked")

@@ -408,7 +408,10 @@ def _setting(key: str, value: object) -> str:
 
 
 def training_seed(cfg: ExperimentConfig, seed: int) -> int:
-    """The seed staged training uses for experiment seed ``seed`` (see training.seed)."""
+    """The seed staged training uses for experiment seed ``seed`` (see training.seed and
+    training.seed_of)."""
+    if cfg.training.seed_of is not None:
+        return cfg.training.seed_of[seed]
     return seed if cfg.training.seed is None else cfg.training.seed
 
 
@@ -457,7 +460,9 @@ def data_file(source: str) -> Path | None:
 def root_key(cfg: ExperimentConfig, base: dict, tseed: int) -> str:
     """Key of the trie root for one training seed: the base model and every shared setting."""
     m = cfg.model.model_dump(mode="json")
-    training = cfg.training.model_dump(mode="json", exclude={"device"})
+    # seed_of is left out: the training seed it gives is hashed itself (and a config without
+    # it keeps the keys it had before the field existed)
+    training = cfg.training.model_dump(mode="json", exclude={"device", "seed_of"})
     return stable_hash("root", base, m, training, tseed)
 
 

@@ -274,3 +274,28 @@ def test_the_verdict_says_where_each_path_starts_and_flags_saturation(make_run):
     row = next(r for r in results.table.rows if r["position"] == 1)
     assert row["forget_grad_norm"] == pytest.approx(1.1) and row["target_before"] == \
         pytest.approx(-1.1)
+
+
+def test_seed_spread_separates_training_from_unlearning():
+    from pathunlearn.report.tables import seed_spread
+
+    # training seed 0: 1.0, 3.0 (mean 2, var 2); training seed 1: 5.0, 7.0 (mean 6, var 2)
+    between, within = seed_spread([(0, 1.0), (0, 3.0), (1, 5.0), (1, 7.0)])
+    assert between == pytest.approx(8 ** 0.5) and within == pytest.approx(2 ** 0.5)
+    assert seed_spread([(0, 1.0), (1, 2.0)]) is None  # no training seed with two values
+    assert seed_spread([(0, 1.0), (0, 2.0)]) is None  # one training seed
+
+
+def test_crossed_seeds_give_both_spreads(make_run):
+    """Issue 15: seeds 0, 1 share training seed 0, seed 2 its own; the notes and every row
+    give the spread across training seeds and within one."""
+    run_dir = make_run(seeds=(0, 1, 2), methods=("ga",), name="crossed",
+                       config={"training": {"seed_of": {0: 0, 1: 0, 2: 1}}})
+    results = build_results(load_run(run_dir))
+    row = next(r for r in results.table.rows if r["position"] == 1)
+    # forget score = DROPS + SEED_OFFSET: seeds 0, 1 -> 3.0, 3.1 (training seed 0), 2 -> 2.7
+    assert row["forget_score_sd_unlearning"] == pytest.approx((0.005) ** 0.5, rel=1e-3)
+    assert row["forget_score_sd_training"] == pytest.approx(abs(3.05 - 2.7) / 2 ** 0.5, rel=1e-3)
+    notes = " ".join(results.notes())
+    assert "seeds 0, 1 share the path models of training seed 0; seed 2 has the path models" in notes
+    assert "sd across training seeds" in notes

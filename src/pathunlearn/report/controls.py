@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 
 from pathunlearn.plan import prefix_dir
-from pathunlearn.report.tables import ResultTable, build_table, recency_verdicts
+from pathunlearn.report.tables import ResultTable, build_table, recency_verdicts, training_seeds
 from pathunlearn.rundir import Run
 
 
@@ -58,7 +58,8 @@ def matched_start(run: Run) -> MatchedStart | None:
                        "start": trace[-1]["value"] if trace else None})
     replaced = {(c.method, c.sweep, c.seed, c.path) for c in run.controls}
     cells = [c for c in run.cells if (c.method, c.sweep, c.seed, c.path) not in replaced]
-    table = build_table(cells + run.controls, run.forget_stage, run.probes)
+    table = build_table(cells + run.controls, run.forget_stage, run.probes,
+                        training_seeds(run.config))
     verdicts = []
     for v in recency_verdicts(table):
         v["kind"] = "recency_matched"

@@ -24,6 +24,7 @@ from pathunlearn.report.tables import (
     notes,
     recency_verdicts,
     results_csv,
+    training_seeds,
 )
 from pathunlearn.rundir import CellRecord, Run
 
@@ -74,7 +75,7 @@ def build_results(run: Run, *, write: bool = True) -> Results:
         raise UserError(f"{run.run_dir}: no finished cells under {run.run_dir / 'cells'} (a "
                         "cell is finished once its DONE marker exists); run `pathunlearn "
                         "unlearn` first")
-    table = build_table(run.cells, run.forget_stage, run.probes)
+    table = build_table(run.cells, run.forget_stage, run.probes, training_seeds(run.config))
     pairwise = build_pairwise(run.cells, run.forget_stage)
     verdicts = recency_verdicts(table) + pairwise.verdicts
     forget_metric = next(s.metric for s in table.scores if s.key == "forget_score")
@@ -100,6 +101,16 @@ def run_notes(run: Run) -> list[str]:
                      "the 95% intervals cover the unlearning's batch order and adapter "
                      "initialisation only, not the finetuning. Set training.seed: null to "
                      "train every path per seed.")
+    elif cfg.training.seed_of is not None:
+        groups: dict[int, list[int]] = {}
+        for seed in cfg.seeds:
+            groups.setdefault(cfg.training.seed_of[seed], []).append(seed)
+        shared = "; ".join(f"seed{'s' * (len(m) > 1)} {', '.join(map(str, m))} "
+                           f"{'share' if len(m) > 1 else 'has'} the path models of training "
+                           f"seed {t}" for t, m in groups.items())
+        lines.append(f"training.seed_of: {shared}. The 95% intervals cover the finetuning's "
+                     "and the unlearning's randomness together; the spread across training "
+                     "seeds and within one is given separately.")
     else:
         lines.append("Every seed trains its own path models (training.seed: null): the 95% "
                      "intervals cover the finetuning's data order and adapter initialisation "

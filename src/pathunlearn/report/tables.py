@@ -43,7 +43,7 @@ import io
 from dataclasses import dataclass, field
 
 from pathunlearn import metrics as M
-from pathunlearn.plan import position
+from pathunlearn.plan import position, training_seed
 from pathunlearn.report.stats import mean_ci
 from pathunlearn.rundir import CellRecord, is_number
 
@@ -190,15 +190,21 @@ class ResultTable:
     """Per score: whether any cell has a value."""
 
 
-def build_table(cells: list[CellRecord], forget_stage: str, probes: list) -> ResultTable:
+def build_table(cells: list[CellRecord], forget_stage: str, probes: list,
+                training_seeds: dict[int, int] | None = None) -> ResultTable:
     """Score every cell (the scores its run's ``probes`` give, :func:`scores_of`) and
-    aggregate over seeds per (method, sweep, path)."""
+    aggregate over seeds per (method, sweep, path). ``training_seeds`` (experiment seed ->
+    the training seed of its path models): when several training seeds each hold several
+    experiment seeds, every row also gives each score's spread across training seeds and
+    within one (:func:`seed_spread`)."""
     scores = scores_of(probes)
+    training_seeds = training_seeds or {}
     per_cell = []
     for c in cells:
         per_cell.append({
             "method": c.method, "sweep": c.sweep_label, "lr": c.lr, "scheduler": c.scheduler,
-            "seed": c.seed, "path": list(c.path), "path_label": c.path_label,
+            "seed": c.seed, "training_seed": training_seeds.get(c.seed),
+            "path": list(c.path), "path_label": c.path_label,
             "position": position(c.path, forget_stage), "local": c.local,
             "steps": c.summary.get("steps"), "steps_done": c.summary.get("steps_done"),
             "diverged_at": c.diverged_at,
@@ -236,7 +242,36 @@ def _aggregate(members: list[dict], keys: list[str]) -> dict:
     for score in [*keys, *CONTEXT]:
         mean, half = mean_ci([m[score] for m in ok if m[score] is not None])
         row[score], row[f"{score}_ci95"] = mean, half
+    for score in keys:
+        spread = seed_spread([(m["training_seed"], m[score]) for m in ok
+                              if m[score] is not None and m["training_seed"] is not None])
+        if spread is not None:
+            row[f"{score}_sd_training"], row[f"{score}_sd_unlearning"] = spread
     return row
+
+
+def training_seeds(cfg) -> dict[int, int]:
+    """Experiment seed -> the training seed of its path models (:func:`pathunlearn.plan.
+    training_seed`)."""
+    return {s: training_seed(cfg, s) for s in cfg.seeds}
+
+
+def seed_spread(values: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """(sd across training seeds, sd within a training seed) of ``(training seed, value)``
+    pairs: the standard deviation (ddof 1) of the per-training-seed means, and the square root
+    of the mean within-seed variance (ddof 1, over training seeds with >= 2 values: what the
+    unlearning's randomness alone spreads). None unless there are >= 2 training seeds and one
+    of them has >= 2 values."""
+    import statistics
+
+    groups: dict[int, list[float]] = {}
+    for t, v in values:
+        groups.setdefault(t, []).append(v)
+    within = [statistics.variance(g) for g in groups.values() if len(g) >= 2]
+    if len(groups) < 2 or not within:
+        return None
+    between = statistics.stdev([statistics.fmean(g) for g in groups.values()])
+    return between, (sum(within) / len(within)) ** 0.5
 
 
 # ---------------------------------------------------------------------------- the verdict
@@ -458,6 +493,14 @@ def notes(table: ResultTable) -> list[str]:
     lines += [NOT_MEASURED[k] + "." for k in NOT_MEASURED if not table.measured.get(k)]
     if table.measured.get("math_utility"):
         lines.append(math_note(table))
+    spread = [r for r in table.rows if r.get("forget_score_sd_training") is not None]
+    if spread:
+        between = sum(r["forget_score_sd_training"] for r in spread) / len(spread)
+        within = sum(r["forget_score_sd_unlearning"] for r in spread) / len(spread)
+        lines.append(f"Where the seed spread comes from (forget score, mean over {len(spread)} "
+                     f"rows): sd across training seeds {between:.3f} (of the per-training-seed "
+                     f"means), sd within a training seed {within:.3f} (the unlearning alone); "
+                     "every score's in results.json (<score>_sd_training, _sd_unlearning).")
     diverged = [c for c in table.cells if c["diverged_at"] is not None]
     if diverged:
         lines.append(f"{len(diverged)} diverged cell(s), left out of every mean, interval and "
