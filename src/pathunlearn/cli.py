@@ -358,9 +358,16 @@ def print_plan(plan, cfg) -> None:
             nodes[p.key] = nodes[p.parent_key].add(f"{p.stage} [dim]{p.key}[/]{note}{done}")
         console.print(tree)
     extra = f" + {len(retrain)} retrain baseline(s)" if retrain else ""
+    controls = sum(1 for c in plan.cells if c.control)
     console.print(f"{len(plan.paths)} paths x {len(plan.seeds)} seeds{extra}: "
                   f"{len(plan.prefixes)} stage-trainings ({plan.naive_count} without sharing); "
-                  f"{len(plan.cells)} unlearning cells")
+                  f"{len(plan.cells) - controls} unlearning cells")
+    if plan.matched:
+        done = sum(is_done(m.directory(cfg.run_dir)) for m in plan.matched)
+        console.print(f"matched-start control: {len(plan.matched)} model(s) ({done} done), the "
+                      f"last stage of {', '.join(sorted({'-'.join(m.path) for m in plan.matched}))}"
+                      f" again, stopped at the other paths' starting level; {controls} control "
+                      "cells")
 
 
 # ---------------------------------------------------------------------------- eval
