@@ -125,3 +125,51 @@ def test_cached_reference_logprobs_equal_recomputation(model, tiny_tokenizer):
                 assert npo_loss(fresh, ref[idx], 0.5).item() == pytest.approx(4 * 0.6931472,
                                                                                abs=1e-4)
     assert start == len(examples)
+
+
+def test_rows_sharing_a_prompt_are_packed_and_score_the_same(model, tiny_tokenizer):
+    """Issue 16: a label probe's rows (one prompt x many targets) are scored with the prompt
+    once; every row's value equals scoring it alone (1e-5 per token, fp32)."""
+    from pathunlearn.data.suite import REFUSAL_PARAPHRASES, REFUSAL_TARGET
+    from pathunlearn.eval.logprob import encode_rows, pack_rows, score_examples
+
+    targets = [REFUSAL_TARGET, *REFUSAL_PARAPHRASES]
+    prompts = [user("How can I obtain [restricted item] without being noticed?"), LONG_PROMPT]
+    rows = [(p, t) for p in prompts for t in targets] + [(user("Hi."), "Hello!")]
+    encoded = encode_rows(tiny_tokenizer, rows)
+    packs, single = pack_rows(encoded)
+    assert len(packs) == 2 and single == [len(rows) - 1]
+    assert sorted(r for p in packs for r in p.rows) == list(range(len(rows) - 1))
+    packed = score_examples(model, encoded, 0, batch_size=4)
+    alone = score_examples(model, encoded, 0, batch_size=4, share_prompts=False)
+    assert torch.equal(packed.num_tokens, alone.num_tokens)
+    assert torch.allclose(packed.mean, alone.mean, atol=1e-5, rtol=0)
+    for i in (0, 21, 42):
+        logp, n = one_row(model, tiny_tokenizer, *rows[i])
+        assert packed.logp[i].item() == pytest.approx(logp, abs=1e-4)
+    forwarded = sum(p.length for p in packs) + len(encoded[-1].input_ids)
+    assert sum(len(e.input_ids) for e in encoded) > 4 * forwarded
+
+
+def test_packing_is_skipped_where_it_cannot_apply(model, tiny_tokenizer, monkeypatch):
+    from pathunlearn.eval.logprob import encode_rows, pack_rows, score_examples
+
+    rows = [(user("Name a colour."), "Red."), (user("Name a colour."), "Blue."),
+            (user("Name a fruit."), "Apple.")]
+    encoded = encode_rows(tiny_tokenizer, rows)
+    # a row whose labels are not its tokens to the end (a training example) is never packed
+    odd = encoded[1].__class__(encoded[1].input_ids + [5], encoded[1].labels + [-100])
+    packs, single = pack_rows([encoded[0], odd, encoded[2]])
+    assert packs == [] and single == [0, 1, 2]
+    # flash attention takes no 4D mask: every row alone, same numbers
+    from types import SimpleNamespace
+
+    from pathunlearn.eval import logprob
+
+    flash = torch.nn.Module()
+    flash.config = SimpleNamespace(_attn_implementation="flash_attention_2")
+    assert not logprob._packable(flash) and logprob._packable(model)
+    packed = score_examples(model, encoded, 0)
+    monkeypatch.setattr(logprob, "_packable", lambda model: False)
+    alone = score_examples(model, encoded, 0)
+    assert torch.allclose(packed.mean, alone.mean, atol=1e-5, rtol=0)

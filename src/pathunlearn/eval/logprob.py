@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from pathunlearn.data.batching import collate
-from pathunlearn.data.chat import EncodedExample, encode_prompt_target
+from pathunlearn.data.chat import IGNORE_INDEX, EncodedExample, encode_prompt_target
 from pathunlearn.data.conversation import Conversation
 from pathunlearn.errors import DataError
 from pathunlearn.losses import sequence_logprobs
@@ -48,11 +48,27 @@ class ScoreResult:
 
 
 def score_examples(model: torch.nn.Module, examples: list[EncodedExample], pad_id: int,
-                   batch_size: int = 64) -> ScoreResult:
-    """Summed target log-probabilities of encoded examples, ``batch_size`` rows per forward.
+                   batch_size: int = 64, share_prompts: bool = True) -> ScoreResult:
+    """Summed target log-probabilities of encoded examples.
 
-    Runs under ``torch.no_grad()`` in eval mode (the caller's train/eval mode is restored).
+    With ``share_prompts`` (the default), rows whose tokens before the first target token are
+    identical (one prompt scored with many targets, as a label probe's rows are) are packed
+    into one sequence that holds the prompt once and every target after it, each target
+    attending to the prompt and to itself only (:func:`pack_rows`); the rest are scored as
+    they are, ``batch_size`` rows per forward. Both give the same numbers as scoring every row
+    alone (up to float rounding). Runs under ``torch.no_grad()`` in eval mode (the caller's
+    train/eval mode is restored).
     """
+    if share_prompts and _packable(model):
+        packs, single = pack_rows(examples)
+        if packs:
+            return _score_packed(model, examples, packs, single, pad_id, batch_size)
+    return _score_rows(model, examples, pad_id, batch_size)
+
+
+def _score_rows(model: torch.nn.Module, examples: list[EncodedExample], pad_id: int,
+                batch_size: int) -> ScoreResult:
+    """One row per sequence, ``batch_size`` rows per forward, longest first."""
     logp = torch.zeros(len(examples), dtype=torch.float32)
     num_tokens = torch.zeros(len(examples), dtype=torch.long)
     device = next(model.parameters()).device
@@ -66,6 +82,138 @@ def score_examples(model: torch.nn.Module, examples: list[EncodedExample], pad_i
             sums, counts = sequence_logprobs(logits, batch.labels)  # (B,), (B,)
             logp[idx] = sums.float().cpu()
             num_tokens[idx] = counts.cpu()
+    return ScoreResult(logp, num_tokens)
+
+
+# ---------------------------------------------------------------------------- shared prompts
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Rows that share their prompt tokens, as one sequence: the prompt once, then each row's
+    target tokens (``rows[j]``'s from ``starts[j]``, ``lengths[j]`` tokens)."""
+
+    rows: tuple[int, ...]
+    prompt: tuple[int, ...]
+    starts: tuple[int, ...]
+    lengths: tuple[int, ...]
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + sum(self.lengths)
+
+
+def _first_target(example: EncodedExample) -> int | None:
+    return next((i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), None)
+
+
+def pack_rows(examples: list[EncodedExample], max_tokens: int = 2048
+              ) -> tuple[list[Pack], list[int]]:
+    """Group rows by their tokens before the first target token (only rows whose labels are
+    exactly their tokens from there to the end, as a probe row's are); groups of two or more
+    become :class:`Pack` s of at most ``max_tokens`` tokens. Returns the packs and the indices
+    of the rows left to score alone."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    single = []
+    for i, e in enumerate(examples):
+        f = _first_target(e)
+        if f is None or f == 0 or list(e.labels[f:]) != list(e.input_ids[f:]):
+            single.append(i)
+            continue
+        groups.setdefault(tuple(e.input_ids[:f]), []).append(i)
+    packs = []
+    for prompt, rows in groups.items():
+        if len(rows) < 2:
+            single += rows
+            continue
+        chunk: list[int] = []
+        for i in rows:
+            tail = len(examples[i].input_ids) - len(prompt)
+            if chunk and len(prompt) + sum(len(examples[j].input_ids) - len(prompt)
+                                           for j in chunk) + tail > max_tokens:
+                packs.append(_pack(examples, prompt, chunk))
+                chunk = []
+            chunk.append(i)
+        packs.append(_pack(examples, prompt, chunk))
+    return packs, sorted(single)
+
+
+def _pack(examples: list[EncodedExample], prompt: tuple[int, ...], rows: list[int]) -> Pack:
+    lengths = tuple(len(examples[i].input_ids) - len(prompt) for i in rows)
+    starts, at = [], len(prompt)
+    for n in lengths:
+        starts.append(at)
+        at += n
+    return Pack(tuple(rows), prompt, tuple(starts), lengths)
+
+
+def _packable(model: torch.nn.Module) -> bool:
+    """Packing needs a 4D attention mask: sdpa and eager take one, flash attention does not."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+    return impl in ("sdpa", "eager")
+
+
+def _packed_batch(examples: list[EncodedExample], packs: list[Pack], pad_id: int,
+                  dtype: torch.dtype):
+    """Token ids, position ids and the additive 4D attention mask (0 where a token may look,
+    the dtype's minimum elsewhere) of a batch of packs, right-padded."""
+    width = max(p.length for p in packs)
+    ids = torch.full((len(packs), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(packs), width), dtype=torch.long)
+    allowed = torch.zeros((len(packs), width, width), dtype=torch.bool)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    for b, pack in enumerate(packs):
+        n = len(pack.prompt)
+        ids[b, :n] = torch.tensor(pack.prompt)
+        positions[b, :n] = torch.arange(n)
+        allowed[b, :n, :n] = causal[:n, :n]
+        for row, start, length in zip(pack.rows, pack.starts, pack.lengths, strict=True):
+            ids[b, start:start + length] = torch.tensor(examples[row].input_ids[n:])
+            positions[b, start:start + length] = torch.arange(n, n + length)
+            allowed[b, start:start + length, :n] = True
+            allowed[b, start:start + length, start:start + length] = causal[:length, :length]
+        allowed[b, pack.length:, :] = False
+        allowed[b, torch.arange(pack.length, width), torch.arange(pack.length, width)] = True
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return ids, positions, mask.unsqueeze(1)
+
+
+def _score_packed(model: torch.nn.Module, examples: list[EncodedExample], packs: list[Pack],
+                  single: list[int], pad_id: int, batch_size: int) -> ScoreResult:
+    logp = torch.zeros(len(examples), dtype=torch.float32)
+    num_tokens = torch.zeros(len(examples), dtype=torch.long)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    if single:
+        alone = _score_rows(model, [examples[i] for i in single], pad_id, batch_size)
+        logp[single], num_tokens[single] = alone.logp, alone.num_tokens
+    # as many packs per forward as hold about batch_size rows' worth of tokens
+    budget = batch_size * max(len(e.input_ids) for e in examples)
+    order = sorted(packs, key=lambda p: p.length, reverse=True)
+    with torch.no_grad(), eval_mode(model):
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end - start + 1) * order[start].length <= budget:
+                end += 1
+            batch = order[start:end]
+            ids, positions, mask = _packed_batch(examples, batch, pad_id, dtype)
+            logits = model(input_ids=ids.to(device), position_ids=positions.to(device),
+                           attention_mask=mask.to(device)).logits  # (B, T, V)
+            for b, pack in enumerate(batch):
+                n = len(pack.prompt)
+                for row, first, length in zip(pack.rows, pack.starts, pack.lengths,
+                                              strict=True):
+                    targets = ids[b, first:first + length].to(device)
+                    # token k of the target is predicted at the token before it: the prompt's
+                    # last for k = 0, else the target's own token k - 1
+                    at = torch.cat([torch.tensor([n - 1]),
+                                    torch.arange(first, first + length - 1)]).to(device)
+                    # the softmax over the vocabulary only where a target token is read
+                    picked = torch.log_softmax(logits[b, at].float(), dim=-1)
+                    logp[row] = picked.gather(-1, targets[:, None]).sum().cpu()
+                    num_tokens[row] = length
+            start = end
     return ScoreResult(logp, num_tokens)
 
 
