@@ -74,9 +74,13 @@ def test_run_end_to_end_then_rerun_skips_everything(tmp_path, cli):
             (e["relearned"] - e["unlearned"]) / (e["before"] - e["unlearned"]))
     assert "Relearning after unlearning" in (run_dir / "report.html").read_text()
     assert list((run_dir / "figures").glob("relearn_ga.png"))
+    page = (run_dir / "report.html").stat().st_mtime_ns
     second = cli("run", path)
     assert second.code == 0
     assert "already done" in second.out and "0 already done" not in second.out
+    # issue 16: nothing changed, so the report is not rebuilt, but its verdicts are printed
+    assert "report up to date" in second.out and "recency verdict" in second.out
+    assert (run_dir / "report.html").stat().st_mtime_ns == page
     history = json.loads((run_dir / "phases_history.json").read_text())
     assert len(history) == 2 and history[0]["seconds"]["unlearn"] > history[1]["seconds"]["unlearn"]
 

@@ -80,10 +80,10 @@ def run_experiment(cfg: ExperimentConfig, *, log=print, progress: bool = False):
             train_paths(cfg, plan, run_dir=run_dir, progress=progress, log=log)
         with phases.time("unlearn"):
             unlearn_all(cfg, plan, run_dir=run_dir, log=log)
-        return _report(cfg, run_dir, phases)
+        return _report(cfg, run_dir, phases, log)
 
 
-def _report(cfg: ExperimentConfig, run_dir: Path, phases: Phases):
+def _report(cfg: ExperimentConfig, run_dir: Path, phases: Phases, log=print):
     """The report of a run and the record of its wall times (phases.json, phases_history.json)."""
     from pathunlearn.models import resolve_device
     from pathunlearn.report import make_report
@@ -95,7 +95,8 @@ def _report(cfg: ExperimentConfig, run_dir: Path, phases: Phases):
         if earlier:  # a rerun: keep the timings of the run that did the work visible
             first = earlier[0]["seconds"]
             extra["first invocation"] = ", ".join(f"{k} {v:.0f} s" for k, v in first.items())
-        made = make_report(load_run(run_dir), phases=phases.seconds, extra=extra)
+        made = make_report(load_run(run_dir), phases=phases.seconds, extra=extra, reuse=True,
+                           log=log)
     # phases.json: this invocation's wall times; phases_history.json: every invocation's, so
     # rerunning a finished run does not hide how long the work took
     write_json(run_dir / "phases.json", phases.seconds)

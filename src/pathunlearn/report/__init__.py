@@ -12,11 +12,70 @@ from __future__ import annotations
 
 from pathunlearn.rundir import Run
 
+REPORT_KEY = "report.key"
+"""RUN_DIR/report.key: the fingerprint of what the written report was built from."""
 
-def make_report(run: Run, *, phases: dict[str, float] | None = None, extra: dict | None = None):
+
+def report_fingerprint(run: Run) -> str:
+    """A hash of everything the report is made of: the package version and the report code,
+    the run's config and plan, the finished cells (directory and key) and the matched-start
+    models. Cells are immutable once finished under their key, so equal fingerprints mean an
+    equal report (its wall times aside)."""
+    import hashlib
+    from importlib import metadata
+    from pathlib import Path
+
+    from pathunlearn.plan import prefix_dir, stable_hash
+    from pathunlearn.rundir import CONFIG, PLAN
+
+    code = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        code.update(source.read_bytes())
+    try:
+        version = metadata.version("pathunlearn")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    matched = [(prefix_dir(run.run_dir, m.key) / "prefix.json") for m in run.plan.matched]
+    return stable_hash(version, code.hexdigest(), (run.run_dir / CONFIG).read_text(),
+                       (run.run_dir / PLAN).read_text(),
+                       [(str(c.cell.directory("")), c.cell.key) for c in run.cells + run.controls],
+                       [p.read_text() if p.is_file() else None for p in matched])
+
+
+def make_report(run: Run, *, phases: dict[str, float] | None = None, extra: dict | None = None,
+                reuse: bool = False, log=None):
     """Score ``run``'s finished cells, write results.{json,csv,md}, the figures and
-    report.html; returns ``(results, figure_files, report_path)``."""
+    report.html; returns ``(results, figure_files, report_path)``. ``reuse``: when the files
+    on disk were built from the same run state (:func:`report_fingerprint`), score the run
+    without writing anything (a rerun of a finished run takes seconds, not a report's
+    worth of figures)."""
     # imported here: `import pathunlearn.report` must not pull in matplotlib
+    from pathunlearn.files import write_text
+    from pathunlearn.report.results import RESULTS, build_results
+
+    key_file = run.run_dir / REPORT_KEY
+    fingerprint = report_fingerprint(run)
+    page = run.run_dir / "report.html"
+    if reuse and key_file.is_file() and key_file.read_text().strip() == fingerprint and \
+            page.is_file() and all((run.run_dir / name).is_file() for name in RESULTS):
+        results = build_results(run, write=False)
+        results.files = [run.run_dir / name for name in RESULTS]
+        figures = sorted((run.run_dir / "figures").glob("*.png")) + sorted(
+            (run.run_dir / "figures").glob("*.svg"))
+        if run.config.study == "superficial":
+            from pathunlearn.report.superficial import path_curves
+
+            results.superficial = path_curves(run.cells, run.config)
+        if log is not None:
+            log(f"report up to date ({page}): nothing changed since it was written")
+        return results, figures, page
+    made = _make_report(run, phases=phases, extra=extra)
+    write_text(key_file, fingerprint + "\n")
+    return made
+
+
+def _make_report(run: Run, *, phases: dict[str, float] | None = None,
+                 extra: dict | None = None):
     from pathunlearn.report.html import write_report
     from pathunlearn.report.plots import write_figures
     from pathunlearn.report.results import build_results
