@@ -72,30 +72,51 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def cut_epoch(order: list[int], batch_size: int, micro_batch_size: int) -> list[list[list[int]]]:
+def cut_epoch(order: list[int], batch_size: int, micro_batch_size: int,
+              lengths: list[int] | None = None) -> list[list[list[int]]]:
     """One epoch's example order as optimizer steps, each a list of micro-batches of indices.
 
     A last incomplete effective batch is kept (it is a smaller step, weighted by its own
-    token count).
+    token count). With ``lengths`` (tokens per example), an effective batch cut into several
+    micro-batches is sorted by length first (longest first, ties in epoch order), so each
+    micro-batch holds examples of similar length and little padding: the step's examples, and
+    so its token-weighted loss and gradient, are the same; only how they are grouped for the
+    forward passes changes (float rounding aside).
     """
     steps = []
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
+        if lengths is not None and len(chunk) > micro_batch_size:
+            chunk = sorted(chunk, key=lambda i: -lengths[i])
         steps.append([chunk[j : j + micro_batch_size]
                       for j in range(0, len(chunk), micro_batch_size)])
     return steps
 
 
-def step_indices(n: int, batch_size: int, micro_batch_size: int,
-                 seed: int) -> Iterator[tuple[int, list[list[int]]]]:
+def step_indices(n: int, batch_size: int, micro_batch_size: int, seed: int,
+                 lengths: list[int] | None = None) -> Iterator[tuple[int, list[list[int]]]]:
     """Endless ``(epoch, micro-batches of example indices)`` for every optimizer step: each
-    epoch is reshuffled from ``seed`` (:func:`epoch_order`) and cut by :func:`cut_epoch`, so a
-    batch never spans two epochs. Take as many steps as needed (``itertools.islice``)."""
+    epoch is reshuffled from ``seed`` (:func:`epoch_order`) and cut by :func:`cut_epoch`
+    (length-bucketed with ``lengths``), so a batch never spans two epochs. Take as many steps
+    as needed (``itertools.islice``)."""
     if n == 0:
         raise ValueError("no examples to batch")
     for epoch in itertools.count():
-        for micro_batches in cut_epoch(epoch_order(n, seed, epoch), batch_size, micro_batch_size):
+        for micro_batches in cut_epoch(epoch_order(n, seed, epoch), batch_size,
+                                       micro_batch_size, lengths):
             yield epoch, micro_batches
+
+
+def padding_fraction(examples: list[EncodedExample], steps: list[list[list[int]]]) -> float:
+    """The share of the computed tokens that are padding when ``steps`` (from
+    :func:`cut_epoch`) are collated, each micro-batch right-padded to its longest example."""
+    real = padded = 0
+    for micro_batches in steps:
+        for idx in micro_batches:
+            sizes = [len(examples[i].input_ids) for i in idx]
+            real += sum(sizes)
+            padded += max(sizes) * len(sizes)
+    return 1 - real / padded if padded else 0.0
 
 
 def effective_batches(

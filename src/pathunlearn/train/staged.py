@@ -145,7 +145,8 @@ def _asked(stop: Callable[[int], bool], step: int, model: torch.nn.Module) -> bo
 def _steps(examples, optim: OptimConfig, epochs: float, seed: int, pad_id: int) -> Iterator:
     """(epoch, micro-batches) for every optimizer step; the last epoch may be partial."""
     total = num_steps(len(examples), optim.batch_size, epochs)
-    steps = step_indices(len(examples), optim.batch_size, optim.micro_batch_size, seed)
+    steps = step_indices(len(examples), optim.batch_size, optim.micro_batch_size, seed,
+                         [len(e.input_ids) for e in examples])
     for epoch, micro_idx in itertools.islice(steps, total):
         yield epoch, [collate([examples[i] for i in idx], pad_id) for idx in micro_idx]
 

@@ -166,9 +166,11 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     optimizer = make_optimizer(params, u.model_copy(update={"lr": cell.lr}))
     total = u.steps or num_steps(len(data.forget), u.batch_size, u.epochs)
     multiplier = lr_lambda(cell.scheduler, total, u.warmup, u.decay)
-    forget_batches = step_indices(len(data.forget), u.batch_size, u.micro_batch_size, seed)
+    forget_batches = step_indices(len(data.forget), u.batch_size, u.micro_batch_size, seed,
+                                  [len(e.input_ids) for e in data.forget])
     retain_batches = step_indices(len(data.retain), u.batch_size, u.micro_batch_size,
-                                  seed + 1) if data.retain else None
+                                  seed + 1, [len(e.input_ids) for e in data.retain]
+                                  ) if data.retain else None
     probe = CellProbes(cfg, tok, shared.probe_sets, retrain_reference(cfg, cell, run_dir, shared))
     start = saturation(model, data.forget, data.pad_id, device, cfg.probes.examples,
                        u.micro_batch_size)  # changes nothing: no update, RNG restored
