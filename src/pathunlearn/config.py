@@ -221,6 +221,10 @@ class TrainingConfig(OptimConfig):
     """bf16 autocast keeps LoRA weights and optimizer state in fp32."""
     device: str = "auto"
     """`auto` (cuda when present), `cpu`, `cuda`, `cuda:1` ..."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them: less memory for
+    long sequences and large models, ~30% more compute; the same numbers (not part of any
+    key)."""
 
 
 class MethodConfig(StrictModel):

@@ -228,6 +228,19 @@ def load_adapter(model: torch.nn.Module, adapter_dir: str | Path):
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
 
 
+def checkpoint_activations(model: torch.nn.Module) -> torch.nn.Module:
+    """Turn on activation (gradient) checkpointing for training; under LoRA the input
+    embeddings are made to require grad so the checkpointed blocks get a gradient path."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if is_peft(model):
+        model.enable_input_require_grads()
+    return model
+
+
 def is_peft(model: torch.nn.Module) -> bool:
     from peft import PeftModel
 

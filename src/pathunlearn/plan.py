@@ -462,7 +462,8 @@ def root_key(cfg: ExperimentConfig, base: dict, tseed: int) -> str:
     m = cfg.model.model_dump(mode="json")
     # seed_of is left out: the training seed it gives is hashed itself (and a config without
     # it keeps the keys it had before the field existed)
-    training = cfg.training.model_dump(mode="json", exclude={"device", "seed_of"})
+    training = cfg.training.model_dump(mode="json", exclude={"device", "seed_of",
+                                                             "gradient_checkpointing"})
     return stable_hash("root", base, m, training, tseed)
 
 

@@ -108,3 +108,21 @@ def test_fractional_epochs_and_reshuffling(tiny_tokenizer, examples):
     assert num_steps(12, 4, 1.5) == 5
     assert epoch_order(12, 0, 0) != epoch_order(12, 0, 1)  # reshuffled every epoch
     assert epoch_order(12, 0, 1) == epoch_order(12, 0, 1)  # from the seed
+
+
+def test_activation_checkpointing_gives_the_same_step(tiny_tokenizer, examples):
+    """Issue 16: training.gradient_checkpointing recomputes activations; the step is the same."""
+    from pathunlearn.config import LoraConfig
+    from pathunlearn.models import apply_lora, checkpoint_activations
+
+    torch.manual_seed(0)
+    base = init_model(tiny_tokenizer)
+    pad = tiny_tokenizer.pad_token_id
+    for wrap in (lambda m: m, lambda m: apply_lora(m, LoraConfig(), seed=0)):
+        plain = one_sgd_step(wrap(copy.deepcopy(base)), examples, pad, micro=4)
+        model = checkpoint_activations(wrap(copy.deepcopy(base)))
+        assert getattr(model, "is_activation_checkpointing", None) or \
+            model.is_gradient_checkpointing
+        checked = one_sgd_step(model, examples, pad, micro=4)
+        assert plain.keys() == checked.keys()
+        assert all(torch.allclose(plain[n], checked[n], atol=1e-6, rtol=0) for n in plain)

@@ -25,6 +25,7 @@ from pathunlearn.errors import ConfigError
 from pathunlearn.files import atomic_dir, is_done, write_json, write_text
 from pathunlearn.models import (
     apply_lora,
+    checkpoint_activations,
     load_adapter,
     load_checkpoint,
     load_model,
@@ -52,6 +53,8 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
     stage = cfg.stages[prefix.stage]
     seed = stage_seed(prefix.seed, prefix.stage)
     model, tokenizer = stage_model(cfg, prefix, run_dir, device, seed)
+    if cfg.training.gradient_checkpointing:
+        checkpoint_activations(model)
     conversations = load_stage(stage)
     examples, n_truncated = tokenize_conversations(tokenizer, conversations, cfg.model.max_length)
     with atomic_dir(directory or prefix.directory(run_dir)) as tmp:

@@ -53,7 +53,13 @@ from pathunlearn.eval.saturation import saturation
 from pathunlearn.files import atomic_dir, is_done
 from pathunlearn.losses import token_logprobs
 from pathunlearn.methods import ForgetBatch, Method, RetainBatch, make_method
-from pathunlearn.models import apply_lora, load_checkpoint, resolve_device, write_checkpoint
+from pathunlearn.models import (
+    apply_lora,
+    checkpoint_activations,
+    load_checkpoint,
+    resolve_device,
+    write_checkpoint,
+)
 from pathunlearn.plan import Cell, Plan, plan_run, prefix_dir, retrain_path
 from pathunlearn.rundir import SUMMARY, CellWriter, cell_done
 from pathunlearn.train.relearn import relearn
@@ -162,6 +168,8 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     seed = stage_seed(cell.seed, "unlearn")
     if cfg.model.finetuning == "lora":
         model = apply_lora(model, cfg.model.lora, seed=seed)
+    if cfg.training.gradient_checkpointing:
+        checkpoint_activations(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, u.model_copy(update={"lr": cell.lr}))
     total = u.steps or num_steps(len(data.forget), u.batch_size, u.epochs)
