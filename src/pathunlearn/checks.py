@@ -106,12 +106,14 @@ def _check_probes(cfg: ExperimentConfig, problems: Problems, broken: set[str]) -
     from pathunlearn.eval.probes import default_probe_configs, probe_set
 
     configs = list(cfg.probes.sets)
+    before = len(problems.lines)
     if cfg.probes.defaults and not broken:  # the defaults read every stage
         with problems.at("probes.defaults"):
             own = {p.name for p in configs}
             configs = [c for c in default_probe_configs(cfg) if c.name not in own] + configs
+    resolved = not broken and len(problems.lines) == before  # every probe name is known
     control = cfg.controls.matched_start
-    if control is not None and not broken:
+    if control is not None and resolved:
         name = control.metric.rsplit("/", 1)[0]
         if name not in {c.name for c in configs}:
             problems.add(f"controls.matched_start.metric: no probe named {name!r} in this run "
