@@ -237,3 +237,22 @@ def test_one_sgd_step_on_a_local_loss_lowers_the_forget_log_likelihood(
     with torch.no_grad():
         after, _ = sequence_logprobs(model(**forget_batch.inputs()).logits, forget_batch.labels)
     assert after.sum() < before.sum()
+
+
+def test_token_logprobs_only_at_targets_equal_the_full_softmax():
+    """Issue 16: the softmax is taken only where a target is read; values and gradients are
+    those of the full (B, T-1, V) log-softmax, bit for bit."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 12, 50, requires_grad=True)
+    labels = torch.randint(0, 50, (3, 12))
+    labels[:, :5] = -100
+    labels[2] = -100  # a row without any target
+    picked, mask = token_logprobs(logits, labels)
+    full = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    reference = full.gather(-1, labels[:, 1:].clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask
+    assert torch.equal(picked, reference)
+    g1 = torch.autograd.grad(picked.sum(), logits)[0]
+    g2 = torch.autograd.grad(reference.sum(), logits)[0]
+    assert torch.equal(g1, g2)
+    none = torch.full((1, 4), -100)
+    assert token_logprobs(torch.randn(1, 4, 50), none)[0].abs().sum() == 0

@@ -32,9 +32,14 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     """
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != IGNORE_INDEX
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return picked * mask, mask
+    picked = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    if bool(mask.any()):
+        # the softmax over the vocabulary only at target positions (a fp32 copy of (N, V)
+        # rather than (B, T-1, V)); the same values and gradients, bit for bit
+        rows = logits[:, :-1][mask].float()  # (N, V)
+        logp = torch.log_softmax(rows, dim=-1).gather(-1, targets[mask].unsqueeze(-1))
+        picked = picked.masked_scatter(mask, logp.squeeze(-1))
+    return picked, mask
 
 
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
