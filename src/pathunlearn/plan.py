@@ -37,9 +37,10 @@ from pathunlearn.methods import method_identity, resolve_method
 
 PLAN_FORMAT = 2
 """Version of plan.json (2: the probe sets' hash)."""
-CELL_FORMAT = 2
+CELL_FORMAT = 3
 """Bump when what a cell records changes, so old cells are recomputed (2: saturation
-diagnostics in summary.json)."""
+diagnostics in summary.json; 3: relearning on the forget set reads only its first
+relearn.forget_examples items, as documented; it read them all)."""
 PREFIX_DIR = "prefixes"
 CELL_DIR = "cells"
 

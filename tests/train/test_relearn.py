@@ -60,3 +60,23 @@ def test_empty_data_is_a_config_error():
 
     with pytest.raises(ConfigError, match="relearn: `data` is empty"):
         validate_config({**CONFIG, "relearn": {"steps": 2, "data": []}})
+
+
+def test_relearning_on_the_forget_set_reads_only_its_first_forget_examples(monkeypatch):
+    from pathunlearn.train import relearn as module
+
+    cfg = validate_config({**CONFIG, "relearn": {"steps": 4, "data": ["forget"],
+                                                 "forget_examples": 3, "batch_size": 2}})
+    model, tok = load_pretrained(tiny_location())
+    forget = encode_stage(cfg, tok, "refusals")
+    seen = []
+    real_collate = module.collate
+
+    def spy(batch, pad_id):
+        seen.extend(forget.index(e) for e in batch)
+        return real_collate(batch, pad_id)
+
+    monkeypatch.setattr(module, "collate", spy)
+    relearn(cfg, model, tok, {"forget": forget}, resolve_probes(cfg), torch.device("cpu"), 0)
+    # 4 steps over an epoch of 3 cut into batches of 2 and 1
+    assert len(forget) == 16 and len(seen) == 6 and set(seen) == {0, 1, 2}

@@ -41,7 +41,8 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
             examples: dict[str, list[EncodedExample]], probe_sets: list[ProbeSet],
             device: torch.device, seed: int) -> list[dict]:
     """The relearning rows of one cell (module docstring). ``examples``: the data of each run
-    (``retain``, ``forget``); a run without data is skipped."""
+    (``retain``, the whole forget set for ``forget``, of which the first
+    ``relearn.forget_examples`` are used); a run without data is skipped."""
     r, training = cfg.relearn, cfg.training
     tracked = next(([p for p in probe_sets if p.kind == kind] for kind in TRACKED_KINDS
                     if any(p.kind == kind for p in probe_sets)), [])
@@ -56,6 +57,8 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
     with torch.random.fork_rng(devices=[]):
         for kind in r.data:
             data = examples.get(kind) or []
+            if kind == "forget":
+                data = data[:r.forget_examples]
             if not data:
                 continue
             optimizer = make_optimizer(params, optim)
