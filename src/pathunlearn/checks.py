@@ -25,10 +25,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from pathunlearn.config import ExperimentConfig
 from pathunlearn.errors import UserError
+from pathunlearn.eval.probes import ProbeSet
 
 
 class Problems:
@@ -61,10 +63,25 @@ def used_stages(cfg: ExperimentConfig) -> list[str]:
 def check_inputs(cfg: ExperimentConfig) -> list[str]:
     """Every problem with ``cfg``'s inputs, one line each (empty: all good); see the module
     docstring for what is read."""
+    return inspect_inputs(cfg).problems
+
+
+@dataclass
+class Inspection:
+    """What :func:`inspect_inputs` found: the problems, and the probe sets it resolved (in
+    :func:`pathunlearn.eval.probes.probe_configs` order; None unless every one resolved), so
+    a plan need not load their sources a second time."""
+
+    problems: list[str]
+    probes: list[ProbeSet] | None
+
+
+def inspect_inputs(cfg: ExperimentConfig) -> Inspection:
+    """Check every input of ``cfg`` (module docstring), keeping the resolved probe sets."""
     problems = Problems()
     broken = _check_stages(cfg, problems)
     _check_methods(cfg, problems)
-    _check_probes(cfg, problems, broken)
+    probes = _check_probes(cfg, problems, broken)
     _check_math(cfg, problems)
     from pathunlearn.models import check_model_files, resolve_device
 
@@ -74,7 +91,7 @@ def check_inputs(cfg: ExperimentConfig) -> list[str]:
         resolve_device(cfg.training.device)
     with problems.at("output_dir"):
         check_writable(cfg.run_dir)
-    return problems.lines
+    return Inspection(problems.lines, probes)
 
 
 def _check_stages(cfg: ExperimentConfig, problems: Problems) -> set[str]:
@@ -100,17 +117,17 @@ def _check_methods(cfg: ExperimentConfig, problems: Problems) -> None:
             resolve_method(method.name)
 
 
-def _check_probes(cfg: ExperimentConfig, problems: Problems, broken: set[str]) -> None:
+def _check_probes(cfg: ExperimentConfig, problems: Problems,
+                  broken: set[str]) -> list[ProbeSet] | None:
     """Every probe set, each on its own, except those that read a broken stage (reported
-    already)."""
-    from pathunlearn.eval.probes import default_probe_configs, probe_set
+    already); returns them all, resolved, when none had a problem."""
+    from pathunlearn.eval.probes import probe_configs, probe_set
 
     configs = list(cfg.probes.sets)
     before = len(problems.lines)
-    if cfg.probes.defaults and not broken:  # the defaults read every stage
+    if not broken:  # the defaults read every stage
         with problems.at("probes.defaults"):
-            own = {p.name for p in configs}
-            configs = [c for c in default_probe_configs(cfg) if c.name not in own] + configs
+            configs = probe_configs(cfg)
     resolved = not broken and len(problems.lines) == before  # every probe name is known
     control = cfg.controls.matched_start
     if control is not None and resolved:
@@ -118,13 +135,15 @@ def _check_probes(cfg: ExperimentConfig, problems: Problems, broken: set[str]) -
         if name not in {c.name for c in configs}:
             problems.add(f"controls.matched_start.metric: no probe named {name!r} in this run "
                          f"({', '.join(c.name for c in configs)})")
+    sets = []
     for config in configs:
         if config.stage_source in broken:
             continue
         index = next((i for i, p in enumerate(cfg.probes.sets) if p.name == config.name), None)
         key = f"probes.sets.{index}" if index is not None else f"probes (default {config.name})"
         with problems.at(key):
-            probe_set(cfg, config)
+            sets.append(probe_set(cfg, config))
+    return sets if resolved and len(sets) == len(configs) else None
 
 
 def _check_math(cfg: ExperimentConfig, problems: Problems) -> None:

@@ -8,6 +8,7 @@ Sources: a local Hugging Face directory (weights read from safetensors only), a 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -100,8 +101,6 @@ def check_model_files(cfg: ModelConfig) -> list[str]:
         return [f"{key}: {line}" for line in _gguf_problems(directory / gguf)]
     problems = []
     try:
-        import json
-
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
         if not isinstance(config, dict) or "model_type" not in config:
             problems.append(f"model.path: {directory / 'config.json'}: no `model_type` key (not "

@@ -258,18 +258,20 @@ def plan_run(cfg: ExperimentConfig, check: bool = True) -> Plan:
     ConfigError listing every problem, a line each, before any work starts. ``check=False``
     skips that (the methods and probe sets are still resolved).
     """
+    probes = None
     if check:
-        from pathunlearn.checks import check_inputs
+        from pathunlearn.checks import inspect_inputs
 
-        problems = check_inputs(cfg)
-        if problems:
-            raise ConfigError("\n".join(problems))
+        found = inspect_inputs(cfg)
+        if found.problems:
+            raise ConfigError("\n".join(found.problems))
+        probes = found.probes  # resolved while checking: their sources are not read again
     paths = cfg.paths.expand()
     retrain = list(dict.fromkeys(r for r in (retrain_path(cfg, p) for p in paths) if r))
     seeds = list(dict.fromkeys(cfg.seeds))
     base = base_identity(cfg)
     prefixes, leaves = _trie(cfg, base, paths + [r for r in retrain if r not in paths], seeds)
-    probes = tuple(resolve_probes(cfg))
+    probes = tuple(resolve_probes(cfg) if probes is None else probes)
     probes_sha = stable_hash([p.to_json() for p in probes])
     matched = _matched(cfg, paths, seeds, prefixes, leaves, probes_sha)
     cells = _cells(cfg, paths, leaves, probes_sha, matched)

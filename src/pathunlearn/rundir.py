@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pathunlearn import metrics as M
 from pathunlearn.config import ExperimentConfig, dump_config, load_config
+from pathunlearn.data.io import iter_jsonl, write_jsonl
 from pathunlearn.errors import DataError, UserError
 from pathunlearn.eval.probes import ProbeSet
 from pathunlearn.files import is_done, write_json, write_text
@@ -171,7 +172,7 @@ class CellWriter:
 
     def relearn(self, rows: list[dict]) -> None:
         """The relearning rows (:mod:`pathunlearn.train.relearn`), written whole."""
-        write_text(self.directory / RELEARN, "".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(self.directory / RELEARN, rows)
 
     def diverged(self, step: int) -> None:
         """The final row of a cell stopped by a non-finite loss or probe."""
@@ -258,8 +259,7 @@ def read_cell(run_dir: str | Path, cell: Cell) -> CellRecord:
     reason = (diverged or {}).get("reason") or (f"diverged at step {diverged_at}"
                                                 if diverged_at else None)
     relearn_file = directory / RELEARN
-    relearn = [json.loads(line) for line in relearn_file.read_text().splitlines()
-               if line.strip()] if relearn_file.is_file() else []
+    relearn = list(iter_jsonl(relearn_file)) if relearn_file.is_file() else []
     return CellRecord(cell, directory, summary, rows, diverged_at, reason, relearn)
 
 

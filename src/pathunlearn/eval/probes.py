@@ -129,13 +129,17 @@ def response_probe(name: str, conversations: Sequence[Conversation],
 
 
 def resolve_probes(cfg: ExperimentConfig) -> list[ProbeSet]:
-    """The probe sets of ``cfg`` (module docstring): defaults, then the config's sets (one of
-    the same name replaces a default); every source loaded and checked (DataError naming the
-    probe otherwise)."""
+    """The probe sets of ``cfg`` (module docstring), in :func:`probe_configs` order; every
+    source loaded and checked (DataError naming the probe otherwise)."""
+    return [probe_set(cfg, c) for c in probe_configs(cfg)]
+
+
+def probe_configs(cfg: ExperimentConfig) -> list[ProbeConfig]:
+    """The configs of ``cfg``'s probe sets, in order: the defaults, then the config's sets (one
+    of the same name replaces a default in its place)."""
     own = {p.name: p for p in cfg.probes.sets}
     configs = default_probe_configs(cfg) if cfg.probes.defaults else []
-    configs = [own.pop(c.name, c) for c in configs] + list(own.values())
-    return [probe_set(cfg, c) for c in configs]
+    return [own.pop(c.name, c) for c in configs] + list(own.values())
 
 
 def default_probe_configs(cfg: ExperimentConfig) -> list[ProbeConfig]:

@@ -147,8 +147,8 @@ def _saturation_table(results: Results) -> str:
         return ""
     head = "".join(f"<th>{_e(SATURATION_HEADERS[k])}</th>" for k in keys)
     body = "".join(
-        f"<tr><td class=\"text\">{_e(r['method'])}{_e(' ' + r['sweep'] if r['sweep'] else '')}"
-        f"</td><td class=\"text path\">{_e(r['path_label'])}</td><td>{r['position']}</td>"
+        f"<tr>{_method_cell(r)}<td class=\"text path\">{_e(r['path_label'])}</td>"
+        f"<td>{r['position']}</td>"
         + "".join(f"<td>{_e(_cell_value(r.get(k)))}</td>" for k in keys) + "</tr>"
         for r in rows)
     return ("<h3>Where unlearning starts (saturation, step 0)</h3><p class=\"note\">Mean over "
@@ -232,25 +232,35 @@ def _matched_section(results: Results) -> str:
              "<ul>" + "".join(f"<li>{_e(t)}</li>" for t in model_lines(control)) + "</ul>"]
     without = {(v["method"], v["sweep"]): v for v in results.verdicts
                if v.get("kind") == "recency"}
-    rows = []
-    for v in control.verdicts:
-        before = without.get((v["method"], v["sweep"]))
-
-        def cell(x):
-            if x is None or x["observed"] is None:
-                return "—"
-            ranks = ", ".join(str(r) for r in x["forget_last_ranks"])
-            return f"{'observed' if x['observed'] else 'NOT observed'} (rank {ranks})"
-
-        rows.append(f"<tr><td class=\"text\">{_e(v['method'])}"
-                    f"{_e(' ' + v['sweep'] if v['sweep'] else '')}</td>"
-                    f"<td class=\"text\">{_e(cell(before))}</td>"
-                    f"<td class=\"text\">{_e(cell(v))}</td></tr>")
+    rows = [f"<tr>{_method_cell(v)}"
+            f"<td class=\"text\">{_e(_observed(without.get((v['method'], v['sweep']))))}</td>"
+            f"<td class=\"text\">{_e(_observed(v))}</td></tr>" for v in control.verdicts]
     parts.append("<div class=\"wide\"><table><tr><th class=\"text\">method</th>"
                  "<th class=\"text\">recency without the control</th><th class=\"text\">"
                  f"with the control</th></tr>{''.join(rows)}</table></div>")
     parts += [_verdict_div(v) for v in control.verdicts]
     return "\n".join(parts)
+
+
+def _observed(verdict: dict | None) -> str:
+    """A recency verdict in a table cell: observed or not, and the forget-last path's rank."""
+    if verdict is None or verdict["observed"] is None:
+        return "—"
+    ranks = ", ".join(str(r) for r in verdict["forget_last_ranks"])
+    return f"{'observed' if verdict['observed'] else 'NOT observed'} (rank {ranks})"
+
+
+def _method_cell(row: dict) -> str:
+    """A table cell naming a row's method and, when the run sweeps, its sweep value."""
+    return f"<td class=\"text\">{_e(row['method'])}{_e(' ' + row['sweep'] if row['sweep'] else '')}</td>"
+
+
+def embedded_figure(png: Path, caption: str) -> str:
+    """``png`` embedded in the page (base64), with ``caption`` (HTML, already escaped) after
+    its bold name."""
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return (f"<figure><img alt=\"{_e(png.stem)}\" src=\"data:image/png;base64,{data}\">"
+            f"<figcaption><b>{_e(png.stem)}</b>: {caption}</figcaption></figure>")
 
 
 def _relearn_section(results: Results) -> str:
@@ -267,8 +277,8 @@ def _relearn_section(results: Results) -> str:
     head = "".join(f"<th class=\"{'text' if i < 2 or i == 3 else ''}\">{_e(h)}</th>"
                    for i, h in enumerate(heads))
     rows = "".join(
-        f"<tr><td class=\"text\">{_e(e['method'])}{_e(' ' + e['sweep'] if e['sweep'] else '')}"
-        f"</td><td class=\"text path\">{_e(e['path_label'])}</td><td>{e['position']}</td>"
+        f"<tr>{_method_cell(e)}<td class=\"text path\">{_e(e['path_label'])}</td>"
+        f"<td>{e['position']}</td>"
         f"<td class=\"text\">{_e(e['data'])}</td>"
         + "".join(f"<td>{_e(_cell_value(e[k]))}</td>" for k in ("before", "unlearned",
                                                                 "relearned", "recovered"))
@@ -286,11 +296,8 @@ def _relearn_section(results: Results) -> str:
     for method, sweep in dict.fromkeys((e["method"], e["sweep"]) for e in entries):
         png = results.run_dir / FIGURE_DIR / f"{figure_stem(method, sweep)}.png"
         if png.is_file():
-            data = base64.b64encode(png.read_bytes()).decode("ascii")
-            parts.append(f"<figure><img alt=\"{_e(png.stem)}\" src=\"data:image/png;base64,"
-                         f"{data}\"><figcaption><b>{_e(png.stem)}</b>: the forget metric over "
-                         "relearning steps per path (dotted: before unlearning)</figcaption>"
-                         "</figure>")
+            parts.append(embedded_figure(png, "the forget metric over relearning steps per "
+                                              "path (dotted: before unlearning)"))
     return "\n".join(parts)
 
 
@@ -305,12 +312,9 @@ def _figure_section(run_dir: Path, figures: list[dict]) -> str:
         path = run_dir / FIGURE_DIR / png if png else None
         if path is None or not path.is_file():
             continue
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
         svg = next((f for f in entry["files"] if f.endswith(".svg")), None)
-        parts.append(f"<figure><img alt=\"{_e(path.stem)}\" src=\"data:image/png;base64,{data}\">"
-                     f"<figcaption><b>{_e(path.stem)}</b>: {_e(entry.get('caption', ''))}"
-                     + (f" (vector: figures/{_e(svg)})" if svg else "")
-                     + "</figcaption></figure>")
+        parts.append(embedded_figure(path, _e(entry.get("caption", ""))
+                                     + (f" (vector: figures/{_e(svg)})" if svg else "")))
     if len(parts) == 1:
         return parts[0] + "<p class=\"note\">No figures were written for this run.</p>"
     return parts[0] + "<div class=\"figures\">" + "\n".join(parts[1:]) + "</div>"

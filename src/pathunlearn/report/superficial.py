@@ -174,7 +174,6 @@ def write_superficial(run: Run) -> list[dict]:
 
 def superficial_html(run_dir: Path, entries: list[dict]) -> str:
     """The report section: rule, per-path table of start/end values and verdicts, figure."""
-    import base64
 
     e_ = html.escape
     parts = ["<h2>Superficial vs deep forgetting (Section 4.3)</h2>",
@@ -195,10 +194,10 @@ def superficial_html(run_dir: Path, entries: list[dict]) -> str:
     parts.append(f"<div class=\"wide\"><table><tr>{head}</tr>{''.join(rows)}</table></div>")
     png = run_dir / "figures" / f"{FIGURE_STEM}.png"
     if png.is_file():
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        parts.append(f"<figure><img alt=\"superficial\" src=\"data:image/png;base64,{data}\">"
-                     "<figcaption><b>superficial</b>: summed log-probability of R, C and U "
-                     "(mean over the 40 prompts and the seeds) vs unlearning epoch, one panel "
-                     "per learning order (the paper's Figure 4); vector: figures/superficial.svg"
-                     "</figcaption></figure>")
+        from pathunlearn.report.html import embedded_figure
+
+        parts.append(embedded_figure(png, "summed log-probability of R, C and U (mean over the "
+                                          "40 prompts and the seeds) vs unlearning epoch, one "
+                                          "panel per learning order (the paper's Figure 4); "
+                                          "vector: figures/superficial.svg"))
     return "\n".join(parts)

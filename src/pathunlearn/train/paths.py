@@ -16,6 +16,7 @@ retrains from its parent (bit-identically: training is deterministic on CPU).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pathunlearn.config import ExperimentConfig, dump_config
@@ -41,13 +42,13 @@ from pathunlearn.train.staged import stage_seed, train_stage
 
 def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
                  progress: bool = False, directory: Path | None = None,
-                 stop=None, extra: dict | None = None) -> dict:
+                 stop=None, extra: Callable[[], dict] | None = None) -> dict:
     """Train one prefix from its parent's checkpoint (or the base model) and save it atomically.
 
     Returns the summary written to ``prefix.json``. ``directory`` (default the prefix's),
     ``stop`` (see :func:`~pathunlearn.train.staged.train_stage`; called as
-    ``stop(step, model, tokenizer)``) and ``extra`` (more summary fields, computed after training by
-    ``extra()`` when callable) serve the matched-start control.
+    ``stop(step, model, tokenizer)``) and ``extra`` (``extra()`` gives more summary fields,
+    once training is done) serve the matched-start control.
     """
     device = resolve_device(cfg.training.device)
     stage = cfg.stages[prefix.stage]
@@ -71,7 +72,7 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
                    "truncated": n_truncated, "steps": result.steps,
                    "first_loss": result.first_loss, "last_loss": result.last_loss,
                    "target_tokens": result.target_tokens, "seconds": result.seconds,
-                   **((extra() if callable(extra) else extra) or {})}
+                   **(extra() if extra is not None else {})}
         write_json(tmp / "prefix.json", summary)
         write_text(tmp / "config.yaml", dump_config(cfg))
     return summary
@@ -133,11 +134,9 @@ def train_matched(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, progress:
         return
     from pathunlearn.eval.probes import evaluate_probes
 
+    # the probe's existence is checked before any work (pathunlearn.checks); its statistic here
     name = control.metric.rsplit("/", 1)[0]
     probe = [p for p in plan.probes if p.name == name]
-    if not probe:
-        raise ConfigError(f"controls.matched_start.metric: no probe named {name!r} in this run "
-                          f"({', '.join(p.name for p in plan.probes)})")
     device = resolve_device(cfg.training.device)
 
     def measure(model, tokenizer) -> float:
