@@ -598,11 +598,11 @@ def rewrite(opts: RewriteOptions, *, log: Callable[[str], None] = print,
     require_llm_extra()
     items = build_items(opts)
     cache = read_cache(opts.cache_path)
-    check_writable(opts.output, "output")
-    check_writable(opts.cache_path, "--cache")
     key = api_key(opts)
     endpoint = Endpoint(opts, key)
     probe(endpoint)
+    check_writable(opts.output, "output")
+    check_writable(opts.cache_path, "--cache")
     if key is None:
         log(f"no API key: ${opts.api_key_env} is unset (fine for a local server)")
     todo = [it for it in _unique(items) if not _settled(cache.get(it.key), opts)]
@@ -728,9 +728,10 @@ def write_outputs(opts: RewriteOptions, items: list[Item], cache: dict[str, dict
 
 
 def _reason_kind(reason: str) -> str:
-    """A reason without its particulars (for counting): 'wrong final answer 7 (gold 8)' ->
-    'wrong final answer'."""
-    return reason.split(" (")[0].split(": ")[0].rstrip("0123456789.- ") or reason
+    """A reason without its particulars, for counting: 'wrong final answer 7 (gold 8)' ->
+    'wrong final answer', 'HTTP 400: ...' -> 'HTTP 400'."""
+    kind = reason.split(" (")[0].split(": ")[0]
+    return "wrong final answer" if kind.startswith("wrong final answer") else kind
 
 
 def output_record(opts: RewriteOptions, item: Item, text: str) -> dict:
