@@ -256,3 +256,36 @@ def test_token_logprobs_only_at_targets_equal_the_full_softmax():
     assert torch.equal(g1, g2)
     none = torch.full((1, 4), -100)
     assert token_logprobs(torch.randn(1, 4, 50), none)[0].abs().sum() == 0
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_vocab_chunks_give_the_same_losses_and_gradients(chunk):
+    """Issue 16: the chunked, checkpointed softmax over the vocabulary (``vocab_chunks``, for
+    128k vocabularies) changes neither the NLL, the token log-probabilities nor the gradients
+    (float rounding apart)."""
+    from pathunlearn.losses import nll_sum, token_logprobs, vocab_chunks
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 50, generator=g)
+    labels = torch.randint(0, 50, (3, 7), generator=g)
+    labels[0, :3] = IGNORE_INDEX
+    labels[2, 5:] = IGNORE_INDEX
+
+    def losses(chunked: bool):
+        x = logits.clone().requires_grad_(True)
+        with vocab_chunks(chunk if chunked else None):
+            nll = nll_sum(x, labels)
+            logp, mask = token_logprobs(x, labels)
+            (nll + 0.5 * logp.sum()).backward()
+        return nll.detach(), logp.detach(), mask, x.grad
+
+    nll, logp, mask, grad = losses(False)
+    c_nll, c_logp, c_mask, c_grad = losses(True)
+    assert torch.equal(mask, c_mask)
+    assert torch.allclose(c_nll, nll, rtol=1e-6, atol=0)
+    assert torch.allclose(c_logp, logp, atol=1e-6, rtol=0)
+    assert torch.allclose(c_grad, grad, atol=1e-7, rtol=0)
+    with vocab_chunks(chunk):  # without gradients nothing is checkpointed: same values
+        with torch.no_grad():
+            assert torch.allclose(nll_sum(logits, labels), nll, rtol=1e-6, atol=0)
+    assert torch.equal(nll_sum(logits, labels), nll)  # off again after the block

@@ -19,10 +19,48 @@ micro-batch losses add up to the effective batch's loss, as their gradients do.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from pathunlearn.data.chat import IGNORE_INDEX
+
+_CHUNK: ContextVar[int | None] = ContextVar("pathunlearn_vocab_chunk", default=None)
+
+
+@contextlib.contextmanager
+def vocab_chunks(rows: int | None) -> Iterator[None]:
+    """Inside the block, the softmax over the vocabulary of :func:`token_logprobs` and
+    :func:`nll_sum` runs ``rows`` target positions at a time, each chunk recomputed in the
+    backward pass (activation checkpointing) rather than kept: the fp32 (N, V) copies of the
+    logits and of their log-softmax never exist whole, which for a 128k vocabulary is most of
+    a step's memory. Same values and gradients up to float rounding (tested); None or 0: off
+    (``training.vocab_chunk``)."""
+    token = _CHUNK.set(rows or None)
+    try:
+        yield
+    finally:
+        _CHUNK.reset(token)
+
+
+def _pick(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(rows)[target] per row, in fp32: rows (N, V), targets (N,) -> (N,)."""
+    return torch.log_softmax(rows.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def target_logprobs(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """:func:`_pick`, chunked and checkpointed inside :func:`vocab_chunks` when gradients
+    are recorded."""
+    chunk = _CHUNK.get()
+    if chunk is None or rows.size(0) <= chunk or not torch.is_grad_enabled():
+        return _pick(rows, targets)
+    return torch.cat([checkpoint(_pick, rows[i : i + chunk], targets[i : i + chunk],
+                                 use_reentrant=False)
+                      for i in range(0, rows.size(0), chunk)])
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,9 +74,12 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     if bool(mask.any()):
         # the softmax over the vocabulary only at target positions (a fp32 copy of (N, V)
         # rather than (B, T-1, V)); the same values and gradients, bit for bit
-        rows = logits[:, :-1][mask].float()  # (N, V)
-        logp = torch.log_softmax(rows, dim=-1).gather(-1, targets[mask].unsqueeze(-1))
-        picked = picked.masked_scatter(mask, logp.squeeze(-1))
+        rows = logits[:, :-1][mask]  # (N, V)
+        if _CHUNK.get() is None:  # as it always was, bit for bit
+            logp = torch.log_softmax(rows.float(), dim=-1).gather(-1, targets[mask][:, None])
+            picked = picked.masked_scatter(mask, logp.squeeze(-1))
+        else:
+            picked = picked.masked_scatter(mask, target_logprobs(rows, targets[mask]))
     return picked, mask
 
 
@@ -57,6 +98,9 @@ def nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Divide by the number of target tokens of the whole *effective* batch, not of this
     micro-batch, so accumulated gradients equal those of one big batch.
     """
+    if _CHUNK.get() is not None:  # the target positions only, a chunk at a time
+        logp, mask = token_logprobs(logits, labels)
+        return -logp.sum()
     targets = labels[:, 1:].reshape(-1)
     return F.cross_entropy(
         logits[:, :-1].float().reshape(-1, logits.size(-1)), targets,
