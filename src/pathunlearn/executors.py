@@ -1,0 +1,309 @@
+"""Where the work of a plan runs: in this process, one unit after another (``executor.kind:
+local``, the default), or as Ray tasks on a cluster (``ray``; docs/ray.md).
+
+The units of a plan (:mod:`pathunlearn.plan`) and what each waits for:
+
+- train prefix P (:func:`~pathunlearn.train.paths.train_prefix`): P's parent prefix;
+- train matched-start model M (:func:`~pathunlearn.train.paths.train_matched_model`): its
+  parent prefix and the other paths' path models, whose level it matches;
+- run cell C (:func:`~pathunlearn.train.unlearn.unlearn_cell`): its path model (a prefix or a
+  matched-start model) and its retrain model.
+
+The local executor is :func:`~pathunlearn.train.paths.train_paths` then
+:func:`~pathunlearn.train.unlearn.unlearn_all`, as before executors existed. The Ray executor
+submits every unit not done yet as a task whose arguments are the tasks of the units it waits
+for (Ray starts it once they finished), with the CPUs, GPUs and retries of ``executor``. Each
+unit writes its directory the way the local executor does (a temporary directory renamed
+into place with a DONE marker), so a task that is killed and retried never leaves a
+half-written prefix or cell, and a task whose directory is already DONE returns at once.
+Only this process (the driver) holds the run directory (:func:`pathunlearn.rundir.
+hold_run_dir`), logs, calls the tracking hooks, and removes what killed tasks left.
+
+Every worker must reach the run directory, the driver's working directory (relative paths in
+the config mean the same on every node) and the base model: a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pathunlearn.config import ExperimentConfig
+from pathunlearn.errors import UserError
+from pathunlearn.extras import require
+from pathunlearn.files import is_done
+from pathunlearn.plan import Cell, Matched, Plan, Prefix
+from pathunlearn.rundir import PLAN, SUMMARY, cell_done, remove_partial_writes
+from pathunlearn.train.paths import (
+    matched_line,
+    prefix_line,
+    train_matched_model,
+    train_paths,
+    train_prefix,
+)
+from pathunlearn.train.pretrain import ensure_base
+from pathunlearn.train.unlearn import Shared, cell_line, unlearn_all, unlearn_cell
+
+Unit = Prefix | Matched | Cell
+"""One unit of work: a prefix or matched-start model to train, a cell to run."""
+OnDone = Callable[[Unit, dict], None]
+"""Called in the driver after each unit finished, with the summary it wrote."""
+ENV_PREFIXES = ("PATHUNLEARN_", "HF_", "TRANSFORMERS_")
+"""Environment variables of the driver that every task sees too (the tiny preset's cache,
+Hugging Face's offline switches ...)."""
+
+
+def import_ray():
+    """The ``ray`` module, or one line saying how to install it."""
+    return require("ray", "executor.kind", "ray")
+
+
+# ---------------------------------------------------------------------------- the session
+
+
+@contextlib.contextmanager
+def connect(cfg: ExperimentConfig, log=print) -> Iterator[None]:
+    """While the body runs, be connected to the executor: nothing for ``local``; for ``ray``
+    the cluster at ``executor.address`` (or a Ray instance started on this machine), unless
+    this process is connected to one already (then that one is used and left connected). A
+    cluster that cannot be joined is one line (a UserError); a missing ``ray`` and an
+    address where nothing answers are found by the checks, before anything is written."""
+    if cfg.executor.kind != "ray":
+        yield
+        return
+    ray = import_ray()
+    if ray.is_initialized():
+        log("ray: using the Ray instance this process is connected to")
+        yield
+        return
+    address = cfg.executor.address
+    try:
+        ray.init(address=address, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise UserError(f"executor.address: cannot connect to {where}: "
+                        f"{' '.join(str(e).split())[:300]}") from None
+    try:
+        resources = ray.cluster_resources()
+        log(f"ray: {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, "
+            f"{resources.get('GPU', 0):g} GPUs")
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _no_phase(name: str) -> Iterator[None]:
+    yield
+
+
+def execute(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool = True,
+            progress: bool = False, log=print, phase=_no_phase,
+            on_prefix: OnDone | None = None, on_cell: OnDone | None = None) -> None:
+    """Train every prefix (and matched-start model) of ``plan`` not trained yet and, with
+    ``cells``, run every cell not finished, on the config's executor (for Ray, connected
+    by :func:`connect` for the time of the work).
+    ``phase(name)`` is a context manager timing each phase (local: ``train`` then
+    ``unlearn``; Ray: ``train + unlearn (ray)``: cells start while other prefixes train);
+    ``on_prefix`` / ``on_cell`` are called in this process after each unit."""
+    if cfg.executor.kind == "local":
+        with phase("train"):
+            train_paths(cfg, plan, run_dir=run_dir, progress=progress, log=log,
+                        on_done=on_prefix)
+        if cells:
+            with phase("unlearn"):
+                unlearn_all(cfg, plan, run_dir=run_dir, log=log, on_done=on_cell)
+        return
+    with phase("train + unlearn (ray)"), connect(cfg, log=log):
+        run_on_ray(cfg, plan, Path(run_dir), cells=cells, progress=progress, log=log,
+                   on_prefix=on_prefix, on_cell=on_cell)
+
+
+def cell_summaries(plan: Plan, run_dir: Path) -> list[dict]:
+    """The summary.json of every cell of the plan (all finished)."""
+    return [json.loads((c.directory(run_dir) / SUMMARY).read_text()) for c in plan.cells]
+
+
+# ---------------------------------------------------------------------------- ray
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What every task needs besides its unit: put in Ray's object store once."""
+
+    cfg: ExperimentConfig
+    plan: Plan
+    run_dir: str
+    """Absolute: a worker's working directory is set to ``cwd``, but be explicit."""
+    cwd: str
+    """The driver's working directory: relative paths of the config resolve against it."""
+    env: dict[str, str]
+    threads: int
+
+
+def run_on_ray(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool = True,
+               progress: bool = False, log=print, on_prefix: OnDone | None = None,
+               on_cell: OnDone | None = None) -> None:
+    """Submit every unit not done yet as a Ray task that waits for the tasks of the units it
+    starts from; log and call the hooks as they finish; raise once all ended if any failed
+    (what finished is kept: rerun to resume)."""
+    ray = import_ray()
+    run_dir = run_dir.resolve()
+    units = todo(cfg, plan, run_dir, cells=cells)
+    n_cells = sum(isinstance(u, Cell) for u in units)
+    log(f"ray: {len(units) - n_cells} stage-training task(s) and {n_cells} cell task(s) to run "
+        f"({len(plan.prefixes) + len(plan.matched)} models and "
+        f"{len(plan.cells) if cells else 0} cells planned)")
+    if not units:
+        return
+    if n_cells < len(units):
+        ensure_base(cfg.model, progress=progress, log=log)  # in the driver, once
+    ex = cfg.executor
+    task = ray.remote(run_unit).options(
+        num_cpus=ex.num_cpus, num_gpus=ex.num_gpus, max_retries=ex.max_retries,
+        retry_exceptions=ex.retry_exceptions)
+    context = ray.put(TaskContext(
+        cfg, plan, str(run_dir), os.getcwd(),
+        {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)},
+        max(1, int(ex.num_cpus))))
+    made: dict[str, object] = {}  # key of a model -> the task that trains it
+    pending: dict[object, tuple[Unit, list[str]]] = {}
+    for unit in units:
+        deps = [k for k in dependencies(unit) if k in made]
+        ref = task.remote(context, unit, *(made[k] for k in deps))
+        if not isinstance(unit, Cell):
+            made[unit.key] = ref
+        pending[ref] = (unit, deps)
+    failed = _wait_all(ray, pending, cfg, log, on_prefix, on_cell)
+    # every task ended (an interrupted driver leaves this to the next run's hold_run_dir: its
+    # tasks may still be running until Ray ends them)
+    removed = remove_partial_writes(run_dir)
+    if removed:
+        log(f"ray: removed {removed} partial write(s) of killed tasks")
+    if failed:
+        _raise_failure(failed)
+
+
+def todo(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool = True
+         ) -> list[Unit]:
+    """The units not done yet, each after the units it waits for."""
+    units: list[Unit] = [p for p in plan.prefixes if not is_done(p.directory(run_dir))]
+    if cfg.controls.matched_start is not None:
+        units += [m for m in plan.matched if not is_done(m.directory(run_dir))]
+    if cells:
+        units += [c for c in plan.cells if not cell_done(c.directory(run_dir), c.key)]
+    return units
+
+
+def dependencies(unit: Unit) -> list[str]:
+    """The keys of the models ``unit`` starts from."""
+    if isinstance(unit, Cell):
+        return [k for k in (unit.model_key, unit.retrain_key) if k is not None]
+    if isinstance(unit, Matched):
+        return [k for k in (unit.parent_key, *unit.others) if k is not None]
+    return [unit.parent_key] if unit.parent_key is not None else []
+
+
+def _wait_all(ray, pending: dict, cfg: ExperimentConfig, log, on_prefix: OnDone | None,
+              on_cell: OnDone | None) -> list[tuple[Unit, Exception]]:
+    """Collect the tasks as they finish; returns the failures (their dependents, which Ray
+    does not start, are not counted twice)."""
+    total, finished = len(pending), 0
+    failed: list[tuple[Unit, Exception]] = []
+    failed_keys: set[str] = set()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        unit, deps = pending.pop(ready[0])
+        try:
+            summary = ray.get(ready[0])
+        except ray.exceptions.RayError as e:
+            key = getattr(unit, "key", "")
+            failed_keys.add(key)
+            upstream = [k for k in deps if k in failed_keys]
+            if upstream:
+                log(f"ray: skipped {label(unit)}: a model it starts from failed")
+            else:
+                failed.append((unit, e))
+                log(f"ray: FAILED {label(unit)}: {_first_line(e)}")
+            continue
+        finished += 1
+        log(f"[{finished}/{total}] {line(cfg, unit, summary)}")
+        hook = on_cell if isinstance(unit, Cell) else on_prefix
+        if hook is not None:
+            hook(unit, summary)
+    return failed
+
+
+def label(unit: Unit) -> str:
+    if isinstance(unit, Cell):
+        return str(unit.directory(""))  # cells/<path>/<method>/<seed>...
+    if isinstance(unit, Matched):
+        return f"matched-start model seed {unit.seed}: {' > '.join(unit.path)}"
+    return f"prefix seed {unit.seed}: {unit.label}"
+
+
+def line(cfg: ExperimentConfig, unit: Unit, summary: dict) -> str:
+    """The log line of a finished unit, as the local executor writes it."""
+    if isinstance(unit, Cell):
+        return cell_line(unit, summary)
+    if isinstance(unit, Matched):
+        return f"matched start, {matched_line(cfg, unit, summary)}"
+    return prefix_line(unit, summary)
+
+
+def _first_line(e: BaseException) -> str:
+    cause = getattr(e, "cause", None) or e
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"
+
+
+def _raise_failure(failed: list[tuple[Unit, Exception]]) -> None:
+    """A UserError when the first failure is one (a problem with the inputs that the checks
+    could not see before the work, e.g. a node without the run directory); else an error that
+    keeps the remote traceback (a bug, or a worker that died more often than max_retries)."""
+    unit, error = failed[0]
+    cause = getattr(error, "cause", None)
+    more = f" (and {len(failed) - 1} more task(s))" if len(failed) > 1 else ""
+    if isinstance(cause, UserError):
+        raise type(cause)(f"{label(unit)}: {cause}{more}") from None
+    raise RuntimeError(f"{len(failed)} Ray task(s) failed, first {label(unit)}{more}; what "
+                       "finished is kept, rerun to resume") from error
+
+
+# ---------------------------------------------------------------------------- in a worker
+
+
+def run_unit(context: TaskContext, unit: Unit, *_models_it_starts_from) -> dict:
+    """The body of a Ray task: make ``unit``'s directory unless it is DONE; returns its
+    summary. Runs in the driver's working directory with its PATHUNLEARN_* variables."""
+    import torch
+
+    host = socket.gethostname()
+    if not Path(context.cwd).is_dir():
+        raise UserError(f"node {host} has no directory {context.cwd} (the driver's working "
+                        "directory): run from a directory every Ray node mounts")
+    os.chdir(context.cwd)
+    os.environ.update(context.env)
+    torch.set_num_threads(context.threads)
+    run_dir = Path(context.run_dir)
+    if not (run_dir / PLAN).is_file():
+        raise UserError(f"node {host} does not see the run directory {run_dir} (no {PLAN}): "
+                        "put output_dir on a filesystem every Ray node mounts")
+    cfg, plan = context.cfg, context.plan
+    directory = unit.directory(run_dir)
+    if isinstance(unit, Cell):
+        if cell_done(directory, unit.key):  # a retry of a task that finished its writes
+            return json.loads((directory / SUMMARY).read_text())
+        # per task: the retrain reference and math accuracy before are recomputed per cell
+        # (deterministic, so the numbers equal the local executor's)
+        return unlearn_cell(cfg, unit, run_dir, Shared(list(plan.probes)))
+    if is_done(directory):
+        return json.loads((directory / "prefix.json").read_text())
+    if isinstance(unit, Matched):
+        return train_matched_model(cfg, plan, unit, run_dir)
+    return train_prefix(cfg, unit, run_dir)
