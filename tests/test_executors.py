@@ -92,7 +92,7 @@ def test_ray_run_equals_the_local_run_even_when_a_worker_is_killed(workspace, re
     directory, config = workspace
     (directory / "ARMED").touch()  # the first cell's worker dies at its first step
     started = time.monotonic()
-    result = cli("run", config, "--executor", "ray")
+    result = cli("run", config, "--executor", "ray", "tracking.tensorboard={}")
     print(f"ray run: {time.monotonic() - started:.1f} s")
     assert result.code == 0, result.err + result.out
     assert (directory / "FIRED").is_file() and not (directory / "ARMED").exists()
@@ -107,6 +107,11 @@ def test_ray_run_equals_the_local_run_even_when_a_worker_is_killed(workspace, re
     leftovers = [p for top in ("prefixes", "cells") for p in (run_dir / top).rglob(".*")]
     assert leftovers == [] and "ray: removed 1 partial write(s) of killed tasks" in result.out
     assert "train + unlearn (ray)" in json.loads((run_dir / "phases.json").read_text())
+    # tracking from the driver as tasks finish: every prefix and cell, then the table
+    logged = json.loads((run_dir / "tracking.json").read_text())["tensorboard"]["logged"]
+    plan = plan_run(load_config(config), check=False)
+    assert set(logged) - {k for k in logged if k.startswith("table:")} == {
+        u.key for u in (*plan.prefixes, *plan.cells)}
     # a rerun on Ray submits nothing
     again = cli("run", config, "--executor", "ray")
     assert again.code == 0 and "0 stage-training task(s) and 0 cell task(s)" in again.out
