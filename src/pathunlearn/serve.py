@@ -14,8 +14,14 @@ an answer depends on the request alone, not on what it was batched with (up to t
 floating-point differences of padded batches; ``max_batch=1`` removes those). Nothing runs
 two forward passes on the model at once, so concurrent requests never corrupt one another.
 
-A streamed response is sent token by token once its completion is generated (the sampler has
-no per-step hook), so its time to first token is that of the whole completion.
+A streamed response (``stream: true``) is sent as the tokens are sampled: the worker decodes
+with :func:`~pathunlearn.eval.generate.generate_rows`, whose per-token hook turns each row's
+new token into a text delta and hands it to the request's event loop. A delta is what the
+decoded-so-far text gained, less what may still change: an incomplete UTF-8 character at the
+end (decoded as "\ufffd", sent once its last byte comes) and an end that could begin a stop
+string (sent once it cannot). So the deltas join to exactly the non-streamed text, and no text
+past a stop string is ever sent. A row ends at its stop token, its ``max_tokens``, its first
+stop string, or when its client disconnects; the batch ends when all its rows have.
 
 A bad request is a 4xx with OpenAI's error shape ``{"error": {"message", "type", "param",
 "code"}}``: 404 for an unknown model, 400 for malformed JSON or messages, a max_tokens out of
@@ -33,6 +39,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,14 +188,76 @@ class Choice:
     finish_reason: str
 
 
+class RowText:
+    """The text of one generated row as its tokens come, in the worker thread: the decoded
+    text cut at the first stop string, and the delta of each token safe to send at once.
+
+    ``live`` False (not streamed, no stop strings) decodes once, when the row ends. The text
+    is decoded whole at every token (special tokens skipped, as ``generate()`` does), so
+    merged and multi-byte tokens come out as the final text has them."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...], max_tokens: int, live: bool):
+        self.tokenizer, self.stop, self.max_tokens, self.live = tokenizer, stop, max_tokens, live
+        self.tokens: list[int] = []
+        self.text = ""
+        self.sent = ""
+        self.finish: str | None = None
+
+    def add(self, token: int | None) -> str:
+        """Take the row's next token (None: its stop token came); the new text to send."""
+        if token is None:
+            self.finish = "stop"
+        else:
+            self.tokens.append(token)
+            if len(self.tokens) >= self.max_tokens:
+                self.finish = "length"
+        if not self.live and self.finish is None:
+            return ""
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        cuts = [text.find(s) for s in self.stop if s in text]
+        if cuts:
+            text, self.finish = text[: min(cuts)], "stop"
+        self.text = text
+        safe = text if self.finish else _settled(text, self.stop)
+        if len(safe) <= len(self.sent) or not safe.startswith(self.sent):
+            return ""  # nothing new (or the decoder rewrote earlier text: wait for more)
+        delta, self.sent = safe[len(self.sent):], safe
+        return delta
+
+
+def _settled(text: str, stop: tuple[str, ...]) -> str:
+    """``text`` less its end that more tokens may still change: trailing "\ufffd" (bytes of
+    a character still incomplete) and the longest end that is the start of a stop string."""
+    text = text.rstrip("\ufffd")
+    held = 0
+    for s in stop:
+        held = max([held] + [k for k in range(1, len(s)) if text.endswith(s[:k])])
+    return text[: len(text) - held]
+
+
 @dataclass
 class Job:
-    """A validated request waiting for the worker; ``future`` gets its list of Choices."""
+    """A validated request waiting for the worker; ``future`` gets its list of Choices.
+
+    A streamed job also has ``on_event``, called from the worker thread with ``("delta",
+    index, text)``, ``("finish", index, reason)``, then ``("done", choices)`` or ``("error",
+    exception)``; setting ``cancelled`` (its client left) ends its rows at their next token.
+    """
 
     prompt: list[int]
     request: ChatRequest
     max_tokens: int
     future: Future = field(default_factory=Future)
+    on_event: Callable[[tuple], None] | None = None
+    cancelled: bool = False
+
+    def emit(self, *event) -> None:
+        if self.on_event is None or self.cancelled:
+            return
+        try:
+            self.on_event(event)
+        except RuntimeError:  # the server's event loop is closed: nobody listens any more
+            self.cancelled = True
 
     @property
     def rows(self) -> int:
@@ -216,8 +285,10 @@ class Engine:
         self.thread = threading.Thread(target=self._loop, name="pathunlearn-serve", daemon=True)
         self.thread.start()
 
-    def submit(self, request: ChatRequest, default_max_tokens: int) -> Job:
-        """Encode the prompt with the chat template, check it fits the context, queue it."""
+    def submit(self, request: ChatRequest, default_max_tokens: int,
+               on_event: Callable[[tuple], None] | None = None) -> Job:
+        """Encode the prompt with the chat template, check it fits the context, queue it
+        (``on_event``: see :class:`Job`)."""
         from pathunlearn.data.chat import encode_prompt
 
         prompt = encode_prompt(self.tokenizer, request.messages)
@@ -227,7 +298,7 @@ class Engine:
             raise RequestError(f"the prompt has {len(prompt)} tokens and max_tokens is "
                                f"{max_tokens}: together more than the model's context of "
                                f"{self.context} tokens", "max_tokens")
-        job = Job(prompt, request, max_tokens)
+        job = Job(prompt, request, max_tokens, on_event=on_event)
         self.jobs.put(job)
         return job
 
@@ -257,42 +328,47 @@ class Engine:
                 return
 
     def _run(self, batch: list[Job]) -> None:
-        """Decode a batch; every job's future gets its choices (or the exception)."""
-        import torch
+        """Decode a batch: streamed jobs get their events as tokens come, and every job's
+        future its choices (or the exception)."""
+        from pathunlearn.eval.generate import generate_rows, sample_generator
 
-        from pathunlearn.eval.generate import _generate_batch, sample_generator
-
-        rows, generators, owners = [], [], []
-        for k, job in enumerate(batch):
+        rows, generators, owners = [], [], []  # owners[i]: (job, its choices, RowText) of row i
+        for job in batch:
+            r = job.request
             for j in range(job.rows):
                 rows.append(job.prompt)
-                generators.append(None if job.request.greedy
-                                  else sample_generator(job.request.seed, 0, j))
-                owners.append(k)
+                generators.append(None if r.greedy else sample_generator(r.seed, 0, j))
+                owners.append((job, range(r.n) if r.greedy else [j],
+                               RowText(self.tokenizer, r.stop, job.max_tokens,
+                                       live=r.stream or bool(r.stop))))
+
+        def on_token(i: int, token: int | None) -> bool:
+            job, indices, text = owners[i]
+            delta = text.add(token)
+            for index in indices:
+                if delta:
+                    job.emit("delta", index, delta)
+                if text.finish:
+                    job.emit("finish", index, text.finish)
+            return text.finish is not None or job.cancelled  # true: this row ends here
+
         first = batch[0].request
         try:
-            with torch.no_grad():
-                new = _generate_batch(self.model, rows, generators, stop_ids=self.stop_ids,
-                                      pad_id=self.pad_id,
-                                      max_new_tokens=max(j.max_tokens for j in batch),
-                                      temperature=first.temperature or 1.0, top_p=first.top_p)
+            generate_rows(self.model, rows, generators, stop_ids=self.stop_ids,
+                          pad_id=self.pad_id, max_new_tokens=max(j.max_tokens for j in batch),
+                          temperature=first.temperature or 1.0, top_p=first.top_p,
+                          on_token=on_token)
         except Exception as e:  # a bug or out of memory: every waiting request gets a 500
             for job in batch:
                 job.future.set_exception(e)
+                job.emit("error", e)
             return
-        for k, job in enumerate(batch):
-            choices = [self._choice(t, job) for t, o in zip(new, owners, strict=True) if o == k]
-            job.future.set_result(choices * job.request.n if job.request.greedy else choices)
-
-    def _choice(self, tokens: list[int], job: Job) -> Choice:
-        """A row cut to its own max_tokens (a batch decodes to the longest) and stop strings."""
-        reason = "length" if len(tokens) >= job.max_tokens else "stop"
-        tokens = tokens[: job.max_tokens]
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        cuts = [text.find(s) for s in job.request.stop if s in text]
-        if cuts:
-            text, reason = text[: min(cuts)], "stop"
-        return Choice(tokens, text, reason)
+        for job in batch:
+            choices = [Choice(t.tokens, t.text, t.finish or "length")
+                       for owner, _, t in owners if owner is job]
+            choices = choices * job.request.n if job.request.greedy else choices
+            job.future.set_result(choices)
+            job.emit("done", choices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +379,7 @@ def create_app(engine: Engine, model_name: str, *, max_tokens_limit: int = 1024,
                default_max_tokens: int = 256):
     """The FastAPI application serving ``engine`` as model ``model_name``."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse
 
     app = FastAPI(title="pathunlearn serve", docs_url=None, redoc_url=None)
     created = int(time.time())
@@ -334,20 +410,43 @@ def create_app(engine: Engine, model_name: str, *, max_tokens_limit: int = 1024,
         except (ValueError, UnicodeDecodeError):
             raise RequestError("the request body is not valid JSON") from None
         parsed = parse_request(body, model_name, max_tokens_limit)
+        if parsed.stream:
+            return await _stream(engine, parsed, default_max_tokens, model_name)
         job = engine.submit(parsed, default_max_tokens)
         try:
             choices = await asyncio.wrap_future(job.future)
         except Exception as e:
-            return JSONResponse({"error": {"message": f"generation failed: {e}",
-                                           "type": "server_error", "param": None,
-                                           "code": None}}, status_code=500)
-        reply = _Reply(model_name, len(job.prompt), choices)
-        if parsed.stream:
-            return StreamingResponse(reply.chunks(engine.tokenizer, parsed.include_usage),
-                                     media_type="text/event-stream")
-        return reply.completion()
+            return JSONResponse(_server_error(e), status_code=500)
+        return _Reply(model_name, len(job.prompt)).completion(choices)
 
     return app
+
+
+async def _stream(engine: Engine, request: ChatRequest, default_max_tokens: int,
+                  model_name: str):
+    """A streamed request: its job pushes events onto an asyncio queue from the worker thread;
+    the response starts with the first of them, so a failure before any token is still a
+    500."""
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    job = engine.submit(request, default_max_tokens,
+                        on_event=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+    try:
+        first = await events.get()
+    except BaseException:  # cancelled while queued: the worker skips the job's rows
+        job.cancelled = True
+        raise
+    if first[0] == "error":
+        return JSONResponse(_server_error(first[1]), status_code=500)
+    reply = _Reply(model_name, len(job.prompt))
+    return StreamingResponse(reply.chunks(job, first, events), media_type="text/event-stream")
+
+
+def _server_error(e: Exception) -> dict:
+    return {"error": {"message": f"generation failed: {e}", "type": "server_error",
+                      "param": None, "code": None}}
 
 
 def _model_card(name: str, created: int) -> dict:
@@ -356,60 +455,58 @@ def _model_card(name: str, created: int) -> dict:
 
 @dataclass
 class _Reply:
-    """The finished choices of one request, as a completion or as stream chunks."""
+    """One request's answer, as a completion or as stream chunks."""
 
     model: str
     prompt_tokens: int
-    choices: list[Choice]
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def usage(self) -> dict:
-        completion = sum(len(c.tokens) for c in self.choices)
+    def usage(self, choices: list[Choice]) -> dict:
+        completion = sum(len(c.tokens) for c in choices)
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
                 "total_tokens": self.prompt_tokens + completion}
 
     def _head(self, kind: str) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def completion(self) -> dict:
-        choices = [{"index": i, "message": {"role": "assistant", "content": c.text},
-                    "finish_reason": c.finish_reason, "logprobs": None}
-                   for i, c in enumerate(self.choices)]
-        return {**self._head("chat.completion"), "choices": choices, "usage": self.usage()}
+    def completion(self, choices: list[Choice]) -> dict:
+        body = [{"index": i, "message": {"role": "assistant", "content": c.text},
+                 "finish_reason": c.finish_reason, "logprobs": None}
+                for i, c in enumerate(choices)]
+        return {**self._head("chat.completion"), "choices": body, "usage": self.usage(choices)}
+
+    def _event(self, **fields) -> str:
+        return f"data: {json.dumps({**self._head('chat.completion.chunk'), **fields})}\n\n"
 
     def _chunk(self, index: int, delta: dict, finish: str | None = None) -> str:
-        chunk = {**self._head("chat.completion.chunk"),
-                 "choices": [{"index": index, "delta": delta, "finish_reason": finish,
-                              "logprobs": None}]}
-        return f"data: {json.dumps(chunk)}\n\n"
+        return self._event(choices=[{"index": index, "delta": delta, "finish_reason": finish,
+                                     "logprobs": None}])
 
-    async def chunks(self, tokenizer, include_usage: bool):
-        """Server-sent events: per choice a role chunk, one chunk per token of text, a final
-        chunk with the finish reason; then the usage (when asked) and ``[DONE]``."""
-        for i, c in enumerate(self.choices):
-            yield self._chunk(i, {"role": "assistant", "content": ""})
-            for piece in _text_pieces(tokenizer, c):
-                yield self._chunk(i, {"content": piece})
-            yield self._chunk(i, {}, c.finish_reason)
-        if include_usage:
-            yield f"data: {json.dumps({**self._head('chat.completion.chunk'), 'choices': [], 'usage': self.usage()})}\n\n"
-        yield "data: [DONE]\n\n"
-
-
-def _text_pieces(tokenizer, choice: Choice) -> list[str]:
-    """The choice's text split at token boundaries; the pieces join to exactly ``text``."""
-    pieces, before = [], ""
-    for k in range(1, len(choice.tokens) + 1):
-        now = tokenizer.decode(choice.tokens[:k], skip_special_tokens=True)
-        now = now[: len(choice.text)] if len(now) > len(choice.text) else now
-        if now.startswith(before) and len(now) > len(before):
-            pieces.append(now[len(before):])
-            before = now
-    if before != choice.text:  # decoding is not prefix-stable (rare): send the rest at once
-        pieces = [choice.text] if not before or not choice.text.startswith(before) else [
-            *pieces, choice.text[len(before):]]
-    return pieces
+    async def chunks(self, job: Job, first: tuple, events: asyncio.Queue):
+        """Server-sent events: a role chunk per choice, then a chunk per text delta and one
+        with each choice's finish reason as the worker produces them; then the usage (when
+        asked) and ``[DONE]``. A failure after the first token ends the stream with an error
+        event. However the stream ends (a client that disconnects cancels it), the job is
+        cancelled, so the worker stops decoding rows nobody reads."""
+        try:
+            for i in range(job.request.n):
+                yield self._chunk(i, {"role": "assistant", "content": ""})
+            event = first
+            while event[0] != "done":
+                if event[0] == "delta":
+                    yield self._chunk(event[1], {"content": event[2]})
+                elif event[0] == "finish":
+                    yield self._chunk(event[1], {}, event[2])
+                else:  # an error: the 200 is sent already, so say it in the stream
+                    yield f"data: {json.dumps(_server_error(event[1]))}\n\n"
+                    return
+                event = await events.get()
+            if job.request.include_usage:
+                yield self._event(choices=[], usage=self.usage(event[1]))
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancelled = True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,12 +11,14 @@ import pytest
 
 @dataclass
 class Served:
-    """A running server: its base URL, the served name and the model/tokenizer it holds."""
+    """A running server: its base URL, the served name, the model/tokenizer it holds and
+    its engine."""
 
     url: str
     name: str
     model: object
     tokenizer: object
+    engine: object
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,8 @@ def served_tiny(one_thread):
         time.sleep(0.02)
     assert server.started, "the server did not start"
     try:
-        yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", name, model, tokenizer)
+        yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", name, model, tokenizer,
+                     engine)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
