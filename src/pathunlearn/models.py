@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from pathunlearn import distributed
 from pathunlearn.config import LoraConfig, ModelConfig
 from pathunlearn.data.chat import ensure_chat_template
 from pathunlearn.errors import ConfigError
@@ -29,6 +30,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     a CUDA device, ``cuda:3`` on a 2-GPU machine, ``mps`` off a Mac) or a name torch does not
     know is a ConfigError."""
     if name == "auto":
+        if torch.cuda.is_available() and distributed.active():
+            return distributed.device()  # one GPU per process under torchrun: cuda:LOCAL_RANK
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
@@ -251,14 +254,35 @@ def write_checkpoint(model: torch.nn.Module, tokenizer, directory: str | Path) -
 
     A LoRA model is written as its adapter (``adapter/``) plus the merged weights at the top
     level, and the merged base model is returned (the LoRA wrapper is consumed).
+
+    Under torchrun rank 0 alone writes; a model sharded by FSDP2 is gathered first (every
+    rank takes part) and written as one ordinary checkpoint.
     """
     directory = Path(directory)
+    if distributed.is_sharded(model):
+        state = distributed.full_state_dict(model)  # on rank 0's CPU
+        if distributed.is_main():
+            _save(lambda: (model.save_pretrained(directory, state_dict=state),
+                           tokenizer.save_pretrained(directory)), directory)
+        return model
+    if not distributed.is_main():
+        return model.merge_and_unload() if is_peft(model) else model
+    return _save(lambda: _write(model, tokenizer, directory), directory)
+
+
+def _write(model: torch.nn.Module, tokenizer, directory: Path) -> torch.nn.Module:
+    if is_peft(model):
+        model.save_pretrained(directory / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model
+
+
+def _save(write, directory: Path):
+    """``write()``, a failed write of safetensors ("... (os error 28)") as an OSError."""
     try:
-        if is_peft(model):
-            model.save_pretrained(directory / "adapter")
-            model = model.merge_and_unload()
-        model.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
+        return write()
     except OSError:
         raise
     except Exception as e:  # safetensors reports a failed write as "... (os error 28)"
@@ -267,7 +291,6 @@ def write_checkpoint(model: torch.nn.Module, tokenizer, directory: str | Path) -
             raise
         code = int(found.group(1))
         raise OSError(code, os.strerror(code), str(directory)) from e
-    return model
 
 
 def save_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str | Path,

@@ -68,7 +68,12 @@ def token_logprobs_of(ref: Reference) -> torch.Tensor:
 
 def kl_distance(a: Reference, b: Reference) -> float:
     """d_KL(A, B) = mean over positions of KL(B_p || A_p)."""
-    return float((b.logp.exp() * (b.logp - a.logp)).sum(-1).mean())
+    return float(kl_per_position(a, b).mean())
+
+
+def kl_per_position(a: Reference, b: Reference) -> torch.Tensor:
+    """(P,) KL(B_p || A_p) at every position (a rank's share of d_KL under torchrun)."""
+    return (b.logp.exp() * (b.logp - a.logp)).sum(-1)
 
 
 def mse_distance(logp_a: torch.Tensor, logp_b: torch.Tensor) -> float:

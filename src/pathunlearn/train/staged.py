@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from pathunlearn import distributed
 from pathunlearn.config import OptimConfig
 from pathunlearn.data.batching import collate, step_indices
-from pathunlearn.data.chat import EncodedExample
+from pathunlearn.data.chat import IGNORE_INDEX, EncodedExample
 from pathunlearn.losses import nll_sum
 from pathunlearn.train.schedules import lr_lambda
 
@@ -78,15 +79,21 @@ def train_stage(
     metrics_path: Path | None = None,
     progress: bool = False,
     stop: Callable[[int], bool] | None = None,
+    strategy: str = "ddp",
 ) -> StageResult:
     """Train the trainable parameters of ``model`` on ``examples`` for ``epochs``.
 
     ``stop(step)``, when given, is asked before the first step (``step`` 0) and after every
     optimizer step (the number of steps taken); True ends the stage there, with the schedule
     of the whole stage (the matched-start control). ``StageResult.steps`` counts the steps
-    taken."""
+    taken.
+
+    Under torchrun (:mod:`pathunlearn.distributed`) ``model`` is trained through DDP, or
+    sharded in place by FSDP2 (``strategy``); each rank makes the passes of its share of every
+    step, its loss divided by the whole step's target tokens."""
     # ---- setup: fresh optimizer and schedule for this stage
     device = next(model.parameters()).device
+    trained = distributed.wrap(model, strategy)  # before the optimizer: FSDP swaps parameters
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, optim)
     total = num_steps(len(examples), optim.batch_size, epochs)
@@ -97,22 +104,27 @@ def train_stage(
         return StageResult(0, None, None, 0, time.perf_counter() - t_start)
 
     with _progress(progress, stage, total) as advance:
-        for step, (epoch, micro_batches) in enumerate(_steps(examples, optim, epochs, seed, pad_id)):
+        for step, (epoch, n_targets, passes) in enumerate(
+                _steps(examples, optim, epochs, seed, pad_id)):
             t_step = time.perf_counter()
             lr = optim.lr * multiplier(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            # ---- forward/backward over micro-batches
-            n_targets = max(1, sum(mb.num_targets for mb in micro_batches))
+            # ---- forward/backward over micro-batches (this rank's share under torchrun)
             loss_value = 0.0
-            for mb in micro_batches:
+            for k, (mb, weight) in enumerate(passes):
                 mb = mb.to(device)
-                with autocast(device, precision):
-                    logits = model(**mb.inputs()).logits  # (B, T, V)
-                # each .backward() adds to .grad => normalise by the effective batch's tokens
-                loss = nll_sum(logits, mb.labels) / n_targets
-                loss.backward()
+                with distributed.sync(trained, last=k == len(passes) - 1):
+                    with autocast(device, precision):
+                        logits = trained(**mb.inputs()).logits  # (B, T, V)
+                    # each .backward() adds to .grad => normalise by the effective batch's
+                    # tokens (all ranks' together)
+                    loss = nll_sum(logits, mb.labels) / n_targets
+                    if weight != 1:  # a rank's padding pass: it only joins the reduction
+                        loss = loss * weight
+                    distributed.backward(loss)
                 loss_value += loss.item()
+            loss_value = distributed.all_reduce_sum(loss_value)
             # ---- optimizer step
             grad_norm = clip_gradients(params, optim.grad_clip)
             optimizer.step()
@@ -143,21 +155,30 @@ def _asked(stop: Callable[[int], bool], step: int, model: torch.nn.Module) -> bo
 
 
 def _steps(examples, optim: OptimConfig, epochs: float, seed: int, pad_id: int) -> Iterator:
-    """(epoch, micro-batches) for every optimizer step; the last epoch may be partial."""
+    """(epoch, target tokens of the whole step, this rank's passes: (micro-batch, weight))
+    for every optimizer step (:func:`pathunlearn.distributed.step_work`: the step's
+    micro-batches, weight 1, in a plain process); the last epoch may be partial."""
     total = num_steps(len(examples), optim.batch_size, epochs)
     steps = step_indices(len(examples), optim.batch_size, optim.micro_batch_size, seed,
                          [len(e.input_ids) for e in examples])
+    # a target is a label after the first position (labels are shifted by one in the loss)
+    targets = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples]
     for epoch, micro_idx in itertools.islice(steps, total):
-        yield epoch, [collate([examples[i] for i in idx], pad_id) for idx in micro_idx]
+        n_targets = max(1, sum(targets[i] for idx in micro_idx for i in idx))
+        yield epoch, n_targets, [(collate([examples[i] for i in idx], pad_id), weight)
+                                 for idx, weight in distributed.step_work(
+                                     micro_idx, optim.micro_batch_size)]
 
 
 def clip_gradients(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
     """Clip the global gradient norm to ``max_norm`` (None: no clipping); returns the norm
-    before clipping."""
+    before clipping. FSDP's sharded gradients (DTensors) give the norm of the whole gradient."""
     if max_norm is None:
         grads = [p.grad.norm() for p in params if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(())
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 @contextlib.contextmanager
