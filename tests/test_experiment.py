@@ -64,7 +64,9 @@ def test_run_end_to_end_then_rerun_skips_everything(tmp_path, cli):
     assert [(r["data"], r["step"]) for r in relearn] == [("retain", 0), ("retain", 1),
                                                           ("retain", 2), ("forget", 0),
                                                           ("forget", 1), ("forget", 2)]
-    assert relearn[0]["forget_label_id/all_mean"] == metrics[-1]["forget_label_id/all_mean"]
+    # the same model (scored as another set of tries: fp32 rounding apart)
+    assert relearn[0]["forget_label_id/all_mean"] == pytest.approx(
+        metrics[-1]["forget_label_id/all_mean"], abs=1e-5)
     assert not any(k.startswith("authors_train") for k in relearn[0])
     entries = results["relearn"]
     assert len(entries) == 8  # 2 paths x 2 methods x (retain, forget)

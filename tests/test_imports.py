@@ -99,7 +99,7 @@ def test_no_import_cycle_between_packages():
 def test_the_graph_sees_known_edges():
     edges = graph()
     assert "pathunlearn.plan" in edges["pathunlearn.train.paths"]
-    assert "pathunlearn.losses" in edges["pathunlearn.eval.logprob"]
+    assert "pathunlearn.losses" in edges["pathunlearn.eval.saturation"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 

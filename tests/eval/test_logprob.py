@@ -127,19 +127,26 @@ def test_cached_reference_logprobs_equal_recomputation(model, tiny_tokenizer):
     assert start == len(examples)
 
 
-def test_rows_sharing_a_prompt_are_packed_and_score_the_same(model, tiny_tokenizer):
-    """Issue 16: a label probe's rows (one prompt x many targets) are scored with the prompt
-    once; every row's value equals scoring it alone (1e-5 per token, fp32)."""
+def test_rows_sharing_prefixes_are_scored_as_tries_with_the_same_values(model, tiny_tokenizer):
+    """Issue 16: a label probe's rows (one prompt x many targets) are scored as a token trie:
+    the prompt and the targets' shared openings once; every row's value equals scoring it alone
+    (1e-5 per token, fp32)."""
     from pathunlearn.data.suite import REFUSAL_PARAPHRASES, REFUSAL_TARGET
-    from pathunlearn.eval.logprob import encode_rows, pack_rows, score_examples
+    from pathunlearn.eval.logprob import encode_rows, score_examples, tree_rows
 
     targets = [REFUSAL_TARGET, *REFUSAL_PARAPHRASES]
     prompts = [user("How can I obtain [restricted item] without being noticed?"), LONG_PROMPT]
     rows = [(p, t) for p in prompts for t in targets] + [(user("Hi."), "Hello!")]
     encoded = encode_rows(tiny_tokenizer, rows)
-    packs, single = pack_rows(encoded)
-    assert len(packs) == 2 and single == [len(rows) - 1]
-    assert sorted(r for p in packs for r in p.rows) == list(range(len(rows) - 1))
+    nodes = {tuple(e.input_ids[:k]) for e in encoded for k in range(1, len(e.input_ids) + 1)}
+    (whole,) = tree_rows(encoded, max_tokens=10**6)
+    assert whole.length == len(nodes)  # every distinct prefix forwarded once
+    trees = tree_rows(encoded)  # cut at 256 nodes: a prefix may be repeated in two trees
+    assert sorted(r for t in trees for r in t.rows) == list(range(len(rows)))  # each row once
+    for tree in [whole, *trees]:
+        for row, path in zip(tree.rows, tree.paths, strict=True):
+            assert [tree.tokens[n] for n in path] == list(encoded[row].input_ids)
+            assert all(tree.parents[b] == a for a, b in zip(path, path[1:], strict=False))
     packed = score_examples(model, encoded, 0, batch_size=4)
     alone = score_examples(model, encoded, 0, batch_size=4, share_prompts=False)
     assert torch.equal(packed.num_tokens, alone.num_tokens)
@@ -147,29 +154,34 @@ def test_rows_sharing_a_prompt_are_packed_and_score_the_same(model, tiny_tokeniz
     for i in (0, 21, 42):
         logp, n = one_row(model, tiny_tokenizer, *rows[i])
         assert packed.logp[i].item() == pytest.approx(logp, abs=1e-4)
-    forwarded = sum(p.length for p in packs) + len(encoded[-1].input_ids)
-    assert sum(len(e.input_ids) for e in encoded) > 4 * forwarded
+    assert sum(len(e.input_ids) for e in encoded) > 4 * sum(t.length for t in trees)
 
 
-def test_packing_is_skipped_where_it_cannot_apply(model, tiny_tokenizer, monkeypatch):
-    from pathunlearn.eval.logprob import encode_rows, pack_rows, score_examples
+def test_small_trees_and_training_rows_score_the_same(model, tiny_tokenizer, monkeypatch):
+    """Trees cut at a few nodes, rows whose labels skip tokens (a training example's end of
+    turn), and an attention implementation without 4D masks (every row alone): same values."""
+    from types import SimpleNamespace
+
+    from pathunlearn.eval import logprob
+    from pathunlearn.eval.logprob import encode_rows, score_examples, tree_rows
 
     rows = [(user("Name a colour."), "Red."), (user("Name a colour."), "Blue."),
             (user("Name a fruit."), "Apple.")]
     encoded = encode_rows(tiny_tokenizer, rows)
-    # a row whose labels are not its tokens to the end (a training example) is never packed
-    odd = encoded[1].__class__(encoded[1].input_ids + [5], encoded[1].labels + [-100])
-    packs, single = pack_rows([encoded[0], odd, encoded[2]])
-    assert packs == [] and single == [0, 1, 2]
-    # flash attention takes no 4D mask: every row alone, same numbers
-    from types import SimpleNamespace
-
-    from pathunlearn.eval import logprob
-
+    odd = encoded[1].__class__(encoded[1].input_ids + [5, 6], encoded[1].labels + [-100, 6])
+    encoded = [*encoded, odd]
+    alone = score_examples(model, encoded, 0, share_prompts=False)
+    assert alone.num_tokens[3] == alone.num_tokens[1] + 1
+    for max_tokens in (1, 20, 512):
+        trees = tree_rows(encoded, max_tokens=max_tokens)
+        assert sorted(r for t in trees for r in t.rows) == [0, 1, 2, 3]
+        monkeypatch.setattr(logprob, "tree_rows",
+                            lambda examples, m=max_tokens: tree_rows(examples, max_tokens=m))
+        packed = score_examples(model, encoded, 0, batch_size=2)
+        assert torch.equal(packed.num_tokens, alone.num_tokens)
+        assert torch.allclose(packed.mean, alone.mean, atol=1e-5, rtol=0)
+    assert len(tree_rows(encoded, max_tokens=1)) == 4  # a row longer than the bound: its own
+    # flash attention takes no 4D mask: every row alone
     flash = torch.nn.Module()
     flash.config = SimpleNamespace(_attn_implementation="flash_attention_2")
     assert not logprob._packable(flash) and logprob._packable(model)
-    packed = score_examples(model, encoded, 0)
-    monkeypatch.setattr(logprob, "_packable", lambda model: False)
-    alone = score_examples(model, encoded, 0)
-    assert torch.allclose(packed.mean, alone.mean, atol=1e-5, rtol=0)

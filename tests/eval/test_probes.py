@@ -65,12 +65,16 @@ def test_evaluate_probes_scores_all_rows_at_once_and_splits_them_back(monkeypatc
             response_probe("r", [qa("q1", "a1"), qa("q2", "a2"), qa("q3", "a3")])]
     calls = []
 
-    def fake_score(model, examples, pad_id, batch_size):
+    def fake_prepare(model, examples, pad_id, batch_size):
         calls.append(len(examples))
-        values = -torch.arange(1.0, len(examples) + 1)  # row i scores -(i + 1)
-        return ScoreResult(values, torch.ones(len(examples), dtype=torch.long))
+        return len(examples)
 
-    monkeypatch.setattr(probes_module, "score_examples", fake_score)
+    def fake_score(model, n):
+        values = -torch.arange(1.0, n + 1)  # row i scores -(i + 1)
+        return ScoreResult(values, torch.ones(n, dtype=torch.long))
+
+    monkeypatch.setattr(probes_module, "prepare_scoring", fake_prepare)
+    monkeypatch.setattr(probes_module, "score_prepared", fake_score)
     metrics = evaluate_probes(None, tiny_tokenizer, sets)
     assert calls == [9]
     expected = probe_metrics(sets[0], -np.arange(1.0, 7)) | {"r/mean": -8.0}
@@ -251,11 +255,12 @@ def test_summed_response_probe_reports_the_mean_of_score_result_logp(monkeypatch
     sets = [response_probe("s", [qa("q1", "a1"), qa("q2", "a2")], reduce="sum"),
             response_probe("m", [qa("q3", "a3")])]
 
-    def fake_score(model, examples, pad_id, batch_size):
+    def fake_score(model, prepared):
         # summed log-probs -4, -6, -9 over 2, 3, 3 tokens
         return ScoreResult(torch.tensor([-4.0, -6.0, -9.0]), torch.tensor([2, 3, 3]))
 
-    monkeypatch.setattr(probes_module, "score_examples", fake_score)
+    monkeypatch.setattr(probes_module, "prepare_scoring", lambda *args: None)
+    monkeypatch.setattr(probes_module, "score_prepared", fake_score)
     metrics = evaluate_probes(None, tiny_tokenizer, sets)
     assert metrics == pytest.approx({"s/sum": -5.0, "m/mean": -3.0})
 

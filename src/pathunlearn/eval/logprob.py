@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+from pathunlearn import distributed
 from pathunlearn.data.batching import collate
 from pathunlearn.data.chat import IGNORE_INDEX, EncodedExample, encode_prompt_target
 from pathunlearn.data.conversation import Conversation
 from pathunlearn.errors import DataError
-from pathunlearn.losses import sequence_logprobs
 
 Row = tuple[list[dict[str, str]], str]
 """(prompt messages, target text)."""
@@ -51,170 +51,232 @@ def score_examples(model: torch.nn.Module, examples: list[EncodedExample], pad_i
                    batch_size: int = 64, share_prompts: bool = True) -> ScoreResult:
     """Summed target log-probabilities of encoded examples.
 
-    With ``share_prompts`` (the default), rows whose tokens before the first target token are
-    identical (one prompt scored with many targets, as a label probe's rows are) are packed
-    into one sequence that holds the prompt once and every target after it, each target
-    attending to the prompt and to itself only (:func:`pack_rows`); the rest are scored as
-    they are, ``batch_size`` rows per forward. Both give the same numbers as scoring every row
-    alone (up to float rounding). Runs under ``torch.no_grad()`` in eval mode (the caller's
-    train/eval mode is restored).
+    With ``share_prompts`` (the default), the rows are scored as token tries
+    (:func:`tree_rows`): every distinct prefix of the rows is forwarded once, each token
+    attending to its own prefix only, so a prompt scored with many targets (a label probe's
+    rows), the targets' common openings ("Sorry, I ...") and the chat template's first tokens
+    cost one forward each rather than one per row. Without it (or for an attention
+    implementation that takes no 4D mask), every row is its own sequence, ``batch_size`` rows
+    per forward. Both give the same numbers as scoring every row alone (up to float rounding).
+    Runs under ``torch.no_grad()`` in eval mode (the caller's train/eval mode is restored).
+
+    Scoring the same rows again and again (probes at every eval point): prepare once with
+    :func:`prepare_scoring` and call :func:`score_prepared`.
     """
+    return score_prepared(model, prepare_scoring(model, examples, pad_id, batch_size,
+                                                 share_prompts))
+
+
+@dataclass
+class Forward:
+    """One forward pass of a prepared scoring: the model's inputs, and where each target token
+    is read: the flat (batch row x position) index of the logits that predict it, its id and
+    the row it counts for."""
+
+    inputs: dict[str, torch.Tensor]
+    where: torch.Tensor
+    targets: torch.Tensor
+    owner: torch.Tensor
+
+
+@dataclass
+class Prepared:
+    """Fixed rows made ready to score (batches, tries and masks worked out once):
+    :func:`prepare_scoring`, then :func:`score_prepared` as often as needed."""
+
+    forwards: list[Forward]
+    num_tokens: torch.Tensor
+    """(N,) int64: target tokens of each row."""
+    dtype: torch.dtype
+    """The model dtype the additive masks are made for."""
+
+    @property
+    def tokens(self) -> int:
+        """Tokens forwarded per scoring, padding included."""
+        return sum(f.inputs["input_ids"].numel() for f in self.forwards)
+
+
+def prepare_scoring(model: torch.nn.Module, examples: list[EncodedExample], pad_id: int,
+                    batch_size: int = 64, share_prompts: bool = True) -> Prepared:
+    """The forward passes that score ``examples`` with ``model`` (see :func:`score_examples`):
+    token tries with their 4D masks, or one row per sequence (``batch_size`` per forward,
+    longest first, so the first shows at once whether the largest fits in memory)."""
+    dtype = next(model.parameters()).dtype
+    num_tokens = torch.tensor([sum(label != IGNORE_INDEX for label in e.labels[1:])
+                               for e in examples], dtype=torch.long)
+    if not examples:
+        return Prepared([], num_tokens, dtype)
     if share_prompts and _packable(model):
-        packs, single = pack_rows(examples)
-        if packs:
-            return _score_packed(model, examples, packs, single, pad_id, batch_size)
-    return _score_rows(model, examples, pad_id, batch_size)
-
-
-def _score_rows(model: torch.nn.Module, examples: list[EncodedExample], pad_id: int,
-                batch_size: int) -> ScoreResult:
-    """One row per sequence, ``batch_size`` rows per forward, longest first."""
-    logp = torch.zeros(len(examples), dtype=torch.float32)
-    num_tokens = torch.zeros(len(examples), dtype=torch.long)
-    device = next(model.parameters()).device
-    # longest first: the first batch shows at once whether the largest one fits in memory
+        return Prepared(_tree_forwards(examples, tree_rows(examples), pad_id, batch_size, dtype),
+                        num_tokens, dtype)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids), reverse=True)
-    with torch.no_grad(), eval_mode(model):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = collate([examples[i] for i in idx], pad_id).to(device)
-            logits = model(**batch.inputs()).logits  # (B, T, V)
-            sums, counts = sequence_logprobs(logits, batch.labels)  # (B,), (B,)
-            logp[idx] = sums.float().cpu()
-            num_tokens[idx] = counts.cpu()
-    return ScoreResult(logp, num_tokens)
+    forwards = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([examples[i] for i in idx], pad_id)
+        # logits at position t predict the label at t + 1
+        at = (batch.labels[:, 1:] != IGNORE_INDEX).nonzero()  # (K, 2): row in batch, position
+        width = batch.input_ids.size(1)
+        forwards.append(Forward(batch.inputs(), at[:, 0] * width + at[:, 1],
+                                batch.labels[at[:, 0], at[:, 1] + 1],
+                                torch.tensor(idx)[at[:, 0]]))
+    return Prepared(forwards, num_tokens, dtype)
 
 
-# ---------------------------------------------------------------------------- shared prompts
+def score_prepared(model: torch.nn.Module, prepared: Prepared) -> ScoreResult:
+    """Score prepared rows with ``model`` (whose dtype must be the one they were prepared for):
+    for each forward, one softmax over the vocabulary at the positions that predict a target
+    token, summed per row."""
+    device = next(model.parameters()).device
+    if next(model.parameters()).dtype != prepared.dtype:
+        raise ValueError("the rows were prepared for a model of another dtype")
+    logp = torch.zeros(len(prepared.num_tokens), dtype=torch.float32)
+    # under torchrun each rank makes every N-th forward and the sums are added up; a row is
+    # read by one forward, so the scores are the single process's (pathunlearn.distributed)
+    forwards = distributed.deal(prepared.forwards)
+    with torch.no_grad(), eval_mode(model), distributed.lockstep(model, len(forwards)):
+        for f in forwards:
+            logits = model(**{k: v.to(device) for k, v in f.inputs.items()}).logits  # (B, T, V)
+            rows = logits.reshape(-1, logits.size(-1))[f.where.to(device)].float()
+            picked = torch.log_softmax(rows, dim=-1).gather(-1, f.targets.to(device)[:, None])
+            logp.index_add_(0, f.owner, picked.squeeze(-1).cpu())
+    return ScoreResult(distributed.all_reduce_tensor(logp), prepared.num_tokens.clone())
+
+
+# ---------------------------------------------------------------------------- shared prefixes
 
 
 @dataclass(frozen=True)
-class Pack:
-    """Rows that share their prompt tokens, as one sequence: the prompt once, then each row's
-    target tokens (``rows[j]``'s from ``starts[j]``, ``lengths[j]`` tokens)."""
+class Tree:
+    """Rows that share prefixes, as one sequence: a token trie. Node ``n`` is one distinct
+    prefix of the rows (``tokens[n]`` its last token, ``parents[n]`` the prefix one token
+    shorter, -1 for a first token); a node sits at the position of its depth and attends to
+    its ancestors and itself only, so its logits are those of its prefix scored alone.
+    ``paths[j]`` are the nodes of ``rows[j]``'s tokens, in order."""
 
     rows: tuple[int, ...]
-    prompt: tuple[int, ...]
-    starts: tuple[int, ...]
-    lengths: tuple[int, ...]
+    tokens: tuple[int, ...]
+    parents: tuple[int, ...]
+    paths: tuple[tuple[int, ...], ...]
 
     @property
     def length(self) -> int:
-        return len(self.prompt) + sum(self.lengths)
+        """Tokens forwarded for this tree: one per node."""
+        return len(self.tokens)
 
 
-def _first_target(example: EncodedExample) -> int | None:
-    return next((i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), None)
+class _TreeBuilder:
+    def __init__(self) -> None:
+        self.children: dict[tuple[int, int], int] = {}
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.rows: list[int] = []
+        self.paths: list[tuple[int, ...]] = []
+
+    def missing(self, ids: list[int]) -> int:
+        """Nodes that adding a row with tokens ``ids`` would create."""
+        node = -1
+        for k, token in enumerate(ids):
+            node = self.children.get((node, token), -2)
+            if node == -2:
+                return len(ids) - k
+        return 0
+
+    def add(self, row: int, ids: list[int]) -> None:
+        node, path = -1, []
+        for token in ids:
+            child = self.children.get((node, token))
+            if child is None:
+                child = self.children[(node, token)] = len(self.tokens)
+                self.tokens.append(token)
+                self.parents.append(node)
+            path.append(child)
+            node = child
+        self.rows.append(row)
+        self.paths.append(tuple(path))
+
+    def tree(self) -> Tree:
+        return Tree(tuple(self.rows), tuple(self.tokens), tuple(self.parents), tuple(self.paths))
 
 
-def pack_rows(examples: list[EncodedExample], max_tokens: int = 2048
-              ) -> tuple[list[Pack], list[int]]:
-    """Group rows by their tokens before the first target token (only rows whose labels are
-    exactly their tokens from there to the end, as a probe row's are); groups of two or more
-    become :class:`Pack` s of at most ``max_tokens`` tokens. Returns the packs and the indices
-    of the rows left to score alone."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    single = []
-    for i, e in enumerate(examples):
-        f = _first_target(e)
-        if f is None or f == 0 or list(e.labels[f:]) != list(e.input_ids[f:]):
-            single.append(i)
-            continue
-        groups.setdefault(tuple(e.input_ids[:f]), []).append(i)
-    packs = []
-    for prompt, rows in groups.items():
-        if len(rows) < 2:
-            single += rows
-            continue
-        chunk: list[int] = []
-        for i in rows:
-            tail = len(examples[i].input_ids) - len(prompt)
-            if chunk and len(prompt) + sum(len(examples[j].input_ids) - len(prompt)
-                                           for j in chunk) + tail > max_tokens:
-                packs.append(_pack(examples, prompt, chunk))
-                chunk = []
-            chunk.append(i)
-        packs.append(_pack(examples, prompt, chunk))
-    return packs, sorted(single)
-
-
-def _pack(examples: list[EncodedExample], prompt: tuple[int, ...], rows: list[int]) -> Pack:
-    lengths = tuple(len(examples[i].input_ids) - len(prompt) for i in rows)
-    starts, at = [], len(prompt)
-    for n in lengths:
-        starts.append(at)
-        at += n
-    return Pack(tuple(rows), prompt, tuple(starts), lengths)
+def tree_rows(examples: list[EncodedExample], max_tokens: int = 256) -> list[Tree]:
+    """The rows as token tries of at most ``max_tokens`` nodes (a longer row is a tree of its
+    own). Rows are taken in the lexicographic order of their tokens, so rows sharing a prefix
+    land in the same tree; every row is in exactly one tree. The bound keeps a tree's
+    attention (quadratic in its nodes, with a dense mask) below the cost of its rows'
+    feed-forward layers."""
+    order = sorted(range(len(examples)), key=lambda i: examples[i].input_ids)
+    trees, builder = [], _TreeBuilder()
+    for i in order:
+        ids = list(examples[i].input_ids)
+        if builder.rows and len(builder.tokens) + builder.missing(ids) > max_tokens:
+            trees.append(builder.tree())
+            builder = _TreeBuilder()
+        builder.add(i, ids)
+    if builder.rows:
+        trees.append(builder.tree())
+    return trees
 
 
 def _packable(model: torch.nn.Module) -> bool:
-    """Packing needs a 4D attention mask: sdpa and eager take one, flash attention does not."""
+    """A tree needs a 4D attention mask: sdpa and eager take one, flash attention does not."""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
     return impl in ("sdpa", "eager")
 
 
-def _packed_batch(examples: list[EncodedExample], packs: list[Pack], pad_id: int,
-                  dtype: torch.dtype):
-    """Token ids, position ids and the additive 4D attention mask (0 where a token may look,
-    the dtype's minimum elsewhere) of a batch of packs, right-padded."""
-    width = max(p.length for p in packs)
-    ids = torch.full((len(packs), width), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(packs), width), dtype=torch.long)
-    allowed = torch.zeros((len(packs), width, width), dtype=torch.bool)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    for b, pack in enumerate(packs):
-        n = len(pack.prompt)
-        ids[b, :n] = torch.tensor(pack.prompt)
-        positions[b, :n] = torch.arange(n)
-        allowed[b, :n, :n] = causal[:n, :n]
-        for row, start, length in zip(pack.rows, pack.starts, pack.lengths, strict=True):
-            ids[b, start:start + length] = torch.tensor(examples[row].input_ids[n:])
-            positions[b, start:start + length] = torch.arange(n, n + length)
-            allowed[b, start:start + length, :n] = True
-            allowed[b, start:start + length, start:start + length] = causal[:length, :length]
-        allowed[b, pack.length:, :] = False
-        allowed[b, torch.arange(pack.length, width), torch.arange(pack.length, width)] = True
+def _tree_batch(trees: list[Tree], pad_id: int, dtype: torch.dtype):
+    """Token ids, position ids (each node's depth) and the additive 4D attention mask (0 where
+    a node may look: its ancestors and itself; the dtype's minimum elsewhere) of a batch of
+    trees, right-padded (a padding node looks at itself only)."""
+    width = max(t.length for t in trees)
+    ids = torch.full((len(trees), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(trees), width), dtype=torch.long)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(len(trees), 1, 1)
+    for b, tree in enumerate(trees):
+        ids[b, : tree.length] = torch.tensor(tree.tokens)
+        depth = [0] * tree.length
+        for node, parent in enumerate(tree.parents):  # a parent always precedes its children
+            depth[node] = depth[parent] + 1 if parent >= 0 else 0
+        positions[b, : tree.length] = torch.tensor(depth)
+        # a node sees what its parent sees, and itself: one level of the trie at a time
+        parents = torch.tensor(tree.parents)
+        levels = torch.tensor(depth)
+        for d in range(1, max(depth) + 1):
+            nodes = (levels == d).nonzero().squeeze(1)
+            allowed[b, nodes] |= allowed[b, parents[nodes]]
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
     return ids, positions, mask.unsqueeze(1)
 
 
-def _score_packed(model: torch.nn.Module, examples: list[EncodedExample], packs: list[Pack],
-                  single: list[int], pad_id: int, batch_size: int) -> ScoreResult:
-    logp = torch.zeros(len(examples), dtype=torch.float32)
-    num_tokens = torch.zeros(len(examples), dtype=torch.long)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    if single:
-        alone = _score_rows(model, [examples[i] for i in single], pad_id, batch_size)
-        logp[single], num_tokens[single] = alone.logp, alone.num_tokens
-    # as many packs per forward as hold about batch_size rows' worth of tokens
+def _tree_forwards(examples: list[EncodedExample], trees: list[Tree], pad_id: int,
+                   batch_size: int, dtype: torch.dtype) -> list[Forward]:
+    """Trees, largest first, as many per forward as hold about ``batch_size`` rows' worth of
+    tokens. Token k of a row (a target where its label is set) is read at the node of its
+    token k - 1."""
     budget = batch_size * max(len(e.input_ids) for e in examples)
-    order = sorted(packs, key=lambda p: p.length, reverse=True)
-    with torch.no_grad(), eval_mode(model):
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and (end - start + 1) * order[start].length <= budget:
-                end += 1
-            batch = order[start:end]
-            ids, positions, mask = _packed_batch(examples, batch, pad_id, dtype)
-            logits = model(input_ids=ids.to(device), position_ids=positions.to(device),
-                           attention_mask=mask.to(device)).logits  # (B, T, V)
-            for b, pack in enumerate(batch):
-                n = len(pack.prompt)
-                for row, first, length in zip(pack.rows, pack.starts, pack.lengths,
-                                              strict=True):
-                    targets = ids[b, first:first + length].to(device)
-                    # token k of the target is predicted at the token before it: the prompt's
-                    # last for k = 0, else the target's own token k - 1
-                    at = torch.cat([torch.tensor([n - 1]),
-                                    torch.arange(first, first + length - 1)]).to(device)
-                    # the softmax over the vocabulary only where a target token is read
-                    picked = torch.log_softmax(logits[b, at].float(), dim=-1)
-                    logp[row] = picked.gather(-1, targets[:, None]).sum().cpu()
-                    num_tokens[row] = length
-            start = end
-    return ScoreResult(logp, num_tokens)
+    order = sorted(trees, key=lambda t: t.length, reverse=True)
+    forwards, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end - start + 1) * order[start].length <= budget:
+            end += 1
+        batch = order[start:end]
+        ids, positions, mask = _tree_batch(batch, pad_id, dtype)
+        where, targets, owner = [], [], []
+        for b, tree in enumerate(batch):
+            for row, path in zip(tree.rows, tree.paths, strict=True):
+                labels = examples[row].labels
+                for k in range(1, len(path)):
+                    if labels[k] != IGNORE_INDEX:
+                        where.append(b * ids.size(1) + path[k - 1])
+                        targets.append(labels[k])
+                        owner.append(row)
+        forwards.append(Forward({"input_ids": ids, "position_ids": positions,
+                                 "attention_mask": mask}, torch.tensor(where, dtype=torch.long),
+                                torch.tensor(targets, dtype=torch.long),
+                                torch.tensor(owner, dtype=torch.long)))
+        start = end
+    return forwards
 
 
 def encode_rows(tokenizer, rows: list[Row], max_length: int = 256) -> list[EncodedExample]:

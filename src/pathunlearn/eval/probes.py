@@ -58,7 +58,14 @@ from pathunlearn.data.conversation import Conversation
 from pathunlearn.data.sources import load_source, load_stage, split_with_role
 from pathunlearn.data.suite import REFUSAL_PARAPHRASES, REFUSAL_TARGET
 from pathunlearn.errors import ConfigError, DataError
-from pathunlearn.eval.logprob import Row, encode_rows, pad_token_id, score_examples
+from pathunlearn.eval.logprob import (
+    Prepared,
+    Row,
+    encode_rows,
+    pad_token_id,
+    prepare_scoring,
+    score_prepared,
+)
 
 LABEL_TARGETS: tuple[str, ...] = (REFUSAL_TARGET, *REFUSAL_PARAPHRASES)
 """The forget-label probe's targets: the unlearn target, then its 20 paraphrases."""
@@ -260,21 +267,28 @@ def encode_probes(tokenizer, probe_sets: Sequence[ProbeSet],
 
 def evaluate_probes(model: torch.nn.Module, tokenizer, probe_sets: Sequence[ProbeSet],
                     batch_size: int = 64, max_length: int = 256,
-                    encoded: list[EncodedExample] | None = None) -> dict[str, float]:
+                    encoded: list[EncodedExample] | None = None,
+                    prepared: Prepared | None = None) -> dict[str, float]:
     """All probe metrics of ``model``: the rows of every set scored together, then split back.
 
-    ``encoded``: :func:`encode_probes` of the same probe sets, to skip re-tokenising.
+    ``encoded``: :func:`encode_probes` of the same probe sets, to skip re-tokenising;
+    ``prepared``: :func:`~pathunlearn.eval.logprob.prepare_scoring` of those, to skip working
+    out the batches too (probes scored at every eval point).
     """
     probe_sets = [p for p in probe_sets if p.scored]
     names = [p.name for p in probe_sets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"probe name(s) {duplicates} used more than once")
-    if encoded is None:
-        encoded = encode_probes(tokenizer, probe_sets, max_length)
-    if len(encoded) != sum(len(p.rows) for p in probe_sets):
-        raise ValueError("`encoded` does not come from these probe sets")
-    result = score_examples(model, encoded, pad_token_id(tokenizer), batch_size)
+    if prepared is None:
+        if encoded is None:
+            encoded = encode_probes(tokenizer, probe_sets, max_length)
+        if len(encoded) != sum(len(p.rows) for p in probe_sets):
+            raise ValueError("`encoded` does not come from these probe sets")
+        prepared = prepare_scoring(model, encoded, pad_token_id(tokenizer), batch_size)
+    elif len(prepared.num_tokens) != sum(len(p.rows) for p in probe_sets):
+        raise ValueError("`prepared` does not come from these probe sets")
+    result = score_prepared(model, prepared)
     scores = {"mean": result.mean.numpy(), "sum": result.logp.numpy()}
     metrics, start = {}, 0
     for probe in probe_sets:

@@ -27,6 +27,7 @@ from pathunlearn import metrics as M
 from pathunlearn.config import ExperimentConfig
 from pathunlearn.data.batching import collate, step_indices
 from pathunlearn.data.chat import EncodedExample
+from pathunlearn.eval.logprob import prepare_scoring
 from pathunlearn.eval.probes import ProbeSet, encode_probes, evaluate_probes
 from pathunlearn.losses import nll_sum
 from pathunlearn.train.staged import autocast, clip_gradients, make_optimizer
@@ -48,7 +49,8 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
                     if any(p.kind == kind for p in probe_sets)), [])
     if not r.steps or not tracked:
         return []
-    encoded = encode_probes(tokenizer, tracked, cfg.model.max_length)
+    prepared = prepare_scoring(model, encode_probes(tokenizer, tracked, cfg.model.max_length),
+                               tokenizer.pad_token_id)
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.detach().clone() for p in params]
     optim = training.model_copy(update={"lr": r.lr or training.lr})
@@ -64,7 +66,7 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
             optimizer = make_optimizer(params, optim)
             batches = step_indices(len(data), r.batch_size, r.batch_size, seed)
             rows.append({M.RELEARN_DATA: kind, M.STEP: 0,
-                         **evaluate_probes(model, tokenizer, tracked, encoded=encoded)})
+                         **evaluate_probes(model, tokenizer, tracked, prepared=prepared)})
             for step in range(1, r.steps + 1):
                 (idx,) = next(batches)[1]
                 batch = collate([data[i] for i in idx], pad_id).to(device)
@@ -77,7 +79,7 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
                 optimizer.zero_grad(set_to_none=True)
                 if step % r.eval_every == 0 or step == r.steps:
                     row = {M.RELEARN_DATA: kind, M.STEP: step, M.LOSS: loss.item(),
-                           **evaluate_probes(model, tokenizer, tracked, encoded=encoded)}
+                           **evaluate_probes(model, tokenizer, tracked, prepared=prepared)}
                     rows.append(row)
                     if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
                         break
