@@ -9,7 +9,9 @@
 - the math questions when ``unlearning.math.questions`` > 0, with their gold answers;
 - the base model's files (:func:`pathunlearn.models.check_model_files`): a directory's
   config.json, safetensors weights and tokenizer, a GGUF file's header; and the device;
-- the output directory: a directory this process can write.
+- the output directory: a directory this process can write;
+- the optional engines the config asks for (``executor.kind: ray``, ``tracking.*``) are
+  installed, and something answers at ``executor.address`` (:func:`check_ray_address`).
 
 Each problem is one line ``KEY: FILE: record N: problem`` (the config key first, then where in
 the file). :func:`pathunlearn.plan.plan_run` raises them together as one
@@ -89,9 +91,47 @@ def inspect_inputs(cfg: ExperimentConfig) -> Inspection:
         problems.add(line)
     with problems.at("training.device"):
         resolve_device(cfg.training.device)
+    _check_distributed(cfg, problems)
     with problems.at("output_dir"):
         check_writable(cfg.run_dir)
+    _check_engines(cfg, problems)
     return Inspection(problems.lines, probes)
+
+
+def _check_engines(cfg: ExperimentConfig, problems: Problems) -> None:
+    """The optional engines the config asks for are installed (nothing is imported), and a
+    Ray cluster's address answers."""
+    from pathunlearn.extras import installed, missing_line
+
+    wanted = [("ray", "executor.kind", "ray")] if cfg.executor.kind == "ray" else []
+    wanted += [(module, f"tracking.{name}", name) for name, module in
+               (("mlflow", "mlflow"), ("wandb", "wandb"), ("tensorboard", "tensorboard"))
+               if getattr(cfg.tracking, name) is not None]
+    for module, key, extra in wanted:
+        if not installed(module):
+            problems.add(missing_line(module, key, extra))
+    if cfg.executor.address is not None:
+        with problems.at("executor.address"):
+            check_ray_address(cfg.executor.address)
+
+
+def check_ray_address(address: str, timeout: float = 3.0) -> None:
+    """A UserError unless something listens at a Ray address ``HOST:PORT`` or
+    ``ray://HOST:PORT`` (``auto`` is left to Ray, which fails at once without a cluster), so a
+    wrong address fails in seconds rather than after Ray's own connection timeout."""
+    import socket
+
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UserError(f"{address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UserError(f"no Ray cluster answers at {address} ({reason}); start one with "
+                        "`ray start --head` or fix the address") from None
 
 
 def _check_stages(cfg: ExperimentConfig, problems: Problems) -> set[str]:
@@ -144,6 +184,27 @@ def _check_probes(cfg: ExperimentConfig, problems: Problems,
         with problems.at(key):
             sets.append(probe_set(cfg, config))
     return sets if resolved and len(sets) == len(configs) else None
+
+
+def _check_distributed(cfg: ExperimentConfig, problems: Problems) -> None:
+    """Under a launcher (torchrun: WORLD_SIZE > 1), every effective batch must split evenly
+    across the processes (so each computes its share of the single-process step), and FSDP
+    needs full finetuning."""
+    from pathunlearn import distributed
+
+    world = distributed.launched()
+    if world == 1:
+        return
+    sizes = {"training.batch_size": cfg.training.batch_size,
+             "unlearning.batch_size": cfg.unlearning.batch_size}
+    for key, size in sizes.items():
+        if size % world:
+            problems.add(f"{key}: {size} examples do not split over the {world} processes "
+                         f"the launcher started (WORLD_SIZE={world}); use a multiple of {world}")
+    if cfg.distributed.strategy == "fsdp" and cfg.model.finetuning == "lora":
+        problems.add("distributed.strategy: fsdp shards full finetuning; with LoRA use ddp")
+    with problems.at("distributed.backend"):
+        distributed.backend_for(cfg.distributed.backend)
 
 
 def _check_math(cfg: ExperimentConfig, problems: Problems) -> None:

@@ -254,6 +254,100 @@ def data_samples(
         console.print(f"{name}: {path}", highlight=False)
 
 
+@data_app.command("rewrite")
+def data_rewrite(
+    task: Annotated[str, typer.Argument(
+        help="safety: SORRY-BENCH prompts -> the refusal sentence plus a reason; math: GSM8K "
+             "-> step-by-step solutions kept when '#### N' matches the gold answer.",
+        metavar="safety|math", show_default=False)],
+    src: Annotated[Path, typer.Argument(help="SORRY-BENCH or GSM8K records (.json/.jsonl/"
+                                        ".csv/.parquet).", metavar="INPUT",
+                                        show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Output .jsonl (loads with sorry-bench:/gsm8k:).",
+                                        metavar="OUTPUT", show_default=False)],
+    base_url: Annotated[str, typer.Option(help="OpenAI-compatible endpoint, e.g. "
+                                          "http://127.0.0.1:8000/v1.", show_default=False)],
+    model: Annotated[str, typer.Option(help="Model name the endpoint serves.",
+                                       show_default=False)],
+    api_key_env: Annotated[str, typer.Option(
+        help="Environment variable holding the API key (never written anywhere).")]
+        = "OPENAI_API_KEY",
+    cache: Annotated[Path | None, typer.Option(
+        help="JSONL cache of finished records [default: OUT.cache.jsonl].")] = None,
+    template: Annotated[Path | None, typer.Option(
+        help="YAML with `user` (and `system`) texts replacing the built-in instructions.")]
+        = None,
+    split: Annotated[str, typer.Option(help="safety: the sorry-bench split to rewrite "
+                                       "(train, test, all).")] = "all",
+    output_format: Annotated[str, typer.Option(
+        "--format", help="release (input records + answer) or chat (messages).")] = "release",
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.7,
+    max_tokens: Annotated[int | None, typer.Option(
+        min=1, help="Completion tokens per request [default: 200 safety, 600 math].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed sent to the endpoint.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 8,
+    max_retries: Annotated[int, typer.Option(
+        min=0, help="Retries after 429/5xx/timeouts/drops/malformed replies.")] = 6,
+    backoff: Annotated[float, typer.Option(min=0.0, help="First retry delay (s), doubled "
+                                           "each retry, full jitter.")] = 1.0,
+    backoff_max: Annotated[float, typer.Option(min=0.0, help="Longest retry delay (s).")] = 30.0,
+    timeout: Annotated[float, typer.Option(min=0.001, help="Seconds per request.")] = 60.0,
+    content_retries: Annotated[int, typer.Option(
+        min=0, help="Asks again for a reply failing the check, before dropping it.")] = 1,
+    price_in: Annotated[float, typer.Option(min=0.0, help="$ per 1k prompt tokens.")] = 0.0,
+    price_out: Annotated[float, typer.Option(min=0.0, help="$ per 1k completion tokens.")] = 0.0,
+    retry_errors: Annotated[bool, typer.Option(
+        help="Send again records a 4xx refused in an earlier run.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        help="Print the requests and a bound on their cost; send and write nothing.")] = False,
+) -> None:
+    """Write the paper's LLM-made stages with any OpenAI-compatible endpoint (docs/llm.md).
+
+    Resumable: every finished record is appended to the cache; a rerun sends no cached
+    request again. OUT is written atomically in input order, the other records (with
+    reasons) to OUT's stem + .dropped.jsonl.
+
+    Example: pathunlearn data rewrite math gsm8k/train.jsonl math.jsonl --base-url
+    http://127.0.0.1:8000/v1 --model tiny --dry-run
+    """
+    from rich.markup import escape
+
+    from pathunlearn import rewrite as rewriting
+
+    if output_format not in ("release", "chat"):
+        raise UserError(f"--format {output_format!r}: choose release or chat")
+    opts = rewriting.RewriteOptions(
+        task=task, input=src, output=out, base_url=base_url, model=model,
+        api_key_env=api_key_env, cache=cache,
+        template=rewriting.load_template(template, task)
+        if template and task in rewriting.TASKS else None, split=split, format=output_format, temperature=temperature,
+        max_tokens=max_tokens, seed=seed, concurrency=concurrency, max_retries=max_retries,
+        backoff=backoff, backoff_max=backoff_max, timeout=timeout,
+        content_retries=content_retries, price_in=price_in, price_out=price_out,
+        retry_errors=retry_errors)
+    if dry_run:
+        p = rewriting.dry_run(opts)
+        console.print(f"{p['records']} records, {p['cached']} cached: {p['requests']} requests "
+                      f"(at most {p['max_requests']} with content retries), at most "
+                      f"{p['max_prompt_tokens']:,} prompt + {p['max_completion_tokens']:,} "
+                      f"completion tokens, cost at most ${p['max_cost']:.4f}", highlight=False,
+                      soft_wrap=True)
+        if p["first_request"]:
+            console.print("first request:", escape(str(p["first_request"])), highlight=False,
+                          soft_wrap=True)
+        return
+    summary = rewriting.rewrite(opts, log=console.print, progress=True)
+    for line in summary.lines():
+        console.print(escape(line), highlight=False, soft_wrap=True)
+    console.print(f"wrote {summary.kept} records to {escape(str(out))}", highlight=False,
+                  soft_wrap=True)
+    if summary.failed:
+        err_console.print(f"incomplete: {summary.failed} records failed after "
+                          f"{max_retries} retries; rerun to send them (cached records are not "
+                          "sent again)", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------------------- model
 
 model_app = typer.Typer(help="Build, load and inspect models.", no_args_is_help=True)
@@ -458,6 +552,45 @@ def _model_directory(model_dir: str) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------- serve
+
+
+@app.command("serve")
+def serve_command(
+    model: Annotated[str, typer.Argument(
+        help="A checkpoint directory (a path model, an unlearned model: anything "
+             "save_pretrained wrote), a .gguf file, tiny or smollm2.",
+        metavar="CHECKPOINT|tiny|smollm2", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback only by "
+                                      "default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    name: Annotated[str | None, typer.Option(
+        help="Model name clients use [default: tiny, smollm2 or the directory name].")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 1,
+    max_batch: Annotated[int, typer.Option(
+        min=1, help="Queued requests decoded together (rows).")] = 8,
+    max_tokens_limit: Annotated[int, typer.Option(
+        min=1, help="Largest max_tokens a request may ask for.")] = 1024,
+    default_max_tokens: Annotated[int, typer.Option(
+        min=1, help="max_tokens of a request that gives none.")] = 256,
+) -> None:
+    """Serve a model through an OpenAI-compatible API (/v1/chat/completions, streaming too,
+    /v1/models, /health), with its chat template and the project's sampler (docs/llm.md).
+
+    Example: pathunlearn serve runs/demo/prefixes/<key> --port 8000
+    """
+    from pathunlearn.serve import serve
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
+    serve(model, host=host, port=port, name=name, device=device, dtype=dtype, threads=threads,
+          max_batch=max_batch, max_tokens_limit=max_tokens_limit,
+          default_max_tokens=default_max_tokens,
+          log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+
+
 # ---------------------------------------------------------------------------- unlearn
 
 
@@ -549,21 +682,47 @@ def print_results(results) -> None:
 
 
 @app.command("run")
-def run(args: ConfigArgs = None) -> None:
+def run(
+    args: ConfigArgs = None,
+    executor: Annotated[str | None, typer.Option(
+        "--executor", metavar="local|ray",
+        help="Where prefixes and cells run: local (this process, the default) or ray (a Ray "
+             "task each; docs/ray.md). Overrides executor.kind.", show_default=False)] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", metavar="auto|HOST:PORT|ray://HOST:PORT",
+        help="The Ray cluster to join (default: start Ray on this machine). Overrides "
+             "executor.address.", show_default=False)] = None,
+) -> None:
     """Run the whole path-dependence study: train every path (and its retrain baseline),
     unlearn with every method and seed, then write the table, the recency verdict, figures
     and report.html. Rerunning resumes and skips what is done.
 
     Example: pathunlearn run            # the built-in demo (tiny model, built-in suite)
+
+    Example: pathunlearn run my.yaml --executor ray --address auto   # on a Ray cluster
     """
     from pathunlearn.config import load_config
     from pathunlearn.experiment import run_experiment
 
     config, overrides = split_args(args)
+    overrides += executor_overrides(executor, address)
     cfg = load_config(config, overrides)
     results, _, page = run_experiment(cfg, log=console.print, progress=True)
     print_results(results)
     console.print(f"report: {page}")
+
+
+def executor_overrides(executor: str | None, address: str | None) -> list[str]:
+    """``--executor`` / ``--address`` as config overrides (checked like the config's keys);
+    an address implies ``--executor ray``."""
+    import json
+
+    out = []
+    if executor is not None or address is not None:
+        out.append(f"executor.kind={json.dumps(executor or 'ray')}")
+    if address is not None:
+        out.append(f"executor.address={json.dumps(address)}")
+    return out
 
 
 # ---------------------------------------------------------------------------- theory

@@ -225,6 +225,28 @@ class TrainingConfig(OptimConfig):
     """Recompute activations in the backward pass instead of keeping them: less memory for
     long sequences and large models, ~30% more compute; the same numbers (not part of any
     key)."""
+    vocab_chunk: int | None = Field(None, gt=0)
+    """Take the softmax over the vocabulary of the training and unlearning losses this many
+    target positions at a time, each chunk recomputed in the backward pass: for a 128k
+    vocabulary about half the loss's peak memory (bench/loss_memory.py), ~1.7x its time on
+    CPU; the same numbers up to float rounding (not part of any key). Null: all at once."""
+    compile: bool = False
+    """Stage training runs the model through `torch.compile` (CUDA: fused kernels; the first
+    steps wait for the compiler, shapes vary with the length-bucketed batches); the same
+    numbers up to float rounding (not part of any key)."""
+
+
+class DistributedConfig(StrictModel):
+    """One training run on N processes, under `torchrun --nproc_per_node N -m pathunlearn ...`
+    (docs/distributed.md). Ignored in a plain process; never part of any key: N processes
+    compute what one does with the same batch sizes, and share its run directory."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """`ddp`: every process holds the whole model (LoRA, models that fit one device); `fsdp`:
+    FSDP2 shards parameters, gradients and optimizer state across the processes (full
+    finetuning of models that do not fit one device)."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """`auto`: nccl on CUDA, gloo on CPU."""
 
 
 class MethodConfig(StrictModel):
@@ -487,6 +509,76 @@ class RelearnConfig(StrictModel):
         return self
 
 
+class ExecutorConfig(StrictModel):
+    """Where the prefixes and cells of a run are computed (never part of any key: a run gives
+    the same directories and numbers with either executor)."""
+
+    kind: Literal["local", "ray"] = "local"
+    """`local`: in this process, one after another. `ray`: every prefix, matched-start model
+    and cell is a Ray task that waits for the models it starts from (needs
+    `pip install 'pathunlearn[ray]'` and a run directory every worker reaches; docs/ray.md)."""
+    address: str | None = None
+    """The Ray cluster to join: `auto` (the cluster `ray start` started on this machine),
+    `HOST:PORT` (its head node's GCS) or `ray://HOST:10001` (Ray Client); null: the cluster
+    RAY_ADDRESS names or `ray start` started here, else Ray started for the run. Only with
+    kind `ray`."""
+    num_cpus: float = Field(1, gt=0)
+    """CPUs a task asks for; torch uses as many threads in it (rounded down, at least 1)."""
+    num_gpus: float = Field(0, ge=0)
+    """GPUs a task asks for (fractions share a GPU: 0.5 runs two tasks on one); 0: tasks see
+    no GPU and run on CPU."""
+    max_retries: int = Field(3, ge=0)
+    """Times Ray reruns a task whose worker died (killed, out of memory, node lost)."""
+    retry_exceptions: bool = False
+    """Also rerun a task that raised an exception (a flaky filesystem, a CUDA error); off: an
+    exception is reported at once, since a deterministic bug would only fail again."""
+
+    @model_validator(mode="after")
+    def _address_needs_ray(self) -> ExecutorConfig:
+        if self.address is not None and self.kind != "ray":
+            raise ValueError("`address` is a Ray cluster's: set kind: ray (or --executor ray)")
+        return self
+
+
+class MlflowConfig(StrictModel):
+    tracking_uri: str | None = None
+    """Where runs go: an MLflow server (`http://HOST:5000`), a database (`sqlite:///mlflow.db`,
+    needs the full `mlflow` package) or a file store (`file:/path`); null: the file store
+    `OUTPUT_DIR/mlruns` (see it with `mlflow ui --backend-store-uri OUTPUT_DIR/mlruns`)."""
+    experiment: str | None = None
+    """The MLflow experiment; null: the run's `name`."""
+
+
+class WandbConfig(StrictModel):
+    project: str = "pathunlearn"
+    """The W&B project."""
+    entity: str | None = None
+    """The W&B team or user; null: your default."""
+    mode: Literal["offline", "online"] = "offline"
+    """`offline` writes to `dir` without network (upload later with `wandb sync`)."""
+    dir: str | None = None
+    """Where W&B writes its files; null: the run directory."""
+
+
+class TensorboardConfig(StrictModel):
+    log_dir: str | None = None
+    """Where the event files go; null: RUN_DIR/tensorboard."""
+
+
+class TrackingConfig(StrictModel):
+    """Experiment tracking (off by default; each backend is an optional install): the training
+    loss of every prefix, the steps and probes of every cell, the final table. Logged by the
+    process that runs the study, from the files each prefix and cell wrote, so it is the same
+    with every executor, and a rerun logs what an earlier one did not (docs/tracking.md)."""
+
+    mlflow: MlflowConfig | None = None
+    """MLflow (`pip install 'pathunlearn[mlflow]'`); null: off, `{}`: a file store."""
+    wandb: WandbConfig | None = None
+    """Weights & Biases (`pip install 'pathunlearn[wandb]'`); null: off, `{}`: offline."""
+    tensorboard: TensorboardConfig | None = None
+    """TensorBoard (`pip install 'pathunlearn[tensorboard]'`); null: off."""
+
+
 class ExperimentConfig(StrictModel):
     name: str = "experiment"
     """Run name: outputs go to `output_dir/name`."""
@@ -510,11 +602,17 @@ class ExperimentConfig(StrictModel):
     """Controls run beside the study (the matched-start control)."""
     relearn: RelearnConfig = RelearnConfig()
     """Relearning after unlearning: how much of the forget set comes back (off by default)."""
+    distributed: DistributedConfig = DistributedConfig()
+    """One training run on N processes (torchrun): DDP or FSDP2, the backend."""
     study: Literal["recency", "superficial"] = "recency"
     """What the report leads with: `recency`, the paper's Table 1 and recency verdict;
     `superficial`, the Section 4.3 study: per path, whether unlearning the forget stage also
     removed the other compliance phrasing (deep) or not (superficial), from the probes `R`, `C`
     and `U` (summed log-probability), and a panel per path (the paper's Figure 4)."""
+    executor: ExecutorConfig = ExecutorConfig()
+    """Where the work runs: this process (default) or a Ray cluster (`--executor ray`)."""
+    tracking: TrackingConfig = TrackingConfig()
+    """Experiment tracking with MLflow, W&B and TensorBoard (off by default)."""
 
     @model_validator(mode="after")
     def _names_exist(self) -> ExperimentConfig:

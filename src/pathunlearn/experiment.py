@@ -13,17 +13,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pathunlearn import distributed
 from pathunlearn.config import ExperimentConfig
+from pathunlearn.executors import cell_summaries, execute
 from pathunlearn.files import write_json
 from pathunlearn.plan import Plan, plan_run
 from pathunlearn.rundir import hold_run_dir, start_run
-from pathunlearn.train.paths import train_paths
-from pathunlearn.train.unlearn import unlearn_all
+from pathunlearn.tracking import tracking
 
 
 @dataclass
@@ -45,42 +46,70 @@ class Phases:
 def session(cfg: ExperimentConfig, command: str, log=print) -> Iterator[Plan]:
     """Plan ``cfg`` (every input checked first: nothing is written when one is wrong), hold
     its run directory for this process (:func:`pathunlearn.rundir.hold_run_dir`), write
-    RUN_DIR/config.yaml, plan.json and probes.json, and yield the plan."""
-    plan = plan_run(cfg)
-    with hold_run_dir(cfg.run_dir, command, log=log):
-        log(f"run directory: {cfg.run_dir}")
-        start_run(cfg.run_dir, cfg, plan)
-        yield plan
+    RUN_DIR/config.yaml, plan.json and probes.json, and yield the plan.
+
+    Under torchrun (:mod:`pathunlearn.distributed`) every rank plans, then joins the process
+    group; rank 0 alone holds the run directory and writes, the others wait for it."""
+    with distributed.errors_once():
+        plan = plan_run(cfg)
+        with distributed.process_group(cfg.distributed.backend), _held(cfg, command, log):
+            if distributed.is_main():
+                log(f"run directory: {cfg.run_dir}")
+                start_run(cfg.run_dir, cfg, plan)
+            distributed.barrier()
+            yield plan
+
+
+def _held(cfg: ExperimentConfig, command: str, log):
+    """The run directory's lock, taken by rank 0 only (the one writer)."""
+    if distributed.is_main():
+        return hold_run_dir(cfg.run_dir, command, log=log)
+    return nullcontext()
 
 
 def train(cfg: ExperimentConfig, *, log=print, progress: bool = False) -> Plan:
-    """``pathunlearn train``: plan, then train every prefix not trained yet."""
-    with session(cfg, "train", log=log) as plan:
-        train_paths(cfg, plan, progress=progress, log=log)
+    """``pathunlearn train``: plan, then train every prefix not trained yet (on the config's
+    executor, :mod:`pathunlearn.executors`; tracked when ``tracking`` asks)."""
+    run_dir = Path(cfg.run_dir)
+    with session(cfg, "train", log=log) as plan, tracking(cfg, run_dir, plan, log) as tracker:
+        execute(cfg, plan, run_dir, cells=False, progress=progress, log=log,
+                on_prefix=tracker.prefix)
     return plan
 
 
 def unlearn(cfg: ExperimentConfig, *, log=print, progress: bool = False) -> list[dict]:
     """``pathunlearn unlearn``: plan, train what is missing, run every cell not finished;
     returns the cells' summaries."""
-    with session(cfg, "unlearn", log=log) as plan:
-        train_paths(cfg, plan, progress=progress, log=log)
-        return unlearn_all(cfg, plan, log=log)
+    run_dir = Path(cfg.run_dir)
+    with session(cfg, "unlearn", log=log) as plan, tracking(cfg, run_dir, plan, log) as tracker:
+        execute(cfg, plan, run_dir, progress=progress, log=log, on_prefix=tracker.prefix,
+                on_cell=tracker.cell)
+        return cell_summaries(plan, run_dir)
 
 
 def run_experiment(cfg: ExperimentConfig, *, log=print, progress: bool = False):
     """``pathunlearn run``: the whole study of ``cfg`` (or what is left of it); returns
-    ``(results, figure files, report path)``."""
+    ``(results, figure files, report path)``. The prefixes and cells run on the config's
+    executor (:mod:`pathunlearn.executors`); tracking logs each as it finishes, then the
+    table (:mod:`pathunlearn.tracking`)."""
     run_dir = Path(cfg.run_dir)
     phases = Phases()
     started = time.perf_counter()
     with session(cfg, "run", log=log) as plan:
         phases.seconds["plan"] = time.perf_counter() - started
-        with phases.time("train"):
-            train_paths(cfg, plan, run_dir=run_dir, progress=progress, log=log)
-        with phases.time("unlearn"):
-            unlearn_all(cfg, plan, run_dir=run_dir, log=log)
-        return _report(cfg, run_dir, phases, log)
+        with tracking(cfg, run_dir, plan, log) as tracker:
+            execute(cfg, plan, run_dir, progress=progress, log=log, phase=phases.time,
+                    on_prefix=tracker.prefix, on_cell=tracker.cell)
+            if distributed.is_main():
+                made = _report(cfg, run_dir, phases, log)
+                tracker.results()
+            distributed.barrier()
+            if not distributed.is_main():  # under torchrun: rank 0's report, read back
+                from pathunlearn.report import make_report
+                from pathunlearn.rundir import load_run
+
+                made = make_report(load_run(run_dir), reuse=True)
+            return made
 
 
 def _report(cfg: ExperimentConfig, run_dir: Path, phases: Phases, log=print):

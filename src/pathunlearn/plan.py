@@ -465,8 +465,9 @@ def root_key(cfg: ExperimentConfig, base: dict, tseed: int) -> str:
     m = cfg.model.model_dump(mode="json")
     # seed_of is left out: the training seed it gives is hashed itself (and a config without
     # it keeps the keys it had before the field existed)
-    training = cfg.training.model_dump(mode="json", exclude={"device", "seed_of",
-                                                             "gradient_checkpointing"})
+    # how the numbers are computed, not what they are: the same keys with and without
+    training = cfg.training.model_dump(mode="json", exclude={
+        "device", "seed_of", "gradient_checkpointing", "vocab_chunk", "compile"})
     return stable_hash("root", base, m, training, tseed)
 
 

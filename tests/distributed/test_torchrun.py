@@ -117,15 +117,18 @@ def test_ddp_tracks_the_probes_of_one_process(runs):
     assert runs["out"].stdout.count("1 unlearning cells") == 1  # rank 1 prints nothing
 
 
-def test_two_processes_resume_a_run_and_score_as_one_process(runs):
+def test_two_processes_resume_a_run_score_as_one_process_and_report_once(runs):
     # the path models of the 1-process run, its cell removed: torchrun skips the DONE
     # prefixes and scores the same models, so step 0 is the same to float rounding
     resumed = runs["root"] / "resumed" / "d"
     shutil.copytree(runs["one"], resumed)
     shutil.rmtree(next(resumed.glob("cells/*/ga/0")))
-    out = torchrun(runs["root"], "unlearn", "c.yaml", "output_dir=resumed")
+    out = torchrun(runs["root"], "run", "c.yaml", "output_dir=resumed")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 already done" in out.stdout
+    # `run`: rank 0 writes the report, rank 1 reads it back; one report line printed
+    assert (resumed / "report.html").is_file() and (resumed / "results.json").is_file()
+    assert out.stdout.count("report: ") == 1
     first, again = cell_rows(runs["one"])[0], cell_rows(resumed)[0]
     for key in PROBES:
         assert again[key] == pytest.approx(first[key], abs=1e-6), key

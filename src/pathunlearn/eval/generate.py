@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Callable
 
 import torch
 
+from pathunlearn import distributed
 from pathunlearn.data.chat import encode_prompt
 from pathunlearn.eval.logprob import eval_mode, pad_token_id
 
@@ -121,8 +123,9 @@ def _forward_names(model) -> tuple[str, bool]:
 
 def _generate_batch(model, rows: list[list[int]], generators: list[torch.Generator | None], *,
                     stop_ids: set[int], pad_id: int, max_new_tokens: int, temperature: float,
-                    top_p: float) -> list[list[int]]:
-    """New tokens of each row (stop token excluded); ``generators[i] is None`` means greedy."""
+                    top_p: float, on_token: Callable | None = None) -> list[list[int]]:
+    """New tokens of each row (stop token excluded); ``generators[i] is None`` means greedy;
+    ``on_token`` as in :func:`generate_rows`."""
     device = next(model.parameters()).device
     cache_name, keeps_logits = _forward_names(model)
     width = max(map(len, rows))
@@ -132,8 +135,9 @@ def _generate_batch(model, rows: list[list[int]], generators: list[torch.Generat
     stops = torch.tensor(sorted(stop_ids), device=device)
     done = torch.zeros(len(rows), dtype=torch.bool, device=device)
     out: list[torch.Tensor] = []
+    ended: dict[int, int] = {}  # row -> its length, for the rows on_token ended
     cache = None
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         kwargs = {cache_name: cache, "use_cache": True}
         if keeps_logits:
             kwargs["logits_to_keep"] = 1  # the prefill would otherwise hold (B, T, V) logits
@@ -148,13 +152,27 @@ def _generate_batch(model, rows: list[list[int]], generators: list[torch.Generat
         token = next_tokens(logits, u, temperature=temperature, top_p=top_p)
         token = token.masked_fill(done, pad_id)  # finished rows idle on padding
         out.append(token)
-        done |= torch.isin(token, stops)
+        stopped = torch.isin(token, stops)
+        if on_token is not None:  # each running row: its token, or None at its stop token
+            tokens, stopping = token.tolist(), stopped.tolist()
+            for i in (~done).nonzero().flatten().tolist():
+                if stopping[i]:
+                    on_token(i, None)
+                elif on_token(i, tokens[i]):
+                    ended[i] = step + 1
+                    stopped[i] = True
+        done |= stopped
         if bool(done.all()):
             break
         ids = token.unsqueeze(-1)
         positions = positions[:, -1:] + 1
         mask = torch.cat([mask, torch.ones_like(ids)], dim=-1)
+    if on_token is not None:  # the rows max_new_tokens stopped
+        for i in (~done).nonzero().flatten().tolist():
+            on_token(i, None)
     new = torch.stack(out, dim=-1).tolist()  # (B, steps)
+    for i, length in ended.items():
+        new[i] = new[i][:length]
     return [_cut_at_stop(r, stop_ids) for r in new]
 
 
@@ -163,6 +181,35 @@ def _cut_at_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
         if t in stop_ids:
             return tokens[:i]
     return tokens
+
+
+def generate_rows(model, rows: list[list[int]], generators: list[torch.Generator | None], *,
+                  stop_ids: set[int], pad_id: int, max_new_tokens: int,
+                  temperature: float = 1.0, top_p: float = 1.0,
+                  on_token: Callable[[int, int | None], bool | None] | None = None,
+                  ) -> list[list[int]]:
+    """Decode prompts given as token ids (``rows``) as one left-padded batch: the new tokens of
+    each row, its stop token excluded — what :func:`generate` decodes to text, token for token.
+
+    ``generators[i]`` samples row ``i`` (:func:`sample_generator`; row ``j`` of prompt ``i``
+    in :func:`generate` is ``sample_generator(seed, i, j)``), or is ``None`` for argmax
+    decoding: all rows one way or all the other. ``on_token(i, token)`` is called as soon as
+    row ``i`` has sampled ``token``, step by step, then once ``on_token(i, None)`` when the
+    row stops (its stop token, or ``max_new_tokens``). When it returns true the row ends
+    there, that token kept, and nothing more is reported for it; the batch ends when every
+    row has. Runs without gradients, the model in eval mode (its mode restored).
+    """
+    if len(generators) != len(rows) or not rows or max_new_tokens < 1:
+        raise ValueError("one generator per row, at least one row and max_new_tokens >= 1")
+    if len({g is None for g in generators}) > 1:
+        raise ValueError("rows must be all greedy (generator None) or all sampled")
+    if generators[0] is not None:
+        apply_temperature(torch.zeros(1), temperature)  # validate before any work
+        top_p_filter(torch.zeros(1, 1), top_p)
+    with torch.no_grad(), eval_mode(model):
+        return _generate_batch(model, rows, generators, stop_ids=stop_ids, pad_id=pad_id,
+                               max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_p=top_p, on_token=on_token)
 
 
 def sample_generator(seed: int, prompt: int, sample: int) -> torch.Generator:
@@ -193,6 +240,13 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, n: int = 1,
     draws = 1 if greedy else n
     jobs = [(i, j) for i in range(len(prompts)) for j in range(draws)]
     jobs.sort(key=lambda job: -len(encoded[job[0]]))  # similar lengths share a batch
+    # under torchrun each rank generates every N-th job (a job's sampler is seeded by the job,
+    # so where it runs does not matter) and the texts are gathered (pathunlearn.distributed);
+    # an FSDP model's forwards are collectives and generations differ in length, so there
+    # every rank generates every job
+    dealt = not distributed.is_sharded(model)
+    if dealt:
+        jobs = distributed.deal(jobs)
     texts: dict[tuple[int, int], str] = {}
     with torch.no_grad(), eval_mode(model):
         for start in range(0, len(jobs), batch_size):
@@ -204,4 +258,6 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, n: int = 1,
                                   top_p=top_p)
             for job, tokens in zip(batch, new, strict=True):
                 texts[job] = tokenizer.decode(tokens, skip_special_tokens=True)
+    if dealt:
+        texts = dict(distributed.gather(list(texts.items())))
     return [[texts[(i, 0 if greedy else j)] for j in range(n)] for i in range(len(prompts))]

@@ -19,11 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from pathunlearn import distributed
 from pathunlearn.config import ExperimentConfig, dump_config
 from pathunlearn.data.chat import tokenize_conversations
 from pathunlearn.data.sources import load_stage
 from pathunlearn.errors import ConfigError
-from pathunlearn.files import atomic_dir, is_done, write_json, write_text
+from pathunlearn.files import is_done, write_json, write_text
+from pathunlearn.losses import vocab_chunks
 from pathunlearn.models import (
     apply_lora,
     checkpoint_activations,
@@ -33,7 +35,7 @@ from pathunlearn.models import (
     resolve_device,
     write_checkpoint,
 )
-from pathunlearn.plan import Plan, Prefix, plan_run, prefix_dir
+from pathunlearn.plan import Matched, Plan, Prefix, plan_run, prefix_dir
 from pathunlearn.train.pretrain import ensure_base
 from pathunlearn.train.staged import stage_seed, train_stage
 
@@ -58,11 +60,14 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
         checkpoint_activations(model)
     conversations = load_stage(stage)
     examples, n_truncated = tokenize_conversations(tokenizer, conversations, cfg.model.max_length)
-    with atomic_dir(directory or prefix.directory(run_dir)) as tmp:
+    # under torchrun rank 0 writes, the others wait for its DONE marker (pathunlearn.distributed)
+    with distributed.output_dir(directory or prefix.directory(run_dir)) as tmp, \
+            vocab_chunks(cfg.training.vocab_chunk):
         result = train_stage(model, examples, cfg.training, epochs=stage.epochs, seed=seed,
                              pad_id=tokenizer.pad_token_id, precision=cfg.training.precision,
                              stage=prefix.stage, metrics_path=tmp / "metrics.jsonl",
-                             progress=progress,
+                             progress=progress, strategy=cfg.distributed.strategy,
+                             compile=cfg.training.compile,
                              stop=None if stop is None else (
                                  lambda step: stop(step, model, tokenizer)))
         (tmp / "metrics.jsonl").touch()  # a stage stopped before its first step logged none
@@ -99,9 +104,11 @@ def stage_model(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, device, se
 
 
 def train_paths(cfg: ExperimentConfig, plan: Plan | None = None, *,
-                run_dir: Path | None = None, progress: bool = False, log=print) -> Plan:
+                run_dir: Path | None = None, progress: bool = False, log=print,
+                on_done: Callable[[Prefix | Matched, dict], None] | None = None) -> Plan:
     """Train every prefix of the plan (default :func:`plan_run`) that has no DONE checkpoint
-    yet, parents first, after building the base model when it is a missing preset."""
+    yet, parents first, after building the base model when it is a missing preset.
+    ``on_done(prefix, summary)`` is called after each (the experiment's tracking)."""
     plan = plan or plan_run(cfg)
     run_dir = Path(run_dir or cfg.run_dir)
     todo = [p for p in plan.prefixes if not is_done(p.directory(run_dir))]
@@ -111,27 +118,48 @@ def train_paths(cfg: ExperimentConfig, plan: Plan | None = None, *,
         ensure_base(cfg.model, progress=progress, log=log)
     for i, prefix in enumerate(todo, 1):
         s = train_prefix(cfg, prefix, run_dir, progress=progress)
-        log(f"[{i}/{len(todo)}] seed {prefix.seed}: {prefix.label}  loss {s['first_loss']:.3f} -> "
+        log(f"[{i}/{len(todo)}] {prefix_line(prefix, s)}")
+        if on_done is not None:
+            on_done(prefix, s)
+    train_matched(cfg, plan, run_dir, progress=progress, log=log, on_done=on_done)
+    return plan
+
+
+def prefix_line(prefix: Prefix, s: dict) -> str:
+    """What the log says of a trained prefix (``s``: its prefix.json)."""
+    return (f"seed {prefix.seed}: {prefix.label}  loss {s['first_loss']:.3f} -> "
             f"{s['last_loss']:.3f}  ({s['steps']} steps, {s['seconds']:.1f}s"
             f"{', ' + str(s['truncated']) + ' truncated' if s['truncated'] else ''})")
-    train_matched(cfg, plan, run_dir, progress=progress, log=log)
-    return plan
 
 
 # ---------------------------------------------------------------------------- the control
 
 
 def train_matched(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, progress: bool = False,
-                  log=print) -> None:
-    """The matched-start control's models (:class:`pathunlearn.plan.Matched`) not trained yet:
-    the level of the metric on the other paths' path models, then the forget-last path's
-    last stage again from its parent, stopped at the first check where the metric reaches
-    the level minus the tolerance (the whole stage when it never does). prefix.json records
+                  log=print, on_done: Callable[[Prefix | Matched, dict], None] | None = None
+                  ) -> None:
+    """The matched-start control's models (:class:`pathunlearn.plan.Matched`) not trained yet
+    (:func:`train_matched_model`), after the prefixes; ``on_done(model, summary)`` after
+    each."""
+    todo = [m for m in plan.matched if not is_done(m.directory(run_dir))]
+    if cfg.controls.matched_start is None or not todo:
+        return
+    levels: dict[str, float] = {}  # a path model's level is the same for every model
+    for i, m in enumerate(todo, 1):
+        s = train_matched_model(cfg, plan, m, run_dir, levels=levels, progress=progress)
+        log(f"matched start {i}/{len(todo)}, {matched_line(cfg, m, s)}")
+        if on_done is not None:
+            on_done(m, s)
+
+
+def train_matched_model(cfg: ExperimentConfig, plan: Plan, m: Matched, run_dir: Path, *,
+                        levels: dict[str, float] | None = None, progress: bool = False) -> dict:
+    """One matched-start model: the level of the metric on the other paths' path models
+    (``levels``: their values measured so far, filled in), then the forget-last path's last
+    stage again from its parent, stopped at the first check where the metric reaches the level
+    minus the tolerance (the whole stage when it never does). prefix.json (returned) records
     the level, each other model's value, the metric at every check and the stopping step."""
     control = cfg.controls.matched_start
-    todo = [m for m in plan.matched if not is_done(m.directory(run_dir))]
-    if control is None or not todo:
-        return
     from pathunlearn.eval.probes import evaluate_probes
 
     # the probe's existence is checked before any work (pathunlearn.checks); its statistic here
@@ -146,26 +174,30 @@ def train_matched(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, progress:
                               f"{control.metric!r} ({', '.join(metrics)})")
         return float(metrics[control.metric])
 
-    levels: dict[str, float] = {}
-    for i, m in enumerate(todo, 1):
-        for key in m.others:
-            if key not in levels:
-                model, tokenizer = load_checkpoint(prefix_dir(run_dir, key), cfg.model, device)
-                levels[key] = measure(model, tokenizer)
-        values = [levels[k] for k in m.others]
-        level = {"mean": sum(values) / len(values), "min": min(values),
-                 "max": max(values)}[control.level]
-        stopper = _Stopper(measure, level - control.tolerance, control.check_every)
-        leaf = Prefix(m.path, m.seed, m.leaf_key, m.parent_key)
-        s = train_prefix(cfg, leaf, run_dir, progress=progress, directory=m.directory(run_dir),
-                         stop=stopper, extra=lambda m=m, level=level, stopper=stopper: {
-                             "control": "matched_start", "key": m.key, "leaf": m.leaf_key,
-                             "metric": control.metric, "level": level,
-                             "others": {k: levels[k] for k in m.others}, **stopper.summary()})
-        last = stopper.trace[-1]["value"] if stopper.trace else float("nan")
-        log(f"matched start {i}/{len(todo)}, seed {m.seed}: {' > '.join(m.path)}: "
-            + (f"stopped after {s['steps']} steps at {control.metric} {last:.3f} (level "
-               f"{level:.3f})" if stopper.reached else f"the whole stage ({s['steps']} steps) "
+    levels = {} if levels is None else levels
+    for key in m.others:
+        if key not in levels:
+            model, tokenizer = load_checkpoint(prefix_dir(run_dir, key), cfg.model, device)
+            levels[key] = measure(model, tokenizer)
+    values = [levels[k] for k in m.others]
+    level = {"mean": sum(values) / len(values), "min": min(values),
+             "max": max(values)}[control.level]
+    stopper = _Stopper(measure, level - control.tolerance, control.check_every)
+    leaf = Prefix(m.path, m.seed, m.leaf_key, m.parent_key)
+    return train_prefix(cfg, leaf, run_dir, progress=progress, directory=m.directory(run_dir),
+                        stop=stopper, extra=lambda: {
+                            "control": "matched_start", "key": m.key, "leaf": m.leaf_key,
+                            "metric": control.metric, "level": level,
+                            "others": {k: levels[k] for k in m.others}, **stopper.summary()})
+
+
+def matched_line(cfg: ExperimentConfig, m: Matched, s: dict) -> str:
+    """What the log says of a trained matched-start model (``s``: its prefix.json)."""
+    metric, level = cfg.controls.matched_start.metric, s["level"]
+    last = s["trace"][-1]["value"] if s["trace"] else float("nan")
+    return (f"seed {m.seed}: {' > '.join(m.path)}: "
+            + (f"stopped after {s['steps']} steps at {metric} {last:.3f} (level "
+               f"{level:.3f})" if s["reached"] else f"the whole stage ({s['steps']} steps) "
                f"stays below the level {level:.3f} ({last:.3f} at the end)"))
 
 

@@ -80,6 +80,7 @@ def train_stage(
     progress: bool = False,
     stop: Callable[[int], bool] | None = None,
     strategy: str = "ddp",
+    compile: bool = False,
 ) -> StageResult:
     """Train the trainable parameters of ``model`` on ``examples`` for ``epochs``.
 
@@ -90,10 +91,13 @@ def train_stage(
 
     Under torchrun (:mod:`pathunlearn.distributed`) ``model`` is trained through DDP, or
     sharded in place by FSDP2 (``strategy``); each rank makes the passes of its share of every
-    step, its loss divided by the whole step's target tokens."""
+    step, its loss divided by the whole step's target tokens. ``compile``: the passes go
+    through ``torch.compile`` (``training.compile``)."""
     # ---- setup: fresh optimizer and schedule for this stage
     device = next(model.parameters()).device
     trained = distributed.wrap(model, strategy)  # before the optimizer: FSDP swaps parameters
+    if compile:  # the forward and backward of the (wrapped) model, compiled; same parameters
+        trained = torch.compile(trained)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, optim)
     total = num_steps(len(examples), optim.batch_size, epochs)

@@ -23,11 +23,13 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from pathunlearn import distributed
 from pathunlearn import metrics as M
 from pathunlearn.config import ExperimentConfig
 from pathunlearn.data.batching import collate, step_indices
@@ -36,12 +38,12 @@ from pathunlearn.data.sources import load_stage
 from pathunlearn.eval.divergence import (
     Reference,
     heldout_examples,
-    kl_distance,
+    kl_per_position,
     mse_distance,
     position_logprobs,
     token_logprobs_of,
 )
-from pathunlearn.eval.logprob import reference_logprobs
+from pathunlearn.eval.logprob import Prepared, prepare_scoring, reference_logprobs
 from pathunlearn.eval.math import MathResult, measure_math
 from pathunlearn.eval.probes import (
     ProbeSet,
@@ -50,8 +52,8 @@ from pathunlearn.eval.probes import (
     probe_conversations,
 )
 from pathunlearn.eval.saturation import saturation
-from pathunlearn.files import atomic_dir, is_done
-from pathunlearn.losses import token_logprobs
+from pathunlearn.files import is_done
+from pathunlearn.losses import token_logprobs, vocab_chunks
 from pathunlearn.methods import ForgetBatch, Method, RetainBatch, make_method
 from pathunlearn.models import (
     apply_lora,
@@ -103,10 +105,11 @@ class CellData:
 
 def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
                 run_dir: Path | None = None, cells: list[Cell] | None = None,
-                log=print) -> list[dict]:
+                log=print, on_done: Callable[[Cell, dict], None] | None = None) -> list[dict]:
     """Run every cell of the plan (default :func:`plan_run`) not finished with its key;
     returns the summaries of all cells. The path models (and retrain models) must be
-    trained (:func:`pathunlearn.train.paths.train_paths`)."""
+    trained (:func:`pathunlearn.train.paths.train_paths`). ``on_done(cell, summary)`` is
+    called after each cell (the experiment's tracking)."""
     plan = plan or plan_run(cfg)
     run_dir = Path(run_dir or cfg.run_dir)
     cells = list(plan.cells) if cells is None else cells
@@ -120,11 +123,18 @@ def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
     shared = Shared(list(plan.probes)) if todo else None
     for i, cell in enumerate(todo, 1):
         s = unlearn_cell(cfg, cell, run_dir, shared)
-        note = f", diverged at step {s['diverged_at']}" if s["diverged_at"] else ""
-        sweep = " " + "/".join(cell.sweep) if cell.sweep else ""
-        log(f"[{i}/{len(todo)}] {cell.path_label} {cell.method_label}{sweep} seed {cell.seed}: "
-            f"{s['steps_done']} steps, {s['seconds']:.1f}s{note}")
+        log(f"[{i}/{len(todo)}] {cell_line(cell, s)}")
+        if on_done is not None:
+            on_done(cell, s)
     return [json.loads((c.directory(run_dir) / SUMMARY).read_text()) for c in cells]
+
+
+def cell_line(cell: Cell, s: dict) -> str:
+    """What the log says of a finished cell (``s``: its summary.json)."""
+    note = f", diverged at step {s['diverged_at']}" if s["diverged_at"] else ""
+    sweep = " " + "/".join(cell.sweep) if cell.sweep else ""
+    return (f"{cell.path_label} {cell.method_label}{sweep} seed {cell.seed}: "
+            f"{s['steps_done']} steps, {s['seconds']:.1f}s{note}")
 
 
 # ---------------------------------------------------------------------------- one cell
@@ -170,6 +180,9 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
         model = apply_lora(model, cfg.model.lora, seed=seed)
     if cfg.training.gradient_checkpointing:
         checkpoint_activations(model)
+    # under torchrun: DDP around the model, or FSDP2 sharding it in place (before the
+    # optimizer); `model` is still what is evaluated and saved
+    trained = distributed.wrap(model, cfg.distributed.strategy)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, u.model_copy(update={"lr": cell.lr}))
     total = u.steps or num_steps(len(data.forget), u.batch_size, u.epochs)
@@ -184,7 +197,8 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
                        u.micro_batch_size)  # changes nothing: no update, RNG restored
 
     # ---- 4. the loop
-    with atomic_dir(cell.directory(run_dir)) as tmp:
+    with distributed.output_dir(cell.directory(run_dir)) as tmp, \
+            vocab_chunks(cfg.training.vocab_chunk):
         files = CellWriter(tmp)
         t0, diverged_at, last = time.perf_counter(), None, {}
         files.metrics({M.STEP: 0, **probe(model), **cell.describe()})
@@ -193,7 +207,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
             for group in optimizer.param_groups:
                 group["lr"] = lr
             retain_idx = next(retain_batches)[1] if retain_batches else None
-            loss = backward(method, model, data, next(forget_batches)[1], retain_idx, device,
+            loss = backward(method, trained, data, next(forget_batches)[1], retain_idx, device,
                             cfg.training.precision)
             grad_norm = clip_gradients(params, u.grad_clip)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -239,25 +253,46 @@ def backward(method: Method, model: torch.nn.Module, data: CellData,
 
     Divisors are those of the whole effective batch (target tokens for token means,
     sequences for sequence means), so the accumulated gradient is that of one big batch.
+    Retain micro-batch j goes with forget micro-batch j (those after the last forget one are
+    not used). Under torchrun ``model`` is the DDP/FSDP module and each rank makes the passes
+    of its share of the step (:func:`pathunlearn.distributed.step_work`) with the same global
+    divisors; the loss returned is the whole step's on every rank.
     """
     flat = [i for mb in micro_idx for i in mb]
     n_tokens, n_seq = sum(data.forget[i].num_targets for i in flat), len(flat)
     r_tokens = sum(data.retain[i].num_targets for mb in retain_idx for i in mb) \
         if retain_idx else 0
+    forget_work = distributed.step_work(micro_idx, len(micro_idx[0]))
+    retain_work = distributed.step_work(retain_idx[:len(micro_idx)], len(retain_idx[0])) \
+        if retain_idx else []
+    passes = max(len(forget_work), len(retain_work))
     total = 0.0
-    for j, idx in enumerate(micro_idx):
-        batch = collate([data.forget[i] for i in idx], data.pad_id).to(device)
-        with autocast(device, precision):
-            logits = model(**batch.inputs()).logits  # (B, T, V)
-        token_logp, mask = token_logprobs(logits, batch.labels)
-        ref = None if data.ref_logp is None else data.ref_logp[idx].to(device)
-        loss = method.forget_loss(ForgetBatch(token_logp, mask, n_tokens, n_seq, ref))
-        if retain_idx is not None and j < len(retain_idx):
-            loss = loss + method.retain_loss(
-                retain_batch(method, model, data, retain_idx[j], device, precision, r_tokens))
-        loss.backward()
+    for j in range(passes):
+        # gradients are reduced across ranks once, at the last pass
+        with distributed.sync(model, last=j == passes - 1):
+            loss = None
+            if j < len(forget_work):
+                idx, weight = forget_work[j]
+                batch = collate([data.forget[i] for i in idx], data.pad_id).to(device)
+                with autocast(device, precision):
+                    logits = model(**batch.inputs()).logits  # (B, T, V)
+                token_logp, mask = token_logprobs(logits, batch.labels)
+                ref = None if data.ref_logp is None else data.ref_logp[idx].to(device)
+                loss = _weighted(method.forget_loss(
+                    ForgetBatch(token_logp, mask, n_tokens, n_seq, ref)), weight)
+            if j < len(retain_work):
+                idx, weight = retain_work[j]
+                term = _weighted(method.retain_loss(
+                    retain_batch(method, model, data, idx, device, precision, r_tokens)), weight)
+                loss = term if loss is None else loss + term
+            distributed.backward(loss)
         total += loss.item()
-    return total
+    return distributed.all_reduce_sum(total)
+
+
+def _weighted(loss: torch.Tensor, weight: int) -> torch.Tensor:
+    """``loss`` of a pass, or 0 x it for a rank's padding pass (it joins the reduction)."""
+    return loss if weight == 1 else loss * weight
 
 
 def retain_batch(method: Method, model: torch.nn.Module, data: CellData, idx: list[int],
@@ -271,8 +306,9 @@ def retain_batch(method: Method, model: torch.nn.Module, data: CellData, idx: li
             if data.ref_model is not None:
                 ref_logits = data.ref_model(**batch.inputs()).logits
             else:  # LoRA: the reference is the path model, i.e. the adapter switched off
-                with model.disable_adapter():
-                    ref_logits = model(**batch.inputs()).logits
+                base = distributed.unwrap(model)  # outside DDP: no gradient reduction
+                with base.disable_adapter():
+                    ref_logits = base(**batch.inputs()).logits
     with autocast(device, precision):
         logits = model(**batch.inputs()).logits
     return RetainBatch(logits, batch.labels, n_tokens, ref_logits)
@@ -288,20 +324,27 @@ class CellProbes:
                  retrain: Reference | None):
         self.tokenizer, self.probe_sets, self.retrain = tokenizer, probe_sets, retrain
         self.encoded = encode_probes(tokenizer, probe_sets, cfg.model.max_length)
+        self.prepared: Prepared | None = None  # the batches, worked out at the first call
         self.heldout = heldout_set(cfg, tokenizer, probe_sets)
-        if retrain is not None and retrain.tokens.numel() != sum(e.num_targets
-                                                                 for e in self.heldout):
+        # under torchrun a rank holds the retrain reference of its share of the held-out set
+        if retrain is not None and retrain.tokens.numel() != sum(
+                e.num_targets for e in distributed.shard(self.heldout)):
             raise ValueError("the retrain reference was computed on another held-out set")
+        self.retrain_tokens = None if retrain is None else distributed.gather_tensor(
+            token_logprobs_of(retrain))
 
     def __call__(self, model: torch.nn.Module) -> dict:
-        metrics = evaluate_probes(model, self.tokenizer, self.probe_sets, encoded=self.encoded)
+        if self.prepared is None:
+            self.prepared = prepare_scoring(model, self.encoded, self.tokenizer.pad_token_id)
+        metrics = evaluate_probes(model, self.tokenizer, self.probe_sets, prepared=self.prepared)
         if not self.heldout:
             return metrics
-        current = position_logprobs(model, self.heldout, self.tokenizer.pad_token_id)
-        tokens = token_logprobs_of(current)
+        current = heldout_logprobs(model, self.heldout, self.tokenizer.pad_token_id)
+        tokens = distributed.gather_tensor(token_logprobs_of(current))
         if self.retrain is not None:
-            metrics[M.RE_RETRAIN_KL] = kl_distance(current, self.retrain)
-            metrics[M.RE_RETRAIN_MSE] = mse_distance(tokens, token_logprobs_of(self.retrain))
+            metrics[M.RE_RETRAIN_KL] = distributed.global_mean(
+                kl_per_position(current, self.retrain))
+            metrics[M.RE_RETRAIN_MSE] = mse_distance(tokens, self.retrain_tokens)
         return {**metrics, M.RE_TOKENS: [round(float(x), 5) for x in tokens]}
 
 
@@ -324,8 +367,19 @@ def retrain_reference(cfg: ExperimentConfig, cell: Cell, run_dir: Path,
         model, tok = load_checkpoint(prefix_dir(run_dir, key), cfg.model,
                                      resolve_device(cfg.training.device))
         heldout = heldout_set(cfg, tok, shared.probe_sets)
-        shared.references[key] = position_logprobs(model, heldout, tok.pad_token_id)
+        shared.references[key] = heldout_logprobs(model, heldout, tok.pad_token_id)
     return shared.references[key]
+
+
+def heldout_logprobs(model: torch.nn.Module, heldout: list[EncodedExample],
+                     pad_id: int) -> Reference:
+    """:func:`~pathunlearn.eval.divergence.position_logprobs` of this rank's contiguous share
+    of the held-out set (all of it in a plain process; :func:`pathunlearn.distributed.shard`)."""
+    mine, batch_size = distributed.shard(heldout), 32
+    with distributed.lockstep(model, -(-len(mine) // batch_size)):
+        if mine:
+            return position_logprobs(model, mine, pad_id, batch_size)
+    return Reference(torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
 
 
 # ---------------------------------------------------------------------------- data
