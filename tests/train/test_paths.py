@@ -215,3 +215,32 @@ def test_lora_scope_on_full_finetuning_is_a_config_error(tmp_path, cli):
     result = cli("train", write_config(tmp_path, data, tmp_path / "runs"), "--plan")
     assert result.code == 2 and "model: `lora.scope` is set but `finetuning` is full" in result.err
     assert len(result.err.strip().splitlines()) == 1
+
+
+def test_vocab_chunks_and_compile_change_no_key_and_train_the_same(tmp_path, monkeypatch):
+    """Issue 16: ``training.vocab_chunk`` and ``training.compile`` change how a stage is
+    computed, not what: the same prefix keys, the same losses up to float rounding. (The spy
+    stands in for torch.compile, which needs a compiler toolchain and minutes on CPU; compiled
+    numbers are checked on CUDA, tests/test_cuda.py.)"""
+    import torch
+
+    stages = {name: {"source": f"builtin:{name}", "epochs": 1, "max_examples": 12}
+              for name in ("authors", "refusals")}
+    paths = {"forget_stage": "refusals", "order": ["authors"], "positions": [2]}
+    training = {"batch_size": 4, "micro_batch_size": 2}
+    plain = config(tmp_path / "plain", paths, stages=stages, training=training)
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    chunked = config(tmp_path / "chunked", paths, stages=stages,
+                     training={**training, "vocab_chunk": 5, "compile": True})
+    a, b = plan_run(plain), plan_run(chunked)
+    assert [p.key for p in a.prefixes] == [p.key for p in b.prefixes]
+    train_paths(plain, a, log=lambda *_: None)
+    assert not compiled
+    train_paths(chunked, b, log=lambda *_: None)
+    assert len(compiled) == len(b.prefixes)
+    for p in a.prefixes:
+        rows = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+                for d in (p.directory(plain.run_dir), p.directory(chunked.run_dir))]
+        assert [r["loss"] for r in rows[1]] == pytest.approx([r["loss"] for r in rows[0]],
+                                                             abs=1e-5)

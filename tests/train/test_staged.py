@@ -126,3 +126,17 @@ def test_activation_checkpointing_gives_the_same_step(tiny_tokenizer, examples):
         checked = one_sgd_step(model, examples, pad, micro=4)
         assert plain.keys() == checked.keys()
         assert all(torch.allclose(plain[n], checked[n], atol=1e-6, rtol=0) for n in plain)
+
+
+@pytest.mark.slow
+def test_torch_compile_on_cpu_trains_the_same(tiny_tokenizer, examples):
+    """Issue 16: ``compile=True`` (``training.compile``) through inductor on CPU (~1 min of
+    compiling) gives the eager losses up to float rounding."""
+    torch.manual_seed(0)
+    base = init_model(tiny_tokenizer)
+    optim = OptimConfig(lr=1e-3, batch_size=6, micro_batch_size=3, scheduler="constant",
+                        warmup=0)
+    losses = [train_stage(copy.deepcopy(base), examples, optim, epochs=2, seed=0,
+                          pad_id=tiny_tokenizer.pad_token_id, compile=c).last_loss
+              for c in (False, True)]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
