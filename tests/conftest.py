@@ -7,7 +7,13 @@ built); set ``PATHUNLEARN_TINY_PRETRAIN_EPOCHS`` yourself to run everything on a
 
 from __future__ import annotations
 
+import os
 import sys
+
+# The suite runs on one worker per core (pytest-xdist, `-n auto` in pyproject.toml): one torch
+# thread per worker, and per process a test starts (torchrun ranks, Ray workers, servers).
+# Intra-op threads of two processes on 2 cores thrash: 7m20s instead of 2m49s.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from dataclasses import dataclass
 
 import pytest
