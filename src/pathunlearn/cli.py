@@ -687,7 +687,7 @@ def run(
     executor: Annotated[str | None, typer.Option(
         "--executor", metavar="local|ray",
         help="Where prefixes and cells run: local (this process, the default) or ray (a Ray "
-             "task each; docs/ray.md). Overrides executor.kind.", show_default=False)] = None,
+             "task each; docs/distributed.md). Overrides executor.kind.", show_default=False)] = None,
     address: Annotated[str | None, typer.Option(
         "--address", metavar="auto|HOST:PORT|ray://HOST:PORT",
         help="The Ray cluster to join (default: start Ray on this machine). Overrides "

@@ -516,7 +516,7 @@ class ExecutorConfig(StrictModel):
     kind: Literal["local", "ray"] = "local"
     """`local`: in this process, one after another. `ray`: every prefix, matched-start model
     and cell is a Ray task that waits for the models it starts from (needs
-    `pip install 'pathunlearn[ray]'` and a run directory every worker reaches; docs/ray.md)."""
+    `pip install 'pathunlearn[ray]'` and a run directory every worker reaches; docs/distributed.md)."""
     address: str | None = None
     """The Ray cluster to join: `auto` (the cluster `ray start` started on this machine),
     `HOST:PORT` (its head node's GCS) or `ray://HOST:10001` (Ray Client); null: the cluster

@@ -1,5 +1,5 @@
 """Where the work of a plan runs: in this process, one unit after another (``executor.kind:
-local``, the default), or as Ray tasks on a cluster (``ray``; docs/ray.md).
+local``, the default), or as Ray tasks on a cluster (``ray``; docs/distributed.md).
 
 The units of a plan (:mod:`pathunlearn.plan`) and what each waits for:
 
