@@ -135,6 +135,26 @@ def test_two_processes_resume_a_run_score_as_one_process_and_report_once(runs):
     assert again["re_tokens"] == pytest.approx(first["re_tokens"], abs=1e-5)
 
 
+def test_accelerate_launch_trains_what_one_process_does(runs):
+    """``accelerate launch --multi_gpu`` (torchrun underneath; on CPU it falls back to gloo)
+    sets the same environment: 2 processes, the weights of one. (``--cpu`` would launch a
+    single process.)"""
+    pytest.importorskip("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                          "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+                          "no", "--dynamo_backend", "no", "-m", "pathunlearn", "train",
+                          "c.yaml", "output_dir=accelerate"],
+                         cwd=runs["root"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("2 stage-trainings planned") == 1  # rank 1 prints nothing
+    one = {k: v for k, v in weights(runs["one"]).items() if k.startswith("prefixes/")}
+    launched = weights(runs["root"] / "accelerate" / "d")
+    assert one.keys() == launched.keys()
+    for name in one:
+        assert max_diff(one[name], launched[name]) <= 1e-5, name
+
+
 def test_fsdp2_on_two_cpu_processes_trains_what_ddp_does(runs):
     out = torchrun(runs["root"], "train", "c.yaml", "output_dir=fsdp",
                    "distributed.strategy=fsdp")
