@@ -47,7 +47,7 @@ class KillOnceNPO(NPO):
             os.kill(os.getpid(), signal.SIGKILL)  # mid-cell: its directory is half-written
         return super().forget_loss(batch)
 '''
-ENGINES = ("ray", "mlflow", "wandb", "tensorboard")
+ENGINES = ("ray", "mlflow", "wandb", "tensorboard", "fastapi", "uvicorn", "openai")
 
 
 def write_config(directory: Path, name: str = "small") -> Path:
@@ -195,6 +195,8 @@ def test_no_engine_is_a_dependency_of_the_package():
     assert any(d.startswith("ray") for d in extras["ray"])
     assert any(d.startswith("mlflow") for d in extras["mlflow"])
     assert any(d.startswith("wandb") for d in extras["wandb"])
+    assert any(d.startswith("fastapi") for d in extras["serve"])
+    assert any(d.startswith("openai") for d in extras["llm"])
 
 
 def test_the_cli_imports_no_engine():
