@@ -6,18 +6,25 @@ One optimizer step = forward + backward over micro-batches of chat examples, tok
 - ``paper``: fp32, micro-batch 2, examples in epoch order (padded to the longest of each
   micro-batch), as the paper's torchtune recipes;
 - ``ours``: bf16 autocast with fp32 weights (on CUDA; fp32 on CPU, where bf16 is slower),
-  micro-batch 16, length-bucketed micro-batches (:func:`pathunlearn.data.batching.cut_epoch`).
+  micro-batch 16, length-bucketed micro-batches (:func:`pathunlearn.data.batching.cut_epoch`);
+- ``ours+compile``: the same through ``torch.compile`` (``training.compile``; CUDA only, the
+  compiling done in the warm-up steps).
+
+Every setting first takes ``--warmup`` untimed steps (CUDA start-up, the allocator, the
+compiler). ``--vocab-chunk N`` runs ``ours`` with the softmax over the vocabulary N positions
+at a time (``training.vocab_chunk``).
 
 Prints, per setting: target tokens/s, all tokens/s (padding included), the fraction of
 computed tokens that are padding, peak memory and, on CUDA, MFU (6 x trainable-and-frozen
 parameters x tokens per second over the device's peak dense FLOP/s, ``--peak-tflops``).
 
 Models: ``tiny`` (the shipped tiny preset, full finetuning; runs on CPU) and ``llama-1b`` (a
-Llama-3.2-1B-shaped model, random init, LoRA r=64 on q, v, o and the MLP, as in the issue;
-CUDA only: on CPU it is skipped with a line saying so). Data: the built-in suite's chat
+Llama-3.2-1B-shaped model with its 128,256-token vocabulary, random init, LoRA r=64 on q, v,
+o and the MLP, as in the issue; CUDA only: on CPU it is skipped with a line saying so). Data: the built-in suite's chat
 examples (every stage), tokenised with the tiny preset's tokenizer, lengths as they come.
 
-    python bench/train_throughput.py [--model tiny|llama-1b|both] [--steps 8] [--peak-tflops 989]
+    python bench/train_throughput.py [--model tiny|llama-1b|both] [--steps 8] [--warmup 2]
+        [--peak-tflops 989] [--vocab-chunk N]
 """
 
 from __future__ import annotations
@@ -33,12 +40,13 @@ from pathunlearn.config import LoraConfig
 from pathunlearn.data.batching import collate, cut_epoch, epoch_order, padding_fraction
 from pathunlearn.data.chat import tokenize_conversations
 from pathunlearn.data.suite import load_builtin
-from pathunlearn.losses import nll_sum
+from pathunlearn.losses import nll_sum, vocab_chunks
 from pathunlearn.models import apply_lora, load_pretrained
 from pathunlearn.tiny import tiny_location
 
-SETTINGS = {"paper": {"micro": 2, "bucket": False, "bf16": False},
-            "ours": {"micro": 16, "bucket": True, "bf16": True}}
+SETTINGS = {"paper": {"micro": 2, "bucket": False, "bf16": False, "compile": False},
+            "ours": {"micro": 16, "bucket": True, "bf16": True, "compile": False},
+            "ours+compile": {"micro": 16, "bucket": True, "bf16": True, "compile": True}}
 BATCH = 32
 
 
@@ -48,8 +56,9 @@ def chat_examples(tokenizer, max_length: int = 512):
     return tokenize_conversations(tokenizer, conversations, max_length)[0]
 
 
-def llama_1b(vocab_size: int):
-    """A Llama-3.2-1B-shaped model (16 layers, hidden 2048, 32/8 heads, MLP 8192), random."""
+def llama_1b(vocab_size: int = 128256):
+    """A Llama-3.2-1B-shaped model (16 layers, hidden 2048, 32/8 heads, MLP 8192, its
+    128,256-token vocabulary), random."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=2048, intermediate_size=8192,
@@ -58,34 +67,44 @@ def llama_1b(vocab_size: int):
     return LlamaForCausalLM(config)
 
 
-def run(model, examples, setting: dict, steps: int, device: torch.device) -> dict:
+def run(model, examples, setting: dict, steps: int, device: torch.device, warmup: int = 2,
+        vocab_chunk: int | None = None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     order = epoch_order(len(examples), 0, 0)
     lengths = [len(e.input_ids) for e in examples] if setting["bucket"] else None
-    plan = cut_epoch(order, BATCH, setting["micro"], lengths)[:steps]
+    plan = cut_epoch(order, BATCH, setting["micro"], lengths)[:warmup + steps]
     bf16 = setting["bf16"] and device.type == "cuda"
     cast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        torch.cuda.synchronize(device)
-    targets = tokens = 0
-    start = time.perf_counter()
-    for step in plan:
+    forward = torch.compile(model) if setting["compile"] else model
+
+    def step_once(step) -> tuple[int, int]:
         batches = [collate([examples[i] for i in mb], 0) for mb in step]
         n = sum(b.num_targets for b in batches)
         for b in batches:
             b = b.to(device)
             with cast:
-                logits = model(**b.inputs()).logits
+                logits = forward(**b.inputs()).logits
             (nll_sum(logits, b.labels) / n).backward()
-            tokens += b.input_ids.numel()
-        targets += n
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+        return n, sum(b.input_ids.numel() for b in batches)
+
+    with vocab_chunks(vocab_chunk if setting is SETTINGS["ours"] else None):
+        for step in plan[:warmup]:
+            step_once(step)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        targets = tokens = 0
+        start = time.perf_counter()
+        for step in plan[warmup:]:
+            n, t = step_once(step)
+            targets, tokens = targets + n, tokens + t
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    plan = plan[warmup:]
     peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     return {"target_tok_s": targets / seconds, "tok_s": tokens / seconds,
@@ -97,6 +116,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=("tiny", "llama-1b", "both"), default="both")
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps of 32 examples")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--vocab-chunk", type=int, default=None,
+                    help="ours: the softmax over the vocabulary N positions at a time")
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="the device's peak dense bf16 TFLOP/s for MFU (H100/H200 SXM: 989)")
     args = ap.parse_args()
@@ -111,18 +133,22 @@ def main() -> None:
             print("llama-1b: skipped (CUDA only: a 1B model trains at a few tokens/s on CPU)")
             continue
         for label, setting in SETTINGS.items():
+            if setting["compile"] and device.type != "cuda":
+                print(f"{name:8s} {label}: skipped (CUDA only: inductor on CPU spends a minute "
+                      "compiling the tiny model)")
+                continue
             torch.manual_seed(0)
             if name == "tiny":
                 model = load_pretrained(tiny_location())[0].to(device)
             else:
-                model = apply_lora(llama_1b(len(tokenizer)).to(device),
+                model = apply_lora(llama_1b().to(device),
                                    LoraConfig(rank=64, alpha=128, mlp=True))
             model.train()
-            r = run(model, examples, setting, args.steps, device)
+            r = run(model, examples, setting, args.steps, device, args.warmup, args.vocab_chunk)
             mfu = ""
             if device.type == "cuda":
                 mfu = f", MFU {6 * r['params'] * r['tok_s'] / (args.peak_tflops * 1e12):.1%}"
-            print(f"{name:8s} {label:5s} (micro {setting['micro']:2d}, "
+            print(f"{name:8s} {label:12s} (micro {setting['micro']:2d}, "
                   f"{'bucketed' if setting['bucket'] else 'epoch order'}, "
                   f"{'bf16' if setting['bf16'] and device.type == 'cuda' else 'fp32'}): "
                   f"{r['target_tok_s']:8.0f} target tok/s, {r['tok_s']:8.0f} tok/s, padding "
