@@ -8,7 +8,9 @@ One optimizer step = forward + backward over micro-batches of chat examples, tok
 - ``ours``: bf16 autocast with fp32 weights (on CUDA; fp32 on CPU, where bf16 is slower),
   micro-batch 16, length-bucketed micro-batches (:func:`pathunlearn.data.batching.cut_epoch`);
 - ``ours+compile``: the same through ``torch.compile`` (``training.compile``; CUDA only, the
-  compiling done in the warm-up steps).
+  compiling done in the warm-up steps);
+- ``ours+packed``: each micro-batch one row without padding (``training.packing``): with
+  flash attention nothing is computed on padding; sdpa gets a block-diagonal mask.
 
 Every setting first takes ``--warmup`` untimed steps (CUDA start-up, the allocator, the
 compiler). ``--vocab-chunk N`` runs ``ours`` with the softmax over the vocabulary N positions
@@ -37,7 +39,14 @@ import time
 import torch
 
 from pathunlearn.config import LoraConfig
-from pathunlearn.data.batching import collate, cut_epoch, epoch_order, padding_fraction
+from pathunlearn.data.batching import (
+    collate,
+    collate_packed,
+    cut_epoch,
+    epoch_order,
+    packing_mask,
+    padding_fraction,
+)
 from pathunlearn.data.chat import tokenize_conversations
 from pathunlearn.data.suite import load_builtin
 from pathunlearn.losses import nll_sum, vocab_chunks
@@ -46,7 +55,9 @@ from pathunlearn.tiny import tiny_location
 
 SETTINGS = {"paper": {"micro": 2, "bucket": False, "bf16": False, "compile": False},
             "ours": {"micro": 16, "bucket": True, "bf16": True, "compile": False},
-            "ours+compile": {"micro": 16, "bucket": True, "bf16": True, "compile": True}}
+            "ours+compile": {"micro": 16, "bucket": True, "bf16": True, "compile": True},
+            "ours+packed": {"micro": 16, "bucket": True, "bf16": True, "compile": False,
+                            "packed": True}}
 BATCH = 32
 
 
@@ -77,9 +88,13 @@ def run(model, examples, setting: dict, steps: int, device: torch.device, warmup
     bf16 = setting["bf16"] and device.type == "cuda"
     cast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     forward = torch.compile(model) if setting["compile"] else model
+    mask = packing_mask(model.config._attn_implementation or "sdpa")
+    dtype = next(model.parameters()).dtype
 
     def step_once(step) -> tuple[int, int]:
-        batches = [collate([examples[i] for i in mb], 0) for mb in step]
+        batches = [collate_packed([examples[i] for i in mb], mask, dtype)
+                   if setting.get("packed") else collate([examples[i] for i in mb], 0)
+                   for mb in step]
         n = sum(b.num_targets for b in batches)
         for b in batches:
             b = b.to(device)
@@ -108,7 +123,7 @@ def run(model, examples, setting: dict, steps: int, device: torch.device, warmup
     peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     return {"target_tok_s": targets / seconds, "tok_s": tokens / seconds,
-            "padding": padding_fraction(examples, plan), "peak_gib": peak,
+            "padding": 0.0 if setting.get("packed") else padding_fraction(examples, plan), "peak_gib": peak,
             "params": sum(p.numel() for p in model.parameters()), "seconds": seconds}
 
 
@@ -149,7 +164,7 @@ def main() -> None:
             if device.type == "cuda":
                 mfu = f", MFU {6 * r['params'] * r['tok_s'] / (args.peak_tflops * 1e12):.1%}"
             print(f"{name:8s} {label:12s} (micro {setting['micro']:2d}, "
-                  f"{'bucketed' if setting['bucket'] else 'epoch order'}, "
+                  f"{'packed' if setting.get('packed') else 'bucketed' if setting['bucket'] else 'epoch order'}, "
                   f"{'bf16' if setting['bf16'] and device.type == 'cuda' else 'fp32'}): "
                   f"{r['target_tok_s']:8.0f} target tok/s, {r['tok_s']:8.0f} tok/s, padding "
                   f"{r['padding']:.0%}, peak {r['peak_gib']:.2f} GiB{mfu}")

@@ -89,3 +89,25 @@ def test_compiled_stage_training_follows_eager(tiny, examples):
                         compile=compiled)
         losses.append(r.last_loss)
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+
+
+def test_packed_rows_under_flash_attention_get_their_own_logits(examples):
+    """``training.packing`` with flash attention: no mask, the restarting position ids keep
+    the examples apart (only where flash-attn is installed)."""
+    pytest.importorskip("flash_attn")
+    from pathunlearn.data.batching import collate_packed
+    from pathunlearn.models import load_pretrained
+    from pathunlearn.train.pretrain import ensure_tiny
+
+    model, _ = load_pretrained(ensure_tiny(progress=False), dtype="bfloat16",
+                               attn_implementation="flash_attention_2", device="cuda")
+    part = examples[:4]
+    packed = collate_packed(part, mask="positions").to("cuda")
+    with torch.no_grad():
+        row = model(**packed.inputs()).logits[0].float()
+        start = 0
+        for e in part:
+            alone = model(input_ids=torch.tensor([e.input_ids], device="cuda")).logits[0]
+            n = len(e.input_ids)
+            assert torch.allclose(row[start:start + n], alone.float(), atol=5e-2, rtol=0)
+            start += n

@@ -234,6 +234,12 @@ class TrainingConfig(OptimConfig):
     """Stage training runs the model through `torch.compile` (CUDA: fused kernels; the first
     steps wait for the compiler, shapes vary with the length-bucketed batches); the same
     numbers up to float rounding (not part of any key)."""
+    packing: bool = False
+    """Stage training packs each micro-batch into one row without padding, position ids
+    restarting per example: with flash attention (`model.attn_implementation:
+    flash_attention_2`) nothing is computed on padding; sdpa and eager get a block-diagonal 4D
+    mask instead, quadratic in the row (slower than padding on CPU). The same numbers up to
+    float rounding (not part of any key)."""
 
 
 class DistributedConfig(StrictModel):

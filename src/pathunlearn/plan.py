@@ -467,7 +467,7 @@ def root_key(cfg: ExperimentConfig, base: dict, tseed: int) -> str:
     # it keeps the keys it had before the field existed)
     # how the numbers are computed, not what they are: the same keys with and without
     training = cfg.training.model_dump(mode="json", exclude={
-        "device", "seed_of", "gradient_checkpointing", "vocab_chunk", "compile"})
+        "device", "seed_of", "gradient_checkpointing", "vocab_chunk", "compile", "packing"})
     return stable_hash("root", base, m, training, tseed)
 
 

@@ -140,3 +140,23 @@ def test_torch_compile_on_cpu_trains_the_same(tiny_tokenizer, examples):
                           pad_id=tiny_tokenizer.pad_token_id, compile=c).last_loss
               for c in (False, True)]
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+
+
+def test_packed_training_takes_the_padded_step(tiny_tokenizer, examples):
+    """Issue 16: ``packing=True`` (``training.packing``) trains on rows without padding; one
+    SGD step moves the weights as the padded micro-batches do."""
+    torch.manual_seed(0)
+    base = init_model(tiny_tokenizer)
+    optim = OptimConfig(lr=1.0, optimizer="sgd", batch_size=len(examples), micro_batch_size=4,
+                        grad_clip=None, scheduler="constant", warmup=0)
+    after = []
+    for packing in (False, True):
+        model = copy.deepcopy(base)
+        r = train_stage(model, examples, optim, epochs=1, seed=0,
+                        pad_id=tiny_tokenizer.pad_token_id, packing=packing)
+        after.append((r, {n: p.detach().clone() for n, p in model.named_parameters()}))
+    (plain, w_plain), (packed, w_packed) = after
+    assert packed.target_tokens == plain.target_tokens
+    assert packed.first_loss == pytest.approx(plain.first_loss, abs=1e-6)
+    for n in w_plain:
+        assert torch.allclose(w_packed[n], w_plain[n], atol=1e-6, rtol=0), n

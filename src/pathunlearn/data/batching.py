@@ -1,8 +1,8 @@
-"""Token batches: encoded examples -> padded tensors, and the order they are visited in.
+"""Token batches: encoded examples -> tensors, and the order they are visited in.
 
-The training loop only ever sees :class:`Batch` objects and calls ``model(**batch.inputs())``,
-so a padding-free packed collator (one row, ``position_ids`` restarting per example) can
-replace :func:`collate` later without touching the loop.
+The training loop only ever sees :class:`Batch` objects and calls ``model(**batch.inputs())``:
+:func:`collate` right-pads a micro-batch, :func:`collate_packed` puts its examples one after
+another in a single row with no padding (``training.packing``).
 """
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ from pathunlearn.data.chat import IGNORE_INDEX, EncodedExample
 
 @dataclass
 class Batch:
-    """A micro-batch: ``input_ids``, ``labels``, ``attention_mask`` all (B, T)."""
+    """A micro-batch: ``input_ids``, ``labels`` (B, T) and ``attention_mask``: (B, T) (1 on
+    real tokens), or for a packed row (:func:`collate_packed`) a 4D additive mask (B, 1, T, T)
+    or None (flash attention reads the example boundaries from ``position_ids``)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
+    position_ids: torch.Tensor | None = None
+    """(B, T), restarting at 0 with every packed example; None: 0..T-1."""
 
     @property
     def num_targets(self) -> int:
@@ -31,11 +35,16 @@ class Batch:
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
     def inputs(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        extra = {"position_ids": self.position_ids} if self.position_ids is not None else {}
+        mask = {"attention_mask": self.attention_mask} if self.attention_mask is not None else {}
+        return {"input_ids": self.input_ids, **mask, **extra}
 
     def to(self, device: torch.device | str) -> Batch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
         return Batch(self.input_ids.to(device), self.labels.to(device),
-                     self.attention_mask.to(device))
+                     move(self.attention_mask), move(self.position_ids))
 
 
 def collate(examples: list[EncodedExample], pad_id: int) -> Batch:
@@ -50,6 +59,45 @@ def collate(examples: list[EncodedExample], pad_id: int) -> Batch:
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
     return Batch(ids, labels, mask)
+
+
+PACKED_MASKS = ("block", "positions")
+
+
+def packing_mask(attn_implementation: str) -> str:
+    """How a packed row keeps its examples apart for an attention implementation: flash
+    attention reads the boundaries from the restarting position ids (``positions``, no mask,
+    nothing quadratic); sdpa and eager need a 4D block-diagonal mask (``block``), whose size is
+    quadratic in the row (on CPU, where attention is a large share of a small model's work,
+    packing is then slower than padding: it is for flash attention on GPUs)."""
+    return "positions" if attn_implementation.startswith("flash_attention") else "block"
+
+
+def collate_packed(examples: list[EncodedExample], mask: str = "block",
+                   dtype: torch.dtype = torch.float32) -> Batch:
+    """The examples one after another in a single row, no padding: position ids restart at 0
+    with each example, each token attends to its own example's earlier tokens only (``block``:
+    a 4D additive mask of ``dtype``; ``positions``: none, for flash attention), and an
+    example's first token carries no label, as in :func:`collate` (token 0 of a sequence is
+    never predicted). The logits of every example are those it gets alone, so the loss and its
+    gradient are the padded batch's (float rounding apart; tested)."""
+    if mask not in PACKED_MASKS:
+        raise ValueError(f"mask must be one of {PACKED_MASKS}")
+    ids = torch.tensor([t for e in examples for t in e.input_ids])[None]
+    labels = torch.tensor([IGNORE_INDEX if k == 0 else label for e in examples
+                           for k, label in enumerate(e.labels)])[None]
+    positions = torch.cat([torch.arange(len(e.input_ids)) for e in examples])[None]
+    if mask == "positions":
+        return Batch(ids, labels, None, positions)
+    allowed = torch.zeros(ids.size(1), ids.size(1), dtype=torch.bool)
+    start = 0
+    for e in examples:
+        n = len(e.input_ids)
+        allowed[start:start + n, start:start + n] = torch.ones(n, n, dtype=torch.bool).tril()
+        start += n
+    additive = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed,
+                                                                     torch.finfo(dtype).min)
+    return Batch(ids, labels, additive[None, None], positions)
 
 
 def pack(examples: list[EncodedExample], row_length: int) -> list[EncodedExample]:

@@ -67,7 +67,7 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
                              pad_id=tokenizer.pad_token_id, precision=cfg.training.precision,
                              stage=prefix.stage, metrics_path=tmp / "metrics.jsonl",
                              progress=progress, strategy=cfg.distributed.strategy,
-                             compile=cfg.training.compile,
+                             compile=cfg.training.compile, packing=cfg.training.packing,
                              stop=None if stop is None else (
                                  lambda step: stop(step, model, tokenizer)))
         (tmp / "metrics.jsonl").touch()  # a stage stopped before its first step logged none

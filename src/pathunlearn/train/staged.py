@@ -21,7 +21,13 @@ import torch
 
 from pathunlearn import distributed
 from pathunlearn.config import OptimConfig
-from pathunlearn.data.batching import collate, step_indices
+from pathunlearn.data.batching import (
+    Batch,
+    collate,
+    collate_packed,
+    packing_mask,
+    step_indices,
+)
 from pathunlearn.data.chat import IGNORE_INDEX, EncodedExample
 from pathunlearn.losses import nll_sum
 from pathunlearn.train.schedules import lr_lambda
@@ -81,6 +87,7 @@ def train_stage(
     stop: Callable[[int], bool] | None = None,
     strategy: str = "ddp",
     compile: bool = False,
+    packing: bool = False,
 ) -> StageResult:
     """Train the trainable parameters of ``model`` on ``examples`` for ``epochs``.
 
@@ -92,12 +99,15 @@ def train_stage(
     Under torchrun (:mod:`pathunlearn.distributed`) ``model`` is trained through DDP, or
     sharded in place by FSDP2 (``strategy``); each rank makes the passes of its share of every
     step, its loss divided by the whole step's target tokens. ``compile``: the passes go
-    through ``torch.compile`` (``training.compile``)."""
+    through ``torch.compile`` (``training.compile``). ``packing``: each micro-batch is one
+    row without padding (:func:`~pathunlearn.data.batching.collate_packed`,
+    ``training.packing``)."""
     # ---- setup: fresh optimizer and schedule for this stage
     device = next(model.parameters()).device
     trained = distributed.wrap(model, strategy)  # before the optimizer: FSDP swaps parameters
     if compile:  # the forward and backward of the (wrapped) model, compiled; same parameters
         trained = torch.compile(trained)
+    packed = _packed_collator(model) if packing else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, optim)
     total = num_steps(len(examples), optim.batch_size, epochs)
@@ -109,7 +119,7 @@ def train_stage(
 
     with _progress(progress, stage, total) as advance:
         for step, (epoch, n_targets, passes) in enumerate(
-                _steps(examples, optim, epochs, seed, pad_id)):
+                _steps(examples, optim, epochs, seed, pad_id, packed)):
             t_step = time.perf_counter()
             lr = optim.lr * multiplier(step)
             for group in optimizer.param_groups:
@@ -158,10 +168,21 @@ def _asked(stop: Callable[[int], bool], step: int, model: torch.nn.Module) -> bo
         model.train()
 
 
-def _steps(examples, optim: OptimConfig, epochs: float, seed: int, pad_id: int) -> Iterator:
+def _packed_collator(model: torch.nn.Module) -> Callable[[list[EncodedExample]], Batch]:
+    """Micro-batches as packed rows, kept apart the way ``model``'s attention needs
+    (:func:`~pathunlearn.data.batching.packing_mask`), masks in its dtype."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa") or "sdpa"
+    mask, dtype = packing_mask(impl), next(model.parameters()).dtype
+    return lambda batch: collate_packed(batch, mask, dtype)
+
+
+def _steps(examples, optim: OptimConfig, epochs: float, seed: int, pad_id: int,
+           packed: Callable[[list[EncodedExample]], Batch] | None = None) -> Iterator:
     """(epoch, target tokens of the whole step, this rank's passes: (micro-batch, weight))
     for every optimizer step (:func:`pathunlearn.distributed.step_work`: the step's
-    micro-batches, weight 1, in a plain process); the last epoch may be partial."""
+    micro-batches, weight 1, in a plain process); the last epoch may be partial. ``packed``:
+    the collator of packed rows (else right padding)."""
+    make = packed or (lambda batch: collate(batch, pad_id))
     total = num_steps(len(examples), optim.batch_size, epochs)
     steps = step_indices(len(examples), optim.batch_size, optim.micro_batch_size, seed,
                          [len(e.input_ids) for e in examples])
@@ -169,7 +190,7 @@ def _steps(examples, optim: OptimConfig, epochs: float, seed: int, pad_id: int) 
     targets = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples]
     for epoch, micro_idx in itertools.islice(steps, total):
         n_targets = max(1, sum(targets[i] for idx in micro_idx for i in idx))
-        yield epoch, n_targets, [(collate([examples[i] for i in idx], pad_id), weight)
+        yield epoch, n_targets, [(make([examples[i] for i in idx]), weight)
                                  for idx, weight in distributed.step_work(
                                      micro_idx, optim.micro_batch_size)]
 
