@@ -187,3 +187,45 @@ def test_forget_stage_from_a_question_answer_file(tmp_path):
     plan = train_paths(cfg, log=lambda *_: None)
     (summary,) = unlearn_all(cfg, plan, log=lambda *_: None)
     assert summary["forget_examples"] == 12 and summary["steps_done"] == 1
+
+
+def test_math_before_unlearning_is_measured_once_per_path_model_and_kept(trained, tmp_path,
+                                                                         monkeypatch):
+    """The math accuracy before unlearning is the same for every method of a (path model,
+    seed): measured once, written beside the path model, and read back by a later invocation
+    (and by every Ray task) instead of being sampled again."""
+    import shutil
+
+    from pathunlearn.eval import math as math_module
+    from pathunlearn.train import unlearn as unlearn_module
+
+    cfg, _ = trained
+    run = tmp_path / "u"
+    shutil.copytree(cfg.run_dir / "prefixes", run / "prefixes")  # the trained path models
+    data = {**CONFIG, "output_dir": str(tmp_path), "paths": {**CONFIG["paths"], "positions": [2]},
+            "unlearning": {**CONFIG["unlearning"], "methods": [{"name": "ga"}, {"name": "npo"}],
+                           "steps": 1, "eval_every": 1, "math": {"questions": 2, "samples": 1}}}
+    math_cfg = validate_config(data)
+    plan = plan_run(math_cfg)
+    calls = []
+    real = math_module.measure_math
+
+    def counted(*args, **kwargs):
+        calls.append(args[3] if len(args) > 3 else kwargs.get("seed"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(unlearn_module, "measure_math", counted)
+    first = unlearn_all(math_cfg, plan, log=lambda *_: None)
+    # per path model: once before (shared by both methods), once after each of its 2 cells
+    paths = {c.model_key for c in plan.cells}
+    assert len(calls) == len(paths) + len(plan.cells)
+    files = sorted(run.glob(f"prefixes/*/{unlearn_module.MATH_BEFORE_DIR}/*.json"))
+    assert len(files) == len(paths)
+    for cell in plan.cells:  # the cells are gone: a new invocation reruns them
+        shutil.rmtree(cell.directory(run))
+    calls.clear()
+    again = unlearn_all(math_cfg, plan, log=lambda *_: None)
+    assert len(calls) == len(plan.cells)  # after unlearning only: before is read back
+    keys = ("math_before", "math_no_answer_before", "math_shuffled_baseline")
+    for a, b in zip(first, again, strict=True):
+        assert [a[k] for k in keys] == [b[k] for k in keys]  # exactly: JSON keeps floats

@@ -233,6 +233,16 @@ class MathResult:
         return out
 
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MathResult:
+        """The scores of :meth:`to_json` read back (the per-question details are not: their
+        answers were written as floats, not fractions; ``questions`` is empty)."""
+        return cls(accuracy=data["accuracy"], no_answer_rate=data["no_answer_rate"],
+                   shuffled_accuracy=data["shuffled_accuracy"], n=data["n"],
+                   num_questions=data["num_questions"], questions=[],
+                   settings=dict(data.get("settings", {})))
+
+
 def _json_number(x: Fraction | None) -> int | float | None:
     if x is None:
         return None

@@ -20,6 +20,7 @@ recorded as ``diverged_at``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
@@ -52,7 +53,7 @@ from pathunlearn.eval.probes import (
     probe_conversations,
 )
 from pathunlearn.eval.saturation import saturation
-from pathunlearn.files import is_done
+from pathunlearn.files import is_done, write_json
 from pathunlearn.losses import token_logprobs, vocab_chunks
 from pathunlearn.methods import ForgetBatch, Method, RetainBatch, make_method
 from pathunlearn.models import (
@@ -62,7 +63,15 @@ from pathunlearn.models import (
     resolve_device,
     write_checkpoint,
 )
-from pathunlearn.plan import Cell, Plan, plan_run, prefix_dir, retrain_path
+from pathunlearn.plan import (
+    Cell,
+    Plan,
+    data_file,
+    plan_run,
+    prefix_dir,
+    retrain_path,
+    stable_hash,
+)
 from pathunlearn.rundir import SUMMARY, CellWriter, cell_done
 from pathunlearn.train.relearn import relearn
 from pathunlearn.train.schedules import lr_lambda
@@ -169,10 +178,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
         data.ref_logp = reference_logprobs(model, data.forget, data.pad_id)
     if method.needs_reference_model and cfg.model.finetuning == "full":
         data.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    math_key = (cell.model_key, cell.seed)
-    if math_key not in shared.math_before:
-        shared.math_before[math_key] = measure_math(u.math, model, tok, cell.seed)
-    math_before = shared.math_before[math_key]
+    math_before = path_model_math(cfg, cell, model, tok, run_dir, shared)
 
     # ---- 3. a fresh adapter, optimizer, schedule and batch order
     seed = stage_seed(cell.seed, "unlearn")
@@ -394,6 +400,41 @@ def encode_stage(cfg: ExperimentConfig, tokenizer, stage_name: str) -> list[Enco
 def retain_stages(cfg: ExperimentConfig, path: tuple[str, ...]) -> list[str]:
     """Retain data of the weakly-local methods: the configured stages, else the path's others."""
     return list(cfg.unlearning.retain_stages) or list(retrain_path(cfg, path))
+
+
+MATH_BEFORE_DIR = "math_before"
+"""Under a path model's directory: its math accuracy before unlearning, one file per
+(math settings, seed) (:func:`path_model_math`)."""
+
+
+def path_model_math(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, tokenizer,
+                    run_dir: Path, shared: Shared) -> MathResult | None:
+    """The math accuracy of the cell's path model before unlearning (None without math
+    questions). It is the same for every method and learning rate of a (path model, seed), so
+    it is measured once: kept in ``shared`` for this invocation, and written beside the path
+    model (``prefixes/<key>/math_before/<hash>.json``, hashed over the math settings, the math
+    file's content and the seed) for every later invocation and every Ray task, which would
+    each sample it again (at the paper's 5 samples per GSM8K question, the costliest
+    evaluation of a cell)."""
+    key = (cell.model_key, cell.seed)
+    if key in shared.math_before:
+        return shared.math_before[key]
+    settings = cfg.unlearning.math
+    result = None
+    if settings.questions:
+        source = data_file(settings.source)
+        content = (hashlib.sha256(source.read_bytes()).hexdigest()
+                   if source is not None and source.is_file() else None)
+        path = (prefix_dir(run_dir, cell.model_key) / MATH_BEFORE_DIR
+                / f"{stable_hash(settings.model_dump(mode='json'), content, cell.seed)}.json")
+        if path.is_file():
+            result = MathResult.from_json(json.loads(path.read_text()))
+        else:
+            result = measure_math(settings, model, tokenizer, cell.seed)
+            if result is not None and distributed.is_main():
+                write_json(path, result.to_json())  # with every answer, for people to read
+    shared.math_before[key] = result
+    return result
 
 
 def math_fields(before: MathResult | None, after: MathResult | None) -> dict:
