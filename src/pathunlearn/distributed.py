@@ -302,6 +302,12 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def weighted(loss: torch.Tensor, weight: int) -> torch.Tensor:
+    """The loss of a pass of :func:`step_work`: ``loss`` itself, or 0 x it for a rank's padding
+    pass (it joins the gradient reduction and adds nothing)."""
+    return loss if weight == 1 else loss * weight
+
+
 def backward(loss: torch.Tensor) -> None:
     """``loss.backward()``; under N ranks of ``loss * N``: DDP and FSDP average the gradients
     across ranks, and each rank's loss is already its share of the step's (divided by the

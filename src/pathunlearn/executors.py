@@ -124,11 +124,6 @@ def execute(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool = T
                    on_prefix=on_prefix, on_cell=on_cell)
 
 
-def cell_summaries(plan: Plan, run_dir: Path) -> list[dict]:
-    """The summary.json of every cell of the plan (all finished)."""
-    return [json.loads((c.directory(run_dir) / SUMMARY).read_text()) for c in plan.cells]
-
-
 # ---------------------------------------------------------------------------- ray
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 
 from pathunlearn import distributed
 from pathunlearn.config import ExperimentConfig
-from pathunlearn.executors import cell_summaries, execute
+from pathunlearn.executors import execute
 from pathunlearn.files import write_json
 from pathunlearn.plan import Plan, plan_run
 from pathunlearn.rundir import hold_run_dir, start_run
 from pathunlearn.tracking import tracking
+from pathunlearn.train.unlearn import cell_summaries
 
 
 @dataclass
@@ -84,7 +85,7 @@ def unlearn(cfg: ExperimentConfig, *, log=print, progress: bool = False) -> list
     with session(cfg, "unlearn", log=log) as plan, tracking(cfg, run_dir, plan, log) as tracker:
         execute(cfg, plan, run_dir, progress=progress, log=log, on_prefix=tracker.prefix,
                 on_cell=tracker.cell)
-        return cell_summaries(plan, run_dir)
+        return cell_summaries(plan.cells, run_dir)
 
 
 def run_experiment(cfg: ExperimentConfig, *, log=print, progress: bool = False):

@@ -75,11 +75,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
         # the softmax over the vocabulary only at target positions (a fp32 copy of (N, V)
         # rather than (B, T-1, V)); the same values and gradients, bit for bit
         rows = logits[:, :-1][mask]  # (N, V)
-        if _CHUNK.get() is None:  # as it always was, bit for bit
-            logp = torch.log_softmax(rows.float(), dim=-1).gather(-1, targets[mask][:, None])
-            picked = picked.masked_scatter(mask, logp.squeeze(-1))
-        else:
-            picked = picked.masked_scatter(mask, target_logprobs(rows, targets[mask]))
+        picked = picked.masked_scatter(mask, target_logprobs(rows, targets[mask]))
     return picked, mask
 
 

@@ -446,10 +446,18 @@ def stage_identity(cfg: ExperimentConfig, name: str) -> dict:
     file an adapter reads: ``tofu:FILE``)."""
     stage = cfg.stages[name]
     ident = {"name": name, **stage.model_dump(mode="json")}
-    data = data_file(stage.source)
-    if data is not None and data.is_file():
-        ident["data_sha"] = hashlib.sha256(data.read_bytes()).hexdigest()
+    sha = data_sha(stage.source)
+    if sha is not None:
+        ident["data_sha"] = sha
     return ident
+
+
+def data_sha(source: str) -> str | None:
+    """The content hash of the local file a source reads (None: a built-in source, or no
+    such file)."""
+    data = data_file(source)
+    return hashlib.sha256(data.read_bytes()).hexdigest() if data is not None and data.is_file() \
+        else None
 
 
 def data_file(source: str) -> Path | None:

@@ -64,6 +64,12 @@ def collate(examples: list[EncodedExample], pad_id: int) -> Batch:
 PACKED_MASKS = ("block", "positions")
 
 
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention pattern (True: may look) as the additive mask attention layers take
+    in ``dtype``: 0 where allowed, the dtype's minimum elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
 def packing_mask(attn_implementation: str) -> str:
     """How a packed row keeps its examples apart for an attention implementation: flash
     attention reads the boundaries from the restarting position ids (``positions``, no mask,
@@ -95,9 +101,7 @@ def collate_packed(examples: list[EncodedExample], mask: str = "block",
         n = len(e.input_ids)
         allowed[start:start + n, start:start + n] = torch.ones(n, n, dtype=torch.bool).tril()
         start += n
-    additive = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed,
-                                                                     torch.finfo(dtype).min)
-    return Batch(ids, labels, additive[None, None], positions)
+    return Batch(ids, labels, additive_mask(allowed, dtype)[None, None], positions)
 
 
 def pack(examples: list[EncodedExample], row_length: int) -> list[EncodedExample]:

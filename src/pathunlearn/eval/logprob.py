@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from pathunlearn import distributed
-from pathunlearn.data.batching import collate
+from pathunlearn.data.batching import additive_mask, collate
 from pathunlearn.data.chat import IGNORE_INDEX, EncodedExample, encode_prompt_target
 from pathunlearn.data.conversation import Conversation
 from pathunlearn.errors import DataError
@@ -89,11 +89,6 @@ class Prepared:
     """(N,) int64: target tokens of each row."""
     dtype: torch.dtype
     """The model dtype the additive masks are made for."""
-
-    @property
-    def tokens(self) -> int:
-        """Tokens forwarded per scoring, padding included."""
-        return sum(f.inputs["input_ids"].numel() for f in self.forwards)
 
 
 def prepare_scoring(model: torch.nn.Module, examples: list[EncodedExample], pad_id: int,
@@ -244,8 +239,7 @@ def _tree_batch(trees: list[Tree], pad_id: int, dtype: torch.dtype):
         for d in range(1, max(depth) + 1):
             nodes = (levels == d).nonzero().squeeze(1)
             allowed[b, nodes] |= allowed[b, parents[nodes]]
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-    return ids, positions, mask.unsqueeze(1)
+    return ids, positions, additive_mask(allowed, dtype).unsqueeze(1)
 
 
 def _tree_forwards(examples: list[EncodedExample], trees: list[Tree], pad_id: int,

@@ -133,9 +133,7 @@ def train_stage(
                         logits = trained(**mb.inputs()).logits  # (B, T, V)
                     # each .backward() adds to .grad => normalise by the effective batch's
                     # tokens (all ranks' together)
-                    loss = nll_sum(logits, mb.labels) / n_targets
-                    if weight != 1:  # a rank's padding pass: it only joins the reduction
-                        loss = loss * weight
+                    loss = distributed.weighted(nll_sum(logits, mb.labels) / n_targets, weight)
                     distributed.backward(loss)
                 loss_value += loss.item()
             loss_value = distributed.all_reduce_sum(loss_value)

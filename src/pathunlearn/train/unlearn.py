@@ -20,7 +20,6 @@ recorded as ``diverged_at``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -66,7 +65,7 @@ from pathunlearn.models import (
 from pathunlearn.plan import (
     Cell,
     Plan,
-    data_file,
+    data_sha,
     plan_run,
     prefix_dir,
     retrain_path,
@@ -135,6 +134,11 @@ def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
         log(f"[{i}/{len(todo)}] {cell_line(cell, s)}")
         if on_done is not None:
             on_done(cell, s)
+    return cell_summaries(cells, run_dir)
+
+
+def cell_summaries(cells: list[Cell], run_dir: Path) -> list[dict]:
+    """The summary.json of each of ``cells`` (all finished)."""
     return [json.loads((c.directory(run_dir) / SUMMARY).read_text()) for c in cells]
 
 
@@ -284,21 +288,16 @@ def backward(method: Method, model: torch.nn.Module, data: CellData,
                     logits = model(**batch.inputs()).logits  # (B, T, V)
                 token_logp, mask = token_logprobs(logits, batch.labels)
                 ref = None if data.ref_logp is None else data.ref_logp[idx].to(device)
-                loss = _weighted(method.forget_loss(
+                loss = distributed.weighted(method.forget_loss(
                     ForgetBatch(token_logp, mask, n_tokens, n_seq, ref)), weight)
             if j < len(retain_work):
                 idx, weight = retain_work[j]
-                term = _weighted(method.retain_loss(
+                term = distributed.weighted(method.retain_loss(
                     retain_batch(method, model, data, idx, device, precision, r_tokens)), weight)
                 loss = term if loss is None else loss + term
             distributed.backward(loss)
         total += loss.item()
     return distributed.all_reduce_sum(total)
-
-
-def _weighted(loss: torch.Tensor, weight: int) -> torch.Tensor:
-    """``loss`` of a pass, or 0 x it for a rank's padding pass (it joins the reduction)."""
-    return loss if weight == 1 else loss * weight
 
 
 def retain_batch(method: Method, model: torch.nn.Module, data: CellData, idx: list[int],
@@ -422,9 +421,7 @@ def path_model_math(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, t
     settings = cfg.unlearning.math
     result = None
     if settings.questions:
-        source = data_file(settings.source)
-        content = (hashlib.sha256(source.read_bytes()).hexdigest()
-                   if source is not None and source.is_file() else None)
+        content = data_sha(settings.source)
         path = (prefix_dir(run_dir, cell.model_key) / MATH_BEFORE_DIR
                 / f"{stable_hash(settings.model_dump(mode='json'), content, cell.seed)}.json")
         if path.is_file():
