@@ -22,17 +22,14 @@ first training step. Nothing here writes to the run directory.
 
 from __future__ import annotations
 
-import errno
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from pathunlearn.config import ExperimentConfig
 from pathunlearn.errors import UserError
 from pathunlearn.eval.probes import ProbeSet
+from pathunlearn.files import check_writable
 
 
 class Problems:
@@ -216,25 +213,3 @@ def _check_math(cfg: ExperimentConfig, problems: Problems) -> None:
 
     with problems.at("unlearning.math.source"):
         gold_answers(load_source(math.source, max_examples=math.questions))
-
-
-def check_writable(directory: str | Path) -> None:
-    """A UserError unless ``directory`` is (or can be made as) a directory this process can
-    write: its nearest existing ancestor must be a directory that takes a file (tried with a
-    temporary file, removed at once; nothing is created otherwise)."""
-    directory = Path(directory)
-    probe = directory
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        what = "the output directory" if probe == directory else f"its parent {probe}"
-        raise UserError(f"{directory}: {what} is a file, not a directory")
-    try:
-        fd, name = tempfile.mkstemp(dir=probe, prefix=".pathunlearn-write-check-")
-    except OSError as e:
-        reason = "read-only file system" if e.errno == errno.EROFS else (e.strerror or str(e))
-        raise UserError(f"{directory}: cannot write in {probe} ({reason})") from None
-    os.close(fd)
-    os.unlink(name)

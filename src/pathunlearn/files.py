@@ -8,6 +8,7 @@ Readers treat a directory without its ``DONE`` marker as absent.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -15,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pathunlearn.errors import UserError
 
 DONE = "DONE"
 
@@ -115,3 +118,25 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def is_done(path: str | Path) -> bool:
     """A checkpoint or result directory exists only once its DONE marker does."""
     return (Path(path) / DONE).is_file()
+
+
+def check_writable(directory: str | Path) -> None:
+    """A UserError unless ``directory`` is (or can be made as) a directory this process can
+    write: its nearest existing ancestor must be a directory that takes a file (tried with a
+    temporary file, removed at once; nothing is created otherwise)."""
+    directory = Path(directory)
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "the output directory" if probe == directory else f"its parent {probe}"
+        raise UserError(f"{directory}: {what} is a file, not a directory")
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".pathunlearn-write-check-")
+    except OSError as e:
+        reason = "read-only file system" if e.errno == errno.EROFS else (e.strerror or str(e))
+        raise UserError(f"{directory}: cannot write in {probe} ({reason})") from None
+    os.close(fd)
+    os.unlink(name)

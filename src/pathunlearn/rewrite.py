@@ -35,7 +35,6 @@ import json
 import os
 import random
 import string
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pathunlearn.errors import DataError, UserError
+from pathunlearn.files import check_writable as check_directory
 
 LLM_EXTRA_HINT = "pip install 'pathunlearn[llm]'"
 TASKS = ("safety", "math")
@@ -752,23 +752,20 @@ def output_record(opts: RewriteOptions, item: Item, text: str) -> dict:
 
 
 def require_llm_extra() -> None:
-    import importlib.util
+    from pathunlearn.extras import installed
 
-    if importlib.util.find_spec("openai") is None:
+    if not installed("openai"):
         raise UserError(f"pathunlearn data rewrite needs the openai client: {LLM_EXTRA_HINT}")
 
 
 def check_writable(path: Path, what: str) -> None:
-    """A UserError when ``path`` cannot be written (its directory is missing a parent that
-    is a file, read-only ...), found by creating and removing a temp file beside it."""
-    directory = path.parent
+    """A UserError when ``path`` cannot be written (a parent that is a file, a read-only
+    directory ...): :func:`pathunlearn.files.check_writable` of its directory, which creates
+    nothing."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise UserError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
+        check_directory(path.parent)
+    except UserError as e:
+        raise UserError(f"{what} {path}: cannot write there ({e})") from None
     if path.is_dir():
         raise UserError(f"{what} {path}: is a directory")
 

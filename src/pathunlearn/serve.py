@@ -536,9 +536,9 @@ def resolve_model(spec: str) -> tuple[Path, str | None, str]:
 
 def require_serve_extra() -> None:
     """A UserError naming the extra to install when fastapi or uvicorn is missing."""
-    import importlib.util
+    from pathunlearn.extras import installed
 
-    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("fastapi", "uvicorn") if not installed(m)]
     if missing:
         raise UserError(f"pathunlearn serve needs {' and '.join(missing)}: {SERVE_EXTRA_HINT}")
 
