@@ -130,9 +130,11 @@ def test_two_processes_resume_a_run_score_as_one_process_and_report_once(runs):
     assert (resumed / "report.html").is_file() and (resumed / "results.json").is_file()
     assert out.stdout.count("report: ") == 1
     first, again = cell_rows(runs["one"])[0], cell_rows(resumed)[0]
+    # float32 sums split over two ranks add in another order: equal to a few float32 ulps
+    # (relative 1e-6; seen: 7e-8 on an MSE of 25.4), exactly what summation order can change
     for key in PROBES:
-        assert again[key] == pytest.approx(first[key], abs=1e-6), key
-    assert again["re_tokens"] == pytest.approx(first["re_tokens"], abs=1e-5)
+        assert again[key] == pytest.approx(first[key], rel=1e-6, abs=1e-6), key
+    assert again["re_tokens"] == pytest.approx(first["re_tokens"], rel=1e-6, abs=1e-5)
 
 
 def test_accelerate_launch_trains_what_one_process_does(runs):
