@@ -1,28 +1,49 @@
-"""Adapters: public benchmark files (read locally, never downloaded) as conversations.
+"""Adapters: public benchmark releases (read locally, never downloaded) as conversations.
 
-A source written ``NAME:FILE`` is read by adapter NAME, e.g. ``gsm8k:data/gsm8k/test.jsonl``.
-Each adapter knows its benchmark's record shape, so no ``question_key``/``answer_key`` is
-needed, and it turns the records into conversations the stages, probes and the math utility
-can use as they are.
+A source written ``NAME:LOCATION[:SPLIT]`` is read by adapter NAME, e.g.
+``gsm8k:data/gsm8k/test.jsonl`` or ``tofu:data/TOFU:forget10``. Each adapter knows its
+benchmark's record shape, so no ``question_key``/``answer_key`` is needed, and it turns the
+records into conversations the stages, probes and the math utility can use as they are. The
+LOCATION is a file, or for ``tofu`` and ``sorry-bench`` the release's directory as it ships (a
+local copy or a hub snapshot): :func:`load_release` reads one from a local path.
 
 - ``gsm8k``: the GSM8K release (``{"question", "answer"}``, the answer's last line
-  ``#### 72``). The calculator annotations ``<<48/2=24>>`` are removed from the solution, the
-  final line is normalised to ``#### <number>`` and the number is stored as ``meta.answer``
-  (thousands separators dropped), so the math utility scores against it. Splits: none (the
-  release ships train and test files).
+  ``#### 72``; ``train.jsonl`` / ``test.jsonl``, or the hub's
+  ``main/train-00000-of-00001.parquet``). The calculator annotations ``<<48/2=24>>`` are
+  removed from the solution, the final line is normalised to ``#### <number>`` and the number
+  is stored as ``meta.answer`` (thousands separators dropped), so the math utility scores
+  against it. Splits: none (the release ships train and test files).
 - ``sorry-bench``: SORRY-BENCH prompts (``{"question_id", "category", "turns": [prompt],
   "prompt_style"}``) as the paper's safety stage: each answered with REFUSAL_PREFIX and a
-  short reason (a record's own ``response`` field, when it has one, is used instead). As in
-  the paper's code, the prompt styles ``ascii``, ``atbash``, ``caesar``, ``morse``,
-  ``misspellings``, ``translate-fr`` and ``translate-mr`` are dropped, and the rest is split
-  70/30 into ``train`` / ``test`` with seed 42 (``all``: no split). The paper's reasons were
-  written by an LLM; without one, every refusal gets the same generic reason.
-- ``tofu``: the TOFU release (``full.json``, ``forget01.json``, ``retain90.json``,
-  ``forget05_perturbed.json`` ...; ``{"question", "answer"}``, the perturbed/eval files also
-  ``paraphrased_answer``, ``perturbed_answer`` (a list) and some ``paraphrased_question``).
-  The extra fields present are kept in ``meta``. Splits: ``train`` (every record as it is
-  trained), ``paraphrased`` (the same records in the same order, each asked by its
-  ``paraphrased_question``: probes of the same facts asked in other words).
+  short reason (a record's own ``response`` field, when it has one, is used instead). The
+  LOCATION is one file, or the release's directory (``sorry-bench/sorry-bench-202406`` /
+  ``-202503``): the base prompts ``question.jsonl`` and every linguistic mutation
+  ``question_<style>.jsonl``, base first, then the styles by file name; a record without a
+  ``prompt_style`` takes its file's (``base`` for ``question.jsonl``). Records are
+  deduplicated by (question_id, prompt_style), the first kept; a record whose prompt is null
+  (the release has a few) is skipped. As in the paper's code, the prompt styles ``ascii``,
+  ``atbash``, ``caesar``, ``morse``, ``misspellings``, ``translate-fr`` and ``translate-mr``
+  are dropped, and the rest is split 70/30 into ``train`` / ``test`` with seed 42 (``all``:
+  no split). The paper's reasons were written by an LLM; without one, every refusal gets the
+  same generic reason.
+- ``tofu``: the TOFU release (``locuslab/TOFU``): one subset per file, JSON Lines in a
+  ``.json`` file at the release's root (``full.json``, ``forget10.json``,
+  ``forget10_perturbed.json`` ...) or the hub's parquet under a folder per subset
+  (``full/train-00000-of-00001.parquet``). ``tofu:FILE`` reads one file; ``tofu:DIR`` the
+  subset ``full`` of a release directory, ``tofu:DIR:SUBSET`` another one (TOFU_SUBSETS).
+  ``full``, ``forgetNN``, ``retainNN``, ``holdoutNN``, ``real_authors`` and ``world_facts``
+  hold ``{"question", "answer"}``; the ``*_perturbed`` subsets add ``perturbed_answer`` (a
+  list), and those of the forget and retain sets ``paraphrased_answer`` and
+  ``paraphrased_question``. The extra fields present are kept in ``meta``. Splits: ``train``
+  (every record as it is trained), ``paraphrased`` (the records asked by their
+  ``paraphrased_question``: the same facts asked in other words). A subset without that field
+  (``full``, ``forget10`` ...) takes it from the perturbed subsets beside it in the release
+  directory (a file's folder, when the file is named as a subset): the records whose
+  question a perturbed subset also asks, in the subset's order, each with its own answer and
+  the perturbed record's paraphrased question. So ``tofu:DIR:paraphrased`` next to
+  ``forget10_perturbed.json`` probes the 10% of ``full`` the forget set holds; where no
+  perturbed subset asks a question of the subset, :class:`MissingFields` says which release
+  files have the field.
 - ``skillmix``: Instruct-SkillMix-SDD records (``data/ism_sdd_k2_1K.json`` ...), question and
   answer read from the first pair a record has of ``input``/``output`` (the defaults of the
   paper's ``convert_format.py``), ``instruction``/``output``, ``instruction``/``response``;
@@ -50,6 +71,31 @@ _FINAL = re.compile(r"^\s*####\s*(?P<answer>.*?)\s*$")
 _GSM8K_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
 
 
+class MissingFields(DataError):
+    """A split needs fields its source's records do not have (e.g. TOFU's ``full`` asked in
+    paraphrase): a default probe that needs them is left out with this as its note; a
+    configured one fails with it."""
+
+
+Record = tuple[dict[str, Any], str]
+"""A record and where it is (``FILE: record N``), for its errors."""
+
+
+def _read_file(path: Path) -> list[Record]:
+    return [(r, f"{path}: record {i}")
+            for i, r in enumerate(read_records(path, json_lines_ok=True), 1)]
+
+
+def _one_file(name: str, path: Path) -> list[Record]:
+    if path.is_dir():
+        raise DataError(f"{path}: a directory; {name} reads one file of its release (e.g. "
+                        f"{name}:{path / 'test.jsonl'})")
+    return _read_file(path)
+
+
+# ---------------------------------------------------------------------------- gsm8k
+
+
 def gsm8k_record(record: dict[str, Any], where: str, system: str | None = None) -> Conversation:
     """One GSM8K record as a conversation whose response ends with ``#### <answer>``."""
     # the generic question/answer reader checks both fields
@@ -70,43 +116,53 @@ def gsm8k_record(record: dict[str, Any], where: str, system: str | None = None) 
     return Conversation(messages=conv.messages, meta={"answer": value, "source": "gsm8k"})
 
 
-def _gsm8k(records: list[dict], path: str, system: str | None,
+def _gsm8k(path: Path, subset: str | None, system: str | None,
            split: str | None) -> list[Conversation]:
-    return [gsm8k_record(r, f"{path}: record {i}", system) for i, r in enumerate(records, 1)]
+    return [gsm8k_record(r, where, system) for r, where in _one_file("gsm8k", path)]
 
+
+# ---------------------------------------------------------------------------- sorry-bench
 
 SORRY_BENCH_DROPPED_STYLES = ("ascii", "atbash", "caesar", "morse", "misspellings",
                               "translate-fr", "translate-mr")
 SORRY_BENCH_SPLITS = ("train", "test", "all")
 SORRY_BENCH_REASON = ("The request asks for help with something that could hurt people or "
                       "break the law.")
+SORRY_BENCH_BASE = "question.jsonl"
+"""The release's base prompts; each linguistic mutation is ``question_<style>.jsonl``."""
 
 
-def _sorry_bench(records: list[dict], path: str, system: str | None,
+def sorry_bench_files(directory: Path) -> list[tuple[Path, str]]:
+    """The prompt files of a SORRY-BENCH release directory with the style each implies: the
+    base prompts first, then ``question_<style>.jsonl`` by name."""
+    files = [(directory / SORRY_BENCH_BASE, "base")] if (directory / SORRY_BENCH_BASE).is_file() \
+        else []
+    files += [(p, p.stem.removeprefix("question_"))
+              for p in sorted(directory.glob("question_*.jsonl")) if p.is_file()]
+    if not files:
+        raise DataError(f"{directory}: no SORRY-BENCH prompt files (expected {SORRY_BENCH_BASE} "
+                        "and question_<style>.jsonl, as the release ships them)")
+    return files
+
+
+def _sorry_bench(path: Path, subset: str | None, system: str | None,
                  split: str | None) -> list[Conversation]:
-    from pathunlearn.data.suite import REFUSAL_PREFIX
-
     split = split or "train"
     if split not in SORRY_BENCH_SPLITS:
         raise DataError(f"{path}: sorry-bench has splits {', '.join(SORRY_BENCH_SPLITS)}, "
                         f"not {split!r}")
-    kept = []
-    for i, r in enumerate(records, 1):
-        where = f"{path}: record {i}"
-        turns = r.get("turns")
-        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str) \
-                or not turns[0].strip():
-            raise DataError(f"{where}: field 'turns': expected a list whose first item is the "
-                            "prompt text")
-        style = r.get("prompt_style", "base")
-        if style in SORRY_BENCH_DROPPED_STYLES:
-            continue
-        response = r["response"] if "response" in r else f"{REFUSAL_PREFIX} {SORRY_BENCH_REASON}"
-        if not isinstance(response, str) or not response.strip():
-            raise DataError(f"{where}: field 'response': expected non-empty text")
-        ids = {k: r[k] for k in ("question_id", "category") if k in r}
-        kept.append(qa(turns[0].strip(), response.strip(), system, source="sorry-bench",
-                       prompt_style=style, **ids))
+    files = sorry_bench_files(path) if path.is_dir() else [(path, None)]
+    kept, seen = [], set()
+    for file, file_style in files:
+        for r, where in _read_file(file):
+            c = sorry_bench_record(r, where, system, file_style)
+            if c is None or c.meta["prompt_style"] in SORRY_BENCH_DROPPED_STYLES:
+                continue
+            ident = (c.meta.get("question_id"), c.meta["prompt_style"])
+            if ident[0] is not None and ident in seen:
+                continue
+            seen.add(ident)
+            kept.append(c)
     if split == "all":
         return kept
     order = list(range(len(kept)))
@@ -114,6 +170,33 @@ def _sorry_bench(records: list[dict], path: str, system: str | None,
     cut = round(0.7 * len(kept))
     chosen = sorted(order[:cut] if split == "train" else order[cut:])
     return [kept[i] for i in chosen]
+
+
+def sorry_bench_record(record: dict[str, Any], where: str, system: str | None = None,
+                       file_style: str | None = None) -> Conversation | None:
+    """One SORRY-BENCH prompt answered with the refusal (or its own ``response``); None for a
+    record whose prompt is null. ``file_style``: the style its file implies, used when the
+    record has no ``prompt_style``."""
+    from pathunlearn.data.suite import REFUSAL_PREFIX
+
+    turns = record.get("turns")
+    if isinstance(turns, list) and turns and turns[0] is None:
+        return None
+    if not isinstance(turns, list) or not turns or not isinstance(turns[0], str) \
+            or not turns[0].strip():
+        raise DataError(f"{where}: field 'turns': expected a list whose first item is the "
+                        "prompt text")
+    style = record.get("prompt_style") or file_style or "base"
+    response = record["response"] if "response" in record \
+        else f"{REFUSAL_PREFIX} {SORRY_BENCH_REASON}"
+    if not isinstance(response, str) or not response.strip():
+        raise DataError(f"{where}: field 'response': expected non-empty text")
+    ids = {k: record[k] for k in ("question_id", "category") if k in record}
+    return qa(turns[0].strip(), response.strip(), system, source="sorry-bench",
+              prompt_style=style, **ids)
+
+
+# ---------------------------------------------------------------------------- tofu
 
 
 def _question_answer(record: dict[str, Any], where: str, question_key: str,
@@ -124,8 +207,27 @@ def _question_answer(record: dict[str, Any], where: str, question_key: str,
 
 
 TOFU_SPLITS = ("train", "paraphrased")
+TOFU_SUBSETS = ("full", "forget01", "forget05", "forget10", "retain90", "retain95", "retain99",
+                "holdout01", "holdout05", "holdout10", "real_authors", "world_facts",
+                "forget01_perturbed", "forget05_perturbed", "forget10_perturbed",
+                "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
+"""The subsets (hub configs) of the TOFU release."""
+TOFU_PARAPHRASED_SUBSETS = ("forget01_perturbed", "forget05_perturbed", "forget10_perturbed",
+                            "retain_perturbed")
+"""The subsets whose records have ``paraphrased_question`` (and ``paraphrased_answer``)."""
 TOFU_EXTRAS = ("paraphrased_answer", "perturbed_answer", "paraphrased_question")
-"""The fields of TOFU's perturbed/eval files kept in ``meta`` (when present and not null)."""
+"""The fields of TOFU's perturbed subsets kept in ``meta`` (when present and not null)."""
+
+
+def tofu_subset_files(directory: Path, subset: str) -> list[Path]:
+    """The files of one subset of a TOFU release directory: ``SUBSET.json`` (or ``.jsonl``,
+    ``.parquet``) at its root, else the parquet files under ``SUBSET/`` (the hub's layout,
+    shards in name order); [] when the directory has neither."""
+    for suffix in FORMATS:
+        if (directory / f"{subset}{suffix}").is_file():
+            return [directory / f"{subset}{suffix}"]
+    folder = directory / subset
+    return sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
 
 
 def tofu_record(record: dict[str, Any], where: str, system: str | None = None,
@@ -158,14 +260,67 @@ def tofu_record(record: dict[str, Any], where: str, system: str | None = None,
     return qa(question, answer, system, source="tofu", **extras)
 
 
-def _tofu(records: list[dict], path: str, system: str | None,
+def _tofu(path: Path, subset: str | None, system: str | None,
           split: str | None) -> list[Conversation]:
     split = split or "train"
     if split not in TOFU_SPLITS:
         raise DataError(f"{path}: tofu has splits {', '.join(TOFU_SPLITS)}, not {split!r}")
-    return [tofu_record(r, f"{path}: record {i}", system, paraphrased=split == "paraphrased")
-            for i, r in enumerate(records, 1)]
+    if path.is_dir():
+        release, subset = path, subset or "full"
+        files = tofu_subset_files(path, subset)
+        if not files:
+            present = [s for s in TOFU_SUBSETS if tofu_subset_files(path, s)]
+            raise DataError(f"{path}: no TOFU subset {subset!r} (neither {subset}.json nor "
+                            f"{subset}/*.parquet); it has {', '.join(present) or 'none'}")
+    else:
+        files = [path]
+        release = path.parent if path.stem in TOFU_SUBSETS else None
+        subset = path.stem if release is not None else None
+    records = [rw for file in files for rw in _read_file(file)]
+    if split == "train" or all(r.get("paraphrased_question") is not None for r, _ in records):
+        return [tofu_record(r, where, system, paraphrased=split == "paraphrased")
+                for r, where in records]
+    if any(r.get("paraphrased_question") is not None for r, _ in records):
+        r, where = next((r, w) for r, w in records if r.get("paraphrased_question") is None)
+        tofu_record(r, where, system, paraphrased=True)  # raises: names the record
+    return _tofu_paraphrased_from_release(records, files, release, subset, system)
 
+
+def _tofu_paraphrased_from_release(records: list[Record], files: list[Path],
+                                   release: Path | None, subset: str | None,
+                                   system: str | None) -> list[Conversation]:
+    """The records of a subset without ``paraphrased_question`` asked by the paraphrased
+    question a perturbed subset beside it has for the same question (matched by text)."""
+    paraphrase: dict[str, str] = {}
+    looked = []
+    for other in TOFU_SUBSETS if release is not None else ():
+        if other == subset or not other.endswith("_perturbed"):
+            continue
+        for file in tofu_subset_files(release, other):
+            looked.append(file.name)
+            for r, _ in _read_file(file):
+                q, p = r.get("question"), r.get("paraphrased_question")
+                if isinstance(q, str) and isinstance(p, str) and p.strip():
+                    paraphrase.setdefault(q.strip(), p)
+    asked = [tofu_record({**r, "paraphrased_question": paraphrase[r["question"].strip()]},
+                         where, system, paraphrased=True)
+             for r, where in records
+             if isinstance(r.get("question"), str) and r["question"].strip() in paraphrase]
+    if asked:
+        return asked
+    where = files[0] if len(files) == 1 else files[0].parent
+    has = " / ".join(f"{s}.json" for s in TOFU_PARAPHRASED_SUBSETS)
+    if looked:
+        beside = f"and none of its questions is in {', '.join(looked)} beside it"
+    elif release is not None:
+        beside = "and no perturbed subset is beside it"
+    else:
+        beside = "(a file named as a TOFU subset, e.g. full.json, finds them in its folder)"
+    raise MissingFields(f"{where} has no 'paraphrased_question' (needed by split paraphrased) "
+                        f"{beside}; the TOFU release has it in {has}")
+
+
+# ---------------------------------------------------------------------------- skillmix
 
 SKILLMIX_FIELDS = (("input", "output"), ("instruction", "output"), ("instruction", "response"))
 """(question, answer) field pairs a SkillMix record may use, in order of preference."""
@@ -194,23 +349,29 @@ def skillmix_record(record: dict[str, Any], where: str,
     return Conversation(messages=qa(question, answer, system).messages, meta=meta)
 
 
-def _skillmix(records: list[dict], path: str, system: str | None,
+def _skillmix(path: Path, subset: str | None, system: str | None,
               split: str | None) -> list[Conversation]:
-    return [skillmix_record(r, f"{path}: record {i}", system) for i, r in enumerate(records, 1)]
+    return [skillmix_record(r, where, system) for r, where in _one_file("skillmix", path)]
 
 
-ADAPTERS: dict[str, Callable[[list[dict], str, str | None, str | None], list[Conversation]]] = {
+# ---------------------------------------------------------------------------- the registry
+
+ADAPTERS: dict[str, Callable[[Path, str | None, str | None, str | None], list[Conversation]]] = {
     "gsm8k": _gsm8k,
     "sorry-bench": _sorry_bench,
     "tofu": _tofu,
     "skillmix": _skillmix,
 }
-"""Adapter name -> reader of a file's records (records, path, system prompt, split)."""
+"""Adapter name -> reader of a local release (file or directory, subset, system prompt,
+split)."""
 
 
 ADAPTER_SPLITS: dict[str, tuple[str, ...]] = {"sorry-bench": SORRY_BENCH_SPLITS,
                                               "tofu": TOFU_SPLITS}
-"""The splits of the adapters that have any; ``NAME:FILE:SPLIT`` picks one inline."""
+"""The splits of the adapters that have any; ``NAME:LOCATION:SPLIT`` picks one inline."""
+
+ADAPTER_SUBSETS: dict[str, tuple[str, ...]] = {"tofu": TOFU_SUBSETS}
+"""The subsets of the releases that have several in one directory: ``NAME:DIR:SUBSET``."""
 
 ADAPTER_SPLIT_ROLES: dict[str, dict[str, str]] = {"sorry-bench": {"heldout": "test"},
                                                   "tofu": {"paraphrased": "paraphrased"}}
@@ -220,8 +381,9 @@ ADAPTER_SPLIT_ROLES: dict[str, dict[str, str]] = {"sorry-bench": {"heldout": "te
 def parse_adapter(spec: str) -> tuple[str, str, str | None] | None:
     """``gsm8k:path/test.jsonl`` -> (``gsm8k``, ``path/test.jsonl``, None);
     ``sorry-bench:sorry.jsonl:test`` -> (``sorry-bench``, ``sorry.jsonl``, ``test``) (an inline
-    split only for an adapter with splits); None when ``spec`` does not start with a known
-    adapter name."""
+    split only for an adapter with splits); ``tofu:DIR:forget10:paraphrased`` -> (``tofu``,
+    ``DIR:forget10``, ``paraphrased``): the location keeps its subset (:func:`split_location`).
+    None when ``spec`` does not start with a known adapter name."""
     name, sep, path = spec.partition(":")
     if not sep or name not in ADAPTERS:
         return None
@@ -231,14 +393,53 @@ def parse_adapter(spec: str) -> tuple[str, str, str | None] | None:
     return name, path, None
 
 
-def load_adapted(name: str, path: str | Path, system: str | None = None,
-                 split: str | None = None) -> list[Conversation]:
-    """The records of ``path`` read by adapter ``name`` (``split`` where it has splits); a
-    :class:`DataError` names the file, the record (1-based) and the field of a bad record."""
-    records = read_records(path, json_lines_ok=True)
-    if not records:
-        raise DataError(f"{path}: no records")
-    conversations = ADAPTERS[name](records, str(path), system, split)
+def split_location(name: str, location: str) -> tuple[str, str | None]:
+    """``DIR:forget10`` -> (``DIR``, ``forget10``) for an adapter with subsets; (location,
+    None) otherwise."""
+    head, sep, tail = location.rpartition(":")
+    if sep and head and name in ADAPTER_SUBSETS and (tail in ADAPTER_SUBSETS[name]
+                                                     or Path(head).is_dir()):
+        return head, tail  # a subset the release may not have: its adapter says so
+    return location, None
+
+
+def load_release(name: str, path: str | Path, subset: str | None = None,
+                 system: str | None = None, split: str | None = None) -> list[Conversation]:
+    """The conversations adapter ``name`` reads from a local file or release directory
+    (``subset`` of a directory where the release has several); a :class:`DataError` names the
+    file, the record (1-based) and the field of a bad record."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if subset is not None and not path.is_dir():
+        raise DataError(f"{path}: a subset ({subset!r}) is chosen from a release directory, "
+                        "not a file")
+    conversations = ADAPTERS[name](path, subset, system, split)
     if not conversations:
-        raise DataError(f"{path}: no records left for {name} split {split or 'train'}")
+        location = f"{path}:{subset}" if subset else path
+        read = any(_read_file(f) for f in adapter_files(name, location))
+        raise DataError(f"{path}: no records" + (f" left for {name} split {split or 'train'}"
+                                                 if read else ""))
     return conversations
+
+
+def load_adapted(name: str, location: str | Path, system: str | None = None,
+                 split: str | None = None) -> list[Conversation]:
+    """The records at ``location`` (a file, a release directory, or ``DIR:SUBSET``: see
+    :func:`split_location`) read by adapter ``name`` (``split`` where it has splits)."""
+    path, subset = split_location(name, str(location))
+    return load_release(name, path, subset, system, split)
+
+
+def adapter_files(name: str, location: str | Path) -> list[Path]:
+    """The local files a source ``NAME:LOCATION`` reads (its content identity): the file, or the
+    release directory's files of the adapter (a TOFU directory: every subset present)."""
+    path, subset = split_location(name, str(location))
+    path = Path(path)
+    if not path.is_dir():
+        return [path] if path.is_file() else []
+    if name == "tofu":
+        return [f for s in TOFU_SUBSETS for f in tofu_subset_files(path, s)]
+    if name == "sorry-bench":
+        return [f for f, _ in sorry_bench_files(path)]
+    return []

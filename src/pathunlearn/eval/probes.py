@@ -35,9 +35,17 @@ loaded and checked here, before any training. With F the forget stage, the defau
 - ``forget_response``: F's trained items, scored on their own responses.
 - ``<stage>_train`` (kind utility) for every other stage: its trained items (the paper's TOFU
   utility is this for the TOFU stage); ``<stage>_paraphrased`` where its source asks the same
-  facts in paraphrase (``builtin:authors:eval``, ``tofu:FILE:paraphrased``).
+  facts in paraphrase (``builtin:authors:eval``, ``tofu:...:paraphrased``: a TOFU subset with
+  paraphrased questions, or one whose release directory holds a perturbed subset asking its
+  questions, ``data.adapters``).
 - ``heldout_<stage>`` (kind heldout) for every stage: items used in no training, its source's
   held-out split or the items after its ``max_examples``; a stage with neither has none.
+
+A default whose source lacks the fields it needs (TOFU's ``full.json`` alone has no
+paraphrased questions) is left out, never an error: :func:`default_probes` gives a note for
+it, which the plan keeps (``Plan.probe_notes``, RUN_DIR/plan.json) and the report shows. A set
+the config names in ``probes.sets`` that needs absent fields is an error naming the file and
+the release files that have them.
 
 Sizes: ``probes.prompts`` (16) prompts per label probe, ``probes.examples`` (32) items per
 response and utility probe, ``probes.heldout`` (4) held-out items per stage.
@@ -53,6 +61,7 @@ import torch
 
 from pathunlearn import metrics as M
 from pathunlearn.config import ExperimentConfig, ProbeConfig
+from pathunlearn.data.adapters import MissingFields
 from pathunlearn.data.chat import EncodedExample
 from pathunlearn.data.conversation import Conversation
 from pathunlearn.data.sources import load_source, load_stage, split_with_role
@@ -144,15 +153,30 @@ def resolve_probes(cfg: ExperimentConfig) -> list[ProbeSet]:
 def probe_configs(cfg: ExperimentConfig) -> list[ProbeConfig]:
     """The configs of ``cfg``'s probe sets, in order: the defaults, then the config's sets (one
     of the same name replaces a default in its place)."""
+    return probe_configs_and_notes(cfg)[0]
+
+
+def probe_configs_and_notes(cfg: ExperimentConfig) -> tuple[list[ProbeConfig], list[str]]:
+    """:func:`probe_configs`, and the notes of the defaults left out (:func:`default_probes`)
+    that no set of the config replaces."""
     own = {p.name: p for p in cfg.probes.sets}
-    configs = default_probe_configs(cfg) if cfg.probes.defaults else []
-    return [own.pop(c.name, c) for c in configs] + list(own.values())
+    configs, notes = default_probes(cfg) if cfg.probes.defaults else ([], [])
+    notes = [n for n in notes if n.split(":", 1)[0] not in own]
+    return [own.pop(c.name, c) for c in configs] + list(own.values()), notes
 
 
 def default_probe_configs(cfg: ExperimentConfig) -> list[ProbeConfig]:
-    """The default probe sets of ``cfg`` as configs (module docstring); the forget stage's
-    data is read to tell whether it is a refusal stage."""
+    """The default probe sets of ``cfg`` as configs (module docstring)."""
+    return default_probes(cfg)[0]
+
+
+def default_probes(cfg: ExperimentConfig) -> tuple[list[ProbeConfig], list[str]]:
+    """The default probe sets of ``cfg`` as configs (module docstring), and a note for each
+    default left out because its source lacks the fields it needs (TOFU's ``full`` has no
+    paraphrased questions where no perturbed subset is beside it): ``NAME: left out: WHY``.
+    The forget stage's data is read to tell whether it is a refusal stage."""
     p, forget = cfg.probes, cfg.paths.forget_stage
+    notes: list[str] = []
     # in the order the paths first name them (the stages' order in the config file is lost
     # when a resolved config is written)
     stages = list(dict.fromkeys(s for path in cfg.paths.expand() for s in path))
@@ -160,16 +184,25 @@ def default_probe_configs(cfg: ExperimentConfig) -> list[ProbeConfig]:
     def trained(name: str) -> int:  # no more than the stage trains on
         return min(p.examples, cfg.stages[name].max_examples or p.examples)
 
-    def split(name: str, role: str) -> str | None:
+    def split(name: str, role: str, probe: str | None = None) -> str | None:
+        """The source of the split playing ``role``; for a ``probe`` read from it alone, None
+        (and a note) where it lacks the fields the split needs."""
         stage = cfg.stages[name]
-        return split_with_role(stage.source, stage.split, role)
+        source = split_with_role(stage.source, stage.split, role)
+        try:
+            if source is not None and probe is not None:
+                load_source(source, max_examples=1)
+        except MissingFields as e:
+            notes.append(f"{probe}: left out: {e}")
+            return None
+        return source
 
     configs = []
     if answers_with_unlearn_target(load_stage(cfg.stages[forget])):
         configs.append(ProbeConfig(name=M.FORGET_LABEL_ID, kind="forget_label",
                                    source=split(forget, "heldout") or f"stage:{forget}",
                                    max_prompts=p.prompts, stage=forget))
-        if ood := split(forget, "ood"):
+        if ood := split(forget, "ood", M.FORGET_LABEL_OOD):
             configs.append(ProbeConfig(name=M.FORGET_LABEL_OOD, kind="forget_label",
                                        source=ood, max_prompts=p.prompts, stage=forget))
     configs.append(ProbeConfig(name=M.FORGET_RESPONSE, kind="forget_response",
@@ -179,19 +212,19 @@ def default_probe_configs(cfg: ExperimentConfig) -> list[ProbeConfig]:
             continue
         configs.append(ProbeConfig(name=f"{name}_train", kind="utility", source=f"stage:{name}",
                                    max_prompts=trained(name), stage=name))
-        if para := split(name, "paraphrased"):
+        if para := split(name, "paraphrased", f"{name}_paraphrased"):
             configs.append(ProbeConfig(name=f"{name}_paraphrased", kind="utility", source=para,
                                        max_prompts=p.examples, stage=name))
     for name in stages:
         stage = cfg.stages[name]
-        if held := split(name, "heldout"):
+        if held := split(name, "heldout", f"heldout_{name}"):
             configs.append(ProbeConfig(name=f"heldout_{name}", kind="heldout", source=held,
                                        max_prompts=p.heldout, stage=name))
         elif stage.max_examples and len(load_stage(stage, cut=False)) > stage.max_examples:
             configs.append(ProbeConfig(name=f"heldout_{name}", kind="heldout",
                                        source=f"stage:{name}", offset=stage.max_examples,
                                        max_prompts=p.heldout, stage=name))
-    return configs
+    return configs, notes
 
 
 def answers_with_unlearn_target(forget: Sequence[Conversation], sample: int = 32) -> bool:
