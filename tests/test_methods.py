@@ -85,7 +85,7 @@ def test_user_method_identity_hashes_its_file(user_module):
 
 
 @pytest.mark.parametrize("spec,words", [
-    ("sgd_ascent", "not a built-in method"),
+    ("sgd_ascent", "method 'sgd_ascent' is unknown: give a built-in method"),
     ("no_such_module_xyz:Thing", "cannot import no_such_module_xyz"),
     ("user_losses:Missing", "has no attribute 'Missing'"),
     ("missing_dir/f.py:Thing", "no such file"),
@@ -215,3 +215,72 @@ def test_a_users_method_runs_through_pathunlearn_run(tmp_path, cli, monkeypatch)
     assert "wga-opt-alpha1" in (run_dir / "results.md").read_text()
     cells = json.loads((run_dir / "plan.json").read_text())["cells"]
     assert {c["local"] for c in cells} == {True}
+
+
+@pytest.mark.parametrize("typo,meant", [("gaa", "ga"), ("simnpo_norm", "simnpo-norm"),
+                                        ("npoo_kl", "npo_kl"), ("grad_diff", "graddiff")])
+def test_an_unknown_method_name_says_which_one_was_meant(typo, meant):
+    with pytest.raises(ConfigError, match=f"method '{typo}' is unknown \\(did you mean "
+                                          f"{meant}\\?\\)"):
+        resolve_method(typo)
+
+
+def test_a_missing_class_of_a_users_file_says_which_one_was_meant(user_module):
+    with pytest.raises(ConfigError, match="has no attribute 'HalfG' \\(did you mean HalfGA\\?\\)"):
+        resolve_method(f"{user_module}:HalfG")
+
+
+def test_the_config_knows_the_built_in_names():
+    from pathunlearn.config import BUILTIN_METHOD_NAMES
+
+    assert BUILTIN_METHOD_NAMES == tuple(BUILTIN_METHODS)
+
+
+# every label the table prints for built-in methods, with the settings it stands for
+LABELLED = [
+    [{"name": "simnpo"}, {"name": "simnpo", "length_normalize": True}],
+    [{"name": "simnpo", "length_normalize": True, "gamma": 0.5},
+     {"name": "simnpo", "length_normalize": True, "gamma": 0.0}],
+    [{"name": "npo", "beta": 0.5}, {"name": "npo", "beta": 1.0}, {"name": "npo"}],
+    [{"name": "graddiff", "retain_weight": 2.0}, {"name": "graddiff", "retain_weight": 0.5}],
+    [{"name": "npo_kl", "beta": 1e-05}, {"name": "npo_kl", "beta": 2.5}],
+]
+
+
+@pytest.mark.parametrize("methods_", LABELLED)
+def test_a_label_from_the_table_names_the_method_it_labels(methods_):
+    # the labels pathunlearn.plan makes, read back as names: the same methods, the same
+    # labels again (so a label copied from the table into a config runs that method)
+    from pathunlearn.plan import method_labels
+
+    configs = [MethodConfig(**m) for m in methods_]
+    labels = method_labels(configs, [c.name for c in configs],
+                           [make_method(c).variant() for c in configs])
+    assert len(set(labels)) == len(labels) and any("-" in label for label in labels)
+    again = [MethodConfig(name=label) for label in labels]
+    assert again == configs
+    assert method_labels(again, [c.name for c in again],
+                         [make_method(c).variant() for c in again]) == labels
+
+
+def test_a_label_agrees_with_what_the_config_says_or_is_an_error():
+    assert MethodConfig(name="simnpo-norm", length_normalize=True) == MethodConfig(
+        name="simnpo", length_normalize=True)
+    with pytest.raises(ValueError, match="name 'simnpo-norm' means length_normalize: True, "
+                                         "but length_normalize is False"):
+        MethodConfig(name="simnpo-norm", length_normalize=False)
+    # not a built-in label: a name left for the entry points (an unknown one says so)
+    assert MethodConfig(name="my-method").name == "my-method"
+    assert MethodConfig(name="npo-opt-alpha1").name == "npo-opt-alpha1"
+
+
+def test_simnpo_norm_runs_as_simnpo_with_length_normalisation():
+    data = {"stages": {"f": {"source": "builtin:refusals"}},
+            "paths": {"forget_stage": "f", "orders": [["f"]]},
+            "unlearning": {"methods": [{"name": "simnpo"}, {"name": "simnpo-norm"}]}}
+    plan = plan_run(validate_config(data), check=False)
+    assert [c.method_label for c in plan.cells] == ["simnpo", "simnpo-norm"]
+    assert [c.method.length_normalize for c in plan.cells] == [False, True]
+    written = validate_config({**data, "unlearning": {"methods": [
+        {"name": "simnpo"}, {"name": "simnpo", "length_normalize": True}]}})
+    assert [c.key for c in plan_run(written, check=False).cells] == [c.key for c in plan.cells]

@@ -31,12 +31,14 @@ its micro-batches add up to the loss of the effective batch, as their gradients 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -233,7 +235,11 @@ class NPOKL(NPO):
 
 BUILTIN_METHODS: dict[str, type[Method]] = {
     m.name: m for m in (GA, NPO, SimNPO, GradDiff, NPORetain, NPOKL)}
-"""The methods a config names by a bare name."""
+"""The methods a config names by a bare name (``pathunlearn.config.BUILTIN_METHOD_NAMES``)."""
+
+VARIANT_LABELS = ("simnpo-norm",)
+"""Labels of the built-in methods' variants, which a config may use as names (read by
+``pathunlearn.config.parse_method_label``; with settings too: ``npo-beta0.5``)."""
 
 
 # ---------------------------------------------------------------------------- resolution
@@ -304,7 +310,17 @@ def _import_class(spec: str) -> type:
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise ConfigError(f"method {spec!r}: {where} has no attribute {attr!r}") from None
+        methods = [n for n, v in vars(module).items()
+                   if inspect.isclass(v) and issubclass(v, Method) and v is not Method]
+        raise ConfigError(f"method {spec!r}: {where} has no attribute {attr!r}"
+                          f"{did_you_mean(attr, methods)}") from None
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """' (did you mean ga?)' when ``known`` holds a close match of ``word`` (difflib), else
+    ''."""
+    match = difflib.get_close_matches(word, list(dict.fromkeys(known)), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
 
 
 def _module_from_file(path: Path, spec: str):
@@ -325,11 +341,15 @@ def _module_from_file(path: Path, spec: str):
 
 
 def _entry_point(spec: str) -> type:
-    found = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
+    points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    found = [ep for ep in points if ep.name == spec]
     if not found:
-        raise ConfigError(f"method {spec!r}: not a built-in method ({', '.join(BUILTIN_METHODS)}),"
-                          f" an import path module:Class or file.py:Class, or an entry point of "
-                          f"the group {ENTRY_POINT_GROUP}")
+        known = [*BUILTIN_METHODS, *VARIANT_LABELS, *(ep.name for ep in points)]
+        raise ConfigError(f"method {spec!r} is unknown{did_you_mean(spec, known)}: give a "
+                          f"built-in method ({', '.join(BUILTIN_METHODS)}) or a label the "
+                          f"table prints ({', '.join(VARIANT_LABELS)}, npo-beta0.5 ...), an "
+                          "import path module:Class, a file file.py:Class or an entry point "
+                          f"of the group {ENTRY_POINT_GROUP}")
     try:
         return found[0].load()
     except Exception as e:

@@ -194,6 +194,9 @@ class RewriteOptions:
     """Price per 1k completion tokens."""
     retry_errors: bool = False
     """Send again the records whose request was refused (a 4xx) in an earlier run."""
+    max_failed_fraction: float = 0.5
+    """The run fails (exit code 1) when more than this fraction of the records is not kept
+    (dropped by the check, refused, failed), and always when none is kept."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -206,6 +209,9 @@ class RewriteOptions:
             raise UserError(f"--base-url {self.base_url!r}: expected http://... or https://...")
         if self.template is not None:
             check_template(self.template, self.task, "template")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise UserError(f"--max-failed-fraction {self.max_failed_fraction}: give a "
+                            "fraction in [0, 1]")
 
     @property
     def cache_path(self) -> Path:
@@ -571,8 +577,23 @@ class Summary:
     failed: int = 0
     usage: Usage = field(default_factory=Usage)
     reasons: Counter = field(default_factory=Counter)
+    """Records not kept, by kind of reason (:func:`_reason_kind`)."""
+    examples: dict[str, str] = field(default_factory=dict)
+    """The first full reason of each kind (the server's message of an HTTP 400 ...)."""
+    dropped_path: Path | None = None
+    """The file listing every record not kept, with its reason."""
     seconds: float = 0.0
     cost: float = 0.0
+
+    @property
+    def not_kept(self) -> int:
+        return self.dropped + self.errors + self.failed
+
+    def top_reasons(self, n: int = 5) -> list[str]:
+        """'20 x HTTP 400 (HTTP 400: temperature is not supported)', most frequent first."""
+        return [f"{count} x {kind}" + (f" ({self.examples[kind]})"
+                                       if self.examples.get(kind, kind) != kind else "")
+                for kind, count in self.reasons.most_common(n)]
 
     def lines(self) -> list[str]:
         u = self.usage
@@ -582,8 +603,28 @@ class Summary:
                f"{u.requests} requests ({u.retries} retries), {u.prompt_tokens:,} prompt + "
                f"{u.completion_tokens:,} completion tokens, ${self.cost:.4f}, "
                f"{self.seconds:.1f}s"]
-        out += [f"  {n} x {reason}" for reason, n in self.reasons.most_common(5)]
+        if self.not_kept:
+            out.append(f"{self.not_kept} records not kept, each with its reason, in "
+                       f"{self.dropped_path}:")
+        out += [f"  {line}" for line in self.top_reasons()]
         return out
+
+
+def failures(summary: Summary, opts: RewriteOptions) -> list[str]:
+    """Why a finished rewrite failed as a job (the CLI exits with code 1): records left
+    unanswered (a rerun sends them), none kept, or more than ``opts.max_failed_fraction`` of
+    the records not kept; each names the reasons and the dropped list. Empty: it succeeded."""
+    out = []
+    if summary.failed:
+        out.append(f"incomplete: {summary.failed} records failed after {opts.max_retries} "
+                   "retries; rerun to send them (cached records are not sent again)")
+    why = f"{'; '.join(summary.top_reasons(3))}; every reason in {summary.dropped_path}"
+    if summary.records and not summary.kept:
+        out.append(f"kept none of the {summary.records} records ({why})")
+    elif summary.records and summary.not_kept > opts.max_failed_fraction * summary.records:
+        out.append(f"{summary.not_kept} of {summary.records} records not kept, more than "
+                   f"--max-failed-fraction {opts.max_failed_fraction:g} ({why})")
+    return out
 
 
 def api_key(opts: RewriteOptions) -> str | None:
@@ -718,11 +759,14 @@ def write_outputs(opts: RewriteOptions, items: list[Item], cache: dict[str, dict
         summary.dropped += entry["status"] == "dropped"
         summary.errors += entry["status"] == "error"
         summary.failed += entry["status"] == "failed"
-        summary.reasons[_reason_kind(entry.get("reason", ""))] += 1
+        kind = _reason_kind(entry.get("reason", ""))
+        summary.reasons[kind] += 1
+        summary.examples.setdefault(kind, entry.get("reason", ""))
         dropped.append({"index": it.index, "status": entry["status"],
                         "reason": entry.get("reason", ""), "text": entry.get("text"),
                         **{k: it.record[k] for k in ("question_id", "question") if k in it.record}})
     summary.kept = len(kept)
+    summary.dropped_path = opts.dropped_path
     write_jsonl(opts.output, kept)
     write_jsonl(opts.dropped_path, dropped)
 

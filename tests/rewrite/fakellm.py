@@ -3,7 +3,8 @@
 ``FakeLLM`` is a stdlib ThreadingHTTPServer on 127.0.0.1 (port 0) that answers
 ``GET /v1/models`` and ``POST /v1/chat/completions`` with a test's ``answer`` function, and can
 fail a fraction of the requests: 429 bursts (with Retry-After), 500/503, timeouts (it sleeps
-past the client's timeout), malformed JSON, a reply without choices, and dropped connections.
+past the client's timeout), malformed JSON, a reply without choices, and dropped connections;
+``kinds=("400",)`` refuses requests with an HTTP 400 (a setting the model does not take).
 Every chat request is logged (record id, phase, what was answered); keys seen are kept in
 memory only, to check the client sent one. The test data are sanitized placeholder prompts.
 """
@@ -117,6 +118,9 @@ class FakeLLM:
             def _fault(self, kind: str) -> None:
                 if kind == "429":
                     self._json(429, {"error": {"message": "rate limited"}}, {"retry-after": "0"})
+                elif kind == "400":  # refused for this request: not retried (not in FAULTS)
+                    self._json(400, {"error": {"message": "Unsupported value: 'temperature' "
+                                               "does not support 0.7 with this model"}})
                 elif kind in ("500", "503"):
                     self._json(int(kind), {"error": {"message": "server error"}})
                 elif kind == "timeout":

@@ -268,3 +268,49 @@ def test_safety_selection_is_the_adapters(tmp_path, split):
     chosen = sorry_bench_selection(records, str(src), split)
     adapted = load_adapted("sorry-bench", src, split=split)
     assert [records[i]["turns"][0] for i in chosen] == [c.prompt[-1]["content"] for c in adapted]
+
+
+def errors(result) -> list[str]:
+    """The error lines of a run (stderr also holds the progress bar)."""
+    return [line for line in result.err.splitlines() if line.startswith("error: ")]
+
+
+def test_a_run_that_keeps_nothing_exits_1_and_names_the_cause(cli, tmp_path, fast_args):
+    # every request refused with an HTTP 400 whose cause is in the server's message: the run
+    # is a failed job (exit 1, not 2: the input was fine), and says why and where the list is
+    src, out = tmp_path / "gsm8k.jsonl", tmp_path / "math.jsonl"
+    write_jsonl(src, gsm8k_records(20))
+    with FakeLLM(math_answer, faults=1.0, kinds=("400",)) as llm:
+        result = cli(*rewrite_args("math", src, out, llm, *fast_args))
+    assert result.code == 1, result.err
+    assert len(llm.log) == 20  # a 400 is not retried
+    assert errors(result) == [
+        "error: kept none of the 20 records (20 x HTTP 400 (HTTP 400: Unsupported value: "
+        "'temperature' does not support 0.7 with this model); every reason in "
+        f"{out.with_name('math.dropped.jsonl')})"]
+    assert f"20 records not kept, each with its reason, in {out.with_name('math.dropped.jsonl')}" \
+        in result.out
+    dropped = read_jsonl(out.with_name("math.dropped.jsonl"))
+    assert [d["status"] for d in dropped] == ["error"] * 20
+    assert read_jsonl(out) == []
+
+
+def test_more_than_the_allowed_fraction_dropped_exits_1(cli, tmp_path, fast_args):
+    # math_answer gets 9 of 30 wrong (30%): fine at the default 0.5, a failure at 0.25
+    src, out = tmp_path / "gsm8k.jsonl", tmp_path / "math.jsonl"
+    write_jsonl(src, gsm8k_records(30))
+    with FakeLLM(math_answer) as llm:
+        args = rewrite_args("math", src, out, llm, *fast_args, "--content-retries", "0")
+        strict = cli(*args, "--max-failed-fraction", "0.25")
+        sent = len(llm.log)
+        default = cli(*args)  # all cached: nothing sent again, the same 21 kept
+        assert len(llm.log) == sent
+    assert strict.code == 1 and default.code == 0, strict.err + default.err
+    assert errors(result=strict) == [
+        "error: 9 of 30 records not kept, more than --max-failed-fraction 0.25 (8 x wrong "
+        "final answer (wrong final answer 4 (gold 3)); 1 x no '#### N' final answer; every "
+        f"reason in {out.with_name('math.dropped.jsonl')})"]
+    assert errors(default) == [] and "21 kept, 9 dropped" in default.out
+    assert len(read_jsonl(out)) == 21  # the output is written either way
+    bad = cli(*args, "--max-failed-fraction", "1.5")
+    assert bad.code == 2 and "--max-failed-fraction" in bad.err
