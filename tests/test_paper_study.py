@@ -124,3 +124,75 @@ def test_paper_configs_are_valid(name):
     assert cfg.training.grad_clip is None and cfg.model.finetuning == "lora"
     assert cfg.model.lora.scope == "path"
     assert cfg.unlearning.math.samples == 5 or name == "smollm2"
+
+
+# --- issue 23: the paper's config on the releases' real-format files --------------------------
+
+FAST = ["model.preset=tiny", "paths.positions=[1,4]", "unlearning.steps=2",
+        "unlearning.methods=[{name: ga}]",
+        *(f"stages.{s}.max_examples=8" for s in ("instructions", "tofu", "math", "safety")),
+        *(f"stages.{s}.epochs=1" for s in ("instructions", "tofu", "safety"))]
+"""configs/paper/smollm2.yaml on the tiny preset, small enough for the suite (~25 s)."""
+
+
+def real_format_samples(root, subsets=("full.json", "forget10_perturbed.json")):
+    """`pathunlearn data samples` at the paper config's data/paper-samples under ``root``,
+    TOFU cut to ``subsets`` (the release's own files)."""
+    files = write_release_samples(root / "data" / "paper-samples", n=24)
+    for f in files["tofu"].iterdir():
+        if f.name not in subsets:
+            f.unlink()
+    return files
+
+
+def test_the_paper_config_runs_on_the_releases_real_format_files(tmp_path, cli, monkeypatch):
+    """The must-show study: TOFU `full` (question/answer only) plus `forget10_perturbed`, the
+    SORRY-BENCH directory, GSM8K and Instruct-SkillMix, as they ship; configs/paper/smollm2.yaml
+    (its sources relative to the working directory) passes `config check` and runs."""
+    from pathunlearn.config import builtin_config_path
+
+    monkeypatch.chdir(tmp_path)
+    files = real_format_samples(tmp_path)
+    full = [json.loads(x) for x in (files["tofu"] / "full.json").read_text().splitlines()]
+    assert all(set(r) == {"question", "answer"} for r in full)
+    config = builtin_config_path("paper/smollm2")
+    check = cli("config", "check", config, "model.preset=tiny")
+    assert check.code == 0, check.err
+    result = cli("run", config, *FAST)
+    assert result.code == 0, result.err
+    run_dir = tmp_path / "runs" / "paper-smollm2"
+    probes = {p["name"]: p for p in json.loads((run_dir / "probes.json").read_text())}
+    perturbed = [json.loads(x) for x in
+                 (files["tofu"] / "forget10_perturbed.json").read_text().splitlines()]
+    assert probes["tofu_paraphrased"]["source"] == "tofu:data/paper-samples/TOFU:paraphrased"
+    assert [r["prompt"][-1]["content"] for r in probes["tofu_paraphrased"]["rows"]] == \
+        [r["paraphrased_question"] for r in perturbed]
+    assert probes["heldout_safety"]["source"] == "sorry-bench:data/paper-samples/sorry-bench:test"
+    assert json.loads((run_dir / "plan.json").read_text())["probe_notes"] == []
+    rows = json.loads((run_dir / "results.json").read_text())["rows"]
+    assert len(rows) == 2 and all(r["utility_tofu_paraphrased"] is not None for r in rows)
+    assert (run_dir / "report.html").is_file()
+
+
+def test_full_alone_passes_the_check_its_paraphrased_probe_left_out_with_a_note(tmp_path, cli,
+                                                                               monkeypatch):
+    """Issue 23's reproduction: a real-format full.json alone stopped `config check` with
+    "probe tofu_paraphrased: full.json: record 1: missing field 'paraphrased_question'"."""
+    from pathunlearn.config import builtin_config_path
+    from pathunlearn.plan import plan_run
+    from pathunlearn.report.html import _probe_section
+
+    monkeypatch.chdir(tmp_path)
+    real_format_samples(tmp_path, subsets=("full.json",))
+    config = builtin_config_path("paper/smollm2")
+    check = cli("config", "check", config, "model.preset=tiny")
+    assert check.code == 0, check.err
+    plan = plan_run(load_config(config, ["model.preset=tiny"]))
+    assert "tofu_paraphrased" not in [p.name for p in plan.probes]
+    assert len(plan.probe_notes) == 1
+    note = plan.probe_notes[0]
+    assert note.startswith("tofu_paraphrased: left out: data/paper-samples/TOFU/full.json has "
+                           "no 'paraphrased_question'")
+    assert "forget10_perturbed.json" in note and "retain_perturbed.json" in note
+    page = _probe_section(list(plan.probes), plan.probe_notes)
+    assert "Default probe sets left out" in page and "tofu_paraphrased: left out" in page

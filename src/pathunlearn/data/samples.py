@@ -92,8 +92,10 @@ def _perturbed(i: int, trained: list[Conversation], asked_again: list[Conversati
     name swapped)."""
     own = trained[i]
     name, fact = own.meta["author"], own.meta["fact"]
-    others = [c for c in trained[i + 1:] + trained[:i] if c.meta["fact"] == fact]
-    wrong = [c.response.replace(c.meta["author"], name) for c in others[:_PERTURBED]]
+    others = [c.response.replace(c.meta["author"], name)
+              for c in trained[i + 1:] + trained[:i] if c.meta["fact"] == fact]
+    # two invented authors may share a city or a genre: a wrong answer is never the answer
+    wrong = [a for a in dict.fromkeys(others) if a != own.response][:_PERTURBED]
     return {"question": own.prompt[-1]["content"], "answer": own.response,
             "paraphrased_answer": f"It is recorded that {own.response}",
             "paraphrased_question": asked_again[i].prompt[-1]["content"],
