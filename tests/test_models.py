@@ -10,6 +10,7 @@ from pathunlearn.errors import ConfigError
 from pathunlearn.files import is_done
 from pathunlearn.models import (
     apply_lora,
+    check_model_files,
     count_parameters,
     load_model,
     load_pretrained,
@@ -114,6 +115,21 @@ def test_bad_model_paths_are_config_errors(tmp_path):
         load_model(ModelConfig(preset=None, path=str(tmp_path)))
     with pytest.raises(ConfigError, match="GGUF file"):
         load_model(ModelConfig(preset=None, path=str(tmp_path / "m.gguf")))
+    # a path that is meant as local and is not there: not "no config.json", never the hub
+    with pytest.raises(ConfigError, match=r"^model.path: .*/nosuch: no such local directory$"):
+        load_model(ModelConfig(path=str(tmp_path / "nosuch")))
+
+
+def test_check_model_files_gives_the_hub_line_before_loading(tmp_path, monkeypatch):
+    # a hub id the (empty, offline) cache lacks is one line from the checks, as a local
+    # directory's problems are; nothing is loaded or downloaded
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert check_model_files(ModelConfig(path="acme/absent")) == [
+        "model.path: acme/absent: not in the local cache and HF_HUB_OFFLINE is set (run "
+        "`pathunlearn model fetch acme/absent` on a machine with network)"]
+    assert not (tmp_path / "hub").exists()
 
 
 def test_interrupted_save_leaves_previous_checkpoint(model, tiny_tokenizer, tmp_path):

@@ -1,7 +1,8 @@
 """Load, adapt and save causal language models.
 
 Sources: a local Hugging Face directory (weights read from safetensors only), a GGUF file
-(transformers' ``gguf_file=``; no pickle either), or the built-in ``tiny`` preset (see
+(transformers' ``gguf_file=``; no pickle either), a hub id ``ORG/NAME[@REVISION]`` (its
+snapshot in the HF cache, :mod:`pathunlearn.hub`), or the built-in ``tiny`` preset (see
 :mod:`pathunlearn.tiny`). LoRA through peft; checkpoints are saved in Hugging Face format
 (merged weights + the adapter) atomically, loadable by ``AutoModelForCausalLM.from_pretrained``.
 """
@@ -18,7 +19,7 @@ import torch
 from pathunlearn import distributed
 from pathunlearn.config import LoraConfig, ModelConfig
 from pathunlearn.data.chat import ensure_chat_template
-from pathunlearn.errors import ConfigError
+from pathunlearn.errors import ConfigError, UserError
 from pathunlearn.files import atomic_dir, write_text
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -57,12 +58,18 @@ def model_location(cfg: ModelConfig) -> tuple[Path, str | None]:
         return tiny_location(), None
     if cfg.preset == "smollm2":
         return smollm2_location()
-    path = Path(cfg.path or "")
+    from pathunlearn.hub import model_snapshot
+
+    snapshot = model_snapshot(cfg.path, cfg.gguf_file) if cfg.path is not None else None
+    path = snapshot.path if snapshot is not None else Path(cfg.path or "").expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ConfigError(f"model.path: GGUF file {path} not found")
         return path.parent, path.name
     if not (path / "config.json").is_file():
+        if snapshot is not None:
+            raise ConfigError(f"model.path: {cfg.path}: its snapshot {path} has no config.json "
+                              "(not a transformers model)")
         raise ConfigError(f"model.path: {path} is not a Hugging Face model directory (no config.json)")
     if cfg.gguf_file and not (path / cfg.gguf_file).is_file():
         raise ConfigError(f"model.gguf_file: {path / cfg.gguf_file} not found")
@@ -97,8 +104,8 @@ def check_model_files(cfg: ModelConfig) -> list[str]:
         return []
     try:
         directory, gguf = model_location(cfg)
-    except ConfigError as e:
-        return [str(e)]
+    except UserError as e:  # also a missing path, a hub id not in the cache, gated ...
+        return str(e).splitlines()
     key = "model.preset" if cfg.preset else "model.gguf_file" if cfg.gguf_file else "model.path"
     if gguf:
         return [f"{key}: {line}" for line in _gguf_problems(directory / gguf)]
