@@ -77,20 +77,9 @@ class MissingFields(DataError):
     configured one fails with it."""
 
 
-Record = tuple[dict[str, Any], str]
-"""A record and where it is (``FILE: record N``), for its errors."""
-
-
-def _read_file(path: Path) -> list[Record]:
-    return [(r, f"{path}: record {i}")
-            for i, r in enumerate(read_records(path, json_lines_ok=True), 1)]
-
-
-def _one_file(name: str, path: Path) -> list[Record]:
-    if path.is_dir():
-        raise DataError(f"{path}: a directory; {name} reads one file of its release (e.g. "
-                        f"{name}:{path / 'test.jsonl'})")
-    return _read_file(path)
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The records of one release file (a TOFU ``.json`` may hold JSON Lines)."""
+    return read_records(path, json_lines_ok=True)
 
 
 # ---------------------------------------------------------------------------- gsm8k
@@ -116,9 +105,9 @@ def gsm8k_record(record: dict[str, Any], where: str, system: str | None = None) 
     return Conversation(messages=conv.messages, meta={"answer": value, "source": "gsm8k"})
 
 
-def _gsm8k(path: Path, subset: str | None, system: str | None,
+def _gsm8k(records: list[dict], path: str, system: str | None,
            split: str | None) -> list[Conversation]:
-    return [gsm8k_record(r, where, system) for r, where in _one_file("gsm8k", path)]
+    return [gsm8k_record(r, f"{path}: record {i}", system) for i, r in enumerate(records, 1)]
 
 
 # ---------------------------------------------------------------------------- sorry-bench
@@ -145,24 +134,51 @@ def sorry_bench_files(directory: Path) -> list[tuple[Path, str]]:
     return files
 
 
-def _sorry_bench(path: Path, subset: str | None, system: str | None,
+def _sorry_bench(records: list[dict], path: str, system: str | None,
                  split: str | None) -> list[Conversation]:
+    return _sorry_bench_split(_sorry_bench_kept(records, path, system), path, split)
+
+
+def _sorry_bench_directory(directory: Path, subset: str | None, system: str | None,
+                           split: str | None) -> list[Conversation]:
+    """Every prompt file of the release directory, each record's style its own or its file's,
+    deduplicated across the files by (question_id, prompt_style)."""
+    _sorry_bench_split([], str(directory), split)  # an unknown split fails before any reading
+    kept = []
+    for file, style in sorry_bench_files(directory):
+        records = [{**r, "prompt_style": r.get("prompt_style") or style}
+                   if isinstance(r, dict) else r for r in _records(file)]
+        kept += _sorry_bench_kept(records, str(file), system)
+    return _sorry_bench_split(_unique_prompts(kept), str(directory), split)
+
+
+def _sorry_bench_kept(records: list[dict], path: str,
+                      system: str | None) -> list[Conversation]:
+    """The records as refusals, null prompts skipped, the dropped styles dropped, each
+    (question_id, prompt_style) once."""
+    kept = (sorry_bench_record(r, f"{path}: record {i}", system)
+            for i, r in enumerate(records, 1))
+    return _unique_prompts([c for c in kept if c is not None
+                            and c.meta["prompt_style"] not in SORRY_BENCH_DROPPED_STYLES])
+
+
+def _unique_prompts(conversations: list[Conversation]) -> list[Conversation]:
+    seen, out = set(), []
+    for c in conversations:
+        ident = (c.meta.get("question_id"), c.meta["prompt_style"])
+        if ident[0] is None or ident not in seen:
+            seen.add(ident)
+            out.append(c)
+    return out
+
+
+def _sorry_bench_split(kept: list[Conversation], path: str,
+                       split: str | None) -> list[Conversation]:
+    """The paper's 70/30 split with seed 42 (``all``: every record)."""
     split = split or "train"
     if split not in SORRY_BENCH_SPLITS:
         raise DataError(f"{path}: sorry-bench has splits {', '.join(SORRY_BENCH_SPLITS)}, "
                         f"not {split!r}")
-    files = sorry_bench_files(path) if path.is_dir() else [(path, None)]
-    kept, seen = [], set()
-    for file, file_style in files:
-        for r, where in _read_file(file):
-            c = sorry_bench_record(r, where, system, file_style)
-            if c is None or c.meta["prompt_style"] in SORRY_BENCH_DROPPED_STYLES:
-                continue
-            ident = (c.meta.get("question_id"), c.meta["prompt_style"])
-            if ident[0] is not None and ident in seen:
-                continue
-            seen.add(ident)
-            kept.append(c)
     if split == "all":
         return kept
     order = list(range(len(kept)))
@@ -172,11 +188,10 @@ def _sorry_bench(path: Path, subset: str | None, system: str | None,
     return [kept[i] for i in chosen]
 
 
-def sorry_bench_record(record: dict[str, Any], where: str, system: str | None = None,
-                       file_style: str | None = None) -> Conversation | None:
+def sorry_bench_record(record: dict[str, Any], where: str,
+                       system: str | None = None) -> Conversation | None:
     """One SORRY-BENCH prompt answered with the refusal (or its own ``response``); None for a
-    record whose prompt is null. ``file_style``: the style its file implies, used when the
-    record has no ``prompt_style``."""
+    record whose prompt is null (the release has a few)."""
     from pathunlearn.data.suite import REFUSAL_PREFIX
 
     turns = record.get("turns")
@@ -186,7 +201,7 @@ def sorry_bench_record(record: dict[str, Any], where: str, system: str | None = 
             or not turns[0].strip():
         raise DataError(f"{where}: field 'turns': expected a list whose first item is the "
                         "prompt text")
-    style = record.get("prompt_style") or file_style or "base"
+    style = record.get("prompt_style") or "base"
     response = record["response"] if "response" in record \
         else f"{REFUSAL_PREFIX} {SORRY_BENCH_REASON}"
     if not isinstance(response, str) or not response.strip():
@@ -260,33 +275,43 @@ def tofu_record(record: dict[str, Any], where: str, system: str | None = None,
     return qa(question, answer, system, source="tofu", **extras)
 
 
-def _tofu(path: Path, subset: str | None, system: str | None,
-          split: str | None) -> list[Conversation]:
+def _tofu(records: list[dict], path: str, system: str | None, split: str | None,
+          release: Path | None = None, subset: str | None = None) -> list[Conversation]:
+    """``records`` of the file (or a subset's parquet folder) ``path``; ``release``, ``subset``:
+    the release directory and the subset they are (by default: the file's folder and name,
+    when the file is named as a subset), whose perturbed subsets the paraphrased split reads
+    for records without ``paraphrased_question``."""
     split = split or "train"
     if split not in TOFU_SPLITS:
         raise DataError(f"{path}: tofu has splits {', '.join(TOFU_SPLITS)}, not {split!r}")
-    if path.is_dir():
-        release, subset = path, subset or "full"
-        files = tofu_subset_files(path, subset)
-        if not files:
-            present = [s for s in TOFU_SUBSETS if tofu_subset_files(path, s)]
-            raise DataError(f"{path}: no TOFU subset {subset!r} (neither {subset}.json nor "
-                            f"{subset}/*.parquet); it has {', '.join(present) or 'none'}")
-    else:
-        files = [path]
-        release = path.parent if path.stem in TOFU_SUBSETS else None
-        subset = path.stem if release is not None else None
-    records = [rw for file in files for rw in _read_file(file)]
-    if split == "train" or all(r.get("paraphrased_question") is not None for r, _ in records):
+    rows = [(r, f"{path}: record {i}") for i, r in enumerate(records, 1)]
+    if split == "train" or all(r.get("paraphrased_question") is not None for r in records):
         return [tofu_record(r, where, system, paraphrased=split == "paraphrased")
-                for r, where in records]
-    if any(r.get("paraphrased_question") is not None for r, _ in records):
-        r, where = next((r, w) for r, w in records if r.get("paraphrased_question") is None)
+                for r, where in rows]
+    if any(r.get("paraphrased_question") is not None for r in records):
+        r, where = next((r, w) for r, w in rows if r.get("paraphrased_question") is None)
         tofu_record(r, where, system, paraphrased=True)  # raises: names the record
-    return _tofu_paraphrased_from_release(records, files, release, subset, system)
+    if release is None and Path(path).stem in TOFU_SUBSETS:
+        release, subset = Path(path).parent, Path(path).stem
+    return _tofu_paraphrased_from_release(rows, path, release, subset, system)
 
 
-def _tofu_paraphrased_from_release(records: list[Record], files: list[Path],
+def _tofu_directory(directory: Path, subset: str | None, system: str | None,
+                    split: str | None) -> list[Conversation]:
+    subset = subset or "full"
+    files = tofu_subset_files(directory, subset)
+    if not files:
+        present = [s for s in TOFU_SUBSETS if tofu_subset_files(directory, s)]
+        raise DataError(f"{directory}: no TOFU subset {subset!r} (neither {subset}.json nor "
+                        f"{subset}/*.parquet); it has {', '.join(present) or 'none'}")
+    records = [r for f in files for r in _records(f)]
+    if not records:
+        raise DataError(f"{files[0] if len(files) == 1 else directory / subset}: no records")
+    where = str(files[0]) if len(files) == 1 else str(directory / subset)
+    return _tofu(records, where, system, split, release=directory, subset=subset)
+
+
+def _tofu_paraphrased_from_release(rows: list[tuple[dict, str]], path: str,
                                    release: Path | None, subset: str | None,
                                    system: str | None) -> list[Conversation]:
     """The records of a subset without ``paraphrased_question`` asked by the paraphrased
@@ -298,17 +323,16 @@ def _tofu_paraphrased_from_release(records: list[Record], files: list[Path],
             continue
         for file in tofu_subset_files(release, other):
             looked.append(file.name)
-            for r, _ in _read_file(file):
+            for r in _records(file):
                 q, p = r.get("question"), r.get("paraphrased_question")
                 if isinstance(q, str) and isinstance(p, str) and p.strip():
                     paraphrase.setdefault(q.strip(), p)
     asked = [tofu_record({**r, "paraphrased_question": paraphrase[r["question"].strip()]},
                          where, system, paraphrased=True)
-             for r, where in records
+             for r, where in rows
              if isinstance(r.get("question"), str) and r["question"].strip() in paraphrase]
     if asked:
         return asked
-    where = files[0] if len(files) == 1 else files[0].parent
     has = " / ".join(f"{s}.json" for s in TOFU_PARAPHRASED_SUBSETS)
     if looked:
         beside = f"and none of its questions is in {', '.join(looked)} beside it"
@@ -316,7 +340,7 @@ def _tofu_paraphrased_from_release(records: list[Record], files: list[Path],
         beside = "and no perturbed subset is beside it"
     else:
         beside = "(a file named as a TOFU subset, e.g. full.json, finds them in its folder)"
-    raise MissingFields(f"{where} has no 'paraphrased_question' (needed by split paraphrased) "
+    raise MissingFields(f"{path} has no 'paraphrased_question' (needed by split paraphrased) "
                         f"{beside}; the TOFU release has it in {has}")
 
 
@@ -349,21 +373,28 @@ def skillmix_record(record: dict[str, Any], where: str,
     return Conversation(messages=qa(question, answer, system).messages, meta=meta)
 
 
-def _skillmix(path: Path, subset: str | None, system: str | None,
+def _skillmix(records: list[dict], path: str, system: str | None,
               split: str | None) -> list[Conversation]:
-    return [skillmix_record(r, where, system) for r, where in _one_file("skillmix", path)]
+    return [skillmix_record(r, f"{path}: record {i}", system) for i, r in enumerate(records, 1)]
 
 
 # ---------------------------------------------------------------------------- the registry
 
-ADAPTERS: dict[str, Callable[[Path, str | None, str | None, str | None], list[Conversation]]] = {
+ADAPTERS: dict[str, Callable[[list[dict], str, str | None, str | None], list[Conversation]]] = {
     "gsm8k": _gsm8k,
     "sorry-bench": _sorry_bench,
     "tofu": _tofu,
     "skillmix": _skillmix,
 }
-"""Adapter name -> reader of a local release (file or directory, subset, system prompt,
-split)."""
+"""Adapter name -> reader of a file's records (records, path, system prompt, split)."""
+
+RELEASE_DIRECTORIES: dict[str, Callable[[Path, str | None, str | None, str | None],
+                                        list[Conversation]]] = {
+    "sorry-bench": _sorry_bench_directory,
+    "tofu": _tofu_directory,
+}
+"""Adapter name -> reader of its release's directory (directory, subset, system prompt,
+split), for the releases that ship as several files."""
 
 
 ADAPTER_SPLITS: dict[str, tuple[str, ...]] = {"sorry-bench": SORRY_BENCH_SPLITS,
@@ -414,12 +445,19 @@ def load_release(name: str, path: str | Path, subset: str | None = None,
     if subset is not None and not path.is_dir():
         raise DataError(f"{path}: a subset ({subset!r}) is chosen from a release directory, "
                         "not a file")
-    conversations = ADAPTERS[name](path, subset, system, split)
+    if path.is_dir():
+        reader = RELEASE_DIRECTORIES.get(name)
+        if reader is None:
+            raise DataError(f"{path}: a directory; {name} reads one file of its release (e.g. "
+                            f"{name}:{path / 'test.jsonl'})")
+        conversations = reader(path, subset, system, split)
+    else:
+        records = _records(path)
+        if not records:
+            raise DataError(f"{path}: no records")
+        conversations = ADAPTERS[name](records, str(path), system, split)
     if not conversations:
-        location = f"{path}:{subset}" if subset else path
-        read = any(_read_file(f) for f in adapter_files(name, location))
-        raise DataError(f"{path}: no records" + (f" left for {name} split {split or 'train'}"
-                                                 if read else ""))
+        raise DataError(f"{path}: no records left for {name} split {split or 'train'}")
     return conversations
 
 
