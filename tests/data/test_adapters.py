@@ -1,4 +1,5 @@
-"""Benchmark adapters: ``gsm8k:FILE``, ``sorry-bench:FILE``, ``tofu:FILE``, ``skillmix:FILE``."""
+"""Benchmark adapters on one file each: ``gsm8k:FILE``, ``sorry-bench:FILE``, ``tofu:FILE``,
+``skillmix:FILE`` (the release directories: tests/data/test_releases.py)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,24 @@ def test_adapter_prefix_only_for_known_names(tmp_path):
     assert parse_adapter("sorry-bench:s.jsonl:test") == ("sorry-bench", "s.jsonl", "test")
     assert parse_adapter("sorry-bench:s.jsonl") == ("sorry-bench", "s.jsonl", None)
     assert parse_adapter("other:data.jsonl") is None and parse_adapter("data.jsonl") is None
+
+
+def test_parse_adapter_keeps_a_release_directorys_subset_in_the_location(tmp_path):
+    from pathunlearn.data.adapters import split_location
+
+    # a subset names a file of the release's directory; a split may follow it
+    assert parse_adapter("tofu:data/TOFU") == ("tofu", "data/TOFU", None)
+    assert parse_adapter("tofu:data/TOFU:forget10") == ("tofu", "data/TOFU:forget10", None)
+    assert parse_adapter("tofu:data/TOFU:forget10:paraphrased") == \
+        ("tofu", "data/TOFU:forget10", "paraphrased")
+    assert parse_adapter("tofu:hf:locuslab/TOFU:forget10") == \
+        ("tofu", "hf:locuslab/TOFU:forget10", None)
+    assert split_location("tofu", "data/TOFU:forget10") == ("data/TOFU", "forget10")
+    assert split_location("tofu", "hf:locuslab/TOFU") == ("hf:locuslab/TOFU", None)
+    assert split_location("tofu", "data/TOFU") == ("data/TOFU", None)
+    # a name the release may not have, of an existing directory: the adapter says it is absent
+    assert split_location("tofu", f"{tmp_path}:forget20") == (str(tmp_path), "forget20")
+    assert split_location("gsm8k", "data:forget10") == ("data:forget10", None)  # no subsets
     with pytest.raises(DataError, match="no such file"):
         load_source("gsm8k:missing.jsonl")
 
