@@ -206,3 +206,33 @@ def test_the_check_runs_before_anything_is_written(tmp_path, monkeypatch, cli):
     monkeypatch.setattr("time.sleep", lambda _: None)
     result = cli("unlearn", "c.yaml", "unlearning.batch_size=5")
     assert result.code == 2 and not result.err.strip()
+
+
+def test_a_config_error_under_torchrun_is_printed_once(tmp_path):
+    # a typo in an override fails while the config loads, before any rank joins a group:
+    # rank 0 prints it, rank 1 says nothing (and is stopped once rank 0 exited with 2)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
+    out = torchrun(tmp_path, "train", "c.yaml", "output_dir=bad", "training.lrr=1e-4")
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: training.lrr=1e-4: unknown key; did you mean training.lr?"]
+    assert "rank      : 0 (local_rank: 0)\n  exitcode  : 2" in out.stderr
+    assert not [line for line in out.stderr.splitlines()  # torchrun's traceback, none of ours
+                if line.strip().startswith("File") and "pathunlearn" in line]
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("args", [["train", "c.yaml", "training.lrr=1e-4"],
+                                  ["train", "c.yaml", "--bogus"]])
+def test_every_rank_exits_2_and_only_rank_0_says_why(tmp_path, monkeypatch, cli, args):
+    # what each rank does with an error of the config or the command line, in this process
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    first = cli(*args)
+    assert first.code == 2 and len(first.err.strip().splitlines()) == 1, first.err
+    waited = []
+    monkeypatch.setattr("time.sleep", waited.append)
+    monkeypatch.setenv("RANK", "1")
+    other = cli(*args)
+    assert other.code == 2 and other.err == "" and waited == [10]
