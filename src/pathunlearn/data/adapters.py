@@ -41,9 +41,12 @@ local copy or a hub snapshot): :func:`load_release` reads one from a local path.
   directory (a file's folder, when the file is named as a subset): the records whose
   question a perturbed subset also asks, in the subset's order, each with its own answer and
   the perturbed record's paraphrased question. So ``tofu:DIR:paraphrased`` next to
-  ``forget10_perturbed.json`` probes the 10% of ``full`` the forget set holds; where no
-  perturbed subset asks a question of the subset, :class:`MissingFields` says which release
-  files have the field.
+  ``forget10_perturbed.json`` probes the 10% of ``full`` the forget set holds. The target
+  stays the subset's own answer (not ``paraphrased_answer``): the probe asks whether the
+  trained answer survives a rewording of the question, as ``builtin:authors:eval`` does; and
+  with a stage's ``max_examples`` the matched records need not be among those trained (the
+  release's forget sets are the last authors of ``full``). Where no perturbed subset asks a
+  question of the subset, :class:`MissingFields` says which release files have the field.
 - ``skillmix``: Instruct-SkillMix-SDD records (``data/ism_sdd_k2_1K.json`` ...), question and
   answer read from the first pair a record has of ``input``/``output`` (the defaults of the
   paper's ``convert_format.py``), ``instruction``/``output``, ``instruction``/``response``;
