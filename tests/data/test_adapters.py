@@ -93,6 +93,9 @@ def test_parse_adapter_keeps_a_release_directorys_subset_in_the_location(tmp_pat
     # a name the release may not have, of an existing directory: the adapter says it is absent
     assert split_location("tofu", f"{tmp_path}:forget20") == (str(tmp_path), "forget20")
     assert split_location("gsm8k", "data:forget10") == ("data:forget10", None)  # no subsets
+    (tmp_path / "hf").mkdir()  # a folder named like the hub prefix is not a release
+    assert split_location("tofu", f"{tmp_path / 'hf'}:locuslab/TOFU") == \
+        (f"{tmp_path / 'hf'}:locuslab/TOFU", None)
     with pytest.raises(DataError, match="no such file"):
         load_source("gsm8k:missing.jsonl")
 

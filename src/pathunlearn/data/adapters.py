@@ -431,8 +431,8 @@ def split_location(name: str, location: str) -> tuple[str, str | None]:
     """``DIR:forget10`` -> (``DIR``, ``forget10``) for an adapter with subsets; (location,
     None) otherwise."""
     head, sep, tail = location.rpartition(":")
-    if sep and head and name in ADAPTER_SUBSETS and (tail in ADAPTER_SUBSETS[name]
-                                                     or Path(head).is_dir()):
+    if sep and head and name in ADAPTER_SUBSETS and (
+            tail in ADAPTER_SUBSETS[name] or Path(head).is_dir() and "/" not in tail):
         return head, tail  # a subset the release may not have: its adapter says so
     return location, None
 
