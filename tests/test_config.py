@@ -289,8 +289,12 @@ def test_what_is_not_a_local_path_is_kept(tmp_path):
     assert [s.source for s in cfg.stages.values()] == [
         "builtin:instructions:train", "hf:org/name:sub:train", "tofu:hf:locuslab/TOFU",
         str(tmp_path / "abs.json")]
-    # no such directory beside the file: a hub id (or the working directory's path)
+    # no such directory beside the file: a hub id (or the working directory's path); one
+    # written ./ or ../ is a local path all the same (so a missing one is reported as such)
     assert cfg.model.path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    local = write(folder, {**MINIMAL, "model": {"preset": None, "path": "./missing_model"}},
+                  "local.yaml")
+    assert load_config(local).model.path == str(folder / "missing_model")
     assert cfg.unlearning.methods[0].name == "my_package.losses:Mine"
 
 
