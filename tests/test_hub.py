@@ -164,11 +164,11 @@ def small_config(tmp_path, model_path: str, **model):
         "training": {"lr": 3e-3, "batch_size": 8, "micro_batch_size": 8}})
 
 
-@pytest.mark.parametrize("links", [True, False], ids=["blobs-and-links", "plain-files"])
-def test_a_hub_model_from_the_cache_loads_and_trains(links, tmp_path, cache):
+def test_a_hub_model_from_the_cache_loads_and_trains(tmp_path, cache):
+    # plain files in the snapshot (links into blobs/: the end-to-end run below)
     from pathunlearn.train.paths import train_paths
 
-    snapshot = add_snapshot(cache, "acme/tiny", tiny_files(), REV_A, links=links)
+    snapshot = add_snapshot(cache, "acme/tiny", tiny_files(), REV_A, links=False)
     cfg = small_config(tmp_path, "acme/tiny")
     assert model_location(cfg.model) == (snapshot, None)
     plan = train_paths(cfg, log=lambda *_: None)
@@ -401,3 +401,28 @@ def test_bad_hf_sources_are_one_line(spec, message, cache):
     with pytest.raises(UserError) as e:
         load_source(spec)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_run_end_to_end_on_a_hub_model(cli, tmp_path, cache, monkeypatch):
+    # the must-show: `model.path=acme/tiny` from a hub-layout cache, offline, through
+    # `pathunlearn run` (train, unlearn, report) over a config that names the tiny preset
+    add_snapshot(cache, "acme/tiny", tiny_files(), REV_A)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "hubrun", "output_dir": "runs", "seeds": [0], "model": {"preset": "tiny"},
+        "stages": {"instructions": {"source": "builtin:instructions", "max_examples": 32},
+                   "refusals": {"source": "builtin:refusals", "max_examples": 16}},
+        "paths": {"forget_stage": "refusals", "order": ["instructions"], "positions": [1, 2]},
+        "training": {"lr": 3e-3, "batch_size": 8, "micro_batch_size": 8},
+        "unlearning": {"methods": [{"name": "ga"}], "steps": 2, "batch_size": 4,
+                       "micro_batch_size": 4}}))
+    result = cli("run", str(config), "model.path=acme/tiny")
+    assert result.code == 0, result.err
+    run = tmp_path / "runs" / "hubrun"
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["base"]["hub"] == {"repo": "acme/tiny", "kind": "model", "commit": REV_A}
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["path"] == "acme/tiny"
+    results = json.loads((run / "results.json").read_text())
+    assert results and (run / "report.html").is_file()
+    assert len(list((run / "cells").rglob("summary.json"))) == 2  # one cell per path

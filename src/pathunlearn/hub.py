@@ -194,14 +194,12 @@ def resolve(ref: HubRef, allow_patterns: tuple[str, ...] | None = None) -> Snaps
 def cached(ref: HubRef, allow_patterns: tuple[str, ...] | None = None) -> Snapshot | None:
     """The snapshot of ``ref`` when the cache holds it (never the network), else None."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    try:
+    try:  # (an incomplete snapshot, huggingface_hub >= 2, is a LocalEntryNotFoundError too)
         path = Path(snapshot_download(ref.repo_id, repo_type=ref.kind, revision=ref.revision,
                                       cache_dir=str(cache_dir()), local_files_only=True,
                                       allow_patterns=_patterns(allow_patterns)))
-    except IncompleteSnapshotError:
-        return None
     except LocalEntryNotFoundError:
         return None
     except Exception as e:
@@ -290,15 +288,17 @@ def _missing(ref: HubRef) -> UserError:
 def _error(ref: HubRef, e: Exception) -> UserError:
     """The one line for a failed resolution of ``ref``; an error of no known kind is raised
     as it is (a bug, or something this module should learn to say)."""
+    from huggingface_hub import errors
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
         HFValidationError,
-        IncompleteSnapshotError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+
+    incomplete = getattr(errors, "IncompleteSnapshotError", ())  # huggingface_hub >= 2
 
     what = "model" if ref.kind == "model" else "dataset"
     if isinstance(e, GatedRepoError):  # before RepositoryNotFoundError: it is a subclass
@@ -310,7 +310,7 @@ def _error(ref: HubRef, e: Exception) -> UserError:
         return UserError(f"{ref.label}: {ref.repo_id} has no revision {ref.revision!r}")
     if isinstance(e, HFValidationError):
         return UserError(f"{ref.label}: not a hub id ({_first_line(e)})")
-    if isinstance(e, IncompleteSnapshotError):
+    if isinstance(e, incomplete):
         return UserError(f"{ref.label}: its snapshot in the cache is incomplete and the hub "
                          f"cannot be asked (run `{ref.fetch_command}` with network)")
     if isinstance(e, LocalEntryNotFoundError):
