@@ -162,19 +162,26 @@ def problems(path, overrides=()) -> list[str]:
     return str(e.value).splitlines()
 
 
-def test_an_override_typo_names_the_override_not_the_packaged_config():
+def test_an_override_typo_names_the_override_not_the_packaged_config(tmp_path):
     # the built-in default config (its file is the package's demo.yaml) with a typo typed
     # on the command line: the line names what the user typed
     assert problems(None, ["training.lrr=1e-4"]) == [
         "training.lrr=1e-4: unknown key; did you mean training.lr?"]
     assert problems(None, ["training.lr=fast"]) == [
         "training.lr=fast: Input should be a valid number, unable to parse string as a number"]
-    # a section's own check, caused by an override below it; a check across sections
-    assert problems(None, ["model.lora.scope=stage", "model.finetuning=full"]) == [
-        "model.lora.scope=stage model.finetuning=full: model: `lora.scope` is set but "
-        "`finetuning` is full: no adapter is trained; set finetuning: lora or drop lora.scope"]
-    assert problems(None, ["paths.forget_stage=nosuch"])[0].startswith(
+    # a section's own check, failed by an override below it (the demo finetunes fully), or
+    # by two overrides together (neither fails it alone); a check across sections
+    scope = ("model: `lora.scope` is set but `finetuning` is full: no adapter is trained; set "
+             "finetuning: lora or drop lora.scope")
+    assert problems(None, ["training.lr=0.1", "model.lora.scope=stage"]) == [
+        f"model.lora.scope=stage: {scope}"]
+    assert problems(write(tmp_path, MINIMAL), [
+        "model.lora.scope=stage", "seeds=[1]", "model.finetuning=full"]) == [
+        f"model.lora.scope=stage model.finetuning=full: {scope}"]
+    assert problems(None, ["model.lora.rank=4", "paths.forget_stage=nosuch"])[0].startswith(
         "paths.forget_stage=nosuch: stage(s) ['nosuch'] not defined under `stages`")
+    assert problems(None, ["training.lr=0.1", "seeds=[]", "model.lora.rank=4"]) == [
+        "seeds=[]: `seeds` must list at least one seed"]
 
 
 def test_a_typo_in_the_file_still_names_the_file(tmp_path):
