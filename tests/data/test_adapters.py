@@ -290,7 +290,7 @@ def test_tofu_bad_record_names_file_record_and_field(tmp_path, record, message):
 def test_tofu_unknown_split_bad_json_and_empty_file(tmp_path):
     path = write_json_lines(tmp_path, TOFU_FULL, "full.json")
     assert one_line_error(f"tofu:{path}", split="forget") == \
-        f"{path}: tofu has splits train, paraphrased, not 'forget'"
+        f"{path}: tofu has splits train, paraphrased, perturbed, not 'forget'"
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps(TOFU_FULL[0]) + "\n{not json\n")
     assert one_line_error(f"tofu:{broken}").startswith(

@@ -121,6 +121,28 @@ def test_tofu_full_is_paraphrased_by_the_perturbed_subsets_beside_it(tmp_path):
     assert len(load_source(f"tofu:{tofu}", split="train")) == len(FULL)
 
 
+def test_tofu_perturbed_split_asks_each_question_with_its_wrong_answers(tmp_path):
+    tofu = write_tofu(tmp_path / "TOFU")
+    own = load_source(f"tofu:{tofu}:forget10_perturbed:perturbed")
+    assert qa_pairs(own) == [(r["question"], wrong) for r in FORGET10_PERTURBED
+                             for wrong in r["perturbed_answer"]]
+    assert [c.meta["perturbed"] for c in own] == [0, 1, 0, 1]
+    assert own[0].meta["correct_answer"] == FORGET10_PERTURBED[0]["answer"]
+    # full and real_authors take theirs from the perturbed subsets beside them
+    wrong = {r["question"]: r["perturbed_answer"]
+             for r in RETAIN_PERTURBED + FORGET10_PERTURBED + REAL_AUTHORS_PERTURBED}
+    assert qa_pairs(load_source(f"tofu:{tofu}:perturbed")) == [
+        (r["question"], w) for r in FULL if r["question"] in wrong for w in wrong[r["question"]]]
+    assert qa_pairs(load_source(f"tofu:{tofu}:real_authors:perturbed")) == [
+        ("Who wrote 'Pride and Prejudice'?", "Charles Dickens"),
+        ("Who wrote 'Pride and Prejudice'?", "Emily Bronte")]
+    alone = write_tofu(tmp_path / "alone", {"full": FULL})
+    with pytest.raises(MissingFields, match="has no 'perturbed_answer' .needed by split "
+                                            "perturbed. and no perturbed subset is beside it; "
+                                            "the TOFU release has it in forget01_perturbed.json"):
+        load_source(f"tofu:{alone}:perturbed")
+
+
 def test_tofu_without_paraphrased_questions_says_which_release_files_have_them(tmp_path):
     alone = write_tofu(tmp_path / "alone", {"full": FULL})
     with pytest.raises(MissingFields) as e:

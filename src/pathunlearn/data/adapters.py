@@ -26,23 +26,24 @@ local copy or a hub snapshot): :func:`load_release` reads one from a local path.
   are dropped, and the rest is split 70/30 into ``train`` / ``test`` with seed 42 (``all``:
   no split). The paper's reasons were written by an LLM; without one, every refusal gets the
   same generic reason.
-- ``tofu``: the TOFU release (``locuslab/TOFU``): one subset per file, JSON Lines in a
-  ``.json`` file at the release's root (``full.json``, ``forget10.json``,
-  ``forget10_perturbed.json`` ...) or the hub's parquet under a folder per subset
-  (``full/train-00000-of-00001.parquet``). ``tofu:FILE`` reads one file; ``tofu:DIR`` the
-  subset ``full`` of a release directory, ``tofu:DIR:SUBSET`` another one (TOFU_SUBSETS).
-  ``full``, ``forgetNN``, ``retainNN``, ``holdoutNN``, ``real_authors`` and ``world_facts``
-  hold ``{"question", "answer"}``; the ``*_perturbed`` subsets add ``perturbed_answer`` (a
-  list), and those of the forget and retain sets ``paraphrased_answer`` and
-  ``paraphrased_question``. The extra fields present are kept in ``meta``. Splits: ``train``
-  (every record as it is trained), ``paraphrased`` (the records asked by their
-  ``paraphrased_question``: the same facts asked in other words). A subset without that field
-  (``full``, ``forget10`` ...) takes it from the perturbed subsets beside it in the release
-  directory (a file's folder, when the file is named as a subset): the records whose
-  question a perturbed subset also asks, in the subset's order, each with its own answer and
-  the perturbed record's paraphrased question. So ``tofu:DIR:paraphrased`` next to
-  ``forget10_perturbed.json`` probes the 10% of ``full`` the forget set holds. The target
-  stays the subset's own answer (not ``paraphrased_answer``): the probe asks whether the
+- ``tofu``: the TOFU release (``locuslab/TOFU``): one subset per file, JSON Lines in a ``.json``
+  file at the release's root (``full.json``, ``forget10.json``, ``forget10_perturbed.json`` ...)
+  or the hub's parquet under a folder per subset (``full/train-00000-of-00001.parquet``).
+  ``tofu:FILE`` reads one file; ``tofu:DIR`` the subset ``full`` of a release directory,
+  ``tofu:DIR:SUBSET`` another one (TOFU_SUBSETS). ``full``, ``forgetNN``, ``retainNN``,
+  ``holdoutNN``, ``real_authors`` and ``world_facts`` hold ``{"question", "answer"}``; the
+  ``*_perturbed`` subsets add ``perturbed_answer`` (a list), and those of the forget and retain
+  sets ``paraphrased_answer`` and ``paraphrased_question``. The extra fields present are kept in
+  ``meta``. Splits: ``train`` (every record as it is trained), ``paraphrased`` (the records
+  asked by their ``paraphrased_question``: the same facts asked in other words), ``perturbed``
+  (each question with each of its wrong answers, ``perturbed_answer``, as the response;
+  ``meta.perturbed`` its index, ``meta.correct_answer`` the right one: what TOFU's truth ratio
+  compares). A subset without the field a split needs (``full``, ``forget10`` ...) takes it from
+  the perturbed subsets beside it in the release directory (a file's folder, when the file is
+  named as a subset): the records whose question a perturbed subset also asks, in the subset's
+  order, each with its own answer and the perturbed record's field. So ``tofu:DIR:paraphrased``
+  next to ``forget10_perturbed.json`` probes the 10% of ``full`` the forget set holds. The
+  target stays the subset's own answer (not ``paraphrased_answer``): the probe asks whether the
   trained answer survives a rewording of the question, as ``builtin:authors:eval`` does; and
   with a stage's ``max_examples`` the matched records need not be among those trained (the
   release's forget sets are the last authors of ``full``). Where no perturbed subset asks a
@@ -224,7 +225,9 @@ def _question_answer(record: dict[str, Any], where: str, question_key: str,
     return pair.prompt[-1]["content"].strip(), pair.response.strip()
 
 
-TOFU_SPLITS = ("train", "paraphrased")
+TOFU_SPLITS = ("train", "paraphrased", "perturbed")
+TOFU_SPLIT_FIELDS = {"paraphrased": "paraphrased_question", "perturbed": "perturbed_answer"}
+"""The field each split other than ``train`` needs of a record."""
 TOFU_SUBSETS = ("full", "forget01", "forget05", "forget10", "retain90", "retain95", "retain99",
                 "holdout01", "holdout05", "holdout10", "real_authors", "world_facts",
                 "forget01_perturbed", "forget05_perturbed", "forget10_perturbed",
@@ -232,7 +235,8 @@ TOFU_SUBSETS = ("full", "forget01", "forget05", "forget10", "retain90", "retain9
 """The subsets (hub configs) of the TOFU release."""
 TOFU_PARAPHRASED_SUBSETS = ("forget01_perturbed", "forget05_perturbed", "forget10_perturbed",
                             "retain_perturbed")
-"""The subsets whose records have ``paraphrased_question`` (and ``paraphrased_answer``)."""
+"""The subsets whose records have ``paraphrased_question`` (and ``paraphrased_answer``); every
+``*_perturbed`` subset has ``perturbed_answer``."""
 TOFU_EXTRAS = ("paraphrased_answer", "perturbed_answer", "paraphrased_question")
 """The fields of TOFU's perturbed subsets kept in ``meta`` (when present and not null)."""
 
@@ -278,25 +282,46 @@ def tofu_record(record: dict[str, Any], where: str, system: str | None = None,
     return qa(question, answer, system, source="tofu", **extras)
 
 
+def tofu_perturbed(record: dict[str, Any], where: str,
+                   system: str | None = None) -> list[Conversation]:
+    """One TOFU record's question with each of its wrong answers (``perturbed_answer``) as the
+    response: what the truth ratio compares the answer with (``meta.perturbed``: its index)."""
+    own = tofu_record(record, where, system)
+    if "perturbed_answer" not in own.meta:
+        raise DataError(f"{where}: missing field 'perturbed_answer' (needed by split perturbed)")
+    wrong = own.meta["perturbed_answer"]
+    if not wrong or not all(w.strip() for w in wrong):
+        raise DataError(f"{where}: field 'perturbed_answer': expected a non-empty list of "
+                        "non-empty texts")
+    question = own.prompt[-1]["content"]
+    return [Conversation(messages=qa(question, w.strip(), system).messages,
+                         meta={"source": "tofu", "perturbed": j, "correct_answer": own.response})
+            for j, w in enumerate(wrong)]
+
+
 def _tofu(records: list[dict], path: str, system: str | None, split: str | None,
           release: Path | None = None, subset: str | None = None) -> list[Conversation]:
     """``records`` of the file (or a subset's parquet folder) ``path``; ``release``, ``subset``:
     the release directory and the subset they are (by default: the file's folder and name,
-    when the file is named as a subset), whose perturbed subsets the paraphrased split reads
-    for records without ``paraphrased_question``."""
+    when the file is named as a subset), whose perturbed subsets the ``paraphrased`` and
+    ``perturbed`` splits read for a subset whose records lack the field they need."""
     split = split or "train"
     if split not in TOFU_SPLITS:
         raise DataError(f"{path}: tofu has splits {', '.join(TOFU_SPLITS)}, not {split!r}")
     rows = [(r, f"{path}: record {i}") for i, r in enumerate(records, 1)]
-    if split == "train" or all(r.get("paraphrased_question") is not None for r in records):
-        return [tofu_record(r, where, system, paraphrased=split == "paraphrased")
-                for r, where in rows]
-    if any(r.get("paraphrased_question") is not None for r in records):
-        r, where = next((r, w) for r, w in rows if r.get("paraphrased_question") is None)
-        tofu_record(r, where, system, paraphrased=True)  # raises: names the record
-    if release is None and Path(path).stem in TOFU_SUBSETS:
-        release, subset = Path(path).parent, Path(path).stem
-    return _tofu_paraphrased_from_release(rows, path, release, subset, system)
+    if split == "train":
+        return [tofu_record(r, where, system) for r, where in rows]
+    field = TOFU_SPLIT_FIELDS[split]
+    if not all(r.get(field) is not None for r in records):
+        if any(r.get(field) is not None for r in records):
+            where = next(w for r, w in rows if r.get(field) is None)
+            raise DataError(f"{where}: missing field '{field}' (needed by split {split})")
+        if release is None and Path(path).stem in TOFU_SUBSETS:
+            release, subset = Path(path).parent, Path(path).stem
+        rows = _tofu_from_release(rows, path, release, subset, split)
+    if split == "paraphrased":
+        return [tofu_record(r, where, system, paraphrased=True) for r, where in rows]
+    return [c for r, where in rows for c in tofu_perturbed(r, where, system)]
 
 
 def _tofu_directory(directory: Path, subset: str | None, system: str | None,
@@ -314,12 +339,13 @@ def _tofu_directory(directory: Path, subset: str | None, system: str | None,
     return _tofu(records, where, system, split, release=directory, subset=subset)
 
 
-def _tofu_paraphrased_from_release(rows: list[tuple[dict, str]], path: str,
-                                   release: Path | None, subset: str | None,
-                                   system: str | None) -> list[Conversation]:
-    """The records of a subset without ``paraphrased_question`` asked by the paraphrased
-    question a perturbed subset beside it has for the same question (matched by text)."""
-    paraphrase: dict[str, str] = {}
+def _tofu_from_release(rows: list[tuple[dict, str]], path: str, release: Path | None,
+                       subset: str | None, split: str) -> list[tuple[dict, str]]:
+    """The records of a subset that lack the field ``split`` needs, each given the field of the
+    record of a perturbed subset beside it that asks the same question (matched by text; in
+    the subset's order, the others left out); MissingFields where none does."""
+    field = TOFU_SPLIT_FIELDS[split]
+    found: dict[str, Any] = {}
     looked = []
     for other in TOFU_SUBSETS if release is not None else ():
         if other == subset or not other.endswith("_perturbed"):
@@ -327,24 +353,22 @@ def _tofu_paraphrased_from_release(rows: list[tuple[dict, str]], path: str,
         for file in tofu_subset_files(release, other):
             looked.append(file.name)
             for r in _records(file):
-                q, p = r.get("question"), r.get("paraphrased_question")
-                if isinstance(q, str) and isinstance(p, str) and p.strip():
-                    paraphrase.setdefault(q.strip(), p)
-    asked = [tofu_record({**r, "paraphrased_question": paraphrase[r["question"].strip()]},
-                         where, system, paraphrased=True)
-             for r, where in rows
-             if isinstance(r.get("question"), str) and r["question"].strip() in paraphrase]
-    if asked:
-        return asked
-    has = " / ".join(f"{s}.json" for s in TOFU_PARAPHRASED_SUBSETS)
+                if isinstance(r.get("question"), str) and r.get(field) is not None:
+                    found.setdefault(r["question"].strip(), r[field])
+    matched = [({**r, field: found[r["question"].strip()]}, where) for r, where in rows
+               if isinstance(r.get("question"), str) and r["question"].strip() in found]
+    if matched:
+        return matched
+    subsets = TOFU_PARAPHRASED_SUBSETS if split == "paraphrased" else \
+        tuple(s for s in TOFU_SUBSETS if s.endswith("_perturbed"))
     if looked:
         beside = f"and none of its questions is in {', '.join(looked)} beside it"
     elif release is not None:
         beside = "and no perturbed subset is beside it"
     else:
         beside = "(a file named as a TOFU subset, e.g. full.json, finds them in its folder)"
-    raise MissingFields(f"{path} has no 'paraphrased_question' (needed by split paraphrased) "
-                        f"{beside}; the TOFU release has it in {has}")
+    raise MissingFields(f"{path} has no '{field}' (needed by split {split}) {beside}; the TOFU "
+                        f"release has it in {' / '.join(f'{s}.json' for s in subsets)}")
 
 
 # ---------------------------------------------------------------------------- skillmix
