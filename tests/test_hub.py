@@ -255,6 +255,24 @@ def test_gated_repo_says_set_hf_token(cli, cache, tmp_path, monkeypatch):
         "https://huggingface.co/acme/gated)")
 
 
+def test_a_gated_dataset_names_its_dataset_page(cache, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    gated = hub_error(403, "GatedRepo", "https://huggingface.co/api/datasets/sorry-bench/"
+                                        "sorry-bench-202406/revision/main")
+
+    def snapshot_download(repo_id, **kwargs):
+        raise gated
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    with pytest.raises(UserError) as e:
+        load_source("sorry-bench:hf:sorry-bench/sorry-bench-202406")
+    assert str(e.value) == (
+        "sorry-bench/sorry-bench-202406: gated: set HF_TOKEN (and accept the terms at "
+        "https://huggingface.co/datasets/sorry-bench/sorry-bench-202406)")
+
+
 def test_a_repo_or_revision_the_hub_does_not_have(cli, cache, tmp_path, monkeypatch):
     import huggingface_hub
 
