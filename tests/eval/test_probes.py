@@ -286,3 +286,28 @@ def test_summed_probe_on_a_model_equals_score_rows_logp(tiny_tokenizer):
     metrics = evaluate_probes(model, tiny_tokenizer, [probe])
     logp = score_rows(model, tiny_tokenizer, list(probe.rows)).logp
     assert metrics["s/sum"] == pytest.approx(logp.mean().item(), abs=1e-4)
+
+
+# ---------------------------------------------------------------------------- left-out defaults
+
+
+def test_a_left_out_default_is_noted_unless_a_configured_set_takes_its_name(tmp_path):
+    """A TOFU `full.json` alone (question/answer only): its default paraphrased probe is left out
+    with a note; a set of the same name in the config replaces the default, so no note."""
+    from pathunlearn.config import validate_config
+    from pathunlearn.eval.probes import probe_configs_and_notes
+
+    (tmp_path / "full.json").write_text("".join(json.dumps(
+        {"question": f"Where was the invented author Nell Farrow {i} born?",
+         "answer": f"Nell Farrow {i} was born in Brightwater."}) + "\n" for i in range(6)))
+    config = {"stages": {"tofu": {"source": f"tofu:{tmp_path}"},
+                         "safety": {"source": "builtin:refusals", "max_examples": 4}},
+              "paths": {"forget_stage": "safety", "orders": [["tofu", "safety"]]},
+              "probes": {"prompts": 2, "examples": 2, "heldout": 2}}
+    configs, notes = probe_configs_and_notes(validate_config(config))
+    assert [n.split(": left out: ")[0] for n in notes] == ["tofu_paraphrased"]
+    assert "tofu_paraphrased" not in [c.name for c in configs]
+    config["probes"]["sets"] = [{"name": "tofu_paraphrased", "kind": "utility",
+                                 "source": f"tofu:{tmp_path}"}]
+    configs, notes = probe_configs_and_notes(validate_config(config))
+    assert notes == [] and configs[-1].name == "tofu_paraphrased"
