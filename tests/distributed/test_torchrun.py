@@ -107,9 +107,14 @@ def test_ddp_on_two_processes_gives_the_weights_of_one(runs):
 def test_ddp_tracks_the_probes_of_one_process(runs):
     a, b = cell_rows(runs["one"]), cell_rows(runs["ddp"])
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2]
+    # the two runs' weights are float32 summation order apart (DDP's all-reduce adds the
+    # ranks' halves; one process adds the micro-batches in turn; a wrong gradient is the
+    # weights test's to catch): up to 1e-5 of a tensor's largest element after the GA steps,
+    # and the probes scored on them drift alike: seen up to 5.1e-6 relative at step 0,
+    # 1.0e-5 at step 1 (re_retrain/mse, of 25.46), 2.4e-5 at step 2
     for ra, rb in zip(a, b, strict=True):
         for key in PROBES:
-            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-4), (ra["step"], key)
+            assert rb[key] == pytest.approx(ra[key], rel=5e-5, abs=1e-6), (ra["step"], key)
         assert rb["re_tokens"] == pytest.approx(ra["re_tokens"], abs=1e-3)
     # rank 0 alone wrote: one line per step, the lock released, no scratch left in the run
     assert not (runs["ddp"] / ".lock").read_text()
