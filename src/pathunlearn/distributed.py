@@ -149,10 +149,18 @@ def errors_once() -> Iterator[None]:
     try:
         yield
     except UserError:
-        if launched() > 1 and launched_rank() != 0:
-            time.sleep(10)
-            raise SystemExit(2) from None
+        exit_quietly_unless_rank_0()
         raise
+
+
+def exit_quietly_unless_rank_0(code: int = 2) -> None:
+    """Under a launcher, on a rank other than 0: say nothing about the error every rank met,
+    give rank 0 time to print it and exit (torchrun then stops this rank), else exit with
+    ``code`` (:func:`errors_once`; the CLI's error handling calls it too). A no-op on rank 0
+    and in a plain process."""
+    if launched() > 1 and launched_rank() != 0:
+        time.sleep(10)
+        raise SystemExit(code)
 
 
 def barrier() -> None:

@@ -8,7 +8,9 @@
   path's retrain baseline (the path without the forget stage, Definition 2.1), per training
   seed, parents first; each is trained once and cached in ``prefixes/<key>/``;
 - ``cells``: one unlearning run per (path, method, experiment seed, swept lr, swept scheduler),
-  with the keys of its path model and of its retrain model, and its own key.
+  with the keys of its path model and of its retrain model, and its own key;
+- ``probe_notes``: the default probe sets left out because their data lack the fields they
+  need (:func:`pathunlearn.eval.probes.default_probes`), a line each; the report shows them.
 
 A prefix's key hashes everything that determines its weights: the base model, every stage of
 the prefix with its data and epochs, the finetuning and optimizer settings and the training
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from pathunlearn.config import ExperimentConfig, MethodConfig
 from pathunlearn.data.adapters import parse_adapter
-from pathunlearn.data.sources import BUILTIN_PREFIX
+from pathunlearn.data.sources import BUILTIN_PREFIX, hub_part, localize
 from pathunlearn.errors import ConfigError
 from pathunlearn.eval.probes import ProbeSet, resolve_probes
 from pathunlearn.methods import method_identity, resolve_method
@@ -205,6 +207,9 @@ class Plan:
     matched: tuple[Matched, ...] = ()
     """The matched-start control's path models (``controls.matched_start``), one per
     forget-last path and training seed."""
+    probe_notes: tuple[str, ...] = ()
+    """The default probe sets left out (their source lacks the fields they need), a line
+    each: ``NAME: left out: WHY`` (``eval.probes.default_probes``); the report shows them."""
 
     @property
     def naive_count(self) -> int:
@@ -234,7 +239,8 @@ class Plan:
                 "leaves": [{"seed": s, "path": list(p), "key": k}
                            for (s, p), k in self.leaves.items()],
                 "cells": [c.to_json() for c in self.cells],
-                "matched": [m.to_json() for m in self.matched]}
+                "matched": [m.to_json() for m in self.matched],
+                "probe_notes": list(self.probe_notes)}
 
     @classmethod
     def from_json(cls, data: dict) -> Plan:
@@ -244,7 +250,8 @@ class Plan:
                    tuple(data["seeds"]), tuple(Cell.from_json(c) for c in data["cells"]),
                    {(int(e["seed"]), tuple(e["path"])): e["key"] for e in data["leaves"]},
                    data["probes_sha"],
-                   matched=tuple(Matched.from_json(m) for m in data.get("matched", [])))
+                   matched=tuple(Matched.from_json(m) for m in data.get("matched", [])),
+                   probe_notes=tuple(data.get("probe_notes", [])))
 
 
 # ---------------------------------------------------------------------------- planning
@@ -258,14 +265,18 @@ def plan_run(cfg: ExperimentConfig, check: bool = True) -> Plan:
     ConfigError listing every problem, a line each, before any work starts. ``check=False``
     skips that (the methods and probe sets are still resolved).
     """
-    probes = None
+    probes, notes = None, None
     if check:
         from pathunlearn.checks import inspect_inputs
 
         found = inspect_inputs(cfg)
         if found.problems:
             raise ConfigError("\n".join(found.problems))
-        probes = found.probes  # resolved while checking: their sources are not read again
+        probes, notes = found.probes, found.notes  # resolved while checking: not read again
+    if notes is None:
+        from pathunlearn.eval.probes import probe_configs_and_notes
+
+        notes = probe_configs_and_notes(cfg)[1]
     paths = cfg.paths.expand()
     retrain = list(dict.fromkeys(r for r in (retrain_path(cfg, p) for p in paths) if r))
     seeds = list(dict.fromkeys(cfg.seeds))
@@ -276,7 +287,8 @@ def plan_run(cfg: ExperimentConfig, check: bool = True) -> Plan:
     matched = _matched(cfg, paths, seeds, prefixes, leaves, probes_sha)
     cells = _cells(cfg, paths, leaves, probes_sha, matched)
     return Plan(base, prefixes, tuple(paths), tuple(retrain), tuple(seeds), tuple(cells),
-                leaves, probes_sha, probes, tuple({m.key: m for m in matched.values()}.values()))
+                leaves, probes_sha, probes, tuple({m.key: m for m in matched.values()}.values()),
+                tuple(notes))
 
 
 def _matched(cfg: ExperimentConfig, paths: list[Path_], seeds: list[int],
@@ -435,7 +447,14 @@ def base_identity(cfg: ExperimentConfig) -> dict:
 
         return {"preset": "tiny", "key": tiny_key()}
     ident: dict = {"preset": m.preset, "path": m.path, "gguf_file": m.gguf_file}
-    config_json = Path(m.path or "") / "config.json"
+    from pathunlearn.hub import model_snapshot
+
+    # a hub id keys on its repository and resolved commit: a new upstream revision is a new
+    # base model, never the old one's results
+    snapshot = model_snapshot(m.path, m.gguf_file) if m.preset is None and m.path else None
+    if snapshot is not None:
+        ident["hub"] = snapshot.identity
+    config_json = (snapshot.path if snapshot else Path(m.path or "")) / "config.json"
     if config_json.is_file():
         ident["config_sha"] = hashlib.sha256(config_json.read_bytes()).hexdigest()
     return ident
@@ -449,23 +468,41 @@ def stage_identity(cfg: ExperimentConfig, name: str) -> dict:
     sha = data_sha(stage.source)
     if sha is not None:
         ident["data_sha"] = sha
+    if (hub_spec := hub_part(stage.source)) is not None:  # the hub dataset's resolved commit
+        from pathunlearn.hub import dataset_snapshot
+
+        ident["hub"] = dataset_snapshot(hub_spec)[0].identity
     return ident
 
 
 def data_sha(source: str) -> str | None:
-    """The content hash of the local file a source reads (None: a built-in source, or no
-    such file)."""
+    """The content hash of the local file a source reads, or of the files an adapter reads in
+    a release directory (``tofu:DIR``: every subset's file, by name); None: a built-in source,
+    or no such file."""
+    source = localize(source)  # a hub dataset: the files of its snapshot
     data = data_file(source)
+    if data is not None and data.is_dir() and (adapted := parse_adapter(source)) is not None:
+        from pathunlearn.data.adapters import adapter_files
+
+        files = adapter_files(adapted[0], adapted[1])
+        return stable_hash([[str(f.relative_to(data)), hashlib.sha256(f.read_bytes()).hexdigest()]
+                            for f in files]) if files else None
     return hashlib.sha256(data.read_bytes()).hexdigest() if data is not None and data.is_file() \
         else None
 
 
 def data_file(source: str) -> Path | None:
-    """The local file a source reads (None for a built-in source)."""
+    """The local file (or release directory) a source reads (None for a built-in source); a
+    hub dataset's is in its snapshot."""
     if source.startswith(BUILTIN_PREFIX):
         return None
+    source = localize(source)
     adapted = parse_adapter(source)
-    return Path(adapted[1] if adapted is not None else source)
+    if adapted is None:
+        return Path(source)
+    from pathunlearn.data.adapters import split_location
+
+    return Path(split_location(adapted[0], adapted[1])[0])
 
 
 def root_key(cfg: ExperimentConfig, base: dict, tseed: int) -> str:

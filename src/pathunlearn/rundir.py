@@ -298,7 +298,7 @@ def load_run(run_dir: str | Path) -> Run:
         raise UserError(f"{run_dir}: no such run directory")
     if not (run_dir / CONFIG).is_file():
         raise UserError(f"{run_dir}: no {CONFIG}; not a run directory written by pathunlearn")
-    config = load_config(run_dir / CONFIG)
+    config = load_config(run_dir / CONFIG, relative_to_file=False)  # paths as the run resolved them
     plan = read_plan(run_dir)
     probes = read_probes(run_dir)
     records, pending, stale, controls = [], [], [], []

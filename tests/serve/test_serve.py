@@ -115,12 +115,16 @@ def test_rewrite_math_against_serve_over_loopback(served_tiny, cli, tmp_path):
     result = cli("data", "rewrite", "math", src, out, "--base-url", served_tiny.url,
                  "--model", "tiny", "--max-tokens", "24", "--concurrency", "4",
                  "--content-retries", "0", "--template", _template(tmp_path))
-    assert result.code == 0, result.err
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     dropped = [json.loads(line) for line in
                out.with_name("math.dropped.jsonl").read_text().splitlines()]
     assert len(kept) + len(dropped) == 4  # the tiny model's answers: whatever they are
     assert "4 requests (0 retries)" in result.out
+    # the job fails (exit 1) when it kept none, or more than half (--max-failed-fraction 0.5)
+    # were not kept; the tiny model's answers decide which, the exit code must agree
+    assert result.code == (1 if not kept or len(dropped) > 2 else 0), result.err
+    if not kept:
+        assert "kept none of the 4 records" in result.err and "math.dropped.jsonl" in result.err
 
 
 def _template(tmp_path) -> str:

@@ -118,12 +118,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     ("override", "key"),
     [("k=500", "k"), ("foo=1", "foo"), ("d=true", "d")],  # too large, unknown, YAML bool
 )
-def test_bad_override_exits_2_with_one_line(override, key):
+def test_bad_override_exits_2_with_one_line(override, key):  # the override as typed
     proc = run_cli(override)
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"{key}:" in lines[0] and "error" in lines[0]
+    assert len(lines) == 1 and f"{override}:" in lines[0] and "error" in lines[0]
 
 
 def test_bad_override_raises_config_error_in_process(tmp_path):

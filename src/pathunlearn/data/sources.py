@@ -1,17 +1,21 @@
 """Resolve a source string to conversations: ``builtin:NAME[:SPLIT]``, ``ADAPTER:FILE`` (a
-benchmark file read by :mod:`pathunlearn.data.adapters`, e.g. ``gsm8k:test.jsonl``) or a local
-file."""
+benchmark file read by :mod:`pathunlearn.data.adapters`, e.g. ``gsm8k:test.jsonl``), a local
+file, or a dataset on the Hugging Face hub (``hf:ORG/NAME[:SUBSET[:SPLIT]]``, also as an
+adapter's location: ``tofu:hf:locuslab/TOFU``), resolved into the HF cache (:func:`localize`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pathunlearn import hub
 from pathunlearn.data.adapters import parse_adapter
 from pathunlearn.data.conversation import Conversation
 from pathunlearn.data.io import load_conversations
 from pathunlearn.errors import DataError
 
 BUILTIN_PREFIX = "builtin:"
+HUB_PREFIX = hub.DATASET_PREFIX
+"""A dataset on the Hugging Face hub: ``hf:ORG/NAME[@REVISION][:SUBSET[:SPLIT]]``."""
 
 
 def parse_builtin(spec: str, split: str | None = None) -> tuple[str, str | None]:
@@ -30,6 +34,7 @@ def load_source(
     max_examples: int | None = None,
 ) -> list[Conversation]:
     """Conversations of a built-in source or a local data file, first ``max_examples`` only."""
+    spec = localize(spec)
     if spec.startswith(BUILTIN_PREFIX):
         from pathunlearn.data.suite import load_builtin
 
@@ -48,6 +53,48 @@ def load_source(
             raise DataError(f"{spec}: no such file (built-in sources are written builtin:NAME)")
         conversations = load_conversations(spec, question_key, answer_key, system)
     return conversations[:max_examples] if max_examples else conversations
+
+
+def hub_part(spec: str) -> str | None:
+    """The ``hf:ORG/NAME[...]`` part of a source (``hf:...`` itself, or the location of an
+    adapter's ``tofu:hf:...``); None when it names no hub dataset."""
+    if spec.startswith(HUB_PREFIX):
+        return spec
+    adapted = parse_adapter(spec)
+    if adapted is not None and adapted[1].startswith(HUB_PREFIX):
+        from pathunlearn.data.adapters import split_location
+
+        return split_location(adapted[0], adapted[1])[0]
+    return None
+
+
+def localize(spec: str) -> str:
+    """``spec`` with its hub dataset (``hf:ORG/NAME[@REV][:SUBSET[:SPLIT]]``, see
+    :mod:`pathunlearn.hub`) replaced by the local path of its snapshot in the HF cache, so
+    everything downstream reads local files: ``hf:openai/gsm8k:main:test`` -> the snapshot's
+    ``main/test-00000-of-00001.parquet``; ``tofu:hf:locuslab/TOFU:forget10`` -> ``tofu:SNAPSHOT
+    :forget10`` (an adapter whose release has subsets reads the snapshot's directory, as it
+    reads a local copy of the release). Any other spec is returned as it is."""
+    if spec.startswith(HUB_PREFIX):
+        path = hub.resolve_dataset(spec)
+        if path.is_dir():
+            ref = hub.dataset_ref(spec)[0]
+            raise DataError(f"{spec}: a whole dataset; name its subset and split "
+                            f"(hf:{ref.label}:SUBSET[:SPLIT]; it has "
+                            f"{', '.join(hub.subsets(path)) or 'no data files'})")
+        return str(path)
+    adapted = parse_adapter(spec)
+    if adapted is None or not adapted[1].startswith(HUB_PREFIX):
+        return spec
+    from pathunlearn.data.adapters import ADAPTER_SUBSETS, split_location
+
+    name, location, split = adapted
+    release, subset = split_location(name, location)
+    if name in ADAPTER_SUBSETS:  # a release directory: the adapter picks the subset's files
+        local = str(hub.resolve_dataset(release)) + (f":{subset}" if subset else "")
+    else:
+        local = str(hub.resolve_dataset(location))
+    return f"{name}:{local}" + (f":{split}" if split is not None else "")
 
 
 def load_stage(stage, cut: bool = True) -> list[Conversation]:

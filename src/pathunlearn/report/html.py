@@ -77,7 +77,8 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
         _relearn_section(results),
         _figure_section(run_dir, figures),
         _cells_section(results),
-        _probe_section(results.run.probes if probes is None else probes),
+        _probe_section(results.run.probes if probes is None else probes,
+                       results.run.plan.probe_notes),
         _environment_section(results, phases, extra or {}),
         _config_section(results),
     ]
@@ -342,9 +343,10 @@ def _cell_value(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _probe_section(probes: list) -> str:
-    """Every probe set the run tracked (RUN_DIR/probes.json): kind, stage, source, size; then
-    the first prompt of each with its targets: what the log-probabilities are of."""
+def _probe_section(probes: list, notes: tuple[str, ...] = ()) -> str:
+    """Every probe set the run tracked (RUN_DIR/probes.json): kind, stage, source, size; the
+    default sets left out (``notes``: the plan's, their sources lack the fields they need);
+    then the first prompt of each with its targets: what the log-probabilities are of."""
     head = "".join(f"<th class=\"text\">{h}</th>" for h in ("probe", "kind", "stage", "source"))
     summary = "".join(
         f"<tr><td class=\"text\">{_e(p.name)}</td><td class=\"text\">{_e(p.kind)}</td>"
@@ -356,6 +358,10 @@ def _probe_section(probes: list) -> str:
              "every prompt; heldout sets are the items the RE distances are taken on.</p>",
              f"<div class=\"wide\"><table><tr>{head}<th>prompts</th><th>targets each</th></tr>"
              f"{summary}</table></div>"]
+    if notes:
+        items = "".join(f"<li>{_e(n)}</li>" for n in notes)
+        parts.append(f"<p class=\"note\">Default probe sets left out (their data lack the "
+                     f"fields they need; RUN_DIR/plan.json lists them):</p><ul>{items}</ul>")
     seen: dict[tuple[str, ...], str] = {}
     for probe in probes:
         prompt = probe.rows[0][0]

@@ -115,6 +115,8 @@ def run_notes(run: Run) -> list[str]:
         lines.append("Every seed trains its own path models (training.seed: null): the 95% "
                      "intervals cover the finetuning's data order and adapter initialisation "
                      "and the unlearning's batch order and adapter initialisation together.")
+    for note in run.plan.probe_notes:  # a default probe set its data cannot make
+        lines.append(f"Probe {note}")
     if run.pending:
         lines.append(f"{len(run.pending)} of {len(run.plan.cells)} planned cells are not "
                      "finished yet and are not in the table.")
