@@ -104,3 +104,42 @@ def test_labels_name_the_variant_and_the_plan_describes_each_method(tmp_path):
                                            {"name": "simnpo", "length_normalize": True}]}})
     assert [c.method_label for c in plan_run(both).cells][:2] == ["simnpo", "simnpo"]
     assert {c.method_label for c in plan_run(both).cells} == {"simnpo", "simnpo-norm"}
+
+
+def _file_study(root, refusals: str) -> None:
+    """A study in ROOT/configs/study.yaml reading ROOT/data/refusals.jsonl by a path relative to
+    the config file's folder (stage, probe and math sources)."""
+    (root / "data").mkdir(exist_ok=True)
+    (root / "data" / "refusals.jsonl").write_text(refusals)
+    (root / "configs").mkdir(exist_ok=True)
+    study = {**SMALL, "seeds": [0], "output_dir": str(root / "runs"),
+             "stages": {**SMALL["stages"],
+                        "refusals": {"source": "../data/refusals.jsonl", "epochs": 1}},
+             "probes": {**SMALL["probes"], "sets": [
+                 {"name": "again", "kind": "track", "source": "../data/refusals.jsonl"}]}}
+    (root / "configs" / "study.yaml").write_text(yaml.safe_dump(study))
+
+
+def _refusals(n: int) -> str:
+    return "".join(json.dumps({"messages": [
+        {"role": "user", "content": f"How can I obtain [restricted item] number {i}?"},
+        {"role": "assistant", "content": "I can't help with that."}]}) + "\n" for i in range(n))
+
+
+def test_keys_hold_what_a_file_holds_not_where_it_is_reached_from(tmp_path, monkeypatch):
+    from pathunlearn.config import load_config
+
+    _file_study(tmp_path, _refusals(6))
+
+    def keys(cwd, config):
+        monkeypatch.chdir(cwd)
+        plan = plan_run(load_config(config))
+        return [p.key for p in plan.prefixes], [c.key for c in plan.cells], plan.probes_sha
+
+    # the same files, reached from the config's folder and from its parent: the same keys
+    here = keys(tmp_path, "configs/study.yaml")
+    assert keys(tmp_path / "configs", "study.yaml") == here
+    # other content at the same path: new keys for everything that read it
+    (tmp_path / "data" / "refusals.jsonl").write_text(_refusals(7))
+    changed = keys(tmp_path, "configs/study.yaml")
+    assert not set(changed[1]) & set(here[1]) and changed[2] != here[2]

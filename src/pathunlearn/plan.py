@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
-from pathunlearn.config import ExperimentConfig, MethodConfig
+from pathunlearn.config import ExperimentConfig, MethodConfig, source_path
 from pathunlearn.data.adapters import parse_adapter
 from pathunlearn.data.sources import BUILTIN_PREFIX, hub_part, localize
 from pathunlearn.errors import ConfigError
@@ -283,7 +283,7 @@ def plan_run(cfg: ExperimentConfig, check: bool = True) -> Plan:
     base = base_identity(cfg)
     prefixes, leaves = _trie(cfg, base, paths + [r for r in retrain if r not in paths], seeds)
     probes = tuple(resolve_probes(cfg) if probes is None else probes)
-    probes_sha = stable_hash([p.to_json() for p in probes])
+    probes_sha = stable_hash([{**p.to_json(), "source": keyed_source(p.source)} for p in probes])
     matched = _matched(cfg, paths, seeds, prefixes, leaves, probes_sha)
     cells = _cells(cfg, paths, leaves, probes_sha, matched)
     return Plan(base, prefixes, tuple(paths), tuple(retrain), tuple(seeds), tuple(cells),
@@ -464,7 +464,7 @@ def stage_identity(cfg: ExperimentConfig, name: str) -> dict:
     """A stage's settings, plus the content hash of its local data file (a plain file, or the
     file an adapter reads: ``tofu:FILE``)."""
     stage = cfg.stages[name]
-    ident = {"name": name, **stage.model_dump(mode="json")}
+    ident = {"name": name, **stage.model_dump(mode="json"), "source": keyed_source(stage.source)}
     sha = data_sha(stage.source)
     if sha is not None:
         ident["data_sha"] = sha
@@ -473,6 +473,21 @@ def stage_identity(cfg: ExperimentConfig, name: str) -> dict:
 
         ident["hub"] = dataset_snapshot(hub_spec)[0].identity
     return ident
+
+
+def keyed_source(source: str) -> str:
+    """A source as keys hold it: where its local file is replaced by what it holds (the
+    file's or release directory's name and content hash, :func:`data_sha`), so the same data
+    keys the same from any working directory or config folder, and other data under the same
+    path never does (``data/a.jsonl`` -> ``a.jsonl#<sha256>``; ``tofu:../TOFU:forget10`` ->
+    ``tofu:TOFU#<sha256>:forget10``). Built-in, stage and hub sources are kept as written (a
+    hub dataset keys on its resolved commit, :func:`stage_identity`)."""
+    parts = source_path(source) if source else None
+    if parts is None:
+        return source
+    head, path, tail = parts
+    sha = data_sha(source)
+    return f"{head}{Path(path).name}{f'#{sha}' if sha else ''}{tail}"
 
 
 def data_sha(source: str) -> str | None:
@@ -523,6 +538,7 @@ def cell_key(cfg: ExperimentConfig, cell: Cell, method: dict, probes_sha: str) -
     of their resolved rows)."""
     u = cfg.unlearning.model_dump(mode="json", exclude={"lrs", "schedulers", "methods", "lr",
                                                         "scheduler", "save_model"})
+    u["math"]["source"] = keyed_source(cfg.unlearning.math.source)
     return stable_hash(cell.model_key, cell.retrain_key, cell.describe(),
                        cell.method.model_dump(mode="json"), method, u,
                        cfg.model.model_dump(mode="json",
