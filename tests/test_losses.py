@@ -260,10 +260,11 @@ def test_token_logprobs_only_at_targets_equal_the_full_softmax():
 
 @pytest.mark.parametrize("chunk", [1, 3, 1000])
 def test_vocab_chunks_give_the_same_losses_and_gradients(chunk):
-    """Issue 16: the chunked, checkpointed softmax over the vocabulary (``vocab_chunks``, for
-    128k vocabularies) changes neither the NLL, the token log-probabilities nor the gradients
-    (float rounding apart)."""
-    from pathunlearn.losses import nll_sum, token_logprobs, vocab_chunks
+    """Issue 16: the chunked, checkpointed softmax over the vocabulary (``chunk``, for 128k
+    vocabularies) changes neither the NLL, the token log-probabilities nor the gradients
+    (float rounding apart). Issue 24: the chunking is an argument, not a context around the
+    call."""
+    from pathunlearn.losses import nll_sum, token_logprobs
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 7, 50, generator=g)
@@ -271,21 +272,22 @@ def test_vocab_chunks_give_the_same_losses_and_gradients(chunk):
     labels[0, :3] = IGNORE_INDEX
     labels[2, 5:] = IGNORE_INDEX
 
-    def losses(chunked: bool):
+    def losses(chunk: int | None):
         x = logits.clone().requires_grad_(True)
-        with vocab_chunks(chunk if chunked else None):
-            nll = nll_sum(x, labels)
-            logp, mask = token_logprobs(x, labels)
-            (nll + 0.5 * logp.sum()).backward()
+        nll = nll_sum(x, labels, chunk)
+        logp, mask = token_logprobs(x, labels, chunk)
+        (nll + 0.5 * logp.sum()).backward()
         return nll.detach(), logp.detach(), mask, x.grad
 
-    nll, logp, mask, grad = losses(False)
-    c_nll, c_logp, c_mask, c_grad = losses(True)
+    nll, logp, mask, grad = losses(None)
+    c_nll, c_logp, c_mask, c_grad = losses(chunk)
     assert torch.equal(mask, c_mask)
     assert torch.allclose(c_nll, nll, rtol=1e-6, atol=0)
     assert torch.allclose(c_logp, logp, atol=1e-6, rtol=0)
     assert torch.allclose(c_grad, grad, atol=1e-7, rtol=0)
-    with vocab_chunks(chunk):  # without gradients nothing is checkpointed: same values
-        with torch.no_grad():
-            assert torch.allclose(nll_sum(logits, labels), nll, rtol=1e-6, atol=0)
-    assert torch.equal(nll_sum(logits, labels), nll)  # off again after the block
+    with torch.no_grad():  # without gradients nothing is checkpointed: same values
+        assert torch.allclose(nll_sum(logits, labels, chunk), nll, rtol=1e-6, atol=0)
+    assert torch.equal(nll_sum(logits, labels), nll)  # no chunk: the plain cross-entropy
+    assert torch.equal(nll_sum(logits, labels, 0), nll)  # 0 is off, as vocab_chunk: 0
+    n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    assert torch.allclose(retain_nll(logits, labels, n, chunk), nll / n, rtol=1e-6, atol=0)

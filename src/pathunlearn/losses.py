@@ -15,13 +15,16 @@ NPO + KL) are objects in :mod:`pathunlearn.methods`.
 Micro-batches: every loss takes its divisor explicitly (``num_tokens`` for token means,
 ``num_sequences`` for sequence means). Pass the count of the whole *effective* batch and the
 micro-batch losses add up to the effective batch's loss, as their gradients do.
+
+Vocabulary chunks: :func:`token_logprobs`, :func:`nll_sum` and :func:`retain_nll` take
+``chunk`` (the config's ``vocab_chunk``, passed by every caller; None: off): the softmax over
+the vocabulary runs ``chunk`` target positions at a time, each chunk recomputed in the backward
+pass (activation checkpointing) rather than kept, so the fp32 (N, V) copies of the logits and
+of their log-softmax never exist whole, which for a 128k vocabulary is most of a step's memory.
+Same values and gradients up to float rounding (tested).
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
-from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -29,44 +32,29 @@ from torch.utils.checkpoint import checkpoint
 
 from pathunlearn.data.chat import IGNORE_INDEX
 
-_CHUNK: ContextVar[int | None] = ContextVar("pathunlearn_vocab_chunk", default=None)
-
-
-@contextlib.contextmanager
-def vocab_chunks(rows: int | None) -> Iterator[None]:
-    """Inside the block, the softmax over the vocabulary of :func:`token_logprobs` and
-    :func:`nll_sum` runs ``rows`` target positions at a time, each chunk recomputed in the
-    backward pass (activation checkpointing) rather than kept: the fp32 (N, V) copies of the
-    logits and of their log-softmax never exist whole, which for a 128k vocabulary is most of
-    a step's memory. Same values and gradients up to float rounding (tested); None or 0: off
-    (``training.vocab_chunk``)."""
-    token = _CHUNK.set(rows or None)
-    try:
-        yield
-    finally:
-        _CHUNK.reset(token)
-
 
 def _pick(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(rows)[target] per row, in fp32: rows (N, V), targets (N,) -> (N,)."""
     return torch.log_softmax(rows.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
-def target_logprobs(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """:func:`_pick`, chunked and checkpointed inside :func:`vocab_chunks` when gradients
-    are recorded."""
-    chunk = _CHUNK.get()
-    if chunk is None or rows.size(0) <= chunk or not torch.is_grad_enabled():
+def target_logprobs(rows: torch.Tensor, targets: torch.Tensor,
+                    chunk: int | None = None) -> torch.Tensor:
+    """:func:`_pick`, ``chunk`` rows at a time and checkpointed when gradients are recorded
+    (module docstring); all rows at once when ``chunk`` is None or 0."""
+    if not chunk or rows.size(0) <= chunk or not torch.is_grad_enabled():
         return _pick(rows, targets)
     return torch.cat([checkpoint(_pick, rows[i : i + chunk], targets[i : i + chunk],
                                  use_reentrant=False)
                       for i in range(0, rows.size(0), chunk)])
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor,
+                   chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of every target token and the target mask.
 
     logits (B, T, V), labels (B, T) -> logp (B, T-1) with 0 where masked, mask (B, T-1) bool.
+    ``chunk``: target positions per softmax (module docstring); None: all at once.
     """
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != IGNORE_INDEX
@@ -75,7 +63,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
         # the softmax over the vocabulary only at target positions (a fp32 copy of (N, V)
         # rather than (B, T-1, V)); the same values and gradients, bit for bit
         rows = logits[:, :-1][mask]  # (N, V)
-        picked = picked.masked_scatter(mask, target_logprobs(rows, targets[mask]))
+        picked = picked.masked_scatter(mask, target_logprobs(rows, targets[mask], chunk))
     return picked, mask
 
 
@@ -88,14 +76,15 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return logp.sum(-1), mask.sum(-1)
 
 
-def nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def nll_sum(logits: torch.Tensor, labels: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Summed negative log-likelihood over all target tokens of the batch (a scalar).
 
     Divide by the number of target tokens of the whole *effective* batch, not of this
-    micro-batch, so accumulated gradients equal those of one big batch.
+    micro-batch, so accumulated gradients equal those of one big batch. ``chunk``: target
+    positions per softmax (module docstring); None: one cross-entropy over every position.
     """
-    if _CHUNK.get() is not None:  # the target positions only, a chunk at a time
-        logp, mask = token_logprobs(logits, labels)
+    if chunk:  # the target positions only, a chunk at a time
+        logp, mask = token_logprobs(logits, labels, chunk)
         return -logp.sum()
     targets = labels[:, 1:].reshape(-1)
     return F.cross_entropy(
@@ -153,14 +142,16 @@ def simnpo_loss(logp: torch.Tensor, beta: float = 1.0, lengths: torch.Tensor | N
 
 
 def retain_nll(logits: torch.Tensor, labels: torch.Tensor,
-               num_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
+               num_tokens: int | torch.Tensor | None = None,
+               chunk: int | None = None) -> torch.Tensor:
     """Token-mean NLL on retain examples (the retain term of GradDiff and NPO + retain NLL).
 
     loss = nll_sum(logits, labels) / N, N = ``num_tokens`` (target tokens of the effective
-    retain batch) or this batch's count. logits (B, T, V), labels (B, T) -> scalar.
+    retain batch) or this batch's count; ``chunk`` as in :func:`nll_sum`. logits (B, T, V),
+    labels (B, T) -> scalar.
     """
     n = (labels[:, 1:] != IGNORE_INDEX).sum() if num_tokens is None else num_tokens
-    return nll_sum(logits, labels) / _at_least_one(n)
+    return nll_sum(logits, labels, chunk) / _at_least_one(n)
 
 
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor,

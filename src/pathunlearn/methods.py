@@ -96,6 +96,9 @@ class RetainBatch:
     ref_logits: torch.Tensor | None = None
     """(B, T, V) the reference model's logits; set when the method has
     ``needs_reference_model``."""
+    vocab_chunk: int | None = None
+    """The config's ``vocab_chunk``: pass it to :func:`pathunlearn.losses.retain_nll` /
+    ``nll_sum`` (target positions per softmax over the vocabulary; None: all at once)."""
 
 
 class Method:
@@ -196,7 +199,8 @@ class SimNPO(Method):
 def weighted_retain_nll(method: Method, batch: RetainBatch) -> torch.Tensor:
     """lambda (``retain_weight``) * the token-mean NLL of a retain batch: the retain term of
     GradDiff and NPO + retain NLL."""
-    return method.config.retain_weight * retain_nll(batch.logits, batch.labels, batch.num_tokens)
+    return method.config.retain_weight * retain_nll(batch.logits, batch.labels, batch.num_tokens,
+                                                     batch.vocab_chunk)
 
 
 class GradDiff(GA):

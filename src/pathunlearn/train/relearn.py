@@ -72,7 +72,9 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
                 batch = collate([data[i] for i in idx], pad_id).to(device)
                 with autocast(device, training.precision):
                     logits = model(**batch.inputs()).logits
-                loss = nll_sum(logits, batch.labels) / max(batch.num_targets, 1)
+                # the run's vocab_chunk, as in staged training and unlearning
+                loss = nll_sum(logits, batch.labels, training.vocab_chunk) / max(
+                    batch.num_targets, 1)
                 loss.backward()
                 clip_gradients(params, training.grad_clip)
                 optimizer.step()

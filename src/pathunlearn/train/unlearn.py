@@ -53,7 +53,7 @@ from pathunlearn.eval.probes import (
 )
 from pathunlearn.eval.saturation import saturation
 from pathunlearn.files import is_done, write_json
-from pathunlearn.losses import token_logprobs, vocab_chunks
+from pathunlearn.losses import token_logprobs
 from pathunlearn.methods import ForgetBatch, Method, RetainBatch, make_method
 from pathunlearn.models import (
     apply_lora,
@@ -207,8 +207,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
                        u.micro_batch_size)  # changes nothing: no update, RNG restored
 
     # ---- 4. the loop
-    with distributed.output_dir(cell.directory(run_dir)) as tmp, \
-            vocab_chunks(cfg.training.vocab_chunk):
+    with distributed.output_dir(cell.directory(run_dir)) as tmp:
         files = CellWriter(tmp)
         t0, diverged_at, last = time.perf_counter(), None, {}
         files.metrics({M.STEP: 0, **probe(model), **cell.describe()})
@@ -218,7 +217,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
                 group["lr"] = lr
             retain_idx = next(retain_batches)[1] if retain_batches else None
             loss = backward(method, trained, data, next(forget_batches)[1], retain_idx, device,
-                            cfg.training.precision)
+                            cfg.training.precision, cfg.training.vocab_chunk)
             grad_norm = clip_gradients(params, u.grad_clip)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 diverged_at = step
@@ -258,7 +257,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
 
 def backward(method: Method, model: torch.nn.Module, data: CellData,
              micro_idx: list[list[int]], retain_idx: list[list[int]] | None,
-             device: torch.device, precision: str) -> float:
+             device: torch.device, precision: str, vocab_chunk: int | None = None) -> float:
     """Forward and backward over the micro-batches of one step; returns the step's loss.
 
     Divisors are those of the whole effective batch (target tokens for token means,
@@ -266,7 +265,8 @@ def backward(method: Method, model: torch.nn.Module, data: CellData,
     Retain micro-batch j goes with forget micro-batch j (those after the last forget one are
     not used). Under torchrun ``model`` is the DDP/FSDP module and each rank makes the passes
     of its share of the step (:func:`pathunlearn.distributed.step_work`) with the same global
-    divisors; the loss returned is the whole step's on every rank.
+    divisors; the loss returned is the whole step's on every rank. ``vocab_chunk``: target
+    positions per softmax over the vocabulary (:mod:`pathunlearn.losses`).
     """
     flat = [i for mb in micro_idx for i in mb]
     n_tokens, n_seq = sum(data.forget[i].num_targets for i in flat), len(flat)
@@ -286,14 +286,15 @@ def backward(method: Method, model: torch.nn.Module, data: CellData,
                 batch = collate([data.forget[i] for i in idx], data.pad_id).to(device)
                 with autocast(device, precision):
                     logits = model(**batch.inputs()).logits  # (B, T, V)
-                token_logp, mask = token_logprobs(logits, batch.labels)
+                token_logp, mask = token_logprobs(logits, batch.labels, vocab_chunk)
                 ref = None if data.ref_logp is None else data.ref_logp[idx].to(device)
                 loss = distributed.weighted(method.forget_loss(
                     ForgetBatch(token_logp, mask, n_tokens, n_seq, ref)), weight)
             if j < len(retain_work):
                 idx, weight = retain_work[j]
                 term = distributed.weighted(method.retain_loss(
-                    retain_batch(method, model, data, idx, device, precision, r_tokens)), weight)
+                    retain_batch(method, model, data, idx, device, precision, r_tokens,
+                                 vocab_chunk)), weight)
                 loss = term if loss is None else loss + term
             distributed.backward(loss)
         total += loss.item()
@@ -301,7 +302,8 @@ def backward(method: Method, model: torch.nn.Module, data: CellData,
 
 
 def retain_batch(method: Method, model: torch.nn.Module, data: CellData, idx: list[int],
-                 device: torch.device, precision: str, n_tokens: int) -> RetainBatch:
+                 device: torch.device, precision: str, n_tokens: int,
+                 vocab_chunk: int | None = None) -> RetainBatch:
     """One retain micro-batch with the model's logits (and the reference model's when the
     method needs them: a frozen copy, or under LoRA the adapter switched off)."""
     batch = collate([data.retain[i] for i in idx], data.pad_id).to(device)
@@ -316,7 +318,7 @@ def retain_batch(method: Method, model: torch.nn.Module, data: CellData, idx: li
                     ref_logits = base(**batch.inputs()).logits
     with autocast(device, precision):
         logits = model(**batch.inputs()).logits
-    return RetainBatch(logits, batch.labels, n_tokens, ref_logits)
+    return RetainBatch(logits, batch.labels, n_tokens, ref_logits, vocab_chunk)
 
 
 class CellProbes:
