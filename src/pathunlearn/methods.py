@@ -38,6 +38,7 @@ import importlib.util
 import inspect
 import re
 import sys
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
@@ -265,7 +266,20 @@ def resolve_method(spec: str) -> type[Method]:
 
 def make_method(config: MethodConfig) -> Method:
     """An instance of the method ``config.name`` names, configured by ``config``."""
-    return resolve_method(config.name)(config)
+    cls = resolve_method(config.name)
+    if is_builtin(cls):
+        return cls(config)
+    try:
+        return cls(config)
+    except Exception as e:  # the user's __init__
+        raise MethodError(f"{method_where(cls, config.name)}: creating it raised "
+                          f"{_what(e, cls)}") from e
+
+
+def is_builtin(cls: type[Method]) -> bool:
+    """Whether ``cls`` is one of pathunlearn's own methods (whose failures are bugs of
+    pathunlearn and keep their traceback) rather than a user's."""
+    return BUILTIN_METHODS.get(getattr(cls, "name", None)) is cls
 
 
 def check_method(cls: object, spec: str) -> None:
@@ -289,6 +303,87 @@ def check_method(cls: object, spec: str) -> None:
         raise ConfigError(f"{where}: `local = False` but no retain_loss(self, batch)")
 
 
+# ---------------------------------------------------------------------------- a user's code
+
+
+class MethodError(ConfigError):
+    """A user's method failed (at import, creation or in a loss) or returned a loss that is
+    no loss: one line naming the method, its file and line, and what it did; the user's own
+    traceback is the exception's ``__cause__`` (what ``--debug`` prints)."""
+
+
+def method_where(cls: type, spec: str) -> str:
+    """``method 'SPEC' (FILE)``: how a message names a user's method."""
+    source = _source_file(cls)
+    return f"method {spec!r}" + (f" ({source})" if source else "")
+
+
+def checked_loss(method: Method, term: str, batch: ForgetBatch | RetainBatch,
+                 step: int, cell: str) -> torch.Tensor:
+    """``method.forget_loss(batch)`` or ``method.retain_loss(batch)`` (``term``), for a user's
+    method checked to be usable: an exception it raises, a loss that is not a scalar tensor,
+    or a non-finite loss at the first step from finite inputs (the path model, not yet
+    changed: the formula, not the model, made it) is a :class:`MethodError` naming the
+    method, its file and line, the value and ``step`` of ``cell``. A non-finite loss at a
+    later step is the method diverging, a result (the cell's ``diverged_at``), as it is for
+    the built-in methods, whose losses are not checked (a failure of theirs is a bug)."""
+    cls = type(method)
+    if is_builtin(cls):
+        return getattr(method, term)(batch)
+    where = f"{method_where(cls, method.config.name)}: {term}"
+    at = f"at unlearning step {step} of cell {cell}"
+    try:
+        loss = getattr(method, term)(batch)
+    except torch.OutOfMemoryError:
+        raise  # the machine's limit, not the method's code
+    except Exception as e:
+        raise MethodError(f"{where} raised {_what(e, cls)}, {at}") from e
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        got = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+               else f"{type(loss).__name__} {loss!r}"[:120])
+        raise MethodError(f"{where} returned {got}, {at}: it must return a scalar tensor "
+                          "(reduce it, e.g. `.sum() / batch.num_tokens`)")
+    if step == 1 and not bool(torch.isfinite(loss)) and _finite_inputs(batch):
+        raise MethodError(f"{where} returned {loss.item()} from finite log-probabilities, "
+                          f"{at} (the path model, before any update): check its formula "
+                          "(a log of 0, a division by 0)")
+    return loss
+
+
+def _finite_inputs(batch: ForgetBatch | RetainBatch) -> bool:
+    if isinstance(batch, ForgetBatch):
+        tensors = [batch.token_logp, batch.ref_logp]
+    else:
+        tensors = [batch.logits, batch.ref_logits]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
+
+
+def _source_file(cls: type) -> str | None:
+    try:
+        return inspect.getsourcefile(cls)
+    except TypeError:  # a class without a file (defined in a REPL)
+        return None
+
+
+def _what(e: BaseException, cls: type | None = None, path: str | Path | None = None) -> str:
+    """``NameError: name 'x' is not defined (at FILE, line N)``: the exception and the
+    deepest line of the user's file (``path``, else the file defining ``cls``) it passed
+    through; the deepest line of the traceback when it passed through none."""
+    text = f"{type(e).__name__}: {_first_line(e)}"
+    file = str(path) if path is not None else (_source_file(cls) if cls is not None else None)
+    if isinstance(e, SyntaxError) and e.filename and e.lineno:
+        return f"{text} (at {e.filename}, line {e.lineno})"
+    frames = traceback.extract_tb(e.__traceback__)
+    mine = [f for f in frames if file and Path(f.filename).resolve() == Path(file).resolve()]
+    frame = (mine or frames or [None])[-1]
+    return text if frame is None else f"{text} (at {frame.filename}, line {frame.lineno})"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else repr(e)
+
+
 def method_identity(cls: type[Method]) -> dict[str, str]:
     """What identifies a method's code in a cell's key: the built-in name, or a user's class
     with the hash of the file that defines it (editing the loss recomputes its cells)."""
@@ -308,9 +403,9 @@ def _import_class(spec: str) -> type:
     else:
         try:
             module = importlib.import_module(where)
-        except Exception as e:  # the user's module failed to import: say which and why
-            raise ConfigError(f"method {spec!r}: cannot import {where} "
-                              f"({type(e).__name__}: {e})") from None
+        except Exception as e:  # the user's module failed to import: say which, where, why
+            raise MethodError(f"method {spec!r}: cannot import {where}: "
+                              f"{_what(e, path=_module_file(where))}") from e
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -340,7 +435,7 @@ def _module_from_file(path: Path, spec: str):
         module_spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[name]
-        raise ConfigError(f"method {spec!r}: cannot load {path} ({type(e).__name__}: {e})") from None
+        raise MethodError(f"method {spec!r}: cannot load {path}: {_what(e, path=path)}") from e
     return module
 
 
@@ -357,6 +452,16 @@ def _entry_point(spec: str) -> type:
     try:
         return found[0].load()
     except Exception as e:
-        raise ConfigError(f"method {spec!r}: its entry point {found[0].value} does not load "
-                          f"({type(e).__name__}: {e})") from None
+        module = found[0].value.partition(":")[0].strip()
+        raise MethodError(f"method {spec!r}: its entry point {found[0].value} does not load: "
+                          f"{_what(e, path=_module_file(module))}") from e
+
+
+def _module_file(module: str) -> str | None:
+    """The file of an importable module, without importing it (None when it has none)."""
+    try:
+        found = importlib.util.find_spec(module)
+    except Exception:  # a parent package that fails to import, an invalid name
+        return None
+    return found.origin if found is not None and found.has_location else None
 
