@@ -10,10 +10,16 @@ and puts that section first.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from pathunlearn.rundir import Run
 
 REPORT_KEY = "report.key"
-"""RUN_DIR/report.key: the fingerprint of what the written report was built from."""
+"""RUN_DIR/report.key: the fingerprint of what the written report was built from, and the
+sha256 of every file it vouches for (JSON). It is removed before the first file of a new
+report is written and written after the last, so a report interrupted half-way (kill -9) is
+never taken for up to date: the report and its key are one unit (issue 24)."""
 
 
 def report_fingerprint(run: Run) -> str:
@@ -56,12 +62,11 @@ def make_report(run: Run, *, phases: dict[str, float] | None = None, extra: dict
     key_file = run.run_dir / REPORT_KEY
     fingerprint = report_fingerprint(run)
     page = run.run_dir / "report.html"
-    if reuse and key_file.is_file() and key_file.read_text().strip() == fingerprint and \
-            page.is_file() and all((run.run_dir / name).is_file() for name in RESULTS):
+    vouched = _vouched(key_file, fingerprint) if reuse else None
+    if vouched is not None:
         results = build_results(run, write=False)
         results.files = [run.run_dir / name for name in RESULTS]
-        figures = sorted((run.run_dir / "figures").glob("*.png")) + sorted(
-            (run.run_dir / "figures").glob("*.svg"))
+        figures = sorted(f for f in vouched if f.parent.name == "figures")
         if run.config.study == "superficial":
             from pathunlearn.report.superficial import path_curves
 
@@ -69,9 +74,39 @@ def make_report(run: Run, *, phases: dict[str, float] | None = None, extra: dict
         if log is not None:
             log(f"report up to date ({page}): nothing changed since it was written")
         return results, figures, page
+    key_file.unlink(missing_ok=True)  # from here until the new key, no report is up to date
     made = _make_report(run, phases=phases, extra=extra)
-    write_text(key_file, fingerprint + "\n")
+    results, figures, report = made
+    files = [*results.files, *figures, report]
+    write_text(key_file, json.dumps({"fingerprint": fingerprint, "files": {
+        str(f.relative_to(run.run_dir)): _sha256(f) for f in files}}, indent=1) + "\n")
     return made
+
+
+def _vouched(key_file: Path, fingerprint: str) -> list[Path] | None:
+    """The files of the report ``key_file`` vouches for, when it was built from
+    ``fingerprint`` and every one of them is on disk as written; else None (rebuild). A key
+    in the older one-line form vouches for nothing: the report is rebuilt once."""
+    try:
+        key = json.loads(key_file.read_text())
+        if key["fingerprint"] != fingerprint:
+            return None
+        files = {key_file.parent / name: sha for name, sha in key["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    from pathunlearn.report.results import RESULTS
+
+    if not {key_file.parent / n for n in (*RESULTS, "report.html")} <= set(files):
+        return None
+    if any(not f.is_file() or _sha256(f) != sha for f, sha in files.items()):
+        return None
+    return list(files)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _make_report(run: Run, *, phases: dict[str, float] | None = None,
