@@ -241,27 +241,37 @@ class TrainingConfig(OptimConfig):
     seeds and within one (e.g. {0: 0, 1: 0, 2: 1, 3: 1}). Excludes `seed`."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocast keeps LoRA weights and optimizer state in fp32."""
+
+
+class RuntimeConfig(StrictModel):
+    """How fast and where this run computes, never what: no key reads this section
+    (:mod:`pathunlearn.keys`), so changing it reuses every finished prefix and cell. A setting
+    belongs here only if it runs the same computation (the same numbers on CPU, or the same up
+    to the float rounding of another order of operations: another kernel, chunking,
+    recomputation) or only says where outputs go. Batch sizes are not runtime settings: they
+    decide the padding of every micro-batch and the order gradients are summed in, and are
+    part of the recipe a paper reports."""
+
     device: str = "auto"
     """`auto` (cuda when present), `cpu`, `cuda`, `cuda:1` ..."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of keeping them: less memory for
-    long sequences and large models, ~30% more compute; the same numbers (not part of any
-    key)."""
+    long sequences and large models, ~30% more compute; the same numbers."""
     vocab_chunk: int | None = Field(None, gt=0)
     """Take the softmax over the vocabulary of the training and unlearning losses this many
     target positions at a time, each chunk recomputed in the backward pass: for a 128k
     vocabulary about half the loss's peak memory (bench/loss_memory.py), ~1.7x its time on
-    CPU; the same numbers up to float rounding (not part of any key). Null: all at once."""
+    CPU; the same numbers up to float rounding. Null: all at once."""
     compile: bool = False
     """Stage training runs the model through `torch.compile` (CUDA: fused kernels; the first
     steps wait for the compiler, shapes vary with the length-bucketed batches); the same
-    numbers up to float rounding (not part of any key)."""
+    numbers up to float rounding."""
     packing: bool = False
     """Stage training packs each micro-batch into one row without padding, position ids
     restarting per example: with flash attention (`model.attn_implementation:
     flash_attention_2`) nothing is computed on padding; sdpa and eager get a block-diagonal 4D
     mask instead, quadratic in the row (slower than padding on CPU). The same numbers up to
-    float rounding (not part of any key)."""
+    float rounding."""
 
 
 class DistributedConfig(StrictModel):
@@ -683,6 +693,9 @@ class ExperimentConfig(StrictModel):
     """Controls run beside the study (the matched-start control)."""
     relearn: RelearnConfig = RelearnConfig()
     """Relearning after unlearning: how much of the forget set comes back (off by default)."""
+    runtime: RuntimeConfig = RuntimeConfig()
+    """How fast and where it computes (device, compile, packing, vocab chunking, activation
+    checkpointing); in no key."""
     distributed: DistributedConfig = DistributedConfig()
     """One training run on N processes (torchrun): DDP or FSDP2, the backend."""
     study: Literal["recency", "superficial"] = "recency"
@@ -1003,7 +1016,27 @@ def _did_you_mean_key(model: type[BaseModel] | None, loc: Sequence[str | int]) -
     if section is None:
         return ""
     match = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1, cutoff=0.6)
-    return f"; did you mean {'.'.join([*map(str, loc[:-1]), match[0]])}?" if match else ""
+    if match:
+        return f"; did you mean {'.'.join([*map(str, loc[:-1]), match[0]])}?"
+    # a key that moved to another section (training.device -> runtime.device): the same name
+    # elsewhere, else the closest full dotted path
+    paths = field_paths(model)
+    same = [p for p in paths if p.rpartition(".")[2] == loc[-1]]
+    match = same[:1] or difflib.get_close_matches(".".join(map(str, loc)), paths, n=1,
+                                                  cutoff=0.8)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every key of ``model`` as a dotted path (``training.lr``, ``runtime.device``), through
+    nested and optional sections (not into the entries of mappings and lists)."""
+    out = []
+    for name, f in model.model_fields.items():
+        out.append(prefix + name)
+        inner = _as_model(f.annotation)
+        if inner is not None:
+            out += field_paths(inner, f"{prefix}{name}.")
+    return out
 
 
 def _section_model(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:

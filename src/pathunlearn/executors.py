@@ -33,12 +33,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from pathunlearn.config import ExperimentConfig
 from pathunlearn.errors import UserError
 from pathunlearn.extras import require
 from pathunlearn.files import is_done
-from pathunlearn.plan import Cell, Matched, Plan, Prefix
-from pathunlearn.rundir import PLAN, SUMMARY, cell_done, remove_partial_writes
+from pathunlearn.keys import KEY_FORMAT
+from pathunlearn.plan import PREFIX_DIR, Cell, Matched, Plan, Prefix
+from pathunlearn.rundir import CONFIG, PLAN, SUMMARY, cell_done, remove_partial_writes
 from pathunlearn.train.paths import (
     matched_line,
     prefix_line,
@@ -111,6 +114,8 @@ def execute(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool = T
     ``phase(name)`` is a context manager timing each phase (local: ``train`` then
     ``unlearn``; Ray: ``train + unlearn (ray)``: cells start while other prefixes train);
     ``on_prefix`` / ``on_cell`` are called in this process after each unit."""
+    if (line := older_keys_line(plan, Path(run_dir))) is not None:
+        log(line)
     if cfg.executor.kind == "local":
         with phase("train"):
             train_paths(cfg, plan, run_dir=run_dir, progress=progress, log=log,
@@ -122,6 +127,32 @@ def execute(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool = T
     with phase("train + unlearn (ray)"), connect(cfg, log=log):
         run_on_ray(cfg, plan, Path(run_dir), cells=cells, progress=progress, log=log,
                    on_prefix=on_prefix, on_cell=on_cell)
+
+
+def older_keys_line(plan: Plan, run_dir: Path) -> str | None:
+    """One line when RUN_DIR holds finished cells or prefixes written by a pathunlearn from
+    before key format 2 (their config.yaml has no `runtime` section): their keys were made
+    another way, so this run does not reuse them and computes what it needs again, once.
+    None when there are none."""
+
+    def older(directory: Path) -> bool:
+        try:
+            written = yaml.safe_load((directory / CONFIG).read_text())
+        except (OSError, yaml.YAMLError):
+            return False
+        return isinstance(written, dict) and "runtime" not in written
+
+    cells = sum(1 for c in plan.cells if is_done(d := c.directory(run_dir))
+                and not cell_done(d, c.key) and older(d))
+    planned = {p.key for p in plan.prefixes} | {m.key for m in plan.matched}
+    top = Path(run_dir, PREFIX_DIR)
+    prefixes = sum(1 for d in (sorted(top.iterdir()) if top.is_dir() else [])
+                   if d.name not in planned and is_done(d) and older(d))
+    if not cells and not prefixes:
+        return None
+    return (f"{cells} cells and {prefixes} prefixes from an older pathunlearn are not reused "
+            f"(keys changed in key format {KEY_FORMAT}: runtime settings are in no key, "
+            "whole sections are); what this run needs of them is recomputed, once")
 
 
 # ---------------------------------------------------------------------------- ray

@@ -12,11 +12,9 @@
 - ``probe_notes``: the default probe sets left out because their data lack the fields they
   need (:func:`pathunlearn.eval.probes.default_probes`), a line each; the report shows them.
 
-A prefix's key hashes everything that determines its weights: the base model, every stage of
-the prefix with its data and epochs, the finetuning and optimizer settings and the training
-seed. A cell's key hashes its path model, its retrain model, its method (a user's method with
-the hash of the file that defines it), the unlearning settings and the probes. The output
-directory is in no key, so a run directory can be moved.
+Every key comes from :mod:`pathunlearn.keys`, which hashes the study's sections whole and
+reads no runtime setting (device, compile, ..., output directory: a run directory can be
+moved and rerun on other hardware).
 
 ``pathunlearn train``, ``unlearn``, ``run`` and ``report`` all use this plan; ``plan.json``
 (:meth:`Plan.to_json`) holds it and is the same whichever command wrote it.
@@ -24,25 +22,26 @@ directory is in no key, so a run directory can be moved.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
-from pathunlearn.config import ExperimentConfig, MethodConfig, source_path
-from pathunlearn.data.adapters import parse_adapter
-from pathunlearn.data.sources import BUILTIN_PREFIX, hub_part, localize
+from pathunlearn.config import ExperimentConfig, MethodConfig
 from pathunlearn.errors import ConfigError
 from pathunlearn.eval.probes import ProbeSet, resolve_probes
+from pathunlearn.keys import (
+    base_identity,
+    cell_common,
+    cell_key,
+    matched_key,
+    prefix_key,
+    probes_key,
+    root_key,
+)
 from pathunlearn.methods import method_identity, resolve_method
 
 PLAN_FORMAT = 2
 """Version of plan.json (2: the probe sets' hash)."""
-CELL_FORMAT = 3
-"""Bump when what a cell records changes, so old cells are recomputed (2: saturation
-diagnostics in summary.json; 3: relearning on the forget set reads only its first
-relearn.forget_examples items, as documented; it read them all)."""
 PREFIX_DIR = "prefixes"
 CELL_DIR = "cells"
 
@@ -283,7 +282,7 @@ def plan_run(cfg: ExperimentConfig, check: bool = True) -> Plan:
     base = base_identity(cfg)
     prefixes, leaves = _trie(cfg, base, paths + [r for r in retrain if r not in paths], seeds)
     probes = tuple(resolve_probes(cfg) if probes is None else probes)
-    probes_sha = stable_hash([{**p.to_json(), "source": keyed_source(p.source)} for p in probes])
+    probes_sha = probes_key(cfg, [p.to_json() for p in probes])
     matched = _matched(cfg, paths, seeds, prefixes, leaves, probes_sha)
     cells = _cells(cfg, paths, leaves, probes_sha, matched)
     return Plan(base, prefixes, tuple(paths), tuple(retrain), tuple(seeds), tuple(cells),
@@ -308,9 +307,7 @@ def _matched(cfg: ExperimentConfig, paths: list[Path_], seeds: list[int],
         others = tuple(sorted({leaves[(seed, p)] for p in paths if p[-1] != forget}))
         for path in (p for p in paths if p[-1] == forget):
             leaf = by_key[leaves[(seed, path)]]
-            key = stable_hash("matched_start", leaf.parent_key, leaf.seed,
-                              stage_identity(cfg, forget), control.model_dump(mode="json"),
-                              others, probes_sha)
+            key = matched_key(cfg, leaf.parent_key, leaf.seed, others, probes_sha)
             out[(seed, path)] = Matched(path, leaf.seed, key, leaf.parent_key, leaf.key, others)
     return out
 
@@ -327,8 +324,7 @@ def _trie(cfg: ExperimentConfig, base: dict, paths: list[Path_], seeds: list[int
             for k in range(1, len(path) + 1):
                 node = nodes.get((tseed, path[:k]))
                 if node is None:
-                    key = stable_hash(parent or root_key(cfg, base, tseed),
-                                      stage_identity(cfg, path[k - 1]))
+                    key = prefix_key(parent or root_key(cfg, base, tseed), cfg, path[k - 1])
                     node = nodes[(tseed, path[:k])] = Prefix(path[:k], tseed, key, parent)
                 parent = node.key
             leaves[(seed, path)] = parent
@@ -350,6 +346,7 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_], leaves: dict[tuple[int, Pa
     identities = [method_identity(cls) for cls in classes]  # hashes a user's file: once each
     labels = method_labels(u.methods, [c.name for c in classes], [o.variant() for o in objects])
     lrs, schedulers = u.lrs or [u.lr], u.schedulers or [u.scheduler]
+    common = cell_common(cfg, probes_sha)
     cells, controls = [], []
     for path in paths:
         retrain = retrain_path(cfg, path)
@@ -364,13 +361,12 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_], leaves: dict[tuple[int, Pa
                                     sweep, model_key=leaves[(seed, path)],
                                     retrain_key=leaves[(seed, retrain)] if retrain else None,
                                     method_description=obj.describe())
-                        cells.append(replace(cell, key=cell_key(cfg, cell, ident,
-                                                                probes_sha)))
+                        cells.append(replace(cell, key=cell_key(cfg, cell, ident, common)))
                         if (seed, path) in matched:
                             control = replace(cell, control="matched_start",
                                               model_key=matched[(seed, path)].key)
                             controls.append(replace(control, key=cell_key(
-                                cfg, control, ident, probes_sha)))
+                                cfg, control, ident, common)))
     return cells + controls
 
 
@@ -419,7 +415,7 @@ def _setting(key: str, value: object) -> str:
     return f"{key}{'default' if value is None else value}"
 
 
-# ---------------------------------------------------------------------------- keys
+# ---------------------------------------------------------------------------- seeds
 
 
 def training_seed(cfg: ExperimentConfig, seed: int) -> int:
@@ -428,120 +424,3 @@ def training_seed(cfg: ExperimentConfig, seed: int) -> int:
     if cfg.training.seed_of is not None:
         return cfg.training.seed_of[seed]
     return seed if cfg.training.seed is None else cfg.training.seed
-
-
-def stable_hash(*parts: object) -> str:
-    """A short stable hash of JSON-able parts (the keys of prefixes and cells)."""
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(json.dumps(part, sort_keys=True, default=str).encode())
-        h.update(b"\0")
-    return h.hexdigest()[:20]
-
-
-def base_identity(cfg: ExperimentConfig) -> dict:
-    """What identifies the base model: the preset's recipe key or the local path's config."""
-    m = cfg.model
-    if m.preset == "tiny":
-        from pathunlearn.tiny import tiny_key
-
-        return {"preset": "tiny", "key": tiny_key()}
-    ident: dict = {"preset": m.preset, "path": m.path, "gguf_file": m.gguf_file}
-    from pathunlearn.hub import model_snapshot
-
-    # a hub id keys on its repository and resolved commit: a new upstream revision is a new
-    # base model, never the old one's results
-    snapshot = model_snapshot(m.path, m.gguf_file) if m.preset is None and m.path else None
-    if snapshot is not None:
-        ident["hub"] = snapshot.identity
-    config_json = (snapshot.path if snapshot else Path(m.path or "")) / "config.json"
-    if config_json.is_file():
-        ident["config_sha"] = hashlib.sha256(config_json.read_bytes()).hexdigest()
-    return ident
-
-
-def stage_identity(cfg: ExperimentConfig, name: str) -> dict:
-    """A stage's settings, plus the content hash of its local data file (a plain file, or the
-    file an adapter reads: ``tofu:FILE``)."""
-    stage = cfg.stages[name]
-    ident = {"name": name, **stage.model_dump(mode="json"), "source": keyed_source(stage.source)}
-    sha = data_sha(stage.source)
-    if sha is not None:
-        ident["data_sha"] = sha
-    if (hub_spec := hub_part(stage.source)) is not None:  # the hub dataset's resolved commit
-        from pathunlearn.hub import dataset_snapshot
-
-        ident["hub"] = dataset_snapshot(hub_spec)[0].identity
-    return ident
-
-
-def keyed_source(source: str) -> str:
-    """A source as keys hold it: where its local file is replaced by what it holds (the
-    file's or release directory's name and content hash, :func:`data_sha`), so the same data
-    keys the same from any working directory or config folder, and other data under the same
-    path never does (``data/a.jsonl`` -> ``a.jsonl#<sha256>``; ``tofu:../TOFU:forget10`` ->
-    ``tofu:TOFU#<sha256>:forget10``). Built-in, stage and hub sources are kept as written (a
-    hub dataset keys on its resolved commit, :func:`stage_identity`)."""
-    parts = source_path(source) if source else None
-    if parts is None:
-        return source
-    head, path, tail = parts
-    sha = data_sha(source)
-    return f"{head}{Path(path).name}{f'#{sha}' if sha else ''}{tail}"
-
-
-def data_sha(source: str) -> str | None:
-    """The content hash of the local file a source reads, or of the files an adapter reads in
-    a release directory (``tofu:DIR``: every subset's file, by name); None: a built-in source,
-    or no such file."""
-    source = localize(source)  # a hub dataset: the files of its snapshot
-    data = data_file(source)
-    if data is not None and data.is_dir() and (adapted := parse_adapter(source)) is not None:
-        from pathunlearn.data.adapters import adapter_files
-
-        files = adapter_files(adapted[0], adapted[1])
-        return stable_hash([[str(f.relative_to(data)), hashlib.sha256(f.read_bytes()).hexdigest()]
-                            for f in files]) if files else None
-    return hashlib.sha256(data.read_bytes()).hexdigest() if data is not None and data.is_file() \
-        else None
-
-
-def data_file(source: str) -> Path | None:
-    """The local file (or release directory) a source reads (None for a built-in source); a
-    hub dataset's is in its snapshot."""
-    if source.startswith(BUILTIN_PREFIX):
-        return None
-    source = localize(source)
-    adapted = parse_adapter(source)
-    if adapted is None:
-        return Path(source)
-    from pathunlearn.data.adapters import split_location
-
-    return Path(split_location(adapted[0], adapted[1])[0])
-
-
-def root_key(cfg: ExperimentConfig, base: dict, tseed: int) -> str:
-    """Key of the trie root for one training seed: the base model and every shared setting."""
-    m = cfg.model.model_dump(mode="json")
-    # seed_of is left out: the training seed it gives is hashed itself (and a config without
-    # it keeps the keys it had before the field existed)
-    # how the numbers are computed, not what they are: the same keys with and without
-    training = cfg.training.model_dump(mode="json", exclude={
-        "device", "seed_of", "gradient_checkpointing", "vocab_chunk", "compile", "packing"})
-    return stable_hash("root", base, m, training, tseed)
-
-
-def cell_key(cfg: ExperimentConfig, cell: Cell, method: dict, probes_sha: str) -> str:
-    """Hash of everything that determines a cell's results: its path model, the retrain
-    model it is compared with, the unlearning settings, the method (``method``: its
-    :func:`~pathunlearn.methods.method_identity`) and the probe sets (``probes_sha``: the hash
-    of their resolved rows)."""
-    u = cfg.unlearning.model_dump(mode="json", exclude={"lrs", "schedulers", "methods", "lr",
-                                                        "scheduler", "save_model"})
-    u["math"]["source"] = keyed_source(cfg.unlearning.math.source)
-    return stable_hash(cell.model_key, cell.retrain_key, cell.describe(),
-                       cell.method.model_dump(mode="json"), method, u,
-                       cfg.model.model_dump(mode="json",
-                                            include={"finetuning", "lora", "max_length"}),
-                       probes_sha, CELL_FORMAT,
-                       *([cfg.relearn.model_dump(mode="json")] if cfg.relearn.steps else []))
