@@ -1020,7 +1020,7 @@ def _did_you_mean_key(model: type[BaseModel] | None, loc: Sequence[str | int]) -
         return f"; did you mean {'.'.join([*map(str, loc[:-1]), match[0]])}?"
     # a key that moved to another section (training.device -> runtime.device): the same name
     # elsewhere, else the closest full dotted path
-    paths = field_paths(model)
+    paths = [p for p in field_paths(model) if not ".".join(map(str, loc)).startswith(p + ".")]
     same = [p for p in paths if p.rpartition(".")[2] == loc[-1]]
     match = same[:1] or difflib.get_close_matches(".".join(map(str, loc)), paths, n=1,
                                                   cutoff=0.8)
