@@ -1,6 +1,6 @@
 """Benchmark (not a test): peak memory of the token-weighted NLL over a large vocabulary, the
 softmax over the vocabulary taken whole (the default) or a chunk of target positions at a time
-(``training.vocab_chunk``, :func:`pathunlearn.losses.vocab_chunks`).
+(``runtime.vocab_chunk``, :func:`pathunlearn.losses.vocab_chunks`).
 
 Logits as bf16 autocast gives them, (B, T, V) with V = 128,256 (Llama 3's vocabulary), every
 position a target; forward and backward of ``nll_sum``. Each setting runs in a fresh process

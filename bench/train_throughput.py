@@ -7,14 +7,14 @@ One optimizer step = forward + backward over micro-batches of chat examples, tok
   micro-batch), as the paper's torchtune recipes;
 - ``ours``: bf16 autocast with fp32 weights (on CUDA; fp32 on CPU, where bf16 is slower),
   micro-batch 16, length-bucketed micro-batches (:func:`pathunlearn.data.batching.cut_epoch`);
-- ``ours+compile``: the same through ``torch.compile`` (``training.compile``; CUDA only, the
+- ``ours+compile``: the same through ``torch.compile`` (``runtime.compile``; CUDA only, the
   compiling done in the warm-up steps);
-- ``ours+packed``: each micro-batch one row without padding (``training.packing``): with
+- ``ours+packed``: each micro-batch one row without padding (``runtime.packing``): with
   flash attention nothing is computed on padding; sdpa gets a block-diagonal mask.
 
 Every setting first takes ``--warmup`` untimed steps (CUDA start-up, the allocator, the
 compiler). ``--vocab-chunk N`` runs ``ours`` with the softmax over the vocabulary N positions
-at a time (``training.vocab_chunk``).
+at a time (``runtime.vocab_chunk``).
 
 Prints, per setting: target tokens/s, all tokens/s (padding included), the fraction of
 computed tokens that are padding, peak memory and, on CUDA, MFU (6 x trainable-and-frozen

@@ -63,17 +63,16 @@ def test_probe_tries_on_cuda_equal_rows_on_cpu(tiny, examples):
 
 def test_vocab_chunks_on_cuda_give_the_same_gradients(tiny, examples):
     from pathunlearn.data.batching import collate
-    from pathunlearn.losses import nll_sum, vocab_chunks
+    from pathunlearn.losses import nll_sum
 
     model, tok = tiny
     batch = collate(examples, tok.pad_token_id).to("cuda")
     grads = []
     for chunk in (None, 16):
         m = copy.deepcopy(model).cuda()
-        with vocab_chunks(chunk), torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = m(**batch.inputs()).logits
-        with vocab_chunks(chunk):
-            nll_sum(logits, batch.labels).backward()
+        nll_sum(logits, batch.labels, chunk).backward()
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
     assert torch.allclose(grads[1], grads[0], atol=1e-3, rtol=1e-2)
 
@@ -92,7 +91,7 @@ def test_compiled_stage_training_follows_eager(tiny, examples):
 
 
 def test_packed_rows_under_flash_attention_get_their_own_logits(examples):
-    """``training.packing`` with flash attention: no mask, the restarting position ids keep
+    """``runtime.packing`` with flash attention: no mask, the restarting position ids keep
     the examples apart (only where flash-attn is installed)."""
     pytest.importorskip("flash_attn")
     from pathunlearn.data.batching import collate_packed

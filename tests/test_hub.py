@@ -23,8 +23,9 @@ from pathunlearn.data.samples import write_release_samples
 from pathunlearn.data.sources import load_source
 from pathunlearn.errors import UserError
 from pathunlearn.files import is_done
+from pathunlearn.keys import root_key, stage_identity
 from pathunlearn.models import check_model_files, model_location
-from pathunlearn.plan import plan_run, root_key, stage_identity
+from pathunlearn.plan import plan_run
 from pathunlearn.tiny import tiny_dir
 
 REV_A = "a" * 40

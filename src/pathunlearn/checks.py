@@ -89,10 +89,13 @@ def inspect_inputs(cfg: ExperimentConfig) -> Inspection:
     _check_math(cfg, problems)
     from pathunlearn.models import check_model_files, resolve_device
 
-    for line in check_model_files(cfg.model):
+    model_lines = check_model_files(cfg.model)
+    for line in model_lines:
         problems.add(line)
-    with problems.at("training.device"):
-        resolve_device(cfg.training.device)
+    if not model_lines:
+        _check_truncation(cfg, problems, broken)
+    with problems.at("runtime.device"):
+        resolve_device(cfg.runtime.device)
     _check_distributed(cfg, problems)
     with problems.at("output_dir"):
         check_writable(cfg.run_dir)
@@ -149,6 +152,42 @@ def _check_stages(cfg: ExperimentConfig, problems: Problems) -> set[str]:
         if len(problems.lines) > before:
             broken.add(name)
     return broken
+
+
+def _check_truncation(cfg: ExperimentConfig, problems: Problems, broken: set[str]) -> None:
+    """Every trained stage keeps a target token after truncation to ``model.max_length``
+    (issue 24: a stage with none trained on nothing and crashed unlearning later). Needs the
+    model's tokenizer: skipped while a preset is not built yet or for a GGUF file (training
+    checks it then, :func:`pathunlearn.train.paths.train_prefix`). Stops at a stage's first
+    example with a target, so a healthy stage costs one tokenisation."""
+    from pathunlearn.models import model_location
+
+    try:
+        directory, gguf = model_location(cfg.model)
+    except UserError:
+        return
+    if gguf or not (directory / "tokenizer_config.json").is_file():
+        return
+    from transformers import AutoTokenizer
+
+    from pathunlearn.data.chat import encode_conversation, ensure_chat_template
+    from pathunlearn.data.sources import load_stage
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    ensure_chat_template(tokenizer)
+    trained = dict.fromkeys(s for path in cfg.paths.expand() for s in path)
+    for name in (s for s in trained if s not in broken):
+        conversations = load_stage(cfg.stages[name])
+        if not any(encode_conversation(tokenizer, c.messages, cfg.model.max_length).num_targets
+                   for c in conversations):
+            problems.add(truncated_line(name, len(conversations), cfg.model.max_length))
+
+
+def truncated_line(stage: str, n: int, max_length: int) -> str:
+    """The line of a stage with no token left to train on after truncation."""
+    return (f"stages.{stage}: every answer of its {n} example(s) is cut off by model.max_length "
+            f"({max_length} tokens): no target token left to train on; raise model.max_length "
+            "or shorten the prompts")
 
 
 def _check_methods(cfg: ExperimentConfig, problems: Problems) -> None:

@@ -361,6 +361,9 @@ class MethodConfig(StrictModel):
     def _named(self) -> MethodConfig:
         if not self.name.strip():
             raise ValueError("`name` is empty")
+        bad = [k for k in self.options if not re.fullmatch(r"[A-Za-z0-9_]+", str(k))]
+        if bad:  # a key can name a cell's directory (methods.method_label)
+            raise ValueError(f"options: key {bad[0]!r}: use letters, digits and _ only")
         return self
 
     def __hash__(self) -> int:  # `options` is a dict: hash the settings' JSON instead
@@ -398,6 +401,23 @@ class MathConfig(StrictModel):
             raise ValueError("`prompt` must be auto, paper, plain or a template containing "
                              "{question}")
         return self
+
+
+def _no_duplicates(key: str, values: Sequence[Any], shown: Sequence[str] | None = None) -> None:
+    """A ValueError naming ``key`` and the first value it lists twice (``shown``: how each
+    value is written in the message)."""
+    seen: dict[Any, int] = {}
+    for i, value in enumerate(values):
+        if value in seen:
+            text = (shown or [repr(v) for v in values])[i]
+            raise ValueError(f"{key} lists {text} twice (items {seen[value]} and {i}); "
+                             "each would run the same cells again")
+        seen[value] = i
+
+
+def _method_text(m: MethodConfig) -> str:
+    """A method as the config writes it, without its defaults (for messages)."""
+    return json.dumps(m.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
 
 
 class UnlearningConfig(OptimConfig):
@@ -442,6 +462,16 @@ class UnlearningConfig(OptimConfig):
             raise ValueError("the probe keys moved into the section `probes`: "
                              + "; ".join(f"{k} -> {probe_keys[k]}" for k in old))
         return data
+
+    @model_validator(mode="after")
+    def _nothing_twice(self) -> UnlearningConfig:
+        # a value listed twice runs every cell twice and reports a spread of 0 (issue 24)
+        for key in ("lrs", "schedulers"):
+            _no_duplicates(f"`{key}`", getattr(self, key) or [])
+        _no_duplicates("`methods`", [json.dumps(m.model_dump(mode="json"), sort_keys=True)
+                                     for m in self.methods],
+                       shown=[_method_text(m) for m in self.methods])
+        return self
 
 
 ProbeKind = Literal["forget_label", "forget_response", "utility", "heldout", "track"]
@@ -715,6 +745,10 @@ class ExperimentConfig(StrictModel):
             raise ValueError(f"stage name {bad[0]!r}: use letters, digits and _ only")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ValueError(f"name {self.name!r}: use letters, digits, _, . and - only")
+        if self.name.startswith("."):  # `..` would be output_dir's parent; `.x` a hidden dir
+            raise ValueError(f"name {self.name!r}: must not start with . (the run directory "
+                             "is output_dir/name)")
+        _no_duplicates("`seeds`", self.seeds)
         known = set(self.stages)
         used = {s for path in self.paths.expand() for s in path}
         used |= set(self.unlearning.retain_stages) | {self.paths.forget_stage}

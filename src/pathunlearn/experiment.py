@@ -121,7 +121,7 @@ def _report(cfg: ExperimentConfig, run_dir: Path, phases: Phases, log=print):
 
     with phases.time("report"):
         earlier = _phase_history(run_dir)
-        extra = {"device": str(resolve_device(cfg.training.device))}
+        extra = {"device": str(resolve_device(cfg.runtime.device))}
         if earlier:  # a rerun: keep the timings of the run that did the work visible
             first = earlier[0]["seconds"]
             extra["first invocation"] = ", ".join(f"{k} {v:.0f} s" for k, v in first.items())

@@ -22,6 +22,7 @@ moved and rerun on other hardware).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +38,7 @@ from pathunlearn.keys import (
     prefix_key,
     probes_key,
     root_key,
+    stable_hash,
 )
 from pathunlearn.methods import method_identity, resolve_method
 
@@ -84,7 +86,28 @@ class Prefix:
 
 def prefix_dir(run_dir: str | Path, key: str) -> Path:
     """The checkpoint directory of the prefix with key ``key``."""
-    return Path(run_dir, PREFIX_DIR, key)
+    return Path(run_dir, PREFIX_DIR, path_part(key, "prefix key"))
+
+
+_SAFE_PART = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9_.@+-]*")
+
+
+def path_part(name: str, what: str) -> str:
+    """``name`` if it is one safe path component (letters, digits, ``_.@+-``, not starting
+    with ``.``: never ``..``, a separator or a hidden name); else a ConfigError. The config
+    rejects what would build such a name; this is the second line of defence (issue 24)."""
+    if not isinstance(name, str) or not _SAFE_PART.fullmatch(name):
+        raise ConfigError(f"{what} {name!r} cannot name a directory of the run (one path "
+                          "component of letters, digits and _.@+-, not starting with .)")
+    return name
+
+
+def number_part(value: float) -> str:
+    """A number as a directory name holds it: ``format(value, 'g')`` where that reads back
+    as the same number (``2e-05``, ``0.5``), else the shortest text that does (``repr``), so
+    two different numbers never share a directory (``1e-05`` and ``1.0000001e-05``)."""
+    short = format(value, "g")
+    return short if float(short) == value else repr(float(value))
 
 
 @dataclass(frozen=True)
@@ -132,7 +155,8 @@ class Cell:
     def directory(self, run_dir: str | Path) -> Path:
         """``RUN_DIR/cells/<path>[@<control>]/<method>/<seed>[/<lr>][/<scheduler>]``."""
         top = self.path_label + (f"@{self.control}" if self.control else "")
-        return Path(run_dir, CELL_DIR, top, self.method_label, str(self.seed), *self.sweep)
+        parts = [top, self.method_label, str(self.seed), *self.sweep]
+        return Path(run_dir, CELL_DIR, *(path_part(p, "cell directory") for p in parts))
 
     def describe(self) -> dict:
         """The identity fields every row and summary of the cell carries."""
@@ -355,8 +379,8 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_], leaves: dict[tuple[int, Pa
             for seed in cfg.seeds:
                 for lr in lrs:
                     for sched in schedulers:
-                        sweep = ((f"lr{lr:g}",) if u.lrs else ()) + ((sched,) if u.schedulers
-                                                                     else ())
+                        sweep = ((f"lr{number_part(lr)}",) if u.lrs else ()) + (
+                            (sched,) if u.schedulers else ())
                         cell = Cell(tuple(path), method, label, seed, lr, sched, cls.local,
                                     sweep, model_key=leaves[(seed, path)],
                                     retrain_key=leaves[(seed, retrain)] if retrain else None,
@@ -402,17 +426,28 @@ def method_labels(methods: list[MethodConfig], names: list[str],
                      and k not in named]
         labels.append("-".join([name, *variant]
                                + [_setting(k, settings(m).get(k)) for k in differing]))
-    if len(set(labels)) != len(labels):
-        raise ConfigError("unlearning.methods: two methods have identical settings")
+    for i, label in enumerate(labels):
+        path_part(label, f"unlearning.methods.{i}: the label")  # a user class's `name`
+        if label in labels[:i]:
+            raise ConfigError(f"unlearning.methods.{i}: its label {label!r} is also method "
+                              f"{labels.index(label)}'s; each method needs its own directory "
+                              "(give them different settings, or drop one)")
     return labels
 
 
 def _setting(key: str, value: object) -> str:
+    """One setting in a method's label: ``beta0.5``, ``norm`` / ``nonorm``; an option value
+    that is not a plain word (a path, a list, ...) by a short hash of it, so a label is
+    always one safe directory name."""
     if isinstance(value, bool):
         return key if value else f"no{key}"
     if isinstance(value, int | float):
-        return f"{key}{format(value, 'g')}"
-    return f"{key}{'default' if value is None else value}"
+        return f"{key}{number_part(value)}"
+    if value is None:
+        return f"{key}default"
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,31}", value):
+        return f"{key}{value}"
+    return f"{key}{stable_hash(value)[:8]}"
 
 
 # ---------------------------------------------------------------------------- seeds

@@ -304,7 +304,7 @@ def test_data_samples_write_each_releases_schema_and_layout(tmp_path):
 # --- a release directory's content is part of a stage's identity ----------------------------
 
 def test_a_release_directorys_files_are_hashed_into_the_stage_key(tmp_path):
-    from pathunlearn.plan import data_sha
+    from pathunlearn.keys import data_sha
 
     tofu = write_tofu(tmp_path / "TOFU")
     before = data_sha(f"tofu:{tofu}")

@@ -218,7 +218,7 @@ def test_lora_scope_on_full_finetuning_is_a_config_error(tmp_path, cli):
 
 
 def test_vocab_chunks_and_compile_change_no_key_and_train_the_same(tmp_path, monkeypatch):
-    """Issue 16: ``training.vocab_chunk`` and ``training.compile`` change how a stage is
+    """Issue 16: ``runtime.vocab_chunk`` and ``runtime.compile`` change how a stage is
     computed, not what: the same prefix keys, the same losses up to float rounding. (The spy
     stands in for torch.compile, which needs a compiler toolchain and minutes on CPU; compiled
     numbers are checked on CUDA, tests/test_cuda.py.)"""
@@ -231,8 +231,8 @@ def test_vocab_chunks_and_compile_change_no_key_and_train_the_same(tmp_path, mon
     plain = config(tmp_path / "plain", paths, stages=stages, training=training)
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
-    chunked = config(tmp_path / "chunked", paths, stages=stages,
-                     training={**training, "vocab_chunk": 5, "compile": True})
+    chunked = config(tmp_path / "chunked", paths, stages=stages, training=training,
+                     runtime={"vocab_chunk": 5, "compile": True})
     a, b = plan_run(plain), plan_run(chunked)
     assert [p.key for p in a.prefixes] == [p.key for p in b.prefixes]
     train_paths(plain, a, log=lambda *_: None)

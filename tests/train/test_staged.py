@@ -111,7 +111,7 @@ def test_fractional_epochs_and_reshuffling(tiny_tokenizer, examples):
 
 
 def test_activation_checkpointing_gives_the_same_step(tiny_tokenizer, examples):
-    """Issue 16: training.gradient_checkpointing recomputes activations; the step is the same."""
+    """Issue 16: runtime.gradient_checkpointing recomputes activations; the step is the same."""
     from pathunlearn.config import LoraConfig
     from pathunlearn.models import apply_lora, checkpoint_activations
 
@@ -130,7 +130,7 @@ def test_activation_checkpointing_gives_the_same_step(tiny_tokenizer, examples):
 
 @pytest.mark.slow
 def test_torch_compile_on_cpu_trains_the_same(tiny_tokenizer, examples):
-    """Issue 16: ``compile=True`` (``training.compile``) through inductor on CPU (~1 min of
+    """Issue 16: ``compile=True`` (``runtime.compile``) through inductor on CPU (~1 min of
     compiling) gives the eager losses up to float rounding."""
     torch.manual_seed(0)
     base = init_model(tiny_tokenizer)
@@ -143,7 +143,7 @@ def test_torch_compile_on_cpu_trains_the_same(tiny_tokenizer, examples):
 
 
 def test_packed_training_takes_the_padded_step(tiny_tokenizer, examples):
-    """Issue 16: ``packing=True`` (``training.packing``) trains on rows without padding; one
+    """Issue 16: ``packing=True`` (``runtime.packing``) trains on rows without padding; one
     SGD step moves the weights as the padded micro-batches do."""
     torch.manual_seed(0)
     base = init_model(tiny_tokenizer)

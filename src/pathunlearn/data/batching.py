@@ -2,7 +2,7 @@
 
 The training loop only ever sees :class:`Batch` objects and calls ``model(**batch.inputs())``:
 :func:`collate` right-pads a micro-batch, :func:`collate_packed` puts its examples one after
-another in a single row with no padding (``training.packing``).
+another in a single row with no padding (``runtime.packing``).
 """
 
 from __future__ import annotations

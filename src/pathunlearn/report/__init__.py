@@ -31,7 +31,8 @@ def report_fingerprint(run: Run) -> str:
     from importlib import metadata
     from pathlib import Path
 
-    from pathunlearn.plan import prefix_dir, stable_hash
+    from pathunlearn.keys import stable_hash
+    from pathunlearn.plan import prefix_dir
     from pathunlearn.rundir import CONFIG, PLAN
 
     code = hashlib.sha256()

@@ -16,16 +16,17 @@ retrains from its parent (bit-identically: training is deterministic on CPU).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 from pathunlearn import distributed
+from pathunlearn.checks import truncated_line
 from pathunlearn.config import ExperimentConfig, dump_config
 from pathunlearn.data.chat import tokenize_conversations
 from pathunlearn.data.sources import load_stage
-from pathunlearn.errors import ConfigError
+from pathunlearn.errors import ConfigError, UserError
 from pathunlearn.files import is_done, write_json, write_text
-from pathunlearn.losses import vocab_chunks
 from pathunlearn.models import (
     apply_lora,
     checkpoint_activations,
@@ -52,35 +53,122 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
     ``stop(step, model, tokenizer)``) and ``extra`` (``extra()`` gives more summary fields,
     once training is done) serve the matched-start control.
     """
-    device = resolve_device(cfg.training.device)
+    device = resolve_device(cfg.runtime.device)
     stage = cfg.stages[prefix.stage]
     seed = stage_seed(prefix.seed, prefix.stage)
     model, tokenizer = stage_model(cfg, prefix, run_dir, device, seed)
-    if cfg.training.gradient_checkpointing:
+    if cfg.runtime.gradient_checkpointing:
         checkpoint_activations(model)
     conversations = load_stage(stage)
     examples, n_truncated = tokenize_conversations(tokenizer, conversations, cfg.model.max_length)
+    if not any(e.num_targets for e in examples):  # checks.py finds it first when it can
+        raise UserError(truncated_line(prefix.stage, len(examples), cfg.model.max_length))
     # under torchrun rank 0 writes, the others wait for its DONE marker (pathunlearn.distributed)
-    with distributed.output_dir(directory or prefix.directory(run_dir)) as tmp, \
-            vocab_chunks(cfg.training.vocab_chunk):
+    with distributed.output_dir(directory or prefix.directory(run_dir)) as tmp:
         result = train_stage(model, examples, cfg.training, epochs=stage.epochs, seed=seed,
                              pad_id=tokenizer.pad_token_id, precision=cfg.training.precision,
                              stage=prefix.stage, metrics_path=tmp / "metrics.jsonl",
                              progress=progress, strategy=cfg.distributed.strategy,
-                             compile=cfg.training.compile, packing=cfg.training.packing,
+                             compile=cfg.runtime.compile, packing=cfg.runtime.packing,
+                             vocab_chunk=cfg.runtime.vocab_chunk,
                              stop=None if stop is None else (
                                  lambda step: stop(step, model, tokenizer)))
         (tmp / "metrics.jsonl").touch()  # a stage stopped before its first step logged none
         write_checkpoint(model, tokenizer, tmp)
+        weights = file_hashes(tmp, exclude={"metrics.jsonl"})  # the checkpoint's files only
         summary = {"stages": list(prefix.stages), "seed": prefix.seed, "key": prefix.key,
                    "parent": prefix.parent_key, "examples": len(examples),
                    "truncated": n_truncated, "steps": result.steps,
                    "first_loss": result.first_loss, "last_loss": result.last_loss,
                    "target_tokens": result.target_tokens, "seconds": result.seconds,
-                   **(extra() if extra is not None else {})}
+                   **(extra() if extra is not None else {}), WEIGHTS: weights}
         write_json(tmp / "prefix.json", summary)
         write_text(tmp / "config.yaml", dump_config(cfg))
     return summary
+
+
+# ---------------------------------------------------------------------------- reuse
+
+
+WEIGHTS = "weights"
+"""prefix.json's record of the checkpoint: every file of it (relative path) -> its sha256,
+verified before the prefix is reused (:func:`set_aside_broken`)."""
+
+
+def file_hashes(directory: Path, exclude: set[str] = frozenset()) -> dict[str, str]:
+    """Every file under ``directory`` (but ``exclude``, relative paths) -> its sha256."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return {f.relative_to(directory).as_posix(): sha256_of(f) for f in files
+            if f.relative_to(directory).as_posix() not in exclude}
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read in 4 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def damage(directory: Path) -> str | None:
+    """Why the finished checkpoint in ``directory`` cannot be reused (a file it recorded is
+    missing or holds other bytes, prefix.json is unreadable), or None: intact, or written
+    before prefix.json recorded its files (``unverified``: nothing to check against)."""
+    try:
+        recorded = json.loads((directory / "prefix.json").read_text())[WEIGHTS]
+    except (OSError, ValueError, TypeError):
+        return "prefix.json is missing or unreadable"
+    except KeyError:
+        return None
+    if not isinstance(recorded, dict):
+        return f"prefix.json: {WEIGHTS} is not a table of files"
+    missing = sorted(n for n in recorded if not (directory / n).is_file())
+    if missing:
+        return f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if missing[1:] else "")
+    changed = [n for n in sorted(recorded) if sha256_of(directory / n) != recorded[n]]
+    return f"{changed[0]} does not hold the bytes it was written with" if changed else None
+
+
+def set_aside_broken(units, run_dir: Path, log=print) -> int:
+    """Check every finished prefix (or matched-start model) of ``units`` against the hashes
+    its prefix.json recorded; one that is damaged (:func:`damage`) is moved to
+    ``prefixes/<key>.corrupt-<UTC time>/`` (kept for inspection, out of the plan's way) with
+    one line saying so, and is retrained like a missing one. Old prefixes without recorded
+    hashes are reused unverified (one line counts them). Returns how many were set aside.
+    Cost: one sha256 pass over each reused checkpoint (the tiny preset: milliseconds; a
+    135M-parameter model in fp32, 540 MB: about a second)."""
+    import os
+    from datetime import UTC, datetime
+
+    moved, unverified = 0, 0
+    for unit in units:
+        directory = unit.directory(run_dir)
+        if not is_done(directory):
+            continue
+        why = damage(directory)
+        if why is None:
+            unverified += WEIGHTS not in _read_json(directory / "prefix.json")
+            continue
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = directory.with_name(f"{directory.name}.corrupt-{stamp}")
+        os.replace(directory, aside)
+        moved += 1
+        log(f"{directory}: {why}; set aside as {aside.name} and retrained")
+    if unverified:
+        log(f"{unverified} finished prefix(es) written before pathunlearn recorded checkpoint "
+            "hashes: reused unverified (delete them to retrain)")
+    return moved
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def stage_model(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, device, seed: int):
@@ -111,6 +199,7 @@ def train_paths(cfg: ExperimentConfig, plan: Plan | None = None, *,
     ``on_done(prefix, summary)`` is called after each (the experiment's tracking)."""
     plan = plan or plan_run(cfg)
     run_dir = Path(run_dir or cfg.run_dir)
+    set_aside_broken([*plan.prefixes, *plan.matched], run_dir, log=log)
     todo = [p for p in plan.prefixes if not is_done(p.directory(run_dir))]
     log(f"{len(plan.prefixes)} stage-trainings planned ({plan.naive_count} without sharing), "
         f"{len(plan.prefixes) - len(todo)} already done")
@@ -165,7 +254,7 @@ def train_matched_model(cfg: ExperimentConfig, plan: Plan, m: Matched, run_dir: 
     # the probe's existence is checked before any work (pathunlearn.checks); its statistic here
     name = control.metric.rsplit("/", 1)[0]
     probe = [p for p in plan.probes if p.name == name]
-    device = resolve_device(cfg.training.device)
+    device = resolve_device(cfg.runtime.device)
 
     def measure(model, tokenizer) -> float:
         metrics = evaluate_probes(model, tokenizer, probe)

@@ -73,7 +73,7 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
                 with autocast(device, training.precision):
                     logits = model(**batch.inputs()).logits
                 # the run's vocab_chunk, as in staged training and unlearning
-                loss = nll_sum(logits, batch.labels, training.vocab_chunk) / max(
+                loss = nll_sum(logits, batch.labels, cfg.runtime.vocab_chunk) / max(
                     batch.num_targets, 1)
                 loss.backward()
                 clip_gradients(params, training.grad_clip)

@@ -29,6 +29,7 @@ from pathunlearn.data.batching import (
     step_indices,
 )
 from pathunlearn.data.chat import IGNORE_INDEX, EncodedExample
+from pathunlearn.errors import UserError
 from pathunlearn.losses import nll_sum
 from pathunlearn.train.schedules import lr_lambda
 
@@ -43,6 +44,10 @@ class StageResult:
     last_loss: float | None
     target_tokens: int
     seconds: float
+
+
+class StageDiverged(UserError):
+    """A stage's loss (or its weights) became non-finite: nothing of it may be saved."""
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -88,6 +93,8 @@ def train_stage(
     strategy: str = "ddp",
     compile: bool = False,
     packing: bool = False,
+    vocab_chunk: int | None = None,
+    section: str = "training",
 ) -> StageResult:
     """Train the trainable parameters of ``model`` on ``examples`` for ``epochs``.
 
@@ -99,9 +106,14 @@ def train_stage(
     Under torchrun (:mod:`pathunlearn.distributed`) ``model`` is trained through DDP, or
     sharded in place by FSDP2 (``strategy``); each rank makes the passes of its share of every
     step, its loss divided by the whole step's target tokens. ``compile``: the passes go
-    through ``torch.compile`` (``training.compile``). ``packing``: each micro-batch is one
+    through ``torch.compile`` (``runtime.compile``). ``packing``: each micro-batch is one
     row without padding (:func:`~pathunlearn.data.batching.collate_packed`,
-    ``training.packing``)."""
+    ``runtime.packing``). ``vocab_chunk``: target positions per softmax over the vocabulary
+    (:func:`~pathunlearn.losses.nll_sum`; the config's ``vocab_chunk``).
+
+    A loss or gradient norm that becomes non-finite, or weights that are at the end, stop
+    the stage with :class:`StageDiverged`, one line naming the stage and ``section``'s
+    settings to change (nothing is saved: the caller's directory never gets its DONE)."""
     # ---- setup: fresh optimizer and schedule for this stage
     device = next(model.parameters()).device
     trained = distributed.wrap(model, strategy)  # before the optimizer: FSDP swaps parameters
@@ -133,12 +145,14 @@ def train_stage(
                         logits = trained(**mb.inputs()).logits  # (B, T, V)
                     # each .backward() adds to .grad => normalise by the effective batch's
                     # tokens (all ranks' together)
-                    loss = distributed.weighted(nll_sum(logits, mb.labels) / n_targets, weight)
+                    loss = distributed.weighted(
+                        nll_sum(logits, mb.labels, vocab_chunk) / n_targets, weight)
                     distributed.backward(loss)
                 loss_value += loss.item()
             loss_value = distributed.all_reduce_sum(loss_value)
-            # ---- optimizer step
+            # ---- optimizer step (never one from a non-finite loss or gradient: issue 24)
             grad_norm = clip_gradients(params, optim.grad_clip)
+            _finite(stage, step + 1, total, optim, section, loss=loss_value, grad_norm=grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             # ---- log
@@ -154,8 +168,23 @@ def train_stage(
             advance(loss_value, row["tokens_per_s"])
             if stop is not None and _asked(stop, step + 1, model):
                 break
+    if losses and not all(bool(torch.isfinite(p.detach()).all()) for p in params):
+        _finite(stage, len(losses), total, optim, section, weights=float("nan"))
     return StageResult(len(losses), losses[0], losses[-1], tokens_seen,
                        time.perf_counter() - t_start)
+
+
+def _finite(stage: str, step: int, total: int, optim: OptimConfig, section: str,
+            **values: float) -> None:
+    """A :class:`StageDiverged` naming the first non-finite value of ``values``."""
+    for name, value in values.items():
+        if math.isfinite(value):
+            continue
+        what = ("the weights are not finite after" if name == "weights"
+                else f"the {name.replace('_', ' ')} is {value} at")
+        raise StageDiverged(
+            f"stage {stage}: {what} step {step} of {total}; nothing of it is saved. Lower "
+            f"{section}.lr (now {optim.lr:g})")
 
 
 def _asked(stop: Callable[[int], bool], step: int, model: torch.nn.Module) -> bool:

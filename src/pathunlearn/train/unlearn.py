@@ -53,6 +53,7 @@ from pathunlearn.eval.probes import (
 )
 from pathunlearn.eval.saturation import saturation
 from pathunlearn.files import is_done, write_json
+from pathunlearn.keys import data_sha, stable_hash
 from pathunlearn.losses import token_logprobs
 from pathunlearn.methods import ForgetBatch, Method, RetainBatch, make_method
 from pathunlearn.models import (
@@ -65,11 +66,9 @@ from pathunlearn.models import (
 from pathunlearn.plan import (
     Cell,
     Plan,
-    data_sha,
     plan_run,
     prefix_dir,
     retrain_path,
-    stable_hash,
 )
 from pathunlearn.rundir import SUMMARY, CellWriter, cell_done
 from pathunlearn.train.relearn import relearn
@@ -167,7 +166,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     5. the math accuracy after, the relearning runs (:mod:`pathunlearn.train.relearn`, when
        ``relearn.steps`` > 0), the summary, the unlearned model when asked for.
     """
-    u, device = cfg.unlearning, resolve_device(cfg.training.device)
+    u, device = cfg.unlearning, resolve_device(cfg.runtime.device)
     method = make_method(cell.method)
 
     # ---- 1. the path model and the data
@@ -188,7 +187,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     seed = stage_seed(cell.seed, "unlearn")
     if cfg.model.finetuning == "lora":
         model = apply_lora(model, cfg.model.lora, seed=seed)
-    if cfg.training.gradient_checkpointing:
+    if cfg.runtime.gradient_checkpointing:
         checkpoint_activations(model)
     # under torchrun: DDP around the model, or FSDP2 sharding it in place (before the
     # optimizer); `model` is still what is evaluated and saved
@@ -217,7 +216,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
                 group["lr"] = lr
             retain_idx = next(retain_batches)[1] if retain_batches else None
             loss = backward(method, trained, data, next(forget_batches)[1], retain_idx, device,
-                            cfg.training.precision, cfg.training.vocab_chunk)
+                            cfg.training.precision, cfg.runtime.vocab_chunk)
             grad_norm = clip_gradients(params, u.grad_clip)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 diverged_at = step
@@ -372,7 +371,7 @@ def retrain_reference(cfg: ExperimentConfig, cell: Cell, run_dir: Path,
         return None
     if key not in shared.references:
         model, tok = load_checkpoint(prefix_dir(run_dir, key), cfg.model,
-                                     resolve_device(cfg.training.device))
+                                     resolve_device(cfg.runtime.device))
         heldout = heldout_set(cfg, tok, shared.probe_sets)
         shared.references[key] = heldout_logprobs(model, heldout, tok.pad_token_id)
     return shared.references[key]
