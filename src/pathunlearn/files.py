@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -140,3 +141,13 @@ def check_writable(directory: str | Path) -> None:
         raise UserError(f"{directory}: cannot write in {probe} ({reason})") from None
     os.close(fd)
     os.unlink(name)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 4 MiB blocks: data files in keys, a
+    prefix's checkpoint files, the files a report key vouches for."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

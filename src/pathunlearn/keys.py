@@ -41,6 +41,7 @@ report's own key hashes the whole config (:mod:`pathunlearn.report`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -49,6 +50,7 @@ from typing import Any, Protocol
 from pathunlearn.config import ExperimentConfig, MethodConfig, source_path
 from pathunlearn.data.adapters import parse_adapter
 from pathunlearn.data.sources import BUILTIN_PREFIX, hub_part, localize
+from pathunlearn.files import sha256_file
 
 KEY_FORMAT = 2
 """Bump when what a key hashes changes, so old prefixes and cells are recomputed (2: runtime
@@ -110,9 +112,10 @@ def root_key(cfg: ExperimentConfig, base: dict, tseed: int) -> str:
                        training.model_dump(mode="json"))
 
 
-def prefix_key(parent: str, cfg: ExperimentConfig, stage: str) -> str:
-    """A prefix: its parent's key (or :func:`root_key`) and the stage it trains."""
-    return stable_hash(parent, stage_identity(cfg, stage))
+def prefix_key(parent: str, stage: dict) -> str:
+    """A prefix: its parent's key (or :func:`root_key`) and the stage it trains (``stage``:
+    its :func:`stage_identity`, computed once per plan for all the prefixes that train it)."""
+    return stable_hash(parent, stage)
 
 
 def base_identity(cfg: ExperimentConfig) -> dict:
@@ -132,7 +135,7 @@ def base_identity(cfg: ExperimentConfig) -> dict:
         ident["hub"] = snapshot.identity
     config_json = (snapshot.path if snapshot else Path(m.path or "")) / "config.json"
     if config_json.is_file():
-        ident["config_sha"] = hashlib.sha256(config_json.read_bytes()).hexdigest()
+        ident["config_sha"] = sha256_file(config_json)
     return ident
 
 
@@ -140,8 +143,9 @@ def stage_identity(cfg: ExperimentConfig, name: str) -> dict:
     """A stage's whole section, its source as keys hold it, plus the content hash of its
     local data file (a plain file, or the file an adapter reads: ``tofu:FILE``)."""
     stage = cfg.stages[name]
-    ident = {"name": name, **stage.model_dump(mode="json"), "source": keyed_source(stage.source)}
-    sha = data_sha(stage.source)
+    sha = data_sha(stage.source)  # read once: the keyed source holds it too
+    ident = {"name": name, **stage.model_dump(mode="json"),
+             "source": _keyed(stage.source, sha)}
     if sha is not None:
         ident["data_sha"] = sha
     if (hub_spec := hub_part(stage.source)) is not None:  # the hub dataset's resolved commit
@@ -158,11 +162,15 @@ def keyed_source(source: str) -> str:
     path never does (``data/a.jsonl`` -> ``a.jsonl#<sha256>``; ``tofu:../TOFU:forget10`` ->
     ``tofu:TOFU#<sha256>:forget10``). Built-in, stage and hub sources are kept as written (a
     hub dataset keys on its resolved commit, :func:`stage_identity`)."""
+    return _keyed(source, data_sha(source))
+
+
+def _keyed(source: str, sha: str | None) -> str:
+    """:func:`keyed_source` with the source's :func:`data_sha` already known."""
     parts = source_path(source) if source else None
     if parts is None:
         return source
     head, path, tail = parts
-    sha = data_sha(source)
     return f"{head}{Path(path).name}{f'#{sha}' if sha else ''}{tail}"
 
 
@@ -176,10 +184,9 @@ def data_sha(source: str) -> str | None:
         from pathunlearn.data.adapters import adapter_files
 
         files = adapter_files(adapted[0], adapted[1])
-        return stable_hash([[str(f.relative_to(data)), hashlib.sha256(f.read_bytes()).hexdigest()]
+        return stable_hash([[str(f.relative_to(data)), sha256_file(f)]
                             for f in files]) if files else None
-    return hashlib.sha256(data.read_bytes()).hexdigest() if data is not None and data.is_file() \
-        else None
+    return sha256_file(data) if data is not None and data.is_file() else None
 
 
 def data_file(source: str) -> Path | None:
@@ -204,12 +211,13 @@ def probes_key(cfg: ExperimentConfig, resolved: list[dict]) -> str:
     (``resolved``: each set's JSON, :meth:`pathunlearn.eval.probes.ProbeSet.to_json`, every
     row): what every cell and matched-start model measures with. The section counts beside
     the rows: ``probes.examples`` also sizes the step-0 saturation diagnostics."""
+    keyed = functools.cache(keyed_source)  # a set's source is in the section and its rows
     section = cfg.probes.model_dump(mode="json")
     for entry in section["sets"]:
-        entry["source"] = keyed_source(entry["source"])
+        entry["source"] = keyed(entry["source"])
         if isinstance(entry["targets"], str):
-            entry["targets"] = keyed_source(entry["targets"])
-    rows = [{**p, "source": keyed_source(p["source"])} for p in resolved]
+            entry["targets"] = keyed(entry["targets"])
+    rows = [{**p, "source": keyed(p["source"])} for p in resolved]
     return stable_hash("probes", section, rows)
 
 

@@ -39,6 +39,7 @@ from pathunlearn.keys import (
     probes_key,
     root_key,
     stable_hash,
+    stage_identity,
 )
 from pathunlearn.methods import method_identity, resolve_method
 
@@ -341,6 +342,7 @@ def _trie(cfg: ExperimentConfig, base: dict, paths: list[Path_], seeds: list[int
     of every (experiment seed, path)."""
     nodes: dict[tuple[int, Path_], Prefix] = {}  # (training seed, stages) -> node
     leaves: dict[tuple[int, Path_], str] = {}
+    stages = {s: stage_identity(cfg, s) for s in dict.fromkeys(s for p in paths for s in p)}
     for seed in seeds:
         tseed = training_seed(cfg, seed)
         for path in paths:
@@ -348,7 +350,7 @@ def _trie(cfg: ExperimentConfig, base: dict, paths: list[Path_], seeds: list[int
             for k in range(1, len(path) + 1):
                 node = nodes.get((tseed, path[:k]))
                 if node is None:
-                    key = prefix_key(parent or root_key(cfg, base, tseed), cfg, path[k - 1])
+                    key = prefix_key(parent or root_key(cfg, base, tseed), stages[path[k - 1]])
                     node = nodes[(tseed, path[:k])] = Prefix(path[:k], tseed, key, parent)
                 parent = node.key
             leaves[(seed, path)] = parent

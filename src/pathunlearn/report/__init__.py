@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pathunlearn.files import sha256_file
 from pathunlearn.rundir import Run
 
 REPORT_KEY = "report.key"
@@ -80,7 +81,7 @@ def make_report(run: Run, *, phases: dict[str, float] | None = None, extra: dict
     results, figures, report = made
     files = [*results.files, *figures, report]
     write_text(key_file, json.dumps({"fingerprint": fingerprint, "files": {
-        str(f.relative_to(run.run_dir)): _sha256(f) for f in files}}, indent=1) + "\n")
+        str(f.relative_to(run.run_dir)): sha256_file(f) for f in files}}, indent=1) + "\n")
     return made
 
 
@@ -99,15 +100,9 @@ def _vouched(key_file: Path, fingerprint: str) -> list[Path] | None:
 
     if not {key_file.parent / n for n in (*RESULTS, "report.html")} <= set(files):
         return None
-    if any(not f.is_file() or _sha256(f) != sha for f, sha in files.items()):
+    if any(not f.is_file() or sha256_file(f) != sha for f, sha in files.items()):
         return None
     return list(files)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _make_report(run: Run, *, phases: dict[str, float] | None = None,

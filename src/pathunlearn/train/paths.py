@@ -26,7 +26,7 @@ from pathunlearn.config import ExperimentConfig, dump_config
 from pathunlearn.data.chat import tokenize_conversations
 from pathunlearn.data.sources import load_stage
 from pathunlearn.errors import ConfigError, UserError
-from pathunlearn.files import is_done, write_json, write_text
+from pathunlearn.files import is_done, sha256_file, write_json, write_text
 from pathunlearn.models import (
     apply_lora,
     checkpoint_activations,
@@ -98,19 +98,8 @@ verified before the prefix is reused (:func:`set_aside_broken`)."""
 def file_hashes(directory: Path, exclude: set[str] = frozenset()) -> dict[str, str]:
     """Every file under ``directory`` (but ``exclude``, relative paths) -> its sha256."""
     files = sorted(p for p in directory.rglob("*") if p.is_file())
-    return {f.relative_to(directory).as_posix(): sha256_of(f) for f in files
+    return {f.relative_to(directory).as_posix(): sha256_file(f) for f in files
             if f.relative_to(directory).as_posix() not in exclude}
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file, read in 4 MiB blocks."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def damage(directory: Path) -> str | None:
@@ -128,7 +117,7 @@ def damage(directory: Path) -> str | None:
     missing = sorted(n for n in recorded if not (directory / n).is_file())
     if missing:
         return f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if missing[1:] else "")
-    changed = [n for n in sorted(recorded) if sha256_of(directory / n) != recorded[n]]
+    changed = [n for n in sorted(recorded) if sha256_file(directory / n) != recorded[n]]
     return f"{changed[0]} does not hold the bytes it was written with" if changed else None
 
 
