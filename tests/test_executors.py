@@ -22,6 +22,7 @@ import yaml
 from pathunlearn.config import load_config
 from pathunlearn.executors import dependencies, todo
 from pathunlearn.plan import Cell, plan_run
+from pathunlearn.rundir import unit_dir
 from test_resilience import REDUCED, rows_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the numbers of a 1-CPU Ray task
@@ -253,7 +254,7 @@ def test_a_failed_task_is_reported_once_and_its_dependents_are_skipped(workspace
     assert failed == [(root, error)] and done == []
     assert said[0].startswith(f"ray: FAILED prefix seed 0: {root.label}: RuntimeError")
     assert [s.split(":")[1].strip() for s in said[1:]] == [
-        "skipped prefix seed 0", f"skipped {cell.directory('')}"]
+        "skipped prefix seed 0", f"skipped {unit_dir('', cell)}"]
     with pytest.raises(RuntimeError, match="1 Ray task.s. failed, first prefix seed 0"):
         _raise_failure(failed)
 

@@ -9,6 +9,7 @@ import yaml
 
 from pathunlearn.config import builtin_config_path, load_config
 from pathunlearn.plan import plan_run
+from pathunlearn.rundir import unit_dir
 
 REDUCED = {
     "name": "e2e", "seeds": [0, 1],
@@ -142,14 +143,14 @@ def test_matched_start_control_end_to_end(tmp_path, cli):
     result = cli("run", path)
     assert result.code == 0, result.err
     run_dir = tmp_path / "runs" / "small"
-    info = json.loads((matched.directory(run_dir) / "prefix.json").read_text())
+    info = json.loads((unit_dir(run_dir, matched) / "prefix.json").read_text())
     leaf = json.loads((run_dir / "prefixes" / matched.leaf_key / "prefix.json").read_text())
     assert info["control"] == "matched_start" and info["metric"] == "forget_label_id/target"
     assert info["reached"] and info["trace"][-1]["value"] >= info["level"] - 0.05
     assert all(t["value"] < info["level"] - 0.05 for t in info["trace"][:-1])
     assert info["steps"] == info["stopped_at"] < leaf["steps"]
     # the stopped stage took the same steps as the full one, up to where it stopped
-    rows = [json.loads(x) for x in (matched.directory(run_dir) / "metrics.jsonl")
+    rows = [json.loads(x) for x in (unit_dir(run_dir, matched) / "metrics.jsonl")
             .read_text().splitlines()]
     full = [json.loads(x) for x in (run_dir / "prefixes" / matched.leaf_key / "metrics.jsonl")
             .read_text().splitlines()]

@@ -26,6 +26,7 @@ from pathunlearn.files import is_done
 from pathunlearn.keys import root_key, stage_identity
 from pathunlearn.models import check_model_files, model_location
 from pathunlearn.plan import plan_run
+from pathunlearn.rundir import unit_dir
 from pathunlearn.tiny import tiny_dir
 
 REV_A = "a" * 40
@@ -174,7 +175,7 @@ def test_a_hub_model_from_the_cache_loads_and_trains(tmp_path, cache):
     assert model_location(cfg.model) == (snapshot, None)
     plan = train_paths(cfg, log=lambda *_: None)
     assert plan.base["hub"] == {"repo": "acme/tiny", "kind": "model", "commit": REV_A}
-    first = plan.prefixes[0].directory(cfg.run_dir)
+    first = unit_dir(cfg.run_dir, plan.prefixes[0])
     assert is_done(first) and (first / "adapter" / "adapter_model.safetensors").is_file()
     rows = [json.loads(x) for x in (first / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"]

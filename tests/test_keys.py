@@ -27,6 +27,7 @@ from pathunlearn.errors import ConfigError, UserError
 from pathunlearn.files import write_json
 from pathunlearn.keys import REPORT_ONLY, RUNTIME_SECTIONS
 from pathunlearn.plan import plan_run
+from pathunlearn.rundir import unit_dir
 
 QA = [{"q": f"What is {i} + 1?", "a": f"It is {i + 1}.", "q2": f"Add 1 to {i}.",
        "a2": f"{i + 1}."} for i in range(12)]
@@ -340,7 +341,7 @@ def test_older_keys_are_said_once(tmp_path):
     old_config = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "runtime"}
     old_config["training"]["device"] = "auto"
     for cell in plan.cells[:3]:
-        with atomic_dir(cell.directory(run_dir)) as tmp:
+        with atomic_dir(unit_dir(run_dir, cell)) as tmp:
             write_json(tmp / "summary.json", {"key": "0" * 20})
             (tmp / "config.yaml").write_text(yaml.safe_dump(old_config))
     with atomic_dir(run_dir / "prefixes" / ("1" * 20)) as tmp:
@@ -351,7 +352,7 @@ def test_older_keys_are_said_once(tmp_path):
     assert "recomputed" in line
     # the same directories written by this version (config.yaml with `runtime`): another
     # config's leftovers, nothing to say about versions
-    for d in [c.directory(run_dir) for c in plan.cells[:3]] + [run_dir / "prefixes" / ("1" * 20)]:
+    for d in [unit_dir(run_dir, c) for c in plan.cells[:3]] + [run_dir / "prefixes" / ("1" * 20)]:
         (d / "config.yaml").write_text(dump_config(cfg))
     assert older_keys_line(plan, run_dir) is None
 

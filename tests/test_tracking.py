@@ -18,6 +18,7 @@ from pathunlearn.config import load_config
 from pathunlearn.data.io import iter_jsonl
 from pathunlearn.experiment import run_experiment
 from pathunlearn.plan import plan_run
+from pathunlearn.rundir import unit_dir
 from pathunlearn.tracking import STATE, Tracker
 from test_resilience import REDUCED
 
@@ -72,7 +73,7 @@ def test_mlflow_holds_every_cell_and_prefix_and_the_table(tracked):
     for cell in plan.cells:
         run = cells[cell.key]
         assert run.data.params["method"] == "npo" and run.data.params["seed"] == "0"
-        directory = cell.directory(run_dir)
+        directory = unit_dir(run_dir, cell)
         steps = list(iter_jsonl(directory / "steps.jsonl"))
         history = client.get_metric_history(run.info.run_id, "loss")
         assert [(m.step, m.value) for m in history] == [(r["step"], r["loss"]) for r in steps]
@@ -95,9 +96,9 @@ def test_tensorboard_event_files_hold_the_steps(tracked):
 
     config, run_dir, _, _ = tracked
     for cell in plan_run(load_config(config), check=False).cells:
-        events = EventAccumulator(str(run_dir / "tensorboard" / cell.directory("")))
+        events = EventAccumulator(str(run_dir / "tensorboard" / unit_dir("", cell)))
         events.Reload()
-        steps = list(iter_jsonl(cell.directory(run_dir) / "steps.jsonl"))
+        steps = list(iter_jsonl(unit_dir(run_dir, cell) / "steps.jsonl"))
         assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("loss")] == [
             (r["step"], r["loss"]) for r in steps]
         assert "forget_label_id/all_mean" in events.Tags()["scalars"]

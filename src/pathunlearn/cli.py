@@ -485,6 +485,7 @@ def print_plan(plan, cfg) -> None:
     from rich.tree import Tree
 
     from pathunlearn.files import is_done
+    from pathunlearn.rundir import unit_dir
 
     base = "tiny preset (pretrained on builtin:general)" if cfg.model.preset == "tiny" else (
         cfg.model.preset or cfg.model.path)
@@ -493,7 +494,7 @@ def print_plan(plan, cfg) -> None:
         tree = Tree(f"[bold]training seed {tseed}[/]: {escape(base)}")
         nodes = {None: tree}
         for p in (p for p in plan.prefixes if p.seed == tseed):
-            done = " [green](done)[/]" if is_done(p.directory(cfg.run_dir)) else ""
+            done = " [green](done)[/]" if is_done(unit_dir(cfg.run_dir, p)) else ""
             note = " [cyan](retrain baseline)[/]" if p.stages in retrain else ""
             nodes[p.key] = nodes[p.parent_key].add(f"{p.stage} [dim]{p.key}[/]{note}{done}")
         console.print(tree)
@@ -503,7 +504,7 @@ def print_plan(plan, cfg) -> None:
                   f"{len(plan.prefixes)} stage-trainings ({plan.naive_count} without sharing); "
                   f"{len(plan.cells) - controls} unlearning cells")
     if plan.matched:
-        done = sum(is_done(m.directory(cfg.run_dir)) for m in plan.matched)
+        done = sum(is_done(unit_dir(cfg.run_dir, m)) for m in plan.matched)
         console.print(f"matched-start control: {len(plan.matched)} model(s) ({done} done), the "
                       f"last stage of {', '.join(sorted({'-'.join(m.path) for m in plan.matched}))}"
                       f" again, stopped at the other paths' starting level; {controls} control "

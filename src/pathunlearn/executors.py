@@ -40,8 +40,17 @@ from pathunlearn.errors import UserError
 from pathunlearn.extras import require
 from pathunlearn.files import is_done
 from pathunlearn.keys import KEY_FORMAT
-from pathunlearn.plan import PREFIX_DIR, Cell, Matched, Plan, Prefix
-from pathunlearn.rundir import CONFIG, PLAN, SUMMARY, cell_done, remove_partial_writes
+from pathunlearn.plan import Cell, Matched, Plan, Prefix
+from pathunlearn.rundir import (
+    CONFIG,
+    PLAN,
+    PREFIXES,
+    SUMMARY,
+    cell_done,
+    read_prefix,
+    remove_partial_writes,
+    unit_dir,
+)
 from pathunlearn.train.paths import (
     matched_line,
     prefix_line,
@@ -142,10 +151,10 @@ def older_keys_line(plan: Plan, run_dir: Path) -> str | None:
             return False
         return isinstance(written, dict) and "runtime" not in written
 
-    cells = sum(1 for c in plan.cells if is_done(d := c.directory(run_dir))
+    cells = sum(1 for c in plan.cells if is_done(d := unit_dir(run_dir, c))
                 and not cell_done(d, c.key) and older(d))
     planned = {p.key for p in plan.prefixes} | {m.key for m in plan.matched}
-    top = Path(run_dir, PREFIX_DIR)
+    top = Path(run_dir, PREFIXES)
     prefixes = sum(1 for d in (sorted(top.iterdir()) if top.is_dir() else [])
                    if d.name not in planned and is_done(d) and older(d))
     if not cells and not prefixes:
@@ -218,11 +227,11 @@ def run_on_ray(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool 
 def todo(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool = True
          ) -> list[Unit]:
     """The units not done yet, each after the units it waits for."""
-    units: list[Unit] = [p for p in plan.prefixes if not is_done(p.directory(run_dir))]
+    units: list[Unit] = [p for p in plan.prefixes if not is_done(unit_dir(run_dir, p))]
     if cfg.controls.matched_start is not None:
-        units += [m for m in plan.matched if not is_done(m.directory(run_dir))]
+        units += [m for m in plan.matched if not is_done(unit_dir(run_dir, m))]
     if cells:
-        units += [c for c in plan.cells if not cell_done(c.directory(run_dir), c.key)]
+        units += [c for c in plan.cells if not cell_done(unit_dir(run_dir, c), c.key)]
     return units
 
 
@@ -267,7 +276,7 @@ def _wait_all(ray, pending: dict, cfg: ExperimentConfig, log, on_prefix: OnDone 
 
 def label(unit: Unit) -> str:
     if isinstance(unit, Cell):
-        return str(unit.directory(""))  # cells/<path>/<method>/<seed>...
+        return str(unit_dir("", unit))  # cells/<path>/<method>/<seed>...
     if isinstance(unit, Matched):
         return f"matched-start model seed {unit.seed}: {' > '.join(unit.path)}"
     return f"prefix seed {unit.seed}: {unit.label}"
@@ -321,7 +330,7 @@ def run_unit(context: TaskContext, unit: Unit, *_models_it_starts_from) -> dict:
         raise UserError(f"node {host} does not see the run directory {run_dir} (no {PLAN}): "
                         "put output_dir on a filesystem every Ray node mounts")
     cfg, plan = context.cfg, context.plan
-    directory = unit.directory(run_dir)
+    directory = unit_dir(run_dir, unit)
     if isinstance(unit, Cell):
         if cell_done(directory, unit.key):  # a retry of a task that finished its writes
             return json.loads((directory / SUMMARY).read_text())
@@ -329,7 +338,7 @@ def run_unit(context: TaskContext, unit: Unit, *_models_it_starts_from) -> dict:
         # (deterministic, so the numbers equal the local executor's)
         return unlearn_cell(cfg, unit, run_dir, Shared(list(plan.probes)))
     if is_done(directory):
-        return json.loads((directory / "prefix.json").read_text())
+        return read_prefix(directory)
     if isinstance(unit, Matched):
         return train_matched_model(cfg, plan, unit, run_dir)
     return train_prefix(cfg, unit, run_dir)

@@ -23,7 +23,7 @@ from pathunlearn.config import ExperimentConfig
 from pathunlearn.executors import execute
 from pathunlearn.files import write_json
 from pathunlearn.plan import Plan, plan_run
-from pathunlearn.rundir import hold_run_dir, start_run
+from pathunlearn.rundir import PHASES, PHASES_HISTORY, hold_run_dir, start_run
 from pathunlearn.tracking import tracking
 from pathunlearn.train.unlearn import cell_summaries
 
@@ -129,13 +129,13 @@ def _report(cfg: ExperimentConfig, run_dir: Path, phases: Phases, log=print):
                            log=log)
     # phases.json: this invocation's wall times; phases_history.json: every invocation's, so
     # rerunning a finished run does not hide how long the work took
-    write_json(run_dir / "phases.json", phases.seconds)
-    write_json(run_dir / "phases_history.json", earlier + [
+    write_json(run_dir / PHASES, phases.seconds)
+    write_json(run_dir / PHASES_HISTORY, earlier + [
         {"finished": datetime.now(UTC).isoformat(timespec="seconds"),
          "seconds": dict(phases.seconds)}])
     return made
 
 
 def _phase_history(run_dir: Path) -> list[dict]:
-    path = run_dir / "phases_history.json"
+    path = run_dir / PHASES_HISTORY
     return json.loads(path.read_text()) if path.is_file() else []

@@ -25,7 +25,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from pathlib import Path
 
 from pathunlearn.config import ExperimentConfig, MethodConfig
 from pathunlearn.errors import ConfigError
@@ -45,8 +44,6 @@ from pathunlearn.methods import method_identity, resolve_method
 
 PLAN_FORMAT = 2
 """Version of plan.json (2: the probe sets' hash)."""
-PREFIX_DIR = "prefixes"
-CELL_DIR = "cells"
 
 Path_ = tuple[str, ...]
 """A path: stage names in training order."""
@@ -72,9 +69,10 @@ class Prefix:
     def label(self) -> str:
         return " > ".join(self.stages)
 
-    def directory(self, run_dir: str | Path) -> Path:
-        """``RUN_DIR/prefixes/<key>``: the checkpoint of this prefix."""
-        return prefix_dir(run_dir, self.key)
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Its directory under the run's prefixes (:func:`pathunlearn.rundir.unit_dir`)."""
+        return (path_part(self.key, "prefix key"),)
 
     def to_json(self) -> dict:
         return {"stages": list(self.stages), "seed": self.seed, "key": self.key,
@@ -83,11 +81,6 @@ class Prefix:
     @classmethod
     def from_json(cls, data: dict) -> Prefix:
         return cls(tuple(data["stages"]), int(data["seed"]), data["key"], data["parent"])
-
-
-def prefix_dir(run_dir: str | Path, key: str) -> Path:
-    """The checkpoint directory of the prefix with key ``key``."""
-    return Path(run_dir, PREFIX_DIR, path_part(key, "prefix key"))
 
 
 _SAFE_PART = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9_.@+-]*")
@@ -116,7 +109,7 @@ class Cell:
     """One unlearning run: its identity, where it lives and the keys it depends on.
 
     The same object names the directory the unlearning loop writes
-    (:meth:`directory`) and the one the report reads back (:func:`pathunlearn.rundir.load_run`).
+    (:attr:`parts`, under ``cells/``) and the one the report reads back (:func:`pathunlearn.rundir.load_run`).
     """
 
     path: Path_
@@ -153,11 +146,13 @@ class Cell:
     def sweep_label(self) -> str:
         return " ".join(self.sweep)
 
-    def directory(self, run_dir: str | Path) -> Path:
-        """``RUN_DIR/cells/<path>[@<control>]/<method>/<seed>[/<lr>][/<scheduler>]``."""
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Its directory under the run's cells, ``<path>[@<control>]/<method>/<seed>[/<lr>]
+        [/<scheduler>]`` (:func:`pathunlearn.rundir.unit_dir`)."""
         top = self.path_label + (f"@{self.control}" if self.control else "")
         parts = [top, self.method_label, str(self.seed), *self.sweep]
-        return Path(run_dir, CELL_DIR, *(path_part(p, "cell directory") for p in parts))
+        return tuple(path_part(p, "cell directory") for p in parts)
 
     def describe(self) -> dict:
         """The identity fields every row and summary of the cell carries."""
@@ -194,8 +189,9 @@ class Matched:
     """The regular path model, whose training it repeats up to the stopping step."""
     others: tuple[str, ...]
 
-    def directory(self, run_dir: str | Path) -> Path:
-        return prefix_dir(run_dir, self.key)
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return (path_part(self.key, "prefix key"),)
 
     def to_json(self) -> dict:
         return {"path": list(self.path), "seed": self.seed, "key": self.key,

@@ -10,9 +10,16 @@ runs/<name>/
                    metrics.jsonl (a row per eval point), steps.jsonl (a row per optimizer
                    step), [relearn.jsonl,] summary.json, config.yaml [, model/]
                    (train/unlearn, via CellWriter)
-  results.{json,csv,md}, figures/, report.html    (report/)
+  cache/math_before/<model key>-<hash>.json
+                   a path model's math accuracy before unlearning (train/unlearn), content-
+                   addressed: it grows after the prefix is DONE, so it lives outside it
+  results.{json,csv,md}, report.key, figures/, superficial.json, report.html   (report/)
   phases.json, phases_history.json                (experiment.py: wall times)
+  tracking.json, tensorboard/                     (tracking.py)
 ```
+
+Every name above is a constant of this module, and no other module spells one: who writes a
+file imports its name from here (``grep`` for a file name finds its one owner).
 
 A directory without its DONE marker does not exist as far as any reader is concerned, and a
 cell counts as finished only with the key its plan gives it (a cell finished under other
@@ -35,15 +42,62 @@ from pathunlearn.data.io import iter_jsonl, write_jsonl
 from pathunlearn.errors import DataError, UserError
 from pathunlearn.eval.probes import ProbeSet
 from pathunlearn.files import is_done, write_json, write_text
-from pathunlearn.plan import PLAN_FORMAT, Cell, Plan
+from pathunlearn.plan import PLAN_FORMAT, Cell, Matched, Plan, Prefix, path_part
+
+# ---------------------------------------------------------------------------- the layout
 
 CONFIG = "config.yaml"
+"""The resolved config: of the run, and beside every checkpoint and cell."""
 PLAN = "plan.json"
 PROBES = "probes.json"
+PREFIXES = "prefixes"
+CELLS = "cells"
+PREFIX_JSON = "prefix.json"
+"""A prefix's (or matched-start model's) summary: stages, losses, the sha256 of its weights."""
 METRICS = "metrics.jsonl"
+"""A row per eval point of a cell; a row per logged step of a stage."""
 STEPS = "steps.jsonl"
 RELEARN = "relearn.jsonl"
 SUMMARY = "summary.json"
+MODEL = "model"
+"""A cell's unlearned model (``unlearning.save_model``)."""
+CACHE = "cache"
+MATH_BEFORE = "math_before"
+RESULTS_JSON, RESULTS_CSV, RESULTS_MD = "results.json", "results.csv", "results.md"
+RESULTS = (RESULTS_JSON, RESULTS_CSV, RESULTS_MD)
+REPORT_HTML = "report.html"
+REPORT_KEY = "report.key"
+"""The report's inputs' key and the sha256 of the files it vouches for (written last)."""
+FIGURES = "figures"
+FIGURE_INDEX = "index.json"
+SUPERFICIAL = "superficial.json"
+PHASES = "phases.json"
+PHASES_HISTORY = "phases_history.json"
+TRACKING = "tracking.json"
+TENSORBOARD = "tensorboard"
+
+
+def prefix_dir(run_dir: str | Path, key: str) -> Path:
+    """``RUN_DIR/prefixes/<key>``: the checkpoint of the prefix (or matched-start model)."""
+    return Path(run_dir, PREFIXES, path_part(key, "prefix key"))
+
+
+def unit_dir(run_dir: str | Path, unit: Prefix | Matched | Cell) -> Path:
+    """The directory of a unit of the plan: ``prefixes/<key>`` or ``cells/<parts>``
+    (relative with ``run_dir=""``)."""
+    return Path(run_dir, CELLS if isinstance(unit, Cell) else PREFIXES, *unit.parts)
+
+
+def read_prefix(directory: str | Path) -> dict:
+    """The prefix.json of a prefix directory (:func:`prefix_dir`)."""
+    return json.loads((Path(directory) / PREFIX_JSON).read_text())
+
+
+def math_before_file(run_dir: str | Path, model_key: str, digest: str) -> Path:
+    """``RUN_DIR/cache/math_before/<model key>-<digest>.json``: a path model's math accuracy
+    before unlearning under the settings and seed ``digest`` hashes."""
+    return Path(run_dir, CACHE, MATH_BEFORE,
+                f"{path_part(model_key, 'prefix key')}-{path_part(digest, 'math digest')}.json")
 
 
 # ---------------------------------------------------------------------------- one writer
@@ -111,16 +165,14 @@ def hold_run_dir(run_dir: str | Path, command: str, log=print) -> Iterator[None]
 
 def remove_partial_writes(run_dir: str | Path) -> int:
     """Remove the temporary files and directories a killed writer left under RUN_DIR/prefixes
-    and RUN_DIR/cells (``.NAME.*.tmp`` of :mod:`pathunlearn.files`, ``.NAME.old`` of a
+    RUN_DIR/cells and RUN_DIR/cache (``.NAME.*.tmp`` of :mod:`pathunlearn.files`, ``.NAME.old`` of a
     replaced checkpoint); only the holder of the run directory may call this. Returns how many
     were removed. (The report's files, written by `pathunlearn report` without the lock, are
     not touched.)"""
     import shutil
 
-    from pathunlearn.plan import CELL_DIR, PREFIX_DIR
-
     removed = 0
-    for top in (PREFIX_DIR, CELL_DIR):
+    for top in (PREFIXES, CELLS, CACHE):
         root = Path(run_dir, top)
         if not root.is_dir():
             continue
@@ -185,6 +237,11 @@ class CellWriter:
         write_json(self.directory / SUMMARY, summary)
         write_text(self.directory / CONFIG, dump_config(cfg))
 
+    @property
+    def model_dir(self) -> Path:
+        """Where the unlearned model goes (``unlearning.save_model``)."""
+        return self.directory / MODEL
+
 
 def cell_done(directory: Path, key: str) -> bool:
     """Finished with the same key; a cell finished under other settings is stale."""
@@ -232,7 +289,7 @@ def is_number(v) -> bool:
 
 def read_cell(run_dir: str | Path, cell: Cell) -> CellRecord:
     """The finished cell ``cell`` of RUN_DIR; a malformed file is a DataError naming it."""
-    directory = cell.directory(run_dir)
+    directory = unit_dir(run_dir, cell)
     summary_file = directory / SUMMARY
     try:
         summary = json.loads(summary_file.read_text())
@@ -303,7 +360,7 @@ def load_run(run_dir: str | Path) -> Run:
     probes = read_probes(run_dir)
     records, pending, stale, controls = [], [], [], []
     for cell in plan.cells:
-        directory = cell.directory(run_dir)
+        directory = unit_dir(run_dir, cell)
         if cell_done(directory, cell.key):
             (controls if cell.control else records).append(read_cell(run_dir, cell))
         elif is_done(directory):

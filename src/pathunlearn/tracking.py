@@ -40,11 +40,29 @@ from pathunlearn.errors import UserError
 from pathunlearn.extras import require
 from pathunlearn.files import is_done, write_json
 from pathunlearn.plan import Cell, Matched, Plan, Prefix
-from pathunlearn.rundir import METRICS, RELEARN, STEPS, SUMMARY, cell_done, is_number
+from pathunlearn.rundir import (
+    CELLS,
+    CONFIG,
+    METRICS,
+    PREFIXES,
+    RELEARN,
+    REPORT_HTML,
+    RESULTS,
+    RESULTS_JSON,
+    RESULTS_MD,
+    STEPS,
+    SUMMARY,
+    TENSORBOARD,
+    TRACKING,
+    cell_done,
+    is_number,
+    read_prefix,
+    unit_dir,
+)
 
-STATE = "tracking.json"
+STATE = TRACKING
 """RUN_DIR/tracking.json: per backend, where it logs, its run and the keys it holds."""
-TABLE_FILES = ("results.json", "results.csv", "results.md", "report.html")
+TABLE_FILES = (*RESULTS, REPORT_HTML)
 
 
 # ---------------------------------------------------------------------------- what is logged
@@ -68,7 +86,7 @@ class Record:
 
 def prefix_record(unit: Prefix | Matched, run_dir: Path) -> Record:
     """A trained prefix or matched-start model: its training rows and identity."""
-    directory = unit.directory(run_dir)
+    directory = unit_dir(run_dir, unit)
     stages = unit.stages if isinstance(unit, Prefix) else unit.path
     control = "@matched_start" if isinstance(unit, Matched) else ""
     name = f"prefix {'-'.join(stages)}{control} seed {unit.seed}"
@@ -76,19 +94,19 @@ def prefix_record(unit: Prefix | Matched, run_dir: Path) -> Record:
         "stages": " > ".join(stages), "seed": str(unit.seed), "key": unit.key,
         "parent": str(unit.parent_key), **({"control": "matched_start"} if control else {})})
     record.add("", iter_jsonl(directory / METRICS), exclude={"epoch"})
-    summary = json.loads((directory / "prefix.json").read_text())
+    summary = read_prefix(directory)
     record.add("summary/", [{k: v for k, v in summary.items() if k != "seed"}])
     return record
 
 
 def cell_record(cell: Cell, run_dir: Path) -> Record:
     """A finished cell: steps, probes, relearning and summary numbers, identity as params."""
-    directory = cell.directory(run_dir)
+    directory = unit_dir(run_dir, cell)
     identity = cell.describe()
     params = {k: (" > ".join(v) if isinstance(v, list) else str(v)) for k, v in identity.items()}
     params |= {"sweep": cell.sweep_label, "key": cell.key, "model": cell.model_key,
                "retrain": str(cell.retrain_key), "method_description": cell.method_description}
-    record = Record("cell", cell.key, str(cell.directory("")).removeprefix("cells/"), params)
+    record = Record("cell", cell.key, str(unit_dir("", cell)).removeprefix(f"{CELLS}/"), params)
     record.add("", iter_jsonl(directory / STEPS))
     step_keys = {M.LOSS, M.LR, M.GRAD_NORM}
     record.add("", iter_jsonl(directory / METRICS), exclude=set(identity) | step_keys)
@@ -104,7 +122,7 @@ def cell_record(cell: Cell, run_dir: Path) -> Record:
 
 def table_rows(run_dir: Path) -> dict[str, dict[str, float]]:
     """results.json's rows: ``method[/sweep]/path`` -> every number of the row."""
-    rows = json.loads((run_dir / "results.json").read_text()).get("rows", [])
+    rows = json.loads((run_dir / RESULTS_JSON).read_text()).get("rows", [])
     skip = {"lr", "position", "n"}
     return {"/".join(p for p in (r["method"], r.get("sweep", ""), r["path_label"]) if p):
             {k: float(v) for k, v in r.items() if is_number(v) and k not in skip
@@ -130,15 +148,15 @@ class Tracker:
     def backfill(self, plan: Plan) -> None:
         """Every unit of ``plan`` finished earlier and not logged yet."""
         for unit in (*plan.prefixes, *plan.matched):
-            if is_done(unit.directory(self.run_dir)):
+            if is_done(unit_dir(self.run_dir, unit)):
                 self.prefix(unit)
         for cell in plan.cells:
-            if cell_done(cell.directory(self.run_dir), cell.key):
+            if cell_done(unit_dir(self.run_dir, cell), cell.key):
                 self.cell(cell)
 
     def results(self) -> None:
         """The final table (after the report), once per version of results.json."""
-        results = self.run_dir / "results.json"
+        results = self.run_dir / RESULTS_JSON
         if not self.backends or not results.is_file():
             return
         key = "table:" + hashlib.sha256(results.read_bytes()).hexdigest()[:20]
@@ -282,8 +300,8 @@ class MlflowBackend:
                   "seeds": cfg.seeds, "model": cfg.model.preset or cfg.model.path,
                   "finetuning": cfg.model.finetuning, "executor": cfg.executor.kind}
         self._batch(run.info.run_id, {}, {k: str(v) for k, v in params.items()})
-        if (run_dir / "config.yaml").is_file():
-            self.client.log_artifact(run.info.run_id, str(run_dir / "config.yaml"))
+        if (run_dir / CONFIG).is_file():
+            self.client.log_artifact(run.info.run_id, str(run_dir / CONFIG))
         return run.info.run_id
 
     def unit(self, record: Record) -> None:
@@ -394,14 +412,14 @@ class TensorboardBackend:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter
-        self.log_dir = Path(section.log_dir or run_dir / "tensorboard")
+        self.log_dir = Path(section.log_dir or run_dir / TENSORBOARD)
         self.entry = _backend_state(state, self.name, str(self.log_dir.resolve()))
 
     def describe(self) -> str:
         return f"TensorBoard {self.log_dir}"
 
     def unit(self, record: Record) -> None:
-        top = "cells" if record.kind == "cell" else "prefixes"
+        top = CELLS if record.kind == "cell" else PREFIXES
         writer = self.writer(str(self.log_dir / top / record.name.replace(" ", "_")))
         try:
             writer.add_text("params", "\n".join(f"- {k}: {v}" for k, v in
@@ -415,7 +433,7 @@ class TensorboardBackend:
     def table(self, rows: dict[str, dict[str, float]], files: list[Path]) -> None:
         writer = self.writer(str(self.log_dir / "table"))
         try:
-            md = next((p for p in files if p.name == "results.md"), None)
+            md = next((p for p in files if p.name == RESULTS_MD), None)
             if md is not None:
                 writer.add_text("results", md.read_text())
             for row, values in rows.items():

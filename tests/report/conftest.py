@@ -12,7 +12,7 @@ import yaml
 
 from pathunlearn.config import dump_config, validate_config
 from pathunlearn.plan import plan_run
-from pathunlearn.rundir import start_run
+from pathunlearn.rundir import start_run, unit_dir
 
 ORDER = ("instructions", "authors", "arithmetic")
 FORGET = "refusals"
@@ -92,7 +92,7 @@ def write_cell(run_dir: Path, path: tuple[str, ...], method: str, seed: int, dro
     ``re_tokens``: every row carries 3 held-out token log-probs (:func:`re_tokens_at`); False:
     none (a run from before they were stored); an int: that many positions."""
     cell = plan_cell(run_dir, path, method, seed, sweep, lr)
-    d = cell.directory(run_dir)
+    d = unit_dir(run_dir, cell)
     d.mkdir(parents=True)
     p = path.index(FORGET) + 1
     # the forget-last path (p = 4) starts saturated: its unlearn target near probability 1

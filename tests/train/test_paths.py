@@ -10,6 +10,7 @@ import yaml
 from pathunlearn.config import load_config, validate_config
 from pathunlearn.files import is_done
 from pathunlearn.plan import plan_run
+from pathunlearn.rundir import unit_dir
 from pathunlearn.train.paths import train_paths
 
 STAGES = {name: {"source": f"builtin:{name}", "epochs": 1}
@@ -109,14 +110,14 @@ def test_train_paths_shares_prefixes_and_each_stage_loss_falls(tmp_path):
     plan = train_paths(cfg, log=lambda *_: None)
     assert len(plan.prefixes) == 4  # refusals, refusals>instructions, instructions, instructions>refusals
     for p in plan.prefixes:
-        d = p.directory(cfg.run_dir)
+        d = unit_dir(cfg.run_dir, p)
         assert is_done(d) and (d / "model.safetensors").is_file() and (d / "config.yaml").is_file()
         assert (d / "adapter" / "adapter_model.safetensors").is_file()
         rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
         assert {r["stage"] for r in rows} == {p.stage}
         first, last = rows[0]["loss"], sum(r["loss"] for r in rows[-3:]) / 3
         assert last < first, (p.label, first, last)
-    leaf = plan.leaf(("instructions", "refusals"), 0).directory(cfg.run_dir)
+    leaf = unit_dir(cfg.run_dir, plan.leaf(("instructions", "refusals"), 0))
     assert json.loads((leaf / "prefix.json").read_text())["stages"] == ["instructions", "refusals"]
     # a second call trains nothing
     logged = []
@@ -170,7 +171,7 @@ def test_lora_scope_path_is_base_plus_one_adapter(tmp_path, scope):
     data = {**LORA, "model": {**LORA["model"], "lora": {**LORA["model"]["lora"], "scope": scope}}}
     cfg = load_config(write_config(tmp_path, data, tmp_path / "runs"))
     plan = train_paths(cfg, log=lambda *_: None)
-    first, both = (plan.leaf(p, 0).directory(cfg.run_dir) for p in
+    first, both = (unit_dir(cfg.run_dir, plan.leaf(p, 0)) for p in
                    [("instructions",), ("instructions", "refusals")])
     a, ab = adapter_weights(first), adapter_weights(both)
     assert a.keys() == ab.keys() and any(not torch.equal(a[k], ab[k]) for k in a)
@@ -192,7 +193,7 @@ def test_lora_path_adapter_continues_byte_identically(tmp_path):
 
     cfg = load_config(write_config(tmp_path, LORA, tmp_path / "runs"))
     plan = train_paths(cfg, log=lambda *_: None)
-    stored = adapter_weights(plan.leaf(("instructions", "refusals"), 0).directory(cfg.run_dir))
+    stored = adapter_weights(unit_dir(cfg.run_dir, plan.leaf(("instructions", "refusals"), 0)))
 
     model, tok = load_model(cfg.model)
     tseed = plan.leaf(("instructions",), 0).seed
@@ -241,6 +242,6 @@ def test_vocab_chunks_and_compile_change_no_key_and_train_the_same(tmp_path, mon
     assert len(compiled) == len(b.prefixes)
     for p in a.prefixes:
         rows = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
-                for d in (p.directory(plain.run_dir), p.directory(chunked.run_dir))]
+                for d in (unit_dir(plain.run_dir, p), unit_dir(chunked.run_dir, p))]
         assert [r["loss"] for r in rows[1]] == pytest.approx([r["loss"] for r in rows[0]],
                                                              abs=1e-5)

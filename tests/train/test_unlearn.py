@@ -11,6 +11,7 @@ from pathunlearn import methods
 from pathunlearn.config import validate_config
 from pathunlearn.files import is_done
 from pathunlearn.plan import plan_run
+from pathunlearn.rundir import unit_dir
 from pathunlearn.train.paths import train_paths
 from pathunlearn.train.unlearn import unlearn_all
 
@@ -50,7 +51,7 @@ def test_every_cell_tracks_every_probe_at_each_eval_point(trained):
     cells = plan.cells
     assert len(summaries) == len(cells) == 10
     for cell, s in zip(cells, summaries, strict=True):
-        d = cell.directory(cfg.run_dir)
+        d = unit_dir(cfg.run_dir, cell)
         assert is_done(d) and s["diverged_at"] is None and s["steps_done"] == 4
         metrics = rows(d / "metrics.jsonl")
         assert [r["step"] for r in metrics] == [0, 2, 4]
@@ -75,7 +76,7 @@ def test_ga_lowers_the_forget_label_on_every_path(trained):
     unlearn_all(cfg, plan, log=lambda *_: None)
     for cell in plan_run(cfg).cells:
         if cell.method.name == "ga":
-            m = rows(cell.directory(cfg.run_dir) / "metrics.jsonl")
+            m = rows(unit_dir(cfg.run_dir, cell) / "metrics.jsonl")
             assert m[1]["forget_label_id/target"] < m[0]["forget_label_id/target"], cell.path
 
 
@@ -85,7 +86,7 @@ def test_npo_starts_at_two_over_beta_log_two(trained):
     unlearn_all(cfg, plan, log=lambda *_: None)
     for cell in plan_run(cfg).cells:
         if cell.method.name == "npo":
-            first = rows(cell.directory(cfg.run_dir) / "steps.jsonl")[0]
+            first = rows(unit_dir(cfg.run_dir, cell) / "steps.jsonl")[0]
             assert first["loss"] == pytest.approx(4 * math.log(2), abs=1e-4)
 
 
@@ -118,7 +119,7 @@ def test_nan_stops_only_its_cell(trained, monkeypatch, tmp_path):
         else:
             assert s["diverged_at"] is None and s["steps_done"] == 4
     npo = next(c for c in plan_run(cfg).cells if c.method.name == "npo")
-    last = rows(npo.directory(cfg.run_dir) / "metrics.jsonl")[-1]
+    last = rows(unit_dir(cfg.run_dir, npo) / "metrics.jsonl")[-1]
     assert last == {"step": 1, "diverged": True, "reason": "diverged at step 1"}
 
 
@@ -130,7 +131,7 @@ def test_sweeps_expand_into_cells(tmp_path):
                                                       {"name": "npo", "beta": 1.0}]}})
     cells = plan_run(cfg).cells
     assert len(cells) == 2 * 2 * 2 * 2 * 2  # paths x methods x seeds x lrs x schedulers
-    dirs = {c.directory(tmp_path).relative_to(tmp_path).as_posix() for c in cells}
+    dirs = {unit_dir(tmp_path, c).relative_to(tmp_path).as_posix() for c in cells}
     assert len(dirs) == len(cells)
     assert "cells/refusals-instructions/npo-beta1/1/lr3e-05/cosine" in dirs
 
@@ -162,7 +163,7 @@ def test_lora_cells_train_only_a_fresh_adapter(tmp_path):
     summaries = unlearn_all(cfg, plan, log=lambda *_: None)
     assert [s["steps_done"] for s in summaries] == [2, 2]
     for cell in plan_run(cfg).cells:
-        d = cell.directory(cfg.run_dir)
+        d = unit_dir(cfg.run_dir, cell)
         assert (d / "model" / "adapter" / "adapter_model.safetensors").is_file()
         # at step 1 the adapter is still zero: the model is its reference, so NPO is
         # (2/beta) log 2 and npo_kl's KL(ref || model) term adds exactly 0
@@ -219,10 +220,11 @@ def test_math_before_unlearning_is_measured_once_per_path_model_and_kept(trained
     # per path model: once before (shared by both methods), once after each of its 2 cells
     paths = {c.model_key for c in plan.cells}
     assert len(calls) == len(paths) + len(plan.cells)
-    files = sorted(run.glob(f"prefixes/*/{unlearn_module.MATH_BEFORE_DIR}/*.json"))
+    files = sorted(run.glob("cache/math_before/*.json"))  # outside the DONE prefix dirs
     assert len(files) == len(paths)
+    assert not list(run.glob("prefixes/*/math_before"))
     for cell in plan.cells:  # the cells are gone: a new invocation reruns them
-        shutil.rmtree(cell.directory(run))
+        shutil.rmtree(unit_dir(run, cell))
     calls.clear()
     again = unlearn_all(math_cfg, plan, log=lambda *_: None)
     assert len(calls) == len(plan.cells)  # after unlearning only: before is read back

@@ -14,13 +14,23 @@ import json
 from pathlib import Path
 
 from pathunlearn.files import sha256_file
-from pathunlearn.rundir import Run
+from pathunlearn.rundir import (
+    CONFIG,
+    FIGURES,
+    PLAN,
+    PREFIX_JSON,
+    REPORT_HTML,
+    REPORT_KEY,
+    RESULTS,
+    Run,
+    prefix_dir,
+    unit_dir,
+)
 
-REPORT_KEY = "report.key"
-"""RUN_DIR/report.key: the fingerprint of what the written report was built from, and the
-sha256 of every file it vouches for (JSON). It is removed before the first file of a new
-report is written and written after the last, so a report interrupted half-way (kill -9) is
-never taken for up to date: the report and its key are one unit (issue 24)."""
+# RUN_DIR/report.key: the fingerprint of what the written report was built from, and the
+# sha256 of every file it vouches for (JSON). It is removed before the first file of a new
+# report is written and written after the last, so a report interrupted half-way (kill -9) is
+# never taken for up to date: the report and its key are one unit (issue 24).
 
 
 def report_fingerprint(run: Run) -> str:
@@ -33,8 +43,6 @@ def report_fingerprint(run: Run) -> str:
     from pathlib import Path
 
     from pathunlearn.keys import stable_hash
-    from pathunlearn.plan import prefix_dir
-    from pathunlearn.rundir import CONFIG, PLAN
 
     code = hashlib.sha256()
     for source in sorted(Path(__file__).parent.glob("*.py")):
@@ -43,10 +51,10 @@ def report_fingerprint(run: Run) -> str:
         version = metadata.version("pathunlearn")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    matched = [(prefix_dir(run.run_dir, m.key) / "prefix.json") for m in run.plan.matched]
+    matched = [(prefix_dir(run.run_dir, m.key) / PREFIX_JSON) for m in run.plan.matched]
     return stable_hash(version, code.hexdigest(), (run.run_dir / CONFIG).read_text(),
                        (run.run_dir / PLAN).read_text(),
-                       [(str(c.cell.directory("")), c.cell.key) for c in run.cells + run.controls],
+                       [(str(unit_dir("", c.cell)), c.cell.key) for c in run.cells + run.controls],
                        [p.read_text() if p.is_file() else None for p in matched])
 
 
@@ -59,16 +67,16 @@ def make_report(run: Run, *, phases: dict[str, float] | None = None, extra: dict
     worth of figures)."""
     # imported here: `import pathunlearn.report` must not pull in matplotlib
     from pathunlearn.files import write_text
-    from pathunlearn.report.results import RESULTS, build_results
+    from pathunlearn.report.results import build_results
 
     key_file = run.run_dir / REPORT_KEY
     fingerprint = report_fingerprint(run)
-    page = run.run_dir / "report.html"
+    page = run.run_dir / REPORT_HTML
     vouched = _vouched(key_file, fingerprint) if reuse else None
     if vouched is not None:
         results = build_results(run, write=False)
         results.files = [run.run_dir / name for name in RESULTS]
-        figures = sorted(f for f in vouched if f.parent.name == "figures")
+        figures = sorted(f for f in vouched if f.parent.name == FIGURES)
         if run.config.study == "superficial":
             from pathunlearn.report.superficial import path_curves
 
@@ -96,9 +104,7 @@ def _vouched(key_file: Path, fingerprint: str) -> list[Path] | None:
         files = {key_file.parent / name: sha for name, sha in key["files"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    from pathunlearn.report.results import RESULTS
-
-    if not {key_file.parent / n for n in (*RESULTS, "report.html")} <= set(files):
+    if not {key_file.parent / n for n in (*RESULTS, REPORT_HTML)} <= set(files):
         return None
     if any(not f.is_file() or sha256_file(f) != sha for f, sha in files.items()):
         return None
@@ -116,13 +122,13 @@ def _make_report(run: Run, *, phases: dict[str, float] | None = None,
     if results.relearn:
         from pathunlearn.report.relearn import write_relearn_figures
 
-        figures += write_relearn_figures(results.relearn, run.run_dir / "figures")
+        figures += write_relearn_figures(results.relearn, run.run_dir / FIGURES)
     lead = []
     if run.config.study == "superficial":
         from pathunlearn.report.superficial import superficial_html, write_superficial
 
         results.superficial = write_superficial(run)
-        figures += sorted((run.run_dir / "figures").glob("superficial.*"))
+        figures += sorted((run.run_dir / FIGURES).glob("superficial.*"))
         lead.append(superficial_html(run.run_dir, results.superficial))
     report = write_report(results, phases=phases, extra=extra, lead=lead)
     return results, figures, report

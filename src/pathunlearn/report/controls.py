@@ -18,9 +18,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from pathunlearn.plan import prefix_dir
 from pathunlearn.report.tables import ResultTable, build_table, recency_verdicts, training_seeds
-from pathunlearn.rundir import Run
+from pathunlearn.rundir import PREFIX_JSON, Run, prefix_dir
 
 
 @dataclass
@@ -44,10 +43,10 @@ def matched_start(run: Run) -> MatchedStart | None:
     how = control.level if control is not None else "mean"
     models = []
     for m in run.plan.matched:
-        info = _read(prefix_dir(run.run_dir, m.key) / "prefix.json")
+        info = _read(prefix_dir(run.run_dir, m.key) / PREFIX_JSON)
         if info is None:
             continue
-        leaf = _read(prefix_dir(run.run_dir, m.leaf_key) / "prefix.json") or {}
+        leaf = _read(prefix_dir(run.run_dir, m.leaf_key) / PREFIX_JSON) or {}
         trace = info.get("trace") or []
         models.append({"path": list(m.path), "path_label": "-".join(m.path), "seed": m.seed,
                        "metric": info.get("metric"), "level": info.get("level"),

@@ -19,7 +19,6 @@ from pathunlearn import metrics as M
 from pathunlearn.config import dump_config
 from pathunlearn.files import write_text
 from pathunlearn.report.pairwise import pair_summary, summary_cells, summary_headers
-from pathunlearn.report.plots import FIGURE_DIR
 from pathunlearn.report.results import Results
 from pathunlearn.report.tables import (
     NA,
@@ -28,7 +27,7 @@ from pathunlearn.report.tables import (
     display_columns,
     display_value,
 )
-from pathunlearn.rundir import CONFIG
+from pathunlearn.rundir import CONFIG, FIGURE_INDEX, FIGURES, PHASES, REPORT_HTML
 
 PACKAGES = ("torch", "transformers", "peft", "pathunlearn")
 
@@ -66,7 +65,7 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
     """
     run_dir = results.run_dir
     figures = _figure_index(run_dir) if figures is None else figures
-    phases = phases if phases is not None else _read_json(run_dir / "phases.json")
+    phases = phases if phases is not None else _read_json(run_dir / PHASES)
     sections = [
         _header(run_dir, results),
         *(lead or []),
@@ -85,7 +84,7 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>pathunlearn report: {_e(run_dir.name)}</title><style>{CSS}</style></head>"
             "<body>\n" + "\n".join(sections) + "\n</body></html>\n")
-    out = run_dir / "report.html"
+    out = run_dir / REPORT_HTML
     write_text(out, page)
     return out
 
@@ -102,11 +101,11 @@ def _read_json(path: Path):
 
 
 def _figure_index(run_dir: Path) -> list[dict]:
-    index = _read_json(run_dir / FIGURE_DIR / "index.json")
+    index = _read_json(run_dir / FIGURES / FIGURE_INDEX)
     if isinstance(index, list):
         return index
     return [{"method": "", "kind": p.stem, "caption": "", "files": [p.name]}
-            for p in sorted((run_dir / FIGURE_DIR).glob("*.png"))]
+            for p in sorted((run_dir / FIGURES).glob("*.png"))]
 
 
 # ---------------------------------------------------------------------------- sections
@@ -295,7 +294,7 @@ def _relearn_section(results: Results) -> str:
              "forgetting comes back fast).</p>",
              f"<div class=\"wide\"><table><tr>{head}</tr>{rows}</table></div>"]
     for method, sweep in dict.fromkeys((e["method"], e["sweep"]) for e in entries):
-        png = results.run_dir / FIGURE_DIR / f"{figure_stem(method, sweep)}.png"
+        png = results.run_dir / FIGURES / f"{figure_stem(method, sweep)}.png"
         if png.is_file():
             parts.append(embedded_figure(png, "the forget metric over relearning steps per "
                                               "path (dotted: before unlearning)"))
@@ -310,7 +309,7 @@ def _figure_section(run_dir: Path, figures: list[dict]) -> str:
     parts = ["<h2>Figures</h2>"]
     for entry in figures:
         png = next((f for f in entry.get("files", []) if f.endswith(".png")), None)
-        path = run_dir / FIGURE_DIR / png if png else None
+        path = run_dir / FIGURES / png if png else None
         if path is None or not path.is_file():
             continue
         svg = next((f for f in entry["files"] if f.endswith(".svg")), None)

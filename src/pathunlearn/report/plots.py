@@ -41,9 +41,8 @@ from pathunlearn.report.pairwise import pair_label
 from pathunlearn.report.results import Results
 from pathunlearn.report.stats import mean_over_seeds
 from pathunlearn.report.tables import utility_header
-from pathunlearn.rundir import CellRecord
+from pathunlearn.rundir import FIGURE_INDEX, FIGURES, CellRecord
 
-FIGURE_DIR = "figures"
 
 @dataclass(frozen=True)
 class Panel:
@@ -105,7 +104,7 @@ CAPTIONS = {
 
 def write_figures(results: Results) -> list[Path]:
     """Every figure of the run as PNG and SVG under RUN_DIR/figures; returns the files."""
-    out_dir = results.run_dir / FIGURE_DIR
+    out_dir = results.run_dir / FIGURES
     cells = [c for c in results.cells if c.diverged_at is None]
     stage = results.table.forget_stage
     files, index = [], []
@@ -133,7 +132,7 @@ def write_figures(results: Results) -> list[Path]:
             files += written
             index.append({"method": method, "kind": "pairwise", "caption": CAPTIONS["pairwise"],
                           "files": [p.name for p in written]})
-    write_json(out_dir / "index.json", index)
+    write_json(out_dir / FIGURE_INDEX, index)
     return files
 
 

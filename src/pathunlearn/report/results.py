@@ -26,9 +26,7 @@ from pathunlearn.report.tables import (
     results_csv,
     training_seeds,
 )
-from pathunlearn.rundir import CellRecord, Run
-
-RESULTS = ("results.json", "results.csv", "results.md")
+from pathunlearn.rundir import RESULTS, CellRecord, Run
 
 
 @dataclass

@@ -31,7 +31,7 @@ from pathunlearn.config import ExperimentConfig
 from pathunlearn.figures import save_figure
 from pathunlearn.files import write_json
 from pathunlearn.report.stats import mean_over_seeds
-from pathunlearn.rundir import CellRecord, Run
+from pathunlearn.rundir import FIGURES, SUPERFICIAL, CellRecord, Run
 
 TAU = 1.0
 """Least drop of U (nats, summed log-probability) that counts as U having fallen."""
@@ -164,11 +164,11 @@ def write_superficial(run: Run) -> list[dict]:
     entries (empty when no cell has the R, C, U probes)."""
     run_dir = run.run_dir
     entries = path_curves(run.cells, run.config)
-    write_json(run_dir / "superficial.json", {"rule": RULE, "tau": TAU, "rho": RHO,
+    write_json(run_dir / SUPERFICIAL, {"rule": RULE, "tau": TAU, "rho": RHO,
                                               "paths": entries})
     if entries:
-        (run_dir / "figures").mkdir(parents=True, exist_ok=True)
-        save_figure(superficial_figure(entries), run_dir / "figures", FIGURE_STEM)
+        (run_dir / FIGURES).mkdir(parents=True, exist_ok=True)
+        save_figure(superficial_figure(entries), run_dir / FIGURES, FIGURE_STEM)
     return entries
 
 
@@ -192,7 +192,7 @@ def superficial_html(run_dir: Path, entries: list[dict]) -> str:
                     f"<td class=\"text\">{e_(agreement(e))}</td>"
                     f"<td class=\"text\">{e_(e['reason'])}</td></tr>")
     parts.append(f"<div class=\"wide\"><table><tr>{head}</tr>{''.join(rows)}</table></div>")
-    png = run_dir / "figures" / f"{FIGURE_STEM}.png"
+    png = run_dir / FIGURES / f"{FIGURE_STEM}.png"
     if png.is_file():
         from pathunlearn.report.html import embedded_figure
 

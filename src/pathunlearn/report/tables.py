@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathunlearn import metrics as M
 from pathunlearn.plan import position, training_seed
 from pathunlearn.report.stats import mean_ci
-from pathunlearn.rundir import CellRecord, is_number
+from pathunlearn.rundir import CellRecord, is_number, unit_dir
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ def build_table(cells: list[CellRecord], forget_stage: str, probes: list,
             "steps": c.summary.get("steps"), "steps_done": c.summary.get("steps_done"),
             "diverged_at": c.diverged_at,
             "status": "ok" if c.diverged_at is None else (c.diverged_reason or "diverged"),
-            "directory": str(c.cell.directory("")),  # relative: the run directory can move
+            "directory": str(unit_dir("", c.cell)),  # relative: the run directory can move
             **cell_scores(c, scores),
         })
     per_cell.sort(key=_order)

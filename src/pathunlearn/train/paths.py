@@ -36,7 +36,8 @@ from pathunlearn.models import (
     resolve_device,
     write_checkpoint,
 )
-from pathunlearn.plan import Matched, Plan, Prefix, plan_run, prefix_dir
+from pathunlearn.plan import Matched, Plan, Prefix, plan_run
+from pathunlearn.rundir import CONFIG, METRICS, PREFIX_JSON, prefix_dir, read_prefix, unit_dir
 from pathunlearn.train.pretrain import ensure_base
 from pathunlearn.train.staged import stage_seed, train_stage
 
@@ -64,26 +65,26 @@ def train_prefix(cfg: ExperimentConfig, prefix: Prefix, run_dir: Path, *,
     if not any(e.num_targets for e in examples):  # checks.py finds it first when it can
         raise UserError(truncated_line(prefix.stage, len(examples), cfg.model.max_length))
     # under torchrun rank 0 writes, the others wait for its DONE marker (pathunlearn.distributed)
-    with distributed.output_dir(directory or prefix.directory(run_dir)) as tmp:
+    with distributed.output_dir(directory or unit_dir(run_dir, prefix)) as tmp:
         result = train_stage(model, examples, cfg.training, epochs=stage.epochs, seed=seed,
                              pad_id=tokenizer.pad_token_id, precision=cfg.training.precision,
-                             stage=prefix.stage, metrics_path=tmp / "metrics.jsonl",
+                             stage=prefix.stage, metrics_path=tmp / METRICS,
                              progress=progress, strategy=cfg.distributed.strategy,
                              compile=cfg.runtime.compile, packing=cfg.runtime.packing,
                              vocab_chunk=cfg.runtime.vocab_chunk,
                              stop=None if stop is None else (
                                  lambda step: stop(step, model, tokenizer)))
-        (tmp / "metrics.jsonl").touch()  # a stage stopped before its first step logged none
+        (tmp / METRICS).touch()  # a stage stopped before its first step logged none
         write_checkpoint(model, tokenizer, tmp)
-        weights = file_hashes(tmp, exclude={"metrics.jsonl"})  # the checkpoint's files only
+        weights = file_hashes(tmp, exclude={METRICS})  # the checkpoint's files only
         summary = {"stages": list(prefix.stages), "seed": prefix.seed, "key": prefix.key,
                    "parent": prefix.parent_key, "examples": len(examples),
                    "truncated": n_truncated, "steps": result.steps,
                    "first_loss": result.first_loss, "last_loss": result.last_loss,
                    "target_tokens": result.target_tokens, "seconds": result.seconds,
                    **(extra() if extra is not None else {}), WEIGHTS: weights}
-        write_json(tmp / "prefix.json", summary)
-        write_text(tmp / "config.yaml", dump_config(cfg))
+        write_json(tmp / PREFIX_JSON, summary)
+        write_text(tmp / CONFIG, dump_config(cfg))
     return summary
 
 
@@ -107,7 +108,7 @@ def damage(directory: Path) -> str | None:
     missing or holds other bytes, prefix.json is unreadable), or None: intact, or written
     before prefix.json recorded its files (``unverified``: nothing to check against)."""
     try:
-        recorded = json.loads((directory / "prefix.json").read_text())[WEIGHTS]
+        recorded = read_prefix(directory)[WEIGHTS]
     except (OSError, ValueError, TypeError):
         return "prefix.json is missing or unreadable"
     except KeyError:
@@ -134,12 +135,12 @@ def set_aside_broken(units, run_dir: Path, log=print) -> int:
 
     moved, unverified = 0, 0
     for unit in units:
-        directory = unit.directory(run_dir)
+        directory = unit_dir(run_dir, unit)
         if not is_done(directory):
             continue
         why = damage(directory)
         if why is None:
-            unverified += WEIGHTS not in _read_json(directory / "prefix.json")
+            unverified += WEIGHTS not in _read_json(directory / PREFIX_JSON)
             continue
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         aside = directory.with_name(f"{directory.name}.corrupt-{stamp}")
@@ -189,7 +190,7 @@ def train_paths(cfg: ExperimentConfig, plan: Plan | None = None, *,
     plan = plan or plan_run(cfg)
     run_dir = Path(run_dir or cfg.run_dir)
     set_aside_broken([*plan.prefixes, *plan.matched], run_dir, log=log)
-    todo = [p for p in plan.prefixes if not is_done(p.directory(run_dir))]
+    todo = [p for p in plan.prefixes if not is_done(unit_dir(run_dir, p))]
     log(f"{len(plan.prefixes)} stage-trainings planned ({plan.naive_count} without sharing), "
         f"{len(plan.prefixes) - len(todo)} already done")
     if todo:
@@ -219,7 +220,7 @@ def train_matched(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, progress:
     """The matched-start control's models (:class:`pathunlearn.plan.Matched`) not trained yet
     (:func:`train_matched_model`), after the prefixes; ``on_done(model, summary)`` after
     each."""
-    todo = [m for m in plan.matched if not is_done(m.directory(run_dir))]
+    todo = [m for m in plan.matched if not is_done(unit_dir(run_dir, m))]
     if cfg.controls.matched_start is None or not todo:
         return
     levels: dict[str, float] = {}  # a path model's level is the same for every model
@@ -262,7 +263,7 @@ def train_matched_model(cfg: ExperimentConfig, plan: Plan, m: Matched, run_dir: 
              "max": max(values)}[control.level]
     stopper = _Stopper(measure, level - control.tolerance, control.check_every)
     leaf = Prefix(m.path, m.seed, m.leaf_key, m.parent_key)
-    return train_prefix(cfg, leaf, run_dir, progress=progress, directory=m.directory(run_dir),
+    return train_prefix(cfg, leaf, run_dir, progress=progress, directory=unit_dir(run_dir, m),
                         stop=stopper, extra=lambda: {
                             "control": "matched_start", "key": m.key, "leaf": m.leaf_key,
                             "metric": control.metric, "level": level,

@@ -14,6 +14,7 @@ from pathunlearn.config import ModelConfig, OptimConfig
 from pathunlearn.data.batching import pack
 from pathunlearn.data.chat import EncodedExample, tokenize_conversations
 from pathunlearn.files import atomic_dir, is_done, write_json
+from pathunlearn.rundir import METRICS
 from pathunlearn.tiny import (
     TINY_RECIPE,
     init_model,
@@ -41,7 +42,7 @@ def build_tiny(out_dir: Path, recipe: dict = TINY_RECIPE, progress: bool = False
     with atomic_dir(out_dir) as tmp:
         result = train_stage(model, examples, OptimConfig(**pre["optim"]), epochs=pre["epochs"],
                              seed=recipe["init_seed"], pad_id=tokenizer.pad_token_id,
-                             stage="pretrain", metrics_path=tmp / "metrics.jsonl",
+                             stage="pretrain", metrics_path=tmp / METRICS,
                              progress=progress)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

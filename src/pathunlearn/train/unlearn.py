@@ -63,14 +63,15 @@ from pathunlearn.models import (
     resolve_device,
     write_checkpoint,
 )
-from pathunlearn.plan import (
-    Cell,
-    Plan,
-    plan_run,
+from pathunlearn.plan import Cell, Plan, plan_run, retrain_path
+from pathunlearn.rundir import (
+    SUMMARY,
+    CellWriter,
+    cell_done,
+    math_before_file,
     prefix_dir,
-    retrain_path,
+    unit_dir,
 )
-from pathunlearn.rundir import SUMMARY, CellWriter, cell_done
 from pathunlearn.train.relearn import relearn
 from pathunlearn.train.schedules import lr_lambda
 from pathunlearn.train.staged import (
@@ -120,8 +121,8 @@ def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
     plan = plan or plan_run(cfg)
     run_dir = Path(run_dir or cfg.run_dir)
     cells = list(plan.cells) if cells is None else cells
-    todo = [c for c in cells if not cell_done(c.directory(run_dir), c.key)]
-    stale = sum(is_done(c.directory(run_dir)) for c in todo)
+    todo = [c for c in cells if not cell_done(unit_dir(run_dir, c), c.key)]
+    stale = sum(is_done(unit_dir(run_dir, c)) for c in todo)
     log(f"{len(cells)} unlearning cells, {len(cells) - len(todo)} already done"
         + (f", {stale} finished under other settings (rerun)" if stale else ""))
     if todo and not plan.probes:
@@ -138,7 +139,7 @@ def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
 
 def cell_summaries(cells: list[Cell], run_dir: Path) -> list[dict]:
     """The summary.json of each of ``cells`` (all finished)."""
-    return [json.loads((c.directory(run_dir) / SUMMARY).read_text()) for c in cells]
+    return [json.loads((unit_dir(run_dir, c) / SUMMARY).read_text()) for c in cells]
 
 
 def cell_line(cell: Cell, s: dict) -> str:
@@ -206,7 +207,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
                        u.micro_batch_size)  # changes nothing: no update, RNG restored
 
     # ---- 4. the loop
-    with distributed.output_dir(cell.directory(run_dir)) as tmp:
+    with distributed.output_dir(unit_dir(run_dir, cell)) as tmp:
         files = CellWriter(tmp)
         t0, diverged_at, last = time.perf_counter(), None, {}
         files.metrics({M.STEP: 0, **probe(model), **cell.describe()})
@@ -250,7 +251,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
                    **math_fields(math_before, math_after)}
         files.finish(summary, cfg)
         if u.save_model and diverged_at is None:
-            write_checkpoint(model, tok, tmp / "model")
+            write_checkpoint(model, tok, files.model_dir)
     return summary
 
 
@@ -402,18 +403,15 @@ def retain_stages(cfg: ExperimentConfig, path: tuple[str, ...]) -> list[str]:
     return list(cfg.unlearning.retain_stages) or list(retrain_path(cfg, path))
 
 
-MATH_BEFORE_DIR = "math_before"
-"""Under a path model's directory: its math accuracy before unlearning, one file per
-(math settings, seed) (:func:`path_model_math`)."""
-
-
 def path_model_math(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, tokenizer,
                     run_dir: Path, shared: Shared) -> MathResult | None:
     """The math accuracy of the cell's path model before unlearning (None without math
     questions). It is the same for every method and learning rate of a (path model, seed), so
-    it is measured once: kept in ``shared`` for this invocation, and written beside the path
-    model (``prefixes/<key>/math_before/<hash>.json``, hashed over the math settings, the math
-    file's content and the seed) for every later invocation and every Ray task, which would
+    it is measured once: kept in ``shared`` for this invocation, and written to the run's
+    cache (``cache/math_before/<model key>-<hash>.json``, :func:`pathunlearn.rundir.
+    math_before_file`, hashed over the math settings, the math file's content and the seed;
+    outside the path model's directory, which is complete once DONE) for every later
+    invocation and every Ray task, which would
     each sample it again (at the paper's 5 samples per GSM8K question, the costliest
     evaluation of a cell)."""
     key = (cell.model_key, cell.seed)
@@ -423,8 +421,8 @@ def path_model_math(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, t
     result = None
     if settings.questions:
         content = data_sha(settings.source)
-        path = (prefix_dir(run_dir, cell.model_key) / MATH_BEFORE_DIR
-                / f"{stable_hash(settings.model_dump(mode='json'), content, cell.seed)}.json")
+        path = math_before_file(run_dir, cell.model_key,
+                                stable_hash(settings.model_dump(mode="json"), content, cell.seed))
         if path.is_file():
             result = MathResult.from_json(json.loads(path.read_text()))
         else:
