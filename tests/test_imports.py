@@ -109,3 +109,54 @@ def test_low_layers_import_no_pipeline_step(layer):
     deps = graph()[f"pathunlearn.{layer}"]
     assert not {d for d in deps if package_of(d) in {"pathunlearn.train", "pathunlearn.report",
                                                      "pathunlearn.experiment", "pathunlearn.cli"}}
+
+
+# The picture of ARCHITECTURE.md as layers, bottom first: a module imports only modules of a
+# lower layer (or of its own package). The pipeline runs left to right along the top rows;
+# the foundation is what every step may use. A new module must be put in a layer here.
+LAYERS: list[set[str]] = [
+    {"errors", "metrics"},
+    {"files", "extras", "hub"},
+    {"data", "distributed", "figures"},
+    {"config", "losses", "tiny"},
+    {"models", "eval", "methods", "keys", "theory"},
+    {"checks", "serve", "rewrite"},
+    # the pipeline
+    {"plan"},
+    {"rundir"},
+    {"train"},
+    {"executors", "tracking"},
+    {"report"},
+    {"experiment"},
+    {"cli"},
+    {"__main__"},
+]
+
+
+def layer_of(node: str) -> int:
+    name = node.removeprefix(PACKAGE + ".")
+    found = [i for i, layer in enumerate(LAYERS) if name in layer]
+    assert found, f"{node}: in no layer of LAYERS (tests/test_imports.py); put it in one"
+    return found[0]
+
+
+def test_every_import_points_down_the_picture():
+    wrong = []
+    for module, deps in graph().items():
+        src = package_of(module)
+        if src == PACKAGE:  # the package's own __init__
+            continue
+        for dep in deps:
+            dst = package_of(dep)
+            if dst in (src, PACKAGE):
+                continue
+            if layer_of(dst) >= layer_of(src):
+                wrong.append(f"{module} imports {dep}")
+    assert not wrong, "imports against ARCHITECTURE.md's picture:\n" + "\n".join(wrong)
+
+
+def test_layers_name_each_node_once():
+    names = [n for layer in LAYERS for n in layer]
+    assert len(names) == len(set(names))
+    nodes = {package_of(m).removeprefix(PACKAGE + ".") for m in graph()} - {PACKAGE}
+    assert nodes == set(names), (nodes ^ set(names))
