@@ -321,12 +321,12 @@ def method_where(cls: type, spec: str) -> str:
 def checked_loss(method: Method, term: str, batch: ForgetBatch | RetainBatch,
                  step: int, cell: str) -> torch.Tensor:
     """``method.forget_loss(batch)`` or ``method.retain_loss(batch)`` (``term``), for a user's
-    method checked to be usable: an exception it raises, a loss that is not a scalar tensor,
-    or a non-finite loss at the first step from finite inputs (the path model, not yet
-    changed: the formula, not the model, made it) is a :class:`MethodError` naming the
-    method, its file and line, the value and ``step`` of ``cell``. A non-finite loss at a
-    later step is the method diverging, a result (the cell's ``diverged_at``), as it is for
-    the built-in methods, whose losses are not checked (a failure of theirs is a bug)."""
+    method checked to be usable: an exception it raises or a loss that is not a scalar tensor
+    is a :class:`MethodError` naming the method, its file and line and ``step`` of ``cell``
+    (the exception stays its cause: ``--debug`` shows the user's traceback). A non-finite loss
+    is the method diverging, a result (the cell stops, its ``diverged_at``), as it is for the
+    built-in methods, whose losses are not checked (a failure of theirs is a bug). Nothing here
+    waits for the device (no ``.item()``, no comparison of values): the check is free."""
     cls = type(method)
     if is_builtin(cls):
         return getattr(method, term)(batch)
@@ -343,19 +343,7 @@ def checked_loss(method: Method, term: str, batch: ForgetBatch | RetainBatch,
                else f"{type(loss).__name__} {loss!r}"[:120])
         raise MethodError(f"{where} returned {got}, {at}: it must return a scalar tensor "
                           "(reduce it, e.g. `.sum() / batch.num_tokens`)")
-    if step == 1 and not bool(torch.isfinite(loss)) and _finite_inputs(batch):
-        raise MethodError(f"{where} returned {loss.item()} from finite log-probabilities, "
-                          f"{at} (the path model, before any update): check its formula "
-                          "(a log of 0, a division by 0)")
     return loss
-
-
-def _finite_inputs(batch: ForgetBatch | RetainBatch) -> bool:
-    if isinstance(batch, ForgetBatch):
-        tensors = [batch.token_logp, batch.ref_logp]
-    else:
-        tensors = [batch.logits, batch.ref_logits]
-    return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
 
 
 def _source_file(cls: type) -> str | None:

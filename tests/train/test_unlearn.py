@@ -215,7 +215,8 @@ def test_math_before_unlearning_is_measured_once_per_path_model_and_kept(trained
         calls.append(args[3] if len(args) > 3 else kwargs.get("seed"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(unlearn_module, "measure_math", counted)
+    monkeypatch.setattr(unlearn_module, "measure_math", counted)  # after unlearning
+    monkeypatch.setattr(math_module, "measure_math", counted)  # before: eval.math.cached_math
     first = unlearn_all(math_cfg, plan, log=lambda *_: None)
     # per path model: once before (shared by both methods), once after each of its 2 cells
     paths = {c.model_key for c in plan.cells}

@@ -16,13 +16,16 @@ the number it denotes (0.5) and compared like any other.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Literal
 
-from pathunlearn.config import MathConfig
+from pathunlearn import metrics as M
+from pathunlearn.config import MathConfig, ModelConfig
 from pathunlearn.data.conversation import Conversation
 from pathunlearn.errors import DataError
 
@@ -269,14 +272,29 @@ def shuffled_baseline(questions: list[QuestionResult]) -> float | None:
     return total / q
 
 
-def evaluate_math(model, tokenizer, conversations: list[Conversation], *, n: int = 5,
-                  temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
-                  greedy: bool = False, seed: int = 0, prompt_style: PromptStyle = "paper",
-                  max_questions: int | None = None, batch_size: int = 16) -> MathResult:
+_DEFAULT = MathConfig()
+"""The math settings' defaults, defined once (:class:`~pathunlearn.config.MathConfig`): what a
+run's ``unlearning.math``, ``pathunlearn eval math`` and :func:`evaluate_math` use when told
+nothing."""
+
+GENERATE_BATCH = 16
+"""Sequences generated at once (a cell's and ``eval math``'s default; samples do not depend
+on it, see :mod:`pathunlearn.eval.generate`)."""
+
+
+def evaluate_math(model, tokenizer, conversations: list[Conversation], *,
+                  n: int = _DEFAULT.samples, temperature: float = _DEFAULT.temperature,
+                  top_p: float = _DEFAULT.top_p, max_new_tokens: int = _DEFAULT.max_new_tokens,
+                  greedy: bool = _DEFAULT.greedy, seed: int = 0,
+                  prompt_style: PromptStyle | str = "paper", max_questions: int | None = None,
+                  batch_size: int = GENERATE_BATCH) -> MathResult:
     """Sample ``n`` responses per question and score them (greedy decoding: one per question).
 
-    The gold answer is ``conv.meta["answer"]`` or the ``####`` answer of the reference
-    response; a conversation with neither is a :class:`DataError` (see :func:`gold_answers`).
+    The defaults are :class:`~pathunlearn.config.MathConfig`'s; ``prompt_style`` is a resolved
+    one (:func:`prompt_style`: ``auto`` means ``paper`` for questions not from a built-in
+    source). The gold answer is ``conv.meta["answer"]`` or the ``####`` answer of the
+    reference response; a conversation with neither is a :class:`DataError` (see
+    :func:`gold_answers`).
     """
     from pathunlearn.eval.generate import generate
 
@@ -299,18 +317,141 @@ def evaluate_math(model, tokenizer, conversations: list[Conversation], *, n: int
     )
 
 
-def measure_math(config: MathConfig, model, tokenizer, seed: int) -> MathResult | None:
-    """Math accuracy on the first ``config.questions`` questions of ``config.source`` as
-    ``unlearning.math`` asks for it (before and after every cell); None when it is off."""
-    if config.questions == 0:
-        return None
+def prompt_style(config: MathConfig) -> str:
+    """``config.prompt`` resolved: ``auto`` is ``plain`` for a built-in source (what the
+    built-in arithmetic stage trains on) and ``paper`` otherwise."""
+    if config.prompt == "auto":
+        return "plain" if config.source.startswith("builtin:") else "paper"
+    return config.prompt
+
+
+def math_questions(config: MathConfig) -> list[Conversation]:
+    """The first ``config.questions`` questions of ``config.source`` (all of them for 0)."""
     from pathunlearn.data.sources import load_source
 
-    style = config.prompt
-    if style == "auto":
-        style = "plain" if config.source.startswith("builtin:") else "paper"
-    questions = load_source(config.source, max_examples=config.questions)
+    return load_source(config.source, max_examples=config.questions or None)
+
+
+def measure_math(config: MathConfig, model, tokenizer, seed: int, *,
+                 questions: list[Conversation] | None = None,
+                 batch_size: int = GENERATE_BATCH) -> MathResult | None:
+    """Math accuracy on the first ``config.questions`` questions of ``config.source`` as
+    ``unlearning.math`` asks for it: what a cell measures before and after unlearning, and
+    what ``pathunlearn eval math`` measures (which passes the ``questions`` it checked before
+    loading the model); None when it is off (``questions`` 0 and none given)."""
+    if questions is None:
+        if config.questions == 0:
+            return None
+        questions = math_questions(config)
     return evaluate_math(model, tokenizer, questions, n=config.samples,
                          temperature=config.temperature, top_p=config.top_p,
                          greedy=config.greedy, max_new_tokens=config.max_new_tokens, seed=seed,
-                         prompt_style=style)
+                         prompt_style=prompt_style(config), batch_size=batch_size)
+
+
+def cached_math(config: MathConfig, model, tokenizer, seed: int,
+                cache_file: Path) -> MathResult | None:
+    """:func:`measure_math`, kept in ``cache_file`` (a JSON file with every answer, for people
+    to read; rank 0 alone writes it): read back when it exists, else measured and written.
+    The caller names the file by what the result depends on (a path model's math accuracy
+    before unlearning: the model, the settings, the questions' content and the seed)."""
+    from pathunlearn import distributed
+    from pathunlearn.files import write_json
+
+    if config.questions == 0:
+        return None
+    if cache_file.is_file():
+        return MathResult.from_json(json.loads(cache_file.read_text()))
+    result = measure_math(config, model, tokenizer, seed)
+    if result is not None and distributed.is_main():
+        write_json(cache_file, result.to_json())
+    return result
+
+
+def math_fields(before: MathResult | None, after: MathResult | None) -> dict[str, float | None]:
+    """A cell's summary.json fields of the math accuracy before and after unlearning."""
+    if before is None:
+        return {}
+    fields = {M.MATH_BEFORE: before.accuracy, M.MATH_NO_ANSWER_BEFORE: before.no_answer_rate,
+              M.MATH_SHUFFLED: before.shuffled_accuracy}
+    if after is not None:
+        fields |= {M.MATH_AFTER: after.accuracy, M.MATH_NO_ANSWER_AFTER: after.no_answer_rate}
+    return fields
+
+
+# ---------------------------------------------------------------------------------------------
+# `pathunlearn eval math`
+
+FLAGS: dict[str, str] = {"data": "source", "max_questions": "questions", "n": "samples",
+                         "temperature": "temperature", "top_p": "top_p", "greedy": "greedy",
+                         "max_new_tokens": "max_new_tokens", "prompt": "prompt"}
+"""``pathunlearn eval math``'s options -> the :class:`~pathunlearn.config.MathConfig` field
+each one sets."""
+
+
+@dataclass(frozen=True)
+class MathRequest:
+    """What ``pathunlearn eval math`` measures: a cell's measurement, with its settings."""
+
+    settings: MathConfig
+    seed: int
+    device: str
+    model: ModelConfig | None
+    """How to load the model: the run's ``model`` settings (dtype, attention), as a cell
+    loads its path model; None without a run (the checkpoint's own float32)."""
+
+
+def math_request(run_config: Path | None, flags: dict[str, Any], seed: int | None,
+                 device: str | None) -> MathRequest:
+    """The settings of ``pathunlearn eval math``: ``unlearning.math`` of the run whose
+    config.yaml is ``run_config`` (else :class:`MathConfig`'s defaults), each option given in
+    ``flags`` (``FLAGS``' names; None: not given) overriding its field; the seed defaults to
+    the run's first experiment seed (else 0), the device to the run's ``runtime.device``
+    (else auto). A value the config would refuse is one line naming the option."""
+    from pydantic import ValidationError
+
+    from pathunlearn.config import error_items, load_config
+    from pathunlearn.errors import UserError
+
+    cfg = None
+    if run_config is not None:
+        if not run_config.is_file():
+            raise UserError(f"--run {run_config.parent}: no {run_config.name}; not a run "
+                            "directory written by pathunlearn")
+        cfg = load_config(run_config, relative_to_file=False)  # paths as the run resolved them
+    base = cfg.unlearning.math if cfg is not None else _DEFAULT
+    given = {FLAGS[k]: v for k, v in flags.items() if v is not None}
+    try:
+        settings = MathConfig.model_validate(base.model_dump() | given)
+    except ValidationError as e:
+        raise UserError("\n".join(_option_problem(loc, msg, given)
+                                   for loc, msg, _ in error_items(e, MathConfig))) from None
+    seed = seed if seed is not None else (cfg.seeds[0] if cfg is not None else 0)
+    device = device or (cfg.runtime.device if cfg is not None else "auto")
+    return MathRequest(settings, seed, device, cfg.model if cfg is not None else None)
+
+
+def math_report(result: MathResult, want: MathRequest, seconds: float,
+                kept: MathResult | None = None) -> str:
+    """What ``pathunlearn eval math`` prints: the data and settings, the scores and, for a
+    run's path model, whether its cells measured the same before unlearning."""
+    s, b = want.settings, result.shuffled_accuracy
+    lines = [f"data: {s.source} ({result.num_questions} questions, {result.n} samples each, "
+             f"prompt {prompt_style(s)}, seed {want.seed})",
+             f"accuracy: {result.accuracy:.3f}  no answer: {result.no_answer_rate:.3f}  "
+             f"shuffled baseline: {'n/a' if b is None else f'{b:.3f}'}  ({seconds:.1f}s)"]
+    if kept is not None:
+        same = kept.to_json(details=False) == result.to_json(details=False)
+        lines.append(f"the run's cells measured {kept.accuracy:.3f} before unlearning: "
+                     + ("the same" if same else "NOT the same (other settings or model?)"))
+    return "\n".join(lines)
+
+
+def _option_problem(loc: str, msg: str, given: dict[str, Any]) -> str:
+    """A MathConfig problem as ``--OPTION VALUE: problem``; a problem of the whole section
+    (a validator's) is the option whose field it names in backquotes."""
+    field = loc if loc in given else next((f for f in given if f"`{f}`" in msg), None)
+    if field is None:
+        return f"unlearning.math.{loc}: {msg}"
+    flag = next(k for k, v in FLAGS.items() if v == field).replace("_", "-")
+    return f"--{flag} {given[field]!r}: {msg}"

@@ -114,64 +114,104 @@ def train_stage(
     A loss or gradient norm that becomes non-finite, or weights that are at the end, stop
     the stage with :class:`StageDiverged`, one line naming the stage and ``section``'s
     settings to change (nothing is saved: the caller's directory never gets its DONE)."""
-    # ---- setup: fresh optimizer and schedule for this stage
-    device = next(model.parameters()).device
-    trained = distributed.wrap(model, strategy)  # before the optimizer: FSDP swaps parameters
-    if compile:  # the forward and backward of the (wrapped) model, compiled; same parameters
-        trained = torch.compile(trained)
+    run = _Optimization.fresh(model, optim, num_steps(len(examples), optim.batch_size, epochs),
+                              strategy, compile, stage, section)
     packed = _packed_collator(model) if packing else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, optim)
-    total = num_steps(len(examples), optim.batch_size, epochs)
-    multiplier = lr_lambda(optim.scheduler, total, optim.warmup, optim.decay)
     model.train()
     losses, tokens_seen, t_start = [], 0, time.perf_counter()
     if stop is not None and _asked(stop, 0, model):
         return StageResult(0, None, None, 0, time.perf_counter() - t_start)
-
-    with _progress(progress, stage, total) as advance:
+    with _progress(progress, stage, run.total) as advance:
         for step, (epoch, n_targets, passes) in enumerate(
                 _steps(examples, optim, epochs, seed, pad_id, packed)):
             t_step = time.perf_counter()
-            lr = optim.lr * multiplier(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # ---- forward/backward over micro-batches (this rank's share under torchrun)
-            loss_value = 0.0
-            for k, (mb, weight) in enumerate(passes):
-                mb = mb.to(device)
-                with distributed.sync(trained, last=k == len(passes) - 1):
-                    with autocast(device, precision):
-                        logits = trained(**mb.inputs()).logits  # (B, T, V)
-                    # each .backward() adds to .grad => normalise by the effective batch's
-                    # tokens (all ranks' together)
-                    loss = distributed.weighted(
-                        nll_sum(logits, mb.labels, vocab_chunk) / n_targets, weight)
-                    distributed.backward(loss)
-                loss_value += loss.item()
-            loss_value = distributed.all_reduce_sum(loss_value)
-            # ---- optimizer step (never one from a non-finite loss or gradient: issue 24)
-            grad_norm = clip_gradients(params, optim.grad_clip)
-            _finite(stage, step + 1, total, optim, section, loss=loss_value, grad_norm=grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            # ---- log
+            lr, loss_value, grad_norm = run.step(step, passes, n_targets, precision, vocab_chunk)
             losses.append(loss_value)
             tokens_seen += n_targets
-            dt = time.perf_counter() - t_step
-            row = {"stage": stage, "epoch": epoch, "step": step + 1, "loss": loss_value, "lr": lr,
-                   "target_tokens": n_targets, "tokens_per_s": n_targets / max(dt, 1e-9),
-                   "grad_norm": grad_norm}
-            if metrics_path is not None:
-                with metrics_path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
+            row = _log(metrics_path, stage, epoch, step + 1, loss_value, lr, n_targets,
+                       n_targets / max(time.perf_counter() - t_step, 1e-9), grad_norm)
             advance(loss_value, row["tokens_per_s"])
             if stop is not None and _asked(stop, step + 1, model):
                 break
-    if losses and not all(bool(torch.isfinite(p.detach()).all()) for p in params):
-        _finite(stage, len(losses), total, optim, section, weights=float("nan"))
+    if losses and not all(bool(torch.isfinite(p.detach()).all()) for p in run.params):
+        _finite(stage, len(losses), run.total, optim, section, weights=float("nan"))
     return StageResult(len(losses), losses[0], losses[-1], tokens_seen,
                        time.perf_counter() - t_start)
+
+
+@dataclass
+class _Optimization:
+    """One stage's fresh optimizer and schedule over the model's trainable parameters, and
+    what its passes go through (under torchrun the DDP/FSDP wrapping, maybe compiled)."""
+
+    trained: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    optim: OptimConfig
+    total: int
+    multiplier: Callable[[int], float]
+    device: torch.device
+    stage: str
+    section: str
+    """The config section of ``optim`` (for the message of a diverged stage)."""
+
+    @classmethod
+    def fresh(cls, model: torch.nn.Module, optim: OptimConfig, total: int, strategy: str,
+              compile: bool, stage: str, section: str) -> _Optimization:
+        device = next(model.parameters()).device
+        trained = distributed.wrap(model, strategy)  # before the optimizer: FSDP swaps params
+        if compile:  # the forward and backward of the (wrapped) model, compiled; same params
+            trained = torch.compile(trained)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return cls(trained, params, make_optimizer(params, optim), optim, total,
+                   lr_lambda(optim.scheduler, total, optim.warmup, optim.decay), device,
+                   stage, section)
+
+    def step(self, step: int, passes: list[tuple[Batch, float]], n_targets: int,
+             precision: str, vocab_chunk: int | None) -> tuple[float, float, float]:
+        """Optimizer step ``step + 1``: set its learning rate, forward and backward over its
+        micro-batches, clip, step; returns (lr, loss, gradient norm). Never a step from a
+        non-finite loss or gradient (:class:`StageDiverged`)."""
+        lr = self.optim.lr * self.multiplier(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = _accumulate(self.trained, passes, n_targets, self.device, precision, vocab_chunk)
+        grad_norm = clip_gradients(self.params, self.optim.grad_clip)
+        _finite(self.stage, step + 1, self.total, self.optim, self.section, loss=loss,
+                grad_norm=grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr, loss, grad_norm
+
+
+def _accumulate(trained: torch.nn.Module, passes: list[tuple[Batch, float]], n_targets: int,
+                device: torch.device, precision: str, vocab_chunk: int | None) -> float:
+    """Forward and backward over one step's micro-batches (this rank's share under torchrun);
+    returns the step's loss, all ranks' together. Each ``.backward()`` adds to ``.grad``, so
+    each micro-batch's loss is divided by the target tokens of the whole effective batch (all
+    ranks' together): the accumulated gradient is that of one big batch."""
+    loss_value = 0.0
+    for k, (mb, weight) in enumerate(passes):
+        mb = mb.to(device)
+        with distributed.sync(trained, last=k == len(passes) - 1):
+            with autocast(device, precision):
+                logits = trained(**mb.inputs()).logits  # (B, T, V)
+            loss = distributed.weighted(nll_sum(logits, mb.labels, vocab_chunk) / n_targets,
+                                        weight)
+            distributed.backward(loss)
+        loss_value += loss.item()
+    return distributed.all_reduce_sum(loss_value)
+
+
+def _log(metrics_path: Path | None, stage: str, epoch: int, step: int, loss: float, lr: float,
+         target_tokens: int, tokens_per_s: float, grad_norm: float) -> dict:
+    """One step's row, appended to the stage's metrics.jsonl (when it has one)."""
+    row = {"stage": stage, "epoch": epoch, "step": step, "loss": loss, "lr": lr,
+           "target_tokens": target_tokens, "tokens_per_s": tokens_per_s, "grad_norm": grad_norm}
+    if metrics_path is not None:
+        with metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
 
 
 def _finite(stage: str, step: int, total: int, optim: OptimConfig, section: str,

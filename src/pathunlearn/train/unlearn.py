@@ -23,7 +23,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,40 +31,40 @@ import torch
 
 from pathunlearn import distributed
 from pathunlearn import metrics as M
-from pathunlearn.config import ExperimentConfig
+from pathunlearn.config import ExperimentConfig, MathConfig
 from pathunlearn.data.batching import collate, step_indices
 from pathunlearn.data.chat import EncodedExample, tokenize_conversations
 from pathunlearn.data.sources import load_stage
-from pathunlearn.eval.divergence import (
-    Reference,
-    heldout_examples,
-    kl_per_position,
-    mse_distance,
-    position_logprobs,
-    token_logprobs_of,
+from pathunlearn.eval.cell import CellProbes, retrain_reference
+from pathunlearn.eval.divergence import Reference
+from pathunlearn.eval.logprob import reference_logprobs
+from pathunlearn.eval.math import (
+    GENERATE_BATCH,
+    MathRequest,
+    MathResult,
+    cached_math,
+    gold_answers,
+    math_fields,
+    math_questions,
+    measure_math,
 )
-from pathunlearn.eval.logprob import Prepared, prepare_scoring, reference_logprobs
-from pathunlearn.eval.math import MathResult, measure_math
-from pathunlearn.eval.probes import (
-    ProbeSet,
-    encode_probes,
-    evaluate_probes,
-    probe_conversations,
-)
+from pathunlearn.eval.probes import ProbeSet
 from pathunlearn.eval.saturation import saturation
-from pathunlearn.files import is_done, write_json
+from pathunlearn.files import is_done
 from pathunlearn.keys import data_sha, stable_hash
 from pathunlearn.losses import token_logprobs
-from pathunlearn.methods import ForgetBatch, Method, RetainBatch, make_method
+from pathunlearn.methods import ForgetBatch, Method, RetainBatch, checked_loss, make_method
 from pathunlearn.models import (
     apply_lora,
     checkpoint_activations,
     load_checkpoint,
+    load_pretrained,
     resolve_device,
     write_checkpoint,
 )
 from pathunlearn.plan import Cell, Plan, plan_run, retrain_path
 from pathunlearn.rundir import (
+    PREFIXES,
     SUMMARY,
     CellWriter,
     cell_done,
@@ -145,9 +145,13 @@ def cell_summaries(cells: list[Cell], run_dir: Path) -> list[dict]:
 def cell_line(cell: Cell, s: dict) -> str:
     """What the log says of a finished cell (``s``: its summary.json)."""
     note = f", diverged at step {s['diverged_at']}" if s["diverged_at"] else ""
+    return f"{cell_name(cell)}: {s['steps_done']} steps, {s['seconds']:.1f}s{note}"
+
+
+def cell_name(cell: Cell) -> str:
+    """How the log and messages name a cell: path, method, sweep values, seed."""
     sweep = " " + "/".join(cell.sweep) if cell.sweep else ""
-    return (f"{cell.path_label} {cell.method_label}{sweep} seed {cell.seed}: "
-            f"{s['steps_done']} steps, {s['seconds']:.1f}s{note}")
+    return f"{cell.path_label} {cell.method_label}{sweep} seed {cell.seed}"
 
 
 # ---------------------------------------------------------------------------- one cell
@@ -157,35 +161,90 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     """Run one cell from its path model; write its directory atomically; return its summary.
 
     1. load the path model and encode the forget set (and the retain data of a weakly-local
-       method);
-    2. take from the path model what the method needs before it changes (reference
-       log-probabilities or a frozen copy) and the math accuracy before unlearning;
-    3. a fresh adapter, optimizer, schedule and batch order; the saturation diagnostics at
-       step 0 (:mod:`pathunlearn.eval.saturation`);
+       method), and take from the path model what the method needs before it changes
+       (reference log-probabilities or a frozen copy): :func:`cell_data`;
+    2. the math accuracy before unlearning (:func:`path_model_math`);
+    3. a fresh adapter, optimizer, schedule and batch order (:func:`fresh_steps`), what is
+       measured at every eval point (:class:`~pathunlearn.eval.cell.CellProbes`) and the
+       saturation diagnostics at step 0 (:mod:`pathunlearn.eval.saturation`);
     4. probes at step 0, then optimizer steps, probes every ``eval_every`` steps; a non-finite
-       loss or probe stops the cell;
+       loss or probe stops the cell (:func:`unlearning_loop`);
     5. the math accuracy after, the relearning runs (:mod:`pathunlearn.train.relearn`, when
-       ``relearn.steps`` > 0), the summary, the unlearned model when asked for.
+       ``relearn.steps`` > 0), the summary, the unlearned model when asked for
+       (:func:`finish_cell`).
     """
-    u, device = cfg.unlearning, resolve_device(cfg.runtime.device)
+    device = resolve_device(cfg.runtime.device)
     method = make_method(cell.method)
-
-    # ---- 1. the path model and the data
     model, tok = load_checkpoint(prefix_dir(run_dir, cell.model_key), cfg.model, device)
-    data = CellData(forget=encode_stage(cfg, tok, cfg.paths.forget_stage),
-                    retain=[] if method.local else [
-                        e for s in retain_stages(cfg, cell.path) for e in encode_stage(cfg, tok, s)],
-                    pad_id=tok.pad_token_id)
+    data = cell_data(cfg, cell, method, model, tok)
+    math_before = path_model_math(cfg, cell, model, tok, run_dir, shared)
+    steps = fresh_steps(cfg, cell, model, data, device)
+    probe = CellProbes(tok, shared.probe_sets, cell_retrain_reference(cfg, cell, run_dir, shared),
+                       cfg.model.max_length)
+    start = saturation(steps.model, data.forget, data.pad_id, device, cfg.probes.examples,
+                       cfg.unlearning.micro_batch_size)  # changes nothing: no update, RNG restored
+    with distributed.output_dir(unit_dir(run_dir, cell)) as tmp:
+        files, t0 = CellWriter(tmp), time.perf_counter()
+        diverged_at, last = unlearning_loop(cfg, cell, method, steps, data, probe, files, start)
+        if diverged_at is not None:
+            files.diverged(diverged_at)
+        summary = finish_cell(cfg, cell, steps, tok, data, files, shared, Outcome(
+            last.get(M.STEP, 0), diverged_at, t0, start, math_before))
+    return summary
 
-    # ---- 2. what the method needs from the path model, and the math accuracy before
+
+@dataclass
+class Steps:
+    """A cell's optimisation: the model with its fresh adapter, the optimizer, the schedule
+    and the batch order."""
+
+    model: torch.nn.Module
+    """What is evaluated and saved."""
+    trained: torch.nn.Module
+    """What the passes go through: ``model``, or under torchrun its DDP/FSDP wrapping."""
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    total: int
+    multiplier: Callable[[int], float]
+    forget_batches: Iterator
+    retain_batches: Iterator | None
+    seed: int
+    """The cell's seed of its adapter init, batch order and relearning."""
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the loop of a cell leaves for its summary."""
+
+    steps_done: int
+    diverged_at: int | None
+    started: float
+    """``time.perf_counter()`` when the loop started."""
+    saturation: dict
+    """The saturation diagnostics at step 0 and the first step's gradient norm."""
+    math_before: MathResult | None
+
+
+def cell_data(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn.Module,
+              tok) -> CellData:
+    """The forget set (and a weakly-local method's retain data) tokenised, and what the
+    method needs of the path model before it changes (reference log-probabilities, or under
+    full finetuning a frozen copy for a KL retain term)."""
+    data = CellData(forget=encode_stage(cfg, tok, cfg.paths.forget_stage),
+                    retain=[] if method.local else retain_examples(cfg, tok, cell.path),
+                    pad_id=tok.pad_token_id)
     if method.needs_reference:
         data.ref_logp = reference_logprobs(model, data.forget, data.pad_id)
     if method.needs_reference_model and cfg.model.finetuning == "full":
         data.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    math_before = path_model_math(cfg, cell, model, tok, run_dir, shared)
+    return data
 
-    # ---- 3. a fresh adapter, optimizer, schedule and batch order
-    seed = stage_seed(cell.seed, "unlearn")
+
+def fresh_steps(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, data: CellData,
+                device: torch.device) -> Steps:
+    """A fresh adapter (under LoRA), optimizer, schedule and batch order for the cell."""
+    u, seed = cfg.unlearning, stage_seed(cell.seed, "unlearn")
     if cfg.model.finetuning == "lora":
         model = apply_lora(model, cfg.model.lora, seed=seed)
     if cfg.runtime.gradient_checkpointing:
@@ -196,68 +255,75 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, u.model_copy(update={"lr": cell.lr}))
     total = u.steps or num_steps(len(data.forget), u.batch_size, u.epochs)
-    multiplier = lr_lambda(cell.scheduler, total, u.warmup, u.decay)
     forget_batches = step_indices(len(data.forget), u.batch_size, u.micro_batch_size, seed,
                                   [len(e.input_ids) for e in data.forget])
     retain_batches = step_indices(len(data.retain), u.batch_size, u.micro_batch_size,
                                   seed + 1, [len(e.input_ids) for e in data.retain]
                                   ) if data.retain else None
-    probe = CellProbes(cfg, tok, shared.probe_sets, retrain_reference(cfg, cell, run_dir, shared))
-    start = saturation(model, data.forget, data.pad_id, device, cfg.probes.examples,
-                       u.micro_batch_size)  # changes nothing: no update, RNG restored
+    return Steps(model, trained, params, optimizer, total,
+                 lr_lambda(cell.scheduler, total, u.warmup, u.decay), forget_batches,
+                 retain_batches, seed, device)
 
-    # ---- 4. the loop
-    with distributed.output_dir(unit_dir(run_dir, cell)) as tmp:
-        files = CellWriter(tmp)
-        t0, diverged_at, last = time.perf_counter(), None, {}
-        files.metrics({M.STEP: 0, **probe(model), **cell.describe()})
-        for step in range(1, total + 1):
-            lr = cell.lr * multiplier(step - 1)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            retain_idx = next(retain_batches)[1] if retain_batches else None
-            loss = backward(method, trained, data, next(forget_batches)[1], retain_idx, device,
-                            cfg.training.precision, cfg.runtime.vocab_chunk)
-            grad_norm = clip_gradients(params, u.grad_clip)
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                diverged_at = step
-                break
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            last = {M.STEP: step, M.LOSS: loss, M.LR: lr, M.GRAD_NORM: grad_norm}
-            if step == 1:
-                start[M.FIRST_GRAD_NORM] = grad_norm
-            files.step(last)
-            if step % u.eval_every == 0 or step == total:
-                row = {**last, **probe(model), "local": cell.local}
-                files.metrics(row)
-                if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
-                    diverged_at = step
-                    break
-        if diverged_at is not None:
-            files.diverged(diverged_at)
 
-        # ---- 5. math after, relearning, summary, the unlearned model
-        math_after = measure_math(u.math, model, tok, cell.seed) if diverged_at is None else None
-        if cfg.relearn.steps and diverged_at is None:
-            retain = data.retain or [e for s in retain_stages(cfg, cell.path)
-                                     for e in encode_stage(cfg, tok, s)]
-            files.relearn(relearn(cfg, model, tok, {"retain": retain, "forget": data.forget},
-                                  shared.probe_sets, device, seed))
-        summary = {**cell.describe(), "key": cell.key, "steps": total,
-                   "steps_done": last.get(M.STEP, 0), M.DIVERGED_AT: diverged_at,
-                   "seconds": time.perf_counter() - t0, "forget_examples": len(data.forget),
-                   "retain_examples": len(data.retain), M.SATURATION: start,
-                   **math_fields(math_before, math_after)}
-        files.finish(summary, cfg)
-        if u.save_model and diverged_at is None:
-            write_checkpoint(model, tok, files.model_dir)
+def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: Steps,
+                    data: CellData, probe: CellProbes, files: CellWriter,
+                    start: dict) -> tuple[int | None, dict]:
+    """Probes at step 0, then ``steps.total`` optimizer steps with probes every
+    ``eval_every`` steps (and at the last); rows go to ``files``, the first step's gradient
+    norm to ``start``. Returns (the step a non-finite loss, gradient norm or probe stopped
+    the cell at, else None; the last step's row)."""
+    u, name, last = cfg.unlearning, cell_name(cell), {}
+    files.metrics({M.STEP: 0, **probe(steps.model), **cell.describe()})
+    for step in range(1, steps.total + 1):
+        lr = cell.lr * steps.multiplier(step - 1)
+        for group in steps.optimizer.param_groups:
+            group["lr"] = lr
+        retain_idx = next(steps.retain_batches)[1] if steps.retain_batches else None
+        loss = backward(method, steps.trained, data, next(steps.forget_batches)[1], retain_idx,
+                        steps.device, cfg.training.precision, cfg.runtime.vocab_chunk,
+                        step=step, cell=name)
+        grad_norm = clip_gradients(steps.params, u.grad_clip)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return step, last
+        steps.optimizer.step()
+        steps.optimizer.zero_grad(set_to_none=True)
+        last = {M.STEP: step, M.LOSS: loss, M.LR: lr, M.GRAD_NORM: grad_norm}
+        if step == 1:
+            start[M.FIRST_GRAD_NORM] = grad_norm
+        files.step(last)
+        if step % u.eval_every == 0 or step == steps.total:
+            row = {**last, **probe(steps.model), "local": cell.local}
+            files.metrics(row)
+            if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
+                return step, last
+    return None, last
+
+
+def finish_cell(cfg: ExperimentConfig, cell: Cell, steps: Steps, tok, data: CellData,
+                files: CellWriter, shared: Shared, done: Outcome) -> dict:
+    """After the loop: the math accuracy after unlearning, the relearning runs, the summary
+    and config, the unlearned model (``unlearning.save_model``); returns the summary."""
+    model, diverged = steps.model, done.diverged_at is not None
+    math_after = None if diverged else measure_math(cfg.unlearning.math, model, tok, cell.seed)
+    if cfg.relearn.steps and not diverged:
+        retain = data.retain or retain_examples(cfg, tok, cell.path)
+        files.relearn(relearn(cfg, model, tok, {"retain": retain, "forget": data.forget},
+                              shared.probe_sets, steps.device, steps.seed))
+    summary = {**cell.describe(), "key": cell.key, "steps": steps.total,
+               "steps_done": done.steps_done, M.DIVERGED_AT: done.diverged_at,
+               "seconds": time.perf_counter() - done.started, "forget_examples": len(data.forget),
+               "retain_examples": len(data.retain), M.SATURATION: done.saturation,
+               **math_fields(done.math_before, math_after)}
+    files.finish(summary, cfg)
+    if cfg.unlearning.save_model and not diverged:
+        write_checkpoint(model, tok, files.model_dir)
     return summary
 
 
 def backward(method: Method, model: torch.nn.Module, data: CellData,
              micro_idx: list[list[int]], retain_idx: list[list[int]] | None,
-             device: torch.device, precision: str, vocab_chunk: int | None = None) -> float:
+             device: torch.device, precision: str, vocab_chunk: int | None = None, *,
+             step: int = 0, cell: str = "") -> float:
     """Forward and backward over the micro-batches of one step; returns the step's loss.
 
     Divisors are those of the whole effective batch (target tokens for token means,
@@ -266,7 +332,9 @@ def backward(method: Method, model: torch.nn.Module, data: CellData,
     not used). Under torchrun ``model`` is the DDP/FSDP module and each rank makes the passes
     of its share of the step (:func:`pathunlearn.distributed.step_work`) with the same global
     divisors; the loss returned is the whole step's on every rank. ``vocab_chunk``: target
-    positions per softmax over the vocabulary (:mod:`pathunlearn.losses`).
+    positions per softmax over the vocabulary (:mod:`pathunlearn.losses`). A user's method's
+    terms go through :func:`pathunlearn.methods.checked_loss` (an exception or a non-scalar
+    loss is one line naming the method, ``step`` and ``cell``).
     """
     flat = [i for mb in micro_idx for i in mb]
     n_tokens, n_seq = sum(data.forget[i].num_targets for i in flat), len(flat)
@@ -288,13 +356,15 @@ def backward(method: Method, model: torch.nn.Module, data: CellData,
                     logits = model(**batch.inputs()).logits  # (B, T, V)
                 token_logp, mask = token_logprobs(logits, batch.labels, vocab_chunk)
                 ref = None if data.ref_logp is None else data.ref_logp[idx].to(device)
-                loss = distributed.weighted(method.forget_loss(
-                    ForgetBatch(token_logp, mask, n_tokens, n_seq, ref)), weight)
+                loss = distributed.weighted(checked_loss(
+                    method, "forget_loss", ForgetBatch(token_logp, mask, n_tokens, n_seq, ref),
+                    step, cell), weight)
             if j < len(retain_work):
                 idx, weight = retain_work[j]
-                term = distributed.weighted(method.retain_loss(
-                    retain_batch(method, model, data, idx, device, precision, r_tokens,
-                                 vocab_chunk)), weight)
+                term = distributed.weighted(checked_loss(
+                    method, "retain_loss", retain_batch(method, model, data, idx, device,
+                                                        precision, r_tokens, vocab_chunk),
+                    step, cell), weight)
                 loss = term if loss is None else loss + term
             distributed.backward(loss)
         total += loss.item()
@@ -321,72 +391,17 @@ def retain_batch(method: Method, model: torch.nn.Module, data: CellData, idx: li
     return RetainBatch(logits, batch.labels, n_tokens, ref_logits, vocab_chunk)
 
 
-class CellProbes:
-    """What a cell measures at every eval point: every scored probe, the log-probability of
-    every held-out reference token (``re_tokens``, from which pairwise distances between cells
-    are computed afterwards) and, with a retrain model, the distances to it
-    (``re_retrain/kl``, ``/mse``). Without heldout probe sets there are no distances."""
+def cell_retrain_reference(cfg: ExperimentConfig, cell: Cell, run_dir: Path,
+                           shared: Shared) -> Reference | None:
+    """The retrain model's next-token distributions on the held-out RE set
+    (:func:`pathunlearn.eval.cell.retrain_reference`), loaded from the run's prefix of the
+    cell's retrain model, computed once per retrain model for every cell compared with it."""
+    def load(key: str):
+        return load_checkpoint(prefix_dir(run_dir, key), cfg.model,
+                               resolve_device(cfg.runtime.device))
 
-    def __init__(self, cfg: ExperimentConfig, tokenizer, probe_sets: list[ProbeSet],
-                 retrain: Reference | None):
-        self.tokenizer, self.probe_sets, self.retrain = tokenizer, probe_sets, retrain
-        self.encoded = encode_probes(tokenizer, probe_sets, cfg.model.max_length)
-        self.prepared: Prepared | None = None  # the batches, worked out at the first call
-        self.heldout = heldout_set(cfg, tokenizer, probe_sets)
-        # under torchrun a rank holds the retrain reference of its share of the held-out set
-        if retrain is not None and retrain.tokens.numel() != sum(
-                e.num_targets for e in distributed.shard(self.heldout)):
-            raise ValueError("the retrain reference was computed on another held-out set")
-        self.retrain_tokens = None if retrain is None else distributed.gather_tensor(
-            token_logprobs_of(retrain))
-
-    def __call__(self, model: torch.nn.Module) -> dict:
-        if self.prepared is None:
-            self.prepared = prepare_scoring(model, self.encoded, self.tokenizer.pad_token_id)
-        metrics = evaluate_probes(model, self.tokenizer, self.probe_sets, prepared=self.prepared)
-        if not self.heldout:
-            return metrics
-        current = heldout_logprobs(model, self.heldout, self.tokenizer.pad_token_id)
-        tokens = distributed.gather_tensor(token_logprobs_of(current))
-        if self.retrain is not None:
-            metrics[M.RE_RETRAIN_KL] = distributed.global_mean(
-                kl_per_position(current, self.retrain))
-            metrics[M.RE_RETRAIN_MSE] = mse_distance(tokens, self.retrain_tokens)
-        return {**metrics, M.RE_TOKENS: [round(float(x), 5) for x in tokens]}
-
-
-def heldout_set(cfg: ExperimentConfig, tokenizer, probe_sets: list[ProbeSet]) -> list:
-    """The held-out RE set: the items of every ``heldout`` probe set, tokenised."""
-    conversations = [c for p in probe_sets if p.kind == "heldout"
-                     for c in probe_conversations(p)]
-    return heldout_examples(tokenizer, cfg.model.max_length, conversations) \
-        if conversations else []
-
-
-def retrain_reference(cfg: ExperimentConfig, cell: Cell, run_dir: Path,
-                      shared: Shared) -> Reference | None:
-    """The retrain model's next-token distributions on the held-out RE set, computed once per
-    retrain model and shared by every cell compared with it; None without a retrain model."""
-    key = cell.retrain_key
-    if key is None or not any(p.kind == "heldout" for p in shared.probe_sets):
-        return None
-    if key not in shared.references:
-        model, tok = load_checkpoint(prefix_dir(run_dir, key), cfg.model,
-                                     resolve_device(cfg.runtime.device))
-        heldout = heldout_set(cfg, tok, shared.probe_sets)
-        shared.references[key] = heldout_logprobs(model, heldout, tok.pad_token_id)
-    return shared.references[key]
-
-
-def heldout_logprobs(model: torch.nn.Module, heldout: list[EncodedExample],
-                     pad_id: int) -> Reference:
-    """:func:`~pathunlearn.eval.divergence.position_logprobs` of this rank's contiguous share
-    of the held-out set (all of it in a plain process; :func:`pathunlearn.distributed.shard`)."""
-    mine, batch_size = distributed.shard(heldout), 32
-    with distributed.lockstep(model, -(-len(mine) // batch_size)):
-        if mine:
-            return position_logprobs(model, mine, pad_id, batch_size)
-    return Reference(torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
+    return retrain_reference(cell.retrain_key, load, shared.probe_sets, cfg.model.max_length,
+                             shared.references)
 
 
 # ---------------------------------------------------------------------------- data
@@ -403,42 +418,70 @@ def retain_stages(cfg: ExperimentConfig, path: tuple[str, ...]) -> list[str]:
     return list(cfg.unlearning.retain_stages) or list(retrain_path(cfg, path))
 
 
+def retain_examples(cfg: ExperimentConfig, tokenizer,
+                    path: tuple[str, ...]) -> list[EncodedExample]:
+    """The retain data of a cell on ``path`` (:func:`retain_stages`), tokenised."""
+    return [e for s in retain_stages(cfg, path) for e in encode_stage(cfg, tokenizer, s)]
+
+
+# ---------------------------------------------------------------------------- math
+
+
 def path_model_math(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, tokenizer,
                     run_dir: Path, shared: Shared) -> MathResult | None:
     """The math accuracy of the cell's path model before unlearning (None without math
     questions). It is the same for every method and learning rate of a (path model, seed), so
-    it is measured once: kept in ``shared`` for this invocation, and written to the run's
-    cache (``cache/math_before/<model key>-<hash>.json``, :func:`pathunlearn.rundir.
-    math_before_file`, hashed over the math settings, the math file's content and the seed;
-    outside the path model's directory, which is complete once DONE) for every later
-    invocation and every Ray task, which would
-    each sample it again (at the paper's 5 samples per GSM8K question, the costliest
-    evaluation of a cell)."""
+    it is measured once: kept in ``shared`` for this invocation, and in the run's cache
+    (:func:`math_before_path`; outside the path model's directory, which is complete once
+    DONE) for every later invocation and every Ray task, which would each sample it again (at
+    the paper's 5 samples per GSM8K question, the costliest evaluation of a cell)."""
     key = (cell.model_key, cell.seed)
-    if key in shared.math_before:
-        return shared.math_before[key]
-    settings = cfg.unlearning.math
-    result = None
-    if settings.questions:
-        content = data_sha(settings.source)
-        path = math_before_file(run_dir, cell.model_key,
-                                stable_hash(settings.model_dump(mode="json"), content, cell.seed))
-        if path.is_file():
-            result = MathResult.from_json(json.loads(path.read_text()))
-        else:
-            result = measure_math(settings, model, tokenizer, cell.seed)
-            if result is not None and distributed.is_main():
-                write_json(path, result.to_json())  # with every answer, for people to read
-    shared.math_before[key] = result
-    return result
+    if key not in shared.math_before:
+        settings = cfg.unlearning.math
+        shared.math_before[key] = cached_math(
+            settings, model, tokenizer, cell.seed,
+            math_before_path(run_dir, cell.model_key, settings, cell.seed)
+        ) if settings.questions else None
+    return shared.math_before[key]
 
 
-def math_fields(before: MathResult | None, after: MathResult | None) -> dict:
-    """The summary.json fields of the math accuracy before and after unlearning."""
-    if before is None:
-        return {}
-    fields = {M.MATH_BEFORE: before.accuracy, M.MATH_NO_ANSWER_BEFORE: before.no_answer_rate,
-              M.MATH_SHUFFLED: before.shuffled_accuracy}
-    if after is not None:
-        fields |= {M.MATH_AFTER: after.accuracy, M.MATH_NO_ANSWER_AFTER: after.no_answer_rate}
-    return fields
+def math_before_path(run_dir: str | Path, model_key: str, settings: MathConfig,
+                     seed: int) -> Path:
+    """Where a path model's math accuracy before unlearning under ``settings`` and ``seed``
+    is kept: :func:`pathunlearn.rundir.math_before_file`, hashed over the math settings, the
+    questions' content and the seed (``pathunlearn eval math --run`` finds it there too)."""
+    digest = stable_hash(settings.model_dump(mode="json"), data_sha(settings.source), seed)
+    return math_before_file(run_dir, model_key, digest)
+
+
+def kept_math_before(run_dir: str | Path, model_dir: str | Path, settings: MathConfig,
+                     seed: int) -> MathResult | None:
+    """What the run's cells measured of the path model in ``model_dir`` before unlearning
+    under ``settings`` and ``seed`` (:func:`math_before_path`), when ``model_dir`` is one of
+    the run's prefixes and a cell measured it; else None."""
+    model_dir = Path(model_dir).resolve()
+    if not settings.questions or model_dir.parent != Path(run_dir, PREFIXES).resolve():
+        return None
+    path = math_before_path(run_dir, model_dir.name, settings, seed)
+    return MathResult.from_json(json.loads(path.read_text())) if path.is_file() else None
+
+
+def model_math(directory: Path, want: MathRequest, batch_size: int | None = None,
+               run_dir: Path | None = None) -> tuple[MathResult, float, MathResult | None]:
+    """``pathunlearn eval math``: the model in ``directory``, loaded as a cell loads its path
+    model (the run's ``model`` settings, when ``want`` has them), measured as a cell measures
+    it (:func:`~pathunlearn.eval.math.measure_math`); the questions are checked before the
+    model is loaded. Returns the result, the seconds it took and, for a path model of
+    ``run_dir``, what its cells measured before unlearning (:func:`kept_math_before`)."""
+    questions = math_questions(want.settings)
+    gold_answers(questions)  # fail on bad data before loading the model
+    device = resolve_device(want.device)
+    model, tokenizer = (load_checkpoint(directory, want.model, device) if want.model else
+                        load_pretrained(directory, device=device))
+    start = time.perf_counter()
+    result = measure_math(want.settings, model, tokenizer, want.seed, questions=questions,
+                          batch_size=batch_size or GENERATE_BATCH)
+    seconds = time.perf_counter() - start
+    kept = None if run_dir is None else kept_math_before(run_dir, directory, want.settings,
+                                                         want.seed)
+    return result, seconds, kept
