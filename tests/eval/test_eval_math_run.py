@@ -84,3 +84,23 @@ def test_a_directory_that_is_not_a_run_is_one_line(cli, run, tmp_path):
     _, model_dir, _ = run
     r = cli("eval", "math", model_dir, "--run", tmp_path)
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "config.yaml" in r.err
+
+
+def test_the_math_defaults_are_defined_once(cli):
+    """MathConfig's defaults are evaluate_math's and `eval math`'s (issue 24 item 4: they
+    were 128 / auto in a run, 256 / paper in the other two)."""
+    import inspect
+
+    from pathunlearn.config import MathConfig
+    from pathunlearn.eval.math import evaluate_math
+
+    d, params = MathConfig(), inspect.signature(evaluate_math).parameters
+    assert [params[k].default for k in ("n", "temperature", "top_p", "max_new_tokens",
+                                        "greedy")] == [d.samples, d.temperature, d.top_p,
+                                                       d.max_new_tokens, d.greedy]
+    r = cli("eval", "math", "tiny", "--max-questions", "1", "--n", "1", "--json")
+    assert r.code == 0, r.err
+    got = json.loads(r.out)
+    assert got["settings"]["max_new_tokens"] == d.max_new_tokens and got["data"] == d.source
+    assert got["settings"]["prompt_style"] == "plain"  # `auto`, on the built-in source
+    assert got["run_math_before"] is None

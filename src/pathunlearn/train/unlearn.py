@@ -15,6 +15,10 @@ diagnostics at step 0 and the first step's gradient norm), ``config.yaml`` and, 
 ``unlearning.save_model``, the unlearned model. It exists once its DONE marker does; a cell
 finished with its key is never rerun. A non-finite loss or probe stops only its cell,
 recorded as ``diverged_at``.
+
+What a cell measures is :mod:`pathunlearn.eval` code (``eval/cell.py``: the probes, the RE
+distances to the retrain model; ``eval/math.py``: the math accuracy, kept in the run's cache
+before unlearning); this module loads the models it measures and names the files it keeps.
 """
 
 from __future__ import annotations
