@@ -118,6 +118,37 @@ def test_ray_run_equals_the_local_run_even_when_a_worker_is_killed(workspace, re
     assert again.code == 0 and "0 stage-training task(s) and 0 cell task(s)" in again.out
 
 
+def test_ray_sets_a_damaged_prefix_aside_and_retrains_it_before_it_schedules(
+        workspace, reference, ray_instance, cli, tmp_path):
+    """Issue 24: the Ray executor verifies finished prefixes as the local one does; the cell
+    computed from the damaged one runs again, after it."""
+    import shutil
+
+    _, config = workspace
+    run_dir = tmp_path / "small"
+    for top in ("prefixes", "cells"):
+        shutil.copytree(reference / top, run_dir / top)
+    cfg = load_config(config, [f"output_dir={tmp_path}"])
+    damaged = unit_dir(run_dir, plan_run(cfg, check=False).prefixes[-1])  # a path model
+    weights = (damaged / "model.safetensors").read_bytes()
+    middle = len(weights) // 2  # same size, 16 bytes of tensor data flipped
+    (damaged / "model.safetensors").write_bytes(
+        weights[:middle] + bytes(b ^ 0xFF for b in weights[middle:middle + 16])
+        + weights[middle + 16:])
+    result = cli("run", config, f"output_dir={tmp_path}", "--executor", "ray")
+    assert result.code == 0, result.err + result.out
+    said = " ".join(result.out.split())
+    assert said.count("; set aside as ") == 1 and "model.safetensors does not hold" in said
+    assert "ray: 1 stage-training task(s) and 1 cell task(s) to run" in said
+    (aside,) = run_dir.glob("prefixes/*.corrupt-*")
+    assert aside.name.startswith(damaged.name) and aside.name in said
+    assert (damaged / "model.safetensors").read_bytes() == weights  # retrained, bit-identical
+    assert json.loads((run_dir / "results.json").read_text()) == json.loads(
+        (reference / "results.json").read_text())
+    rows = {k: v for k, v in rows_of(run_dir).items() if ".corrupt-" not in k}
+    assert rows == rows_of(reference)
+
+
 def test_the_units_wait_for_the_models_they_start_from(workspace):
     directory, config = workspace
     cfg = load_config(config, [f"output_dir={directory / 'nowhere'}",

@@ -17,7 +17,10 @@ unit writes its directory the way the local executor does (a temporary directory
 into place with a DONE marker), so a task that is killed and retried never leaves a
 half-written prefix or cell, and a task whose directory is already DONE returns at once.
 Only this process (the driver) holds the run directory (:func:`pathunlearn.rundir.
-hold_run_dir`), logs, calls the tracking hooks, and removes what killed tasks left.
+hold_run_dir`), logs, calls the tracking hooks, and removes what killed tasks left. Before
+either executor schedules anything, the finished models are verified against the hashes their
+prefix.json recorded (:func:`~pathunlearn.train.paths.verify_models`): a damaged one is set
+aside and retrained, and the cells computed from it are computed again.
 
 Every worker must reach the run directory, the driver's working directory (relative paths in
 the config mean the same on every node) and the base model: a shared filesystem.
@@ -57,6 +60,7 @@ from pathunlearn.train.paths import (
     train_matched_model,
     train_paths,
     train_prefix,
+    verify_models,
 )
 from pathunlearn.train.pretrain import ensure_base
 from pathunlearn.train.unlearn import Shared, cell_line, unlearn_all, unlearn_cell
@@ -189,6 +193,7 @@ def run_on_ray(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool 
     (what finished is kept: rerun to resume)."""
     ray = import_ray()
     run_dir = run_dir.resolve()
+    verify_models(plan, run_dir, log=log)  # as train_paths does: damaged models retrain
     units = todo(cfg, plan, run_dir, cells=cells)
     n_cells = sum(isinstance(u, Cell) for u in units)
     log(f"ray: {len(units) - n_cells} stage-training task(s) and {n_cells} cell task(s) to run "

@@ -233,15 +233,6 @@ def test_experiment_math_settings_reach_the_sampler(monkeypatch, tiny_tokenizer)
     assert measure_math(off.unlearning.math, None, tiny_tokenizer, seed=0) is None
 
 
-def test_old_math_keys_name_the_new_ones():
-    from pathunlearn.config import builtin_config_path, load_config
-    from pathunlearn.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=r"unlearning: the math_\* keys moved into the section "
-                                          r"unlearning.math: math_questions -> math.questions"):
-        load_config(builtin_config_path("demo"), ["unlearning.math_questions=7"])
-
-
 # ---------------------------------------------------------------------------------------------
 # the command
 
