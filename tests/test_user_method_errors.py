@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
@@ -153,3 +154,42 @@ def test_checked_loss_leaves_the_built_in_methods_alone():
 
 def test_method_errors_are_config_errors():
     assert issubclass(MethodError, ConfigError)
+
+
+RETAIN = '''
+from pathunlearn.methods import Method
+
+
+class WithRetain(Method):
+    name = "with_retain"
+    local = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        if self.options.get("fail"):
+            raise KeyError("weights")
+
+    def forget_loss(self, batch):
+        return batch.token_logp.sum()
+
+    def retain_loss(self, batch):
+        return batch.logits.mean(-1)
+'''
+
+
+def test_a_retain_term_that_is_not_a_scalar_and_a_failing_init_name_the_method(tmp_path):
+    from pathunlearn.methods import RetainBatch
+
+    file, spec = write(tmp_path, "with_retain.py", RETAIN, "WithRetain")
+    method = make_method(MethodConfig(name=spec))
+    retain = RetainBatch(torch.zeros(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), 3)
+    with pytest.raises(MethodError) as raised:
+        checked_loss(method, "retain_loss", retain, step=2, cell="p with_retain seed 0")
+    assert str(raised.value).startswith(
+        f"method '{spec}' ({file}): retain_loss returned a tensor of shape (1, 3), at "
+        "unlearning step 2 of cell p with_retain seed 0")
+    with pytest.raises(MethodError) as raised:
+        make_method(MethodConfig(name=spec, options={"fail": True}))
+    assert f"method '{spec}' ({file}): creating it raised KeyError" in str(raised.value)
+    assert f"(at {file}, line 12)" in str(raised.value)
+    assert isinstance(raised.value.__cause__, KeyError)  # the user's traceback, for --debug
