@@ -193,3 +193,18 @@ def test_a_retain_term_that_is_not_a_scalar_and_a_failing_init_name_the_method(t
     assert f"method '{spec}' ({file}): creating it raised KeyError" in str(raised.value)
     assert f"(at {file}, line 12)" in str(raised.value)
     assert isinstance(raised.value.__cause__, KeyError)  # the user's traceback, for --debug
+
+
+def test_checking_a_users_loss_reads_no_value(tmp_path):
+    """The check costs no device sync: on the meta device, where reading any value
+    (``.item()``, ``bool()``) raises, a user's loss goes through checked_loss untouched."""
+    _, spec = write(tmp_path, "sum_method.py", NOT_A_SCALAR.replace(
+        "return -(batch.token_logp * batch.mask)",
+        "return -(batch.token_logp * batch.mask).sum() / batch.num_tokens"), "PerToken")
+    method = make_method(MethodConfig(name=spec))
+    meta = ForgetBatch(torch.empty(2, 3, device="meta"),
+                       torch.empty(2, 3, dtype=torch.bool, device="meta"), 6, 2)
+    with pytest.raises(RuntimeError):
+        bool(torch.isfinite(meta.token_logp).all())  # what a value check would do
+    loss = checked_loss(method, "forget_loss", meta, step=1, cell="c")
+    assert loss.device.type == "meta" and loss.dim() == 0
