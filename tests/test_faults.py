@@ -217,6 +217,13 @@ def test_a_name_that_is_a_parent_directory_is_one_line_and_writes_nothing(tmp_pa
     line = one_error(cli("run", config, "name=.."))
     assert "name '..'" in line, line
     assert files_under(tmp_path) == {tmp_path / "a", tmp_path / "a" / "b", config}
+    # a user's method whose class is named ".." (its cells' directory)
+    method = tmp_path / "a" / "b" / "up.py"
+    method.write_text("from pathunlearn.methods import NPO\n\n\nclass Up(NPO):\n"
+                      "    name = '..'\n")
+    line = one_error(cli("run", config, f"unlearning.methods=[{{name: '{method}:Up'}}]"))
+    assert "unlearning.methods.0" in line and "'..'" in line, line
+    assert files_under(tmp_path) == {tmp_path / "a", tmp_path / "a" / "b", config, method}
 
 
 # ---------------------------------------------------------------------------- damage
