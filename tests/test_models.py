@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from pathunlearn.config import LoraConfig, ModelConfig
-from pathunlearn.errors import ConfigError
+from pathunlearn.errors import ConfigError, UserError
 from pathunlearn.files import is_done
 from pathunlearn.models import (
     apply_lora,
+    check_architecture,
     check_model_files,
     count_parameters,
+    load_adapter,
     load_model,
     load_pretrained,
     lora_targets,
@@ -146,3 +148,49 @@ def test_interrupted_save_leaves_previous_checkpoint(model, tiny_tokenizer, tmp_
         save_checkpoint(model, BadTokenizer(), tmp_path / "ckpt", resolved_config="v: 2\n")
     assert (tmp_path / "ckpt" / "config.yaml").read_text() == "v: 1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+# ---- issue 25: safetensors only, and what the model's config shows, before any work
+
+def test_a_pickled_adapter_where_an_adapter_was_is_never_unpickled(model, tiny_tokenizer,
+                                                                   tmp_path, monkeypatch):
+    import copy
+
+    peft_model = apply_lora(copy.deepcopy(model), LoraConfig(rank=4), seed=0)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(weights), tmp_path / "adapter" / "adapter_model.bin")  # peft reads it
+    weights.unlink()
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or {})
+    with pytest.raises(UserError) as e:
+        load_adapter(copy.deepcopy(model), tmp_path / "adapter")
+    assert "adapter_model.bin: pickle files are never loaded" in str(e.value)
+    assert "\n" not in str(e.value) and loads == []
+    with pytest.raises(UserError, match="no adapter directory"):  # peft would ask the hub
+        load_adapter(copy.deepcopy(model), tmp_path / "nothing")
+
+
+def test_a_pickled_model_is_refused_before_transformers(tmp_path, monkeypatch):
+    from pathunlearn.tiny import tiny_location
+
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((tiny_location() / name).read_bytes())
+    (tmp_path / "model.pt").write_bytes(b"\x80\x04K\x01.")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("unpickled"))
+    with pytest.raises(ConfigError, match="only model.pt: pickle files are never loaded"):
+        load_pretrained(tmp_path)
+
+
+def test_the_model_config_shows_a_bad_attention_or_lora_target_before_any_load():
+    tiny = {"preset": "tiny"}
+    assert check_architecture(ModelConfig(**tiny)) == []
+    assert check_architecture(ModelConfig(**tiny, finetuning="lora")) == []
+    [line] = check_architecture(ModelConfig(**tiny, attn_implementation="bogus"))
+    assert line.startswith("model.attn_implementation: 'bogus': ") and "not supported" in line
+    [line] = check_architecture(ModelConfig(**tiny, finetuning="lora",
+                                            lora=LoraConfig(target_modules=["c_attn"], mlp=False)))
+    assert line.startswith("model.lora.target_modules: none of ['c_attn'] exist")
+    assert "q_proj" in line  # the names it has

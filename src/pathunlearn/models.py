@@ -91,7 +91,7 @@ def smollm2_location() -> tuple[Path, str]:
 GGUF_MAGIC = b"GGUF"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
 """Any one of these beside config.json lets AutoTokenizer build the model's tokenizer."""
-PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 
 
 def check_model_files(cfg: ModelConfig) -> list[str]:
@@ -118,17 +118,24 @@ def check_model_files(cfg: ModelConfig) -> list[str]:
     except (ValueError, OSError) as e:
         problems.append(f"model.path: {directory / 'config.json'}: not a JSON model config "
                         f"({' '.join(str(e).split())})")
-    if not any(directory.glob("*.safetensors")):
-        pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in directory.glob(pattern))
-        problems.append(f"model.path: {directory}: no .safetensors weights"
-                        + (f" (only {', '.join(pickled)}: pickle files are never loaded; "
-                           "convert them with save_pretrained(safe_serialization=True))"
-                           if pickled else ""))
+    if (weights := weights_problem(directory)) is not None:
+        problems.append(f"model.path: {weights}")
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         problems.append(f"model.path: {directory}: no tokenizer (none of "
                         f"{', '.join(TOKENIZER_FILES)}); save the tokenizer beside the weights "
                         "(tokenizer.save_pretrained)")
     return problems
+
+
+def weights_problem(directory: Path) -> str | None:
+    """The line of a model directory without safetensors weights (naming its pickle files,
+    which are never loaded), or None: the one rule of every load of a model directory."""
+    if any(directory.glob("*.safetensors")):
+        return None
+    pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in directory.glob(pattern))
+    return (f"{directory}: no .safetensors weights"
+            + (f" (only {', '.join(pickled)}: pickle files are never loaded; convert them "
+               "with save_pretrained(safe_serialization=True))" if pickled else ""))
 
 
 def _gguf_problems(path: Path) -> list[str]:
@@ -170,6 +177,8 @@ def load_pretrained(directory: str | Path, *, gguf_file: str | None = None, dtyp
     hf_logging.disable_progress_bar()  # one bar per checkpoint load drowns the stage bars
     kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
     where = Path(directory, gguf_file) if gguf_file else Path(directory)
+    if not gguf_file and (weights := weights_problem(Path(directory))) is not None:
+        raise ConfigError(weights)  # before transformers, which would name no pickle file
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             directory, **({"gguf_file": gguf_file} if gguf_file else {}))
@@ -209,8 +218,42 @@ def lora_targets(model: torch.nn.Module, lora: LoraConfig) -> list[str]:
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     found = [m for m in dict.fromkeys(wanted) if m in present]
     if not found:
-        raise ConfigError(f"model.lora.target_modules: none of {wanted} exist in the model")
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise ConfigError(f"model.lora.target_modules: none of {wanted} exist in the model "
+                          f"(its linear layers: {', '.join(linear) or 'none'})")
     return found
+
+
+def check_architecture(cfg: ModelConfig) -> list[str]:
+    """Problems the model's config alone shows, one line each, found before any work (issue
+    25: they used to surface when the first checkpoint loaded, after the run directory was
+    written): an ``attn_implementation`` transformers refuses or cannot use here (a bogus
+    name, flash attention not installed), and LoRA target modules the model lacks. The model
+    is built on the meta device (no weights, no memory). A model whose config cannot be read
+    (a preset not built yet) is left to :func:`check_model_files` and the load."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        directory, gguf = model_location(cfg)
+        config = AutoConfig.from_pretrained(directory, **({"gguf_file": gguf} if gguf else {}))
+    except Exception:  # reported by check_model_files, or by the load itself
+        return []
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(
+                config, attn_implementation=cfg.attn_implementation)
+    except (ValueError, ImportError) as e:  # transformers' refusal of the implementation
+        return [f"model.attn_implementation: {cfg.attn_implementation!r}: {_first_line(e)}"]
+    except Exception:  # anything else the load reports, with its own traceback under --debug
+        return []
+    if cfg.finetuning != "lora":
+        return []
+    try:
+        lora_targets(model, cfg.lora)
+    except ConfigError as e:
+        return [str(e)]
+    return []
 
 
 def apply_lora(model: torch.nn.Module, lora: LoraConfig, seed: int = 0):
@@ -234,7 +277,31 @@ def load_adapter(model: torch.nn.Module, adapter_dir: str | Path):
     adapter continued by the next stage (``model.lora.scope: path``)."""
     from peft import PeftModel
 
+    check_adapter_files(adapter_dir)  # peft itself falls back to adapter_model.bin (pickle)
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_adapter_files(adapter_dir: str | Path) -> None:
+    """A UserError unless ``adapter_dir`` is a directory with peft's adapter_config.json and
+    its weights as safetensors: peft's ``load_peft_weights`` reads adapter_model.safetensors
+    when present, else unpickles adapter_model.bin with torch, else looks on the hub, so a
+    pickle file put where an adapter was, or a missing adapter, never reaches it."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise UserError(f"{adapter_dir}: no adapter directory (the LoRA adapter of this "
+                        "checkpoint is missing); delete the checkpoint to retrain it")
+    pickled = sorted(p.name for p in adapter_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    if pickled or not weights.is_file() or not (adapter_dir / "adapter_config.json").is_file():
+        found = (f"holds {', '.join(pickled)}: pickle files are never loaded" if pickled else
+                 f"has no {ADAPTER_WEIGHTS} and adapter_config.json")
+        raise UserError(f"{adapter_dir}: {found}; only safetensors adapters are read (delete "
+                        "the checkpoint to retrain it, or convert it with "
+                        "save_pretrained(safe_serialization=True))")
 
 
 def checkpoint_activations(model: torch.nn.Module) -> torch.nn.Module:

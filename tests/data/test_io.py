@@ -60,7 +60,7 @@ MALFORMED = [
     ("bad.json", json.dumps({"messages": CONV}), ["must hold a list"]),
     ("bad.json", json.dumps([GOOD, 3]), ["record 2", "expected an object"]),
     ("bad.json", "[{\"messages\": ", ["invalid JSON at line 1"]),
-    ("bad.csv", 'messages\n"[{""role"": ""user""}"\n', ["record 1", "field 'messages'", "not valid JSON"]),
+    ("bad.csv", 'messages\n"[{""role"": ""user""}"\n', ["record 1", "field 'messages'", "invalid JSON"]),
     ("bad.csv", "a,b\n1,2,3\n", ["record 1", "more fields"]),
     ("bad.parquet", "not parquet at all", ["cannot read Parquet"]),
     ("bad.txt", "hello", ["unsupported file type"]),
@@ -122,3 +122,76 @@ def test_convert_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, cli):
     assert "record 2: missing field 'output'" in result.err
     assert out.read_text() == "precious\n"  # nothing already produced is lost
     assert list(tmp_path.glob(".chat.jsonl*")) == []
+
+
+# ---- issue 25: what every data read refuses, at the one reader (data/io.py)
+
+def test_only_regular_files_are_read_and_a_fifo_does_not_block(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)  # open() on it would wait for a writer forever
+    (tmp_path / "dir.jsonl").mkdir()
+    for path, what in ((fifo, "is a FIFO, not a file"), (tmp_path / "dir.jsonl",
+                                                          "is a directory, not a file"),
+                       (tmp_path / "none.jsonl", "no such file")):
+        with pytest.raises(DataError, match=what):
+            load_conversations(path)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column_or_record(tmp_path):
+    (tmp_path / "qa.csv").write_bytes(b"\xef\xbb\xbfquestion,answer\nWhat is 1+1?,2\n")
+    (tmp_path / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"messages": CONV}).encode())
+    assert load_conversations(tmp_path / "qa.csv", "question", "answer")[0].response == "2"
+    assert load_conversations(tmp_path / "a.jsonl")[0].messages == CONV
+
+
+@pytest.mark.parametrize("name,content,fragment", [
+    ("deep.jsonl", "[" * 100_000 + "]" * 100_000, "record 1 (line 1): nested deeper than 32"),
+    ("deep.json", "[" * 100_000 + "]" * 100_000, "nested deeper than 32"),
+    ("deep40.json", json.dumps([{"messages": CONV, "meta": json.loads("[" * 40 + "]" * 40)}]),
+     "nested deeper than 32"),  # deep enough to be absurd, not to crash json
+    ("surrogate.jsonl", '{"messages": [{"role": "user", "content": "a\\ud800"}, '
+                        '{"role": "assistant", "content": "b"}]}', "lone surrogate (\\ud800)"),
+    ("surrogate.csv", 'question,answer\n"x\\ud800",y\n', None),  # CSV holds no escapes: text
+    ("empty_target.jsonl", json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                    {"role": "assistant", "content": " "}]}),
+     "record 1: field 'messages'[1].content: empty assistant message"),
+], ids=["deep.jsonl", "deep.json", "deep40.json", "surrogate.jsonl", "surrogate.csv",
+        "empty_target"])
+def test_nesting_surrogates_and_empty_targets_are_one_line(tmp_path, name, content, fragment):
+    path = tmp_path / name
+    path.write_text(content)
+    if fragment is None:
+        assert load_conversations(path, "question", "answer")[0].prompt[-1]["content"] == \
+            "x\\ud800"
+        return
+    with pytest.raises(DataError) as e:
+        load_conversations(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert fragment in str(e.value)
+
+
+def test_a_huge_line_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
+    from pathunlearn.data import io
+
+    monkeypatch.setattr(io, "MAX_LINE_BYTES", 1000)
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"messages": CONV}) + "\n" + "x" * 5000 + "\n")
+    with pytest.raises(DataError, match="line 2 is longer than"):
+        load_conversations(path)
+
+
+def test_a_bad_first_record_stops_the_read(tmp_path, monkeypatch):
+    # the records after a bad one are never parsed (a 2 GB file is refused in its first line)
+    from pathunlearn.data import io
+
+    parsed = []
+    real = io.parse_json
+    monkeypatch.setattr(io, "parse_json", lambda *a, **k: parsed.append(1) or real(*a, **k))
+    path = tmp_path / "big.jsonl"
+    path.write_text(_jsonl({"messages": [{"role": "user", "content": "q"}]},
+                           *[{"messages": CONV}] * 1000))
+    with pytest.raises(DataError, match="record 1: field 'messages': no assistant message"):
+        load_conversations(path)
+    assert len(parsed) == 1

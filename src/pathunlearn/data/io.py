@@ -9,17 +9,134 @@ raises :class:`DataError` naming the file, the record number (1-based) and the f
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
+import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pathunlearn.data.conversation import ROLES, Conversation
-from pathunlearn.errors import DataError
+from pathunlearn.errors import DataError, UserError
 from pathunlearn.files import atomic_write
 
 FORMATS = (".json", ".jsonl", ".csv", ".parquet")
 MESSAGE_KEYS = ("messages", "conversations")
+MAX_LINE_BYTES = 16 * 2**20
+"""The longest line of a JSON Lines file (a record) read; longer is a DataError, not memory."""
+MAX_DEPTH = 32
+"""The deepest nesting of a record or a config (a conversation is 3 deep); deeper is refused."""
+FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISSOCK, "a socket"))
+
+
+# ---------------------------------------------------------------------------- reading files
+
+
+def open_regular(path: str | Path, error: type[UserError] = DataError,
+                 prefix: str = "") -> BinaryIO:
+    """``path`` opened for reading in binary, a regular file only: every config and data file
+    is read through here. A missing file, a directory, a FIFO (which would block ``open``
+    forever), a device or a socket is one ``error`` line ``PATH: PREFIX<what it is>``."""
+    def refuse(what: str) -> UserError:
+        return error(f"{path}: {prefix}{what}")
+
+    try:
+        mode = os.stat(path).st_mode  # stat never blocks, open on a FIFO does
+    except FileNotFoundError:
+        raise refuse("no such file") from None
+    except OSError as e:
+        raise refuse(f"cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise refuse(f"is {_kind(mode)}, not a file")
+    try:  # O_NONBLOCK: a FIFO swapped in after the stat still cannot block
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise refuse(f"cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode := os.fstat(fd).st_mode):
+        os.close(fd)
+        raise refuse(f"is {_kind(mode)}, not a file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in FILE_KINDS if test(mode)), "not a regular file")
+
+
+def read_text(path: str | Path, error: type[UserError] = DataError, prefix: str = "") -> str:
+    """The whole of a regular file (:func:`open_regular`) as UTF-8 text, a leading byte-order
+    mark dropped; text that is not UTF-8 is one ``error`` line naming the byte offset."""
+    with open_regular(path, error, prefix) as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: {prefix}not UTF-8 text (byte {e.start})") from None
+
+
+def text_lines(path: str | Path, hint: str = "") -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a regular UTF-8 file, read lazily (a
+    huge file costs a line's memory, and a bad line is found without reading the rest); a
+    line over :data:`MAX_LINE_BYTES` or not UTF-8 is a DataError naming its number."""
+    with open_regular(path) as f:
+        for lineno in itertools.count(1):
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}: line {lineno} is longer than "
+                                f"{MAX_LINE_BYTES // 2**20} MiB{hint}")
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: line {lineno}: not UTF-8 text") from None
+            if line.strip():
+                yield lineno, line
+
+
+def parse_json(text: str, where: str, position: bool = True, hint: str = "") -> Any:
+    """``text`` as JSON, checked by :func:`check_plain` (nesting, lone surrogates); invalid
+    JSON is a DataError ``WHERE: invalid JSON[ at line L column C]: reason HINT``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f" at line {e.lineno} column {e.colno}" if position else ""
+        raise DataError(f"{where}: invalid JSON{at}: {e.msg}{hint}") from None
+    except RecursionError:  # json's C scanner gives up near 1000 levels
+        raise DataError(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
+    check_plain(value, where)
+    return value
+
+
+def check_plain(value: Any, where: str, error: type[UserError] = DataError,
+                depth: int = 0) -> None:
+    """Refuse what no config or record holds but would fail far from here: nesting deeper
+    than :data:`MAX_DEPTH`, and text with a lone surrogate (JSON's ``"\\ud800"``, YAML's
+    ``"\\ud800"``), which no UTF-8 file can hold, so writing it (config.yaml, a cache)
+    would fail after work began."""
+    if depth > MAX_DEPTH:
+        raise error(f"{where}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise error(f"{where}: text {value[max(0, e.start - 20):e.start]!r} is followed "
+                        f"by a lone surrogate (\\u{ord(value[e.start]):04x}), not text") \
+                from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_plain(k, where, error, depth + 1)
+            check_plain(v, where, error, depth + 1)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            check_plain(v, where, error, depth + 1)
+
+
+# ---------------------------------------------------------------------------- records
 
 
 def read_records(path: str | Path, json_lines_ok: bool = False) -> list[dict[str, Any]]:
@@ -28,92 +145,84 @@ def read_records(path: str | Path, json_lines_ok: bool = False) -> list[dict[str
     With ``json_lines_ok`` a .json file may also hold JSON Lines (as benchmark releases such as
     TOFU ship them): it is read as a list when its first non-space character is ``[``, else
     one object per line."""
+    return list(iter_records(path, json_lines_ok))
+
+
+def iter_records(path: str | Path, json_lines_ok: bool = False) -> Iterator[dict[str, Any]]:
+    """The records of :func:`read_records` one at a time, read lazily where the format allows
+    (JSON Lines, CSV): a bad record stops the read there."""
     path = Path(path)
     if path.suffix not in FORMATS:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {FORMATS}")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    open_regular(path).close()  # a FIFO, a directory, a missing file: before any reader
     reader = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv,
               ".parquet": _read_parquet}[path.suffix]
     if json_lines_ok and path.suffix == ".json" and not _starts_with_list(path):
         reader = _read_json_lines_in_json
-    records = reader(path)
-    for i, r in enumerate(records, 1):
+    for i, r in enumerate(reader(path), 1):
         if not isinstance(r, dict):
             raise DataError(f"{path}: record {i}: expected an object, got {type(r).__name__}")
-    return records
+        yield r
 
 
-def _read_json(path: Path) -> list[Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
+def _read_json(path: Path) -> Iterator[Any]:
+    data = parse_json(read_text(path), str(path))
     if not isinstance(data, list):
         raise DataError(f"{path}: a .json data file must hold a list of records, got {type(data).__name__}")
-    return data
+    yield from data
 
 
 def _starts_with_list(path: Path) -> bool:
     """Whether the first non-whitespace byte of the file is ``[`` (read in chunks, not whole)."""
-    with path.open("rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(4096):
-            if stripped := chunk.lstrip():
+            if stripped := chunk.removeprefix(b"\xef\xbb\xbf").lstrip():
                 return stripped.startswith(b"[")
     return False
 
 
-def _read_json_lines_in_json(path: Path) -> list[Any]:
+def _read_json_lines_in_json(path: Path) -> Iterator[Any]:
     return _read_jsonl(path, hint=" (a .json file here holds a JSON list or JSON Lines, one "
                                   "object per line)")
 
 
-def _read_jsonl(path: Path, hint: str = "") -> list[Any]:
-    records = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+def _read_jsonl(path: Path, hint: str = "") -> Iterator[Any]:
+    for n, (lineno, line) in enumerate(text_lines(path, hint), 1):
+        yield parse_json(line, f"{path}: record {n} (line {lineno})", position=False, hint=hint)
+
+
+def _read_csv(path: Path) -> Iterator[Any]:
+    with open_regular(path) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # Excel writes a BOM
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            n = len(records) + 1
-            raise DataError(f"{path}: record {n} (line {lineno}): invalid JSON: {e.msg}{hint}") from None
-    return records
+            for i, row in enumerate(csv.DictReader(text), 1):
+                yield _csv_row(row, path, i)
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text") from None
+        except csv.Error as e:
+            raise DataError(f"{path}: malformed CSV: {e}") from None
 
 
-def _read_csv(path: Path) -> list[Any]:
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV: {e}") from None
-    for i, row in enumerate(rows, 1):
-        if None in row:  # more cells than header columns
-            raise DataError(f"{path}: record {i}: more fields than the header has columns")
-        for key in MESSAGE_KEYS:  # a conversation column in CSV is a JSON string
-            if isinstance(row.get(key), str):
-                try:
-                    row[key] = json.loads(row[key])
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: record {i}: field '{key}': not valid JSON ({e.msg})") from None
-    return rows
+def _csv_row(row: dict[str | None, Any], path: Path, i: int) -> dict[str, Any]:
+    if None in row:  # more cells than header columns
+        raise DataError(f"{path}: record {i}: more fields than the header has columns")
+    check_plain(row, f"{path}: record {i}")
+    for key in MESSAGE_KEYS:  # a conversation column in CSV is a JSON string
+        if isinstance(row.get(key), str):
+            row[key] = parse_json(row[key], f"{path}: record {i}: field '{key}'")
+    return row
 
 
-def _read_parquet(path: Path) -> list[Any]:
+def _read_parquet(path: Path) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path).to_pylist()
+        rows = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise DataError(f"{path}: cannot read Parquet: {' '.join(str(e).split())}") from None
+    for i, row in enumerate(rows, 1):
+        check_plain(row, f"{path}: record {i}")
+        yield row
 
 
 def record_to_conversation(
@@ -163,6 +272,9 @@ def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
             raise DataError(f"{at}.role: expected one of {'/'.join(ROLES)}, got {role!r}")
         if not isinstance(content, str):
             raise DataError(f"{at}.content: expected text, got {type(content).__name__}")
+        if role == "assistant" and not content.strip():  # a target of no tokens (issue 25)
+            raise DataError(f"{at}.content: empty assistant message (nothing to train on or "
+                            "score)")
         out.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in out):
         raise DataError(f"{where}: no assistant message (nothing to train on)")
@@ -176,11 +288,12 @@ def load_conversations(
     system: str | None = None,
 ) -> list[Conversation]:
     """Read a data file into conversations (see the module docstring for the accepted shapes)."""
-    records = read_records(path)
-    if not records:
+    conversations = [record_to_conversation(r, f"{path}: record {i}", question_key, answer_key,
+                                            system)
+                     for i, r in enumerate(iter_records(path), 1)]  # stops at a bad record
+    if not conversations:
         raise DataError(f"{path}: no records")
-    return [record_to_conversation(r, f"{path}: record {i}", question_key, answer_key, system)
-            for i, r in enumerate(records, 1)]
+    return conversations
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
@@ -191,8 +304,7 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield the JSON objects of a JSONL file (metrics, results)."""
-    with Path(path).open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    """Yield the JSON values of a JSONL file (metrics, results), one line at a time; a line
+    that is not JSON is a DataError naming the file and the line."""
+    for lineno, line in text_lines(path):
+        yield parse_json(line, f"{path}: line {lineno}", position=False)
