@@ -37,10 +37,12 @@ from pathunlearn.files import check_writable
 
 class Problems:
     """Lines collected from the checks; ``with problems.at(KEY):`` turns a UserError raised in
-    its body into lines prefixed with ``KEY``."""
+    its body into lines prefixed with ``KEY``. The first such error with a cause (a user's
+    method that failed: its own traceback) is kept as ``cause``, what ``--debug`` shows."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.cause: UserError | None = None
 
     @contextmanager
     def at(self, key: str) -> Iterator[None]:
@@ -48,6 +50,8 @@ class Problems:
             yield
         except UserError as e:
             self.lines += [f"{key}: {line}" if key else line for line in str(e).splitlines()]
+            if self.cause is None and e.__cause__ is not None:
+                self.cause = e
 
     def add(self, line: str) -> None:
         self.lines.append(line)
@@ -78,6 +82,8 @@ class Inspection:
     probes: list[ProbeSet] | None
     notes: list[str] = field(default_factory=list)
     """The default probe sets left out, a line each (``eval.probes.default_probes``)."""
+    cause: UserError | None = None
+    """The first problem raised with a traceback worth showing (``Problems.cause``)."""
 
 
 def inspect_inputs(cfg: ExperimentConfig) -> Inspection:
@@ -87,9 +93,9 @@ def inspect_inputs(cfg: ExperimentConfig) -> Inspection:
     _check_methods(cfg, problems)
     probes, notes = _check_probes(cfg, problems, broken)
     _check_math(cfg, problems)
-    from pathunlearn.models import check_model_files, resolve_device
+    from pathunlearn.models import check_architecture, check_model_files, resolve_device
 
-    model_lines = check_model_files(cfg.model)
+    model_lines = check_model_files(cfg.model) or check_architecture(cfg.model)
     for line in model_lines:
         problems.add(line)
     if not model_lines:
@@ -100,7 +106,7 @@ def inspect_inputs(cfg: ExperimentConfig) -> Inspection:
     with problems.at("output_dir"):
         check_writable(cfg.run_dir)
     _check_engines(cfg, problems)
-    return Inspection(problems.lines, probes, notes)
+    return Inspection(problems.lines, probes, notes, problems.cause)
 
 
 def _check_engines(cfg: ExperimentConfig, problems: Problems) -> None:
@@ -225,7 +231,17 @@ def _check_probes(cfg: ExperimentConfig, problems: Problems,
         key = f"probes.sets.{index}" if index is not None else f"probes (default {config.name})"
         with problems.at(key):
             sets.append(probe_set(cfg, config))
+            empty_targets(sets[-1])
     return (sets if resolved and len(sets) == len(configs) else None), notes
+
+
+def empty_targets(probe: ProbeSet) -> None:
+    """A UserError if a row of ``probe`` has a blank target: it has no token to score, found
+    otherwise when the first cell scores it, after every prefix trained (issue 25)."""
+    blank = next((i for i, (_, target) in enumerate(probe.rows) if not target.strip()), None)
+    if blank is not None:
+        raise UserError(f"probe {probe.name}: row {blank + 1} has an empty target "
+                        f"{probe.rows[blank][1]!r} (no token to score); drop it or give text")
 
 
 def _check_distributed(cfg: ExperimentConfig, problems: Problems) -> None:

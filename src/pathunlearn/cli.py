@@ -519,71 +519,65 @@ app.add_typer(eval_app, name="eval")
 
 @eval_app.command("math")
 def eval_math(
-    model_dir: Annotated[str, typer.Argument(
-        help="Local Hugging Face model directory (a path model, an unlearned cell ...) or "
-             "'tiny' for the built-in preset (built by `pathunlearn model build`).",
-        show_default=False)],
-    data: Annotated[str, typer.Option(
-        help="builtin:NAME[:SPLIT], gsm8k:FILE (gsm8k:hf:openai/gsm8k:main:test) or a data file; gold answers from meta.answer or '#### N'."
-    )] = "builtin:arithmetic:test",
-    n: Annotated[int, typer.Option(min=1, help="Samples per question (the paper: 5).")] = 5,
-    max_questions: Annotated[int | None, typer.Option(
-        min=1, help="Evaluate only the first N questions.")] = None,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (> 0).")] = 1.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus (top-p) sampling mass, in (0, 1].")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens per response, at most.")] = 256,
-    greedy: Annotated[bool, typer.Option(help="Greedy decoding (one response per question).")] = False,
-    seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same samples).")] = 0,
-    prompt: Annotated[str, typer.Option(
-        help="paper: the Appendix F '####' prompt; plain: the question as is (use it for the "
-             "built-in tiny model, which is trained on plain questions); or a template with "
-             "{question} where the question goes.")] = "paper",
-    batch_size: Annotated[int, typer.Option(min=1, help="Sequences generated at once.")] = 16,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    model_dir: Annotated[str, typer.Argument(show_default=False, help=(
+        "A local model directory (a path model RUN/prefixes/KEY, a cell's model/) or 'tiny'."))],
+    run: Annotated[Path | None, typer.Option("--run", show_default=False, help=(
+        "A run directory: its unlearning.math and seed are the defaults, its model settings "
+        "load the model: on a path model, the cells' math before unlearning again."))] = None,
+    data: Annotated[str | None, typer.Option(show_default=False, help=(
+        "builtin:NAME[:SPLIT], gsm8k:FILE (gsm8k:hf:openai/gsm8k:main:test) or a data file; "
+        "gold answers from meta.answer or '#### N'. Default: unlearning.math.source."))] = None,
+    n: Annotated[int | None, typer.Option(min=1, show_default=False, help=(
+        "Samples per question (the paper: 5). Default: unlearning.math.samples."))] = None,
+    max_questions: Annotated[int | None, typer.Option(min=1, show_default=False, help=(
+        "Evaluate only the first N questions. Default: all; the run's unlearning.math.questions."))
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(show_default=False, help=(
+        "Sampling temperature (> 0). Default: unlearning.math.temperature."))] = None,
+    top_p: Annotated[float | None, typer.Option(show_default=False, help=(
+        "Nucleus (top-p) sampling mass, in (0, 1]. Default: unlearning.math.top_p."))] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, show_default=False, help=(
+        "Tokens per response, at most. Default: unlearning.math.max_new_tokens."))] = None,
+    greedy: Annotated[bool | None, typer.Option("--greedy/--no-greedy", show_default=False,
+        help="Greedy decoding: one response per question. Default: unlearning.math.greedy.")] = None,
+    seed: Annotated[int | None, typer.Option(show_default=False, help=(
+        "Sampling seed (same seed, same samples). Default: 0; the run's first seed."))] = None,
+    prompt: Annotated[str | None, typer.Option(show_default=False, help=(
+        "paper: the Appendix F '####' prompt; plain: the question as is; auto: plain for "
+        "built-in data; or a template with {question}. Default: unlearning.math.prompt."))] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, show_default=False, help=(
+        "Sequences generated at once (samples do not depend on it). Default: a cell's."))] = None,
+    device: Annotated[str | None, typer.Option(show_default=False, help=(
+        "auto, cpu, cuda, cuda:1 ... Default: auto; the run's runtime.device."))] = None,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object (summary and every response).")] = False,
 ) -> None:
-    """Math accuracy by sampling: N answers per question, scored on the number after '####'.
+    """Math accuracy by sampling, measured as a run's cells measure it (unlearning.math).
 
-    Accuracy is the mean over questions of the fraction of correct samples (the paper's GSM8K
-    utility); responses without a '####' answer count as wrong and are reported as the
-    no-answer rate. The shuffled baseline scores the same answers against other questions'
-    gold answers: accuracy above it means the answers depend on the question.
+    Accuracy: mean over questions of the fraction of correct samples (the paper's GSM8K
+    utility); no answer: responses without '####'; shuffled baseline: scored against other
+    questions' answers. Defaults are unlearning.math's, the run's with --run.
 
-    Example: pathunlearn eval math tiny --prompt plain --n 5 --max-questions 20
+    Example: pathunlearn eval math runs/demo/prefixes/KEY --run runs/demo
     """
     import json
-    import time
 
-    from pathunlearn.data.sources import load_source
-    from pathunlearn.eval.math import PROMPT_STYLES, evaluate_math, gold_answers
-    from pathunlearn.models import load_pretrained, resolve_device
+    from pathunlearn.eval.math import math_report, math_request
+    from pathunlearn.rundir import CONFIG
+    from pathunlearn.train.unlearn import model_math
 
-    if prompt not in PROMPT_STYLES and "{question}" not in prompt:
-        raise UserError(f"--prompt {prompt!r}: must be one of {', '.join(PROMPT_STYLES)} or a "
-                        "template containing {question}")
-    if not greedy and (temperature <= 0 or not 0 < top_p <= 1):
-        raise UserError(f"--temperature {temperature} --top-p {top_p}: need temperature > 0 "
-                        "and 0 < top-p <= 1 (or --greedy)")
+    flags = {"data": data, "max_questions": max_questions, "n": n, "temperature": temperature,
+             "top_p": top_p, "greedy": greedy, "max_new_tokens": max_new_tokens, "prompt": prompt}
+    want = math_request(run / CONFIG if run else None, flags, seed, device)
     directory = _model_directory(model_dir)
-    conversations = load_source(data, max_examples=max_questions)
-    gold_answers(conversations)  # fail on bad data before loading the model
-    model, tokenizer = load_pretrained(directory, device=resolve_device(device))
-    start = time.perf_counter()
-    result = evaluate_math(model, tokenizer, conversations, n=n, temperature=temperature,
-                           top_p=top_p, max_new_tokens=max_new_tokens, greedy=greedy, seed=seed,
-                           prompt_style=prompt, batch_size=batch_size)
-    seconds = time.perf_counter() - start
+    result, seconds, kept = model_math(directory, want, batch_size, run)
     if json_output:
-        report = {"model": str(directory), "data": data, "seconds": seconds, **result.to_json()}
-        sys.stdout.write(json.dumps(report) + "\n")
-        return
-    baseline = result.shuffled_accuracy
-    console.print(f"model: {directory}\ndata: {data} ({result.num_questions} questions, "
-                  f"{result.n} samples each, prompt {prompt})", highlight=False)
-    console.print(f"accuracy: {result.accuracy:.3f}  no answer: {result.no_answer_rate:.3f}  "
-                  f"shuffled baseline: {'n/a' if baseline is None else f'{baseline:.3f}'}  "
-                  f"({seconds:.1f}s)", highlight=False)
+        sys.stdout.write(json.dumps({"model": str(directory), "data": want.settings.source,
+                                     "seconds": seconds, **result.to_json(),
+                                     "run_math_before": kept and kept.to_json(False)}) + "\n")
+    else:
+        console.print(f"model: {directory}\n{math_report(result, want, seconds, kept)}",
+                      highlight=False, soft_wrap=True)
 
 
 def _model_directory(model_dir: str) -> Path:

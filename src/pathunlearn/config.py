@@ -20,7 +20,7 @@ import types
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,9 +29,11 @@ from pathunlearn.errors import ConfigError
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, fields documented."""
+    """Base for every config section: unknown keys are errors, fields documented, and no
+    number is infinite or NaN (YAML's ``.inf``, ``.nan``: issue 25)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
+                              allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------- model
@@ -206,8 +208,9 @@ class OptimConfig(StrictModel):
     """Examples per forward pass."""
     optimizer: Literal["adamw", "sgd"] = "adamw"
     """AdamW (the paper) or SGD (the paper's superficial-forgetting study)."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = \
+        (0.9, 0.999)
+    """AdamW betas, each in [0, 1) as torch requires."""
     weight_decay: float = Field(0.0, ge=0)
     """Decoupled weight decay (the paper: none)."""
     momentum: float = Field(0.0, ge=0, lt=1)
@@ -423,13 +426,13 @@ def _method_text(m: MethodConfig) -> str:
 class UnlearningConfig(OptimConfig):
     lr: float = Field(1e-5, gt=0)
     """Peak unlearning learning rate (the paper: 1e-5)."""
-    lrs: list[float] | None = None
-    """Sweep: one cell per learning rate (overrides `lr`)."""
+    lrs: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1)
+    """Sweep: one cell per learning rate (overrides `lr`), each > 0."""
     schedulers: list[Literal["constant", "cosine", "wsd"]] | None = None
     """Sweep: one cell per scheduler (overrides `scheduler`)."""
-    methods: list[MethodConfig] = [MethodConfig(name="ga"), MethodConfig(name="npo"),
-                                   MethodConfig(name="simnpo")]
-    """Unlearning algorithms to run from every path model."""
+    methods: list[MethodConfig] = Field([MethodConfig(name="ga"), MethodConfig(name="npo"),
+                                         MethodConfig(name="simnpo")], min_length=1)
+    """Unlearning algorithms to run from every path model (at least one)."""
     steps: int | None = Field(None, gt=0)
     """Number of optimizer steps; when null, `epochs` over the forget set."""
     epochs: float = Field(1.0, gt=0)
@@ -442,26 +445,6 @@ class UnlearningConfig(OptimConfig):
     """Also save every unlearned model (merged weights + adapter) in its cell directory."""
     math: MathConfig = MathConfig()
     """Math accuracy before and after unlearning (off unless `math.questions` > 0)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_math_keys(cls, data: Any) -> Any:
-        old = [k for k in data if isinstance(k, str) and k.startswith("math_")] \
-            if isinstance(data, dict) else []
-        if old:
-            moved = ", ".join(f"{k} -> math.{k.removeprefix('math_')}" for k in old)
-            raise ValueError(f"the math_* keys moved into the section unlearning.math: {moved}")
-        probe_keys = {"probe_prompts": "probes.prompts", "probe_examples": "probes.examples",
-                      "builtin_probes": "probes.defaults",
-                      "label_prompts": "a probes.sets entry {name: forget_label_id, kind: "
-                                       "forget_label, source: ...}",
-                      "label_prompts_ood": "a probes.sets entry {name: forget_label_ood, kind: "
-                                           "forget_label, source: ...}"}
-        old = [k for k in probe_keys if isinstance(data, dict) and k in data]
-        if old:
-            raise ValueError("the probe keys moved into the section `probes`: "
-                             + "; ".join(f"{k} -> {probe_keys[k]}" for k in old))
-        return data
 
     @model_validator(mode="after")
     def _nothing_twice(self) -> UnlearningConfig:
@@ -512,12 +495,6 @@ class ProbeConfig(StrictModel):
     """The stage a `utility` probe measures (its table column is `<stage> utility`); default:
     the stage of a `stage:NAME` source."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "prompts" in data:
-            raise ValueError("`prompts` was renamed `source`")
-        return data
 
     @model_validator(mode="after")
     def _checked(self) -> ProbeConfig:
@@ -558,13 +535,6 @@ class ProbesConfig(StrictModel):
     sets: list[ProbeConfig] = []
     """More probe sets; one named like a default replaces it."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _not_a_list(cls, data: Any) -> Any:
-        if isinstance(data, list):
-            raise ValueError("`probes` is a section now: put the list under probes.sets (and "
-                             "`defaults: false` to track only those)")
-        return data
 
     @model_validator(mode="after")
     def _unique(self) -> ProbesConfig:
@@ -895,6 +865,11 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({_first_line(e)})") from None
+    except RecursionError:
+        raise ConfigError(f"override {override[:40]!r}...: value nested too deep") from None
+    from pathunlearn.data.io import check_plain
+
+    check_plain(value, f"override {override[:60]!r}", ConfigError)
     parts = key.strip().split(".")
     node = data
     for i, part in enumerate(parts[:-1]):
@@ -935,14 +910,7 @@ def load_model_config(model: type[M], path: str | Path | None,
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {_first_line(e)}") from None
+        data = read_yaml(path)
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -952,6 +920,23 @@ def load_model_config(model: type[M], path: str | Path | None,
             prepare(data)
     source = str(path) if path is not None else "defaults"
     return validate_model(model, data, source=source, overrides=overrides)
+
+
+def read_yaml(path: Path) -> Any:
+    """What a YAML config file holds: a regular UTF-8 file only (a FIFO, a directory: one line,
+    :func:`pathunlearn.data.io.read_text`), no deeper than ``data.io.MAX_DEPTH`` and with no
+    lone surrogate in its text (:func:`pathunlearn.data.io.check_plain`)."""
+    from pathunlearn.data.io import MAX_DEPTH, check_plain, read_text
+
+    text = read_text(path, ConfigError, prefix="cannot read config: ")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_first_line(e)}") from None
+    except RecursionError:  # PyYAML's composer recurses per level
+        raise ConfigError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
+    check_plain(data, str(path), ConfigError)
+    return data
 
 
 def validate_config(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
@@ -1058,6 +1043,10 @@ def _did_you_mean_key(model: type[BaseModel] | None, loc: Sequence[str | int]) -
     same = [p for p in paths if p.rpartition(".")[2] == loc[-1]]
     match = same[:1] or difflib.get_close_matches(".".join(map(str, loc)), paths, n=1,
                                                   cutoff=0.8)
+    if not match:  # a section's name folded into the key: probe_prompts -> probes.prompts
+        folded = {"_".join(p.split(".")[-2:]): p for p in paths if "." in p}
+        match = [folded[m] for m in difflib.get_close_matches(str(loc[-1]), list(folded), n=1,
+                                                              cutoff=0.85)]
     return f"; did you mean {match[0]}?" if match else ""
 
 

@@ -291,7 +291,7 @@ def plan_run(cfg: ExperimentConfig, check: bool = True) -> Plan:
 
         found = inspect_inputs(cfg)
         if found.problems:
-            raise ConfigError("\n".join(found.problems))
+            raise ConfigError("\n".join(found.problems)) from found.cause  # --debug: the user's
         probes, notes = found.probes, found.notes  # resolved while checking: not read again
     if notes is None:
         from pathunlearn.eval.probes import probe_configs_and_notes
@@ -363,7 +363,7 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_], leaves: dict[tuple[int, Pa
         try:
             classes.append(resolve_method(m.name))
         except ConfigError as e:
-            raise ConfigError(f"unlearning.methods.{i}.name: {e}") from None
+            raise ConfigError(f"unlearning.methods.{i}.name: {e}") from e.__cause__
     objects = [cls(m) for cls, m in zip(classes, u.methods, strict=True)]
     identities = [method_identity(cls) for cls in classes]  # hashes a user's file: once each
     labels = method_labels(u.methods, [c.name for c in classes], [o.variant() for o in objects])

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from pathunlearn import metrics as M
 from pathunlearn.config import ExperimentConfig, dump_config, load_config
-from pathunlearn.data.io import iter_jsonl, write_jsonl
+from pathunlearn.data.io import iter_jsonl, parse_json, read_text, write_jsonl
 from pathunlearn.errors import DataError, UserError
 from pathunlearn.eval.probes import ProbeSet
 from pathunlearn.files import is_done, write_json, write_text
@@ -86,6 +86,12 @@ def unit_dir(run_dir: str | Path, unit: Prefix | Matched | Cell) -> Path:
     """The directory of a unit of the plan: ``prefixes/<key>`` or ``cells/<parts>``
     (relative with ``run_dir=""``)."""
     return Path(run_dir, CELLS if isinstance(unit, Cell) else PREFIXES, *unit.parts)
+
+
+def set_aside_name(directory: Path, stamp: str) -> Path:
+    """Where a finished prefix whose files are damaged is moved, kept for inspection:
+    ``prefixes/<key>.corrupt-<UTC time>/`` (no unit of any plan has that name)."""
+    return directory.with_name(f"{directory.name}.corrupt-{stamp}")
 
 
 def read_prefix(directory: str | Path) -> dict:
@@ -248,9 +254,10 @@ def cell_done(directory: Path, key: str) -> bool:
     if not is_done(directory):
         return False
     try:
-        return json.loads((directory / SUMMARY).read_text()).get("key") == key
+        summary = json.loads((directory / SUMMARY).read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(summary, dict) and summary.get("key") == key
 
 
 @dataclass
@@ -287,37 +294,64 @@ def is_number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+RECOMPUTE = ("delete the cell's directory and rerun `pathunlearn unlearn` (or `run`) to "
+             "recompute it")
+
+
 def read_cell(run_dir: str | Path, cell: Cell) -> CellRecord:
-    """The finished cell ``cell`` of RUN_DIR; a malformed file is a DataError naming it."""
+    """The finished cell ``cell`` of RUN_DIR; a file that is not what the cell writes (not
+    JSON, or JSON of the wrong shape: a list for the summary, a row without an integer step)
+    is a DataError naming it and saying how to recompute the cell."""
     directory = unit_dir(run_dir, cell)
-    summary_file = directory / SUMMARY
-    try:
-        summary = json.loads(summary_file.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{summary_file}: not valid JSON ({e})") from None
+    summary = read_summary(directory)
     metrics_file = directory / METRICS
     if not metrics_file.is_file():
         raise DataError(f"{metrics_file}: missing; the cell is marked DONE without its metrics")
-    rows, diverged = [], None
-    for i, line in enumerate(metrics_file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{metrics_file}: line {i} is not valid JSON ({e})") from None
-        if row.get(M.DIVERGED):
-            diverged = row
-        else:
-            rows.append(row)
-    if not rows or rows[0].get(M.STEP) != 0:
-        raise DataError(f"{metrics_file}: the first row must be step 0 (before unlearning)")
+    rows = _cell_file(metrics_file, _step_rows)
+    diverged = next((r for r in rows if r.get(M.DIVERGED)), None)
+    rows = [r for r in rows if not r.get(M.DIVERGED)]
+    if not rows or rows[0][M.STEP] != 0:
+        raise DataError(f"{metrics_file}: the first row must be step 0 (before unlearning); "
+                        f"{RECOMPUTE}")
     diverged_at = summary.get(M.DIVERGED_AT) or (diverged or {}).get(M.STEP)
     reason = (diverged or {}).get("reason") or (f"diverged at step {diverged_at}"
                                                 if diverged_at else None)
     relearn_file = directory / RELEARN
-    relearn = list(iter_jsonl(relearn_file)) if relearn_file.is_file() else []
+    relearn = _cell_file(relearn_file, _step_rows) if relearn_file.is_file() else []
+    if any(not isinstance(r.get(M.RELEARN_DATA), str) for r in relearn):
+        raise DataError(f"{relearn_file}: a row without its `{M.RELEARN_DATA}` (retain or "
+                        f"forget); {RECOMPUTE}")
     return CellRecord(cell, directory, summary, rows, diverged_at, reason, relearn)
+
+
+def read_summary(directory: Path) -> dict:
+    """A finished cell's summary.json, a JSON object (else a DataError naming it)."""
+    summary = _cell_file(directory / SUMMARY, lambda f: parse_json(read_text(f), str(f)))
+    if not isinstance(summary, dict):
+        raise DataError(f"{directory / SUMMARY}: expected a JSON object, got "
+                        f"{type(summary).__name__}; {RECOMPUTE}")
+    return summary
+
+
+def _cell_file(path: Path, read):
+    """``read(path)``, a malformed file's DataError ending in how to recompute the cell."""
+    try:
+        return read(path)
+    except DataError as e:
+        raise DataError(f"{e}; {RECOMPUTE}") from None
+
+
+def _step_rows(path: Path) -> list[dict]:
+    """The rows of a JSON Lines file of a cell: objects, each with an integer ``step``."""
+    rows = list(iter_jsonl(path))
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {i}: expected a JSON object, got {type(row).__name__}")
+        step = row.get(M.STEP)
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise DataError(f"{path}: row {i}: `{M.STEP}` is "
+                            f"{'missing' if step is None else repr(step)}, not an integer")
+    return rows
 
 
 # ---------------------------------------------------------------------------- a whole run
@@ -364,6 +398,7 @@ def load_run(run_dir: str | Path) -> Run:
         if cell_done(directory, cell.key):
             (controls if cell.control else records).append(read_cell(run_dir, cell))
         elif is_done(directory):
+            read_summary(directory)  # a malformed summary is named, not taken for stale
             stale.append(cell)
         else:
             pending.append(cell)

@@ -35,9 +35,10 @@ from pathunlearn.rundir import (
 
 def report_fingerprint(run: Run) -> str:
     """A hash of everything the report is made of: the package version and the report code,
-    the run's config and plan, the finished cells (directory and key) and the matched-start
-    models. Cells are immutable once finished under their key, so equal fingerprints mean an
-    equal report (its wall times aside)."""
+    the run's config and plan, the finished cells (directory, key and the sha256 of the files
+    the report reads: a cell computed again under the same key, after the model it started
+    from was set aside, may hold other numbers) and the matched-start models. Equal
+    fingerprints mean an equal report (its wall times aside)."""
     import hashlib
     from importlib import metadata
     from pathlib import Path
@@ -54,8 +55,15 @@ def report_fingerprint(run: Run) -> str:
     matched = [(prefix_dir(run.run_dir, m.key) / PREFIX_JSON) for m in run.plan.matched]
     return stable_hash(version, code.hexdigest(), (run.run_dir / CONFIG).read_text(),
                        (run.run_dir / PLAN).read_text(),
-                       [(str(unit_dir("", c.cell)), c.cell.key) for c in run.cells + run.controls],
+                       [(str(unit_dir("", c.cell)), c.cell.key, _cell_files(run, c.cell))
+                        for c in run.cells + run.controls],
                        [p.read_text() if p.is_file() else None for p in matched])
+
+
+def _cell_files(run: Run, cell) -> dict[str, str]:
+    """The sha256 of every file directly in ``cell``'s directory (not its saved model/)."""
+    directory = unit_dir(run.run_dir, cell)
+    return {f.name: sha256_file(f) for f in sorted(directory.iterdir()) if f.is_file()}
 
 
 def make_report(run: Run, *, phases: dict[str, float] | None = None, extra: dict | None = None,

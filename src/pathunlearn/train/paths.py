@@ -26,7 +26,7 @@ from pathunlearn.config import ExperimentConfig, dump_config
 from pathunlearn.data.chat import tokenize_conversations
 from pathunlearn.data.sources import load_stage
 from pathunlearn.errors import ConfigError, UserError
-from pathunlearn.files import is_done, sha256_file, write_json, write_text
+from pathunlearn.files import DONE, is_done, sha256_file, write_json, write_text
 from pathunlearn.models import (
     apply_lora,
     checkpoint_activations,
@@ -37,7 +37,15 @@ from pathunlearn.models import (
     write_checkpoint,
 )
 from pathunlearn.plan import Matched, Plan, Prefix, plan_run
-from pathunlearn.rundir import CONFIG, METRICS, PREFIX_JSON, prefix_dir, read_prefix, unit_dir
+from pathunlearn.rundir import (
+    CONFIG,
+    METRICS,
+    PREFIX_JSON,
+    prefix_dir,
+    read_prefix,
+    set_aside_name,
+    unit_dir,
+)
 from pathunlearn.train.pretrain import ensure_base
 from pathunlearn.train.staged import stage_seed, train_stage
 
@@ -122,18 +130,40 @@ def damage(directory: Path) -> str | None:
     return f"{changed[0]} does not hold the bytes it was written with" if changed else None
 
 
-def set_aside_broken(units, run_dir: Path, log=print) -> int:
+def verify_models(plan: Plan, run_dir: Path, log=print) -> set[str]:
+    """What both executors do before they schedule any unit of ``plan``: every finished
+    prefix and matched-start model whose checkpoint is damaged is set aside and will be
+    retrained (:func:`set_aside_broken`), and every finished cell computed from one (its
+    path or retrain model) is computed again: nothing tells whether it read the weights
+    before or after the damage. Returns the keys of the models set aside. Under torchrun
+    process 0 alone moves anything; the others wait for it, then read the same directory."""
+    moved: set[str] = set()
+    if distributed.is_main():
+        moved = set_aside_broken([*plan.prefixes, *plan.matched], run_dir, log=log)
+        stale = [d for c in plan.cells if {c.model_key, c.retrain_key} & moved
+                 and is_done(d := unit_dir(run_dir, c))]
+        for directory in stale:
+            (directory / DONE).unlink()  # no longer finished: recomputed, replaced whole
+        if stale:
+            log(f"{len(stale)} finished cell(s) computed from a model set aside: computed "
+                "again")
+    distributed.barrier()
+    return moved
+
+
+def set_aside_broken(units, run_dir: Path, log=print) -> set[str]:
     """Check every finished prefix (or matched-start model) of ``units`` against the hashes
     its prefix.json recorded; one that is damaged (:func:`damage`) is moved to
     ``prefixes/<key>.corrupt-<UTC time>/`` (kept for inspection, out of the plan's way) with
     one line saying so, and is retrained like a missing one. Old prefixes without recorded
-    hashes are reused unverified (one line counts them). Returns how many were set aside.
+    hashes are reused unverified (one line counts them). Returns the keys set aside.
     Cost: one sha256 pass over each reused checkpoint (the tiny preset: milliseconds; a
-    135M-parameter model in fp32, 540 MB: about a second)."""
+    135M-parameter model in fp32, 540 MiB: 0.35-0.5 s, docs/performance.md)."""
     import os
     from datetime import UTC, datetime
 
-    moved, unverified = 0, 0
+    moved: set[str] = set()
+    unverified = 0
     for unit in units:
         directory = unit_dir(run_dir, unit)
         if not is_done(directory):
@@ -143,9 +173,9 @@ def set_aside_broken(units, run_dir: Path, log=print) -> int:
             unverified += WEIGHTS not in _read_json(directory / PREFIX_JSON)
             continue
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        aside = directory.with_name(f"{directory.name}.corrupt-{stamp}")
+        aside = set_aside_name(directory, stamp)
         os.replace(directory, aside)
-        moved += 1
+        moved.add(unit.key)
         log(f"{directory}: {why}; set aside as {aside.name} and retrained")
     if unverified:
         log(f"{unverified} finished prefix(es) written before pathunlearn recorded checkpoint "
@@ -189,7 +219,7 @@ def train_paths(cfg: ExperimentConfig, plan: Plan | None = None, *,
     ``on_done(prefix, summary)`` is called after each (the experiment's tracking)."""
     plan = plan or plan_run(cfg)
     run_dir = Path(run_dir or cfg.run_dir)
-    set_aside_broken([*plan.prefixes, *plan.matched], run_dir, log=log)
+    verify_models(plan, run_dir, log=log)
     todo = [p for p in plan.prefixes if not is_done(unit_dir(run_dir, p))]
     log(f"{len(plan.prefixes)} stage-trainings planned ({plan.naive_count} without sharing), "
         f"{len(plan.prefixes) - len(todo)} already done")
