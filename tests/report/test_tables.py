@@ -299,3 +299,21 @@ def test_crossed_seeds_give_both_spreads(make_run):
     notes = " ".join(results.notes())
     assert "seeds 0, 1 share the path models of training seed 0; seed 2 has the path models" in notes
     assert "sd across training seeds" in notes
+
+
+def test_the_verdict_names_the_metric_the_forget_score_uses(make_run):
+    """Issue 24: 'Before unlearning, <metric> was ...' names the metric behind the forget
+    score; with no label probe that is the forget set's own responses, not forget_label_id
+    (the text used to hard-code it whatever the score read)."""
+    only_responses = {"probes": {"defaults": False, "sets": [
+        {"name": "forget_response", "kind": "forget_response", "source": "stage:refusals"}]}}
+    results = build_results(load_run(make_run(seeds=(0,), methods=("ga",),
+                                              config=only_responses)), write=False)
+    verdict = next(v for v in results.verdicts if v["kind"] == "recency")
+    assert verdict["forget_metric"] == "forget_response/mean"
+    assert "Before unlearning, forget_response/mean was -0.800 vs -0.800" in verdict["text"]
+    assert "forget_label_id" not in verdict["text"]
+    default = build_results(load_run(make_run(seeds=(0,), methods=("ga",), name="default")),
+                            write=False)
+    text = next(v for v in default.verdicts if v["kind"] == "recency")["text"]
+    assert "Before unlearning, forget_label_id/all_mean was" in text

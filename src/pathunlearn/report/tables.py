@@ -300,6 +300,8 @@ def _verdict(table: ResultTable, method: str, sweep: str, rows: list[dict], scor
     others = [e for e in ranking if not e["forget_last"]]
     verdict = {"kind": "recency", "method": method, "sweep": sweep, "lr": rows[0]["lr"],
                "scheduler": rows[0]["scheduler"], "score": score,
+               "forget_metric": next((s.metric for s in table.scores
+                                      if s.key == "forget_score"), None),
                "forget_stage": table.forget_stage, "ranking": ranking,
                "unscored_paths": [r["path_label"] for r in rows if r[score] is None],
                "forget_last_paths": [e["path_label"] for e in last],
@@ -357,8 +359,9 @@ def verdict_text(v: dict) -> str:
             f"(1 = forgets least; {_fmt(last[-1]['mean'])} vs {_fmt(other['mean'])} for "
             f"p={other['position']}, {other['path_label']}, over {_seeds(n)}): recency effect "
             + ("observed" if v["observed"] else "NOT observed") + ". ")
-    if last[-1]["forget_before"] is not None and other["forget_before"] is not None:
-        text += (f"Before unlearning, forget_label_id/all_mean was "
+    if (last[-1]["forget_before"] is not None and other["forget_before"] is not None
+            and v.get("forget_metric")):
+        text += (f"Before unlearning, {v['forget_metric']} was "
                  f"{_fmt(last[-1]['forget_before'])} vs {_fmt(other['forget_before'])}. ")
     text += saturation_text(last[-1], other)
     if v["ci_overlap"] is None:
