@@ -148,7 +148,7 @@ def config_check(args: ConfigArgs = None) -> None:
     cfg = load_config(config, overrides)
     inspection = inspect_inputs(cfg)
     if inspection.problems:
-        raise UserError("\n".join(inspection.problems))
+        raise UserError("\n".join(inspection.problems)) from inspection.cause
     for note in inspection.notes:  # default probes left out (their fields are absent)
         console.print(f"note: {note}", highlight=False, markup=False)
     console.print(f"ok: {len(used_stages(cfg))} stages, {len(cfg.unlearning.methods)} methods, "

@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import math
 
-# t(0.975, df) for df = 1..30 (scipy.stats.t.ppf); beyond 30 the normal 1.96
-_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
-
 
 def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
     """Mean and 95% CI half-width, t(0.975, n-1) * s / sqrt(n); (None, None) for no values,
@@ -39,9 +34,8 @@ def mean_over_seeds(series) -> tuple[list[int], list[tuple[float, float | None]]
 
 
 def t_quantile(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom."""
-    try:
-        from scipy.stats import t
-    except ImportError:
-        return _T975[df - 1] if df <= len(_T975) else 1.96
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (scipy, a dependency:
+    an interval never depends on what else is installed)."""
+    from scipy.stats import t
+
     return float(t.ppf(0.975, df))
