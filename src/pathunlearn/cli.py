@@ -278,55 +278,80 @@ def data_samples(
         console.print(f"{name}: {path}", highlight=False)
 
 
-@data_app.command("rewrite")
-def data_rewrite(
-    task: Annotated[str, typer.Argument(
+# the options of `data rewrite`, declared once (the command's signature names them)
+_RwTask = Annotated[str, typer.Argument(
         help="safety: SORRY-BENCH prompts -> the refusal sentence plus a reason; math: GSM8K "
              "-> step-by-step solutions kept when '#### N' matches the gold answer.",
-        metavar="safety|math", show_default=False)],
-    src: Annotated[Path, typer.Argument(help="SORRY-BENCH or GSM8K records (.json/.jsonl/"
+        metavar="safety|math", show_default=False)]
+_RwSrc = Annotated[Path, typer.Argument(help="SORRY-BENCH or GSM8K records (.json/.jsonl/"
                                         ".csv/.parquet).", metavar="INPUT",
-                                        show_default=False)],
-    out: Annotated[Path, typer.Argument(help="Output .jsonl (loads with sorry-bench:/gsm8k:).",
-                                        metavar="OUTPUT", show_default=False)],
-    base_url: Annotated[str, typer.Option(help="OpenAI-compatible endpoint, e.g. "
-                                          "http://127.0.0.1:8000/v1.", show_default=False)],
-    model: Annotated[str, typer.Option(help="Model name the endpoint serves.",
-                                       show_default=False)],
-    api_key_env: Annotated[str, typer.Option(
+                                        show_default=False)]
+_RwOut = Annotated[Path, typer.Argument(help="Output .jsonl (loads with sorry-bench:/gsm8k:).",
+                                        metavar="OUTPUT", show_default=False)]
+_RwBaseUrl = Annotated[str, typer.Option(help="OpenAI-compatible endpoint, e.g. "
+                                          "http://127.0.0.1:8000/v1.", show_default=False)]
+_RwModel = Annotated[str, typer.Option(help="Model name the endpoint serves.",
+                                       show_default=False)]
+_RwApiKeyEnv = Annotated[str, typer.Option(
         help="Environment variable holding the API key (never written anywhere).")]
-        = "OPENAI_API_KEY",
-    cache: Annotated[Path | None, typer.Option(
-        help="JSONL cache of finished records [default: OUT.cache.jsonl].")] = None,
-    template: Annotated[Path | None, typer.Option(
+_RwCache = Annotated[Path | None, typer.Option(
+        help="JSONL cache of finished records [default: OUT.cache.jsonl].")]
+_RwTemplate = Annotated[Path | None, typer.Option(
         help="YAML with `user` (and `system`) texts replacing the built-in instructions.")]
-        = None,
-    split: Annotated[str, typer.Option(help="safety: the sorry-bench split to rewrite "
-                                       "(train, test, all).")] = "all",
-    output_format: Annotated[str, typer.Option(
-        "--format", help="release (input records + answer) or chat (messages).")] = "release",
-    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.7,
-    max_tokens: Annotated[int | None, typer.Option(
-        min=1, help="Completion tokens per request [default: 200 safety, 600 math].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed sent to the endpoint.")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 8,
-    max_retries: Annotated[int, typer.Option(
-        min=0, help="Retries after 429/5xx/timeouts/drops/malformed replies.")] = 6,
-    backoff: Annotated[float, typer.Option(min=0.0, help="First retry delay (s), doubled "
-                                           "each retry, full jitter.")] = 1.0,
-    backoff_max: Annotated[float, typer.Option(min=0.0, help="Longest retry delay (s).")] = 30.0,
-    timeout: Annotated[float, typer.Option(min=0.001, help="Seconds per request.")] = 60.0,
-    content_retries: Annotated[int, typer.Option(
-        min=0, help="Asks again for a reply failing the check, before dropping it.")] = 1,
-    price_in: Annotated[float, typer.Option(min=0.0, help="$ per 1k prompt tokens.")] = 0.0,
-    price_out: Annotated[float, typer.Option(min=0.0, help="$ per 1k completion tokens.")] = 0.0,
-    retry_errors: Annotated[bool, typer.Option(
-        help="Send again records a 4xx refused in an earlier run.")] = False,
-    max_failed_fraction: Annotated[float, typer.Option(
+_RwSplit = Annotated[str, typer.Option(help="safety: the sorry-bench split to rewrite "
+                                       "(train, test, all).")]
+_RwOutputFormat = Annotated[str, typer.Option(
+        "--format", help="release (input records + answer) or chat (messages).")]
+_RwTemperature = Annotated[float, typer.Option(min=0.0, max=2.0)]
+_RwMaxTokens = Annotated[int | None, typer.Option(
+        min=1, help="Completion tokens per request [default: 200 safety, 600 math].")]
+_RwSeed = Annotated[int | None, typer.Option(help="Seed sent to the endpoint.")]
+_RwConcurrency = Annotated[int, typer.Option(min=1, help="Requests in flight.")]
+_RwMaxRetries = Annotated[int, typer.Option(
+        min=0, help="Retries after 429/5xx/timeouts/drops/malformed replies.")]
+_RwBackoff = Annotated[float, typer.Option(min=0.0, help="First retry delay (s), doubled "
+                                           "each retry, full jitter.")]
+_RwBackoffMax = Annotated[float, typer.Option(min=0.0, help="Longest retry delay (s).")]
+_RwTimeout = Annotated[float, typer.Option(min=0.001, help="Seconds per request.")]
+_RwContentRetries = Annotated[int, typer.Option(
+        min=0, help="Asks again for a reply failing the check, before dropping it.")]
+_RwPriceIn = Annotated[float, typer.Option(min=0.0, help="$ per 1k prompt tokens.")]
+_RwPriceOut = Annotated[float, typer.Option(min=0.0, help="$ per 1k completion tokens.")]
+_RwRetryErrors = Annotated[bool, typer.Option(
+        help="Send again records a 4xx refused in an earlier run.")]
+_RwMaxFailedFraction = Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Exit with code 1 when more than this fraction of the records "
-        "is not kept (always when none is).")] = 0.5,
-    dry_run: Annotated[bool, typer.Option(
-        help="Print the requests and a bound on their cost; send and write nothing.")] = False,
+        "is not kept (always when none is).")]
+_RwDryRun = Annotated[bool, typer.Option(
+        help="Print the requests and a bound on their cost; send and write nothing.")]
+
+
+@data_app.command("rewrite")
+def data_rewrite(
+    task: _RwTask,
+    src: _RwSrc,
+    out: _RwOut,
+    base_url: _RwBaseUrl,
+    model: _RwModel,
+    api_key_env: _RwApiKeyEnv = "OPENAI_API_KEY",
+    cache: _RwCache = None,
+    template: _RwTemplate = None,
+    split: _RwSplit = "all",
+    output_format: _RwOutputFormat = "release",
+    temperature: _RwTemperature = 0.7,
+    max_tokens: _RwMaxTokens = None,
+    seed: _RwSeed = None,
+    concurrency: _RwConcurrency = 8,
+    max_retries: _RwMaxRetries = 6,
+    backoff: _RwBackoff = 1.0,
+    backoff_max: _RwBackoffMax = 30.0,
+    timeout: _RwTimeout = 60.0,
+    content_retries: _RwContentRetries = 1,
+    price_in: _RwPriceIn = 0.0,
+    price_out: _RwPriceOut = 0.0,
+    retry_errors: _RwRetryErrors = False,
+    max_failed_fraction: _RwMaxFailedFraction = 0.5,
+    dry_run: _RwDryRun = False,
 ) -> None:
     """Write the paper's LLM-made stages with any OpenAI-compatible endpoint (docs/llm.md).
 
@@ -339,8 +364,6 @@ def data_rewrite(
     Example: pathunlearn data rewrite math gsm8k/train.jsonl math.jsonl --base-url
     http://127.0.0.1:8000/v1 --model tiny --dry-run
     """
-    from rich.markup import escape
-
     from pathunlearn import rewrite as rewriting
 
     if output_format not in ("release", "chat"):
@@ -355,27 +378,39 @@ def data_rewrite(
         content_retries=content_retries, price_in=price_in, price_out=price_out,
         retry_errors=retry_errors, max_failed_fraction=max_failed_fraction)
     if dry_run:
-        p = rewriting.dry_run(opts)
-        console.print(f"{p['records']} records, {p['cached']} cached: {p['requests']} requests "
-                      f"(at most {p['max_requests']} with content retries), at most "
-                      f"{p['max_prompt_tokens']:,} prompt + {p['max_completion_tokens']:,} "
-                      f"completion tokens, cost at most ${p['max_cost']:.4f}", highlight=False,
-                      soft_wrap=True)
-        if p["first_request"]:
-            console.print("first request:", escape(str(p["first_request"])), highlight=False,
-                          soft_wrap=True)
+        _print_dry_run(rewriting.dry_run(opts))
         return
     summary = rewriting.rewrite(opts, log=console.print, progress=True)
+    if _print_rewrite(summary, rewriting.failures(summary, opts), out):
+        sys.exit(1)
+
+
+def _print_dry_run(p: dict) -> None:
+    """What `data rewrite --dry-run` would send, and a bound on its cost."""
+    from rich.markup import escape
+
+    console.print(f"{p['records']} records, {p['cached']} cached: {p['requests']} requests "
+                  f"(at most {p['max_requests']} with content retries), at most "
+                  f"{p['max_prompt_tokens']:,} prompt + {p['max_completion_tokens']:,} "
+                  f"completion tokens, cost at most ${p['max_cost']:.4f}", highlight=False,
+                  soft_wrap=True)
+    if p["first_request"]:
+        console.print("first request:", escape(str(p["first_request"])), highlight=False,
+                      soft_wrap=True)
+
+
+def _print_rewrite(summary, failures: list[str], out: Path) -> bool:
+    """The summary of a finished `data rewrite`, then its failures; True if it failed."""
+    from rich.markup import escape
+
     for line in summary.lines():
         console.print(escape(line), highlight=False, soft_wrap=True)
     console.print(f"wrote {summary.kept} records to {escape(str(out))}", highlight=False,
                   soft_wrap=True)
-    failures = rewriting.failures(summary, opts)
     for line in failures:
         err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False,
                           soft_wrap=True)
-    if failures:
-        sys.exit(1)
+    return bool(failures)
 
 
 # ---------------------------------------------------------------------------- model
