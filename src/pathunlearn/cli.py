@@ -505,45 +505,14 @@ def train(
     cfg = load_config(config, overrides)
     if plan_only:
         from pathunlearn.plan import plan_run
+        from pathunlearn.report.terminal import print_plan
 
-        print_plan(plan_run(cfg), cfg)
+        print_plan(plan_run(cfg), cfg, console)
         return
     from pathunlearn.experiment import train as train_run
 
     train_run(cfg, progress=True, log=console.print)
     console.print(f"path models in {cfg.run_dir / 'prefixes'}")
-
-
-def print_plan(plan, cfg) -> None:
-    """The trie of prefixes per training seed, with what is already trained, and the cells."""
-    from rich.markup import escape
-    from rich.tree import Tree
-
-    from pathunlearn.files import is_done
-    from pathunlearn.rundir import unit_dir
-
-    base = "tiny preset (pretrained on builtin:general)" if cfg.model.preset == "tiny" else (
-        cfg.model.preset or cfg.model.path)
-    retrain = set(plan.retrain_paths) - set(plan.paths)
-    for tseed in dict.fromkeys(p.seed for p in plan.prefixes):
-        tree = Tree(f"[bold]training seed {tseed}[/]: {escape(base)}")
-        nodes = {None: tree}
-        for p in (p for p in plan.prefixes if p.seed == tseed):
-            done = " [green](done)[/]" if is_done(unit_dir(cfg.run_dir, p)) else ""
-            note = " [cyan](retrain baseline)[/]" if p.stages in retrain else ""
-            nodes[p.key] = nodes[p.parent_key].add(f"{p.stage} [dim]{p.key}[/]{note}{done}")
-        console.print(tree)
-    extra = f" + {len(retrain)} retrain baseline(s)" if retrain else ""
-    controls = sum(1 for c in plan.cells if c.control)
-    console.print(f"{len(plan.paths)} paths x {len(plan.seeds)} seeds{extra}: "
-                  f"{len(plan.prefixes)} stage-trainings ({plan.naive_count} without sharing); "
-                  f"{len(plan.cells) - controls} unlearning cells")
-    if plan.matched:
-        done = sum(is_done(unit_dir(cfg.run_dir, m)) for m in plan.matched)
-        console.print(f"matched-start control: {len(plan.matched)} model(s) ({done} done), the "
-                      f"last stage of {', '.join(sorted({'-'.join(m.path) for m in plan.matched}))}"
-                      f" again, stopped at the other paths' starting level; {controls} control "
-                      "cells")
 
 
 # ---------------------------------------------------------------------------- eval
@@ -712,46 +681,15 @@ def report(
     from rich.markup import escape
 
     from pathunlearn.report import make_report
+    from pathunlearn.report.terminal import print_results
     from pathunlearn.rundir import load_run
 
     results, figures, page = make_report(load_run(run_dir))
-    print_results(results)
+    print_results(results, console)
     files = [*results.files, *figures, page]
     console.print(f"wrote {len(files)} files: results.{{json,csv,md}}, {len(figures)} figure "
                   f"files in {escape(str(run_dir / 'figures'))}, {escape(str(page))}",
                   highlight=False)
-
-
-def print_results(results) -> None:
-    """The superficial-forgetting verdicts (``study: superficial``), then the table, its notes
-    and the recency verdict, as the end of a run prints them."""
-    from rich.markup import escape
-
-    from pathunlearn.report.tables import format_table
-
-    if results.superficial is not None:
-        from pathunlearn.report.superficial import RULE, verdict_lines
-
-        console.rule("superficial vs deep forgetting")
-        console.print(f"[dim]{escape(RULE)}[/]", highlight=False, soft_wrap=True)
-        for line in verdict_lines(results.superficial):
-            console.print(escape(line), highlight=False, soft_wrap=True)
-    console.print(format_table(results.table))
-    for line in results.notes():
-        console.print(f"[dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
-    for kind, title in (("recency", "recency verdict"),
-                        ("pairwise", "distance between paths under unlearning")):
-        console.rule(title)
-        for v in (v for v in results.verdicts if v.get("kind", "recency") == kind):
-            console.print(escape(v["text"]), highlight=False, soft_wrap=True)
-    if results.matched is not None:
-        from pathunlearn.report.controls import model_lines
-
-        console.rule("recency verdict with the matched-start control")
-        for line in [*model_lines(results.matched),
-                     *(v["text"] for v in results.matched.verdicts)]:
-            console.print(escape(line), highlight=False, soft_wrap=True)
-    console.rule()
 
 
 # ---------------------------------------------------------------------------- run
@@ -779,12 +717,13 @@ def run(
     """
     from pathunlearn.config import load_config
     from pathunlearn.experiment import run_experiment
+    from pathunlearn.report.terminal import print_results
 
     config, overrides = split_args(args)
     overrides += executor_overrides(executor, address)
     cfg = load_config(config, overrides)
     results, _, page = run_experiment(cfg, log=console.print, progress=True)
-    print_results(results)
+    print_results(results, console)
     console.print(f"report: {page}")
 
 
@@ -844,6 +783,7 @@ def theory(
     import json
 
     from pathunlearn.theory import linear, plots
+    from pathunlearn.theory.terminal import print_theory
 
     config, overrides = split_args(args)
     params = linear.load_params(config, overrides)
@@ -852,105 +792,4 @@ def theory(
     if json_output:
         sys.stdout.write(json.dumps(report) + "\n")
         return
-    _print_theory(report)
-
-
-def _print_theory(report: dict) -> None:
-    """Rich tables: the theorem's quantities, d vs bound over t, positions, λ sweep."""
-    from rich.table import Table
-
-    th = report["theorem"]
-    summary = Table(title="Theorem 3.1 (two stages, A and B; forget set X_U)", show_header=False)
-    for key in (
-        "rho_star",
-        "sigma_U",
-        "C0",
-        "t0",
-        "norm_P_U_delta_theta_0",
-        "lemma_3_2_max_rel_error",
-    ):
-        summary.add_row(key, f"{th[key]:.6g}")
-    summary.add_row("growth/step: measured", f"{th['growth_rate_measured']:.6g}")
-    summary.add_row("growth/step: (1+ρ*)² bound", f"{th['growth_rate_bound']:.6g}")
-    summary.add_row("growth/step: (1+ν_max)² asymptotic", f"{th['growth_rate_asymptotic']:.6g}")
-    cor = th["corollary_1"]
-    cor_holds = cor["holds_for_t_ge_t_star"]
-    cor_text = "t* > T, not reached" if cor_holds is None else f"holds: {cor_holds}"
-    summary.add_row(f"Corollary 1 t* (ε={cor['epsilon']:g})", f"{cor['t_star']:.4g} ({cor_text})")
-    gd = th["closed_form_vs_gradient_descent"]
-    gd_text = (
-        gd["skipped"] if "skipped" in gd else f"max |θ_closed − θ_gd| = {gd['max_abs_diff']:.3g}"
-    )
-    summary.add_row("closed form vs gradient descent", gd_text)
-    checked = th["bound_checked_steps"]
-    holds = f"{th['bound_holds_for_all_t_ge_t_start']} ({checked} steps checked)"
-    if checked == 0:
-        holds = "not checked: t0 > T (raise steps)"
-    summary.add_row("bound holds for all t ≥ max(t0, 0)", holds)
-    console.print(summary)
-    console.print(_theory_rows_table(report["table"], th["t_start"]))
-    console.print(_positions_table(report["positions"]))
-    console.print(_weakly_local_table(report["weakly_local"]))
-    console.print(
-        f"runtime {report['runtime_s']:.2f}s; wrote " + ", ".join(report["files"]), highlight=False
-    )
-
-
-def _theory_rows_table(rows: list[dict], t_start: int):
-    """t, d, bound, log10 of each, holds — about 25 rows, always t_start and the last."""
-    from rich.table import Table
-
-    stride = max(1, -(-len(rows) // 25))
-    keep = {r["t"] for r in rows[::stride]} | {t_start, rows[-1]["t"]}
-    table = Table(title="d(θ_AB^t, θ_BA^t) vs the bound")
-    for col in ("t", "d(AB,BA)", "bound", "log10 d", "log10 bound", "holds"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        if r["t"] in keep:
-            holds = "—" if r["holds"] is None else ("yes" if r["holds"] else "[red]NO[/]")
-            cells = (r["d"], r["bound"], r["log10_d"], r["log10_bound"])
-            table.add_row(
-                str(r["t"]), *(f"{c:.4g}" if c is not None else "inf" for c in cells), holds
-            )
-    return table
-
-
-def _positions_table(pos: dict):
-    """Per path: forget loss and distance to the retrain model at t = 0, T, and closest."""
-    from rich.table import Table
-
-    table = Table(title="Stage U at each position, GA on U (retrain model: A-B)")
-    columns = ("path", "forget loss t=0", "forget loss t=T", "d(θ, θ_r) t=0", "d(θ, θ_r) t=T")
-    for col in (*columns, "closest d(θ, θ_r) (at t)"):
-        table.add_column(col, justify="right")
-    for label in pos["labels"]:
-        f, r = pos["forget_loss"][label], pos["to_retrain"][label]
-        best = pos["closest_to_retrain"][label]
-        cells = (f"{v:.4g}" for v in (f[0], f[-1], r[0], r[-1]))
-        table.add_row(label, *cells, f"{best['d']:.4g} ({best['t']})")
-    return table
-
-
-def _weakly_local_table(sweep: list[dict]):
-    """Per λ: final distance, largest eigenvalue of M_λ, growth, stability, extended bound."""
-    from rich.table import Table
-
-    table = Table(title="Weakly-local unlearning: GA on X_U + λ · GD on retain sample")
-    if sweep:
-        table.caption = (
-            f"ν_max(M_λ) ≥ ν_∞ = {sweep[0]['nu_limit']:.4g} for every λ (growth (1+ν_∞)² > 1 persists); "
-            f"λ ≤ {sweep[0]['lambda_stable_sufficient']:.3g} is stable"
-        )
-    for col in ("λ", "log10 d(T)", "ν_max(M_λ)", "growth measured", "stable", "bound holds"):
-        table.add_column(col, justify="right")
-    for w in sweep:
-        holds = "—" if w["bound"] is None else str(w["bound"]["holds_for_all_t_ge_t_start"])
-        table.add_row(
-            f"{w['lambda']:g}",
-            f"{w['log10_final_d']:.4g}",
-            f"{w['nu_max']:.4g}",
-            f"{w['growth_rate_measured']:.4g}",
-            str(w["stable"]),
-            holds,
-        )
-    return table
+    print_theory(report, console)
