@@ -495,7 +495,6 @@ class ProbeConfig(StrictModel):
     """The stage a `utility` probe measures (its table column is `<stage> utility`); default:
     the stage of a `stage:NAME` source."""
 
-
     @model_validator(mode="after")
     def _checked(self) -> ProbeConfig:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -534,7 +533,6 @@ class ProbesConfig(StrictModel):
     """Held-out items per stage in the default `heldout` set (the RE distances)."""
     sets: list[ProbeConfig] = []
     """More probe sets; one named like a default replaces it."""
-
 
     @model_validator(mode="after")
     def _unique(self) -> ProbesConfig:

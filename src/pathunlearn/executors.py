@@ -29,7 +29,6 @@ the config mean the same on every node) and the base model: a shared filesystem.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -48,9 +47,9 @@ from pathunlearn.rundir import (
     CONFIG,
     PLAN,
     PREFIXES,
-    SUMMARY,
     cell_done,
     read_prefix,
+    read_summary,
     remove_partial_writes,
     unit_dir,
 )
@@ -338,7 +337,7 @@ def run_unit(context: TaskContext, unit: Unit, *_models_it_starts_from) -> dict:
     directory = unit_dir(run_dir, unit)
     if isinstance(unit, Cell):
         if cell_done(directory, unit.key):  # a retry of a task that finished its writes
-            return json.loads((directory / SUMMARY).read_text())
+            return read_summary(directory)
         # per task: the retrain reference and math accuracy before are recomputed per cell
         # (deterministic, so the numbers equal the local executor's)
         return unlearn_cell(cfg, unit, run_dir, Shared(list(plan.probes)))

@@ -69,11 +69,11 @@ from pathunlearn.models import (
 from pathunlearn.plan import Cell, Plan, plan_run, retrain_path
 from pathunlearn.rundir import (
     PREFIXES,
-    SUMMARY,
     CellWriter,
     cell_done,
     math_before_file,
     prefix_dir,
+    read_summary,
     unit_dir,
 )
 from pathunlearn.train.relearn import relearn
@@ -143,7 +143,7 @@ def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
 
 def cell_summaries(cells: list[Cell], run_dir: Path) -> list[dict]:
     """The summary.json of each of ``cells`` (all finished)."""
-    return [json.loads((unit_dir(run_dir, c) / SUMMARY).read_text()) for c in cells]
+    return [read_summary(unit_dir(run_dir, c)) for c in cells]
 
 
 def cell_line(cell: Cell, s: dict) -> str:
