@@ -83,13 +83,13 @@ def test_pairwise_by_hand(make_run, path_at):
 
 def test_growth_verdict_and_table(make_run):
     results = build_results(load_run(make_run(seeds=(0, 1))))
-    pairwise = [v for v in results.verdicts if v["kind"] == "pairwise"]
-    assert [v["method"] for v in pairwise] == ["ga", "npo"]
+    pairwise = [v for v in results.verdicts if v.kind == "pairwise"]
+    assert [v.method for v in pairwise] == ["ga", "npo"]
     ga = pairwise[0]
-    assert ga["observed"] is True and (ga["first_step"], ga["last_step"]) == (0, 4)
-    assert ga["series"] == 12 and ga["series_grew"] == 12 and ga["pairs"] == 6
-    assert ga["text"].startswith("ga: pairwise distance between paths grew from ")
-    assert "mean over 6 pairs and 2 seeds" in ga["text"]
+    assert ga.observed is True and (ga.first_step, ga.last_step) == (0, 4)
+    assert ga.series == 12 and ga.series_grew == 12 and ga.pairs == 6
+    assert ga.text.startswith("ga: pairwise distance between paths grew from ")
+    assert "mean over 6 pairs and 2 seeds" in ga.text
     md = (results.run_dir / "results.md").read_text()
     section = md.split("## Pairwise distance between paths")[1]
     assert "| pair | d at step 0 | d at step 4 | growth | seeds |" in section
@@ -105,9 +105,9 @@ def test_shrinking_distance_is_reported_as_not_grown(make_run):
         for row, tokens in zip(rows, reversed([r["re_tokens"] for r in rows]), strict=True):
             row["re_tokens"] = tokens
         metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (verdict,) = [v for v in build_results(load_run(run_dir)).verdicts if v["kind"] == "pairwise"]
-    assert verdict["observed"] is False and verdict["series_grew"] == 0
-    assert "did not grow" in verdict["text"]
+    (verdict,) = [v for v in build_results(load_run(run_dir)).verdicts if v.kind == "pairwise"]
+    assert verdict.observed is False and verdict.series_grew == 0
+    assert "did not grow" in verdict.text
 
 
 def test_missing_and_odd_re_tokens_are_skipped_with_a_note(make_run, write_cell, path_at):
@@ -124,8 +124,8 @@ def test_missing_and_odd_re_tokens_are_skipped_with_a_note(make_run, write_cell,
     notes = json.loads((run_dir / "results.json").read_text())["pairwise_notes"]
     assert any("seed 2: no re_tokens" in n for n in notes)
     assert any("seed 2: re_tokens of length 5, not the run's 3 positions" in n for n in notes)
-    (verdict,) = [v for v in results.verdicts if v["kind"] == "pairwise"]
-    assert verdict["skipped_cells"] == 2 and "2 cells without usable re_tokens" in verdict["text"]
+    (verdict,) = [v for v in results.verdicts if v.kind == "pairwise"]
+    assert verdict.skipped_cells == 2 and "2 cells without usable re_tokens" in verdict.text
     assert "seed 2: no re_tokens" in (run_dir / "results.md").read_text()
 
 
@@ -133,8 +133,8 @@ def test_run_without_re_tokens(make_run):
     run_dir = make_run(seeds=(0,), methods=("ga",), re_tokens=False)
     results = build_results(load_run(run_dir))
     assert json.loads((run_dir / "results.json").read_text())["pairwise"] == {}
-    (verdict,) = [v for v in results.verdicts if v["kind"] == "pairwise"]
-    assert verdict["observed"] is None and "no two paths have cells with usable" in verdict["text"]
+    (verdict,) = [v for v in results.verdicts if v.kind == "pairwise"]
+    assert verdict.observed is None and "no two paths have cells with usable" in verdict.text
     files = write_figures(results)
     assert files and not any(f.name.startswith("pairwise") for f in files)
 

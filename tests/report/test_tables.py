@@ -10,6 +10,7 @@ import statistics
 import pytest
 
 from pathunlearn.errors import ConfigError, UserError
+from pathunlearn.report.model import SeedRank
 from pathunlearn.report.results import build_results
 from pathunlearn.report.stats import mean_ci, t_quantile
 from pathunlearn.rundir import load_run
@@ -52,7 +53,7 @@ def recompute(run_dir):
 
 def recency(results):
     """The recency verdicts (results.verdicts also holds the pairwise-growth ones)."""
-    return [v for v in results.verdicts if v["kind"] == "recency"]
+    return [v for v in results.verdicts if v.kind == "recency"]
 
 
 @pytest.mark.parametrize("seeds", [(0, 1), (0, 1, 2)])
@@ -95,28 +96,28 @@ def test_t_quantiles_are_students():
 
 def test_recency_verdict_observed_and_not(make_run, path_at):
     results = build_results(load_run(make_run(seeds=(0, 1))))
-    by_method = {v["method"]: v for v in recency(results)}
+    by_method = {v.method: v for v in recency(results)}
     ga, npo = by_method["ga"], by_method["npo"]
     # GA drops 3.0/2.0/2.5/0.5 by position: p=4 forgets least
-    assert ga["observed"] is True and ga["forget_last_ranks"] == [1]
-    assert [e["position"] for e in ga["ranking"]] == [4, 2, 3, 1]
-    assert ga["compared_with"] == "-".join(path_at(2))
-    assert ga["ci_overlap"] is False  # 0.55 ± 0.635 vs 2.05 ± 0.635
-    assert "recency effect observed" in ga["text"] and "do not overlap" in ga["text"]
-    assert ga["per_seed"] == {0: {"rank": 1, "of": 4}, 1: {"rank": 1, "of": 4}}
+    assert ga.observed is True and ga.forget_last_ranks == [1]
+    assert [e.position for e in ga.ranking] == [4, 2, 3, 1]
+    assert ga.compared_with == "-".join(path_at(2))
+    assert ga.ci_overlap is False  # 0.55 ± 0.635 vs 2.05 ± 0.635
+    assert "recency effect observed" in ga.text and "do not overlap" in ga.text
+    assert ga.per_seed == {0: SeedRank(rank=1, of=4), 1: SeedRank(rank=1, of=4)}
     # NPO drops 1.2/0.4/0.9/0.8: p=2 forgets least, p=4 ranks 2nd
-    assert npo["observed"] is False and npo["forget_last_ranks"] == [2]
-    assert npo["ci_overlap"] is True
-    assert "recency effect NOT observed" in npo["text"]
+    assert npo.observed is False and npo.forget_last_ranks == [2]
+    assert npo.ci_overlap is True
+    assert "recency effect NOT observed" in npo.text
     md = (results.run_dir / "results.md").read_text()
     assert "recency effect NOT observed" in md and "recency effect observed" in md
 
 
 def test_one_seed_has_no_interval(make_run):
     results = build_results(load_run(make_run(seeds=(0,))))
-    assert all(r["forget_score_ci95"] is None for r in results.table.rows)
-    assert all("1 seed: no interval" in v["text"] for v in recency(results))
-    assert all(v["ci_overlap"] is None for v in recency(results))
+    assert all(r.stats["forget_score"].ci95 is None for r in results.table.rows)
+    assert all("1 seed: no interval" in v.text for v in recency(results))
+    assert all(v.ci_overlap is None for v in recency(results))
     md = (results.run_dir / "results.md").read_text()
     assert "±" not in md.split("## Recency")[0].split("|---")[1]
 
@@ -125,12 +126,12 @@ def test_diverged_cell_is_reported_and_left_out(make_run, write_cell, path_at):
     run_dir = make_run(seeds=(0, 1))
     write_cell(run_dir, path_at(4), "ga", 2, 99.0, diverge_at=4)  # 99 would dominate the mean if counted
     results = build_results(load_run(run_dir))
-    cell = next(c for c in results.table.cells if c["seed"] == 2)
-    assert cell["diverged_at"] == 4 and cell["status"] == "diverged at step 4"
-    assert cell["forget_score"] is None
-    row = next(r for r in results.table.rows if r["method"] == "ga" and r["position"] == 4)
-    assert row["n"] == 2 and row["seeds"] == [0, 1] and row["diverged_seeds"] == [2]
-    assert row["forget_score"] == pytest.approx((0.5 + 0.6) / 2)  # seeds 0 and 1 only
+    cell = next(c for c in results.table.cells if c.seed == 2)
+    assert cell.diverged_at == 4 and cell.status == "diverged at step 4"
+    assert cell.values["forget_score"] is None
+    row = next(r for r in results.table.rows if r.method == "ga" and r.position == 4)
+    assert row.n == 2 and row.seeds == [0, 1] and row.diverged_seeds == [2]
+    assert row.mean("forget_score") == pytest.approx((0.5 + 0.6) / 2)  # seeds 0 and 1 only
     md = (run_dir / "results.md").read_text()
     assert "2 (+1 diverged)" in md and "1 diverged cell(s), left out of every mean" in md
 
@@ -138,7 +139,7 @@ def test_diverged_cell_is_reported_and_left_out(make_run, write_cell, path_at):
 def test_math_and_re_columns(make_run, tmp_path):
     plain = build_results(load_run(make_run(seeds=(0,), name="plain")))
     row = plain.table.rows[0]
-    assert row["math_utility"] is None and row["re_distance_to_retrain"] is None
+    assert row.mean("math_utility") is None and row.mean("re_distance_to_retrain") is None
     md = (plain.run_dir / "results.md").read_text()
     assert "n/a (not measured)" in md and "math.questions" in md and "retrain baseline" in md
     csv_row = next(csv.DictReader((plain.run_dir / "results.csv").open()))
@@ -146,13 +147,13 @@ def test_math_and_re_columns(make_run, tmp_path):
 
     measured = build_results(load_run(make_run(seeds=(0, 1), name="measured", math=(0.6, 0.45),
                                                re=True)))
-    row = next(r for r in measured.table.rows if r["method"] == "ga" and r["position"] == 2)
-    assert row["math_utility"] == pytest.approx(-0.15)
-    assert row["re_distance_to_retrain"] == pytest.approx(0.1 * 2 + 0.005)  # seeds add 0, 0.01
+    row = next(r for r in measured.table.rows if r.method == "ga" and r.position == 2)
+    assert row.mean("math_utility") == pytest.approx(-0.15)
+    assert row.mean("re_distance_to_retrain") == pytest.approx(0.1 * 2 + 0.005)  # seeds add 0, 0.01
     md = (measured.run_dir / "results.md").read_text()
     assert "not measured" not in md
     # the accuracy before, which the utility is a change of, is in the notes and the CSV
-    assert row["math_before"] == pytest.approx(0.6) and row["math_after"] == pytest.approx(0.45)
+    assert row.mean("math_before") == pytest.approx(0.6) and row.mean("math_after") == pytest.approx(0.45)
     assert "accuracy before unlearning: p=1 0.600 (shuffled 0.020)" in md
     assert "p=4 0.600 (shuffled 0.020; no answer 10%)" in md
     csv_row = next(csv.DictReader((measured.run_dir / "results.csv").open()))
@@ -204,7 +205,7 @@ def test_sweep_gets_its_own_rows_and_verdicts(tmp_path, write_cell, path_at):
             write_cell(run_dir, path_at(p), "ga", 0, drop, sweep=(f"lr{lr:g}",), lr=lr)
     results = build_results(load_run(run_dir))
     assert results.table.swept
-    verdicts = {v["sweep"]: v["observed"] for v in recency(results)}
+    verdicts = {v.sweep: v.observed for v in recency(results)}
     assert verdicts == {"lr1e-05": True, "lr5e-05": False}
     assert "| sweep |" in (run_dir / "results.md").read_text()
 
@@ -227,10 +228,10 @@ def test_path_with_every_seed_diverged_has_no_score(tmp_path, write_cell, path_a
         write_cell(run_dir, path_at(p), "ga", 0, drop, diverge_at=2 if p == 1 else None)
     results = build_results(load_run(run_dir))
     row = results.table.rows[0]
-    assert row["position"] == 1 and row["n"] == 0 and row["forget_score"] is None
+    assert row.position == 1 and row.n == 0 and row.mean("forget_score") is None
     (verdict,) = recency(results)
-    assert verdict["observed"] is True and verdict["n_paths"] == 3
-    assert "Without a score (all seeds diverged): " + "-".join(path_at(1)) in verdict["text"]
+    assert verdict.observed is True and verdict.n_paths == 3
+    assert "Without a score (all seeds diverged): " + "-".join(path_at(1)) in verdict.text
     assert "| 1 | " + "-".join(path_at(1)) + " | diverged |" in (run_dir / "results.md").read_text()
 
 
@@ -257,19 +258,19 @@ def test_the_verdict_says_where_each_path_starts_and_flags_saturation(make_run):
     from pathunlearn.rundir import load_run
 
     results = build_results(load_run(make_run(seeds=(0, 1), methods=("ga",))), write=False)
-    verdict = next(v for v in results.verdicts if v["kind"] == "recency")
-    p4 = next(e for e in verdict["ranking"] if e["position"] == 4)
-    assert p4["target_before"] == pytest.approx(-0.1)
-    assert p4["forget_token_prob"] == pytest.approx(0.9)
-    assert p4["forget_grad_norm"] == pytest.approx(0.1)
-    assert p4["first_step_grad_norm"] == pytest.approx(0.2)
+    verdict = next(v for v in results.verdicts if v.kind == "recency")
+    p4 = next(e for e in verdict.ranking if e.position == 4)
+    assert p4.saturation["target_before"] == pytest.approx(-0.1)
+    assert p4.saturation["forget_token_prob"] == pytest.approx(0.9)
+    assert p4.saturation["forget_grad_norm"] == pytest.approx(0.1)
+    assert p4.saturation["first_step_grad_norm"] == pytest.approx(0.2)
     # compared with p=2 (ga forgets least after p=4 there), which starts at -1.2 / 0.4 / 1.2
     assert ("At step 0: the unlearn target's log-probability -0.100 vs -1.200; forget-token "
             "probability 0.900 vs 0.400; forget NLL gradient norm 0.1000 vs 1.2000. The "
             "forget-last path starts closer to probability 1 with less than 0.5x the gradient"
-            ) in verdict["text"]
-    row = next(r for r in results.table.rows if r["position"] == 1)
-    assert row["forget_grad_norm"] == pytest.approx(1.1) and row["target_before"] == \
+            ) in verdict.text
+    row = next(r for r in results.table.rows if r.position == 1)
+    assert row.mean("forget_grad_norm") == pytest.approx(1.1) and row.mean("target_before") == \
         pytest.approx(-1.1)
 
 
@@ -289,10 +290,10 @@ def test_crossed_seeds_give_both_spreads(make_run):
     run_dir = make_run(seeds=(0, 1, 2), methods=("ga",), name="crossed",
                        config={"training": {"seed_of": {0: 0, 1: 0, 2: 1}}})
     results = build_results(load_run(run_dir))
-    row = next(r for r in results.table.rows if r["position"] == 1)
+    row = next(r for r in results.table.rows if r.position == 1)
     # forget score = DROPS + SEED_OFFSET: seeds 0, 1 -> 3.0, 3.1 (training seed 0), 2 -> 2.7
-    assert row["forget_score_sd_unlearning"] == pytest.approx((0.005) ** 0.5, rel=1e-3)
-    assert row["forget_score_sd_training"] == pytest.approx(abs(3.05 - 2.7) / 2 ** 0.5, rel=1e-3)
+    assert row.stats["forget_score"].sd_unlearning == pytest.approx((0.005) ** 0.5, rel=1e-3)
+    assert row.stats["forget_score"].sd_training == pytest.approx(abs(3.05 - 2.7) / 2 ** 0.5, rel=1e-3)
     notes = " ".join(results.notes())
     assert "seeds 0, 1 share the path models of training seed 0; seed 2 has the path models" in notes
     assert "sd across training seeds" in notes
@@ -306,11 +307,11 @@ def test_the_verdict_names_the_metric_the_forget_score_uses(make_run):
         {"name": "forget_response", "kind": "forget_response", "source": "stage:refusals"}]}}
     results = build_results(load_run(make_run(seeds=(0,), methods=("ga",),
                                               config=only_responses)), write=False)
-    verdict = next(v for v in results.verdicts if v["kind"] == "recency")
-    assert verdict["forget_metric"] == "forget_response/mean"
-    assert "Before unlearning, forget_response/mean was -0.800 vs -0.800" in verdict["text"]
-    assert "forget_label_id" not in verdict["text"]
+    verdict = next(v for v in results.verdicts if v.kind == "recency")
+    assert verdict.forget_metric == "forget_response/mean"
+    assert "Before unlearning, forget_response/mean was -0.800 vs -0.800" in verdict.text
+    assert "forget_label_id" not in verdict.text
     default = build_results(load_run(make_run(seeds=(0,), methods=("ga",), name="default")),
                             write=False)
-    text = next(v for v in default.verdicts if v["kind"] == "recency")["text"]
+    text = next(v for v in default.verdicts if v.kind == "recency").text
     assert "Before unlearning, forget_label_id/all_mean was" in text

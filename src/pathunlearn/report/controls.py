@@ -16,8 +16,9 @@ cells in place of the forget-last paths' (every other path's cells unchanged).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from pathunlearn.report.model import RecencyVerdict
 from pathunlearn.report.tables import ResultTable, build_table, recency_verdicts, training_seeds
 from pathunlearn.rundir import PREFIX_JSON, Run, prefix_dir
 
@@ -28,10 +29,11 @@ class MatchedStart:
     """Per matched model: path, training seed, metric, level matched, the other models'
     values, whether it was reached, the stopping step and the stage's full length."""
     table: ResultTable
-    verdicts: list[dict]
+    verdicts: list[RecencyVerdict]
 
     def to_json(self) -> dict:
-        return {"models": self.models, "verdicts": self.verdicts, "rows": self.table.rows}
+        return {"models": self.models, "verdicts": [v.to_json() for v in self.verdicts],
+                "rows": [r.to_json() for r in self.table.rows]}
 
 
 def matched_start(run: Run) -> MatchedStart | None:
@@ -59,11 +61,8 @@ def matched_start(run: Run) -> MatchedStart | None:
     cells = [c for c in run.cells if (c.method, c.sweep, c.seed, c.path) not in replaced]
     table = build_table(cells + run.controls, run.forget_stage, run.probes,
                         training_seeds(run.config))
-    verdicts = []
-    for v in recency_verdicts(table):
-        v["kind"] = "recency_matched"
-        v["text"] = "With the matched-start control: " + v["text"]
-        verdicts.append(v)
+    verdicts = [replace(v, kind="recency_matched", text="With the matched-start control: "
+                        + v.text) for v in recency_verdicts(table)]
     return MatchedStart(models, table, verdicts)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from pathunlearn import metrics as M
 from pathunlearn.config import dump_config
 from pathunlearn.files import write_text
+from pathunlearn.report.model import RecencyVerdict, Verdict
 from pathunlearn.report.pairwise import pair_summary, summary_cells, summary_headers
 from pathunlearn.report.results import Results
 from pathunlearn.report.tables import (
@@ -113,9 +114,9 @@ def _figure_index(run_dir: Path) -> list[dict]:
 
 def _header(run_dir: Path, results: Results) -> str:
     t = results.table
-    methods = list(dict.fromkeys(r["method"] for r in t.rows))
-    paths = list(dict.fromkeys(r["path_label"] for r in t.rows))
-    seeds = sorted({c["seed"] for c in t.cells})
+    methods = list(dict.fromkeys(r.method for r in t.rows))
+    paths = list(dict.fromkeys(r.path_label for r in t.rows))
+    seeds = sorted({c.seed for c in t.cells})
     return (f"<h1>pathunlearn report: {_e(run_dir.name)}</h1>"
             f"<p>Run directory <code>{_e(run_dir)}</code>; generated "
             f"{_e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}. {len(t.cells)} finished cells: "
@@ -129,7 +130,7 @@ def _verdict_section(results: Results) -> str:
              "<p class=\"note\">Per method, paths ranked by mean forget score (rank 1 = forgets "
              "least). The recency effect (the paper's finding) is observed when the path with "
              "the forget stage last forgets least.</p>"]
-    parts += [_verdict_div(v) for v in results.verdicts if v.get("kind") != "pairwise"]
+    parts += [_verdict_div(v) for v in results.verdicts if v.kind != "pairwise"]
     return "\n".join(parts) + _saturation_table(results)
 
 
@@ -142,14 +143,14 @@ def _saturation_table(results: Results) -> str:
     """Per method and path, where unlearning starts (mean over seeds): the saturation
     diagnostics at step 0 (pathunlearn.eval.saturation)."""
     rows = results.table.rows
-    keys = [k for k in SATURATION if any(r.get(k) is not None for r in rows)]
+    keys = [k for k in SATURATION if any(r.mean(k) is not None for r in rows)]
     if not keys:
         return ""
     head = "".join(f"<th>{_e(SATURATION_HEADERS[k])}</th>" for k in keys)
     body = "".join(
-        f"<tr>{_method_cell(r)}<td class=\"text path\">{_e(r['path_label'])}</td>"
-        f"<td>{r['position']}</td>"
-        + "".join(f"<td>{_e(_cell_value(r.get(k)))}</td>" for k in keys) + "</tr>"
+        f"<tr>{_method_cell(r.method, r.sweep)}<td class=\"text path\">{_e(r.path_label)}</td>"
+        f"<td>{r.position}</td>"
+        + "".join(f"<td>{_e(_cell_value(r.mean(k)))}</td>" for k in keys) + "</tr>"
         for r in rows)
     return ("<h3>Where unlearning starts (saturation, step 0)</h3><p class=\"note\">Mean over "
             "seeds. Gradient ascent's push on a sequence vanishes as its probability nears 1, "
@@ -162,9 +163,9 @@ def _saturation_table(results: Results) -> str:
             f"path</th><th>p</th>{head}</tr>{body}</table></div>")
 
 
-def _verdict_div(v: dict) -> str:
-    cls = {True: "yes", False: "no"}.get(v["observed"], "")
-    return f"<div class=\"verdict {cls}\">{_e(v['text'])}</div>"
+def _verdict_div(v: Verdict) -> str:
+    cls = {True: "yes", False: "no"}.get(v.observed, "")
+    return f"<div class=\"verdict {cls}\">{_e(v.text)}</div>"
 
 
 def _table_section(results: Results) -> str:
@@ -176,7 +177,7 @@ def _table_section(results: Results) -> str:
         values = [(k, display_value(row, k)) for k, _ in cols]
         cells = "".join(f"<td class=\"{_align(k)}{' na' if v == NA else ''}\">{_e(v)}</td>"
                         for k, v in values)
-        body.append(f"<tr class=\"{'last' if row['forget_last'] else ''}\">{cells}</tr>")
+        body.append(f"<tr class=\"{'last' if row.forget_last else ''}\">{cells}</tr>")
     score_list = "".join(f"<li><code>{_e(sc.key)}</code> ({_e(sc.header)}): {_e(sc.definition)}"
                          "</li>" for sc in t.scores)
     note_list = "".join(f"<li>{_e(n)}</li>" for n in results.notes())
@@ -230,10 +231,9 @@ def _matched_section(results: Results) -> str:
              "If the forget-last path still forgets least, the recency effect is not explained "
              "by its starting likelihood.</p>",
              "<ul>" + "".join(f"<li>{_e(t)}</li>" for t in model_lines(control)) + "</ul>"]
-    without = {(v["method"], v["sweep"]): v for v in results.verdicts
-               if v.get("kind") == "recency"}
-    rows = [f"<tr>{_method_cell(v)}"
-            f"<td class=\"text\">{_e(_observed(without.get((v['method'], v['sweep']))))}</td>"
+    without = {(v.method, v.sweep): v for v in results.verdicts if v.kind == "recency"}
+    rows = [f"<tr>{_method_cell(v.method, v.sweep)}"
+            f"<td class=\"text\">{_e(_observed(without.get((v.method, v.sweep))))}</td>"
             f"<td class=\"text\">{_e(_observed(v))}</td></tr>" for v in control.verdicts]
     parts.append("<div class=\"wide\"><table><tr><th class=\"text\">method</th>"
                  "<th class=\"text\">recency without the control</th><th class=\"text\">"
@@ -242,17 +242,17 @@ def _matched_section(results: Results) -> str:
     return "\n".join(parts)
 
 
-def _observed(verdict: dict | None) -> str:
+def _observed(verdict: RecencyVerdict | None) -> str:
     """A recency verdict in a table cell: observed or not, and the forget-last path's rank."""
-    if verdict is None or verdict["observed"] is None:
+    if verdict is None or verdict.observed is None:
         return "—"
-    ranks = ", ".join(str(r) for r in verdict["forget_last_ranks"])
-    return f"{'observed' if verdict['observed'] else 'NOT observed'} (rank {ranks})"
+    ranks = ", ".join(str(r) for r in verdict.forget_last_ranks)
+    return f"{'observed' if verdict.observed else 'NOT observed'} (rank {ranks})"
 
 
-def _method_cell(row: dict) -> str:
-    """A table cell naming a row's method and, when the run sweeps, its sweep value."""
-    return f"<td class=\"text\">{_e(row['method'])}{_e(' ' + row['sweep'] if row['sweep'] else '')}</td>"
+def _method_cell(method: str, sweep: str) -> str:
+    """A table cell naming a method and, when the run sweeps, its sweep value."""
+    return f"<td class=\"text\">{_e(method)}{_e(' ' + sweep if sweep else '')}</td>"
 
 
 def embedded_figure(png: Path, caption: str) -> str:
@@ -277,7 +277,7 @@ def _relearn_section(results: Results) -> str:
     head = "".join(f"<th class=\"{'text' if i < 2 or i == 3 else ''}\">{_e(h)}</th>"
                    for i, h in enumerate(heads))
     rows = "".join(
-        f"<tr>{_method_cell(e)}<td class=\"text path\">{_e(e['path_label'])}</td>"
+        f"<tr>{_method_cell(e['method'], e['sweep'])}<td class=\"text path\">{_e(e['path_label'])}</td>"
         f"<td>{e['position']}</td>"
         f"<td class=\"text\">{_e(e['data'])}</td>"
         + "".join(f"<td>{_e(_cell_value(e[k]))}</td>" for k in ("before", "unlearned",
@@ -330,7 +330,7 @@ def _cells_section(results: Results) -> str:
     rows = []
     for c in t.cells:
         rows.append("<tr>" + "".join(
-            f"<td class=\"{_align(k)}\">{_e(_cell_value(c[k]))}</td>" for k in keys) + "</tr>")
+            f"<td class=\"{_align(k)}\">{_e(_cell_value(c.flat(k)))}</td>" for k in keys) + "</tr>")
     return (f"<h2>Cells</h2><details><summary>{len(t.cells)} cells, one row each (scores "
             f"before averaging over seeds)</summary><div class=\"wide\"><table><tr>{head}</tr>"
             f"{''.join(rows)}</table></div></details>")

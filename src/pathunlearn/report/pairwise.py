@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pathunlearn import metrics as M
 from pathunlearn.plan import position
+from pathunlearn.report.model import GrowthVerdict
 from pathunlearn.report.stats import mean_ci
 from pathunlearn.rundir import CellRecord
 
@@ -54,7 +55,7 @@ class PairwiseTable:
     half-width, null with 1 seed), n, seeds."""
     skipped: list[dict] = field(default_factory=list)
     """One per cell left out: method, sweep, note (which cell, why)."""
-    verdicts: list[dict] = field(default_factory=list)
+    verdicts: list[GrowthVerdict] = field(default_factory=list)
     """One per (method, sweep) with finished cells, in table order."""
 
     def methods(self) -> list[tuple[str, str]]:
@@ -81,7 +82,7 @@ class PairwiseTable:
     def markdown(self) -> list[str]:
         """The section of results.md: verdicts, a compact table per method, notes."""
         lines = ["## Pairwise distance between paths", ""]
-        lines += [f"- {v['text']}" for v in self.verdicts]
+        lines += [f"- {v.text}" for v in self.verdicts]
         for method, sweep in self.methods():
             summary = pair_summary(self, method, sweep)
             head = ["pair", *summary_headers(summary), "growth", "seeds"]
@@ -123,8 +124,7 @@ def build_pairwise(cells: list[CellRecord], forget_stage: str) -> PairwiseTable:
     table = PairwiseTable(forget_stage, series, _aggregate(series), skipped)
     groups_of_cells = {(c.method, c.sweep_label): c for c in
                        sorted(ok, key=lambda c: (c.method, c.lr or 0.0, c.sweep_label))}
-    table.verdicts = [{**growth_verdict(table, method, sweep), "lr": c.lr,
-                       "scheduler": c.scheduler}
+    table.verdicts = [growth_verdict(table, method, sweep, lr=c.lr, scheduler=c.scheduler)
                       for (method, sweep), c in groups_of_cells.items()]
     return table
 
@@ -234,33 +234,30 @@ def fmt(x: float) -> str:
 # ---------------------------------------------------------------------------- the verdict
 
 
-def growth_verdict(table: PairwiseTable, method: str, sweep: str) -> dict:
+def growth_verdict(table: PairwiseTable, method: str, sweep: str, *, lr: float | None = None,
+                   scheduler: str | None = None) -> GrowthVerdict:
     """Whether the mean over pairs and seeds of d_MSE grew from the first to the last eval step
     common to every (pair, seed) series of this method (and sweep value)."""
     series = [s for s in table.series if s["method"] == method and s["sweep"] == sweep]
     skipped = sum(1 for s in table.skipped if s["method"] == method and s["sweep"] == sweep)
     name = method + (f" ({sweep})" if sweep else "")
-    verdict = {"kind": "pairwise", "method": method, "sweep": sweep, "observed": None,
-               "first_step": None, "last_step": None, "first": None, "last": None,
-               "growth": None, "pairs": len({(s["path_a"], s["path_b"]) for s in series}),
-               "seeds": sorted({s["seed"] for s in series}), "series": len(series),
-               "series_grew": None, "skipped_cells": skipped}
+    base = GrowthVerdict(method=method, sweep=sweep, lr=lr, scheduler=scheduler,
+                         pairs=len({(s["path_a"], s["path_b"]) for s in series}),
+                         seeds=sorted({s["seed"] for s in series}), series=len(series),
+                         skipped_cells=skipped)
     left_out = (f" ({_n(skipped, 'cell')} without usable re_tokens left out; see the "
                 "notes)") if skipped else ""
     common = sorted(set.intersection(*(set(s["steps"]) for s in series))) if series else []
     if len(common) < 2:
         why = ("no two paths have cells with usable re_tokens" if not series else
                "fewer than two eval steps are common to every pair of paths")
-        verdict["text"] = f"{name}: no pairwise distance verdict: {why}{left_out}."
-        return verdict
+        return replace(base, text=f"{name}: no pairwise distance verdict: {why}{left_out}.")
     t0, t1 = common[0], common[-1]
     at = [dict(zip(s["steps"], s["values"], strict=True)) for s in series]
     x = sum(a[t0] for a in at) / len(at)
     y = sum(a[t1] for a in at) / len(at)
     grew = sum(1 for a in at if a[t1] > a[t0])
-    verdict.update(observed=y > x, first_step=t0, last_step=t1, first=x, last=y,
-                   growth=y / x if x > 0 else None, series_grew=grew)
-    over = f"mean over {_n(verdict['pairs'], 'pair')} and {_n(len(verdict['seeds']), 'seed')}"
+    over = f"mean over {_n(base.pairs, 'pair')} and {_n(len(base.seeds), 'seed')}"
     factor = f", ×{y / x:.2f}" if x > 0 else ""
     if y > x:
         text = f"{name}: pairwise distance between paths grew from {fmt(x)} (step {t0}) to " \
@@ -268,9 +265,10 @@ def growth_verdict(table: PairwiseTable, method: str, sweep: str) -> dict:
     else:
         text = f"{name}: pairwise distance between paths did not grow: {fmt(x)} at step {t0}, " \
                f"{fmt(y)} at step {t1}{factor}, {over}"
-    verdict["text"] = (text + f"; it grew in {grew} of {len(series)} (pair, seed) series"
-                       + left_out + ".")
-    return verdict
+    return replace(base, observed=y > x, first_step=t0, last_step=t1, first=x, last=y,
+                   growth=y / x if x > 0 else None, series_grew=grew,
+                   text=text + f"; it grew in {grew} of {len(series)} (pair, seed) series"
+                   + left_out + ".")
 
 
 def _n(count: int, noun: str) -> str:

@@ -12,6 +12,7 @@ from pathunlearn.config import ExperimentConfig
 from pathunlearn.errors import UserError
 from pathunlearn.files import write_json, write_text
 from pathunlearn.report.controls import MatchedStart, matched_start, model_lines
+from pathunlearn.report.model import Verdict
 from pathunlearn.report.pairwise import PairwiseTable, build_pairwise
 from pathunlearn.report.relearn import relearn_curves
 from pathunlearn.report.tables import (
@@ -35,7 +36,7 @@ class Results:
 
     run: Run
     table: ResultTable
-    verdicts: list[dict]
+    verdicts: list[Verdict]
     """The recency verdicts (``kind`` "recency"), then the pairwise-growth ones ("pairwise")."""
     files: list[Path] = field(default_factory=list)
     pairwise: PairwiseTable | None = None
@@ -145,12 +146,12 @@ def results_json(results: Results) -> dict:
         "interval": "95% CI half-width over seeds: t(0.975, n-1) * s / sqrt(n), s with ddof 1",
         "diverged": "diverged cells have null scores and are left out of every aggregate",
         "not_measured": {k: v for k, v in NOT_MEASURED.items() if not table.measured.get(k)},
-        "rows": table.rows,
-        "verdicts": results.verdicts,
+        "rows": [r.to_json() for r in table.rows],
+        "verdicts": [v.to_json() for v in results.verdicts],
         **pairs,
         "relearn": results.relearn,
         "matched_start": None if results.matched is None else results.matched.to_json(),
-        "cells": table.cells,
+        "cells": [c.to_json() for c in table.cells],
         "unfinished_cells": len(results.run.pending),
         "stale_cells": len(results.run.stale),
     }
@@ -164,13 +165,13 @@ def results_markdown(results: Results) -> str:
     for row in table.rows:
         lines.append("| " + " | ".join(markdown_text(display_value(row, k)) for k, _ in cols)
                      + " |")
-    lines += ["", "## Recency verdict", ""] + [f"- {markdown_text(v['text'])}"
+    lines += ["", "## Recency verdict", ""] + [f"- {markdown_text(v.text)}"
                                                for v in results.verdicts
-                                               if v.get("kind") != "pairwise"]
+                                               if v.kind != "pairwise"]
     if results.matched is not None:
         lines += ["", "## Recency verdict with the matched-start control", ""]
         lines += [f"- {markdown_text(t)}" for t in model_lines(results.matched)]
-        lines += [f"- {markdown_text(v['text'])}" for v in results.matched.verdicts]
+        lines += [f"- {markdown_text(v.text)}" for v in results.matched.verdicts]
     lines += ["", "## Notes", ""] + [f"- {markdown_text(n)}" for n in results.notes()]
     if results.pairwise is not None:
         lines += [""] + results.pairwise.markdown()

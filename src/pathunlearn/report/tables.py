@@ -40,10 +40,19 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pathunlearn import metrics as M
 from pathunlearn.plan import position, training_seed
+from pathunlearn.report.model import (
+    CellRow,
+    RankEntry,
+    RecencyVerdict,
+    Row,
+    SeedRank,
+    Stat,
+    Verdict,
+)
 from pathunlearn.report.stats import mean_ci
 from pathunlearn.rundir import CellRecord, is_number, unit_dir
 
@@ -176,11 +185,11 @@ class ResultTable:
     """Per-cell scores and their aggregates over seeds."""
 
     forget_stage: str
-    rows: list[dict]
-    """One per (method, sweep, path): method, sweep, lr, scheduler, path, path_label,
-    position, forget_last, n, seeds, diverged_seeds, then per score ``<score>`` (mean over
-    seeds) and ``<score>_ci95`` (half-width; null with fewer than 2 seeds or no values)."""
-    cells: list[dict]
+    rows: list[Row]
+    """One per (method, sweep, path), over its seeds: the identity, then per score and context
+    key its :class:`~pathunlearn.report.model.Stat` (mean, 95% half-width: None with fewer
+    than 2 seeds or no values)."""
+    cells: list[CellRow]
     """One per cell: identity, status (``ok`` or ``diverged at step k``) and its scores."""
     scores: list[Score] = field(default_factory=list)
     """The scores of this run, in table order (:func:`scores_of`)."""
@@ -199,55 +208,47 @@ def build_table(cells: list[CellRecord], forget_stage: str, probes: list,
     within one (:func:`seed_spread`)."""
     scores = scores_of(probes)
     training_seeds = training_seeds or {}
-    per_cell = []
-    for c in cells:
-        per_cell.append({
-            "method": c.method, "sweep": c.sweep_label, "lr": c.lr, "scheduler": c.scheduler,
-            "seed": c.seed, "training_seed": training_seeds.get(c.seed),
-            "path": list(c.path), "path_label": c.path_label,
-            "position": position(c.path, forget_stage), "local": c.local,
-            "steps": c.summary.get("steps"), "steps_done": c.summary.get("steps_done"),
-            "diverged_at": c.diverged_at,
-            "status": "ok" if c.diverged_at is None else (c.diverged_reason or "diverged"),
-            "directory": str(unit_dir("", c.cell)),  # relative: the run directory can move
-            **cell_scores(c, scores),
-        })
+    per_cell = [CellRow(
+        method=c.method, sweep=c.sweep_label, lr=c.lr, scheduler=c.scheduler, seed=c.seed,
+        training_seed=training_seeds.get(c.seed), path=list(c.path), path_label=c.path_label,
+        position=position(c.path, forget_stage), local=c.local,
+        steps=c.summary.get("steps"), steps_done=c.summary.get("steps_done"),
+        diverged_at=c.diverged_at,
+        status="ok" if c.diverged_at is None else (c.diverged_reason or "diverged"),
+        directory=str(unit_dir("", c.cell)),  # relative: the run directory can move
+        values=cell_scores(c, scores)) for c in cells]
     per_cell.sort(key=_order)
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[CellRow]] = {}
     for row in per_cell:
-        groups.setdefault((row["method"], row["sweep"], row["path_label"]), []).append(row)
+        groups.setdefault((row.method, row.sweep, row.path_label), []).append(row)
     keys = [s.key for s in scores]
     rows = [_aggregate(members, keys) for members in groups.values()]
     return ResultTable(
         forget_stage=forget_stage, rows=rows, cells=per_cell, scores=scores,
         swept=any(c.sweep for c in cells),
-        measured={k: any(r[k] is not None for r in per_cell) for k in keys},
+        measured={k: any(r.values[k] is not None for r in per_cell) for k in keys},
     )
 
 
-def _order(row: dict) -> tuple:
-    return (row["method"], row["lr"] or 0.0, row["sweep"], row["position"], row["path_label"],
-            row.get("seed", 0))
+def _order(row: CellRow) -> tuple:
+    return (row.method, row.lr or 0.0, row.sweep, row.position, row.path_label, row.seed)
 
 
-def _aggregate(members: list[dict], keys: list[str]) -> dict:
-    ok = [m for m in members if m["diverged_at"] is None]
+def _aggregate(members: list[CellRow], keys: list[str]) -> Row:
+    ok = [m for m in members if m.diverged_at is None]
     first = members[0]
-    row = {k: first[k] for k in ("method", "sweep", "lr", "scheduler", "path", "path_label",
-                                 "position")}
-    row["forget_last"] = first["position"] == len(first["path"])
-    row["n"] = len(ok)
-    row["seeds"] = [m["seed"] for m in ok]
-    row["diverged_seeds"] = [m["seed"] for m in members if m["diverged_at"] is not None]
+    stats = {}
     for score in [*keys, *CONTEXT]:
-        mean, half = mean_ci([m[score] for m in ok if m[score] is not None])
-        row[score], row[f"{score}_ci95"] = mean, half
-    for score in keys:
-        spread = seed_spread([(m["training_seed"], m[score]) for m in ok
-                              if m[score] is not None and m["training_seed"] is not None])
-        if spread is not None:
-            row[f"{score}_sd_training"], row[f"{score}_sd_unlearning"] = spread
-    return row
+        mean, half = mean_ci([m.values[score] for m in ok if m.values[score] is not None])
+        spread = seed_spread([(m.training_seed, m.values[score]) for m in ok
+                              if m.values[score] is not None and m.training_seed is not None]
+                             ) if score in keys else None
+        stats[score] = Stat(mean, half, *(spread or (None, None)))
+    return Row(method=first.method, sweep=first.sweep, lr=first.lr, scheduler=first.scheduler,
+               path=first.path, path_label=first.path_label, position=first.position,
+               forget_last=first.forget_last, n=len(ok), seeds=[m.seed for m in ok],
+               diverged_seeds=[m.seed for m in members if m.diverged_at is not None],
+               stats=stats)
 
 
 def training_seeds(cfg) -> dict[int, int]:
@@ -277,106 +278,101 @@ def seed_spread(values: list[tuple[int, float]]) -> tuple[float, float] | None:
 # ---------------------------------------------------------------------------- the verdict
 
 
-def recency_verdicts(table: ResultTable, score: str = "forget_score") -> list[dict]:
+def recency_verdicts(table: ResultTable, score: str = "forget_score") -> list[RecencyVerdict]:
     """Per method (and sweep value): the ranking of paths by mean ``score`` ascending (rank 1
     forgets least) and whether the forget-stage-last path(s) rank first (see the module
     docstring); the CI comparison is with the closest competitor: the other path of lowest
     mean."""
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[Row]] = {}
     for row in table.rows:
-        groups.setdefault((row["method"], row["sweep"]), []).append(row)
+        groups.setdefault((row.method, row.sweep), []).append(row)
     return [_verdict(table, method, sweep, rows, score) for (method, sweep), rows in groups.items()]
 
 
-def _verdict(table: ResultTable, method: str, sweep: str, rows: list[dict], score: str) -> dict:
-    scored = sorted((r for r in rows if r[score] is not None), key=lambda r: r[score])
-    ranking = [{"rank": i, "path_label": r["path_label"], "position": r["position"],
-                "forget_last": r["forget_last"], "mean": r[score],
-                "ci95": r[f"{score}_ci95"], **_interval(r[score], r[f"{score}_ci95"]),
-                "n": r["n"], "forget_before": r["forget_before"],
-                **{k: r[k] for k in SATURATION}}
+def _verdict(table: ResultTable, method: str, sweep: str, rows: list[Row],
+             score: str) -> RecencyVerdict:
+    scored = sorted((r for r in rows if r.mean(score) is not None), key=lambda r: r.mean(score))
+    ranking = [RankEntry(rank=i, path_label=r.path_label, position=r.position,
+                         forget_last=r.forget_last, mean=r.mean(score), ci95=r.stats[score].ci95,
+                         ci_low=r.stats[score].ci_low, ci_high=r.stats[score].ci_high, n=r.n,
+                         forget_before=r.mean("forget_before"),
+                         saturation={k: r.mean(k) for k in SATURATION})
                for i, r in enumerate(scored, 1)]
-    last = [e for e in ranking if e["forget_last"]]
-    others = [e for e in ranking if not e["forget_last"]]
-    verdict = {"kind": "recency", "method": method, "sweep": sweep, "lr": rows[0]["lr"],
-               "scheduler": rows[0]["scheduler"], "score": score,
-               "forget_metric": next((s.metric for s in table.scores
-                                      if s.key == "forget_score"), None),
-               "forget_stage": table.forget_stage, "ranking": ranking,
-               "unscored_paths": [r["path_label"] for r in rows if r[score] is None],
-               "forget_last_paths": [e["path_label"] for e in last],
-               "forget_last_ranks": [e["rank"] for e in last], "n_paths": len(ranking),
-               "observed": None, "compared_with": None, "ci_overlap": None,
-               "per_seed": _per_seed(table, method, sweep, score)}
+    last = [e for e in ranking if e.forget_last]
+    others = [e for e in ranking if not e.forget_last]
+    observed = compared_with = ci_overlap = None
     if last and others:
         worst_last, best_other = last[-1], others[0]
-        verdict["observed"] = worst_last["mean"] < best_other["mean"]
-        verdict["compared_with"] = best_other["path_label"]
-        if worst_last["ci95"] is not None and best_other["ci95"] is not None:
-            verdict["ci_overlap"] = (worst_last["ci_high"] >= best_other["ci_low"]
-                                     and best_other["ci_high"] >= worst_last["ci_low"])
-    verdict["text"] = verdict_text(verdict)
-    return verdict
+        observed = worst_last.mean < best_other.mean
+        compared_with = best_other.path_label
+        if worst_last.ci95 is not None and best_other.ci95 is not None:
+            ci_overlap = (worst_last.ci_high >= best_other.ci_low
+                          and best_other.ci_high >= worst_last.ci_low)
+    verdict = RecencyVerdict(
+        method=method, sweep=sweep, lr=rows[0].lr, scheduler=rows[0].scheduler, score=score,
+        forget_metric=next((s.metric for s in table.scores if s.key == "forget_score"), None),
+        forget_stage=table.forget_stage, ranking=ranking,
+        unscored_paths=[r.path_label for r in rows if r.mean(score) is None],
+        forget_last_paths=[e.path_label for e in last],
+        forget_last_ranks=[e.rank for e in last], n_paths=len(ranking), observed=observed,
+        compared_with=compared_with, ci_overlap=ci_overlap,
+        per_seed=_per_seed(table, method, sweep, score))
+    return replace(verdict, text=verdict_text(verdict))
 
 
-def _interval(mean: float, half: float | None) -> dict:
-    return {"ci_low": None if half is None else mean - half,
-            "ci_high": None if half is None else mean + half}
-
-
-def _per_seed(table: ResultTable, method: str, sweep: str, score: str) -> dict:
+def _per_seed(table: ResultTable, method: str, sweep: str, score: str) -> dict[int, SeedRank]:
     """Seed -> rank of the (best-ranked) forget-last path among that seed's paths."""
-    by_seed: dict[int, list[dict]] = {}
+    by_seed: dict[int, list[CellRow]] = {}
     for c in table.cells:
-        if c["method"] == method and c["sweep"] == sweep and c[score] is not None:
-            by_seed.setdefault(c["seed"], []).append(c)
+        if c.method == method and c.sweep == sweep and c.values[score] is not None:
+            by_seed.setdefault(c.seed, []).append(c)
     ranks = {}
     for seed, cells in sorted(by_seed.items()):
-        ordered = sorted(cells, key=lambda c: c[score])
-        last = [i for i, c in enumerate(ordered, 1) if c["position"] == len(c["path"])]
+        ordered = sorted(cells, key=lambda c: c.values[score])
+        last = [i for i, c in enumerate(ordered, 1) if c.forget_last]
         if last and len(ordered) > 1:
-            ranks[seed] = {"rank": last[0], "of": len(ordered)}
+            ranks[seed] = SeedRank(rank=last[0], of=len(ordered))
     return ranks
 
 
-def verdict_text(v: dict) -> str:
+def verdict_text(v: RecencyVerdict) -> str:
     """One paragraph saying what was measured, including when the effect does not appear."""
-    name = v["method"] + (f" ({v['sweep']})" if v["sweep"] else "")
-    stage = v["forget_stage"]
-    if not v["forget_last_paths"]:
+    name = v.method + (f" ({v.sweep})" if v.sweep else "")
+    stage = v.forget_stage
+    if not v.forget_last_paths:
         return (f"{name}: no path with {stage} last has a forget score, so there is no recency "
                 "verdict.")
-    if v["observed"] is None:
+    if v.observed is None:
         return f"{name}: fewer than two paths have a forget score; no recency verdict."
-    by_label = {e["path_label"]: e for e in v["ranking"]}
-    last = [by_label[p] for p in v["forget_last_paths"]]
-    other = by_label[v["compared_with"]]
-    who = (f"the path with {stage} last (p={last[0]['position']}, {last[0]['path_label']})"
+    by_label = {e.path_label: e for e in v.ranking}
+    last = [by_label[p] for p in v.forget_last_paths]
+    other = by_label[v.compared_with]
+    who = (f"the path with {stage} last (p={last[0].position}, {last[0].path_label})"
            if len(last) == 1 else f"the {len(last)} paths with {stage} last")
-    ranks = ", ".join(str(r) for r in v["forget_last_ranks"])
-    n = min(e["n"] for e in v["ranking"])
-    text = (f"{name}: {who} ranks {ranks} of {v['n_paths']} by mean forget score "
-            f"(1 = forgets least; {_fmt(last[-1]['mean'])} vs {_fmt(other['mean'])} for "
-            f"p={other['position']}, {other['path_label']}, over {_seeds(n)}): recency effect "
-            + ("observed" if v["observed"] else "NOT observed") + ". ")
-    if (last[-1]["forget_before"] is not None and other["forget_before"] is not None
-            and v.get("forget_metric")):
-        text += (f"Before unlearning, {v['forget_metric']} was "
-                 f"{_fmt(last[-1]['forget_before'])} vs {_fmt(other['forget_before'])}. ")
-    text += saturation_text(last[-1], other)
-    if v["ci_overlap"] is None:
+    ranks = ", ".join(str(r) for r in v.forget_last_ranks)
+    n = min(e.n for e in v.ranking)
+    text = (f"{name}: {who} ranks {ranks} of {v.n_paths} by mean forget score "
+            f"(1 = forgets least; {_fmt(last[-1].mean)} vs {_fmt(other.mean)} for "
+            f"p={other.position}, {other.path_label}, over {_seeds(n)}): recency effect "
+            + ("observed" if v.observed else "NOT observed") + ". ")
+    if (last[-1].forget_before is not None and other.forget_before is not None
+            and v.forget_metric):
+        text += (f"Before unlearning, {v.forget_metric} was "
+                 f"{_fmt(last[-1].forget_before)} vs {_fmt(other.forget_before)}. ")
+    text += saturation_text(last[-1].saturation, other.saturation)
+    if v.ci_overlap is None:
         text += "1 seed: no interval." if n < 2 else "No interval to compare."
     else:
-        text += (f"The 95% intervals [{_fmt(last[-1]['ci_low'])}, {_fmt(last[-1]['ci_high'])}] "
-                 f"and [{_fmt(other['ci_low'])}, {_fmt(other['ci_high'])}] "
+        text += (f"The 95% intervals [{_fmt(last[-1].ci_low)}, {_fmt(last[-1].ci_high)}] "
+                 f"and [{_fmt(other.ci_low)}, {_fmt(other.ci_high)}] "
                  + ("overlap: the difference is within seed noise."
-                    if v["ci_overlap"] else "do not overlap."))
-    seeds = v["per_seed"]
+                    if v.ci_overlap else "do not overlap."))
+    seeds = v.per_seed
     if len(seeds) > 1:
-        first = sum(1 for r in seeds.values() if r["rank"] == 1)
+        first = sum(1 for r in seeds.values() if r.rank == 1)
         text += f" Per seed, the {stage}-last path ranks first in {first} of {len(seeds)} seeds."
-    if v["unscored_paths"]:
-        text += f" Without a score (all seeds diverged): {', '.join(v['unscored_paths'])}."
+    if v.unscored_paths:
+        text += f" Without a score (all seeds diverged): {', '.join(v.unscored_paths)}."
     return text
 
 
@@ -388,11 +384,11 @@ SATURATED_MARGIN = 0.1
 this; as starting with a smaller push at a comparable likelihood otherwise."""
 
 
-def saturation_text(last: dict, other: dict) -> str:
-    """Where the two paths start unlearning from: the unlearn target's own log-probability,
-    the forget tokens' probability and the forget NLL's gradient norm, and a warning when the
-    forget-last path starts with much less gradient (slower forgetting may then be saturation,
-    not the order as such)."""
+def saturation_text(last: dict[str, float | None], other: dict[str, float | None]) -> str:
+    """Where the two paths start unlearning from (their :data:`SATURATION` values): the
+    unlearn target's own log-probability, the forget tokens' probability and the forget NLL's
+    gradient norm, and a warning when the forget-last path starts with much less gradient
+    (slower forgetting may then be saturation, not the order as such)."""
     parts = []
     if last["target_before"] is not None and other["target_before"] is not None:
         parts.append(f"the unlearn target's log-probability {_fmt(last['target_before'])} vs "
@@ -445,7 +441,7 @@ def results_csv(table: ResultTable) -> str:
     columns = csv_columns(table)
     writer.writerow(columns)
     for row in table.rows:
-        writer.writerow([_csv_value(row[c]) for c in columns])
+        writer.writerow([_csv_value(row.flat(c)) for c in columns])
     return buf.getvalue()
 
 
@@ -468,18 +464,17 @@ def display_columns(table: ResultTable) -> list[tuple[str, str]]:
                    *((s.key, s.header) for s in table.scores), ("n", "seeds")]
 
 
-def display_value(row: dict, key: str, na: str = NA) -> str:
+def display_value(row: Row, key: str, na: str = NA) -> str:
     """A cell of the human-readable table: ``mean ± half-width``, or ``na`` (not measured)."""
-    v = row[key]
-    if f"{key}_ci95" in row:  # a score
-        if v is None:
-            return na if row["n"] else "diverged"
-        half = row.get(f"{key}_ci95")
-        return _fmt(v) + ("" if half is None else f" ± {_fmt(half)}")
+    if key in row.stats:  # a score
+        stat = row.stats[key]
+        if stat.mean is None:
+            return na if row.n else "diverged"
+        return _fmt(stat.mean) + ("" if stat.ci95 is None else f" ± {_fmt(stat.ci95)}")
+    v = getattr(row, key)
     if key == "n":
-        return str(v) + (f" (+{len(row['diverged_seeds'])} diverged)"
-                         if row["diverged_seeds"] else "")
-    if key == "position" and row["forget_last"]:
+        return str(v) + (f" (+{len(row.diverged_seeds)} diverged)" if row.diverged_seeds else "")
+    if key == "position" and row.forget_last:
         return f"{v} (last)"
     return str(v)
 
@@ -496,19 +491,20 @@ def notes(table: ResultTable) -> list[str]:
     lines += [NOT_MEASURED[k] + "." for k in NOT_MEASURED if not table.measured.get(k)]
     if table.measured.get("math_utility"):
         lines.append(math_note(table))
-    spread = [r for r in table.rows if r.get("forget_score_sd_training") is not None]
+    spread = [r.stats["forget_score"] for r in table.rows
+              if r.stats["forget_score"].sd_training is not None]
     if spread:
-        between = sum(r["forget_score_sd_training"] for r in spread) / len(spread)
-        within = sum(r["forget_score_sd_unlearning"] for r in spread) / len(spread)
+        between = sum(s.sd_training for s in spread) / len(spread)
+        within = sum(s.sd_unlearning for s in spread) / len(spread)
         lines.append(f"Where the seed spread comes from (forget score, mean over {len(spread)} "
                      f"rows): sd across training seeds {between:.3f} (of the per-training-seed "
                      f"means), sd within a training seed {within:.3f} (the unlearning alone); "
                      "every score's in results.json (<score>_sd_training, _sd_unlearning).")
-    diverged = [c for c in table.cells if c["diverged_at"] is not None]
+    diverged = [c for c in table.cells if c.diverged_at is not None]
     if diverged:
         lines.append(f"{len(diverged)} diverged cell(s), left out of every mean, interval and "
-                     "verdict: " + "; ".join(f"{c['method']} {c['sweep']} {c['path_label']} seed "
-                                            f"{c['seed']} ({c['status']})".replace("  ", " ")
+                     "verdict: " + "; ".join(f"{c.method} {c.sweep} {c.path_label} seed "
+                                            f"{c.seed} ({c.status})".replace("  ", " ")
                                             for c in diverged) + ".")
     return lines
 
@@ -517,19 +513,20 @@ def math_note(table: ResultTable) -> str:
     """Math accuracy before unlearning per path (what the math utility is a change of), beside
     its shuffled-answer baseline (the same answers scored against other questions' gold) and
     the share of answers without a ``####`` line when there are any."""
-    per_path: dict[tuple[int, str], list[dict]] = {}
+    per_path: dict[tuple[int, str], list[Row]] = {}
     for row in table.rows:
-        if row.get("math_before") is not None:
-            per_path.setdefault((row["position"], row["path_label"]), []).append(row)
+        if row.mean("math_before") is not None:
+            per_path.setdefault((row.position, row.path_label), []).append(row)
     positions = [p for p, _ in per_path]
     parts = []
     for (p, path_label), rows in sorted(per_path.items()):
         # "p=2" names the path unless several paths share that position
         label = f"p={p}" if positions.count(p) == 1 else f"p={p} {path_label}"
-        before = sum(r["math_before"] for r in rows) / len(rows)
-        shuffled = [r["math_shuffled"] for r in rows if r.get("math_shuffled") is not None]
+        before = sum(r.mean("math_before") for r in rows) / len(rows)
+        shuffled = [r.mean("math_shuffled") for r in rows if r.mean("math_shuffled") is not None]
         extra = [f"shuffled {_fmt(sum(shuffled) / len(shuffled))}"] if shuffled else []
-        silent = [r["math_no_answer"] for r in rows if r.get("math_no_answer") is not None]
+        silent = [r.mean("math_no_answer") for r in rows
+                  if r.mean("math_no_answer") is not None]
         if silent and sum(silent) > 0:
             extra.append(f"no answer {sum(silent) / len(silent):.0%}")
         parts.append(f"{label} {_fmt(before)}" + (f" ({'; '.join(extra)})" if extra else ""))
@@ -548,7 +545,7 @@ def format_table(table: ResultTable):
     from rich.markup import escape
     from rich.table import Table
 
-    paths = dict.fromkeys((r["position"], r["path_label"]) for r in table.rows)
+    paths = dict.fromkeys((r.position, r.path_label) for r in table.rows)
     by_position = len({p for p, _ in paths}) == len(paths)
     # the terminal is narrow: no response drops, no paraphrased utilities (results.md has all)
     skip = {s.key for s in table.scores if s.key.endswith("_drop")
@@ -565,6 +562,6 @@ def format_table(table: ResultTable):
     return out
 
 
-def format_verdicts(verdicts: list[dict]) -> list[str]:
+def format_verdicts(verdicts: list[Verdict]) -> list[str]:
     """The verdict sentences: recency, then pairwise growth, one per method (and sweep)."""
-    return [v["text"] for v in verdicts]
+    return [v.text for v in verdicts]

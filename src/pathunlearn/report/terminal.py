@@ -60,13 +60,13 @@ def print_results(results, console: Console) -> None:
     for kind, title in (("recency", "recency verdict"),
                         ("pairwise", "distance between paths under unlearning")):
         console.rule(title)
-        for v in (v for v in results.verdicts if v.get("kind", "recency") == kind):
-            console.print(escape(v["text"]), highlight=False, soft_wrap=True)
+        for v in (v for v in results.verdicts if v.kind == kind):
+            console.print(escape(v.text), highlight=False, soft_wrap=True)
     if results.matched is not None:
         from pathunlearn.report.controls import model_lines
 
         console.rule("recency verdict with the matched-start control")
         for line in [*model_lines(results.matched),
-                     *(v["text"] for v in results.matched.verdicts)]:
+                     *(v.text for v in results.matched.verdicts)]:
             console.print(escape(line), highlight=False, soft_wrap=True)
     console.rule()
