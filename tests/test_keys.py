@@ -99,6 +99,8 @@ def alternatives(tmp: Path) -> dict[str, list[dict[str, Any]]]:
         "probes.sets.*.source": [{"source": "builtin:arithmetic"}],
         "probes.sets.*.targets": [{"targets": ["Yes."]}],
         "probes.sets.*.stage": [{"stage": "a"}],
+        "probes.sets.*.metrics": [{"metrics": ["prob"], "role": "retain"}],
+        "probes.sets.*.role": [{"role": "retain", "metrics": ["prob"]}],
         "controls.matched_start.metric": [{"metric": "forget_label_id/mean"}],
         "runtime.device": [{"device": "cpu"}],
         "executor.address": [{"kind": "ray", "address": "auto"}],

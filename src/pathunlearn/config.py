@@ -458,6 +458,8 @@ class UnlearningConfig(OptimConfig):
 
 
 ProbeKind = Literal["forget_label", "forget_response", "utility", "heldout", "track"]
+FieldMetric = Literal["prob", "truth_ratio", "rouge", "mia"]
+FieldRole = Literal["forget", "retain", "real_authors", "world_facts", "holdout"]
 
 
 class ProbeConfig(StrictModel):
@@ -494,6 +496,18 @@ class ProbeConfig(StrictModel):
     stage: str | None = None
     """The stage a `utility` probe measures (its table column is `<stage> utility`); default:
     the stage of a `stage:NAME` source."""
+    metrics: list[FieldMetric] = []
+    """The field's metrics of this set's items, as TOFU / OpenUnlearning define them
+    (docs/metrics.md, pathunlearn.eval.field): `prob`, `truth_ratio` (needs each item's
+    `perturbed_answer`, and on the forget and retain sets its `paraphrased_answer`: TOFU's
+    `*_perturbed` subsets), `rouge` (greedy generation at the first and last eval point),
+    `mia` (membership inference of the `forget` set against the `holdout` set). With a
+    `forget` and a `holdout` set, cells also report forget quality (a KS test against the
+    path's own retrain model), model utility (with `retain`, `real_authors` and `world_facts`
+    sets) and privleak. Every item's values go to the cell's items.jsonl."""
+    role: FieldRole | None = None
+    """What the set is to the field's metrics: the `forget` set, the `retain` set, TOFU's
+    `real_authors` or `world_facts`, or the `holdout` set of the MIAs. Needed with `metrics`."""
 
     @model_validator(mode="after")
     def _checked(self) -> ProbeConfig:
@@ -502,6 +516,18 @@ class ProbeConfig(StrictModel):
         if self.reduce == "sum" and (self.targets is not None or self.kind == "forget_label"):
             raise ValueError("`reduce: sum` is for response probes (targets null, not "
                              "forget_label)")
+        if len(set(self.metrics)) < len(self.metrics):
+            raise ValueError(f"`metrics` {self.metrics}: a metric is listed twice")
+        if self.metrics and self.role is None:
+            raise ValueError("`metrics` needs a `role` (forget, retain, real_authors, "
+                             "world_facts or holdout)")
+        if self.metrics and (self.targets is not None or self.reduce != "mean"
+                             or self.kind in ("forget_label", "heldout")):
+            raise ValueError("`metrics` score each item's own answers: a set with `metrics` "
+                             "has no `targets`, `reduce: mean`, and is not forget_label or "
+                             "heldout")
+        if self.role == "holdout" and {"truth_ratio", "rouge"} & set(self.metrics):
+            raise ValueError("a `holdout` set has `prob` and `mia` only")
         return self
 
     @property
@@ -533,6 +559,10 @@ class ProbesConfig(StrictModel):
     """Held-out items per stage in the default `heldout` set (the RE distances)."""
     sets: list[ProbeConfig] = []
     """More probe sets; one named like a default replaces it."""
+    rouge_tokens: int = Field(200, gt=0)
+    """Most new tokens of the greedy generations ROUGE scores (TOFU's 200)."""
+    rouge_every: bool = False
+    """Generate (ROUGE, and model utility) at every eval point, not only the first and last."""
 
     @model_validator(mode="after")
     def _unique(self) -> ProbesConfig:
@@ -540,6 +570,10 @@ class ProbesConfig(StrictModel):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"probe name(s) {twice} used more than once")
+        roles = [p.role for p in self.sets if p.metrics]
+        twice = sorted({r for r in roles if roles.count(r) > 1})
+        if twice:
+            raise ValueError(f"role(s) {twice} given to more than one set with `metrics`")
         return self
 
 

@@ -58,6 +58,9 @@ METRICS = "metrics.jsonl"
 """A row per eval point of a cell; a row per logged step of a stage."""
 STEPS = "steps.jsonl"
 RELEARN = "relearn.jsonl"
+ITEMS = "items.jsonl"
+"""A cell's per-item values of its field sets (:mod:`pathunlearn.eval.field`): one row per
+eval step, set and item."""
 SUMMARY = "summary.json"
 MODEL = "model"
 """A cell's unlearned model (``unlearning.save_model``)."""
@@ -219,6 +222,7 @@ class CellWriter:
         self.directory = Path(directory)
         self._metrics = (self.directory / METRICS).open("w", encoding="utf-8")
         self._steps = (self.directory / STEPS).open("w", encoding="utf-8")
+        self._items = None
 
     def metrics(self, row: dict) -> None:
         """One eval point: step, every probe metric, the step's loss / lr / grad norm."""
@@ -227,6 +231,16 @@ class CellWriter:
     def step(self, row: dict) -> None:
         """One optimizer step: step, loss, lr, grad norm."""
         self._steps.write(json.dumps(row) + "\n")
+
+    def items(self, step: int, rows: list[dict]) -> None:
+        """The field sets' per-item values at one eval step (items.jsonl, opened at the
+        first call: a cell without field sets has none)."""
+        if not rows:
+            return
+        if self._items is None:
+            self._items = (self.directory / ITEMS).open("w", encoding="utf-8")
+        for row in rows:
+            self._items.write(json.dumps({M.STEP: step, **row}) + "\n")
 
     def relearn(self, rows: list[dict]) -> None:
         """The relearning rows (:mod:`pathunlearn.train.relearn`), written whole."""
@@ -240,6 +254,8 @@ class CellWriter:
         """Close the row files; write summary.json and the resolved config."""
         self._metrics.close()
         self._steps.close()
+        if self._items is not None:
+            self._items.close()
         write_json(self.directory / SUMMARY, summary)
         write_text(self.directory / CONFIG, dump_config(cfg))
 

@@ -29,23 +29,45 @@ from pathunlearn.eval.divergence import (
     position_logprobs,
     token_logprobs_of,
 )
+from pathunlearn.eval.field import (
+    FieldReference,
+    FieldSet,
+    cross_metrics,
+    item_values,
+    reference_of,
+    set_metrics,
+)
+from pathunlearn.eval.generate import generate
 from pathunlearn.eval.logprob import Prepared, prepare_scoring
-from pathunlearn.eval.probes import ProbeSet, encode_probes, evaluate_probes, probe_conversations
+from pathunlearn.eval.probes import (
+    ProbeSet,
+    encode_probes,
+    probe_conversations,
+    probe_metrics,
+    score_probe_rows,
+)
 
 HELDOUT_BATCH = 32
 """Sequences per forward pass over the held-out RE set."""
 
 
 class CellProbes:
-    """What a cell measures at every eval point: every scored probe, the log-probability of
-    every held-out reference token (``re_tokens``, from which pairwise distances between cells
-    are computed afterwards) and, with a retrain model, the distances to it
-    (``re_retrain/kl``, ``/mse``). Without heldout probe sets there are no distances.
-    ``max_length``: the run's ``model.max_length``, which the probes are tokenised to."""
+    """What a cell measures at every eval point: every scored probe, the field's metrics of
+    the field sets (:mod:`pathunlearn.eval.field`; their per-item values are left in
+    ``items`` after each call), the log-probability of every held-out reference token
+    (``re_tokens``, from which pairwise distances between cells are computed afterwards) and,
+    with a retrain model, the distances to it (``re_retrain/kl``, ``/mse``) and the field
+    reference (forget quality, privleak). Without heldout probe sets there are no distances.
+    ``max_length``: the run's ``model.max_length``, which the probes are tokenised to;
+    ``rouge_tokens``: the most new tokens a ROUGE generation gets."""
 
     def __init__(self, tokenizer, probe_sets: list[ProbeSet], retrain: Reference | None,
-                 max_length: int):
+                 max_length: int, field_reference: FieldReference | None = None,
+                 rouge_tokens: int = 200):
         self.tokenizer, self.probe_sets, self.retrain = tokenizer, probe_sets, retrain
+        self.field_sets = [FieldSet.of(p) for p in probe_sets if p.metrics and p.scored]
+        self.field_reference, self.rouge_tokens = field_reference, rouge_tokens
+        self.items: list[dict] = []
         self.encoded = encode_probes(tokenizer, probe_sets, max_length)
         self.prepared: Prepared | None = None  # the batches, worked out at the first call
         self.heldout = heldout_set(tokenizer, probe_sets, max_length)
@@ -56,10 +78,18 @@ class CellProbes:
         self.retrain_tokens = None if retrain is None else distributed.gather_tensor(
             token_logprobs_of(retrain))
 
-    def __call__(self, model: torch.nn.Module) -> dict:
+    def __call__(self, model: torch.nn.Module, generate: bool = False) -> dict:
+        """The metrics at this eval point; ``generate``: also the generation-based ones
+        (ROUGE, and with it model utility)."""
         if self.prepared is None:
             self.prepared = prepare_scoring(model, self.encoded, self.tokenizer.pad_token_id)
-        metrics = evaluate_probes(model, self.tokenizer, self.probe_sets, prepared=self.prepared)
+        scores = score_probe_rows(model, self.tokenizer, self.probe_sets, prepared=self.prepared)
+        metrics = {}
+        for p in self.probe_sets:
+            if p.scored:
+                metrics |= probe_metrics(p, scores[p.name][p.reduce])
+        if self.field_sets:
+            metrics |= self._field(model, scores, generate)
         if not self.heldout:
             return metrics
         current = heldout_logprobs(model, self.heldout, self.tokenizer.pad_token_id)
@@ -69,6 +99,47 @@ class CellProbes:
                 kl_per_position(current, self.retrain))
             metrics[M.RE_RETRAIN_MSE] = mse_distance(tokens, self.retrain_tokens)
         return {**metrics, M.RE_TOKENS: [round(float(x), 5) for x in tokens]}
+
+
+    def _field(self, model: torch.nn.Module, scores: dict, generate: bool) -> dict:
+        items, values = field_items(model, self.tokenizer, self.field_sets, scores,
+                                    self.rouge_tokens if generate else None)
+        self.items = [{"probe": name, **it} for name, its in items.items() for it in its]
+        return values | cross_metrics(self.field_sets, items, values, self.field_reference)
+
+
+def field_items(model: torch.nn.Module, tokenizer, field_sets: list[FieldSet], scores: dict,
+                rouge_tokens: int | None) -> tuple[dict[str, list[dict]], dict[str, float]]:
+    """Per field set its items' values and its aggregates, from its rows' ``scores``
+    (:func:`~pathunlearn.eval.probes.score_probe_rows`); with ``rouge_tokens``, the sets with
+    ``rouge`` are generated greedily (at most that many new tokens) and scored."""
+    items, values = {}, {}
+    for fs in field_sets:
+        generations = None
+        if rouge_tokens is not None and "rouge" in fs.metrics:
+            generations = [g[0] for g in generate(model, tokenizer, list(fs.prompts),
+                                                  greedy=True, max_new_tokens=rouge_tokens)]
+        items[fs.name] = item_values(fs, scores[fs.name]["mean"], generations)
+        values |= set_metrics(fs, items[fs.name])
+    return items, values
+
+
+def retrain_field_reference(key: str | None, load: Callable[[str], tuple],
+                            probe_sets: list[ProbeSet], max_length: int,
+                            known: dict[str, FieldReference]) -> FieldReference | None:
+    """The retrain model ``key``'s per-item forget truth ratios and MIA AUCs
+    (:func:`pathunlearn.eval.field.reference_of`), computed once per retrain model; None
+    without a retrain model or field sets."""
+    field_sets = [FieldSet.of(p) for p in probe_sets if p.metrics and p.scored]
+    if key is None or not field_sets:
+        return None
+    if key not in known:
+        model, tokenizer = load(key)
+        scored = [p for p in probe_sets if p.metrics and p.scored]
+        scores = score_probe_rows(model, tokenizer, scored, max_length=max_length)
+        items, _ = field_items(model, tokenizer, field_sets, scores, None)
+        known[key] = reference_of(field_sets, items)
+    return known[key]
 
 
 def has_heldout(probe_sets: list[ProbeSet]) -> bool:

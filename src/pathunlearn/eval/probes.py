@@ -67,6 +67,7 @@ from pathunlearn.data.conversation import Conversation
 from pathunlearn.data.sources import load_source, load_stage, split_with_role
 from pathunlearn.data.suite import REFUSAL_PARAPHRASES, REFUSAL_TARGET
 from pathunlearn.errors import ConfigError, DataError
+from pathunlearn.eval.field import field_rows
 from pathunlearn.eval.logprob import (
     Prepared,
     Row,
@@ -97,6 +98,14 @@ class ProbeSet:
     """The stage the probe belongs to (the column of a utility probe)."""
     source: str = ""
     """Where the rows come from, as configured (e.g. ``stage:authors``)."""
+    metrics: tuple[str, ...] = ()
+    """The field's metrics of its items (a field set, :mod:`pathunlearn.eval.field`); then
+    each group is one item: its answer, its paraphrased answer when ``paraphrased``, its
+    perturbed answers."""
+    role: str | None = None
+    """A field set's role: forget, retain, real_authors, world_facts or holdout."""
+    paraphrased: bool = False
+    """Whether row 1 of a field set's group is the item's paraphrased answer."""
 
     @property
     def scored(self) -> bool:
@@ -104,15 +113,19 @@ class ProbeSet:
         return self.kind != "heldout"
 
     def to_json(self) -> dict:
+        field_info = {"metrics": list(self.metrics), "role": self.role,
+                      "paraphrased": self.paraphrased} if self.metrics else {}
         return {"name": self.name, "kind": self.kind, "stage": self.stage,
                 "source": self.source, "reduce": self.reduce, "group_size": self.group_size,
+                **field_info,
                 "rows": [{"prompt": prompt, "target": target} for prompt, target in self.rows]}
 
     @classmethod
     def from_json(cls, data: dict) -> ProbeSet:
         rows = tuple((list(r["prompt"]), r["target"]) for r in data["rows"])
         return cls(data["name"], rows, int(data["group_size"]), data["reduce"], data["kind"],
-                   data["stage"], data["source"])
+                   data["stage"], data["source"], tuple(data.get("metrics", ())),
+                   data.get("role"), bool(data.get("paraphrased", False)))
 
     def __post_init__(self) -> None:
         if not self.rows or len(self.rows) % self.group_size:
@@ -247,6 +260,10 @@ def probe_set(cfg: ExperimentConfig, config: ProbeConfig) -> ProbeSet:
         raise DataError(f"probe {config.name}: {e}") from None
     stage = config.stage or config.stage_source
     info = {"kind": config.kind, "stage": stage, "source": config.source}
+    if config.metrics:
+        rows, layout = field_rows(config.name, items, config.metrics, config.role)
+        return ProbeSet(config.name, tuple(rows), layout.group_size, metrics=tuple(
+            config.metrics), role=config.role, paraphrased=layout.paraphrased, **info)
     if targets is None:
         return response_probe(config.name, items, reduce=config.reduce, **info)
     if not targets:
@@ -279,6 +296,8 @@ def probe_metrics(probe: ProbeSet, scores: np.ndarray) -> dict[str, float]:
     """The metrics of one probe from its rows' scores (N,): per-token average
     log-probabilities, or summed ones for a probe with ``reduce="sum"``."""
     grid = np.asarray(scores, dtype=np.float64).reshape(-1, probe.group_size)  # (P, G)
+    if probe.metrics:  # a field set: its items' own answers (the rest is eval.field's)
+        return {M.key(probe.name, probe.reduce): float(grid[:, 0].mean())}
     if probe.group_size == 1:
         return {M.key(probe.name, probe.reduce): float(grid.mean())}
     paraphrases = grid[:, 1:]  # (P, G-1)
@@ -308,6 +327,21 @@ def evaluate_probes(model: torch.nn.Module, tokenizer, probe_sets: Sequence[Prob
     ``prepared``: :func:`~pathunlearn.eval.logprob.prepare_scoring` of those, to skip working
     out the batches too (probes scored at every eval point).
     """
+    scores = score_probe_rows(model, tokenizer, probe_sets, batch_size, max_length, encoded,
+                              prepared)
+    metrics = {}
+    for probe in probe_sets:
+        if probe.scored:
+            metrics |= probe_metrics(probe, scores[probe.name][probe.reduce])
+    return metrics
+
+
+def score_probe_rows(model: torch.nn.Module, tokenizer, probe_sets: Sequence[ProbeSet],
+                     batch_size: int = 64, max_length: int = 256,
+                     encoded: list[EncodedExample] | None = None,
+                     prepared: Prepared | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Scored probe set name -> {"mean": per-token average, "sum": summed log-probability} of
+    its rows (:func:`evaluate_probes`'s arguments)."""
     probe_sets = [p for p in probe_sets if p.scored]
     names = [p.name for p in probe_sets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -322,10 +356,10 @@ def evaluate_probes(model: torch.nn.Module, tokenizer, probe_sets: Sequence[Prob
     elif len(prepared.num_tokens) != sum(len(p.rows) for p in probe_sets):
         raise ValueError("`prepared` does not come from these probe sets")
     result = score_prepared(model, prepared)
-    scores = {"mean": result.mean.numpy(), "sum": result.logp.numpy()}
-    metrics, start = {}, 0
+    mean, total = result.mean.numpy(), result.logp.numpy()
+    out, start = {}, 0
     for probe in probe_sets:
-        metrics |= probe_metrics(probe, scores[probe.reduce][start : start + len(probe.rows)])
-        start += len(probe.rows)
-    return metrics
-
+        end = start + len(probe.rows)
+        out[probe.name] = {"mean": mean[start:end], "sum": total[start:end]}
+        start = end
+    return out

@@ -60,7 +60,8 @@ from pathunlearn.rundir import CellRecord, is_number, unit_dir
 @dataclass(frozen=True)
 class Score:
     """One score of a cell: its key in results, its column header, what it is, and how it is
-    computed from the cell (``drop`` or ``utility`` of ``metric``, ``math``, ``re``)."""
+    computed from the cell (``drop`` or ``utility`` of ``metric``, ``end``: ``metric`` at the
+    last eval point, ``math``, ``re``)."""
 
     key: str
     header: str
@@ -107,7 +108,32 @@ def scores_of(probes: list) -> list[Score]:
         out.append(Score(f"utility_{p.name}", utility_header(p),
                          f"1 - |change of {p.name}/{p.reduce}| ({p.source})", "utility",
                          M.key(p.name, p.reduce)))
-    return [*out, MATH, RE]
+    return [*out, *field_scores(probes), MATH, RE]
+
+
+def field_scores(probes: list) -> list[Score]:
+    """The field's metrics at the end of unlearning (:mod:`pathunlearn.eval.field`), where the
+    run's field sets measure them: forget quality, model utility, LOSS-attack privleak."""
+    roles = {p.role: p for p in probes if getattr(p, "metrics", ())}
+    out = []
+    if "forget" in roles and "truth_ratio" in roles["forget"].metrics:
+        name = roles["forget"].name
+        out.append(Score("forget_quality", "forget quality", f"{name}/forget_quality at the "
+                         "end: the KS-test p-value of the forget set's truth ratios against "
+                         "the path's own retrain model's (TOFU; 1 = indistinguishable from "
+                         "retraining; needs the path's retrain baseline)", "end",
+                         f"{name}/forget_quality"))
+    if all(r in roles for r in ("retain", "real_authors", "world_facts")):
+        out.append(Score("model_utility", "model utility", "model_utility at the end: the "
+                         "harmonic mean of TOFU's nine retain / real-authors / world-facts "
+                         "numbers (prob, ROUGE-L, truth ratio)", "end", "model_utility"))
+    if all(r in roles and "mia" in roles[r].metrics for r in ("forget", "holdout")):
+        out.append(Score("privleak", "privleak (LOSS)", "mia_loss/privleak at the end: "
+                         "((1 - AUC) - (1 - AUC_retrain)) / (1 - AUC_retrain) x 100 of the LOSS "
+                         "attack, "
+                         "forget vs holdout, against the path's own retrain model (MUSE; 0 = "
+                         "like retraining)", "end", "mia_loss/privleak"))
+    return out
 
 
 def utility_header(probe) -> str:
@@ -156,6 +182,8 @@ def cell_scores(cell: CellRecord, scores: list[Score]) -> dict[str, float | None
             return after - before if is_number(before) and is_number(after) else None
         if score.how == "re":
             return _num(last.get(M.RE_RETRAIN_KL))
+        if score.how == "end":
+            return _num(last.get(score.metric))
         a, b = first.get(score.metric), last.get(score.metric)
         if not (is_number(a) and is_number(b)):
             return None
@@ -484,7 +512,7 @@ def notes(table: ResultTable) -> list[str]:
     and diverged cells."""
     lines = [f"Forget stage: {table.forget_stage}; p = its 1-based position in the path.",
              "; ".join(f"{s.header} = {s.definition}" for s in table.scores
-                       if s.how in ("drop", "utility")) + " (drops: before minus after "
+                       if s.how in ("drop", "utility", "end")) + " (drops: before minus after "
              "unlearning, positive = fell; utilities: 1 = unchanged).",
              "Values are means over seeds ± the half-width of a 95% t-interval; a value without "
              "± has 1 seed: no interval."]

@@ -39,8 +39,9 @@ from pathunlearn.config import ExperimentConfig, MathConfig
 from pathunlearn.data.batching import collate, step_indices
 from pathunlearn.data.chat import EncodedExample, tokenize_conversations
 from pathunlearn.data.sources import load_stage
-from pathunlearn.eval.cell import CellProbes, retrain_reference
+from pathunlearn.eval.cell import CellProbes, retrain_field_reference, retrain_reference
 from pathunlearn.eval.divergence import Reference
+from pathunlearn.eval.field import FieldReference
 from pathunlearn.eval.logprob import reference_logprobs
 from pathunlearn.eval.math import (
     GENERATE_BATCH,
@@ -96,6 +97,8 @@ class Shared:
     """Retrain model key -> its next-token distributions on the held-out RE set."""
     math_before: dict[tuple[str, int], MathResult | None] = field(default_factory=dict)
     """(path model key, seed) -> math accuracy before unlearning (the same for every method)."""
+    field_references: dict[str, FieldReference] = field(default_factory=dict)
+    """Retrain model key -> its forget truth ratios and MIA AUCs (eval.field)."""
 
 
 @dataclass
@@ -183,8 +186,9 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     data = cell_data(cfg, cell, method, model, tok)
     math_before = path_model_math(cfg, cell, model, tok, run_dir, shared)
     steps = fresh_steps(cfg, cell, model, data, device)
-    probe = CellProbes(tok, shared.probe_sets, cell_retrain_reference(cfg, cell, run_dir, shared),
-                       cfg.model.max_length)
+    retrain, field_ref = cell_retrain_reference(cfg, cell, run_dir, shared)
+    probe = CellProbes(tok, shared.probe_sets, retrain, cfg.model.max_length, field_ref,
+                       cfg.probes.rouge_tokens)
     start = saturation(steps.model, data.forget, data.pad_id, device, cfg.probes.examples,
                        cfg.unlearning.micro_batch_size)  # changes nothing: no update, RNG restored
     with distributed.output_dir(unit_dir(run_dir, cell)) as tmp:
@@ -193,7 +197,8 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
         if diverged_at is not None:
             files.diverged(diverged_at)
         summary = finish_cell(cfg, cell, steps, tok, data, files, shared, Outcome(
-            last.get(M.STEP, 0), diverged_at, t0, start, math_before))
+            last.get(M.STEP, 0), diverged_at, t0, start, math_before,
+            None if field_ref is None else field_ref.to_json()))
     return summary
 
 
@@ -228,6 +233,8 @@ class Outcome:
     saturation: dict
     """The saturation diagnostics at step 0 and the first step's gradient norm."""
     math_before: MathResult | None
+    retrain_field: dict | None = None
+    """The retrain model's forget truth ratios and MIA AUCs the field metrics compared with."""
 
 
 def cell_data(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn.Module,
@@ -277,7 +284,8 @@ def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: St
     norm to ``start``. Returns (the step a non-finite loss, gradient norm or probe stopped
     the cell at, else None; the last step's row)."""
     u, name, last = cfg.unlearning, cell_name(cell), {}
-    files.metrics({M.STEP: 0, **probe(steps.model), **cell.describe()})
+    files.metrics({M.STEP: 0, **probe(steps.model, generate=True), **cell.describe()})
+    files.items(0, probe.items)
     for step in range(1, steps.total + 1):
         lr = cell.lr * steps.multiplier(step - 1)
         for group in steps.optimizer.param_groups:
@@ -296,8 +304,10 @@ def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: St
             start[M.FIRST_GRAD_NORM] = grad_norm
         files.step(last)
         if step % u.eval_every == 0 or step == steps.total:
-            row = {**last, **probe(steps.model), "local": cell.local}
+            generate = cfg.probes.rouge_every or step == steps.total
+            row = {**last, **probe(steps.model, generate=generate), "local": cell.local}
             files.metrics(row)
+            files.items(step, probe.items)
             if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
                 return step, last
     return None, last
@@ -317,6 +327,7 @@ def finish_cell(cfg: ExperimentConfig, cell: Cell, steps: Steps, tok, data: Cell
                "steps_done": done.steps_done, M.DIVERGED_AT: done.diverged_at,
                "seconds": time.perf_counter() - done.started, "forget_examples": len(data.forget),
                "retain_examples": len(data.retain), M.SATURATION: done.saturation,
+               **({M.RETRAIN_FIELD: done.retrain_field} if done.retrain_field else {}),
                **math_fields(done.math_before, math_after)}
     files.finish(summary, cfg)
     if cfg.unlearning.save_model and not diverged:
@@ -396,16 +407,23 @@ def retain_batch(method: Method, model: torch.nn.Module, data: CellData, idx: li
 
 
 def cell_retrain_reference(cfg: ExperimentConfig, cell: Cell, run_dir: Path,
-                           shared: Shared) -> Reference | None:
+                           shared: Shared) -> tuple[Reference | None, FieldReference | None]:
     """The retrain model's next-token distributions on the held-out RE set
-    (:func:`pathunlearn.eval.cell.retrain_reference`), loaded from the run's prefix of the
-    cell's retrain model, computed once per retrain model for every cell compared with it."""
-    def load(key: str):
-        return load_checkpoint(prefix_dir(run_dir, key), cfg.model,
-                               resolve_device(cfg.runtime.device))
+    (:func:`pathunlearn.eval.cell.retrain_reference`) and its field reference (forget truth
+    ratios, MIA AUCs: :func:`~pathunlearn.eval.cell.retrain_field_reference`), from the run's
+    prefix of the cell's retrain model (loaded at most once here), computed once per retrain
+    model for every cell compared with it."""
+    loaded: dict[str, tuple] = {}
 
-    return retrain_reference(cell.retrain_key, load, shared.probe_sets, cfg.model.max_length,
-                             shared.references)
+    def load(key: str):
+        if key not in loaded:
+            loaded[key] = load_checkpoint(prefix_dir(run_dir, key), cfg.model,
+                                          resolve_device(cfg.runtime.device))
+        return loaded[key]
+
+    args = (cell.retrain_key, load, shared.probe_sets, cfg.model.max_length)
+    return (retrain_reference(*args, shared.references),
+            retrain_field_reference(*args, shared.field_references))
 
 
 # ---------------------------------------------------------------------------- data
