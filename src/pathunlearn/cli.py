@@ -597,6 +597,65 @@ def _model_directory(model_dir: str) -> Path:
     return path
 
 
+@eval_app.command("lmeval")
+def eval_lmeval(
+    model_dir: Annotated[str, typer.Argument(show_default=False, help=(
+        "A local model directory (a path model RUN/prefixes/KEY, a cell's model/) or 'tiny'."))],
+    tasks: Annotated[str, typer.Option("--tasks", show_default=False, help=(
+        "lm-eval task, group or tag names, comma-separated (hellaswag,arc_easy), or tasks "
+        "defined in --include-path."))],
+    include_path: Annotated[list[Path] | None, typer.Option(
+        "--include-path", show_default=False,
+        help="A directory of lm-eval task YAML files (repeat for more); relative data files "
+             "in a task are read relative to its YAML.")] = None,
+    run: Annotated[Path | None, typer.Option("--run", show_default=False, help=(
+        "A run directory: its model settings (dtype, attention) load the model, as its cells "
+        "load their path model, and its runtime.device is the default device."))] = None,
+    limit: Annotated[int | None, typer.Option(min=1, show_default=False, help=(
+        "Score only the first N documents of each task. Default: all."))] = None,
+    num_fewshot: Annotated[int | None, typer.Option(min=0, show_default=False, help=(
+        "Few-shot examples per prompt. Default: each task's own, else 0."))] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help=(
+        "Requests scored at once (scores do not depend on it beyond float rounding)."))] = 8,
+    device: Annotated[str | None, typer.Option(show_default=False, help=(
+        "auto, cpu, cuda, cuda:1 ... Default: auto; the run's runtime.device."))] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", show_default=False, help=(
+        "Also write the record (model, tasks, results, documents scored) to this JSON file "
+        "(atomically)."))] = None,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print the record as one JSON object.")] = False,
+) -> None:
+    """Run lm-evaluation-harness tasks on a saved model (needs the lmeval extra).
+
+    Scores per task and metric as lm-eval reports them, with their standard errors. A local
+    task over local files needs no network: see docs/lmeval.md.
+
+    Example: pathunlearn eval lmeval tiny --tasks pathunlearn_everyday --include-path
+    tests/eval/lmeval_task
+    """
+    import json
+    from functools import partial
+
+    from pathunlearn.eval.lmeval import evaluate_saved, format_results, model_request
+    from pathunlearn.models import load_checkpoint, load_pretrained, resolve_device
+    from pathunlearn.rundir import CONFIG
+
+    model_cfg, device_name = model_request(run / CONFIG if run else None, device)
+    where = resolve_device(device_name)
+    load = (partial(load_checkpoint, cfg=model_cfg, device=where) if model_cfg is not None
+            else partial(load_pretrained, device=where))
+    directory = _model_directory(model_dir)
+    got = evaluate_saved(directory, load, tasks.split(","), include_path=include_path or None,
+                         limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
+                         output=output)
+    if json_output:
+        sys.stdout.write(json.dumps(got) + "\n")
+    else:
+        console.print(f"model: {directory} ({got['seconds']:.1f}s, lm-eval {got['lm_eval']})\n"
+                      f"{format_results(got['results'])}", highlight=False, markup=False,
+                      soft_wrap=True)
+
+
 # ---------------------------------------------------------------------------- serve
 
 
