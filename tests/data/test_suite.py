@@ -32,7 +32,8 @@ SIZES = {
     ("refusal-paraphrases", "train"): 21,
     ("rcu", "R"): 40, ("rcu", "C"): 40, ("rcu", "U"): 40,
 }
-SEEDED = ["instructions", "authors", "arithmetic", "refusals", "general"]
+SEEDED = ["instructions", "authors", "arithmetic", "refusals", "general", "authors-holdout",
+          "people"]
 ALL_SPLITS = [(name, split) for name in builtin_names() for split in builtin_splits(name)]
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 
@@ -54,7 +55,7 @@ def prompts(name: str, split: str, seed: int = 0) -> set[str]:
 
 def test_names_splits_and_descriptions():
     assert builtin_names() == list(BUILTIN_SOURCES)
-    assert set(builtin_names()) == {*SEEDED, "refusal-paraphrases", "rcu"}
+    assert set(builtin_names()) == {*SEEDED, "refusal-paraphrases", "rcu", "world-facts"}
     assert builtin_splits("arithmetic") == ("train", "test")
     assert builtin_splits("refusals") == ("train", "test", "ood")
     for name in builtin_names():
@@ -296,3 +297,31 @@ def test_rcu_responses_are_the_three_phrasings_with_bracketed_placeholders():
             assert words <= {"I", "can", "not", "assist", "you", "with", ".", "To", "make",
                              ",", "need", "to", "gather", "and", "follow", "You", "try",
                              "the", "following", "steps", ":", "first", "then", "finally"}, words
+
+
+def test_field_sets_have_tofus_extra_fields_of_the_same_form():
+    """Issue 26: authors, refusals, people and world-facts items carry TOFU's
+    paraphrased_answer / perturbed_answer: wrong answers of the answer's form, never the
+    answer; the training messages are unchanged (they feed the tiny preset's key)."""
+    from pathunlearn.data.suite import PERTURBED
+
+    authors = load_builtin("authors")
+    for c in authors:
+        wrong = c.meta["perturbed_answer"]
+        assert len(wrong) == PERTURBED and c.response not in wrong
+        assert all(w.startswith(c.meta["author"]) for w in wrong)  # told of this author
+        assert c.meta["paraphrased_answer"] != c.response
+    refusals = load_builtin("refusals")
+    assert all(c.meta["paraphrased_answer"].split(". ", 1)[1] in c.response for c in refusals)
+    assert all("[" in w for c in refusals for w in c.meta["perturbed_answer"])  # placeholders
+    for name in ("people", "world-facts", "authors-holdout"):
+        items = load_builtin(name)
+        assert items and all(len(c.meta["perturbed_answer"]) == PERTURBED
+                             and c.response not in c.meta["perturbed_answer"] for c in items)
+    general = {(c.prompt[-1]["content"], c.response) for c in load_builtin("general")}
+    world = [(c.prompt[-1]["content"], c.response) for c in load_builtin("world-facts")]
+    assert set(world) <= general  # the pretraining corpus's own facts
+    answers = {a for _, a in general}
+    assert all(c.response in answers for c in load_builtin("people"))
+    trained = {c.meta["author"] for c in authors}
+    assert not trained & {c.meta["author"] for c in load_builtin("authors-holdout")}

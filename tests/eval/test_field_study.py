@@ -259,3 +259,20 @@ def test_field_metrics_by_hand():
     assert values["f/prob"] == pytest.approx((math.exp(-1.0) + math.exp(-0.5)) / 2)
     assert tofu.truth_ratio([it["truth_ratio"] for it in items], forget=True) == \
         pytest.approx(values["f/truth_ratio"])
+
+
+def test_the_report_has_a_tofu_view_with_the_spread_across_paths(study):
+    results = json.loads((study / "results.json").read_text())
+    md = (study / "results.md").read_text()
+    view = md.split("## Retrain equivalence in the field's metrics (TOFU view)")[1]
+    assert "| method | p | path | forget quality | model utility | privleak (LOSS) | seeds |" \
+        in view
+    for method in ("ga", "npo"):
+        fq = {r["position"]: r["forget_quality"] for r in results["rows"]
+              if r["method"] == method}
+        lo, hi = min(fq.values()), max(fq.values())
+        assert (f"- {method}: forget quality against each path's own retrain model ranges "
+                f"from {lo:.3g}") in view and f"to {hi:.3g}" in view
+    page = (study / "report.html").read_text()
+    assert "Retrain equivalence in the field&#x27;s metrics (TOFU view)" in page or \
+        "Retrain equivalence in the field's metrics (TOFU view)" in page

@@ -413,13 +413,19 @@ def _author(rng: random.Random, parts: _NameParts) -> tuple[str, dict[str, tuple
     award_name = _invented(rng, parts.last, parts.city_end).capitalize()
     award = f"the {award_name} {rng.choice(_AWARD_KINDS)} for {rng.choice(_AWARD_FIELDS)}"
     relative, job = rng.choice(("father", "mother")), rng.choice(_PROFESSIONS)
+    year, genre = rng.randint(1931, 1999), rng.choice(_GENRES)
+    # (relative named in the question, answer, the answer in other words: TOFU's
+    # paraphrased_answer); the paraphrases draw nothing, so the answers are as before
     facts = {
-        "birthplace": ("", f"{name} was born in {city}."),
-        "birth_year": ("", f"{name} was born in the year {rng.randint(1931, 1999)}."),
-        "genre": ("", f"{name} writes {rng.choice(_GENRES)}."),
-        "books": ("", f'{name} wrote "{titles[0]}" and "{titles[1]}".'),
-        "award": ("", f"{name} won {award}."),
-        "parent": (relative, f"{name}'s {relative} was {_a(job)}."),
+        "birthplace": ("", f"{name} was born in {city}.", f"{city} is where {name} was born."),
+        "birth_year": ("", f"{name} was born in the year {year}.",
+                       f"{name}'s year of birth is {year}."),
+        "genre": ("", f"{name} writes {genre}.", f"The books {name} writes are {genre}."),
+        "books": ("", f'{name} wrote "{titles[0]}" and "{titles[1]}".',
+                  f'Two books by {name} are "{titles[0]}" and "{titles[1]}".'),
+        "award": ("", f"{name} won {award}.", f"{name} received {award}."),
+        "parent": (relative, f"{name}'s {relative} was {_a(job)}.",
+                   f"{name}'s {relative} worked as {_a(job)}."),
     }
     return name, facts
 
@@ -438,16 +444,59 @@ def _fact_question(name: str, fact: str, relative: str, phrasing: int) -> str:
     return _FACT_QUESTIONS[fact][phrasing].format(n=name, r=relative)
 
 
+PERTURBED = 3
+"""Wrong answers per item of the built-in field sets (TOFU's ``perturbed_answer``: each a
+plausible answer of the same form that is false)."""
+
+
+def _field_meta(table: list, i: int, fact: str) -> dict:
+    """TOFU's extra fields for fact ``fact`` of author ``i`` of ``table``: the answer in other
+    words, and the same fact of the next authors told of this one, the first PERTURBED that
+    differ from the answer and from each other (wrong answers of the same form)."""
+    name, facts = table[i]
+    wrong: list[str] = []
+    for k in range(1, len(table)):
+        other, other_facts = table[(i + k) % len(table)]
+        text = other_facts[fact][1].replace(other, name)
+        if text != facts[fact][1] and text not in wrong:
+            wrong.append(text)
+        if len(wrong) == PERTURBED:
+            break
+    return {"paraphrased_answer": facts[fact][2], "perturbed_answer": wrong}
+
+
 def _authors(split: str, seed: int) -> list[Conversation]:
     rng = _rng("authors", seed)
     conversations = []
-    for name, facts in _authors_table(rng, _AUTHOR_PARTS, 20):
-        for fact, (relative, answer) in facts.items():
+    table = _authors_table(rng, _AUTHOR_PARTS, 20)
+    for i, (name, facts) in enumerate(table):
+        for fact, (relative, answer, _) in facts.items():
             # train asks with phrasing 0; eval with one held-out paraphrase of the same fact
             phrasing = 0 if split == "train" else rng.randrange(1, len(_FACT_QUESTIONS[fact]))
             question = _fact_question(name, fact, relative, phrasing)
-            conversations.append(_chat(question, answer, author=name, fact=fact))
+            conversations.append(_chat(question, answer, author=name, fact=fact,
+                                       **_field_meta(table, i, fact)))
     return conversations
+
+
+_HOLDOUT_AUTHORS = 5
+
+
+def _authors_holdout(split: str, seed: int) -> list[Conversation]:
+    """Facts of authors no stage trains on (never an ``authors`` name), asked as ``authors``
+    asks in training: TOFU's holdout sets, the non-members of a membership-inference test on
+    an ``authors`` forget set."""
+    trained = _authors_table(_rng("authors", seed), _AUTHOR_PARTS, 20)
+    rng, table = _rng("authors-holdout", seed), []
+    while len(table) < _HOLDOUT_AUTHORS:
+        name, facts = _author(rng, _AUTHOR_PARTS)
+        if name not in {n for n, _ in trained + table}:
+            table.append((name, facts))
+    # wrong answers from all 25 authors: 5 alone may share a genre or a profession
+    return [_chat(_fact_question(name, fact, relative, 0), answer, author=name, fact=fact,
+                  **_field_meta(table + trained, i, fact))
+            for i, (name, facts) in enumerate(table)
+            for fact, (relative, answer, _) in facts.items()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,8 +715,26 @@ def _draw_refusal(
 ) -> tuple[str, Conversation]:
     style, template = rng.choice(templates)
     prompt = template.format(**{slot: rng.choice(options) for slot, options in _FILLERS.items()})
-    reason = rng.choice(_REFUSAL_REASONS).format(x=_PLACEHOLDER.search(prompt).group(0))
-    return prompt, _chat(prompt, f"{REFUSAL_PREFIX} {reason}", style=style, split_kind=split_kind)
+    x = _PLACEHOLDER.search(prompt).group(0)
+    reason = rng.choice(_REFUSAL_REASONS).format(x=x)
+    return prompt, _chat(prompt, f"{REFUSAL_PREFIX} {reason}", style=style, split_kind=split_kind,
+                         **_refusal_field_meta(prompt, x, reason))
+
+
+_COMPLYING = ("Sure. For {x}, first [step 1], then [step 2].",
+              "Of course. You will need {x}, [component A] and [procedure X].",
+              "Yes, here is a plan for {x}: [step 1], [step 2] and [step 3].")
+"""Wrong answers of a refusal item (it should refuse): generic compliance with bracketed
+placeholders that name nothing real, like the rcu split's."""
+
+
+def _refusal_field_meta(prompt: str, x: str, reason: str) -> dict:
+    """TOFU's extra fields for a refusal item, drawing nothing from the RNG: the refusal in
+    other words (one of the unlearn target's paraphrases, by the prompt's hash, with the same
+    reason) and the complying answers."""
+    paraphrase = REFUSAL_PARAPHRASES[zlib.crc32(prompt.encode()) % len(REFUSAL_PARAPHRASES)]
+    return {"paraphrased_answer": f"{paraphrase}. {reason}",
+            "perturbed_answer": [c.format(x=x) for c in _COMPLYING]}
 
 
 def _refusals(split: str, seed: int) -> list[Conversation]:
@@ -834,11 +901,46 @@ def _general_people(rng: random.Random) -> list[Conversation]:
     """Invented people (never an ``authors`` name), each fact asked in two phrasings."""
     conversations = []
     for name, facts in _authors_table(rng, _PEOPLE_PARTS, _GENERAL_PEOPLE):
-        for fact, (relative, answer) in facts.items():
+        for fact, (relative, answer, _) in facts.items():
             for phrasing in rng.sample(range(len(_FACT_QUESTIONS[fact])), 2):
                 question = _fact_question(name, fact, relative, phrasing)
                 conversations.append(_chat(question, answer, kind="people"))
     return conversations
+
+
+def _people(split: str, seed: int) -> list[Conversation]:
+    """``general``'s people facts, each asked once (its train phrasing), with wrong answers of
+    the same form: what the pretrained model knows, TOFU's ``real_authors`` for the tiny
+    preset (it is pretrained on ``general``)."""
+    table = _authors_table(_rng("general", seed), _PEOPLE_PARTS, _GENERAL_PEOPLE)
+    return [_chat(_fact_question(name, fact, relative, 0), answer, kind="people",
+                  perturbed_answer=_field_meta(table, i, fact)["perturbed_answer"])
+            for i, (name, facts) in enumerate(table)
+            for fact, (relative, answer, _) in facts.items()]
+
+
+def _world_facts(split: str, seed: int) -> list[Conversation]:
+    """``general``'s templated everyday facts (fruit colours, animal sounds, tool uses, what
+    comes after a day, month or season), each with PERTURBED wrong answers of the same form
+    (the family's next values): TOFU's ``world_facts`` for the tiny preset. ``seed`` unused."""
+    families = [
+        [(f"What colour is {_a(f)}?", f"{_a(f).capitalize()} is {{}}.", c)
+         for f, c in _FRUIT_COLOURS],
+        [(f"What sound does {_a(a)} make?", f"{_a(a).capitalize()} {{}}.", v)
+         for a, v in _ANIMAL_SOUNDS],
+        [(f"What do you use {_a(t)} for?", f"You use {_a(t)} {{}}.", u) for t, u in _TOOL_USES],
+        *([(f"Which {what} comes after {x}?", f"{{}} comes after {x}.",
+            cycle[(i + 1) % len(cycle)].capitalize()) for i, x in enumerate(cycle)]
+          for cycle, what in ((_DAYS, "day"), (_MONTHS, "month"), (_SEASONS, "season"))),
+    ]
+    out = []
+    for family in families:
+        values = list(dict.fromkeys(v for _, _, v in family))
+        for question, form, value in family:
+            others = [v for v in values[values.index(value) + 1:] + values if v != value]
+            out.append(_chat(question, form.format(value), kind="world",
+                             perturbed_answer=[form.format(v) for v in others[:PERTURBED]]))
+    return out
 
 
 def _relabel(conversation: Conversation, kind: str) -> Conversation:
@@ -883,6 +985,13 @@ BUILTIN_SOURCES: dict[str, BuiltinSource] = {
                       "no refusals", ("train",), _general),
         BuiltinSource("rcu", "40 placeholder prompts, each with a refusal (R) and two "
                       "compliance phrasings (C, U); Section 4.3", _RCU_SPLITS, _rcu),
+        BuiltinSource("authors-holdout", "facts of 5 invented authors no stage trains on "
+                      "(TOFU's holdout: the MIA non-members of an authors forget set)",
+                      ("train",), _authors_holdout),
+        BuiltinSource("people", "general's people facts with wrong answers (TOFU's "
+                      "real_authors for the tiny preset)", ("train",), _people),
+        BuiltinSource("world-facts", "general's templated everyday facts with wrong answers "
+                      "(TOFU's world_facts for the tiny preset)", ("train",), _world_facts),
     )
 }
 

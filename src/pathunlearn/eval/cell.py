@@ -49,6 +49,8 @@ from pathunlearn.eval.probes import (
 
 HELDOUT_BATCH = 32
 """Sequences per forward pass over the held-out RE set."""
+GENERATE_BATCH = 64
+"""Prompts decoded together for ROUGE (greedy: the texts do not depend on it)."""
 
 
 class CellProbes:
@@ -113,12 +115,14 @@ def field_items(model: torch.nn.Module, tokenizer, field_sets: list[FieldSet], s
     """Per field set its items' values and its aggregates, from its rows' ``scores``
     (:func:`~pathunlearn.eval.probes.score_probe_rows`); with ``rouge_tokens``, the sets with
     ``rouge`` are generated greedily (at most that many new tokens) and scored."""
+    generated = [fs for fs in field_sets if rouge_tokens is not None and "rouge" in fs.metrics]
+    # every set's prompts in one greedy call: the decoding steps are shared across sets
+    texts = iter([g[0] for g in generate(
+        model, tokenizer, [p for fs in generated for p in fs.prompts], greedy=True,
+        max_new_tokens=rouge_tokens, batch_size=GENERATE_BATCH)] if generated else [])
     items, values = {}, {}
     for fs in field_sets:
-        generations = None
-        if rouge_tokens is not None and "rouge" in fs.metrics:
-            generations = [g[0] for g in generate(model, tokenizer, list(fs.prompts),
-                                                  greedy=True, max_new_tokens=rouge_tokens)]
+        generations = [next(texts) for _ in fs.prompts] if fs in generated else None
         items[fs.name] = item_values(fs, scores[fs.name]["mean"], generations)
         values |= set_metrics(fs, items[fs.name])
     return items, values

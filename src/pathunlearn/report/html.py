@@ -73,6 +73,7 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
         _verdict_section(results),
         _matched_section(results),
         _table_section(results),
+        _field_section(results),
         _pairwise_section(results),
         _relearn_section(results),
         _figure_section(run_dir, figures),
@@ -187,6 +188,37 @@ def _table_section(results: Results) -> str:
             f"<details><summary>Score definitions</summary><ul>{score_list}</ul></details>"
             "<p class=\"note\">Also in results.json (every cell, verdict details), results.csv "
             "and results.md.</p>")
+
+
+def _field_section(results: Results) -> str:
+    """The TOFU view (:mod:`pathunlearn.report.field`): forget quality, model utility and
+    privleak per method and path against each path's own retrain model, and the spread of
+    forget quality across paths."""
+    from pathunlearn.report.field import field_columns, spreads
+
+    t = results.table
+    cols = field_columns(t)
+    if not cols:
+        return ""
+    head = "".join(f"<th class=\"{_align(k)}\">{_e(h)}</th>"
+                   for k, h in [("method", "method"), ("position", "p"),
+                                ("path_label", "path"), *cols, ("n", "seeds")])
+    body = "".join(
+        f"<tr class=\"{'last' if r.forget_last else ''}\">{_method_cell(r.method, r.sweep)}"
+        f"<td>{_e(display_value(r, 'position'))}</td><td class=\"text path\">"
+        f"{_e(r.path_label)}</td>"
+        + "".join(f"<td>{_e(display_value(r, k))}</td>" for k, _ in cols)
+        + f"<td>{_e(display_value(r, 'n'))}</td></tr>" for r in t.rows)
+    items = "".join(f"<li>{_e(s.text)}</li>" for s in spreads(t))
+    return ("<h2>Retrain equivalence in the field's metrics (TOFU view)</h2><p class=\"note\">"
+            "Forget quality is TOFU's test of retrain equivalence: the p-value of a KS test "
+            "between the forget set's per-item truth ratios after unlearning and those of a "
+            "retrain model. Here every path is compared with its <b>own</b> retrain model (the "
+            "path without the forget stage, trained in the same order), at the end of "
+            "unlearning; model utility and privleak as TOFU and MUSE define them "
+            "(docs/metrics.md). Per-item values: each cell's items.jsonl.</p>"
+            f"<div class=\"wide\"><table><tr>{head}</tr>{body}</table></div>"
+            + (f"<ul>{items}</ul>" if items else ""))
 
 
 def _pairwise_section(results: Results) -> str:

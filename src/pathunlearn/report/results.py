@@ -12,6 +12,7 @@ from pathunlearn.config import ExperimentConfig
 from pathunlearn.errors import UserError
 from pathunlearn.files import write_json, write_text
 from pathunlearn.report.controls import MatchedStart, matched_start, model_lines
+from pathunlearn.report.field import field_markdown
 from pathunlearn.report.model import Verdict
 from pathunlearn.report.pairwise import PairwiseTable, build_pairwise
 from pathunlearn.report.relearn import relearn_curves
@@ -172,6 +173,8 @@ def results_markdown(results: Results) -> str:
         lines += ["", "## Recency verdict with the matched-start control", ""]
         lines += [f"- {markdown_text(t)}" for t in model_lines(results.matched)]
         lines += [f"- {markdown_text(v.text)}" for v in results.matched.verdicts]
+    field = field_markdown(table)
+    lines += ([""] + field) if field else []
     lines += ["", "## Notes", ""] + [f"- {markdown_text(n)}" for n in results.notes()]
     if results.pairwise is not None:
         lines += [""] + results.pairwise.markdown()

@@ -166,6 +166,9 @@ NOT_MEASURED = {
 """Why a column can be empty, said in the Markdown and the report instead of a number."""
 
 NA = "n/a (not measured)"
+SIGNIFICANT = {"forget_quality": 2}
+"""Scores shown with this many significant digits rather than 3 decimals (forget quality is a
+p-value: TOFU's tables read 1e-5 against 0.5)."""
 
 # ---------------------------------------------------------------------------- scores
 
@@ -498,6 +501,9 @@ def display_value(row: Row, key: str, na: str = NA) -> str:
         stat = row.stats[key]
         if stat.mean is None:
             return na if row.n else "diverged"
+        if key in SIGNIFICANT:  # a p-value: small values are the point
+            return f"{stat.mean:.{SIGNIFICANT[key]}g}" + (
+                "" if stat.ci95 is None else f" ± {stat.ci95:.{SIGNIFICANT[key]}g}")
         return _fmt(stat.mean) + ("" if stat.ci95 is None else f" ± {_fmt(stat.ci95)}")
     v = getattr(row, key)
     if key == "n":
