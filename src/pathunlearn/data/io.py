@@ -8,11 +8,13 @@ raises :class:`DataError` naming the file, the record number (1-based) and the f
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import itertools
 import json
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,9 +27,13 @@ from pathunlearn.files import atomic_write
 FORMATS = (".json", ".jsonl", ".csv", ".parquet")
 MESSAGE_KEYS = ("messages", "conversations")
 MAX_LINE_BYTES = 16 * 2**20
-"""The longest line of a JSON Lines file (a record) read; longer is a DataError, not memory."""
+"""The longest line of a JSON Lines file (a record) read, and the longest record of a .json
+list; longer is a DataError, not memory."""
 MAX_DEPTH = 32
 """The deepest nesting of a record or a config (a conversation is 3 deep); deeper is refused."""
+JSON_CHUNK = 2**20
+"""How much of a .json data file (a JSON list) is read at a time; a record is decoded as soon
+as it is whole, so a bad first record is refused after about one chunk."""
 FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
               (stat.S_ISSOCK, "a socket"))
@@ -74,8 +80,9 @@ def read_text(path: str | Path, error: type[UserError] = DataError, prefix: str 
         data = f.read()
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: {prefix}not UTF-8 text (byte {e.start})") from None
+    except UnicodeDecodeError as e:  # e.start counts from after the BOM: the file's byte named
+        at = e.start + len(codecs.BOM_UTF8) * data.startswith(codecs.BOM_UTF8)
+        raise error(f"{path}: {prefix}not UTF-8 text (byte {at})") from None
 
 
 def text_lines(path: str | Path, hint: str = "") -> Iterator[tuple[int, str]]:
@@ -150,7 +157,7 @@ def read_records(path: str | Path, json_lines_ok: bool = False) -> list[dict[str
 
 def iter_records(path: str | Path, json_lines_ok: bool = False) -> Iterator[dict[str, Any]]:
     """The records of :func:`read_records` one at a time, read lazily where the format allows
-    (JSON Lines, CSV): a bad record stops the read there."""
+    (a JSON list, JSON Lines, CSV): a bad record stops the read there."""
     path = Path(path)
     if path.suffix not in FORMATS:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {FORMATS}")
@@ -166,10 +173,162 @@ def iter_records(path: str | Path, json_lines_ok: bool = False) -> Iterator[dict
 
 
 def _read_json(path: Path) -> Iterator[Any]:
-    data = parse_json(read_text(path), str(path))
-    if not isinstance(data, list):
-        raise DataError(f"{path}: a .json data file must hold a list of records, got {type(data).__name__}")
-    yield from data
+    """The records of a .json file holding one JSON list, read and decoded one at a time
+    (:class:`JsonListReader`), each checked by :func:`check_plain`; an error inside a record
+    is the error json.loads would give for the whole file with ``(record N)`` added."""
+    with open_regular(path) as f:
+        for index, record in enumerate(JsonListReader(f, path, JSON_CHUNK), 1):
+            try:
+                check_plain(record, str(path), depth=1)
+            except DataError as e:
+                raise DataError(f"{e} (record {index})") from None
+            yield record
+
+
+_NOT_WHITESPACE = re.compile(r"[^ \t\n\r]")  # JSON's whitespace, as json's scanner has it
+_DELIMITER = re.compile(r"[ \t\n\r]*(?:(,)[ \t\n\r]*|\])")
+_CUT_MARGIN = 16
+"""A decode error this close to the end of what was read may be the cut (``1.`` of ``1.5``,
+``\\u12`` of ``\\u1234``, ``-Infin`` of ``-Infinity``), so more is read before it counts."""
+
+
+class _TooLong(Exception):
+    """A value still incomplete after :data:`MAX_LINE_BYTES` of text."""
+
+
+class JsonListReader:
+    """Iterate over the elements of the JSON list in the binary file ``f``, decoding each
+    as soon as it is whole: the file is read ``chunk`` bytes at a time and decoded as UTF-8
+    incrementally (a character split by a chunk waits for its other bytes), so memory is
+    bounded by the largest element (at most :data:`MAX_LINE_BYTES` of text, else a
+    DataError). Invalid JSON is a DataError with the message, line and column
+    ``json.loads`` gives for the whole file; ``(record N)`` is added when inside element N.
+
+    ``json.JSONDecoder.raw_decode`` decodes one element at a time. A decode that stops near the
+    end of the text read so far may be the cut rather than the file (a number that goes on, a
+    string or escape not yet closed): it is retried with more text, the read size doubling
+    with the element's length so a long element costs linear time."""
+
+    def __init__(self, f: BinaryIO, path: str | Path, chunk: int = JSON_CHUNK):
+        self.f, self.path, self.chunk = f, path, chunk
+        self.text = codecs.getincrementaldecoder("utf-8-sig")()  # the BOM Excel writes dropped
+        self.decoder = json.JSONDecoder()
+        self.buf, self.pos, self.eof = "", 0, False
+        self.bytes_read = 0
+        self.lines = 0  # newlines before buf[0]
+        self.column = 0  # characters of the current line before buf[0]
+
+    def __iter__(self) -> Iterator[Any]:
+        first = self._peek()
+        if first != "[":
+            self._not_a_list(first)
+        self.pos += 1
+        if self._peek() == "]":
+            self.pos += 1
+        else:
+            yield from self._elements()
+        if self._peek():
+            raise self._invalid("Extra data", self.pos)
+
+    def _elements(self) -> Iterator[Any]:
+        """The list's elements from ``pos`` (the first one's start) to its ``]``, consumed."""
+        for index in itertools.count(1):
+            try:
+                record = self._value(index)
+            except _TooLong:
+                raise DataError(f"{self.path}: record {index} is longer than "
+                                f"{MAX_LINE_BYTES // 2**20} MiB") from None
+            yield record
+            match = _DELIMITER.match(self.buf, self.pos)  # the common case, in one step
+            if match and match.end() < len(self.buf):
+                self.pos = match.end()
+                if match[1] is None:  # the list's ']'
+                    return
+                continue
+            after = self._peek()  # the delimiter or the next value is past what was read
+            if after not in (",", "]"):  # '' (the end of the file) included
+                raise self._invalid("Expecting ',' delimiter", self.pos)
+            self.pos += 1
+            if after == "]":
+                return
+            self._peek()  # raw_decode starts at a value, not the whitespace before it
+
+    def _not_a_list(self, first: str) -> None:
+        """Refuse a file whose top-level value is not a list, with json.loads' error when the
+        file is not JSON at all (its first value read as any element is, so bounded)."""
+        if first == "\ufeff" and not (self.pos or self.lines or self.column):  # a second BOM
+            raise self._invalid("Unexpected UTF-8 BOM (decode using utf-8-sig)", 0)
+        try:
+            value = self._value(None)
+        except _TooLong:  # a huge object: not a list, whatever else is wrong with it
+            value = {"{": {}, '"': ""}.get(first, 0.0)
+        else:
+            if self._peek():
+                raise self._invalid("Extra data", self.pos)
+            check_plain(value, str(self.path))
+        raise DataError(f"{self.path}: a .json data file must hold a list of records, got "
+                        f"{type(value).__name__}")
+
+    def _value(self, index: int | None) -> Any:
+        """The JSON value at ``pos``, consumed; more is read while it may be incomplete."""
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as e:
+                if self.eof or not (e.pos + _CUT_MARGIN > len(self.buf)
+                                    or e.msg.startswith("Unterminated string")):
+                    raise self._invalid(e.msg, e.pos, index) from None
+            except RecursionError:  # json's C scanner gives up near 1000 levels
+                at = f" (record {index})" if index else ""
+                raise DataError(f"{self.path}: nested deeper than {MAX_DEPTH} levels{at}") \
+                    from None
+            else:  # a number may go on past the cut: only the end of the file is sure
+                if self.eof or end + _CUT_MARGIN <= len(self.buf):
+                    self.pos = end
+                    return value
+            pending = len(self.buf) - self.pos
+            if pending > MAX_LINE_BYTES or (
+                    4 * pending > MAX_LINE_BYTES
+                    and len(self.buf[self.pos:].encode()) > MAX_LINE_BYTES):
+                raise _TooLong
+            self._read(max(self.chunk, min(pending, MAX_LINE_BYTES + 1 - pending)))
+
+    def _peek(self) -> str:
+        """The next character after whitespace, not consumed; '' at the end of the file."""
+        while not (match := _NOT_WHITESPACE.search(self.buf, self.pos)):
+            self.pos = len(self.buf)
+            if self.eof:
+                return ""
+            self._read(self.chunk)
+        self.pos = match.start()
+        return self.buf[self.pos]
+
+    def _read(self, size: int) -> None:
+        """Drop the text before ``pos`` (counting its lines) and append ``size`` more bytes."""
+        done = self.buf[:self.pos]
+        newline = done.rfind("\n")
+        if newline < 0:
+            self.column += len(done)
+        else:
+            self.lines += done.count("\n")
+            self.column = len(done) - newline - 1
+        raw = self.f.read(size)
+        self.bytes_read += len(raw)
+        try:
+            text = self.text.decode(raw, final=not raw)
+        except UnicodeDecodeError as e:  # e.object: the bytes held back and these
+            at = self.bytes_read - len(e.object) + e.start
+            raise DataError(f"{self.path}: not UTF-8 text (byte {at})") from None
+        self.buf, self.pos, self.eof = self.buf[self.pos:] + text, 0, not raw
+
+    def _invalid(self, msg: str, pos: int, index: int | None = None) -> DataError:
+        """json.loads' error for the whole file: line and column count from its start."""
+        before = self.buf[:pos]
+        newline = before.rfind("\n")
+        line = self.lines + before.count("\n") + 1
+        column = pos - newline if newline >= 0 else self.column + pos + 1
+        at = f" (record {index})" if index else ""
+        return DataError(f"{self.path}: invalid JSON at line {line} column {column}: {msg}{at}")
 
 
 def _starts_with_list(path: Path) -> bool:
