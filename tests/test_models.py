@@ -192,5 +192,9 @@ def test_the_model_config_shows_a_bad_attention_or_lora_target_before_any_load()
     assert line.startswith("model.attn_implementation: 'bogus': ") and "not supported" in line
     [line] = check_architecture(ModelConfig(**tiny, finetuning="lora",
                                             lora=LoraConfig(target_modules=["c_attn"], mlp=False)))
-    assert line.startswith("model.lora.target_modules: none of ['c_attn'] exist")
+    assert line.startswith("model.lora.target_modules: 'c_attn' does not exist")
     assert "q_proj" in line  # the names it has
+    # one typo among names that exist: peft would train the others and say nothing
+    [line] = check_architecture(ModelConfig(**tiny, finetuning="lora", lora=LoraConfig(
+        target_modules=["q_proj", "v_prj"], mlp=False)))
+    assert line.startswith("model.lora.target_modules: 'v_prj' does not exist in the model")

@@ -213,15 +213,22 @@ def _drop_gguf_marker(model: torch.nn.Module) -> None:
 
 
 def lora_targets(model: torch.nn.Module, lora: LoraConfig) -> list[str]:
-    """The configured target module names that exist in ``model`` (MLP ones added when asked)."""
-    wanted = list(lora.target_modules) + (list(MLP_MODULES) if lora.mlp else [])
+    """The configured target module names, each of which must exist in ``model`` (peft alone
+    accepts a list where one name matches, so a typo among several went unnoticed), then the
+    MLP ones ``model`` has when ``lora.mlp`` asks for them."""
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    found = [m for m in dict.fromkeys(wanted) if m in present]
-    if not found:
+    missing = [m for m in lora.target_modules if m not in present]
+    if missing:
         linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                          if isinstance(module, torch.nn.Linear)})
-        raise ConfigError(f"model.lora.target_modules: none of {wanted} exist in the model "
+        raise ConfigError(f"model.lora.target_modules: {', '.join(map(repr, missing))} "
+                          f"{'does' if len(missing) == 1 else 'do'} not exist in the model "
                           f"(its linear layers: {', '.join(linear) or 'none'})")
+    wanted = list(lora.target_modules) + (list(MLP_MODULES) if lora.mlp else [])
+    found = [m for m in dict.fromkeys(wanted) if m in present]
+    if not found:
+        raise ConfigError(f"model.lora.target_modules: none of {wanted} exist in the model: "
+                          "LoRA would train nothing; name some of its linear layers")
     return found
 
 
