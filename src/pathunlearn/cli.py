@@ -366,17 +366,15 @@ def data_rewrite(
     """
     from pathunlearn import rewrite as rewriting
 
-    if output_format not in ("release", "chat"):
-        raise UserError(f"--format {output_format!r}: choose release or chat")
+    # every option is checked by RewriteOptions (one UserError naming it); nothing here
     opts = rewriting.RewriteOptions(
         task=task, input=src, output=out, base_url=base_url, model=model,
-        api_key_env=api_key_env, cache=cache,
-        template=rewriting.load_template(template, task)
-        if template and task in rewriting.TASKS else None, split=split, format=output_format, temperature=temperature,
-        max_tokens=max_tokens, seed=seed, concurrency=concurrency, max_retries=max_retries,
-        backoff=backoff, backoff_max=backoff_max, timeout=timeout,
-        content_retries=content_retries, price_in=price_in, price_out=price_out,
-        retry_errors=retry_errors, max_failed_fraction=max_failed_fraction)
+        api_key_env=api_key_env, cache=cache, template=template, split=split,
+        format=output_format, temperature=temperature, max_tokens=max_tokens, seed=seed,
+        concurrency=concurrency, max_retries=max_retries, backoff=backoff,
+        backoff_max=backoff_max, timeout=timeout, content_retries=content_retries,
+        price_in=price_in, price_out=price_out, retry_errors=retry_errors,
+        max_failed_fraction=max_failed_fraction)
     if dry_run:
         _print_dry_run(rewriting.dry_run(opts))
         return

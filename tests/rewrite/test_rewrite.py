@@ -148,7 +148,9 @@ def test_math_keeps_only_matching_answers(cli, tmp_path, fast_args):
     conversations = load_adapted("gsm8k", out)
     assert [c.meta["answer"] for c in conversations] == \
         [2 * i + 3 for i in range(30) if i not in wrong]
-    assert "21 kept, 9 dropped" in result.out and "x wrong final answer" in result.out
+    assert "21 kept, 9 dropped" in result.out
+    assert "  9 x answer check (wrong final answer 4 (gold 3))" in result.out.splitlines()
+    assert {d["cause"] for d in dropped} == {"answer check"}
 
 
 def test_chat_format_and_dry_run(cli, tmp_path, fast_args):
@@ -288,8 +290,8 @@ def test_a_run_that_keeps_nothing_exits_1_and_names_the_cause(cli, tmp_path, fas
         "error: kept none of the 20 records (20 x HTTP 400 (HTTP 400: Unsupported value: "
         "'temperature' does not support 0.7 with this model); every reason in "
         f"{out.with_name('math.dropped.jsonl')})"]
-    assert f"20 records not kept, each with its reason, in {out.with_name('math.dropped.jsonl')}" \
-        in result.out
+    assert "20 records not kept, by cause, each with its reason in " \
+        f"{out.with_name('math.dropped.jsonl')}:" in result.out
     dropped = read_jsonl(out.with_name("math.dropped.jsonl"))
     assert [d["status"] for d in dropped] == ["error"] * 20
     assert read_jsonl(out) == []
@@ -307,9 +309,9 @@ def test_more_than_the_allowed_fraction_dropped_exits_1(cli, tmp_path, fast_args
         assert len(llm.log) == sent
     assert strict.code == 1 and default.code == 0, strict.err + default.err
     assert errors(result=strict) == [
-        "error: 9 of 30 records not kept, more than --max-failed-fraction 0.25 (8 x wrong "
-        "final answer (wrong final answer 4 (gold 3)); 1 x no '#### N' final answer; every "
-        f"reason in {out.with_name('math.dropped.jsonl')})"]
+        "error: 9 of 30 records not kept, more than --max-failed-fraction 0.25 (9 x answer "
+        "check (wrong final answer 4 (gold 3)); every reason in "
+        f"{out.with_name('math.dropped.jsonl')})"]
     assert errors(default) == [] and "21 kept, 9 dropped" in default.out
     assert len(read_jsonl(out)) == 21  # the output is written either way
     bad = cli(*args, "--max-failed-fraction", "1.5")
