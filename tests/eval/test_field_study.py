@@ -133,11 +133,11 @@ def test_the_table_reports_forget_quality_utility_and_privleak(study):
     for r in rows:
         assert 0 <= r["forget_quality"] <= 1 and 0 <= r["model_utility"] <= 1
         assert r["privleak"] is None or math.isfinite(r["privleak"])
-    retrain_auc = [json.loads((c / "summary.json").read_text())["retrain_field"]["auc"]["loss"]
+    retrain_auc = [json.loads((c / "summary.json").read_text())["retrain_field"]["auc"]["min_k"]
                    for c in _cells(study)]
     assert any(r["privleak"] is not None for r in rows) == any(a < 1 for a in retrain_auc)
     md = (study / "results.md").read_text()
-    assert "forget quality" in md and "model utility" in md and "privleak (LOSS)" in md
+    assert "forget quality" in md and "model utility" in md and "privleak (Min-K%)" in md
 
 
 def test_items_recompute_every_aggregate(study):
@@ -176,15 +176,22 @@ def test_items_recompute_every_aggregate(study):
                 sum(max(0, 1 - t) for t in retain_tr) / len(retain_tr))
             assert row["tofu_forget/forget_quality"] == pytest.approx(
                 ks_2samp(forget_tr, ref["truth_ratios"]).pvalue)
-            loss_auc = mia.auc([it["mia_loss"] for it in at["tofu_forget"]],
-                               [it["mia_loss"] for it in at["tofu_holdout"]])
-            assert row["mia_loss/auc"] == pytest.approx(loss_auc)
-            if ref["auc"]["loss"] < 1:
-                assert row["mia_loss/privleak"] == pytest.approx(
-                    ((1 - loss_auc) - (1 - ref["auc"]["loss"]))
-                    / (1 - ref["auc"]["loss"] + 1e-10) * 100)
-            else:  # the retrain model separates them perfectly: privleak is undefined
-                assert "mia_loss/privleak" not in row
+            for attack in ("loss", "zlib", "min_k"):
+                auc = mia.auc([it[f"mia_{attack}"] for it in at["tofu_forget"]],
+                              [it[f"mia_{attack}"] for it in at["tofu_holdout"]])
+                assert row[f"mia_{attack}/auc"] == pytest.approx(auc)
+                if ref["auc"][attack] < 1:
+                    assert row[f"mia_{attack}/privleak"] == pytest.approx(
+                        ((1 - auc) - (1 - ref["auc"][attack]))
+                        / (1 - ref["auc"][attack] + 1e-10) * 100)
+                else:  # the retrain model separates them perfectly: privleak is undefined
+                    assert f"mia_{attack}/privleak" not in row
+            for it in at["tofu_forget"] + at["tofu_holdout"]:
+                assert it["mia_loss"] == it["nll"]["answer"]
+            scores = [[it["nll"]["answer"] - r for it, r in zip(at[name], ref["nll"][role],
+                                                                strict=True)]
+                      for name, role in (("tofu_forget", "forget"), ("tofu_holdout", "holdout"))]
+            assert row["mia_reference/auc"] == pytest.approx(mia.auc(*scores))
             generated = step in (0, 2)  # ROUGE at the first and last eval point only
             assert ("tofu_forget/rougeL" in row) == generated == ("model_utility" in row)
             if generated:
@@ -216,8 +223,8 @@ def test_each_path_is_compared_with_its_own_retrain_model(study):
         assert record.cell.retrain_key is not None
         model, tok = load_checkpoint(prefix_dir(study, record.cell.retrain_key),
                                      run.config.model, "cpu")
-        scores = score_probe_rows(model, tok, [forget])
-        items = item_values(FieldSet.of(forget), scores[forget.name]["mean"])
+        scores = score_probe_rows(model, tok, [forget])[forget.name]
+        items = item_values(FieldSet.of(forget), scores["mean"], None, scores["tokens"])
         assert record.summary["retrain_field"]["truth_ratios"] == pytest.approx(
             [it["truth_ratio"] for it in items], rel=1e-5)
 
@@ -265,7 +272,7 @@ def test_the_report_has_a_tofu_view_with_the_spread_across_paths(study):
     results = json.loads((study / "results.json").read_text())
     md = (study / "results.md").read_text()
     view = md.split("## Retrain equivalence in the field's metrics (TOFU view)")[1]
-    assert "| method | p | path | forget quality | model utility | privleak (LOSS) | seeds |" \
+    assert "| method | p | path | forget quality | model utility | privleak (Min-K%) | seeds |" \
         in view
     for method in ("ga", "npo"):
         fq = {r["position"]: r["forget_quality"] for r in results["rows"]

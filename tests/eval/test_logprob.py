@@ -185,3 +185,30 @@ def test_small_trees_and_training_rows_score_the_same(model, tiny_tokenizer, mon
     flash = torch.nn.Module()
     flash.config = SimpleNamespace(_attn_implementation="flash_attention_2")
     assert not logprob._packable(flash) and logprob._packable(model)
+
+
+def one_row_tokens(model, tokenizer, prompt, target) -> list[float]:
+    """Each target token's log-probability of a single row, computed directly."""
+    ex = encode_prompt_target(tokenizer, prompt, target, max_length=256)
+    ids, labels = torch.tensor([ex.input_ids]), torch.tensor(ex.labels[1:])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], dim=-1)
+    keep = labels != -100
+    return logp[keep].gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1).tolist()
+
+
+@pytest.mark.parametrize("share_prompts", [True, False])
+def test_per_token_logprobs_are_each_rows_own_in_order(model, tiny_tokenizer, share_prompts):
+    """Issue 26: the scores keep every target token's log-probability (Min-K% reads them),
+    row by row in position order, whether rows are tries or padded batches."""
+    from pathunlearn.eval.logprob import encode_rows, score_examples
+
+    rows = [*ROWS, (ROWS[1][0], "The author won nothing at all.")]  # shares a prompt
+    result = score_examples(model, encode_rows(tiny_tokenizer, rows), 0, batch_size=2,
+                            share_prompts=share_prompts)
+    assert result.token_logp.numel() == int(result.num_tokens.sum())
+    for i, (prompt, target) in enumerate(rows):
+        tokens = result.tokens(i)
+        assert tokens.tolist() == pytest.approx(one_row_tokens(model, tiny_tokenizer, prompt,
+                                                               target), abs=1e-4)
+        assert tokens.sum().item() == pytest.approx(result.logp[i].item(), abs=1e-4)

@@ -41,8 +41,14 @@ OPTIONS_ROLES = ("real_authors", "world_facts")
 """Roles whose ``prob`` is normalised over the answer and its wrong options."""
 PARAPHRASED_ROLES = ("forget", "retain")
 """Roles whose truth ratio's true answer is the paraphrased one."""
-MIA_ATTACKS = ("loss", "zlib")
-"""The attacks computed at eval points from the answers' NLLs (no extra forward pass)."""
+MIA_ATTACKS = ("loss", "zlib", "min_k")
+"""The attacks computed at eval points from the answers' token log-probabilities (no extra
+forward pass); ``reference`` (against the path's retrain model) is added where the cell has
+one. Min-K%++ and GradNorm need the full next-token distributions or a backward pass per item
+(:mod:`pathunlearn.eval.mia` has them for a model at hand)."""
+PRIVLEAK_ATTACK = "min_k"
+"""The attack the table's privleak is of: Min-K% Prob, as MUSE reports it (OpenUnlearning's
+privleak pre-computes ``mia_min_k``)."""
 UTILITY_ROLES = {"retain": "retain", "real_authors": "real_authors",
                  "world_facts": "world_facts"}
 
@@ -119,9 +125,11 @@ class FieldSet:
 
 
 def item_values(fs: FieldSet, mean_logprobs: np.ndarray,
-                generations: Sequence[str] | None = None) -> list[dict]:
+                generations: Sequence[str] | None = None,
+                token_logprobs: Sequence[np.ndarray] | None = None) -> list[dict]:
     """Per item of ``fs``: its NLLs and per-item metrics (module docstring) from its rows'
-    per-token average log-probabilities (N,), and ROUGE of ``generations`` when given."""
+    per-token average log-probabilities (N,), ROUGE of ``generations`` when given, and the
+    Min-K% score from each row's ``token_logprobs`` when given (needed with ``mia``)."""
     nll = -np.asarray(mean_logprobs, dtype=np.float64).reshape(-1, fs.layout.group_size)
     p = 1 + fs.layout.paraphrased
     out = []
@@ -144,9 +152,14 @@ def item_values(fs: FieldSet, mean_logprobs: np.ndarray,
         for it, v in zip(out, tofu.truth_ratios(true, wrong), strict=True):
             it["truth_ratio"] = v
     if "mia" in fs.metrics:
-        for it, text in zip(out, fs.answers, strict=True):
+        if token_logprobs is None:
+            raise ValueError(f"{fs.name}: mia needs the answers' token log-probabilities")
+        g = fs.layout.group_size
+        for i, (it, text) in enumerate(zip(out, fs.answers, strict=True)):
             it["mia_loss"] = mia.loss_score(it["nll"]["answer"])
             it["mia_zlib"] = mia.zlib_score(it["nll"]["answer"], text)
+            it["mia_min_k"] = mia.min_k_score([float(v) for v in token_logprobs[i * g]],
+                                              mia.DEFAULT_K)
     if generations is not None:
         for it, text, r in zip(out, generations, tofu.rouge_recall(fs.answers, generations),
                                strict=True):
@@ -176,9 +189,11 @@ class FieldReference:
 
     truth_ratios: list[float] = field(default_factory=list)
     auc: dict[str, float] = field(default_factory=dict)
+    nll: dict[str, list[float]] = field(default_factory=dict)
+    """Role (forget, holdout) -> its items' answer NLLs: the Reference attack's calibration."""
 
     def to_json(self) -> dict:
-        return {"truth_ratios": self.truth_ratios, "auc": self.auc}
+        return {"truth_ratios": self.truth_ratios, "auc": self.auc, "nll": self.nll}
 
 
 def by_role(sets: Sequence[FieldSet], items: dict[str, list[dict]]) -> dict[str, tuple]:
@@ -193,6 +208,8 @@ def reference_of(sets: Sequence[FieldSet], items: dict[str, list[dict]]) -> Fiel
     if "forget" in roles and "truth_ratio" in roles["forget"][0].metrics:
         ref.truth_ratios = [it["truth_ratio"] for it in roles["forget"][1]]
     ref.auc = mia_aucs(roles)
+    if ref.auc:
+        ref.nll = {r: [it["nll"]["answer"] for it in roles[r][1]] for r in ("forget", "holdout")}
     return ref
 
 
@@ -226,7 +243,16 @@ def cross_metrics(sets: Sequence[FieldSet], items: dict[str, list[dict]], set_va
         # handful of items) leaves privleak undefined: MUSE's 1e-10 guard would make it ~1e12
         if reference is not None and reference.auc.get(attack, 1.0) < 1.0:
             out[f"mia_{attack}/privleak"] = mia.privleak(value, reference.auc[attack])
+    if reference is not None and reference.nll and "forget" in roles and "holdout" in roles:
+        out["mia_reference/auc"] = mia.auc(
+            *(reference_scores(roles[r][1], reference.nll[r]) for r in ("forget", "holdout")))
     return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def reference_scores(items: list[dict], reference_nll: list[float]) -> list[float]:
+    """The Reference attack's scores: each item's answer NLL minus the retrain model's."""
+    return [mia.reference_score(it["nll"]["answer"], ref)
+            for it, ref in zip(items, reference_nll, strict=True)]
 
 
 def utility_parts(roles: dict[str, tuple], set_values: dict) -> dict[str, float] | None:

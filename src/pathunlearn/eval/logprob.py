@@ -37,6 +37,16 @@ class ScoreResult:
     """(N,) float32: summed log-probability of each row's target tokens, log pi(y|x)."""
     num_tokens: torch.Tensor
     """(N,) int64: number of target tokens of each row."""
+    token_logp: torch.Tensor | None = None
+    """(sum of num_tokens,) float32: every target token's log-probability, row by row in
+    order, each row's in position order (:meth:`tokens`); None where not kept."""
+
+    def tokens(self, row: int) -> torch.Tensor:
+        """The log-probabilities of row ``row``'s target tokens, in order."""
+        if self.token_logp is None:
+            raise ValueError("these scores kept no per-token log-probabilities")
+        start = int(self.num_tokens[:row].sum())
+        return self.token_logp[start : start + int(self.num_tokens[row])]
 
     @property
     def mean(self) -> torch.Tensor:
@@ -126,6 +136,7 @@ def score_prepared(model: torch.nn.Module, prepared: Prepared) -> ScoreResult:
     if next(model.parameters()).dtype != prepared.dtype:
         raise ValueError("the rows were prepared for a model of another dtype")
     logp = torch.zeros(len(prepared.num_tokens), dtype=torch.float32)
+    values, owners = [], []
     # under torchrun each rank makes every N-th forward and the sums are added up; a row is
     # read by one forward, so the scores are the single process's (pathunlearn.distributed)
     forwards = distributed.deal(prepared.forwards)
@@ -135,7 +146,17 @@ def score_prepared(model: torch.nn.Module, prepared: Prepared) -> ScoreResult:
             rows = logits.reshape(-1, logits.size(-1))[f.where.to(device)].float()
             picked = torch.log_softmax(rows, dim=-1).gather(-1, f.targets.to(device)[:, None])
             logp.index_add_(0, f.owner, picked.squeeze(-1).cpu())
-    return ScoreResult(distributed.all_reduce_tensor(logp), prepared.num_tokens.clone())
+            values.append(picked.squeeze(-1).cpu())
+            owners.append(f.owner)
+    # every token of a row comes from one forward, in position order: a stable sort by row
+    # lines them up row by row (the order ScoreResult.tokens reads)
+    # (every rank gathers, also one dealt no forward: the gathers are collectives)
+    value = distributed.gather_tensor(torch.cat(values) if values else torch.zeros(0))
+    owner = distributed.gather_tensor(torch.cat(owners) if owners
+                                      else torch.zeros(0, dtype=torch.long))
+    order = torch.sort(owner, stable=True).indices
+    return ScoreResult(distributed.all_reduce_tensor(logp), prepared.num_tokens.clone(),
+                       value[order])
 
 
 # ---------------------------------------------------------------------------- shared prefixes

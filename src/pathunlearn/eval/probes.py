@@ -340,8 +340,9 @@ def score_probe_rows(model: torch.nn.Module, tokenizer, probe_sets: Sequence[Pro
                      batch_size: int = 64, max_length: int = 256,
                      encoded: list[EncodedExample] | None = None,
                      prepared: Prepared | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Scored probe set name -> {"mean": per-token average, "sum": summed log-probability} of
-    its rows (:func:`evaluate_probes`'s arguments)."""
+    """Scored probe set name -> {"mean": per-token average, "sum": summed log-probability,
+    "tokens": each target token's log-probability} of its rows (:func:`evaluate_probes`'s
+    arguments)."""
     probe_sets = [p for p in probe_sets if p.scored]
     names = [p.name for p in probe_sets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -357,9 +358,13 @@ def score_probe_rows(model: torch.nn.Module, tokenizer, probe_sets: Sequence[Pro
         raise ValueError("`prepared` does not come from these probe sets")
     result = score_prepared(model, prepared)
     mean, total = result.mean.numpy(), result.logp.numpy()
+    bounds = np.concatenate([[0], np.cumsum(result.num_tokens.numpy())])
+    tokens = None if result.token_logp is None else result.token_logp.numpy()
     out, start = {}, 0
     for probe in probe_sets:
         end = start + len(probe.rows)
-        out[probe.name] = {"mean": mean[start:end], "sum": total[start:end]}
+        out[probe.name] = {"mean": mean[start:end], "sum": total[start:end],
+                           "tokens": None if tokens is None else
+                           [tokens[bounds[i]:bounds[i + 1]] for i in range(start, end)]}
         start = end
     return out

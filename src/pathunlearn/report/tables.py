@@ -113,7 +113,7 @@ def scores_of(probes: list) -> list[Score]:
 
 def field_scores(probes: list) -> list[Score]:
     """The field's metrics at the end of unlearning (:mod:`pathunlearn.eval.field`), where the
-    run's field sets measure them: forget quality, model utility, LOSS-attack privleak."""
+    run's field sets measure them: forget quality, model utility, privleak (Min-K%, as MUSE)."""
     roles = {p.role: p for p in probes if getattr(p, "metrics", ())}
     out = []
     if "forget" in roles and "truth_ratio" in roles["forget"].metrics:
@@ -128,11 +128,11 @@ def field_scores(probes: list) -> list[Score]:
                          "harmonic mean of TOFU's nine retain / real-authors / world-facts "
                          "numbers (prob, ROUGE-L, truth ratio)", "end", "model_utility"))
     if all(r in roles and "mia" in roles[r].metrics for r in ("forget", "holdout")):
-        out.append(Score("privleak", "privleak (LOSS)", "mia_loss/privleak at the end: "
-                         "((1 - AUC) - (1 - AUC_retrain)) / (1 - AUC_retrain) x 100 of the LOSS "
-                         "attack, "
+        out.append(Score("privleak", "privleak (Min-K%)", "mia_min_k/privleak at the end: "
+                         "((1 - AUC) - (1 - AUC_retrain)) / (1 - AUC_retrain) x 100 of the "
+                         "Min-K% Prob attack (k = 0.4), "
                          "forget vs holdout, against the path's own retrain model (MUSE; 0 = "
-                         "like retraining)", "end", "mia_loss/privleak"))
+                         "like retraining)", "end", "mia_min_k/privleak"))
     return out
 
 
