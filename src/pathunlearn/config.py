@@ -458,7 +458,7 @@ class UnlearningConfig(OptimConfig):
 
 
 ProbeKind = Literal["forget_label", "forget_response", "utility", "heldout", "track"]
-FieldMetric = Literal["prob", "truth_ratio", "rouge", "mia"]
+FieldMetric = Literal["prob", "truth_ratio", "rouge", "mia", "memorization"]
 FieldRole = Literal["forget", "retain", "real_authors", "world_facts", "holdout"]
 
 
@@ -501,7 +501,8 @@ class ProbeConfig(StrictModel):
     (docs/metrics.md, pathunlearn.eval.field): `prob`, `truth_ratio` (needs each item's
     `perturbed_answer`, and on the forget and retain sets its `paraphrased_answer`: TOFU's
     `*_perturbed` subsets), `rouge` (greedy generation at the first and last eval point),
-    `mia` (membership inference of the `forget` set against the `holdout` set). With a
+    `mia` (membership inference of the `forget` set against the `holdout` set),
+    `memorization` (exact memorization and extraction strength, teacher-forced). With a
     `forget` and a `holdout` set, cells also report forget quality (a KS test against the
     path's own retrain model), model utility (with `retain`, `real_authors` and `world_facts`
     sets) and privleak. Every item's values go to the cell's items.jsonl."""
@@ -526,7 +527,8 @@ class ProbeConfig(StrictModel):
             raise ValueError("`metrics` score each item's own answers: a set with `metrics` "
                              "has no `targets`, `reduce: mean`, and is not forget_label or "
                              "heldout")
-        if self.role == "holdout" and {"truth_ratio", "rouge"} & set(self.metrics):
+        if self.role == "holdout" and {"truth_ratio", "rouge", "memorization"} & set(
+                self.metrics):
             raise ValueError("a `holdout` set has `prob` and `mia` only")
         return self
 

@@ -121,3 +121,18 @@ def test_gradnorm_is_the_mean_parameter_gradient_norm():
     out = layer(torch.tensor([[3.0]])).sum()  # d/dw = 3, d/db = 1
     assert mia.gradnorm_score(layer, out) == pytest.approx(2.0)
     assert layer.weight.grad is None  # the model's .grad untouched
+
+
+def test_exact_memorization_and_extraction_strength_by_hand():
+    """OpenUnlearning's memorization.py: EM = the fraction of argmax hits; ES = 1 - k/n with
+    k the shortest prefix after which every token is a hit."""
+    from pathunlearn.eval.tofu import exact_memorization, extraction_strength
+
+    hits = [False, True, False, True, True]  # the suffix from index 3 is all hits: k = 3
+    assert exact_memorization(hits) == 3 / 5
+    assert extraction_strength(hits) == 1 - 3 / 5
+    assert extraction_strength([True] * 4) == 1.0  # k = 0: the whole answer is predicted
+    assert extraction_strength([True, True, False]) == 0.0  # the last token missed: k = n
+    assert exact_memorization([False] * 3) == 0.0
+    with pytest.raises(ValueError):
+        extraction_strength([])

@@ -72,7 +72,7 @@ def field_sets(tofu_dir) -> list[dict]:
     gen = ["prob", "truth_ratio", "rouge"]
     return [
         {"name": "tofu_forget", "source": f"tofu:{tofu_dir}:forget10_perturbed",
-         "role": "forget", "metrics": [*gen, "mia"]},
+         "role": "forget", "metrics": [*gen, "mia", "memorization"]},
         {"name": "tofu_retain", "source": f"tofu:{tofu_dir}:retain_perturbed", "role": "retain",
          "metrics": gen},
         {"name": "tofu_real", "source": f"tofu:{tofu_dir}:real_authors_perturbed",
@@ -169,6 +169,10 @@ def test_items_recompute_every_aggregate(study):
                 p = math.exp(-nll["answer"])
                 assert it["prob"] == pytest.approx(
                     p / (p + sum(math.exp(-v) for v in nll["perturbed"]) + 1e-10))
+            for key in ("exact_memorization", "extraction_strength"):
+                values = [it[key] for it in at["tofu_forget"]]
+                assert all(0 <= v <= 1 for v in values)
+                assert row[f"tofu_forget/{key}"] == pytest.approx(sum(values) / len(values))
             assert row["tofu_forget/truth_ratio"] == pytest.approx(
                 sum(min(t, 1 / (t + 1e-10)) for t in forget_tr) / len(forget_tr))
             retain_tr = [it["truth_ratio"] for it in at["tofu_retain"]]
@@ -223,8 +227,8 @@ def test_each_path_is_compared_with_its_own_retrain_model(study):
         assert record.cell.retrain_key is not None
         model, tok = load_checkpoint(prefix_dir(study, record.cell.retrain_key),
                                      run.config.model, "cpu")
-        scores = score_probe_rows(model, tok, [forget])[forget.name]
-        items = item_values(FieldSet.of(forget), scores["mean"], None, scores["tokens"])
+        items = item_values(FieldSet.of(forget), score_probe_rows(model, tok, [forget])[
+            forget.name])
         assert record.summary["retrain_field"]["truth_ratios"] == pytest.approx(
             [it["truth_ratio"] for it in items], rel=1e-5)
 
@@ -256,7 +260,7 @@ def test_field_metrics_by_hand():
                   ([], []))
     # rows per item: answer, paraphrased, 2 perturbed (mean log-probs = -NLL)
     logp = -np.array([1.0, 2.0, 3.0, 5.0,   0.5, 1.0, 1.0, 1.0])
-    items = item_values(fs, logp)
+    items = item_values(fs, {"mean": logp})
     assert items[0]["prob"] == pytest.approx(math.exp(-1.0))
     assert items[0]["truth_ratio"] == pytest.approx(math.exp(-4.0) / (math.exp(-2.0) + 1e-10))
     assert items[1]["truth_ratio"] == pytest.approx(1.0, abs=1e-9)

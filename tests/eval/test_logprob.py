@@ -187,14 +187,16 @@ def test_small_trees_and_training_rows_score_the_same(model, tiny_tokenizer, mon
     assert not logprob._packable(flash) and logprob._packable(model)
 
 
-def one_row_tokens(model, tokenizer, prompt, target) -> list[float]:
-    """Each target token's log-probability of a single row, computed directly."""
+def one_row_tokens(model, tokenizer, prompt, target) -> tuple[list[float], list[bool]]:
+    """Each target token's log-probability of a single row and whether it is the argmax,
+    computed directly."""
     ex = encode_prompt_target(tokenizer, prompt, target, max_length=256)
     ids, labels = torch.tensor([ex.input_ids]), torch.tensor(ex.labels[1:])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], dim=-1)
     keep = labels != -100
-    return logp[keep].gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1).tolist()
+    return (logp[keep].gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1).tolist(),
+            (logp[keep].argmax(-1) == labels[keep]).tolist())
 
 
 @pytest.mark.parametrize("share_prompts", [True, False])
@@ -209,6 +211,7 @@ def test_per_token_logprobs_are_each_rows_own_in_order(model, tiny_tokenizer, sh
     assert result.token_logp.numel() == int(result.num_tokens.sum())
     for i, (prompt, target) in enumerate(rows):
         tokens = result.tokens(i)
-        assert tokens.tolist() == pytest.approx(one_row_tokens(model, tiny_tokenizer, prompt,
-                                                               target), abs=1e-4)
+        want, hits = one_row_tokens(model, tiny_tokenizer, prompt, target)
+        assert tokens.tolist() == pytest.approx(want, abs=1e-4)
         assert tokens.sum().item() == pytest.approx(result.logp[i].item(), abs=1e-4)
+        assert result.hits(i).tolist() == hits

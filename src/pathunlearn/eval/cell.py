@@ -123,8 +123,7 @@ def field_items(model: torch.nn.Module, tokenizer, field_sets: list[FieldSet], s
     items, values = {}, {}
     for fs in field_sets:
         generations = [next(texts) for _ in fs.prompts] if fs in generated else None
-        items[fs.name] = item_values(fs, scores[fs.name]["mean"], generations,
-                                     scores[fs.name]["tokens"])
+        items[fs.name] = item_values(fs, scores[fs.name], generations)
         values |= set_metrics(fs, items[fs.name])
     return items, values
 

@@ -124,13 +124,14 @@ class FieldSet:
                    tuple(t for _, t in probe.rows[::g]), tuple(p for p, _ in probe.rows[::g]))
 
 
-def item_values(fs: FieldSet, mean_logprobs: np.ndarray,
-                generations: Sequence[str] | None = None,
-                token_logprobs: Sequence[np.ndarray] | None = None) -> list[dict]:
+def item_values(fs: FieldSet, rows: dict, generations: Sequence[str] | None = None
+                ) -> list[dict]:
     """Per item of ``fs``: its NLLs and per-item metrics (module docstring) from its rows'
-    per-token average log-probabilities (N,), ROUGE of ``generations`` when given, and the
-    Min-K% score from each row's ``token_logprobs`` when given (needed with ``mia``)."""
-    nll = -np.asarray(mean_logprobs, dtype=np.float64).reshape(-1, fs.layout.group_size)
+    scores (``rows``: :func:`~pathunlearn.eval.probes.score_probe_rows`'s entry: ``mean``
+    per-token average log-probabilities (N,); ``tokens``, each row's token log-probabilities,
+    needed with ``mia``; ``hits``, each row's argmax hits, needed with ``memorization``), and
+    ROUGE of ``generations`` when given."""
+    nll = -np.asarray(rows["mean"], dtype=np.float64).reshape(-1, fs.layout.group_size)
     p = 1 + fs.layout.paraphrased
     out = []
     for i, row in enumerate(nll):
@@ -151,15 +152,18 @@ def item_values(fs: FieldSet, mean_logprobs: np.ndarray,
         true = [it["nll"]["paraphrased"] for it in out] if fs.layout.paraphrased else answers
         for it, v in zip(out, tofu.truth_ratios(true, wrong), strict=True):
             it["truth_ratio"] = v
+    g = fs.layout.group_size
     if "mia" in fs.metrics:
-        if token_logprobs is None:
-            raise ValueError(f"{fs.name}: mia needs the answers' token log-probabilities")
-        g = fs.layout.group_size
         for i, (it, text) in enumerate(zip(out, fs.answers, strict=True)):
             it["mia_loss"] = mia.loss_score(it["nll"]["answer"])
             it["mia_zlib"] = mia.zlib_score(it["nll"]["answer"], text)
-            it["mia_min_k"] = mia.min_k_score([float(v) for v in token_logprobs[i * g]],
+            it["mia_min_k"] = mia.min_k_score([float(v) for v in rows["tokens"][i * g]],
                                               mia.DEFAULT_K)
+    if "memorization" in fs.metrics:
+        for i, it in enumerate(out):
+            hits = [bool(h) for h in rows["hits"][i * g]]
+            it["exact_memorization"] = tofu.exact_memorization(hits)
+            it["extraction_strength"] = tofu.extraction_strength(hits)
     if generations is not None:
         for it, text, r in zip(out, generations, tofu.rouge_recall(fs.answers, generations),
                                strict=True):
@@ -168,14 +172,18 @@ def item_values(fs: FieldSet, mean_logprobs: np.ndarray,
 
 
 def set_metrics(fs: FieldSet, items: list[dict]) -> dict[str, float]:
-    """The set's aggregates over its items: ``<name>/prob``, ``/truth_ratio``, ``/rouge1``,
-    ``/rougeL`` (the ones measured)."""
+    """The set's aggregates over its items: ``<name>/prob``, ``/truth_ratio``,
+    ``/exact_memorization``, ``/extraction_strength``, ``/rouge1``, ``/rougeL`` (the ones
+    measured)."""
     out = {}
     if "prob" in fs.metrics:
         out[f"{fs.name}/prob"] = float(np.mean([it["prob"] for it in items]))
     if "truth_ratio" in fs.metrics:
         out[f"{fs.name}/truth_ratio"] = tofu.truth_ratio([it["truth_ratio"] for it in items],
                                                          forget=fs.role == "forget")
+    if "memorization" in fs.metrics:
+        for key in ("exact_memorization", "extraction_strength"):
+            out[f"{fs.name}/{key}"] = float(np.mean([it[key] for it in items]))
     if items and "rougeL" in items[0]:
         out[f"{fs.name}/rouge1"] = float(np.mean([it["rouge1"] for it in items]))
         out[f"{fs.name}/rougeL"] = float(np.mean([it["rougeL"] for it in items]))

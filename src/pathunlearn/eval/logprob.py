@@ -40,13 +40,25 @@ class ScoreResult:
     token_logp: torch.Tensor | None = None
     """(sum of num_tokens,) float32: every target token's log-probability, row by row in
     order, each row's in position order (:meth:`tokens`); None where not kept."""
+    token_hit: torch.Tensor | None = None
+    """(sum of num_tokens,) bool, in the same order: whether the model's most likely next
+    token (teacher-forced) is the target token (:meth:`hits`)."""
+
+    def _span(self, row: int) -> slice:
+        start = int(self.num_tokens[:row].sum())
+        return slice(start, start + int(self.num_tokens[row]))
 
     def tokens(self, row: int) -> torch.Tensor:
         """The log-probabilities of row ``row``'s target tokens, in order."""
         if self.token_logp is None:
             raise ValueError("these scores kept no per-token log-probabilities")
-        start = int(self.num_tokens[:row].sum())
-        return self.token_logp[start : start + int(self.num_tokens[row])]
+        return self.token_logp[self._span(row)]
+
+    def hits(self, row: int) -> torch.Tensor:
+        """Whether each of row ``row``'s target tokens is the model's argmax, in order."""
+        if self.token_hit is None:
+            raise ValueError("these scores kept no per-token predictions")
+        return self.token_hit[self._span(row)]
 
     @property
     def mean(self) -> torch.Tensor:
@@ -136,7 +148,7 @@ def score_prepared(model: torch.nn.Module, prepared: Prepared) -> ScoreResult:
     if next(model.parameters()).dtype != prepared.dtype:
         raise ValueError("the rows were prepared for a model of another dtype")
     logp = torch.zeros(len(prepared.num_tokens), dtype=torch.float32)
-    values, owners = [], []
+    values, owners, hits = [], [], []
     # under torchrun each rank makes every N-th forward and the sums are added up; a row is
     # read by one forward, so the scores are the single process's (pathunlearn.distributed)
     forwards = distributed.deal(prepared.forwards)
@@ -148,15 +160,17 @@ def score_prepared(model: torch.nn.Module, prepared: Prepared) -> ScoreResult:
             logp.index_add_(0, f.owner, picked.squeeze(-1).cpu())
             values.append(picked.squeeze(-1).cpu())
             owners.append(f.owner)
+            hits.append((rows.argmax(-1) == f.targets.to(device)).cpu())
     # every token of a row comes from one forward, in position order: a stable sort by row
     # lines them up row by row (the order ScoreResult.tokens reads)
     # (every rank gathers, also one dealt no forward: the gathers are collectives)
     value = distributed.gather_tensor(torch.cat(values) if values else torch.zeros(0))
     owner = distributed.gather_tensor(torch.cat(owners) if owners
                                       else torch.zeros(0, dtype=torch.long))
+    hit = distributed.gather_tensor(torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool))
     order = torch.sort(owner, stable=True).indices
     return ScoreResult(distributed.all_reduce_tensor(logp), prepared.num_tokens.clone(),
-                       value[order])
+                       value[order], hit[order])
 
 
 # ---------------------------------------------------------------------------- shared prefixes

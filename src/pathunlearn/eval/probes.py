@@ -341,8 +341,8 @@ def score_probe_rows(model: torch.nn.Module, tokenizer, probe_sets: Sequence[Pro
                      encoded: list[EncodedExample] | None = None,
                      prepared: Prepared | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Scored probe set name -> {"mean": per-token average, "sum": summed log-probability,
-    "tokens": each target token's log-probability} of its rows (:func:`evaluate_probes`'s
-    arguments)."""
+    "tokens": each target token's log-probability, "hits": whether each is the model's
+    argmax} of its rows (:func:`evaluate_probes`'s arguments)."""
     probe_sets = [p for p in probe_sets if p.scored]
     names = [p.name for p in probe_sets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -360,11 +360,17 @@ def score_probe_rows(model: torch.nn.Module, tokenizer, probe_sets: Sequence[Pro
     mean, total = result.mean.numpy(), result.logp.numpy()
     bounds = np.concatenate([[0], np.cumsum(result.num_tokens.numpy())])
     tokens = None if result.token_logp is None else result.token_logp.numpy()
+    hits = None if result.token_hit is None else result.token_hit.numpy()
+
+    def rows_of(values, start: int, end: int):
+        return None if values is None else [values[bounds[i]:bounds[i + 1]]
+                                            for i in range(start, end)]
+
     out, start = {}, 0
     for probe in probe_sets:
         end = start + len(probe.rows)
         out[probe.name] = {"mean": mean[start:end], "sum": total[start:end],
-                           "tokens": None if tokens is None else
-                           [tokens[bounds[i]:bounds[i + 1]] for i in range(start, end)]}
+                           "tokens": rows_of(tokens, start, end),
+                           "hits": rows_of(hits, start, end)}
         start = end
     return out

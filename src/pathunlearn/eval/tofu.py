@@ -31,6 +31,12 @@ Per item ``i`` with answer NLL ``l_i`` (the mean over the answer's tokens of ``-
 - ``model_utility``: the harmonic mean (``scipy.stats.hmean``) of TOFU's nine numbers: on the
   retain set prob, ROUGE-L recall and truth ratio (``true_better``); on real authors and on
   world facts the normalised prob, ROUGE-L recall and truth ratio.
+- ``exact_memorization`` (OpenUnlearning's ``memorization.py: exact_memorization``, Tirumala
+  et al., 2022): the fraction of the answer's tokens that are the model's most likely next
+  token, teacher-forced; ``extraction_strength`` (``extraction_strength``, Carlini et al.,
+  2021): ``1 - k / n`` with ``k`` the shortest prefix of the answer's ``n`` tokens after which
+  every prediction is right (teacher-forced). Where no suffix is predicted, ``k = n`` and the
+  strength is 0 (OpenUnlearning's loop stops at ``k = n - 1`` there, giving ``1 / n``).
 """
 
 from __future__ import annotations
@@ -154,3 +160,21 @@ def model_utility(parts: dict[str, float]) -> float:
     if any(v == 0 for v in values):
         return 0.0
     return len(values) / sum(1 / v for v in values)
+
+
+def exact_memorization(hits: Sequence[bool]) -> float:
+    """The fraction of an answer's tokens the model predicts (argmax, teacher-forced)."""
+    if not hits:
+        raise ValueError("exact memorization: the answer has no tokens")
+    return sum(bool(h) for h in hits) / len(hits)
+
+
+def extraction_strength(hits: Sequence[bool]) -> float:
+    """``1 - k / n``: ``k`` the shortest prefix after which every token is predicted."""
+    n = len(hits)
+    if not n:
+        raise ValueError("extraction strength: the answer has no tokens")
+    k = n
+    while k > 0 and hits[k - 1]:
+        k -= 1
+    return 1 - k / n
