@@ -582,6 +582,51 @@ def eval_math(
                       highlight=False, soft_wrap=True)
 
 
+@eval_app.command("forget-quality")
+def eval_forget_quality(
+    run: Annotated[Path, typer.Argument(show_default=False, help="A run directory whose "
+                                        "probes have a forget set with truth_ratio.")],
+    reference: Annotated[str, typer.Option("--reference", show_default=False, help=(
+        "A model directory (another run's prefix, a retain model saved with "
+        "save_pretrained) or 'tiny': the one reference every cell is tested against."))],
+    device: Annotated[str | None, typer.Option(show_default=False, help=(
+        "auto, cpu, cuda, cuda:1 ... Default: the run's runtime.device."))] = None,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object (the reference's truth ratios, every cell).")
+    ] = False,
+) -> None:
+    """Forget quality of every finished cell against one reference model, beside the value
+    against the cell's own path's retrain model (as OpenUnlearning compares every unlearned
+    model with one retain model; docs/metrics.md).
+
+    The reference's truth ratios are measured on the run's forget set; each cell's come from
+    its items.jsonl at its last eval point.
+
+    Example: pathunlearn eval forget-quality runs/demo --reference runs/demo/prefixes/KEY
+    """
+    import json
+
+    from pathunlearn.eval.cell import field_reference
+    from pathunlearn.models import load_checkpoint, resolve_device
+    from pathunlearn.report.field import against_lines, against_reference
+    from pathunlearn.rundir import load_run
+
+    loaded = load_run(run)
+    directory = _model_directory(reference)
+    model, tok = load_checkpoint(directory, loaded.config.model,
+                                 resolve_device(device or loaded.config.runtime.device))
+    ref = field_reference(model, tok, loaded.probes, loaded.config.model.max_length)
+    rows = against_reference(loaded, ref.truth_ratios)
+    if json_output:
+        sys.stdout.write(json.dumps({"run": str(run), "reference": str(directory),
+                                     "reference_truth_ratios": ref.truth_ratios,
+                                     "cells": [r.to_json() for r in rows]}) + "\n")
+        return
+    console.print(f"reference: {directory}", highlight=False, soft_wrap=True)
+    for line in against_lines(rows):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 def _model_directory(model_dir: str) -> Path:
     """The directory of MODEL_DIR: the tiny preset for 'tiny', else a checked local path."""
     if model_dir == "tiny":

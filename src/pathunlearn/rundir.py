@@ -357,6 +357,21 @@ def _cell_file(path: Path, read):
         raise DataError(f"{e}; {RECOMPUTE}") from None
 
 
+def read_items(directory: Path) -> list[dict]:
+    """A finished cell's items.jsonl (the field sets' per-item values, one row per eval step,
+    set and item); empty when the cell has no field sets. A malformed file is a DataError
+    naming it and saying how to recompute the cell."""
+    path = Path(directory) / ITEMS
+    if not path.is_file():
+        return []
+    rows = _cell_file(path, _step_rows)
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row.get("probe"), str) or not isinstance(row.get("item"), int):
+            raise DataError(f"{path}: row {i}: expected `probe` (text) and `item` (an "
+                            f"integer); {RECOMPUTE}")
+    return rows
+
+
 def _step_rows(path: Path) -> list[dict]:
     """The rows of a JSON Lines file of a cell: objects, each with an integer ``step``."""
     rows = list(iter_jsonl(path))

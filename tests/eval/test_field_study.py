@@ -287,3 +287,27 @@ def test_the_report_has_a_tofu_view_with_the_spread_across_paths(study):
     page = (study / "report.html").read_text()
     assert "Retrain equivalence in the field&#x27;s metrics (TOFU view)" in page or \
         "Retrain equivalence in the field's metrics (TOFU view)" in page
+
+
+def test_forget_quality_against_a_given_reference(study, cli):
+    """`pathunlearn eval forget-quality RUN --reference MODEL` tests every cell against one
+    model: given the paths' (shared) retrain model, it reproduces each cell's own value; given
+    another model, the reference's truth ratios are its own."""
+    from pathunlearn.rundir import load_run, prefix_dir
+
+    run = load_run(study)
+    (retrain_key,) = {c.cell.retrain_key for c in run.cells}  # both paths retrain on [retain]
+    result = cli("eval", "forget-quality", study, "--reference",
+                 prefix_dir(study, retrain_key), "--json")
+    assert result.code == 0, result.err
+    got = json.loads(result.out)
+    assert len(got["cells"]) == 4
+    for cell in got["cells"]:
+        assert cell["forget_quality_reference"] == pytest.approx(
+            cell["forget_quality_own_retrain"])
+    assert got["reference_truth_ratios"] == pytest.approx(
+        run.cells[0].summary["retrain_field"]["truth_ratios"], rel=1e-5)
+    text = cli("eval", "forget-quality", study, "--reference", "tiny")
+    assert text.code == 0 and "against the reference" in text.out
+    missing = cli("eval", "forget-quality", study / "nope", "--reference", "tiny")
+    assert missing.code == 2 and len(missing.err.strip().splitlines()) == 1

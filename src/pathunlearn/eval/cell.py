@@ -134,16 +134,23 @@ def retrain_field_reference(key: str | None, load: Callable[[str], tuple],
     """The retrain model ``key``'s per-item forget truth ratios and MIA AUCs
     (:func:`pathunlearn.eval.field.reference_of`), computed once per retrain model; None
     without a retrain model or field sets."""
-    field_sets = [FieldSet.of(p) for p in probe_sets if p.metrics and p.scored]
-    if key is None or not field_sets:
+    if key is None or not any(p.metrics and p.scored for p in probe_sets):
         return None
     if key not in known:
-        model, tokenizer = load(key)
-        scored = [p for p in probe_sets if p.metrics and p.scored]
-        scores = score_probe_rows(model, tokenizer, scored, max_length=max_length)
-        items, _ = field_items(model, tokenizer, field_sets, scores, None)
-        known[key] = reference_of(field_sets, items)
+        known[key] = field_reference(*load(key), probe_sets, max_length)
     return known[key]
+
+
+def field_reference(model: torch.nn.Module, tokenizer, probe_sets: list[ProbeSet],
+                    max_length: int) -> FieldReference:
+    """A model's per-item forget truth ratios, MIA AUCs and answer NLLs on the field sets of
+    ``probe_sets`` (:func:`pathunlearn.eval.field.reference_of`): what forget quality and
+    privleak compare a cell with (a path's retrain model, or any model given as reference)."""
+    scored = [p for p in probe_sets if p.metrics and p.scored]
+    field_sets = [FieldSet.of(p) for p in scored]
+    scores = score_probe_rows(model, tokenizer, scored, max_length=max_length)
+    items, _ = field_items(model, tokenizer, field_sets, scores, None)
+    return reference_of(field_sets, items)
 
 
 def has_heldout(probe_sets: list[ProbeSet]) -> bool:

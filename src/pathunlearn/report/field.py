@@ -83,3 +83,75 @@ def field_markdown(table: ResultTable) -> list[str]:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += [""] + [f"- {s.text}" for s in spreads(table)]
     return lines
+
+
+# ---------------------------------------------------------------------------- another reference
+
+
+@dataclass(frozen=True)
+class Against:
+    """One finished cell's forget quality at its last eval point against its own path's
+    retrain model (as the cell measured it) and against a reference model given afterwards."""
+
+    method: str
+    sweep: str
+    seed: int
+    position: int
+    path_label: str
+    own: float | None
+    reference: float | None
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "sweep": self.sweep, "seed": self.seed,
+                "position": self.position, "path_label": self.path_label,
+                "forget_quality_own_retrain": self.own,
+                "forget_quality_reference": self.reference}
+
+
+def against_reference(run, reference_ratios: list[float]) -> list[Against]:
+    """Per finished cell of ``run`` (a :class:`pathunlearn.rundir.Run`), forget quality
+    recomputed from its items.jsonl at its last eval point against ``reference_ratios`` (a
+    reference model's per-item truth ratios on the run's forget set, in item order), beside the
+    value against its own retrain model. A UserError when the run has no forget field set with
+    a truth ratio."""
+    from pathunlearn.errors import UserError
+    from pathunlearn.eval import tofu
+    from pathunlearn.plan import position
+    from pathunlearn.rundir import read_items
+
+    forget = next((p for p in run.probes if p.role == "forget" and "truth_ratio" in p.metrics),
+                  None)
+    if forget is None:
+        raise UserError(f"{run.run_dir}: no probe set with role forget and metrics "
+                        "truth_ratio; forget quality needs one (docs/metrics.md)")
+    out = []
+    for c in run.cells:
+        if c.diverged_at is not None:
+            continue
+        items = [r for r in read_items(c.directory) if r["probe"] == forget.name]
+        last = max((r["step"] for r in items), default=None)
+        ratios = [r["truth_ratio"] for r in sorted(items, key=lambda r: r["item"])
+                  if r["step"] == last]
+        out.append(Against(c.method, c.sweep_label, c.seed, position(c.path, run.forget_stage),
+                           c.path_label, c.rows[-1].get(f"{forget.name}/forget_quality"),
+                           tofu.forget_quality(ratios, reference_ratios) if ratios else None))
+    return out
+
+
+def against_lines(rows: list[Against]) -> list[str]:
+    """The comparison as lines: per cell, then per method the spread across paths of each."""
+    lines = [f"{r.method}{' ' + r.sweep if r.sweep else ''} p={r.position} {r.path_label} "
+             f"seed {r.seed}: forget quality {_p(r.own)} against its own retrain model, "
+             f"{_p(r.reference)} against the reference" for r in rows]
+    for method in dict.fromkeys(r.method for r in rows):
+        own = [r.own for r in rows if r.method == method and r.own is not None]
+        ref = [r.reference for r in rows if r.method == method and r.reference is not None]
+        if len(own) > 1 and len(ref) > 1:
+            lines.append(f"{method}: across cells, forget quality ranges {_p(min(own))} to "
+                         f"{_p(max(own))} against each path's own retrain model and "
+                         f"{_p(min(ref))} to {_p(max(ref))} against the one reference")
+    return lines
+
+
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
