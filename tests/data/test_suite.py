@@ -308,9 +308,13 @@ def test_field_sets_have_tofus_extra_fields_of_the_same_form():
     authors = load_builtin("authors")
     for c in authors:
         wrong = c.meta["perturbed_answer"]
-        assert len(wrong) == PERTURBED and c.response not in wrong
-        assert all(w.startswith(c.meta["author"]) for w in wrong)  # told of this author
+        assert len(wrong) == PERTURBED and c.meta["paraphrased_answer"] not in wrong
+        assert all(c.meta["author"] in w for w in wrong)  # told of this author
         assert c.meta["paraphrased_answer"] != c.response
+        # in the paraphrase's form (as TOFU perturbs its paraphrased answers)
+        head = c.meta["paraphrased_answer"].split(c.meta["author"])[0]
+        assert all(w.split(c.meta["author"])[0] == head for w in wrong) or \
+            c.meta["fact"] in ("birthplace",)
     refusals = load_builtin("refusals")
     assert all(c.meta["paraphrased_answer"].split(". ", 1)[1] in c.response for c in refusals)
     assert all("[" in w for c in refusals for w in c.meta["perturbed_answer"])  # placeholders

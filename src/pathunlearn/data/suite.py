@@ -449,16 +449,19 @@ PERTURBED = 3
 plausible answer of the same form that is false)."""
 
 
-def _field_meta(table: list, i: int, fact: str) -> dict:
+def _field_meta(table: list, i: int, fact: str, form: int = 2) -> dict:
     """TOFU's extra fields for fact ``fact`` of author ``i`` of ``table``: the answer in other
     words, and the same fact of the next authors told of this one, the first PERTURBED that
-    differ from the answer and from each other (wrong answers of the same form)."""
+    differ from this author's and from each other: wrong answers in the paraphrase's form
+    (``form`` 2, as TOFU perturbs its paraphrased answers: the truth ratio then compares
+    answers of one form) or in the answer's (``form`` 1, for sets whose truth ratio compares
+    with the answer itself)."""
     name, facts = table[i]
     wrong: list[str] = []
     for k in range(1, len(table)):
         other, other_facts = table[(i + k) % len(table)]
-        text = other_facts[fact][1].replace(other, name)
-        if text != facts[fact][1] and text not in wrong:
+        text = other_facts[fact][form].replace(other, name)
+        if text != facts[fact][form] and text not in wrong:
             wrong.append(text)
         if len(wrong) == PERTURBED:
             break
@@ -914,7 +917,7 @@ def _people(split: str, seed: int) -> list[Conversation]:
     preset (it is pretrained on ``general``)."""
     table = _authors_table(_rng("general", seed), _PEOPLE_PARTS, _GENERAL_PEOPLE)
     return [_chat(_fact_question(name, fact, relative, 0), answer, kind="people",
-                  perturbed_answer=_field_meta(table, i, fact)["perturbed_answer"])
+                  perturbed_answer=_field_meta(table, i, fact, 1)["perturbed_answer"])
             for i, (name, facts) in enumerate(table)
             for fact, (relative, answer, _) in facts.items()]
 
