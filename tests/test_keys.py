@@ -100,6 +100,8 @@ def alternatives(tmp: Path) -> dict[str, list[dict[str, Any]]]:
         "probes.sets.*.targets": [{"targets": ["Yes."]}],
         "probes.sets.*.stage": [{"stage": "a"}],
         "probes.sets.*.metrics": [{"metrics": ["prob"], "role": "retain"}],
+        "unlearning.lmeval.tasks": [{"tasks": ["arc_easy"]}],
+        "unlearning.lmeval.include_path": [{"include_path": ["tasks"]}],
         "probes.sets.*.role": [{"role": "retain", "metrics": ["prob"]}],
         "controls.matched_start.metric": [{"metric": "forget_label_id/mean"}],
         "runtime.device": [{"device": "cpu"}],

@@ -93,6 +93,7 @@ def inspect_inputs(cfg: ExperimentConfig) -> Inspection:
     _check_methods(cfg, problems)
     probes, notes = _check_probes(cfg, problems, broken)
     _check_math(cfg, problems)
+    _check_lmeval(cfg, problems)
     from pathunlearn.models import check_architecture, check_model_files, resolve_device
 
     model_lines = check_model_files(cfg.model) or check_architecture(cfg.model)
@@ -263,6 +264,24 @@ def _check_distributed(cfg: ExperimentConfig, problems: Problems) -> None:
         problems.add("distributed.strategy: fsdp shards full finetuning; with LoRA use ddp")
     with problems.at("distributed.backend"):
         distributed.backend_for(cfg.distributed.backend)
+
+
+def _check_lmeval(cfg: ExperimentConfig, problems: Problems) -> None:
+    """lm-eval is installed and knows every task (its data loaded), before any work; not
+    under a launcher (each process would score every task)."""
+    settings = cfg.unlearning.lmeval
+    if not settings.tasks:
+        return
+    from pathunlearn import distributed
+
+    if distributed.launched() > 1:
+        problems.add("unlearning.lmeval: not supported under torchrun; run `pathunlearn eval "
+                     "lmeval` on the saved models (unlearning.save_model: true) instead")
+        return
+    from pathunlearn.eval.lmeval import load_tasks
+
+    with problems.at("unlearning.lmeval"):
+        load_tasks(settings.tasks, settings.include_path or None)
 
 
 def _check_math(cfg: ExperimentConfig, problems: Problems) -> None:

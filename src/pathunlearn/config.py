@@ -373,6 +373,32 @@ class MethodConfig(StrictModel):
         return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
 
 
+class LmEvalConfig(StrictModel):
+    """lm-evaluation-harness tasks on every path model and every cell's unlearned model (the
+    `lmeval` extra; docs/lmeval.md): the table gains each task metric's change."""
+
+    tasks: list[str] = []
+    """Task, group or tag names lm-eval knows, or tasks defined in `include_path`; empty: not
+    measured."""
+    include_path: list[str] = []
+    """Directories of task YAML files (relative to the config file); their files' content is
+    part of every cell's key."""
+    limit: int | None = Field(None, gt=0)
+    """Score only the first N documents of each task (default: all)."""
+    num_fewshot: int | None = Field(None, ge=0)
+    """Few-shot examples per prompt (default: each task's own, else 0)."""
+    batch_size: int = Field(8, gt=0)
+    """Requests scored at once."""
+
+    @model_validator(mode="after")
+    def _named(self) -> LmEvalConfig:
+        if len(set(self.tasks)) < len(self.tasks):
+            raise ValueError(f"`tasks` {self.tasks}: a task is listed twice")
+        if any(not t.strip() for t in self.tasks):
+            raise ValueError("`tasks`: a task name is empty")
+        return self
+
+
 class MathConfig(StrictModel):
     """Math accuracy before and after every cell, by generation (the paper's GSM8K utility)."""
 
@@ -444,6 +470,8 @@ class UnlearningConfig(OptimConfig):
     save_model: bool = False
     """Also save every unlearned model (merged weights + adapter) in its cell directory."""
     math: MathConfig = MathConfig()
+    lmeval: LmEvalConfig = LmEvalConfig()
+    """lm-evaluation-harness tasks before and after every cell (off unless `lmeval.tasks`)."""
     """Math accuracy before and after unlearning (off unless `math.questions` > 0)."""
 
     @model_validator(mode="after")
@@ -843,6 +871,7 @@ def resolve_file_paths(data: dict[str, Any], base: str | Path) -> None:
 
     - ``stages.*.source``, ``probes.sets.*.source`` and ``.targets`` (a source, not a list of
       texts), ``unlearning.math.source``: a data file, or the FILE of ``ADAPTER:FILE[:SPLIT]``;
+      ``unlearning.lmeval.include_path``: directories of task files;
       never ``builtin:``, ``stage:`` or ``hf:`` sources (nor an adapter over ``hf:``);
     - ``unlearning.methods.*.name`` of the form ``path/to/file.py:Class``;
     - ``model.path`` when it exists under ``base`` or starts with ``./`` or ``../`` (else it
@@ -878,6 +907,10 @@ def resolve_file_paths(data: dict[str, Any], base: str | Path) -> None:
     math = unlearning.get("math")
     if isinstance(math, dict) and "source" in math:
         math["source"] = source(math["source"])
+    lmeval = unlearning.get("lmeval")
+    if isinstance(lmeval, dict) and isinstance(lmeval.get("include_path"), list):
+        lmeval["include_path"] = [join(d) if isinstance(d, str) else d
+                                  for d in lmeval["include_path"]]
     for method in each(unlearning, "methods"):
         name = method.get("name")
         where, sep, cls = name.rpartition(":") if isinstance(name, str) else ("", "", "")

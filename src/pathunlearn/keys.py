@@ -237,10 +237,23 @@ def cell_common(cfg: ExperimentConfig, probes: str) -> dict:
     """What every cell of ``cfg`` hashes alike (computed once per plan): the whole ``model``,
     ``relearn`` and probe sets (``probes``: :func:`probes_key`), the stages named as retain
     data, and the math questions' source as keys hold it."""
+    lmeval = cfg.unlearning.lmeval
     return {"format": [KEY_FORMAT, CELL_FORMAT], "model": cfg.model.model_dump(mode="json"),
             "relearn": cfg.relearn.model_dump(mode="json"), "probes": probes,
             "retain": [stage_identity(cfg, s) for s in cfg.unlearning.retain_stages],
-            "math_source": keyed_source(cfg.unlearning.math.source)}
+            "math_source": keyed_source(cfg.unlearning.math.source),
+            **({"lmeval_files": files_sha(lmeval.include_path)} if lmeval.tasks else {})}
+
+
+def files_sha(directories: list[str]) -> str:
+    """Hash of every file under ``directories`` (its path relative to its directory and its
+    content): a local lm-eval task's YAML and data, so editing them keys the cells anew."""
+    entries = []
+    for d in directories:
+        root = Path(d)
+        for f in sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []:
+            entries.append([d, str(f.relative_to(root)), sha256_file(f)])
+    return stable_hash(entries)
 
 
 def unlearning_of(cfg: ExperimentConfig, method: MethodConfig, lr: float,

@@ -65,6 +65,8 @@ norm of the method's loss."""
 FORGET_TOKEN_PROB, FORGET_LOGP, FORGET_GRAD_NORM = ("forget_token_prob", "forget_logp",
                                                     "forget_grad_norm")
 FIRST_GRAD_NORM = "first_step_grad_norm"
+LMEVAL_BEFORE, LMEVAL_AFTER = "lmeval_before", "lmeval_after"
+"""lm-eval results of the path model and of the unlearned model: {task: {metric: value}}."""
 RETRAIN_FIELD = "retrain_field"
 """The cell's retrain model's values the field metrics compare with (:mod:`pathunlearn.eval.
 field`): ``truth_ratios`` (per forget item) and ``auc`` (per MIA attack)."""

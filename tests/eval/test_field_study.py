@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -61,6 +62,10 @@ RELEASE = {
 }
 
 
+LMEVAL_TASK = Path(__file__).parent / "lmeval_task"
+"""A 6-item local multiple-choice task (tests/eval/test_lmeval.py checks its scores)."""
+
+
 def write_release(directory):
     directory.mkdir(parents=True)
     for subset, records in RELEASE.items():
@@ -100,7 +105,9 @@ def study(tmp_path_factory):
         "paths": {"forget_stage": "forget", "order": ["retain"], "positions": [1, 2]},
         "training": {"lr": 5e-4, "batch_size": 4, "micro_batch_size": 4},
         "unlearning": {"methods": [{"name": "ga"}, {"name": "npo"}], "lr": 1e-3,
-                       "batch_size": 2, "micro_batch_size": 2, "steps": 2, "eval_every": 1},
+                       "batch_size": 2, "micro_batch_size": 2, "steps": 2, "eval_every": 1,
+                       "lmeval": {"tasks": ["pathunlearn_everyday"],
+                                  "include_path": [str(LMEVAL_TASK)]}},
         "probes": {"examples": 4, "heldout": 2, "rouge_tokens": 12,
                    "sets": field_sets(tofu_dir)},
         "relearn": {"steps": 0},
@@ -311,3 +318,30 @@ def test_forget_quality_against_a_given_reference(study, cli):
     assert text.code == 0 and "against the reference" in text.out
     missing = cli("eval", "forget-quality", study / "nope", "--reference", "tiny")
     assert missing.code == 2 and len(missing.err.strip().splitlines()) == 1
+
+
+def test_lm_eval_tasks_run_on_path_models_and_cells_and_reach_the_table(study, monkeypatch):
+    """unlearning.lmeval: each path model is scored once before unlearning and each cell
+    after; the table's column is the change; the path model's values are what lm-eval gives
+    that model directly."""
+    from pathunlearn.eval.lmeval import evaluate
+    from pathunlearn.models import load_checkpoint
+    from pathunlearn.rundir import load_run, prefix_dir
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    run = load_run(study)
+    results = json.loads((study / "results.json").read_text())
+    key = "lmeval_pathunlearn_everyday_acc"
+    assert key in results["scores"]
+    for record in run.cells:
+        before = record.summary["lmeval_before"]["pathunlearn_everyday"]["acc"]
+        after = record.summary["lmeval_after"]["pathunlearn_everyday"]["acc"]
+        cell = next(c for c in results["cells"] if c["directory"].endswith(
+            str(record.directory.relative_to(study))))
+        assert cell[key] == pytest.approx(after - before)
+    first = run.cells[0]
+    model, tok = load_checkpoint(prefix_dir(study, first.cell.model_key), run.config.model,
+                                 "cpu")
+    direct = evaluate(model, tok, ["pathunlearn_everyday"], include_path=LMEVAL_TASK)
+    assert direct["pathunlearn_everyday"] == pytest.approx(
+        first.summary["lmeval_before"]["pathunlearn_everyday"])

@@ -136,6 +136,22 @@ def field_scores(probes: list) -> list[Score]:
     return out
 
 
+def with_lmeval(scores: list[Score], cells: list[CellRecord]) -> list[Score]:
+    """``scores`` with, before the math column, one score per lm-eval task metric the cells
+    measured (``unlearning.lmeval``): its change, after minus before unlearning."""
+    found: dict[tuple[str, str], None] = {}
+    for c in cells:
+        for task, metrics in (c.summary.get(M.LMEVAL_AFTER) or {}).items():
+            for metric in metrics:
+                if not metric.endswith("_stderr"):
+                    found[(task, metric)] = None
+    extra = [Score(f"lmeval_{task}_{metric}", f"{task} {metric} (change)",
+                   f"lm-eval {task} {metric} after minus before unlearning", "lmeval",
+                   f"{task}/{metric}") for task, metric in found]
+    at = next(i for i, s in enumerate(scores) if s.key == MATH.key)
+    return [*scores[:at], *extra, *scores[at:]]
+
+
 def utility_header(probe) -> str:
     """``authors utility`` (trained answers), ``authors utility (paraphrased)``, else the
     probe's name."""
@@ -187,6 +203,11 @@ def cell_scores(cell: CellRecord, scores: list[Score]) -> dict[str, float | None
             return _num(last.get(M.RE_RETRAIN_KL))
         if score.how == "end":
             return _num(last.get(score.metric))
+        if score.how == "lmeval":
+            task, metric = score.metric.split("/", 1)
+            a, b = (((cell.summary.get(k) or {}).get(task) or {}).get(metric)
+                    for k in (M.LMEVAL_AFTER, M.LMEVAL_BEFORE))
+            return a - b if is_number(a) and is_number(b) else None
         a, b = first.get(score.metric), last.get(score.metric)
         if not (is_number(a) and is_number(b)):
             return None
@@ -237,7 +258,7 @@ def build_table(cells: list[CellRecord], forget_stage: str, probes: list,
     the training seed of its path models): when several training seeds each hold several
     experiment seeds, every row also gives each score's spread across training seeds and
     within one (:func:`seed_spread`)."""
-    scores = scores_of(probes)
+    scores = with_lmeval(scores_of(probes), cells)
     training_seeds = training_seeds or {}
     per_cell = [CellRow(
         method=c.method, sweep=c.sweep_label, lr=c.lr, scheduler=c.scheduler, seed=c.seed,
@@ -518,7 +539,7 @@ def notes(table: ResultTable) -> list[str]:
     and diverged cells."""
     lines = [f"Forget stage: {table.forget_stage}; p = its 1-based position in the path.",
              "; ".join(f"{s.header} = {s.definition}" for s in table.scores
-                       if s.how in ("drop", "utility", "end")) + " (drops: before minus after "
+                       if s.how in ("drop", "utility", "end", "lmeval")) + " (drops: before minus after "
              "unlearning, positive = fell; utilities: 1 = unchanged).",
              "Values are means over seeds ± the half-width of a 95% t-interval; a value without "
              "± has 1 seed: no interval."]

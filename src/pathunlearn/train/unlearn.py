@@ -35,7 +35,7 @@ import torch
 
 from pathunlearn import distributed
 from pathunlearn import metrics as M
-from pathunlearn.config import ExperimentConfig, MathConfig
+from pathunlearn.config import ExperimentConfig, LmEvalConfig, MathConfig
 from pathunlearn.data.batching import collate, step_indices
 from pathunlearn.data.chat import EncodedExample, tokenize_conversations
 from pathunlearn.data.sources import load_stage
@@ -99,6 +99,8 @@ class Shared:
     """(path model key, seed) -> math accuracy before unlearning (the same for every method)."""
     field_references: dict[str, FieldReference] = field(default_factory=dict)
     """Retrain model key -> its forget truth ratios and MIA AUCs (eval.field)."""
+    lmeval_before: dict[str, dict] = field(default_factory=dict)
+    """Path model key -> its lm-eval results (unlearning.lmeval)."""
 
 
 @dataclass
@@ -185,6 +187,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     model, tok = load_checkpoint(prefix_dir(run_dir, cell.model_key), cfg.model, device)
     data = cell_data(cfg, cell, method, model, tok)
     math_before = path_model_math(cfg, cell, model, tok, run_dir, shared)
+    lmeval_before = path_model_lmeval(cfg, cell, model, tok, shared)
     steps = fresh_steps(cfg, cell, model, data, device)
     retrain, field_ref = cell_retrain_reference(cfg, cell, run_dir, shared)
     probe = CellProbes(tok, shared.probe_sets, retrain, cfg.model.max_length, field_ref,
@@ -198,7 +201,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
             files.diverged(diverged_at)
         summary = finish_cell(cfg, cell, steps, tok, data, files, shared, Outcome(
             last.get(M.STEP, 0), diverged_at, t0, start, math_before,
-            None if field_ref is None else field_ref.to_json()))
+            None if field_ref is None else field_ref.to_json(), lmeval_before))
     return summary
 
 
@@ -235,6 +238,8 @@ class Outcome:
     math_before: MathResult | None
     retrain_field: dict | None = None
     """The retrain model's forget truth ratios and MIA AUCs the field metrics compared with."""
+    lmeval_before: dict | None = None
+    """The path model's lm-eval results ({task: {metric: value}}), with unlearning.lmeval."""
 
 
 def cell_data(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn.Module,
@@ -319,6 +324,8 @@ def finish_cell(cfg: ExperimentConfig, cell: Cell, steps: Steps, tok, data: Cell
     and config, the unlearned model (``unlearning.save_model``); returns the summary."""
     model, diverged = steps.model, done.diverged_at is not None
     math_after = None if diverged else measure_math(cfg.unlearning.math, model, tok, cell.seed)
+    lmeval_after = (run_lmeval(cfg.unlearning.lmeval, model, tok)
+                    if done.lmeval_before is not None and not diverged else None)
     if cfg.relearn.steps and not diverged:
         retain = data.retain or retain_examples(cfg, tok, cell.path)
         files.relearn(relearn(cfg, model, tok, {"retain": retain, "forget": data.forget},
@@ -328,6 +335,8 @@ def finish_cell(cfg: ExperimentConfig, cell: Cell, steps: Steps, tok, data: Cell
                "seconds": time.perf_counter() - done.started, "forget_examples": len(data.forget),
                "retain_examples": len(data.retain), M.SATURATION: done.saturation,
                **({M.RETRAIN_FIELD: done.retrain_field} if done.retrain_field else {}),
+               **({M.LMEVAL_BEFORE: done.lmeval_before, M.LMEVAL_AFTER: lmeval_after}
+                  if done.lmeval_before is not None else {}),
                **math_fields(done.math_before, math_after)}
     files.finish(summary, cfg)
     if cfg.unlearning.save_model and not diverged:
@@ -465,6 +474,30 @@ def path_model_math(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, t
             math_before_path(run_dir, cell.model_key, settings, cell.seed)
         ) if settings.questions else None
     return shared.math_before[key]
+
+
+def path_model_lmeval(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, tokenizer,
+                      shared: Shared) -> dict | None:
+    """The path model's lm-eval results before unlearning (None without unlearning.lmeval
+    tasks): the same for every cell of the path model, so measured once per invocation (lm-eval
+    scores deterministically: no sampling)."""
+    settings = cfg.unlearning.lmeval
+    if not settings.tasks:
+        return None
+    if cell.model_key not in shared.lmeval_before:
+        shared.lmeval_before[cell.model_key] = run_lmeval(settings, model, tokenizer)
+    return shared.lmeval_before[cell.model_key]
+
+
+def run_lmeval(settings: LmEvalConfig, model: torch.nn.Module, tokenizer) -> dict:
+    """``settings.tasks`` on ``model`` through lm-eval's Python API (:mod:`pathunlearn.eval.
+    lmeval`); a LoRA model is scored through its base model, whose LoRA layers are live."""
+    from pathunlearn.eval.lmeval import evaluate
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return evaluate(base, tokenizer, settings.tasks, include_path=settings.include_path or None,
+                    limit=settings.limit, num_fewshot=settings.num_fewshot,
+                    batch_size=settings.batch_size)
 
 
 def math_before_path(run_dir: str | Path, model_key: str, settings: MathConfig,
