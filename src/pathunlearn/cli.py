@@ -770,15 +770,22 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (holds config.yaml, plan.json "
                                             "and cells/).", metavar="RUN_DIR",
                                             show_default=False)],
+    details: Annotated[bool, typer.Option(
+        "--details", help="Print the whole table, its notes and the verdicts in full, not "
+        "the summary.")] = False,
+    width: Annotated[int | None, typer.Option(
+        min=60, show_default=False, help="Columns the summary fits in [default: the "
+        "terminal's].")] = None,
 ) -> None:
     """Rebuild the table, recency verdict, figures and report.html from RUN_DIR's cells.
 
     Reads RUN_DIR/config.yaml (validated) and RUN_DIR/plan.json, and every finished cell of
     the plan. Writes RUN_DIR/results.{json,csv,md}, RUN_DIR/figures/*.{png,svg} and
-    RUN_DIR/report.html, then prints the table and the verdict. Safe to rerun while cells are
-    still being added.
+    RUN_DIR/report.html, then prints the summary: one verdict line per method and a table
+    that fits the terminal (--details: everything). Safe to rerun while cells are still being
+    added.
 
-    Example: pathunlearn report runs/demo
+    Example: pathunlearn report runs/demo --width 80
     """
     from rich.markup import escape
 
@@ -787,7 +794,7 @@ def report(
     from pathunlearn.rundir import load_run
 
     results, figures, page = make_report(load_run(run_dir))
-    print_results(results, console)
+    print_results(results, console, details=details, width=width)
     files = [*results.files, *figures, page]
     console.print(f"wrote {len(files)} files: results.{{json,csv,md}}, {len(figures)} figure "
                   f"files in {escape(str(run_dir / 'figures'))}, {escape(str(page))}",

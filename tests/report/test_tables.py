@@ -315,3 +315,21 @@ def test_the_verdict_names_the_metric_the_forget_score_uses(make_run):
                             write=False)
     text = next(v for v in default.verdicts if v.kind == "recency").text
     assert "Before unlearning, forget_label_id/all_mean was" in text
+
+
+def test_a_forget_last_path_that_did_not_forget_is_said_so(tmp_path, write_cell, path_at):
+    """Issue 28: ranking first because the forget metric did not fall is not 'forgetting
+    least'; the verdict says which (and results.json keeps it as forget_last_forgot)."""
+    run_dir = tmp_path / "run"
+    for p, drop in ((1, 2.0), (2, 1.5), (3, 1.0), (4, -0.2)):
+        write_cell(run_dir, path_at(p), "ga", 0, drop)
+    (verdict,) = recency(build_results(load_run(run_dir)))
+    assert verdict.observed is True and verdict.forget_last_forgot is False
+    assert "did not forget: its forget score -0.200 is not above 0" in verdict.text
+    written = json.loads((run_dir / "results.json").read_text())
+    assert written["verdicts"][0]["forget_last_forgot"] is False
+    other = tmp_path / "other"
+    for p, drop in ((1, 2.0), (2, 1.5), (3, 1.0), (4, 0.4)):
+        write_cell(other, path_at(p), "ga", 0, drop)
+    (verdict,) = recency(build_results(load_run(other)))
+    assert verdict.forget_last_forgot is True and "did not forget" not in verdict.text

@@ -167,6 +167,10 @@ class RecencyVerdict:
     compared_with: str | None
     ci_overlap: bool | None
     per_seed: dict[int, SeedRank]
+    forget_last_forgot: bool | None = None
+    """Whether the worst-ranked forget-last path forgot at all: its mean forget score above 0
+    and, with an interval, its interval above 0 (None: no verdict). A path can "forget least"
+    because it did not forget: the text says which."""
     text: str = ""
     kind: str = "recency"
     """``recency``, or ``recency_matched`` under the matched-start control."""

@@ -352,11 +352,12 @@ def _verdict(table: ResultTable, method: str, sweep: str, rows: list[Row],
                for i, r in enumerate(scored, 1)]
     last = [e for e in ranking if e.forget_last]
     others = [e for e in ranking if not e.forget_last]
-    observed = compared_with = ci_overlap = None
+    observed = compared_with = ci_overlap = forgot = None
     if last and others:
         worst_last, best_other = last[-1], others[0]
         observed = worst_last.mean < best_other.mean
         compared_with = best_other.path_label
+        forgot = worst_last.mean > 0 and (worst_last.ci_low is None or worst_last.ci_low > 0)
         if worst_last.ci95 is not None and best_other.ci95 is not None:
             ci_overlap = (worst_last.ci_high >= best_other.ci_low
                           and best_other.ci_high >= worst_last.ci_low)
@@ -368,7 +369,7 @@ def _verdict(table: ResultTable, method: str, sweep: str, rows: list[Row],
         forget_last_paths=[e.path_label for e in last],
         forget_last_ranks=[e.rank for e in last], n_paths=len(ranking), observed=observed,
         compared_with=compared_with, ci_overlap=ci_overlap,
-        per_seed=_per_seed(table, method, sweep, score))
+        per_seed=_per_seed(table, method, sweep, score), forget_last_forgot=forgot)
     return replace(verdict, text=verdict_text(verdict))
 
 
@@ -407,6 +408,14 @@ def verdict_text(v: RecencyVerdict) -> str:
             f"(1 = forgets least; {_fmt(last[-1].mean)} vs {_fmt(other.mean)} for "
             f"p={other.position}, {other.path_label}, over {_seeds(n)}): recency effect "
             + ("observed" if v.observed else "NOT observed") + ". ")
+    if v.forget_last_forgot is False:
+        worst = last[-1]
+        why = (f"its forget score {_fmt(worst.mean)} is not above 0 (the forget metric did not "
+               "fall)" if worst.mean <= 0 else
+               f"its forget score {_fmt(worst.mean)} ± {_fmt(worst.ci95)} is within the seeds' "
+               "noise of 0")
+        text += (f"The {stage}-last path did not forget: {why}; it ranks first by not "
+                 "forgetting, not by forgetting less. ")
     if (last[-1].forget_before is not None and other.forget_before is not None
             and v.forget_metric):
         text += (f"Before unlearning, {v.forget_metric} was "
