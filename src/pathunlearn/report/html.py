@@ -33,14 +33,14 @@ from pathunlearn.rundir import CONFIG, FIGURE_INDEX, FIGURES, PHASES, REPORT_HTM
 PACKAGES = ("torch", "transformers", "peft", "pathunlearn")
 
 CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1280px; margin: 2em auto; padding: 0 1em;
+body { font-family: system-ui, sans-serif; max-width: 1360px; margin: 2em auto; padding: 0 1em;
        color: #222; line-height: 1.45; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .25em .55em; text-align: right; vertical-align: top; }
 td { white-space: nowrap; } td.text, td.na { white-space: normal; } .wide { overflow-x: auto; }
-td.path { min-width: 12em; }
-th { background: #f2f2f2; } td.text, th.text { text-align: left; }
+td.path { min-width: 9em; }
+th { background: #f2f2f2; font-size: .85em; } td.text, th.text { text-align: left; }
 tr.last td { font-weight: 600; }
 .verdict { padding: .6em .9em; margin: .5em 0; border-left: 4px solid #888; background: #f7f7f7; }
 .verdict.yes { border-color: #2a7; } .verdict.no { border-color: #c63; }
@@ -49,6 +49,12 @@ figure { margin: .6em 0; flex: 1 1 480px; } figure img { max-width: 100%; border
 figcaption { font-size: .9em; color: #444; }
 pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; }
 .note { color: #555; font-size: .9em; }
+.answer { font-size: 1.25em; font-weight: 600; margin: .3em 0; }
+.glance-row { display: flex; gap: 1.2em; align-items: flex-start; flex-wrap: wrap; }
+figure.glance { flex: 1 1 520px; margin: .4em 0; } figure.glance img { max-height: 430px; }
+tr.yes td:nth-child(2) { color: #196; } tr.no td:nth-child(2) { color: #a40; }
+.toc { font-size: .9em; margin: .6em 0; }
+span.ci { display: block; font-size: .8em; color: #555; } td.path { word-break: break-word; }
 """
 
 
@@ -69,6 +75,8 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
     phases = phases if phases is not None else _read_json(run_dir / PHASES)
     sections = [
         _header(run_dir, results),
+        _glance_section(results, run_dir, figures),
+        "<!--toc-->",
         *(lead or []),
         _verdict_section(results),
         _matched_section(results),
@@ -76,16 +84,17 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
         _field_section(results),
         _pairwise_section(results),
         _relearn_section(results),
-        _figure_section(run_dir, figures),
+        _figure_section(run_dir, figures, shown=_glance_png(figures)),
         _cells_section(results),
         _probe_section(results.run.probes if probes is None else probes,
                        results.run.plan.probe_notes),
         _environment_section(results, phases, extra or {}),
         _config_section(results),
     ]
+    body = _with_contents("\n".join(sections))
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>pathunlearn report: {_e(run_dir.name)}</title><style>{CSS}</style></head>"
-            "<body>\n" + "\n".join(sections) + "\n</body></html>\n")
+            "<body>\n" + body + "\n</body></html>\n")
     out = run_dir / REPORT_HTML
     write_text(out, page)
     return out
@@ -124,6 +133,88 @@ def _header(run_dir: Path, results: Results) -> str:
             f"{len(paths)} paths × {len(methods)} methods ({_e(', '.join(methods))}) × "
             f"{len(seeds)} seeds ({_e(', '.join(map(str, seeds)))}); forget stage "
             f"<b>{_e(t.forget_stage)}</b>.</p>")
+
+
+def _with_contents(body: str) -> str:
+    """``body`` with an id on every section heading and, where ``<!--toc-->`` stands, a table
+    of contents linking to them."""
+    import re
+
+    titles = []
+
+    def anchor(m) -> str:
+        titles.append(m.group(1))
+        return f"<a id=\"s{len(titles)}\"></a><h2>{m.group(1)}</h2>"
+
+    body = re.sub(r"<h2>(.*?)</h2>", anchor, body)
+    toc = ("<nav class=\"toc\"><b>Contents:</b> " + " · ".join(
+        f"<a href=\"#s{i}\">{t}</a>" for i, t in enumerate(titles, 1)) + "</nav>")
+    return body.replace("<!--toc-->", toc, 1)
+
+
+def _glance_section(results: Results, run_dir: Path, figures: list[dict]) -> str:
+    """The first screen: the answer in a sentence, the verdict table (methods x without /
+    with the matched-start control) and the forget metric over unlearning per path (the
+    paper's Figure 1), above the fold at 1400 x 900."""
+    from pathunlearn.report.terminal import observed_count
+
+    recency = [v for v in results.verdicts if v.kind == "recency"]
+    if not recency:
+        return ""
+    matched = {(v.method, v.sweep): v for v in (results.matched.verdicts
+                                                if results.matched is not None else [])}
+    answer = f"Recency effect observed for {observed_count(recency)}"
+    if matched:
+        answer += f"; with the matched-start control for {observed_count(list(matched.values()))}"
+    rows = "".join(_glance_row(v, matched.get((v.method, v.sweep))) for v in recency)
+    head = ("<tr><th class=\"text\">method</th><th class=\"text\">recency effect</th>"
+            "<th>forget-last path</th><th>closest other path</th>"
+            + ("<th class=\"text\">with the matched-start control</th>" if matched else "")
+            + "<th>seeds</th></tr>")
+    png = _glance_png(figures)
+    entry = next((e for e in figures if png in e.get("files", [])), {})
+    figure = ""
+    if png and (run_dir / FIGURES / png).is_file():
+        data = base64.b64encode((run_dir / FIGURES / png).read_bytes()).decode("ascii")
+        figure = (f"<figure id=\"glance-figure\" class=\"glance\"><img alt=\"{_e(png)}\" "
+                  f"src=\"data:image/png;base64,{data}\"><figcaption>{_e(entry.get('caption', ''))}"
+                  "</figcaption></figure>")
+    return (f"<section class=\"glance\"><p class=\"answer\">{_e(answer)}.</p>"
+            f"<div class=\"glance-row\"><table id=\"glance-table\">{head}{rows}</table>"
+            f"{figure}</div></section>")
+
+
+def _glance_png(figures: list[dict]) -> str | None:
+    """The first screen's figure: the first method's forget metric over unlearning."""
+    entry = next((e for e in figures if e.get("kind") in ("forget_label", "forget_response")),
+                 None)
+    return next((f for f in entry.get("files", []) if f.endswith(".png")), None) if entry else None
+
+
+def _glance_row(v: RecencyVerdict, control: RecencyVerdict | None) -> str:
+    """One method's row of the first screen's verdict table."""
+    def scored(verdict: RecencyVerdict, label: str | None) -> str:
+        e = next((e for e in verdict.ranking if e.path_label == label), None)
+        if e is None:
+            return "—"
+        half = "" if e.ci95 is None else f" ± {e.ci95:.2f}"
+        return f"p{e.position}: {e.mean:.2f}{half}"
+
+    def said(verdict: RecencyVerdict | None) -> str:
+        if verdict is None or verdict.observed is None:
+            return "no verdict"
+        text = "observed" if verdict.observed else "NOT observed"
+        return text + (" (the forget-last path did not forget)"
+                       if verdict.forget_last_forgot is False else "")
+
+    last = v.forget_last_paths[-1] if v.forget_last_paths else None
+    cls = {True: "yes", False: "no"}.get(v.observed, "")
+    n = min((e.n for e in v.ranking), default=0)
+    return (f"<tr class=\"{cls}\">{_method_cell(v.method, v.sweep)}<td class=\"text\">"
+            f"{_e(said(v))}</td><td>{_e(scored(v, last))}</td>"
+            f"<td>{_e(scored(v, v.compared_with))}</td>"
+            + (f"<td class=\"text\">{_e(said(control))}</td>" if control is not None else "")
+            + f"<td>{n}</td></tr>")
 
 
 def _verdict_section(results: Results) -> str:
@@ -176,7 +267,7 @@ def _table_section(results: Results) -> str:
     body = []
     for row in t.rows:
         values = [(k, display_value(row, k)) for k, _ in cols]
-        cells = "".join(f"<td class=\"{_align(k)}{' na' if v == NA else ''}\">{_e(v)}</td>"
+        cells = "".join(f"<td class=\"{_align(k)}{' na' if v == NA else ''}\">{_interval(v)}</td>"
                         for k, v in values)
         body.append(f"<tr class=\"{'last' if row.forget_last else ''}\">{cells}</tr>")
     score_list = "".join(f"<li><code>{_e(sc.key)}</code> ({_e(sc.header)}): {_e(sc.definition)}"
@@ -219,6 +310,13 @@ def _field_section(results: Results) -> str:
             "(docs/metrics.md). Per-item values: each cell's items.jsonl.</p>"
             f"<div class=\"wide\"><table><tr>{head}</tr>{body}</table></div>"
             + (f"<ul>{items}</ul>" if items else ""))
+
+
+def _interval(value: str) -> str:
+    """A table value, its ``± half-width`` (if any) on a line of its own below the mean, so
+    that a wide table of intervals fits the page."""
+    mean, sep, half = value.partition(" ± ")
+    return _e(mean) + (f"<span class=\"ci\">± {_e(half)}</span>" if sep else "")
 
 
 def _pairwise_section(results: Results) -> str:
@@ -337,12 +435,17 @@ def _align(key: str) -> str:
     return "text path" if key == "path_label" else "text" if key in ("method", "sweep") else ""
 
 
-def _figure_section(run_dir: Path, figures: list[dict]) -> str:
+def _figure_section(run_dir: Path, figures: list[dict], shown: str | None = None) -> str:
+    """Every figure of the index, but ``shown`` (the first screen's, named, not repeated)."""
     parts = ["<h2>Figures</h2>"]
     for entry in figures:
         png = next((f for f in entry.get("files", []) if f.endswith(".png")), None)
         path = run_dir / FIGURES / png if png else None
         if path is None or not path.is_file():
+            continue
+        if png == shown:
+            parts.append(f"<p class=\"note\"><b>{_e(path.stem)}</b>: at the top of the page "
+                         "(<a href=\"#glance-figure\">the first screen</a>).</p>")
             continue
         svg = next((f for f in entry["files"] if f.endswith(".svg")), None)
         parts.append(embedded_figure(path, _e(entry.get("caption", ""))

@@ -111,12 +111,12 @@ def summary_lines(results, width: int = 80) -> list[str]:
                   "the forget metric, mean ± 95% half-width over seeds):", width, wrap=True)]
     recency = [v for v in results.verdicts if v.kind == "recency"]
     lines += [_fit(verdict_line(v), width, wrap=True, indent=4) for v in recency]
-    overall = [_observed_count(recency)]
+    overall = [observed_count(recency)]
     if results.matched is not None:
         lines.append("recency verdict with the matched-start control:")
         lines += [_fit(verdict_line(v), width, wrap=True, indent=4)
                   for v in results.matched.verdicts]
-        overall.append(f"with the matched-start control {_observed_count(results.matched.verdicts)}")
+        overall.append(f"with the matched-start control {observed_count(results.matched.verdicts)}")
     lines.append(_fit("in short: recency effect observed for " + "; ".join(overall), width,
                       wrap=True))
     lines.append("")
@@ -126,7 +126,7 @@ def summary_lines(results, width: int = 80) -> list[str]:
     return lines
 
 
-def _observed_count(verdicts) -> str:
+def observed_count(verdicts) -> str:
     judged = [v for v in verdicts if v.observed is not None]
     return f"{sum(bool(v.observed) for v in judged)} of {len(judged)} methods"
 
