@@ -18,7 +18,7 @@ from pathlib import Path
 from pathunlearn import metrics as M
 from pathunlearn.config import dump_config
 from pathunlearn.files import write_text
-from pathunlearn.report.model import RecencyVerdict, Verdict
+from pathunlearn.report.model import RecencyVerdict, Verdict, observed_count
 from pathunlearn.report.pairwise import pair_summary, summary_cells, summary_headers
 from pathunlearn.report.results import Results
 from pathunlearn.report.tables import (
@@ -156,8 +156,6 @@ def _glance_section(results: Results, run_dir: Path, figures: list[dict]) -> str
     """The first screen: the answer in a sentence, the verdict table (methods x without /
     with the matched-start control) and the forget metric over unlearning per path (the
     paper's Figure 1), above the fold at 1400 x 900."""
-    from pathunlearn.report.terminal import observed_count
-
     recency = [v for v in results.verdicts if v.kind == "recency"]
     if not recency:
         return ""

@@ -216,3 +216,9 @@ class GrowthVerdict:
 
 
 Verdict = RecencyVerdict | GrowthVerdict
+
+
+def observed_count(verdicts: list[RecencyVerdict]) -> str:
+    """``k of m methods``: of the recency verdicts that judged, how many observed the effect."""
+    judged = [v for v in verdicts if v.observed is not None]
+    return f"{sum(bool(v.observed) for v in judged)} of {len(judged)} methods"

@@ -105,6 +105,8 @@ def summary_lines(results, width: int = 80) -> list[str]:
     one recency verdict line, the control's, then a table of method x path with the columns
     of :data:`SUMMARY_COLUMNS` that fit, the paths' orders listed once as p1..pN, and where
     the rest is."""
+    from pathunlearn.report.model import observed_count
+
     width = max(width, 60)
     table = results.table
     lines = [_fit("recency verdict (p = the forget stage's position; forget = the drop of "
@@ -124,11 +126,6 @@ def summary_lines(results, width: int = 80) -> list[str]:
     lines.append(_fit("details: pathunlearn report RUN --details; every column and note: "
                       "results.md, report.html", width, wrap=True))
     return lines
-
-
-def observed_count(verdicts) -> str:
-    judged = [v for v in verdicts if v.observed is not None]
-    return f"{sum(bool(v.observed) for v in judged)} of {len(judged)} methods"
 
 
 def verdict_line(v) -> str:
