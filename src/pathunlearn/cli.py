@@ -710,32 +710,44 @@ def serve_command(
         metavar="CHECKPOINT|tiny|smollm2", show_default=False)],
     host: Annotated[str, typer.Option(help="Address to listen on (loopback only by "
                                       "default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    port: Annotated[int, typer.Option(help="Port (0: any free one).")] = 8000,
     name: Annotated[str | None, typer.Option(
         help="Model name clients use [default: tiny, smollm2 or the directory name].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
-    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 1,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
     max_batch: Annotated[int, typer.Option(
-        min=1, help="Queued requests decoded together (rows).")] = 8,
+        help="Queued requests decoded together (rows).")] = 8,
     max_tokens_limit: Annotated[int, typer.Option(
-        min=1, help="Largest max_tokens a request may ask for.")] = 1024,
+        help="Largest max_tokens a request may ask for.")] = 1024,
     default_max_tokens: Annotated[int, typer.Option(
-        min=1, help="max_tokens of a request that gives none.")] = 256,
+        help="max_tokens of a request that gives none.")] = 256,
+    max_request_bytes: Annotated[int, typer.Option(
+        help="Largest request body in bytes; bigger is a 413, read no further.")] = 2**20,
+    max_messages: Annotated[int, typer.Option(
+        help="Most messages in one request.")] = 256,
+    max_content_chars: Annotated[int, typer.Option(
+        help="Most characters of message content in one request, all messages.")] = 200_000,
+    max_stop_chars: Annotated[int, typer.Option(
+        help="Longest stop string (at most 4 of them, as OpenAI).")] = 64,
+    request_timeout: Annotated[float, typer.Option(
+        help="Seconds a request may take: decoding stops there (finish_reason length); "
+             "one still queued then is a 503.")] = 120.0,
 ) -> None:
     """Serve a model through an OpenAI-compatible API (/v1/chat/completions, streaming too,
     /v1/models, /health), with its chat template and the project's sampler (docs/llm.md).
 
     Example: pathunlearn serve runs/demo/prefixes/<key> --port 8000
     """
-    from pathunlearn.serve import serve
+    from pathunlearn.serve import ServeOptions, serve
 
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
-    serve(model, host=host, port=port, name=name, device=device, dtype=dtype, threads=threads,
-          max_batch=max_batch, max_tokens_limit=max_tokens_limit,
-          default_max_tokens=default_max_tokens,
-          log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    options = ServeOptions(
+        host=host, port=port, name=name, device=device, dtype=dtype, threads=threads,
+        max_batch=max_batch, max_tokens_limit=max_tokens_limit,
+        default_max_tokens=default_max_tokens, max_request_bytes=max_request_bytes,
+        max_messages=max_messages, max_content_chars=max_content_chars,
+        max_stop_chars=max_stop_chars, request_timeout=request_timeout)
+    serve(model, options, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
 
 
 # ---------------------------------------------------------------------------- unlearn

@@ -24,15 +24,26 @@ past a stop string is ever sent. A row ends at its stop token, its ``max_tokens`
 stop string, or when its client disconnects; the batch ends when all its rows have.
 
 A bad request is a 4xx with OpenAI's error shape ``{"error": {"message", "type", "param",
-"code"}}``: 404 for an unknown model, 400 for malformed JSON or messages, a max_tokens out of
-range, or a prompt longer than the model's context.
+"code"}}``, refused before it reaches the worker: 404 for an unknown model (or route), 413 for
+a body over ``max_request_bytes``, 400 for a body that is not UTF-8, not JSON, nested too deep
+or holding a lone surrogate, for malformed messages, and for anything over a limit of
+:class:`ServeOptions` (messages, characters of content, stop strings, non-finite or
+out-of-range sampling values, max_tokens, a prompt longer than the model's context). Reading,
+parsing and tokenizing run in threads, never on the event loop, so ``/health`` is answered
+while large requests are being read and the worker decodes (issue 25).
+
+A request has ``request_timeout`` seconds from its arrival: decoding past it ends the rows
+there with ``finish_reason`` "length" (what they have is sent), and a request still queued
+then is a 503 (``server_error``, code ``timeout``) that the worker never decodes.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the route signatures at runtime,
 # and their `Request` type is imported inside create_app (fastapi is an optional extra)
 import asyncio
 import json
+import math
 import queue
+import re
 import secrets
 import socket
 import threading
@@ -40,7 +51,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +60,88 @@ from pathunlearn.errors import UserError
 
 SERVE_EXTRA_HINT = "pip install 'pathunlearn[serve]'"
 ROLES = ("system", "user", "assistant")
+DTYPES = ("float32", "bfloat16", "float16")
 MAX_N = 8
 """Most choices one request may ask for (``n``)."""
+MAX_STOP = 4
+"""Most stop strings one request may give (OpenAI's limit)."""
+MIN_TEMPERATURE = 1e-3
+"""The smallest temperature above 0 (greedy): logits divided by 1e-300 overflow to inf and
+sample nothing; 1e-3 is already argmax for any logit gap over ~0.1."""
+
+
+# ---------------------------------------------------------------------------------------------
+# options: every setting of the server, validated once
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``pathunlearn serve`` takes besides the model: where it listens, how it runs the
+    model and the limits of a request. Validated on construction: a bad value is one
+    UserError naming its option (``--max-batch 0: must be at least 1``)."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on (loopback only by default: there is no authentication)."""
+    port: int = 8000
+    """Port; 0 takes any free one."""
+    name: str | None = None
+    """The model name clients use; None: ``tiny``, ``smollm2`` or the directory's name."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:1 ... (checked against this machine when the server starts)."""
+    dtype: str = "float32"
+    """float32, bfloat16 or float16."""
+    threads: int = 1
+    """torch CPU threads (1: the server and its clients share the cores)."""
+    max_batch: int = 8
+    """Most rows (requests times choices) decoded together."""
+    max_tokens_limit: int = 1024
+    """Largest ``max_tokens`` a request may ask for."""
+    default_max_tokens: int = 256
+    """``max_tokens`` of a request that gives none (at most ``max_tokens_limit``)."""
+    max_request_bytes: int = 2**20
+    """Largest request body (1 MiB); a bigger one is a 413, read no further."""
+    max_messages: int = 256
+    """Most messages in one request."""
+    max_content_chars: int = 200_000
+    """Most characters of message content in one request, all messages together."""
+    max_stop_chars: int = 64
+    """Longest stop string (at most :data:`MAX_STOP` of them)."""
+    request_timeout: float = 120.0
+    """Seconds a request may take from its arrival: decoding stops there (finish_reason
+    "length"); one still queued then is a 503."""
+
+    def __post_init__(self) -> None:
+        for key, low, high in _INT_OPTIONS:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _option_error(key, value, "must be an integer")
+            if value < low or (high is not None and value > high):
+                raise _option_error(key, value, f"must be at least {low}" if high is None
+                                    else f"must be in [{low}, {high}]")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise _option_error("default_max_tokens", self.default_max_tokens, "must be at "
+                                f"most --max-tokens-limit ({self.max_tokens_limit})")
+        if self.dtype not in DTYPES:
+            raise _option_error("dtype", self.dtype, f"choose {', '.join(DTYPES)}")
+        timeout = self.request_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+                or not math.isfinite(timeout) or timeout <= 0:
+            raise _option_error("request_timeout", timeout, "must be a number of seconds > 0")
+        for key in ("host", "device", "name"):
+            value = getattr(self, key)
+            if not (value is None and key == "name") and not (
+                    isinstance(value, str) and value.strip()):
+                raise _option_error(key, value, "must be a non-empty string")
+
+
+_INT_OPTIONS = (("port", 0, 65535), ("threads", 1, None), ("max_batch", 1, None),
+                ("max_tokens_limit", 1, None), ("default_max_tokens", 1, None),
+                ("max_request_bytes", 1, None), ("max_messages", 1, None),
+                ("max_content_chars", 1, None), ("max_stop_chars", 1, None))
+
+
+def _option_error(key: str, value: Any, why: str) -> UserError:
+    return UserError(f"--{key.replace('_', '-')} {value!r}: {why}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,13 +152,14 @@ class RequestError(Exception):
     """A bad request: its HTTP status and the OpenAI error fields."""
 
     def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 code: str | None = None):
+                 code: str | None = None, type: str = "invalid_request_error"):
         super().__init__(message)
         self.message, self.param, self.status, self.code = message, param, status, code
+        self.type = type
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": "invalid_request_error",
-                          "param": self.param, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
 
 
 @dataclass(frozen=True)
@@ -97,6 +189,8 @@ def _number(body: dict, key: str, default: float, low: float, high: float,
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RequestError(f"'{key}' must be a number, got {type(value).__name__}", key)
+    if isinstance(value, float) and not math.isfinite(value):  # json reads NaN, 1e999
+        raise RequestError(f"'{key}' must be a finite number, got {value}", key)
     if value > high or value < low or (low_open and value == low):
         bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
         raise RequestError(f"'{key}' must be in {bound}, got {value}", key)
@@ -121,13 +215,40 @@ def _content(content: Any, where: str) -> str:
     raise RequestError(f"{where}.content must be text (or a list of text parts)", where)
 
 
-def parse_messages(messages: Any) -> list[dict[str, str]]:
+def _temperature(body: dict) -> float:
+    value = _number(body, "temperature", 1.0, -math.inf, math.inf)  # a finite number
+    if not (value == 0 or MIN_TEMPERATURE <= value <= 2):
+        raise RequestError(f"'temperature' must be 0 (greedy) or in [{MIN_TEMPERATURE}, 2], "
+                           f"got {value}", "temperature")
+    return value
+
+
+def _stop(body: dict, max_chars: int) -> tuple[str, ...]:
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop or []
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError("'stop' must be a string or a list of non-empty strings", "stop")
+    if len(stop) > MAX_STOP:
+        raise RequestError(f"'stop' has {len(stop)} strings: at most {MAX_STOP}", "stop",
+                           code="array_above_max_length")
+    longest = max(len(s) for s in stop) if stop else 0
+    if longest > max_chars:
+        raise RequestError(f"'stop' has a string of {longest} characters: at most "
+                           f"{max_chars}", "stop", code="string_above_max_length")
+    return tuple(stop)
+
+
+def parse_messages(messages: Any, options: ServeOptions | None = None) -> list[dict[str, str]]:
     """OpenAI chat messages as ``{"role", "content"}`` dicts; a RequestError names the first
-    bad message."""
+    bad message, or the limit (``max_messages``, ``max_content_chars``) they go over."""
+    options = options or ServeOptions()
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list of {role, content} objects",
                            "messages")
-    out = []
+    if len(messages) > options.max_messages:
+        raise RequestError(f"'messages' has {len(messages)} messages: at most "
+                           f"{options.max_messages}", "messages", code="array_above_max_length")
+    out, chars = [], 0
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -137,13 +258,22 @@ def parse_messages(messages: Any) -> list[dict[str, str]]:
             raise RequestError(f"{where}.role must be one of {', '.join(ROLES)}, got "
                                f"{m.get('role')!r}", f"{where}.role")
         out.append({"role": role, "content": _content(m.get("content"), where)})
+        chars += len(out[-1]["content"])
+        if chars > options.max_content_chars:
+            raise RequestError(f"the messages have over {options.max_content_chars} characters "
+                               f"of content (at {where})", where,
+                               code="string_above_max_length")
     return out
 
 
-def parse_request(body: Any, model_name: str, max_tokens_limit: int) -> ChatRequest:
+def parse_request(body: Any, model_name: str,
+                  options: ServeOptions | None = None) -> ChatRequest:
     """Validate a chat-completions body: a RequestError (400, or 404 for another model) for
-    anything the server cannot honour. Fields it does not know (``tools``, ``logprobs`` ...)
-    are ignored, as OpenAI-compatible servers commonly do."""
+    anything the server cannot honour or that is over a limit of ``options``. Fields it does
+    not know (``tools``, ``logprobs`` ...) are ignored, as OpenAI-compatible servers commonly
+    do."""
+    options = options or ServeOptions()
+    max_tokens_limit = options.max_tokens_limit
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     model = body.get("model")
@@ -161,18 +291,80 @@ def parse_request(body: Any, model_name: str, max_tokens_limit: int) -> ChatRequ
     if not 1 <= n <= MAX_N:
         raise RequestError(f"'n' must be in [1, {MAX_N}], got {n}", "n")
     seed = _integer(body, "seed")
-    stop = body.get("stop")
-    stop = [stop] if isinstance(stop, str) else stop or []
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise RequestError("'stop' must be a string or a list of non-empty strings", "stop")
-    options = body.get("stream_options") or {}
+    stream_options = body.get("stream_options") or {}
     return ChatRequest(
-        messages=parse_messages(body.get("messages")), max_tokens=max_tokens,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        messages=parse_messages(body.get("messages"), options), max_tokens=max_tokens,
+        temperature=_temperature(body),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True), n=n,
         seed=secrets.randbits(31) if seed is None else seed, stream=bool(body.get("stream")),
-        include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
-        stop=tuple(stop))
+        include_usage=bool(isinstance(stream_options, dict)
+                           and stream_options.get("include_usage")),
+        stop=_stop(body, options.max_stop_chars))
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _nested_deeper(text: str, limit: int) -> bool:
+    """Whether the JSON ``text`` nests lists and objects deeper than ``limit``: its brackets
+    outside strings, counted (regexes do the bulk in C; the count stops past ``limit``)."""
+    depth = 0
+    for c in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if c in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def parse_body(raw: bytes, model_name: str,
+               options: ServeOptions | None = None) -> ChatRequest:
+    """A request body as bytes, validated: UTF-8, JSON nested no deeper than
+    :data:`~pathunlearn.data.io.MAX_DEPTH` (checked before ``json.loads``, whose recursion a
+    100k-deep ``[[[...`` would exhaust), no lone surrogate (``"\\ud800"``) anywhere, then
+    :func:`parse_request`. Every failure is a 400 RequestError of one line."""
+    from pathunlearn.data.io import MAX_DEPTH, check_plain
+    from pathunlearn.errors import DataError
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"the request body is not UTF-8 text (byte {e.start})") from None
+    if _nested_deeper(text, MAX_DEPTH):
+        raise RequestError(f"the request body is nested deeper than {MAX_DEPTH} levels")
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RequestError(f"the request body is not valid JSON: {e}") from None
+    except ValueError:  # Python refuses to read an integer of over 4300 digits
+        raise RequestError("the request body is not valid JSON: a number of over 4300 digits") \
+            from None
+    try:
+        check_plain(body, "the request body")
+    except DataError as e:
+        raise RequestError(str(e)) from None
+    return parse_request(body, model_name, options)
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The body of a starlette ``request``, refused with a 413 past ``limit`` bytes: by its
+    Content-Length before any of it is read, else (a chunked body) as it comes, so no more
+    than ``limit`` and one chunk is ever held."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(f"{declared} bytes", limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(f"over {limit} bytes", limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: str, limit: int) -> RequestError:
+    return RequestError(f"the request body is {size}: this server takes at most {limit}",
+                        None, 413, "request_too_large")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,13 +395,14 @@ class RowText:
         self.sent = ""
         self.finish: str | None = None
 
-    def add(self, token: int | None) -> str:
-        """Take the row's next token (None: its stop token came); the new text to send."""
+    def add(self, token: int | None, cut: bool = False) -> str:
+        """Take the row's next token (None: its stop token came); the new text to send.
+        ``cut``: the row ends here ("length", its request's time is up) unless it ended."""
         if token is None:
             self.finish = "stop"
         else:
             self.tokens.append(token)
-            if len(self.tokens) >= self.max_tokens:
+            if len(self.tokens) >= self.max_tokens or cut:
                 self.finish = "length"
         if not self.live and self.finish is None:
             return ""
@@ -242,6 +435,8 @@ class Job:
     A streamed job also has ``on_event``, called from the worker thread with ``("delta",
     index, text)``, ``("finish", index, reason)``, then ``("done", choices)`` or ``("error",
     exception)``; setting ``cancelled`` (its client left) ends its rows at their next token.
+    At ``deadline`` (``time.monotonic()``) its rows end ("length"); a job still queued then
+    is not decoded: it gets a 503 RequestError.
     """
 
     prompt: list[int]
@@ -250,6 +445,7 @@ class Job:
     future: Future = field(default_factory=Future)
     on_event: Callable[[tuple], None] | None = None
     cancelled: bool = False
+    deadline: float = math.inf
 
     def emit(self, *event) -> None:
         if self.on_event is None or self.cancelled:
@@ -282,27 +478,46 @@ class Engine:
         self.pad_id = pad_token_id(tokenizer)
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
         self.jobs: queue.Queue[Job | None] = queue.Queue()
+        # prompts are encoded in a thread of their own (queue()), neither the event loop's
+        # (a 200k-character prompt takes ~0.1 s) nor the worker's; one thread, as a fast
+        # tokenizer used by two at once may raise "Already borrowed", and as one thread's
+        # allocations stay in one malloc arena (with a thread per request the soak's long
+        # prompts left the process ~90 MiB larger). submit() itself may be called from any
+        # thread, so it holds a lock
+        self.encoder = ThreadPoolExecutor(1, thread_name_prefix="pathunlearn-encode")
+        self.encode_lock = threading.Lock()
         self.thread = threading.Thread(target=self._loop, name="pathunlearn-serve", daemon=True)
         self.thread.start()
 
     def submit(self, request: ChatRequest, default_max_tokens: int,
-               on_event: Callable[[tuple], None] | None = None) -> Job:
+               on_event: Callable[[tuple], None] | None = None,
+               deadline: float = math.inf) -> Job:
         """Encode the prompt with the chat template, check it fits the context, queue it
-        (``on_event``: see :class:`Job`)."""
+        (``on_event``, ``deadline``: see :class:`Job`). Called from any thread but the
+        worker's; a prompt too long is a RequestError, and the worker never sees it."""
         from pathunlearn.data.chat import encode_prompt
 
-        prompt = encode_prompt(self.tokenizer, request.messages)
+        with self.encode_lock:
+            prompt = encode_prompt(self.tokenizer, request.messages)
         room = (self.context - len(prompt)) if self.context else default_max_tokens
         max_tokens = request.max_tokens or min(default_max_tokens, room)
         if max_tokens > room or room < 1:
             raise RequestError(f"the prompt has {len(prompt)} tokens and max_tokens is "
                                f"{max_tokens}: together more than the model's context of "
                                f"{self.context} tokens", "max_tokens")
-        job = Job(prompt, request, max_tokens, on_event=on_event)
+        job = Job(prompt, request, max_tokens, on_event=on_event, deadline=deadline)
         self.jobs.put(job)
         return job
 
+    def queue(self, request: ChatRequest, default_max_tokens: int,
+              on_event: Callable[[tuple], None] | None = None,
+              deadline: float = math.inf) -> "asyncio.Future[Job]":
+        """:meth:`submit` in the encoder thread, awaited from the event loop."""
+        return asyncio.wrap_future(self.encoder.submit(self.submit, request, default_max_tokens,
+                                                       on_event, deadline))
+
     def close(self) -> None:
+        self.encoder.shutdown(wait=False, cancel_futures=True)
         self.jobs.put(None)
         self.thread.join(timeout=30)
 
@@ -323,7 +538,9 @@ class Engine:
                     break
                 fits = sum(j.rows for j in batch) + other.rows <= self.max_batch
                 (batch if other.sampling == job.sampling and fits else waiting).append(other)
-            self._run(batch)
+            batch = _startable(batch)
+            if batch:
+                self._run(batch)
             if stop:
                 return
 
@@ -344,7 +561,7 @@ class Engine:
 
         def on_token(i: int, token: int | None) -> bool:
             job, indices, text = owners[i]
-            delta = text.add(token)
+            delta = text.add(token, cut=time.monotonic() > job.deadline)
             for index in indices:
                 if delta:
                     job.emit("delta", index, delta)
@@ -371,22 +588,37 @@ class Engine:
             job.emit("done", choices)
 
 
+def _startable(batch: list[Job]) -> list[Job]:
+    """The jobs of ``batch`` worth decoding: not those whose client left while they were
+    queued (cancelled), nor those whose deadline passed there (they get a 503)."""
+    now, out = time.monotonic(), []
+    for job in batch:
+        if job.cancelled:
+            job.future.cancel()
+        elif now > job.deadline:
+            e = RequestError("the server is busy: the request's time limit passed while it "
+                             "was queued; retry later", None, 503, "timeout", "server_error")
+            job.future.set_exception(e)
+            job.emit("error", e)
+        else:
+            out.append(job)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # the HTTP side
 
 
-def create_app(engine: Engine, model_name: str, *, max_tokens_limit: int = 1024,
-               default_max_tokens: int = 256):
-    """The FastAPI application serving ``engine`` as model ``model_name``."""
+def create_app(engine: Engine, model_name: str, options: ServeOptions | None = None):
+    """The FastAPI application serving ``engine`` as model ``model_name``, with the limits
+    of ``options``."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
+    options = options or ServeOptions()
     app = FastAPI(title="pathunlearn serve", docs_url=None, redoc_url=None)
+    _answer_errors_as_openai(app)
     created = int(time.time())
-
-    @app.exception_handler(RequestError)
-    async def _bad_request(_: Request, e: RequestError):
-        return JSONResponse(e.body(), status_code=e.status)
 
     @app.get("/health")
     async def health() -> dict:
@@ -405,16 +637,19 @@ def create_app(engine: Engine, model_name: str, *, max_tokens_limit: int = 1024,
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            raise RequestError("the request body is not valid JSON") from None
-        parsed = parse_request(body, model_name, max_tokens_limit)
+        deadline = time.monotonic() + options.request_timeout
+        raw = await read_body(request, options.max_request_bytes)
+        # decoding, JSON and the chat template run in threads: a 1 MiB body must not stall
+        # the event loop (and /health with it)
+        parsed = await asyncio.to_thread(parse_body, raw, model_name, options)
         if parsed.stream:
-            return await _stream(engine, parsed, default_max_tokens, model_name)
-        job = engine.submit(parsed, default_max_tokens)
+            return await _stream(engine, parsed, options.default_max_tokens, model_name,
+                                 deadline)
+        job = await engine.queue(parsed, options.default_max_tokens, deadline=deadline)
         try:
             choices = await asyncio.wrap_future(job.future)
+        except RequestError:
+            raise
         except Exception as e:
             return JSONResponse(_server_error(e), status_code=500)
         return _Reply(model_name, len(job.prompt)).completion(choices)
@@ -422,31 +657,56 @@ def create_app(engine: Engine, model_name: str, *, max_tokens_limit: int = 1024,
     return app
 
 
+def _answer_errors_as_openai(app) -> None:
+    """Every error the app answers has OpenAI's shape: a RequestError, an unknown route or
+    method (starlette's HTTPException), and a bug (500, not starlette's plain text)."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(RequestError)
+    async def _bad_request(_: Request, e: RequestError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, e: HTTPException):
+        return JSONResponse(RequestError(str(e.detail), status=e.status_code).body(),
+                            status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, e: Exception):
+        return JSONResponse(_server_error(e, "internal error"), status_code=500)
+
+
 async def _stream(engine: Engine, request: ChatRequest, default_max_tokens: int,
-                  model_name: str):
+                  model_name: str, deadline: float):
     """A streamed request: its job pushes events onto an asyncio queue from the worker thread;
     the response starts with the first of them, so a failure before any token is still a
-    500."""
+    500 (or the 503 of a request whose time passed in the queue)."""
     from fastapi.responses import JSONResponse, StreamingResponse
 
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
-    job = engine.submit(request, default_max_tokens,
-                        on_event=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+    job = await engine.queue(
+        request, default_max_tokens, deadline=deadline,
+        on_event=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
     try:
         first = await events.get()
     except BaseException:  # cancelled while queued: the worker skips the job's rows
         job.cancelled = True
         raise
     if first[0] == "error":
-        return JSONResponse(_server_error(first[1]), status_code=500)
+        e = first[1]
+        if isinstance(e, RequestError):
+            return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(_server_error(e), status_code=500)
     reply = _Reply(model_name, len(job.prompt))
     return StreamingResponse(reply.chunks(job, first, events), media_type="text/event-stream")
 
 
-def _server_error(e: Exception) -> dict:
-    return {"error": {"message": f"generation failed: {e}", "type": "server_error",
-                      "param": None, "code": None}}
+def _server_error(e: Exception, what: str = "generation failed") -> dict:
+    return {"error": {"message": f"{what}: {e}", "type": "server_error", "param": None,
+                      "code": None}}
 
 
 def _model_card(name: str, created: int) -> dict:
@@ -559,10 +819,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(spec: str, *, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
-          device: str = "auto", dtype: str = "float32", threads: int = 1, max_batch: int = 8,
-          max_tokens_limit: int = 1024, default_max_tokens: int = 256, log=print) -> None:
-    """Load ``spec`` and serve it until interrupted (the CLI's ``pathunlearn serve``)."""
+def serve(spec: str, options: ServeOptions | None = None, log=print) -> None:
+    """Load ``spec`` and serve it with ``options`` until interrupted (the CLI's
+    ``pathunlearn serve``)."""
+    options = options or ServeOptions()
     require_serve_extra()
     import torch
     import uvicorn
@@ -570,16 +830,17 @@ def serve(spec: str, *, host: str = "127.0.0.1", port: int = 8000, name: str | N
     from pathunlearn.models import load_pretrained, resolve_device
 
     directory, gguf, served = resolve_model(spec)
-    torch.set_num_threads(threads)  # a server and its clients share the cores
-    sock = bind(host, port)
-    model, tokenizer = load_pretrained(directory, gguf_file=gguf, dtype=dtype,
-                                       device=resolve_device(device))
-    engine = Engine(model, tokenizer, max_batch=max_batch)
-    app = create_app(engine, name or served, max_tokens_limit=max_tokens_limit,
-                     default_max_tokens=default_max_tokens)
+    device = resolve_device(options.device)
+    torch.set_num_threads(options.threads)  # a server and its clients share the cores
+    sock = bind(options.host, options.port)
+    model, tokenizer = load_pretrained(directory, gguf_file=gguf, dtype=options.dtype,
+                                       device=device)
+    engine = Engine(model, tokenizer, max_batch=options.max_batch)
+    name = options.name or served
+    app = create_app(engine, name, options)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    log(f"serving {name or served} ({directory}{'/' + gguf if gguf else ''}) at "
+    log(f"serving {name} ({directory}{'/' + gguf if gguf else ''}) at "
         f"http://{shown}:{bound_port}/v1")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     try:

@@ -66,7 +66,7 @@ def test_stream_sends_the_same_text_in_pieces(served_tiny):
     ({"messages": [{"role": "wizard", "content": "hi"}]}, openai.BadRequestError,
      "messages[0].role must be one of"),
     ({"messages": []}, openai.BadRequestError, "'messages' must be a non-empty list"),
-    ({"temperature": 5}, openai.BadRequestError, "'temperature' must be in [0.0, 2.0]"),
+    ({"temperature": 5}, openai.BadRequestError, "'temperature' must be 0 (greedy) or in [0.001, 2]"),
 ])
 def test_bad_requests_are_4xx_json(served_tiny, kwargs, error, text):
     args = {"model": "tiny", "messages": QUESTION, "max_tokens": 8, **kwargs}
