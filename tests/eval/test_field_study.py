@@ -187,7 +187,7 @@ def test_items_recompute_every_aggregate(study):
                 sum(max(0, 1 - t) for t in retain_tr) / len(retain_tr))
             assert row["tofu_forget/forget_quality"] == pytest.approx(
                 ks_2samp(forget_tr, ref["truth_ratios"]).pvalue)
-            for attack in ("loss", "zlib", "min_k"):
+            for attack in ("loss", "zlib", "min_k", "min_k_plus_plus"):
                 auc = mia.auc([it[f"mia_{attack}"] for it in at["tofu_forget"]],
                               [it[f"mia_{attack}"] for it in at["tofu_holdout"]])
                 assert row[f"mia_{attack}/auc"] == pytest.approx(auc)

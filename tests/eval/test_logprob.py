@@ -215,3 +215,27 @@ def test_per_token_logprobs_are_each_rows_own_in_order(model, tiny_tokenizer, sh
         assert tokens.tolist() == pytest.approx(want, abs=1e-4)
         assert tokens.sum().item() == pytest.approx(result.logp[i].item(), abs=1e-4)
         assert result.hits(i).tolist() == hits
+
+
+def test_calibrated_token_scores_are_min_k_plus_plus(model, tiny_tokenizer):
+    """Issue 26: the Min-K%++ token scores taken in the scoring pass equal the attack's
+    definition on the full next-token distributions of a direct forward; rows not asked for
+    stay NaN."""
+    from pathunlearn.eval import mia
+    from pathunlearn.eval.logprob import encode_rows, prepare_scoring, score_prepared
+
+    encoded = encode_rows(tiny_tokenizer, ROWS)
+    calibrate = torch.tensor([True, True, False, True, False])
+    result = score_prepared(model, prepare_scoring(model, encoded, 0, 2), calibrate)
+    for i, (prompt, target) in enumerate(ROWS):
+        if not calibrate[i]:
+            assert torch.isnan(result.calibrated(i)).all()
+            continue
+        ex = encode_prompt_target(tiny_tokenizer, prompt, target, max_length=256)
+        ids, labels = torch.tensor([ex.input_ids]), torch.tensor(ex.labels[1:])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], dim=-1)
+        keep = labels != -100
+        vocab, picked = lp[keep], lp[keep].gather(-1, labels[keep][:, None]).squeeze(-1)
+        assert mia.min_k_score(result.calibrated(i).tolist()) == pytest.approx(
+            mia.min_k_plus_plus_score(picked, vocab), abs=1e-4)

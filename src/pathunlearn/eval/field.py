@@ -41,11 +41,12 @@ OPTIONS_ROLES = ("real_authors", "world_facts")
 """Roles whose ``prob`` is normalised over the answer and its wrong options."""
 PARAPHRASED_ROLES = ("forget", "retain")
 """Roles whose truth ratio's true answer is the paraphrased one."""
-MIA_ATTACKS = ("loss", "zlib", "min_k")
+MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
 """The attacks computed at eval points from the answers' token log-probabilities (no extra
 forward pass); ``reference`` (against the path's retrain model) is added where the cell has
-one. Min-K%++ and GradNorm need the full next-token distributions or a backward pass per item
-(:mod:`pathunlearn.eval.mia` has them for a model at hand)."""
+one (Min-K%++'s calibration by the next-token distribution is taken in the same pass). GradNorm
+needs a backward pass per item (:func:`pathunlearn.eval.mia.gradnorm_score`, for a model at
+hand)."""
 PRIVLEAK_ATTACK = "min_k"
 """The attack the table's privleak is of: Min-K% Prob, as MUSE reports it (OpenUnlearning's
 privleak pre-computes ``mia_min_k``)."""
@@ -159,6 +160,8 @@ def item_values(fs: FieldSet, rows: dict, generations: Sequence[str] | None = No
             it["mia_zlib"] = mia.zlib_score(it["nll"]["answer"], text)
             it["mia_min_k"] = mia.min_k_score([float(v) for v in rows["tokens"][i * g]],
                                               mia.DEFAULT_K)
+            it["mia_min_k_plus_plus"] = mia.min_k_score([float(v) for v in rows["z"][i * g]],
+                                                        mia.DEFAULT_K)
     if "memorization" in fs.metrics:
         for i, it in enumerate(out):
             hits = [bool(h) for h in rows["hits"][i * g]]

@@ -43,6 +43,11 @@ class ScoreResult:
     token_hit: torch.Tensor | None = None
     """(sum of num_tokens,) bool, in the same order: whether the model's most likely next
     token (teacher-forced) is the target token (:meth:`hits`)."""
+    token_z: torch.Tensor | None = None
+    """(sum of num_tokens,) float32, in the same order: each target token's log-probability
+    calibrated by the model's next-token distribution there, ``(log p - mu) / sigma`` with
+    ``mu``, ``sigma^2`` the mean and variance of ``log p`` under that distribution (Min-K%++);
+    NaN for rows not asked for (:func:`score_prepared`'s ``calibrate``)."""
 
     def _span(self, row: int) -> slice:
         start = int(self.num_tokens[:row].sum())
@@ -53,6 +58,12 @@ class ScoreResult:
         if self.token_logp is None:
             raise ValueError("these scores kept no per-token log-probabilities")
         return self.token_logp[self._span(row)]
+
+    def calibrated(self, row: int) -> torch.Tensor:
+        """Row ``row``'s Min-K%++ token scores, in order."""
+        if self.token_z is None:
+            raise ValueError("these scores kept no calibrated token scores")
+        return self.token_z[self._span(row)]
 
     def hits(self, row: int) -> torch.Tensor:
         """Whether each of row ``row``'s target tokens is the model's argmax, in order."""
@@ -140,15 +151,18 @@ def prepare_scoring(model: torch.nn.Module, examples: list[EncodedExample], pad_
     return Prepared(forwards, num_tokens, dtype)
 
 
-def score_prepared(model: torch.nn.Module, prepared: Prepared) -> ScoreResult:
+def score_prepared(model: torch.nn.Module, prepared: Prepared,
+                   calibrate: torch.Tensor | None = None) -> ScoreResult:
     """Score prepared rows with ``model`` (whose dtype must be the one they were prepared for):
     for each forward, one softmax over the vocabulary at the positions that predict a target
-    token, summed per row."""
+    token, summed per row. ``calibrate``: (N,) bool, the rows whose tokens also get their
+    Min-K%++ score (:attr:`ScoreResult.token_z`; two more reductions over the vocabulary at
+    their positions)."""
     device = next(model.parameters()).device
     if next(model.parameters()).dtype != prepared.dtype:
         raise ValueError("the rows were prepared for a model of another dtype")
     logp = torch.zeros(len(prepared.num_tokens), dtype=torch.float32)
-    values, owners, hits = [], [], []
+    values, owners, hits, zs = [], [], [], []
     # under torchrun each rank makes every N-th forward and the sums are added up; a row is
     # read by one forward, so the scores are the single process's (pathunlearn.distributed)
     forwards = distributed.deal(prepared.forwards)
@@ -156,11 +170,14 @@ def score_prepared(model: torch.nn.Module, prepared: Prepared) -> ScoreResult:
         for f in forwards:
             logits = model(**{k: v.to(device) for k, v in f.inputs.items()}).logits  # (B, T, V)
             rows = logits.reshape(-1, logits.size(-1))[f.where.to(device)].float()
-            picked = torch.log_softmax(rows, dim=-1).gather(-1, f.targets.to(device)[:, None])
+            lp = torch.log_softmax(rows, dim=-1)
+            picked = lp.gather(-1, f.targets.to(device)[:, None])
             logp.index_add_(0, f.owner, picked.squeeze(-1).cpu())
             values.append(picked.squeeze(-1).cpu())
             owners.append(f.owner)
             hits.append((rows.argmax(-1) == f.targets.to(device)).cpu())
+            zs.append(_calibrated(lp, picked.squeeze(-1), calibrate[f.owner].to(device))
+                      if calibrate is not None else torch.zeros(0))
     # every token of a row comes from one forward, in position order: a stable sort by row
     # lines them up row by row (the order ScoreResult.tokens reads)
     # (every rank gathers, also one dealt no forward: the gathers are collectives)
@@ -168,9 +185,23 @@ def score_prepared(model: torch.nn.Module, prepared: Prepared) -> ScoreResult:
     owner = distributed.gather_tensor(torch.cat(owners) if owners
                                       else torch.zeros(0, dtype=torch.long))
     hit = distributed.gather_tensor(torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool))
+    z = None if calibrate is None else distributed.gather_tensor(torch.cat(zs))
     order = torch.sort(owner, stable=True).indices
     return ScoreResult(distributed.all_reduce_tensor(logp), prepared.num_tokens.clone(),
-                       value[order], hit[order])
+                       value[order], hit[order], None if z is None else z[order])
+
+
+def _calibrated(lp: torch.Tensor, picked: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """(K,) Min-K%++ token scores ``(log p - mu) / sigma`` at the positions ``wanted`` (NaN
+    elsewhere); ``lp`` (K, V) the log-softmax there (sigma^2 clamped at 1e-6, as
+    :func:`pathunlearn.eval.mia.min_k_plus_plus_score`)."""
+    out = torch.full_like(picked, float("nan"))
+    if wanted.any():
+        sel = lp[wanted]
+        mu = (sel.exp() * sel).sum(-1)
+        sigma = ((sel.exp() * sel.square()).sum(-1) - mu.square()).clamp(min=1e-6).sqrt()
+        out[wanted] = (picked[wanted] - mu) / sigma
+    return out.cpu()
 
 
 # ---------------------------------------------------------------------------- shared prefixes

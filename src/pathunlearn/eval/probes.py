@@ -356,11 +356,16 @@ def score_probe_rows(model: torch.nn.Module, tokenizer, probe_sets: Sequence[Pro
         prepared = prepare_scoring(model, encoded, pad_token_id(tokenizer), batch_size)
     elif len(prepared.num_tokens) != sum(len(p.rows) for p in probe_sets):
         raise ValueError("`prepared` does not come from these probe sets")
-    result = score_prepared(model, prepared)
+    # Min-K%++ token scores for the answers of the sets with membership inference
+    calibrate = torch.tensor([p.metrics is not None and "mia" in p.metrics
+                              for p in probe_sets for _ in p.rows], dtype=torch.bool)
+    result = (score_prepared(model, prepared, calibrate=calibrate) if calibrate.any()
+              else score_prepared(model, prepared))
     mean, total = result.mean.numpy(), result.logp.numpy()
     bounds = np.concatenate([[0], np.cumsum(result.num_tokens.numpy())])
     tokens = None if result.token_logp is None else result.token_logp.numpy()
     hits = None if result.token_hit is None else result.token_hit.numpy()
+    zs = None if result.token_z is None else result.token_z.numpy()
 
     def rows_of(values, start: int, end: int):
         return None if values is None else [values[bounds[i]:bounds[i + 1]]
@@ -371,6 +376,6 @@ def score_probe_rows(model: torch.nn.Module, tokenizer, probe_sets: Sequence[Pro
         end = start + len(probe.rows)
         out[probe.name] = {"mean": mean[start:end], "sum": total[start:end],
                            "tokens": rows_of(tokens, start, end),
-                           "hits": rows_of(hits, start, end)}
+                           "hits": rows_of(hits, start, end), "z": rows_of(zs, start, end)}
         start = end
     return out
