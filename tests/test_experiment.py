@@ -167,5 +167,7 @@ def test_matched_start_control_end_to_end(tmp_path, cli):
         "With the matched-start control: npo:")
     assert len(results["rows"]) == 2  # the study's table keeps its own cells
     assert "recency verdict with the matched-start control" in result.out
+    # issue 28: the control's cells are labelled as such in the progress lines
+    assert "instructions-refusals npo seed 0 (matched-start control): " in result.out
     assert "Recency verdict with the matched-start control" in (run_dir / "report.html"
                                                                 ).read_text()

@@ -160,7 +160,9 @@ def cell_line(cell: Cell, s: dict) -> str:
 def cell_name(cell: Cell) -> str:
     """How the log and messages name a cell: path, method, sweep values, seed."""
     sweep = " " + "/".join(cell.sweep) if cell.sweep else ""
-    return f"{cell.path_label} {cell.method_label}{sweep} seed {cell.seed}"
+    control = " (matched-start control)" if cell.control == "matched_start" else (
+        f" ({cell.control} control)" if cell.control else "")
+    return f"{cell.path_label} {cell.method_label}{sweep} seed {cell.seed}{control}"
 
 
 # ---------------------------------------------------------------------------- one cell
@@ -246,13 +248,14 @@ def cell_data(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn
               tok) -> CellData:
     """The forget set (and a weakly-local method's retain data) tokenised, and what the
     method needs of the path model before it changes (reference log-probabilities, or under
-    full finetuning a frozen copy for a KL retain term)."""
+    full finetuning a frozen copy for a KL retain term or a teacher's logits)."""
     data = CellData(forget=encode_stage(cfg, tok, cfg.paths.forget_stage),
                     retain=[] if method.local else retain_examples(cfg, tok, cell.path),
                     pad_id=tok.pad_token_id)
     if method.needs_reference:
         data.ref_logp = reference_logprobs(model, data.forget, data.pad_id)
-    if method.needs_reference_model and cfg.model.finetuning == "full":
+    wants_model = method.needs_reference_model or method.needs_reference_logits
+    if wants_model and cfg.model.finetuning == "full":
         data.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     return data
 
@@ -375,13 +378,10 @@ def backward(method: Method, model: torch.nn.Module, data: CellData,
             loss = None
             if j < len(forget_work):
                 idx, weight = forget_work[j]
-                batch = collate([data.forget[i] for i in idx], data.pad_id).to(device)
-                with autocast(device, precision):
-                    logits = model(**batch.inputs()).logits  # (B, T, V)
-                token_logp, mask = token_logprobs(logits, batch.labels, vocab_chunk)
-                ref = None if data.ref_logp is None else data.ref_logp[idx].to(device)
                 loss = distributed.weighted(checked_loss(
-                    method, "forget_loss", ForgetBatch(token_logp, mask, n_tokens, n_seq, ref),
+                    method, "forget_loss", forget_batch(method, model, data, idx, device,
+                                                        precision, (n_tokens, n_seq),
+                                                        vocab_chunk),
                     step, cell), weight)
             if j < len(retain_work):
                 idx, weight = retain_work[j]
@@ -395,21 +395,44 @@ def backward(method: Method, model: torch.nn.Module, data: CellData,
     return distributed.all_reduce_sum(total)
 
 
+def forget_batch(method: Method, model: torch.nn.Module, data: CellData, idx: list[int],
+                 device: torch.device, precision: str, counts: tuple[int, int],
+                 vocab_chunk: int | None = None) -> ForgetBatch:
+    """One forget micro-batch: the token log-probabilities, the cached reference
+    log-probabilities (``needs_reference``), the logits and labels (``needs_logits``) and
+    the reference model's logits (``needs_reference_logits``). ``counts``: the effective
+    batch's target tokens and sequences."""
+    batch = collate([data.forget[i] for i in idx], data.pad_id).to(device)
+    teacher = (reference_logits(model, data, batch.inputs())
+               if method.needs_reference_logits else None)
+    with autocast(device, precision):
+        logits = model(**batch.inputs()).logits  # (B, T, V)
+    token_logp, mask = token_logprobs(logits, batch.labels, vocab_chunk)
+    ref = None if data.ref_logp is None else data.ref_logp[idx].to(device)
+    full = method.needs_logits
+    return ForgetBatch(token_logp, mask, *counts, ref, logits if full else None,
+                       batch.labels if full else None, teacher)
+
+
+def reference_logits(model: torch.nn.Module, data: CellData, inputs: dict) -> torch.Tensor:
+    """The reference (path) model's logits on ``inputs``, without gradients: the frozen copy,
+    or under LoRA the model with its adapter switched off."""
+    with torch.no_grad():
+        if data.ref_model is not None:
+            return data.ref_model(**inputs).logits
+        base = distributed.unwrap(model)  # outside DDP: no gradient reduction
+        with base.disable_adapter():
+            return base(**inputs).logits
+
+
 def retain_batch(method: Method, model: torch.nn.Module, data: CellData, idx: list[int],
                  device: torch.device, precision: str, n_tokens: int,
                  vocab_chunk: int | None = None) -> RetainBatch:
     """One retain micro-batch with the model's logits (and the reference model's when the
     method needs them: a frozen copy, or under LoRA the adapter switched off)."""
     batch = collate([data.retain[i] for i in idx], data.pad_id).to(device)
-    ref_logits = None
-    if method.needs_reference_model:
-        with torch.no_grad():
-            if data.ref_model is not None:
-                ref_logits = data.ref_model(**batch.inputs()).logits
-            else:  # LoRA: the reference is the path model, i.e. the adapter switched off
-                base = distributed.unwrap(model)  # outside DDP: no gradient reduction
-                with base.disable_adapter():
-                    ref_logits = base(**batch.inputs()).logits
+    ref_logits = (reference_logits(model, data, batch.inputs())
+                  if method.needs_reference_model else None)
     with autocast(device, precision):
         logits = model(**batch.inputs()).logits
     return RetainBatch(logits, batch.labels, n_tokens, ref_logits, vocab_chunk)
