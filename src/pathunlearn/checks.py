@@ -94,6 +94,7 @@ def inspect_inputs(cfg: ExperimentConfig) -> Inspection:
     probes, notes = _check_probes(cfg, problems, broken)
     _check_math(cfg, problems)
     _check_lmeval(cfg, problems)
+    _check_gradnorm(cfg, problems)
     from pathunlearn.models import check_architecture, check_model_files, resolve_device
 
     model_lines = check_model_files(cfg.model) or check_architecture(cfg.model)
@@ -264,6 +265,16 @@ def _check_distributed(cfg: ExperimentConfig, problems: Problems) -> None:
         problems.add("distributed.strategy: fsdp shards full finetuning; with LoRA use ddp")
     with problems.at("distributed.backend"):
         distributed.backend_for(cfg.distributed.backend)
+
+
+def _check_gradnorm(cfg: ExperimentConfig, problems: Problems) -> None:
+    """The GradNorm attack takes a backward pass per item on the model as one process holds
+    it: not under a launcher (a sharded model's gradient is split across processes)."""
+    from pathunlearn import distributed
+
+    if distributed.launched() > 1 and any("gradnorm" in p.metrics for p in cfg.probes.sets):
+        problems.add("probes.sets: the metric gradnorm is not supported under torchrun; leave "
+                     "it out there (the other attacks are)")
 
 
 def _check_lmeval(cfg: ExperimentConfig, problems: Problems) -> None:

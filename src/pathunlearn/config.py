@@ -290,7 +290,9 @@ class DistributedConfig(StrictModel):
     """`auto`: nccl on CUDA, gloo on CPU."""
 
 
-BUILTIN_METHOD_NAMES = ("ga", "npo", "simnpo", "graddiff", "npo_retain", "npo_kl")
+BUILTIN_METHOD_NAMES = ("ga", "npo", "simnpo", "graddiff", "npo_retain", "npo_kl", "wga",
+                        "wga_retain", "satimp", "satimp_retain", "ceu", "undial",
+                        "undial_retain")
 """The names of the built-in methods (``pathunlearn.methods.BUILTIN_METHODS``; a test checks
 they agree): the bases of the labels :func:`parse_method_label` reads."""
 
@@ -335,7 +337,8 @@ class MethodConfig(StrictModel):
     an import path `package.module:Class`, a file `path/to/file.py:Class` (relative to the
     config file's folder), or the name of an entry point of the group `pathunlearn.methods`."""
     beta: float | None = Field(None, gt=0)
-    """Inverse temperature of NPO (default 0.5) and SimNPO (default 1.0)."""
+    """Inverse temperature of NPO (default 0.5) and SimNPO (default 1.0); WGA's exponent
+    (default 1.0); UNDIAL's logit adjustment (default 10). `pathunlearn methods` lists all."""
     retain_weight: float = Field(1.0, ge=0)
     """lambda: weight of the retain term of the weakly-local methods."""
     length_normalize: bool = False
@@ -343,7 +346,8 @@ class MethodConfig(StrictModel):
     gamma: float = 0.0
     """SimNPO margin, with length_normalize."""
     options: dict[str, Any] = {}
-    """Settings of a user's method, read by it as `self.options` (built-in methods take none)."""
+    """Settings of a user's method, read by it as `self.options`; of a built-in one, those
+    `pathunlearn methods` lists (satimp: beta1, beta2; ceu: ignore_first_n)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -486,7 +490,7 @@ class UnlearningConfig(OptimConfig):
 
 
 ProbeKind = Literal["forget_label", "forget_response", "utility", "heldout", "track"]
-FieldMetric = Literal["prob", "truth_ratio", "rouge", "mia", "memorization"]
+FieldMetric = Literal["prob", "truth_ratio", "rouge", "mia", "memorization", "gradnorm"]
 FieldRole = Literal["forget", "retain", "real_authors", "world_facts", "holdout"]
 
 
@@ -530,7 +534,9 @@ class ProbeConfig(StrictModel):
     `perturbed_answer`, and on the forget and retain sets its `paraphrased_answer`: TOFU's
     `*_perturbed` subsets), `rouge` (greedy generation at the first and last eval point),
     `mia` (membership inference of the `forget` set against the `holdout` set),
-    `memorization` (exact memorization and extraction strength, teacher-forced). With a
+    `memorization` (exact memorization and extraction strength, teacher-forced), `gradnorm`
+    (the GradNorm attack beside `mia`'s: a backward pass per item, at the first and last eval
+    point; forget and holdout sets). With a
     `forget` and a `holdout` set, cells also report forget quality (a KS test against the
     path's own retrain model), model utility (with `retain`, `real_authors` and `world_facts`
     sets) and privleak. Every item's values go to the cell's items.jsonl."""
@@ -557,7 +563,11 @@ class ProbeConfig(StrictModel):
                              "heldout")
         if self.role == "holdout" and {"truth_ratio", "rouge", "memorization"} & set(
                 self.metrics):
-            raise ValueError("a `holdout` set has `prob` and `mia` only")
+            raise ValueError("a `holdout` set has `prob`, `mia` and `gradnorm` only")
+        if "gradnorm" in self.metrics and (self.role not in ("forget", "holdout")
+                                           or "mia" not in self.metrics):
+            raise ValueError("`gradnorm` is a membership-inference attack: on a `forget` or "
+                             "`holdout` set, with `mia`")
         return self
 
     @property

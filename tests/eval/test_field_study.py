@@ -77,7 +77,7 @@ def field_sets(tofu_dir) -> list[dict]:
     gen = ["prob", "truth_ratio", "rouge"]
     return [
         {"name": "tofu_forget", "source": f"tofu:{tofu_dir}:forget10_perturbed",
-         "role": "forget", "metrics": [*gen, "mia", "memorization"]},
+         "role": "forget", "metrics": [*gen, "mia", "memorization", "gradnorm"]},
         {"name": "tofu_retain", "source": f"tofu:{tofu_dir}:retain_perturbed", "role": "retain",
          "metrics": gen},
         {"name": "tofu_real", "source": f"tofu:{tofu_dir}:real_authors_perturbed",
@@ -85,7 +85,7 @@ def field_sets(tofu_dir) -> list[dict]:
         {"name": "tofu_world", "source": f"tofu:{tofu_dir}:world_facts_perturbed",
          "role": "world_facts", "metrics": gen},
         {"name": "tofu_holdout", "source": f"tofu:{tofu_dir}:holdout10", "role": "holdout",
-         "metrics": ["prob", "mia"]},
+         "metrics": ["prob", "mia", "gradnorm"]},
     ]
 
 
@@ -205,6 +205,15 @@ def test_items_recompute_every_aggregate(study):
             assert row["mia_reference/auc"] == pytest.approx(mia.auc(*scores))
             generated = step in (0, 2)  # ROUGE at the first and last eval point only
             assert ("tofu_forget/rougeL" in row) == generated == ("model_utility" in row)
+            assert ("mia_gradnorm/auc" in row) == generated  # GradNorm there too
+            if generated:
+                grad = [[it["mia_gradnorm"] for it in at[n]] for n in ("tofu_forget",
+                                                                       "tofu_holdout")]
+                assert row["mia_gradnorm/auc"] == pytest.approx(mia.auc(*grad))
+                assert row["mia_gradnorm/privleak"] == pytest.approx(
+                    ((1 - mia.auc(*grad)) - (1 - ref["auc"]["gradnorm"]))
+                    / (1 - ref["auc"]["gradnorm"] + 1e-10) * 100) \
+                    if ref["auc"]["gradnorm"] < 1 else "mia_gradnorm/privleak" not in row
             if generated:
                 parts = []
                 for name in ("tofu_retain", "tofu_real", "tofu_world"):
@@ -345,3 +354,29 @@ def test_lm_eval_tasks_run_on_path_models_and_cells_and_reach_the_table(study, m
     direct = evaluate(model, tok, ["pathunlearn_everyday"], include_path=LMEVAL_TASK)
     assert direct["pathunlearn_everyday"] == pytest.approx(
         first.summary["lmeval_before"]["pathunlearn_everyday"])
+
+
+def test_gradnorm_at_step_0_is_the_path_models_own(study):
+    """A cell's GradNorm scores at step 0 (full finetuning: the path model's weights) equal
+    eval.mia.gradnorm_score of each answer's mean token NLL under the path model itself."""
+    import torch
+
+    from pathunlearn.data.chat import encode_prompt_target
+    from pathunlearn.models import load_checkpoint
+    from pathunlearn.rundir import load_run, prefix_dir, read_items
+
+    run = load_run(study)
+    record = run.cells[0]
+    forget = next(p for p in run.probes if p.role == "forget")
+    items = [r for r in read_items(record.directory)
+             if r["step"] == 0 and r["probe"] == forget.name]
+    model, tok = load_checkpoint(prefix_dir(study, record.cell.model_key), run.config.model,
+                                 "cpu")
+    model.eval()
+    for it in items[:2]:
+        prompt, answer = forget.rows[it["item"] * forget.group_size]
+        ex = encode_prompt_target(tok, prompt, answer, run.config.model.max_length)
+        logits = model(input_ids=torch.tensor([ex.input_ids])).logits[0, :-1]
+        nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ex.labels[1:]),
+                                                ignore_index=-100)
+        assert it["mia_gradnorm"] == pytest.approx(mia.gradnorm_score(model, nll), rel=1e-4)

@@ -15,12 +15,14 @@ one, in (``eval/`` sits below ``rundir`` in ARCHITECTURE.md's picture).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
 from pathunlearn import distributed
 from pathunlearn import metrics as M
 from pathunlearn.data.chat import EncodedExample
+from pathunlearn.eval import mia
 from pathunlearn.eval.divergence import (
     Reference,
     heldout_examples,
@@ -70,6 +72,7 @@ class CellProbes:
         self.field_sets = [FieldSet.of(p) for p in probe_sets if p.metrics and p.scored]
         self.field_reference, self.rouge_tokens = field_reference, rouge_tokens
         self.items: list[dict] = []
+        self.max_length = max_length
         self.encoded = encode_probes(tokenizer, probe_sets, max_length)
         self.prepared: Prepared | None = None  # the batches, worked out at the first call
         self.heldout = heldout_set(tokenizer, probe_sets, max_length)
@@ -105,16 +108,19 @@ class CellProbes:
 
     def _field(self, model: torch.nn.Module, scores: dict, generate: bool) -> dict:
         items, values = field_items(model, self.tokenizer, self.field_sets, scores,
-                                    self.rouge_tokens if generate else None)
+                                    self.rouge_tokens if generate else None, self.max_length)
         self.items = [{"probe": name, **it} for name, its in items.items() for it in its]
         return values | cross_metrics(self.field_sets, items, values, self.field_reference)
 
 
 def field_items(model: torch.nn.Module, tokenizer, field_sets: list[FieldSet], scores: dict,
-                rouge_tokens: int | None) -> tuple[dict[str, list[dict]], dict[str, float]]:
+                rouge_tokens: int | None, max_length: int = 256
+                ) -> tuple[dict[str, list[dict]], dict[str, float]]:
     """Per field set its items' values and its aggregates, from its rows' ``scores``
-    (:func:`~pathunlearn.eval.probes.score_probe_rows`); with ``rouge_tokens``, the sets with
-    ``rouge`` are generated greedily (at most that many new tokens) and scored."""
+    (:func:`~pathunlearn.eval.probes.score_probe_rows`); with ``rouge_tokens`` (the first and
+    last eval point), the sets with ``rouge`` are generated greedily (at most that many new
+    tokens) and scored, and the sets with ``gradnorm`` get each answer's GradNorm score (a
+    backward pass per item)."""
     generated = [fs for fs in field_sets if rouge_tokens is not None and "rouge" in fs.metrics]
     # every set's prompts in one greedy call: the decoding steps are shared across sets
     texts = iter([g[0] for g in generate(
@@ -124,8 +130,34 @@ def field_items(model: torch.nn.Module, tokenizer, field_sets: list[FieldSet], s
     for fs in field_sets:
         generations = [next(texts) for _ in fs.prompts] if fs in generated else None
         items[fs.name] = item_values(fs, scores[fs.name], generations)
+        if rouge_tokens is not None and "gradnorm" in fs.metrics:
+            for it, g in zip(items[fs.name], gradnorms(model, tokenizer, fs, max_length),
+                             strict=True):
+                it["mia_gradnorm"] = g
         values |= set_metrics(fs, items[fs.name])
     return items, values
+
+
+def gradnorms(model: torch.nn.Module, tokenizer, fs: FieldSet, max_length: int) -> list[float]:
+    """The GradNorm attack's score of each item's answer (:func:`pathunlearn.eval.mia.
+    gradnorm_score`: the mean over the trained parameter tensors of the gradient's 2-norm of
+    the answer's mean token NLL); no ``.grad`` of the model is touched."""
+    from pathunlearn.data.batching import collate
+    from pathunlearn.eval.logprob import encode_rows, eval_mode
+    from pathunlearn.losses import IGNORE_INDEX
+
+    device = next(model.parameters()).device
+    out = []
+    with eval_mode(model):
+        for example in encode_rows(tokenizer, list(zip(fs.prompts, fs.answers, strict=True)),
+                                   max_length):
+            batch = collate([example], tokenizer.pad_token_id)
+            logits = model(**{k: v.to(device) for k, v in batch.inputs().items()}).logits
+            labels = batch.labels[:, 1:].to(device)
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+            out.append(mia.gradnorm_score(model, nll))
+    return out
 
 
 def retrain_field_reference(key: str | None, load: Callable[[str], tuple],
@@ -149,7 +181,11 @@ def field_reference(model: torch.nn.Module, tokenizer, probe_sets: list[ProbeSet
     scored = [p for p in probe_sets if p.metrics and p.scored]
     field_sets = [FieldSet.of(p) for p in scored]
     scores = score_probe_rows(model, tokenizer, scored, max_length=max_length)
-    items, _ = field_items(model, tokenizer, field_sets, scores, None)
+    # no generation (ROUGE is the cell's own), but the GradNorm scores privleak compares with
+    gradnorm = any("gradnorm" in fs.metrics for fs in field_sets)
+    items, _ = field_items(model, tokenizer, [replace(fs, metrics=tuple(
+        m for m in fs.metrics if m != "rouge")) for fs in field_sets], scores,
+        0 if gradnorm else None, max_length)
     return reference_of(field_sets, items)
 
 

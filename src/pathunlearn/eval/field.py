@@ -230,8 +230,10 @@ def mia_aucs(roles: dict[str, tuple]) -> dict[str, float]:
     if not all(r in roles and "mia" in roles[r][0].metrics for r in ("forget", "holdout")):
         return {}
     forget, holdout = roles["forget"][1], roles["holdout"][1]
+    attacks = [a for a in (*MIA_ATTACKS, "gradnorm")
+               if all(f"mia_{a}" in it for it in forget + holdout)]
     return {a: mia.auc([it[f"mia_{a}"] for it in forget], [it[f"mia_{a}"] for it in holdout])
-            for a in MIA_ATTACKS}
+            for a in attacks}
 
 
 def cross_metrics(sets: Sequence[FieldSet], items: dict[str, list[dict]], set_values: dict,
