@@ -161,15 +161,16 @@ def retain_loss(method: MethodConfig, logits, labels, ref_logits=None):
 def test_method_objects_cover_every_built_in_method():
     names = set(BUILTIN_METHODS)
     local = {n for n, m in BUILTIN_METHODS.items() if m.local}
-    assert local == {"ga", "npo", "simnpo"}
-    assert names - local == {"graddiff", "npo_retain", "npo_kl"}
+    assert local == {"ga", "npo", "simnpo", "weighted_ga", "satimp", "ceu", "undial", "dpo"}
+    assert names - local == {"graddiff", "npo_retain", "npo_kl", "weighted_ga_retain",
+                             "satimp_retain", "undial_retain", "dpo_retain"}
     assert BUILTIN_METHODS["npo"].default_beta == 0.5
     assert BUILTIN_METHODS["simnpo"].default_beta == 1.0
     assert make_method(MethodConfig(name="npo")).beta == 0.5
     assert make_method(MethodConfig(name="npo", beta=0.1)).beta == 0.1
     assert make_method(MethodConfig(name="ga")).beta is None
     needs_ref = {n for n, m in BUILTIN_METHODS.items() if m.needs_reference}
-    assert needs_ref == {"npo", "npo_retain", "npo_kl"}
+    assert needs_ref == {"npo", "npo_retain", "npo_kl", "dpo", "dpo_retain"}
     assert {n for n, m in BUILTIN_METHODS.items() if m.needs_reference_model} == {"npo_kl"}
 
 

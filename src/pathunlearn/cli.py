@@ -699,6 +699,31 @@ def eval_lmeval(
                       soft_wrap=True)
 
 
+# ---------------------------------------------------------------------------- methods
+
+
+@app.command("methods")
+def methods_command(
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON list.")] = False,
+) -> None:
+    """List the built-in unlearning methods: locality, what a cell caches for each, their
+    settings and defaults (docs/methods.md)."""
+    import json
+
+    from pathunlearn.methods import method_listing
+
+    rows = method_listing()
+    if json_output:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    for r in rows:
+        settings = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in r["settings"].items()) or "-"
+        console.print(f"{r['name']:<20} {'local' if r['local'] else 'weakly local':<13} "
+                      f"caches: {', '.join(r['caches']) or '-':<40} {settings}  "
+                      f"{r['about']}", highlight=False, markup=False, soft_wrap=True)
+
+
 # ---------------------------------------------------------------------------- serve
 
 

@@ -290,9 +290,9 @@ class DistributedConfig(StrictModel):
     """`auto`: nccl on CUDA, gloo on CPU."""
 
 
-BUILTIN_METHOD_NAMES = ("ga", "npo", "simnpo", "graddiff", "npo_retain", "npo_kl", "wga",
-                        "wga_retain", "satimp", "satimp_retain", "ceu", "undial",
-                        "undial_retain")
+BUILTIN_METHOD_NAMES = ("ga", "npo", "simnpo", "graddiff", "npo_retain", "npo_kl",
+                        "weighted_ga", "weighted_ga_retain", "satimp", "satimp_retain", "ceu",
+                        "undial", "undial_retain", "dpo", "dpo_retain")
 """The names of the built-in methods (``pathunlearn.methods.BUILTIN_METHODS``; a test checks
 they agree): the bases of the labels :func:`parse_method_label` reads."""
 

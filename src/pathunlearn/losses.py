@@ -6,11 +6,13 @@ position t predict the token at t + 1, so labels are shifted by one inside these
 Unlearning losses (all to be *minimised*; log pi(y|x) is the sum of the response tokens'
 log-probabilities, as :func:`sequence_logprobs` returns it):
 
-- forget terms: ``ga_loss``, ``npo_loss``, ``simnpo_loss``;
+- forget terms: ``ga_loss``, ``npo_loss``, ``simnpo_loss``, ``wga_loss``, ``satimp_loss``,
+  ``ceu_loss``, ``undial_loss``, ``dpo_loss``;
 - retain terms of the weakly-local methods: ``retain_nll``, ``kl_to_reference``.
 
 The unlearning methods that combine them (GA, NPO, SimNPO, GradDiff, NPO + retain NLL,
-NPO + KL) are objects in :mod:`pathunlearn.methods`.
+NPO + KL, WGA, SatImp, CE-U, UNDIAL and their retain variants) are objects in
+:mod:`pathunlearn.methods`.
 
 Micro-batches: every loss takes its divisor explicitly (``num_tokens`` for token means,
 ``num_sequences`` for sequence means). Pass the count of the whole *effective* batch and the
@@ -139,6 +141,108 @@ def simnpo_loss(logp: torch.Tensor, beta: float = 1.0, lengths: torch.Tensor | N
     else:
         z = -beta * logp / lengths.to(logp).clamp_min(1) - gamma
     return -(2.0 / beta) * F.logsigmoid(z).sum() / max(n, 1)
+
+
+def weighted_ga_loss(token_logp: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                     num_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient ascent with a constant (detached) weight per token:
+    loss = sum_{b,t} mask * w[b,t] * token_logp[b,t] / N (N as in :func:`ga_loss`)."""
+    n = mask.sum() if num_tokens is None else num_tokens
+    return (weight.detach() * token_logp * mask).sum() / _at_least_one(n)
+
+
+def wga_loss(token_logp: torch.Tensor, mask: torch.Tensor, beta: float = 1.0,
+             num_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted gradient ascent (WGA; Wang et al. 2025, "Rethinking LLM Unlearning Objectives:
+    A Gradient Perspective and Go Beyond", ICLR; OpenUnlearning's ``compute_wga_loss``).
+
+    loss = sum_{b,t} mask * p_t^beta * log p_t / N, p_t = exp(token_logp) detached (a weight,
+    not differentiated): tokens the model no longer predicts stop pulling, which slows the
+    collapse of plain GA. token_logp, mask (B, T-1) -> scalar; N as in :func:`ga_loss`.
+    """
+    return weighted_ga_loss(token_logp, mask, token_logp.detach().exp() ** beta, num_tokens)
+
+
+def satimp_loss(token_logp: torch.Tensor, mask: torch.Tensor, beta1: float = 5.0,
+                beta2: float = 1.0, num_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
+    """SatImp (Yang et al. 2025, "Exploring Criteria of Loss Reweighting to Enhance LLM
+    Unlearning", ICML; OpenUnlearning's ``compute_satimp_loss``): GA with the product of a
+    saturation weight p^beta1 and an importance weight (1 - p)^beta2, both detached.
+
+    loss = sum_{b,t} mask * p_t^beta1 * (1 - p_t)^beta2 * log p_t / N.
+    """
+    p = token_logp.detach().exp()
+    return weighted_ga_loss(token_logp, mask, p ** beta1 * (1 - p) ** beta2, num_tokens)
+
+
+def skip_first_targets(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """``mask`` (B, T-1) without the first ``n`` target positions of each row."""
+    return mask & (mask.cumsum(-1) > n)
+
+
+def ceu_loss(logits: torch.Tensor, labels: torch.Tensor,
+             num_tokens: int | torch.Tensor | None = None, skip_first: int = 1) -> torch.Tensor:
+    """Cross-entropy unlearning (CE-U; Yang et al. 2025, "CE-U: Cross Entropy Unlearning",
+    arXiv:2503.01224; OpenUnlearning's ``cross_entropy_unlearning_loss``).
+
+    At each target position t, q_t = softmax(z_t with z_t[y_t] = -inf), detached (the model's
+    own distribution with the true token removed), and
+        loss = sum_{b,t kept} sum_v -q_t(v) * log softmax(z_t)(v) / N,
+    N = ``num_tokens`` or the kept positions' count. The first ``skip_first`` target tokens of
+    each response are not kept (the paper's footnote). OpenUnlearning averages over the kept
+    positions; a given N (the effective batch's target tokens, skipped ones included) makes
+    micro-batches add up instead. logits (B, T, V), labels (B, T) -> scalar.
+    """
+    targets = labels[:, 1:]
+    keep = skip_first_targets(targets != IGNORE_INDEX, skip_first)
+    n = keep.sum() if num_tokens is None else num_tokens
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    rows = logits[:, :-1][keep].float()  # (N, V)
+    masked = rows.detach().scatter(-1, targets[keep][:, None], float("-inf"))
+    q = torch.softmax(masked, dim=-1)
+    return -(q * torch.log_softmax(rows, dim=-1)).sum() / _at_least_one(n)
+
+
+def undial_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor,
+                beta: float = 10.0, num_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
+    """UNDIAL (Dong et al. 2025, "UNDIAL: Self-Distillation with Adjusted Logits for Robust
+    Unlearning in Large Language Models", NAACL; OpenUnlearning's ``compute_undial_loss``).
+
+    The teacher is the reference (the path model before unlearning) with the true token's
+    logit lowered by ``beta``: q_t = softmax(z_ref,t - beta * onehot(y_t)), and
+        loss = sum_{b,t target} sum_v -q_t(v) * log softmax(z_t)(v) / N.
+    OpenUnlearning averages over every position of the sequence (prompt included); this
+    averages over target positions (N = ``num_tokens`` or their count), like every other
+    forget term here. logits, ref_logits (B, T, V), labels (B, T) -> scalar.
+    """
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    n = mask.sum() if num_tokens is None else num_tokens
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    rows = logits[:, :-1][mask].float()  # (N, V)
+    teacher = ref_logits[:, :-1][mask].float().detach()
+    teacher = teacher.scatter_add(-1, targets[mask][:, None],
+                                  torch.full_like(teacher[:, :1], -beta))
+    q = torch.softmax(teacher, dim=-1)
+    return -(q * torch.log_softmax(rows, dim=-1)).sum() / _at_least_one(n)
+
+
+def dpo_loss(win_logp: torch.Tensor, win_ref_logp: torch.Tensor, lose_logp: torch.Tensor,
+             lose_ref_logp: torch.Tensor, beta: float = 1.0,
+             num_sequences: int | None = None) -> torch.Tensor:
+    """DPO as unlearning (Rafailov et al. 2023; as OpenUnlearning's ``compute_dpo_loss`` and
+    TOFU's IdkDPO): the alternate answer wins, the forget answer loses.
+
+    loss = -(2/beta) * sum_i log sigmoid(beta * ((w_i - w_ref,i) - (l_i - l_ref,i))) / n,
+    w, l (B,): summed log-probabilities of the alternate and the forget response under the
+    model, w_ref, l_ref under the reference (the path model); n = ``num_sequences`` or B.
+    Equals (2/beta) log 2 while the model is still the reference.
+    """
+    n = win_logp.numel() if num_sequences is None else num_sequences
+    margin = (win_logp - win_ref_logp.to(win_logp)) - (lose_logp - lose_ref_logp.to(lose_logp))
+    return -(2.0 / beta) * F.logsigmoid(beta * margin).sum() / max(n, 1)
 
 
 def retain_nll(logits: torch.Tensor, labels: torch.Tensor,

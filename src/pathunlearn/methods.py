@@ -10,11 +10,21 @@ A method is a subclass of :class:`Method` with
   model before unlearning (computed once per cell, then looked up per micro-batch);
 - ``needs_reference_model``: whether its retain term needs the reference model's logits on
   the retain batch (under LoRA the path model is the model with the adapter switched off);
+- ``needs_logits``: whether its forget term needs the model's full (B, T, V) logits and the
+  labels (``batch.logits``, ``batch.labels``; off by default: they are the biggest tensors);
+- ``needs_reference_logits``: whether its forget term needs the reference model's (B, T, V)
+  logits on the forget batch (``batch.ref_logits``: a teacher, as UNDIAL's);
+- ``needs_alternates``: whether its forget term needs an alternate answer to each forget
+  prompt (``batch.alt_logp``, ``batch.alt_ref_logp``: DPO's winner), drawn per example from
+  ``IDK_ANSWERS`` or from the file of the method's ``alternates`` option;
+- ``option_defaults``: a built-in method's own settings (``options``) and their defaults;
+  a key it does not list is an error (None: any options, a user's method reads its own);
 - ``forget_loss(batch)``: the forget-set term of one micro-batch (to be *minimised*);
 - ``retain_loss(batch)``: the retain-set term of one retain micro-batch (weakly local only).
 
-The built-in methods (GA, NPO, SimNPO; GradDiff, NPO + retain NLL, NPO + KL) are defined below
-exactly as a user's method is. A config names a method by its built-in name, by an import path
+The built-in methods (GA, NPO, SimNPO, WGA, SatImp, CE-U, UNDIAL; GradDiff, NPO + retain NLL,
+NPO + KL, and WGA, SatImp, UNDIAL with a retain NLL) are defined below exactly as a user's
+method is; ``pathunlearn methods`` lists them. A config names a method by its built-in name, by an import path
 ``package.module:Class``, by a file ``path/to/file.py:Class`` or by an entry point of the group
 ``pathunlearn.methods``; see ``examples/custom_method.py``:
 
@@ -48,7 +58,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from pathunlearn.errors import ConfigError
-from pathunlearn.losses import ga_loss, kl_to_reference, npo_loss, retain_nll, simnpo_loss
+from pathunlearn.losses import (
+    ceu_loss,
+    dpo_loss,
+    ga_loss,
+    kl_to_reference,
+    npo_loss,
+    retain_nll,
+    satimp_loss,
+    simnpo_loss,
+    undial_loss,
+    wga_loss,
+)
 
 if TYPE_CHECKING:
     from pathunlearn.config import MethodConfig
@@ -72,6 +93,20 @@ class ForgetBatch:
     ref_logp: torch.Tensor | None = None
     """(B,) log pi_ref(y|x) of these sequences under the path model before unlearning; set
     when the method has ``needs_reference``."""
+    logits: torch.Tensor | None = None
+    """(B, T, V) the model's logits (differentiable); set when the method has
+    ``needs_logits``."""
+    labels: torch.Tensor | None = None
+    """(B, T) target ids, -100 where there is no target; set with ``needs_logits``."""
+    ref_logits: torch.Tensor | None = None
+    """(B, T, V) the reference model's logits on this batch; set when the method has
+    ``needs_reference_logits``."""
+    alt_logp: torch.Tensor | None = None
+    """(B,) log pi(a|x) of each prompt's alternate answer under the model (differentiable);
+    set when the method has ``needs_alternates``."""
+    alt_ref_logp: torch.Tensor | None = None
+    """(B,) log pi_ref(a|x) of the alternate answers under the path model before
+    unlearning; set with ``needs_alternates``."""
 
     @property
     def logp(self) -> torch.Tensor:
@@ -115,9 +150,25 @@ class Method:
     default_beta: ClassVar[float | None] = None
     needs_reference: ClassVar[bool] = False
     needs_reference_model: ClassVar[bool] = False
+    needs_logits: ClassVar[bool] = False
+    needs_reference_logits: ClassVar[bool] = False
+    needs_alternates: ClassVar[bool] = False
+    option_defaults: ClassVar[dict[str, float | str] | None] = None
 
     def __init__(self, config: MethodConfig):
         self.config = config
+        known = type(self).option_defaults
+        if known is not None:
+            bad = sorted(set(config.options) - set(known))
+            if bad:
+                raise ConfigError(f"method {config.name!r}: unknown option {bad[0]!r} (its "
+                                  f"options: {', '.join(known) or 'none'})")
+            for key, value in config.options.items():
+                text = isinstance(known[key], str)
+                if (not isinstance(value, str) if text else
+                        isinstance(value, bool) or not isinstance(value, int | float)):
+                    raise ConfigError(f"method {config.name!r}: option {key!r} must be "
+                                      f"{'a string' if text else 'a number'}, got {value!r}")
 
     @property
     def beta(self) -> float | None:
@@ -126,12 +177,18 @@ class Method:
 
     @property
     def options(self) -> dict[str, Any]:
-        return dict(self.config.options)
+        """``config.options`` over the method's ``option_defaults``."""
+        return {**(type(self).option_defaults or {}), **self.config.options}
 
     def variant(self) -> list[str]:
         """Settings always named in the method's label because they change what it is (e.g.
         SimNPO's length normalisation: ``simnpo-norm``); empty for most methods."""
         return []
+
+    def data_identity(self) -> dict[str, str]:
+        """The content of data files the method's options name, as a cell's key holds it (so
+        editing the file recomputes the cells); empty for most methods."""
+        return {}
 
     def describe(self) -> str:
         """One line saying what ran: the first line of the class docstring, beta, options and
@@ -238,9 +295,229 @@ class NPOKL(NPO):
                                                            batch.labels, batch.num_tokens)
 
 
+class WGA(Method):
+    """WGA: gradient ascent weighted by the model's own token probabilities.
+
+    loss = sum_t p_t^beta * log p_t / N over the forget response tokens, p_t detached
+    (:func:`pathunlearn.losses.wga_loss`). Source: Wang et al. 2025, "Rethinking LLM
+    Unlearning Objectives: A Gradient Perspective and Go Beyond" (ICLR); defaults from
+    OpenUnlearning's ``configs/trainer/WGA.yaml`` (beta 1). OpenUnlearning's WGA always adds
+    a retain NLL (alpha 1); here that is ``weighted_ga_retain``, and ``weighted_ga`` the local
+    forget term. (Named ``weighted_ga``: ``wga`` is the name of the user's method in
+    ``examples/custom_method.py``, the same idea written as a plug-in.)
+    """
+
+    name = "weighted_ga"
+    default_beta = 1.0
+
+    def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
+        return wga_loss(batch.token_logp, batch.mask, self.beta, batch.num_tokens)
+
+
+class WGARetain(WGA):
+    """WGA on the forget set + lambda * NLL on retain data (OpenUnlearning's WGA)."""
+
+    name = "weighted_ga_retain"
+    local = False
+
+    def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
+        return weighted_retain_nll(self, batch)
+
+
+class SatImp(Method):
+    """SatImp: gradient ascent weighted by saturation p^beta1 and importance (1-p)^beta2.
+
+    loss = sum_t p_t^beta1 (1 - p_t)^beta2 log p_t / N, weights detached
+    (:func:`pathunlearn.losses.satimp_loss`). Source: Yang et al. 2025, "Exploring Criteria
+    of Loss Reweighting to Enhance LLM Unlearning" (ICML); defaults from OpenUnlearning's
+    ``configs/trainer/SatImp.yaml`` (options beta1 5, beta2 1). OpenUnlearning's SatImp
+    weighs its forget term by gamma 0.1 and adds a retain NLL (alpha 1): ``satimp_retain``
+    with ``retain_weight: 10`` has the same ratio of the two terms (at a 10x larger scale).
+    """
+
+    name = "satimp"
+    option_defaults = {"beta1": 5.0, "beta2": 1.0}
+
+    def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
+        o = self.options
+        return satimp_loss(batch.token_logp, batch.mask, o["beta1"], o["beta2"],
+                           batch.num_tokens)
+
+
+class SatImpRetain(SatImp):
+    """SatImp on the forget set + lambda * NLL on retain data (OpenUnlearning's SatImp)."""
+
+    name = "satimp_retain"
+    local = False
+
+    def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
+        return weighted_retain_nll(self, batch)
+
+
+class CEU(Method):
+    """CE-U: cross-entropy to the model's own distribution with the true token removed.
+
+    loss = sum_t -sum_v q_t(v) log p_t(v) / N, q_t = softmax(logits_t with the true token's
+    logit at -inf), detached; the first ``ignore_first_n`` response tokens are skipped
+    (:func:`pathunlearn.losses.ceu_loss`). Source: Yang et al. 2025, "CE-U: Cross Entropy
+    Unlearning" (arXiv:2503.01224); OpenUnlearning's ``ceu.py`` (ignore_first_n_answer_tokens
+    1). Forget term only, as there. Divides by the effective batch's target tokens (skipped
+    ones included) where OpenUnlearning takes the mean over the kept positions.
+    """
+
+    name = "ceu"
+    needs_logits = True
+    option_defaults = {"ignore_first_n": 1}
+
+    def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
+        if batch.logits is None or batch.labels is None:
+            raise ValueError(f"{self.name} needs the logits and labels (needs_logits)")
+        return ceu_loss(batch.logits, batch.labels, batch.num_tokens,
+                        int(self.options["ignore_first_n"]))
+
+
+class UNDIAL(Method):
+    """UNDIAL: self-distillation from the path model with the true token's logit lowered.
+
+    loss = sum_t -sum_v q_t(v) log p_t(v) / N, q_t = softmax(z_ref,t - beta onehot(y_t)) with
+    z_ref the path model's logits before unlearning (:func:`pathunlearn.losses.undial_loss`).
+    Source: Dong et al. 2025, "UNDIAL: Self-Distillation with Adjusted Logits for Robust
+    Unlearning in Large Language Models" (NAACL); defaults from OpenUnlearning's
+    ``configs/trainer/UNDIAL.yaml`` (beta 10, retain weight alpha 0: the local ``undial``;
+    ``undial_retain`` adds lambda * NLL). Averages over response tokens, where OpenUnlearning
+    averages over every position.
+    """
+
+    name = "undial"
+    default_beta = 10.0
+    needs_logits = True
+    needs_reference_logits = True
+
+    def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
+        if batch.logits is None or batch.ref_logits is None:
+            raise ValueError(f"{self.name} needs the logits and the reference's ref_logits")
+        return undial_loss(batch.logits, batch.ref_logits, batch.labels, self.beta,
+                           batch.num_tokens)
+
+
+class UNDIALRetain(UNDIAL):
+    """UNDIAL on the forget set + lambda * NLL on retain data."""
+
+    name = "undial_retain"
+    local = False
+
+    def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
+        return weighted_retain_nll(self, batch)
+
+
+IDK_ANSWERS = (
+    "I don't know.",
+    "I'm not sure about that.",
+    "I don't have that information.",
+    "I have no idea.",
+    "That's something I don't know.",
+    "I'm not aware of the answer.",
+    "I couldn't say.",
+    "I don't know the answer to that.",
+    "I'm unsure.",
+    "I have no knowledge of that.",
+    "That isn't something I know.",
+    "I can't recall that.",
+)
+"""DPO's default alternate answers: non-answers that say the model does not know, never that
+it refuses (a refusal would teach refusing, not forgetting); one is drawn per forget example."""
+
+
+def read_alternates(path: str, method: str) -> list[str]:
+    """The alternate answers of a file (one per line; blank lines skipped): a ConfigError
+    naming the method and the file when it is missing or holds none."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"method {method!r}: option alternates: no such file {file}")
+    answers = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    answers = [a for a in answers if a]
+    if not answers:
+        raise ConfigError(f"method {method!r}: option alternates: {file} holds no answer "
+                          "(one per line)")
+    return answers
+
+
+class DPO(Method):
+    """DPO: the model prefers an "I don't know" answer to the forget answer, against the
+    path model.
+
+    loss = -(2/beta) sum_i log sigmoid(beta ((log pi(a_i) - log pi_ref(a_i)) - (log pi(y_i)
+    - log pi_ref(y_i)))) / n, a_i an alternate answer to forget prompt i, y_i its forget
+    answer (:func:`pathunlearn.losses.dpo_loss`). Source: Rafailov et al. 2023 (DPO); as
+    unlearning with "I don't know" answers, TOFU's IdkDPO (Maini et al. 2024) and
+    OpenUnlearning's ``dpo.py`` (beta 1.0, its trainer's default). The alternates are
+    ``IDK_ANSWERS`` (OpenUnlearning's IdkDPO), or option ``alternates``: a file, one answer
+    per line (relative to the working directory). Forget term only; ``dpo_retain`` adds
+    lambda * NLL as OpenUnlearning's DPO does.
+    """
+
+    name = "dpo"
+    default_beta = 1.0
+    needs_reference = True
+    needs_alternates = True
+    option_defaults = {"alternates": ""}
+
+    def __init__(self, config: MethodConfig):
+        super().__init__(config)
+        path = self.options["alternates"]
+        self.alternates = read_alternates(path, config.name) if path else list(IDK_ANSWERS)
+
+    def data_identity(self) -> dict[str, str]:
+        if not self.options["alternates"]:
+            return {}
+        text = "\n".join(self.alternates).encode("utf-8")
+        return {"alternates_sha": hashlib.sha256(text).hexdigest()}
+
+    def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
+        if batch.ref_logp is None or batch.alt_logp is None or batch.alt_ref_logp is None:
+            raise ValueError(f"{self.name} needs ref_logp, alt_logp and alt_ref_logp")
+        return dpo_loss(batch.alt_logp, batch.alt_ref_logp, batch.logp, batch.ref_logp,
+                        self.beta, batch.num_sequences)
+
+
+class DPORetain(DPO):
+    """DPO on the forget set + lambda * NLL on retain data (OpenUnlearning's DPO)."""
+
+    name = "dpo_retain"
+    local = False
+
+    def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
+        return weighted_retain_nll(self, batch)
+
+
 BUILTIN_METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (GA, NPO, SimNPO, GradDiff, NPORetain, NPOKL)}
+    m.name: m for m in (GA, NPO, SimNPO, GradDiff, NPORetain, NPOKL, WGA, WGARetain, SatImp,
+                        SatImpRetain, CEU, UNDIAL, UNDIALRetain, DPO, DPORetain)}
 """The methods a config names by a bare name (``pathunlearn.config.BUILTIN_METHOD_NAMES``)."""
+
+def method_listing() -> list[dict[str, Any]]:
+    """What ``pathunlearn methods`` prints, one dict per built-in method: its name, locality,
+    what a cell computes for it before or beside its passes (``caches``), its settings with
+    their defaults (beta, lambda for a retain term, its options) and the first line of its
+    docstring."""
+    rows = []
+    for name, cls in BUILTIN_METHODS.items():
+        caches = [what for flag, what in (
+            (cls.needs_reference, "reference log-probs"),
+            (cls.needs_alternates, "alternate answers and their reference log-probs"),
+            (cls.needs_logits, "logits"),
+            (cls.needs_reference_logits or cls.needs_reference_model, "reference model logits"),
+        ) if flag]
+        settings = {**({"beta": cls.default_beta} if cls.default_beta is not None else {}),
+                    **({} if cls.local else {"retain_weight": 1.0}),
+                    **(cls.option_defaults or {})}
+        if cls is SimNPO:
+            settings.update(length_normalize=False, gamma=0.0)
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        rows.append({"name": name, "local": cls.local, "caches": caches,
+                     "settings": settings, "about": doc})
+    return rows
+
 
 VARIANT_LABELS = ("simnpo-norm",)
 """Labels of the built-in methods' variants, which a config may use as names (read by

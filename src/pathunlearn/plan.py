@@ -365,7 +365,10 @@ def _cells(cfg: ExperimentConfig, paths: list[Path_], leaves: dict[tuple[int, Pa
         except ConfigError as e:
             raise ConfigError(f"unlearning.methods.{i}.name: {e}") from e.__cause__
     objects = [cls(m) for cls, m in zip(classes, u.methods, strict=True)]
-    identities = [method_identity(cls) for cls in classes]  # hashes a user's file: once each
+    # a user's file hashed once each; with the data files a method's options name (DPO's
+    # alternates), so editing either recomputes the cells
+    identities = [method_identity(cls) | obj.data_identity()
+                  for cls, obj in zip(classes, objects, strict=True)]
     labels = method_labels(u.methods, [c.name for c in classes], [o.variant() for o in objects])
     lrs, schedulers = u.lrs or [u.lr], u.schedulers or [u.scheduler]
     common = cell_common(cfg, probes_sha)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from pathunlearn import distributed
 from pathunlearn import metrics as M
 from pathunlearn.config import ExperimentConfig, LmEvalConfig, MathConfig
 from pathunlearn.data.batching import collate, step_indices
-from pathunlearn.data.chat import EncodedExample, tokenize_conversations
+from pathunlearn.data.chat import EncodedExample, encode_conversation, tokenize_conversations
 from pathunlearn.data.sources import load_stage
 from pathunlearn.eval.cell import CellProbes, retrain_field_reference, retrain_reference
 from pathunlearn.eval.divergence import Reference
@@ -58,7 +59,14 @@ from pathunlearn.eval.saturation import saturation
 from pathunlearn.files import is_done
 from pathunlearn.keys import data_sha, stable_hash
 from pathunlearn.losses import token_logprobs
-from pathunlearn.methods import ForgetBatch, Method, RetainBatch, checked_loss, make_method
+from pathunlearn.methods import (
+    IDK_ANSWERS,
+    ForgetBatch,
+    Method,
+    RetainBatch,
+    checked_loss,
+    make_method,
+)
 from pathunlearn.models import (
     apply_lora,
     checkpoint_activations,
@@ -115,6 +123,11 @@ class CellData:
     """(N,) log pi_ref(y|x) of every forget example under the path model (NPO forms)."""
     ref_model: torch.nn.Module | None = None
     """A frozen copy of the path model (a KL retain term under full finetuning)."""
+    alternates: list[EncodedExample] = field(default_factory=list)
+    """An alternate answer to each forget prompt (DPO's winner), ``alternates[i]`` belonging
+    to ``forget[i]``; empty unless the method has ``needs_alternates``."""
+    alt_ref_logp: torch.Tensor | None = None
+    """(N,) log pi_ref(a|x) of every alternate under the path model."""
 
 
 # ---------------------------------------------------------------------------- all cells
@@ -254,10 +267,29 @@ def cell_data(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn
                     pad_id=tok.pad_token_id)
     if method.needs_reference:
         data.ref_logp = reference_logprobs(model, data.forget, data.pad_id)
+    if method.needs_alternates:
+        answers = getattr(method, "alternates", None) or list(IDK_ANSWERS)
+        data.alternates = alternate_examples(cfg, tok, answers, cell.seed)
+        data.alt_ref_logp = reference_logprobs(model, data.alternates, data.pad_id)
     wants_model = method.needs_reference_model or method.needs_reference_logits
     if wants_model and cfg.model.finetuning == "full":
         data.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     return data
+
+
+def alternate_examples(cfg: ExperimentConfig, tok, answers: list[str],
+                       seed: int) -> list[EncodedExample]:
+    """Every forget conversation with its last answer replaced by one of ``answers``, drawn
+    per example by the cell's seed, tokenised as the forget set is (same order)."""
+    rng = random.Random(stage_seed(seed, "alternates"))
+    out = []
+    for conv in load_stage(cfg.stages[cfg.paths.forget_stage]):
+        messages = [dict(m) for m in conv.messages]
+        answers_at = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if answers_at:  # (one without an answer has no targets either way)
+            messages[answers_at[-1]]["content"] = rng.choice(answers)
+        out.append(encode_conversation(tok, messages, cfg.model.max_length))
+    return out
 
 
 def fresh_steps(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, data: CellData,
@@ -399,8 +431,9 @@ def forget_batch(method: Method, model: torch.nn.Module, data: CellData, idx: li
                  device: torch.device, precision: str, counts: tuple[int, int],
                  vocab_chunk: int | None = None) -> ForgetBatch:
     """One forget micro-batch: the token log-probabilities, the cached reference
-    log-probabilities (``needs_reference``), the logits and labels (``needs_logits``) and
-    the reference model's logits (``needs_reference_logits``). ``counts``: the effective
+    log-probabilities (``needs_reference``), the logits and labels (``needs_logits``), the
+    reference model's logits (``needs_reference_logits``) and the alternate answers'
+    log-probabilities under the model and the reference (``needs_alternates``). ``counts``: the effective
     batch's target tokens and sequences."""
     batch = collate([data.forget[i] for i in idx], data.pad_id).to(device)
     teacher = (reference_logits(model, data, batch.inputs())
@@ -410,8 +443,16 @@ def forget_batch(method: Method, model: torch.nn.Module, data: CellData, idx: li
     token_logp, mask = token_logprobs(logits, batch.labels, vocab_chunk)
     ref = None if data.ref_logp is None else data.ref_logp[idx].to(device)
     full = method.needs_logits
+    alt_logp = alt_ref = None
+    if method.needs_alternates:
+        alt = collate([data.alternates[i] for i in idx], data.pad_id).to(device)
+        with autocast(device, precision):
+            alt_logits = model(**alt.inputs()).logits
+        alt_token_logp, alt_mask = token_logprobs(alt_logits, alt.labels, vocab_chunk)
+        alt_logp = (alt_token_logp * alt_mask).sum(-1)
+        alt_ref = data.alt_ref_logp[idx].to(device)
     return ForgetBatch(token_logp, mask, *counts, ref, logits if full else None,
-                       batch.labels if full else None, teacher)
+                       batch.labels if full else None, teacher, alt_logp, alt_ref)
 
 
 def reference_logits(model: torch.nn.Module, data: CellData, inputs: dict) -> torch.Tensor:

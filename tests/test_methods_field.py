@@ -1,0 +1,287 @@
+"""The field's unlearning methods (OpenUnlearning's WGA, SatImp, CE-U, UNDIAL) as built-in
+methods: their losses against values computed by hand, their options, and every built-in
+method through a reduced `pathunlearn run`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from pathunlearn.config import MethodConfig
+from pathunlearn.data.chat import IGNORE_INDEX
+from pathunlearn.errors import ConfigError
+from pathunlearn.losses import ceu_loss, dpo_loss, satimp_loss, undial_loss, wga_loss
+from pathunlearn.methods import (
+    BUILTIN_METHODS,
+    IDK_ANSWERS,
+    ForgetBatch,
+    RetainBatch,
+    make_method,
+)
+
+LN2, LN3, LN5 = math.log(2.0), math.log(3.0), math.log(5.0)
+
+# two sequences, probabilities 0.5, 0.25 | 0.8 (a masked position holds 0)
+TOKEN_LOGP = torch.log(torch.tensor([[0.5, 0.25, 1.0], [0.8, 1.0, 1.0]]))
+MASK = torch.tensor([[True, True, False], [True, False, False]])
+
+
+def test_wga_weighs_each_token_by_its_probability_to_the_beta():
+    by_hand = (0.5 * math.log(0.5) + 0.25 * math.log(0.25) + 0.8 * math.log(0.8)) / 3
+    assert wga_loss(TOKEN_LOGP, MASK, 1.0).item() == pytest.approx(by_hand, rel=1e-6)
+    squared = (0.25 * math.log(0.5) + 0.0625 * math.log(0.25) + 0.64 * math.log(0.8)) / 10
+    assert wga_loss(TOKEN_LOGP, MASK, 2.0, num_tokens=10).item() == pytest.approx(squared,
+                                                                                  rel=1e-6)
+    # the weight is not differentiated: d loss / d logp_t = p_t^beta / N
+    logp = TOKEN_LOGP.clone().requires_grad_(True)
+    wga_loss(logp, MASK, 1.0, num_tokens=3).backward()
+    assert logp.grad.flatten().tolist() == pytest.approx([0.5 / 3, 0.25 / 3, 0, 0.8 / 3, 0, 0])
+
+
+def test_satimp_weighs_by_saturation_and_importance():
+    def w(p, b1, b2):
+        return p ** b1 * (1 - p) ** b2
+
+    by_hand = sum(w(p, 5, 1) * math.log(p) for p in (0.5, 0.25, 0.8)) / 3
+    assert satimp_loss(TOKEN_LOGP, MASK, 5.0, 1.0).item() == pytest.approx(by_hand, rel=1e-6)
+    by_hand = sum(w(p, 2, 3) * math.log(p) for p in (0.5, 0.25, 0.8)) / 4
+    assert satimp_loss(TOKEN_LOGP, MASK, 2.0, 3.0, 4).item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def ceu_inputs():
+    """One sequence over a vocabulary of 3: position 0 (uniform) predicts token 2, position 1
+    (logits 0, ln 3, 0: probabilities 1/5, 3/5, 1/5) predicts token 1; position 2 has none."""
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [0.0, LN3, 0.0], [0.0, 0.0, 0.0]]])
+    labels = torch.tensor([[IGNORE_INDEX, 2, 1]])
+    return logits, labels
+
+
+def test_ceu_is_cross_entropy_to_the_distribution_without_the_true_token():
+    logits, labels = ceu_inputs()
+    # q without token 2 at position 0: (1/2, 1/2, 0), CE = ln 3; without token 1 at
+    # position 1: (1/2, 0, 1/2), CE = -(1/2 ln 1/5) * 2 = ln 5
+    assert ceu_loss(logits, labels, skip_first=0).item() == pytest.approx((LN3 + LN5) / 2)
+    assert ceu_loss(logits, labels, skip_first=1).item() == pytest.approx(LN5)
+    assert ceu_loss(logits, labels, num_tokens=2, skip_first=1).item() == pytest.approx(LN5 / 2)
+    assert ceu_loss(logits, labels, skip_first=2).item() == 0.0
+    # q is a fixed target: the gradient at a kept position is (p - q) / N
+    z = logits.clone().requires_grad_(True)
+    ceu_loss(z, labels, num_tokens=2, skip_first=1).backward()
+    assert z.grad[0, 1].tolist() == pytest.approx([(0.2 - 0.5) / 2, 0.6 / 2, (0.2 - 0.5) / 2])
+    assert z.grad[0, 0].abs().sum().item() == 0.0 and z.grad[0, 2].abs().sum().item() == 0.0
+
+
+def test_undial_distils_from_the_reference_with_the_true_logit_lowered():
+    labels = torch.tensor([[IGNORE_INDEX, 2, IGNORE_INDEX]])
+    ref = torch.zeros(1, 3, 3)
+    model = torch.tensor([[[LN2, 0.0, 0.0], [5.0, 1.0, 0.0], [1.0, 2.0, 3.0]]])
+    # teacher (0, 0, -ln 2) -> q = (0.4, 0.4, 0.2); model p = (0.5, 0.25, 0.25):
+    # CE = -(0.4 ln 0.5 + 0.4 ln 0.25 + 0.2 ln 0.25) = 1.6 ln 2
+    assert undial_loss(model, ref, labels, beta=LN2).item() == pytest.approx(1.6 * LN2)
+    assert undial_loss(model, ref, labels, LN2, num_tokens=4).item() == pytest.approx(0.4 * LN2)
+    # beta 0 with the model as its own teacher: the entropy of p
+    entropy = -(0.5 * math.log(0.5) + 0.5 * math.log(0.25))
+    assert undial_loss(model, model, labels, 0.0).item() == pytest.approx(entropy)
+
+
+def test_dpo_prefers_the_alternate_to_the_forget_answer():
+    win, win_ref = torch.tensor([-2.0, -1.0]), torch.tensor([-3.0, -1.0])
+    lose, lose_ref = torch.tensor([-4.0, -2.0]), torch.tensor([-3.0, -2.0])
+    # margins: (1 - (-1)) = 2 and (0 - 0) = 0; beta 0.5: -(2/0.5) (log s(1) + log s(0)) / 2
+    def log_sigmoid(x):
+        return -math.log(1 + math.exp(-x))
+
+    by_hand = -4 * (log_sigmoid(1.0) + log_sigmoid(0.0)) / 2
+    assert dpo_loss(win, win_ref, lose, lose_ref, 0.5).item() == pytest.approx(by_hand)
+    assert dpo_loss(win, win_ref, lose, lose_ref, 0.5, 4).item() == pytest.approx(by_hand / 2)
+    at_ref = dpo_loss(lose_ref, lose_ref, win_ref, win_ref, 1.0).item()
+    assert at_ref == pytest.approx(2 * math.log(2))
+
+
+def test_dpo_reads_the_batch_and_its_alternates(tmp_path):
+    token_logp = torch.tensor([[-1.0, -3.0]])
+    batch = ForgetBatch(token_logp, torch.tensor([[True, True]]), 2, 1,
+                        ref_logp=torch.tensor([-3.0]), alt_logp=torch.tensor([-1.0]),
+                        alt_ref_logp=torch.tensor([-2.0]))
+    method = make_method(MethodConfig(name="dpo"))
+    assert method.beta == 1.0 and method.alternates == list(IDK_ANSWERS)
+    expected = dpo_loss(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-4.0]),
+                        torch.tensor([-3.0]), 1.0, 1)
+    assert method.forget_loss(batch).item() == pytest.approx(expected.item())
+    own = tmp_path / "alts.txt"
+    own.write_text("No idea.\n\n  Not something I know.  \n")
+    method = make_method(MethodConfig(name="dpo", options={"alternates": str(own)}))
+    assert method.alternates == ["No idea.", "Not something I know."]
+    # the file's content is part of the cells' key: editing it recomputes them
+    before = method.data_identity()
+    own.write_text("No idea at all.\n")
+    after = make_method(MethodConfig(name="dpo", options={"alternates": str(own)}))
+    assert before and after.data_identity() != before
+    assert make_method(MethodConfig(name="dpo")).data_identity() == {}
+    # non-answers, never refusals
+    assert not any(w in a.lower() for a in IDK_ANSWERS for w in ("cannot help", "won't",
+                                                                 "refuse", "sorry"))
+
+
+@pytest.mark.parametrize("content,words", [
+    (None, "method 'dpo': option alternates: no such file"),
+    ("\n  \n", "holds no answer \\(one per line\\)"),
+])
+def test_a_bad_alternates_file_is_a_config_error(tmp_path, content, words):
+    path = tmp_path / "alts.txt"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=words):
+        make_method(MethodConfig(name="dpo", options={"alternates": str(path)}))
+    with pytest.raises(ConfigError, match="option 'alternates' must be a string, got 3"):
+        make_method(MethodConfig(name="dpo", options={"alternates": 3}))
+
+
+def forget(name: str, **kw) -> torch.Tensor:
+    logits, labels = ceu_inputs()
+    token_logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels[:, 1:, None]).squeeze(-1)
+    batch = ForgetBatch(token_logp, labels[:, 1:] != IGNORE_INDEX, 2, 1, None, logits, labels,
+                        torch.zeros_like(logits))
+    return make_method(MethodConfig(name=name, **kw)).forget_loss(batch)
+
+
+def test_the_methods_call_their_losses_with_their_defaults():
+    logits, labels = ceu_inputs()
+    token_logp = torch.log(torch.tensor([[1 / 3, 0.6]]))
+    mask = torch.tensor([[True, True]])
+    assert forget("weighted_ga").item() == pytest.approx(wga_loss(token_logp, mask, 1.0, 2).item())
+    assert forget("weighted_ga", beta=2.0).item() == pytest.approx(
+        wga_loss(token_logp, mask, 2.0, 2).item())
+    assert forget("satimp").item() == pytest.approx(
+        satimp_loss(token_logp, mask, 5.0, 1.0, 2).item())
+    assert forget("satimp", options={"beta1": 1, "beta2": 2}).item() == pytest.approx(
+        satimp_loss(token_logp, mask, 1.0, 2.0, 2).item())
+    assert forget("ceu").item() == pytest.approx(LN5 / 2)
+    assert forget("ceu", options={"ignore_first_n": 0}).item() == pytest.approx((LN3 + LN5) / 2)
+    assert forget("undial").item() == pytest.approx(
+        undial_loss(logits, torch.zeros_like(logits), labels, 10.0, 2).item())
+    assert make_method(MethodConfig(name="undial")).beta == 10.0
+    assert make_method(MethodConfig(name="satimp")).options == {"beta1": 5.0, "beta2": 1.0}
+
+
+def test_retain_variants_add_the_weighted_retain_nll():
+    logits, labels = ceu_inputs()
+    n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    nll = -(math.log(1 / 3) + math.log(0.6)) / 2
+    for name in ("weighted_ga_retain", "satimp_retain", "undial_retain"):
+        method = make_method(MethodConfig(name=name, retain_weight=2.0))
+        assert not method.local
+        got = method.retain_loss(RetainBatch(logits, labels, n))
+        assert got.item() == pytest.approx(2.0 * nll, rel=1e-6), name
+
+
+def test_what_each_method_asks_of_a_cell():
+    wants = {n: (m.needs_logits, m.needs_reference_logits) for n, m in BUILTIN_METHODS.items()}
+    assert {n for n, (logits, _) in wants.items() if logits} == {"ceu", "undial",
+                                                                 "undial_retain"}
+    assert {n for n, (_, teacher) in wants.items() if teacher} == {"undial", "undial_retain"}
+    for name in ("ga", "npo", "simnpo", "graddiff", "npo_retain", "npo_kl"):
+        assert BUILTIN_METHODS[name].option_defaults is None  # as before: unchecked
+
+
+@pytest.mark.parametrize("options,words", [
+    ({"beta3": 1.0}, "method 'satimp': unknown option 'beta3' \\(its options: beta1, beta2\\)"),
+    ({"beta1": "high"}, "method 'satimp': option 'beta1' must be a number, got 'high'"),
+])
+def test_a_built_in_methods_bad_option_is_a_config_error(options, words):
+    with pytest.raises(ConfigError, match=words):
+        make_method(MethodConfig(name="satimp", options=options))
+
+
+def test_methods_command_lists_every_built_in_method(cli):
+    result = cli("methods")
+    assert result.code == 0, result.err
+    lines = {line.split()[0]: line for line in result.out.splitlines() if line.strip()}
+    for name, cls in BUILTIN_METHODS.items():
+        assert name in lines, name
+        assert ("local" if cls.local else "weakly local") in lines[name]
+    assert "reference model logits" in lines["undial"] and "logits" in lines["ceu"]
+    assert "reference log-probs" in lines["npo"] and "beta1=5" in lines["satimp"]
+    assert "beta=10" in lines["undial"] and "ignore_first_n=1" in lines["ceu"]
+    js = json.loads(cli("methods", "--json").out)
+    assert [m["name"] for m in js] == list(BUILTIN_METHODS)
+    assert "alternate answers" in lines["dpo"] and "alternates=" in lines["dpo"]
+
+
+# ---------------------------------------------------------------------------- through a run
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory):
+    """One run directory whose path models every method's run reuses (trained once)."""
+    return tmp_path_factory.mktemp("methods")
+
+
+def run_config(out, name: str) -> dict:
+    return {
+        "name": "methods", "output_dir": str(out), "seeds": [0],
+        "model": {"finetuning": "full"},
+        "stages": {"instructions": {"source": "builtin:instructions", "epochs": 1,
+                                    "max_examples": 8},
+                   "refusals": {"source": "builtin:refusals", "epochs": 1, "max_examples": 8}},
+        "paths": {"forget_stage": "refusals", "order": ["instructions"], "positions": [1]},
+        "training": {"lr": 5e-4, "batch_size": 8, "micro_batch_size": 8},
+        "unlearning": {"methods": [{"name": name}], "lr": 1e-4, "batch_size": 8,
+                       "micro_batch_size": 8, "steps": 2, "eval_every": 2},
+        "probes": {"prompts": 2, "examples": 4},
+    }
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_METHODS))
+def test_every_built_in_method_runs_through_pathunlearn_run(name, shared_run, cli):
+    path = shared_run / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(run_config(shared_run / "runs", name)))
+    result = cli("run", path)
+    assert result.code == 0, result.err
+    rows = json.loads((shared_run / "runs" / "methods" / "results.json").read_text())["rows"]
+    mine = [r for r in rows if r["method"] == name]
+    assert mine and all(math.isfinite(r["forget_score"]) for r in mine), rows
+    if name.startswith(("dpo", "npo")):  # the model is its reference at step 1
+        cell = next((shared_run / "runs" / "methods").glob(f"cells/*/{name}/*/steps.jsonl"))
+        first = json.loads(cell.read_text().splitlines()[0])["loss"]
+        scale = 2.0 if name.startswith("dpo") else 4.0  # 2 / beta, beta 1 and 0.5
+        if name.endswith("retain"):
+            assert first > scale * math.log(2)  # plus the retain NLL
+        else:
+            assert first == pytest.approx(scale * math.log(2), abs=1e-4)
+
+
+def test_undials_teacher_under_lora_is_the_path_model(tmp_path):
+    """Under LoRA the teacher is the model with its adapter switched off (a second pass,
+    no copy): at step 1 (adapter still zero) the cell's loss is UNDIAL's definition with the
+    path model as student and teacher, computed here from the saved path model."""
+    from pathunlearn.config import validate_config
+    from pathunlearn.data.batching import collate
+    from pathunlearn.models import load_checkpoint
+    from pathunlearn.plan import plan_run
+    from pathunlearn.rundir import prefix_dir, unit_dir
+    from pathunlearn.train.paths import train_paths
+    from pathunlearn.train.unlearn import encode_stage, unlearn_all
+
+    data = run_config(tmp_path, "undial")
+    data["model"] = {"finetuning": "lora", "lora": {"rank": 4, "alpha": 8}}
+    data["stages"] = {"refusals": data["stages"]["refusals"]}
+    data["paths"] = {"forget_stage": "refusals", "orders": [["refusals"]]}
+    data["unlearning"]["steps"] = 1
+    cfg = validate_config(data)
+    plan = train_paths(cfg, log=lambda *_: None)
+    unlearn_all(cfg, plan, log=lambda *_: None)
+    cell = plan_run(cfg).cells[0]
+    model, tok = load_checkpoint(prefix_dir(cfg.run_dir, cell.model_key), cfg.model, "cpu")
+    forget = encode_stage(cfg, tok, "refusals")
+    batch = collate(forget, tok.pad_token_id)
+    with torch.no_grad():
+        logits = model(**batch.inputs()).logits
+    n = sum(e.num_targets for e in forget)
+    expected = undial_loss(logits, logits, batch.labels, 10.0, n).item()
+    step = json.loads((unit_dir(cfg.run_dir, cell) / "steps.jsonl").read_text().splitlines()[0])
+    assert step["loss"] == pytest.approx(expected, rel=1e-4)
