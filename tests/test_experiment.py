@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -49,6 +50,12 @@ def test_run_end_to_end_then_rerun_skips_everything(tmp_path, cli):
                  "report.html", "phases.json"):
         assert (run_dir / name).is_file(), name
     assert "recency verdict" in first.out and "report:" in first.out
+    # issue 28: each finished cell's line says how long the rest should take, the last none
+    cell_lines = [x for x in first.out.splitlines()
+                  if re.match(r"\[\d+/\d+\] \S+ \S+ seed \d+: \d+ steps", x)]
+    assert len(cell_lines) >= 4
+    assert all(re.search(r"; ~\d+(s| min) left$", x) for x in cell_lines[:-1])
+    assert "left" not in cell_lines[-1]
     results = json.loads((run_dir / "results.json").read_text())
     rows = results["rows"] if "rows" in results else results["table"]
     assert len(rows) == 4  # 2 paths x 2 methods

@@ -151,12 +151,22 @@ def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
         raise ValueError("the plan holds no probe sets: plan_run resolves them (a plan read "
                          "back from plan.json does not)")
     shared = Shared(list(plan.probes)) if todo else None
+    started = time.perf_counter()
     for i, cell in enumerate(todo, 1):
         s = unlearn_cell(cfg, cell, run_dir, shared)
-        log(f"[{i}/{len(todo)}] {cell_line(cell, s)}")
+        log(f"[{i}/{len(todo)}] {cell_line(cell, s)}{eta(started, i, len(todo))}")
         if on_done is not None:
             on_done(cell, s)
     return cell_summaries(cells, run_dir)
+
+
+def eta(started: float, done: int, total: int) -> str:
+    """``; ~Ns left`` for the cells still to run, from the mean time of those done (empty
+    after the last)."""
+    if done >= total:
+        return ""
+    left = (time.perf_counter() - started) / done * (total - done)
+    return f"; ~{left:.0f}s left" if left < 120 else f"; ~{left / 60:.0f} min left"
 
 
 def cell_summaries(cells: list[Cell], run_dir: Path) -> list[dict]:
