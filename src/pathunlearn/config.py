@@ -939,7 +939,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     if not sep or not key.strip():
         raise ConfigError(f"override {override!r}: expected key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({_first_line(e)})") from None
     except RecursionError:
@@ -999,6 +999,36 @@ def load_model_config(model: type[M], path: str | Path | None,
     return validate_model(model, data, source=source, overrides=overrides)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that gives a key twice (PyYAML keeps the last
+    silently: a config with two `sets:` would run with one of them and say nothing). Keys
+    merged in with ``<<`` may still be overridden, as YAML allows."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line
+                try:
+                    first = seen.get(key)
+                    seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: the base constructor says so
+                    continue
+                if first is not None:
+                    where = f"line {line + 1}" if first == line else \
+                        f"lines {first + 1} and {line + 1}"
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice in one mapping ({where})")
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (:class:`UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: Path) -> Any:
     """What a YAML config file holds: a regular UTF-8 file only (a FIFO, a directory: one line,
     :func:`pathunlearn.data.io.read_text`), no deeper than ``data.io.MAX_DEPTH`` and with no
@@ -1007,7 +1037,7 @@ def read_yaml(path: Path) -> Any:
 
     text = read_text(path, ConfigError, prefix="cannot read config: ")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {_first_line(e)}") from None
     except RecursionError:  # PyYAML's composer recurses per level

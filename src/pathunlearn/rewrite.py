@@ -121,8 +121,10 @@ def load_template(path: str | Path, task: str) -> Template:
     a UserError names the file and the unknown field or key."""
     import yaml
 
+    from pathunlearn.config import load_yaml
+
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_yaml(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise UserError(f"--template {path}: cannot read ({' '.join(str(e).split())[:200]})") \
             from None
