@@ -12,6 +12,7 @@ from pathunlearn.config import ExperimentConfig
 from pathunlearn.errors import UserError
 from pathunlearn.files import write_json, write_text
 from pathunlearn.report.controls import MatchedStart, matched_start, model_lines
+from pathunlearn.report.dependence import Dependence, dependence_markdown, path_dependence
 from pathunlearn.report.field import field_markdown
 from pathunlearn.report.model import Verdict
 from pathunlearn.report.pairwise import PairwiseTable, build_pairwise
@@ -49,6 +50,8 @@ class Results:
     superficial: list[dict] | None = None
     """Per-path R/C/U curves and verdicts of a ``study: superficial`` run
     (:func:`pathunlearn.report.superficial.path_curves`); None for other studies."""
+    dependence: list[Dependence] = field(default_factory=list)
+    """The methods ranked by how path-dependent they are (:mod:`pathunlearn.report.dependence`)."""
 
     @property
     def run_dir(self) -> Path:
@@ -82,6 +85,9 @@ def build_results(run: Run, *, write: bool = True) -> Results:
     relearn = relearn_curves(run.cells, forget_metric, run.forget_stage) if forget_metric \
         else []
     results = Results(run, table, verdicts, [], pairwise, relearn, matched_start(run))
+    results.dependence = path_dependence(
+        table.cells, [v for v in verdicts if v.kind == "recency"], pairwise.verdicts,
+        pairwise.series)
     if write:
         results.files = write_results(results)
     return results
@@ -152,6 +158,7 @@ def results_json(results: Results) -> dict:
         **pairs,
         "relearn": results.relearn,
         "matched_start": None if results.matched is None else results.matched.to_json(),
+        "path_dependence": [d.to_json() for d in results.dependence],
         "cells": [c.to_json() for c in table.cells],
         "unfinished_cells": len(results.run.pending),
         "stale_cells": len(results.run.stale),
@@ -173,6 +180,8 @@ def results_markdown(results: Results) -> str:
         lines += ["", "## Recency verdict with the matched-start control", ""]
         lines += [f"- {markdown_text(t)}" for t in model_lines(results.matched)]
         lines += [f"- {markdown_text(v.text)}" for v in results.matched.verdicts]
+    dependence = dependence_markdown(results.dependence)
+    lines += ([""] + dependence) if dependence else []
     field = field_markdown(table)
     lines += ([""] + field) if field else []
     lines += ["", "## Notes", ""] + [f"- {markdown_text(n)}" for n in results.notes()]

@@ -123,6 +123,7 @@ def summary_lines(results, width: int = 80) -> list[str]:
                       wrap=True))
     lines.append("")
     lines += summary_table(table, width)
+    lines += dependence_table(results.dependence, width)
     lines.append(_fit("details: pathunlearn report RUN --details; every column and note: "
                       "results.md, report.html", width, wrap=True))
     return lines
@@ -179,6 +180,41 @@ def summary_table(table, width: int) -> list[str]:
     if dropped:
         out.append(_fit(f"not shown at {width} columns: {', '.join(reversed(dropped))}", width))
     return out
+
+
+def dependence_table(entries, width: int) -> list[str]:
+    """The methods ranked by path dependence (:mod:`pathunlearn.report.dependence`) in
+    ``width`` columns: score columns dropped from the right until it fits, the verdict kept;
+    nothing with fewer than two methods."""
+    from pathunlearn.report.dependence import dependence_rows
+
+    if len(entries) < 2:
+        return []
+    head = ["#", "method", "local", "spread", "path p", "FQ orders", "growth", "recency",
+            "dependent"]
+    rows = [[x.replace(" ± ", "±") for x in r] for r in dependence_rows(entries)]
+    empty = [i for i in range(3, len(head) - 1) if all(r[i] == "n/a" for r in rows)]
+    head = [h for i, h in enumerate(head) if i not in empty]
+    rows = [[x for i, x in enumerate(r) if i not in empty] for r in rows]
+    dropped = []
+    while True:
+        widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+        if sum(widths) + 2 * (len(widths) - 1) <= width or len(head) <= 4:
+            break
+        i = len(head) - 2  # the last column before the verdict
+        dropped.append(head.pop(i))
+        rows = [r[:i] + r[i + 1:] for r in rows]
+    out = ["", "which methods are path-dependent here (ranked by forget spread):"]
+    out += ["  ".join(x.rjust(w) if i > 1 else x.ljust(w) for i, (x, w) in
+                      enumerate(zip(line, widths, strict=True))).rstrip()
+            for line in [head, *rows]]
+    out.append(_fit("spread = highest minus lowest forget score across paths (per seed, mean "
+                    "± 95% half-width); path p = one-way ANOVA by path; FQ orders = log10 "
+                    "range of forget quality; growth = d_MSE last minus first step; "
+                    "dependent = path p < 0.05", width, wrap=True))
+    if dropped:
+        out.append(_fit(f"not shown at {width} columns: {', '.join(reversed(dropped))}", width))
+    return out + [""]
 
 
 def _header(table, key: str) -> str:
