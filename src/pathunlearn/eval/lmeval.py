@@ -137,14 +137,11 @@ def model_request(run_config: Path | None, device: str | None) -> tuple[Any, str
     """How ``pathunlearn eval lmeval`` loads its model: the ``model`` settings (dtype,
     attention) of the run whose config.yaml is ``run_config`` and its ``runtime.device``, or
     (None, ``auto``) without a run; a ``device`` given wins."""
-    if run_config is None:
-        return None, device or "auto"
-    from pathunlearn.config import load_config
+    from pathunlearn.rundir import run_config_file
 
-    if not run_config.is_file():
-        raise UserError(f"--run {run_config.parent}: no {run_config.name}; not a run "
-                        "directory written by pathunlearn")
-    cfg = load_config(run_config, relative_to_file=False)  # paths as the run resolved them
+    cfg = run_config_file(run_config)
+    if cfg is None:
+        return None, device or "auto"
     return cfg.model, device or cfg.runtime.device
 
 

@@ -410,15 +410,11 @@ def math_request(run_config: Path | None, flags: dict[str, Any], seed: int | Non
     (else auto). A value the config would refuse is one line naming the option."""
     from pydantic import ValidationError
 
-    from pathunlearn.config import error_items, load_config
+    from pathunlearn.config import error_items
     from pathunlearn.errors import UserError
+    from pathunlearn.rundir import run_config_file
 
-    cfg = None
-    if run_config is not None:
-        if not run_config.is_file():
-            raise UserError(f"--run {run_config.parent}: no {run_config.name}; not a run "
-                            "directory written by pathunlearn")
-        cfg = load_config(run_config, relative_to_file=False)  # paths as the run resolved them
+    cfg = run_config_file(run_config)
     base = cfg.unlearning.math if cfg is not None else _DEFAULT
     given = {FLAGS[k]: v for k, v in flags.items() if v is not None}
     try:
