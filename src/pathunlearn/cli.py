@@ -758,6 +758,8 @@ def serve_command(
     request_timeout: Annotated[float, typer.Option(
         help="Seconds a request may take: decoding stops there (finish_reason length); "
              "one still queued then is a 503.")] = 120.0,
+    max_queued: Annotated[int, typer.Option(
+        help="Most requests held at once (queued or decoding); one more is a 503.")] = 256,
 ) -> None:
     """Serve a model through an OpenAI-compatible API (/v1/chat/completions, streaming too,
     /v1/models, /health), with its chat template and the project's sampler (docs/llm.md).
@@ -771,7 +773,7 @@ def serve_command(
         max_batch=max_batch, max_tokens_limit=max_tokens_limit,
         default_max_tokens=default_max_tokens, max_request_bytes=max_request_bytes,
         max_messages=max_messages, max_content_chars=max_content_chars,
-        max_stop_chars=max_stop_chars, request_timeout=request_timeout)
+        max_stop_chars=max_stop_chars, request_timeout=request_timeout, max_queued=max_queued)
     serve(model, options, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
 
 

@@ -52,6 +52,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,9 @@ class ServeOptions:
     request_timeout: float = 120.0
     """Seconds a request may take from its arrival: decoding stops there (finish_reason
     "length"); one still queued then is a 503."""
+    max_queued: int = 256
+    """Most requests admitted at once (being encoded, queued or decoded); one more is a 503
+    at once, before its body is parsed, so a flood cannot grow the queue without bound."""
 
     def __post_init__(self) -> None:
         for key, low, high in _INT_OPTIONS:
@@ -137,7 +141,8 @@ class ServeOptions:
 _INT_OPTIONS = (("port", 0, 65535), ("threads", 1, None), ("max_batch", 1, None),
                 ("max_tokens_limit", 1, None), ("default_max_tokens", 1, None),
                 ("max_request_bytes", 1, None), ("max_messages", 1, None),
-                ("max_content_chars", 1, None), ("max_stop_chars", 1, None))
+                ("max_content_chars", 1, None), ("max_stop_chars", 1, None),
+                ("max_queued", 1, None))
 
 
 def _option_error(key: str, value: Any, why: str) -> UserError:
@@ -619,6 +624,7 @@ def create_app(engine: Engine, model_name: str, options: ServeOptions | None = N
     app = FastAPI(title="pathunlearn serve", docs_url=None, redoc_url=None)
     _answer_errors_as_openai(app)
     created = int(time.time())
+    admitted = Admission(options.max_queued)
 
     @app.get("/health")
     async def health() -> dict:
@@ -638,14 +644,16 @@ def create_app(engine: Engine, model_name: str, options: ServeOptions | None = N
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         deadline = time.monotonic() + options.request_timeout
-        raw = await read_body(request, options.max_request_bytes)
-        # decoding, JSON and the chat template run in threads: a 1 MiB body must not stall
-        # the event loop (and /health with it)
-        parsed = await asyncio.to_thread(parse_body, raw, model_name, options)
-        if parsed.stream:
-            return await _stream(engine, parsed, options.default_max_tokens, model_name,
-                                 deadline)
-        job = await engine.queue(parsed, options.default_max_tokens, deadline=deadline)
+        with admitted.one() as admit:
+            raw = await read_body(request, options.max_request_bytes)
+            # decoding, JSON and the chat template run in threads: a 1 MiB body must not
+            # stall the event loop (and /health with it)
+            parsed = await asyncio.to_thread(parse_body, raw, model_name, options)
+            if parsed.stream:
+                return await _stream(engine, parsed, options.default_max_tokens, model_name,
+                                     deadline, admit)
+            job = await engine.queue(parsed, options.default_max_tokens, deadline=deadline)
+            admit(job)
         try:
             choices = await asyncio.wrap_future(job.future)
         except RequestError:
@@ -655,6 +663,42 @@ def create_app(engine: Engine, model_name: str, options: ServeOptions | None = N
         return _Reply(model_name, len(job.prompt)).completion(choices)
 
     return app
+
+
+class Admission:
+    """How many requests the server holds at once (``ServeOptions.max_queued``): a request is
+    counted from its arrival until its job's future is done (decoded, failed, cancelled or
+    timed out in the queue), or until it fails before it has a job; one over the limit is a
+    503 at once."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held, self.lock = limit, 0, threading.Lock()
+
+    def release(self, *_) -> None:
+        with self.lock:
+            self.held -= 1
+
+    @contextmanager
+    def one(self):
+        """Hold a place for one request (a 503 RequestError when none is left); the block
+        gets ``admit(job)``: from then the job's end releases the place, not the block's."""
+        with self.lock:
+            if self.held >= self.limit:
+                raise RequestError(f"the server is busy: {self.held} requests are already "
+                                   "queued or decoding (--max-queued); retry later", None,
+                                   503, "overloaded", "server_error")
+            self.held += 1
+        handed = []
+
+        def admit(job: Job) -> None:
+            handed.append(job)
+            job.future.add_done_callback(self.release)
+
+        try:
+            yield admit
+        finally:
+            if not handed:
+                self.release()
 
 
 def _answer_errors_as_openai(app) -> None:
@@ -679,7 +723,7 @@ def _answer_errors_as_openai(app) -> None:
 
 
 async def _stream(engine: Engine, request: ChatRequest, default_max_tokens: int,
-                  model_name: str, deadline: float):
+                  model_name: str, deadline: float, admit: Callable[[Job], None]):
     """A streamed request: its job pushes events onto an asyncio queue from the worker thread;
     the response starts with the first of them, so a failure before any token is still a
     500 (or the 503 of a request whose time passed in the queue)."""
@@ -690,6 +734,7 @@ async def _stream(engine: Engine, request: ChatRequest, default_max_tokens: int,
     job = await engine.queue(
         request, default_max_tokens, deadline=deadline,
         on_event=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+    admit(job)
     try:
         first = await events.get()
     except BaseException:  # cancelled while queued: the worker skips the job's rows

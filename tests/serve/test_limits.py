@@ -221,3 +221,49 @@ def test_a_request_whose_time_passes_in_the_queue_is_not_decoded(endless):
     assert caught.value.status == 503 and caught.value.code == "timeout"
     assert caught.value.body()["error"]["type"] == "server_error"
     assert len(first.future.result(timeout=60)[0].tokens) == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# how many requests the server holds at once
+
+
+def test_a_request_over_max_queued_is_a_503_and_its_place_comes_back(endless, serve_with):
+    import openai
+
+    with serve_with(endless, ServeOptions(max_queued=1)) as served:
+        client = openai.OpenAI(base_url=served.url, api_key="x", max_retries=0, timeout=30)
+        stream = client.chat.completions.create(model="tiny", messages=QUESTION,
+                                                max_tokens=400, stream=True)
+        next(iter(stream))  # the streamed request holds the only place while it decodes
+        status, reply = post(served.url, body())
+        assert status == 503 and reply["error"]["code"] == "overloaded"
+        assert "--max-queued" in reply["error"]["message"]
+        assert sum(1 for _ in stream) > 0  # the stream runs to its end ...
+        status, reply = post(served.url, body())  # ... and gives its place back
+        assert status == 200 and reply["choices"][0]["message"]["content"]
+        # a request refused before it has a job (a prompt too long) gives its place back too
+        status, _ = post(served.url, body(max_tokens=10**6))
+        assert status == 400
+        assert post(served.url, body())[0] == 200
+
+
+def test_admission_counts_until_the_jobs_future_is_done():
+    from concurrent.futures import Future
+
+    from pathunlearn.serve import Admission
+
+    class FakeJob:
+        def __init__(self):
+            self.future = Future()
+
+    places, job = Admission(2), FakeJob()
+    with places.one() as admit:
+        admit(job)
+    with places.one():  # no job handed: released when the block ends
+        assert places.held == 2
+    assert places.held == 1
+    with pytest.raises(RequestError) as caught, places.one(), places.one():
+        pass
+    assert caught.value.status == 503 and places.held == 1
+    job.future.cancel()  # a cancelled job (its client left) releases its place
+    assert places.held == 0
