@@ -198,9 +198,17 @@ def test_a_built_in_methods_bad_option_is_a_config_error(options, words):
 
 
 def test_methods_command_lists_every_built_in_method(cli):
+    from pathunlearn.cli import console
+
     result = cli("methods")
     assert result.code == 0, result.err
-    lines = {line.split()[0]: line for line in result.out.splitlines() if line.strip()}
+    lines: dict[str, str] = {}  # method -> its block (a header line, then indented lines)
+    for line in result.out.splitlines():
+        assert len(line) <= console.width  # fits the terminal
+        if line and not line.startswith(" "):
+            name = line.split()[0]
+            lines[name] = ""
+        lines[name] += " " + line.strip()
     for name, cls in BUILTIN_METHODS.items():
         assert name in lines, name
         assert ("local" if cls.local else "weakly local") in lines[name]

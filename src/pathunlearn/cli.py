@@ -716,12 +716,10 @@ def methods_command(
     if json_output:
         sys.stdout.write(json.dumps(rows) + "\n")
         return
-    for r in rows:
-        settings = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in r["settings"].items()) or "-"
-        console.print(f"{r['name']:<20} {'local' if r['local'] else 'weakly local':<13} "
-                      f"caches: {', '.join(r['caches']) or '-':<40} {settings}  "
-                      f"{r['about']}", highlight=False, markup=False, soft_wrap=True)
+    from pathunlearn.report.terminal import methods_lines
+
+    for line in methods_lines(rows, console.width):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------- serve

@@ -251,3 +251,19 @@ def _fit(text: str, width: int, wrap: bool = False, indent: int = 2) -> str:
         else:
             line = f"{line} {w}" if line.strip() else line + w
     return "\n".join([*lines, line])
+
+
+def methods_lines(rows: list[dict], width: int = 80) -> list[str]:
+    """``pathunlearn methods`` in ``width`` columns: per method its name and locality, then
+    what it is, its settings and what a cell caches for it, wrapped at spaces."""
+    width = max(width, 40)
+    out = []
+    for r in rows:
+        settings = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in r["settings"].items()) or "-"
+        out.append(f"{r['name']}  ({'local' if r['local'] else 'weakly local'})")
+        out += [_fit(f"    {text}", width, wrap=True, indent=6) for text in (
+            r["about"], f"settings: {settings}",
+            f"caches: {', '.join(r['caches']) or 'nothing'}")]
+    return out
+
