@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pathunlearn.errors import ConfigError
+from pathunlearn.errors import ConfigError, one_line
 
 
 class StrictModel(BaseModel):
@@ -941,7 +941,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     try:
         value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {override!r}: value is not valid YAML ({_first_line(e)})") from None
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({one_line(e)})") from None
     except RecursionError:
         raise ConfigError(f"override {override[:40]!r}...: value nested too deep") from None
     from pathunlearn.data.io import check_plain
@@ -1039,7 +1039,7 @@ def read_yaml(path: Path) -> Any:
     try:
         data = load_yaml(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {_first_line(e)}") from None
+        raise ConfigError(f"{path}: not valid YAML: {one_line(e)}") from None
     except RecursionError:  # PyYAML's composer recurses per level
         raise ConfigError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
     check_plain(data, str(path), ConfigError)
@@ -1211,7 +1211,3 @@ def dump_config(config: ExperimentConfig) -> str:
 def _is_union_tag(part: Any) -> bool:
     # pydantic puts union member names (e.g. "list[str]") into error locations
     return isinstance(part, str) and ("[" in part or part in {"str", "int", "float"})
-
-
-def _first_line(e: Exception) -> str:
-    return " ".join(str(e).split())

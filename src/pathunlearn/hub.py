@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pathunlearn.errors import ConfigError, UserError
+from pathunlearn.errors import ConfigError, UserError, one_line
 
 DATASET_PREFIX = "hf:"
 HUB_URL = "https://huggingface.co"
@@ -309,23 +309,18 @@ def _error(ref: HubRef, e: Exception) -> UserError:
     if isinstance(e, RevisionNotFoundError):
         return UserError(f"{ref.label}: {ref.repo_id} has no revision {ref.revision!r}")
     if isinstance(e, HFValidationError):
-        return UserError(f"{ref.label}: not a hub id ({_first_line(e)})")
+        return UserError(f"{ref.label}: not a hub id ({one_line(e, first=True)})")
     if isinstance(e, incomplete):
         return UserError(f"{ref.label}: its snapshot in the cache is incomplete and the hub "
                          f"cannot be asked (run `{ref.fetch_command}` with network)")
     if isinstance(e, LocalEntryNotFoundError):
         return _missing(ref)
     if isinstance(e, HfHubHTTPError):
-        return UserError(f"{ref.label}: the hub refused it: {_first_line(e)}")
+        return UserError(f"{ref.label}: the hub refused it: {one_line(e, first=True)}")
     if isinstance(e, OSError):
         return UserError(f"{ref.label}: cannot write the cache {cache_dir()}: "
-                         f"{e.strerror or _first_line(e)}")
+                         f"{e.strerror or one_line(e, first=True)}")
     raise e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 # ---------------------------------------------------------------------------- datasets

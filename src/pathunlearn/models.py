@@ -19,7 +19,7 @@ import torch
 from pathunlearn import distributed
 from pathunlearn.config import LoraConfig, ModelConfig
 from pathunlearn.data.chat import ensure_chat_template
-from pathunlearn.errors import ConfigError, UserError
+from pathunlearn.errors import ConfigError, UserError, one_line
 from pathunlearn.files import atomic_dir, write_text
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -183,23 +183,18 @@ def load_pretrained(directory: str | Path, *, gguf_file: str | None = None, dtyp
         tokenizer = AutoTokenizer.from_pretrained(
             directory, **({"gguf_file": gguf_file} if gguf_file else {}))
     except Exception as e:  # transformers raises OSError, ValueError, KeyError ... for bad files
-        raise ConfigError(f"{where}: cannot load the tokenizer: {_first_line(e)}") from e
+        raise ConfigError(f"{where}: cannot load the tokenizer: {one_line(e)}") from e
     try:
         model = AutoModelForCausalLM.from_pretrained(
             directory, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **kwargs)
     except Exception as e:
-        raise ConfigError(f"{where}: cannot load the model: {_first_line(e)}") from e
+        raise ConfigError(f"{where}: cannot load the model: {one_line(e)}") from e
     if gguf_file:
         _drop_gguf_marker(model)
     ensure_chat_template(tokenizer)
     if tokenizer.pad_token_id is None:  # Llama tokenizers ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
-
-
-def _first_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _drop_gguf_marker(model: torch.nn.Module) -> None:
@@ -251,7 +246,7 @@ def check_architecture(cfg: ModelConfig) -> list[str]:
             model = AutoModelForCausalLM.from_config(
                 config, attn_implementation=cfg.attn_implementation)
     except (ValueError, ImportError) as e:  # transformers' refusal of the implementation
-        return [f"model.attn_implementation: {cfg.attn_implementation!r}: {_first_line(e)}"]
+        return [f"model.attn_implementation: {cfg.attn_implementation!r}: {one_line(e)}"]
     except Exception:  # anything else the load reports, with its own traceback under --debug
         return []
     if cfg.finetuning != "lora":

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pathunlearn.errors import UserError
+from pathunlearn.errors import UserError, one_line
 from pathunlearn.extras import require
 
 EXTRA = "lmeval"
@@ -202,9 +202,9 @@ def _load(manager, names: list[str], paths: list[Path]) -> list:
         with _kept_rng():  # datasets draws from the global generator as it builds a split
             loaded = manager.load([_anchored_spec(manager, n, paths) for n in names])
     except KeyError as e:
-        raise _NotIndexed(f"{what}: {_first_line(e)}") from e
+        raise _NotIndexed(f"{what}: {one_line(e)}") from e
     except Exception as e:  # datasets: a missing file, offline without a cached dataset ...
-        raise UserError(f"{what}: cannot load the task or its data: {_first_line(e)}") from e
+        raise UserError(f"{what}: cannot load the task or its data: {one_line(e)}") from e
     children = {c for kids in loaded.get("group_map", {}).values() for c in kids}
     groups = [g for name, g in loaded.get("groups", {}).items() if name not in children]
     return groups + [t for name, t in loaded["tasks"].items() if name not in children]
@@ -350,8 +350,3 @@ def _quiet(name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _first_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
