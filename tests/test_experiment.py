@@ -11,6 +11,7 @@ import yaml
 from pathunlearn.config import builtin_config_path, load_config
 from pathunlearn.plan import plan_run
 from pathunlearn.rundir import unit_dir
+from pathunlearn.timing import CELL_PHASES
 
 REDUCED = {
     "name": "e2e", "seeds": [0, 1],
@@ -65,6 +66,12 @@ def test_run_end_to_end_then_rerun_skips_everything(tmp_path, cli):
     assert list((run_dir / "figures").glob("*.png"))
     summary = json.loads(next(run_dir.glob("cells/*/npo/1/summary.json")).read_text())
     assert 0 <= summary["math_before"] <= 1 and 0 <= summary["math_after"] <= 1
+    # issue 29: seconds per phase in every cell, and in phases.json their sums over the cells
+    assert set(summary["phases"]) == set(CELL_PHASES)
+    assert all(v >= 0 for v in summary["phases"].values()) and summary["phases"]["steps"] > 0
+    summaries = [json.loads(p.read_text()) for p in run_dir.glob("cells/**/summary.json")]
+    cells = json.loads((run_dir / "phases.json").read_text())["cells"]
+    assert cells == pytest.approx({k: sum(s["phases"][k] for s in summaries) for k in cells})
     assert all(r["math_utility"] is not None for r in rows)
     # relearning (issue 15): per cell a retain and a forget run of 2 steps, forget probes only
     relearn = [json.loads(x) for x in next(run_dir.glob("cells/*/ga/0/relearn.jsonl"))

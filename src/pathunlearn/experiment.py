@@ -14,7 +14,6 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,23 +23,9 @@ from pathunlearn.executors import execute
 from pathunlearn.files import write_json
 from pathunlearn.plan import Plan, plan_run
 from pathunlearn.rundir import PHASES, PHASES_HISTORY, hold_run_dir, start_run
+from pathunlearn.timing import Phases, sum_phases
 from pathunlearn.tracking import tracking
 from pathunlearn.train.unlearn import cell_summaries
-
-
-@dataclass
-class Phases:
-    """Wall-clock seconds per phase of the run, in order."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def time(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 @contextmanager
@@ -127,9 +112,11 @@ def _report(cfg: ExperimentConfig, run_dir: Path, phases: Phases, log=print):
             extra["first invocation"] = ", ".join(f"{k} {v:.0f} s" for k, v in first.items())
         made = make_report(load_run(run_dir), phases=phases.seconds, extra=extra, reuse=True,
                            log=log)
-    # phases.json: this invocation's wall times; phases_history.json: every invocation's, so
-    # rerunning a finished run does not hide how long the work took
-    write_json(run_dir / PHASES, phases.seconds)
+    # phases.json: this invocation's wall times, and "cells": the phases inside every
+    # finished cell added up (timing.CELL_PHASES); phases_history.json: every invocation's,
+    # so rerunning a finished run does not hide how long the work took
+    write_json(run_dir / PHASES, {**phases.seconds, "cells": sum_phases(
+        [c.summary for c in made[0].cells])})
     write_json(run_dir / PHASES_HISTORY, earlier + [
         {"finished": datetime.now(UTC).isoformat(timespec="seconds"),
          "seconds": dict(phases.seconds)}])

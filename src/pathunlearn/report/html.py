@@ -29,6 +29,7 @@ from pathunlearn.report.tables import (
     display_value,
 )
 from pathunlearn.rundir import CONFIG, FIGURE_INDEX, FIGURES, PHASES, REPORT_HTML
+from pathunlearn.timing import sum_phases
 
 PACKAGES = ("torch", "transformers", "peft", "pathunlearn")
 
@@ -517,7 +518,8 @@ def _environment_section(results: Results, phases: dict | None, extra: dict) -> 
     rows = "".join(f"<tr><th class=\"text\">{_e(k)}</th><td class=\"text\">{_e(v)}</td></tr>"
                    for k, v in facts.items())
     parts = [f"<h2>Environment</h2><table>{rows}</table>"]
-    if phases:
+    phases = {k: v for k, v in (phases or {}).items() if isinstance(v, int | float)}
+    if phases:  # (phases.json's "cells": the cells' phases, shown below from the cells)
         total = sum(phases.values())
         prow = "".join(f"<tr><td class=\"text\">{_e(k)}</td><td>{float(v):.1f}</td></tr>"
                        for k, v in phases.items())
@@ -527,6 +529,12 @@ def _environment_section(results: Results, phases: dict | None, extra: dict) -> 
     else:
         parts.append("<p class=\"note\">Wall times per phase were not recorded (no "
                      "phases.json); unlearning time per method, from the cells, below.</p>")
+    inside = sum_phases([c.summary for c in results.cells])
+    if inside:
+        crow = "".join(f"<tr><td class=\"text\">{_e(k)}</td><td>{v:.1f}</td></tr>"
+                       for k, v in inside.items())
+        parts.append(f"<h3>Time inside the cells per phase (s, all cells)</h3><table><tr>"
+                     f"<th class=\"text\">phase</th><th>seconds</th></tr>{crow}</table>")
     per_method: dict[str, float] = {}
     for c in results.cells:
         per_method[c.method] = per_method.get(c.method, 0.0) + float(

@@ -85,6 +85,7 @@ from pathunlearn.rundir import (
     read_summary,
     unit_dir,
 )
+from pathunlearn.timing import Phases
 from pathunlearn.train.relearn import relearn
 from pathunlearn.train.schedules import lr_lambda
 from pathunlearn.train.staged import (
@@ -207,26 +208,33 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
        ``relearn.steps`` > 0), the summary, the unlearned model when asked for
        (:func:`finish_cell`).
     """
-    device = resolve_device(cfg.runtime.device)
+    device, phases = resolve_device(cfg.runtime.device), Phases()
     method = make_method(cell.method)
-    model, tok = load_checkpoint(prefix_dir(run_dir, cell.model_key), cfg.model, device)
-    data = cell_data(cfg, cell, method, model, tok)
-    math_before = path_model_math(cfg, cell, model, tok, run_dir, shared)
-    lmeval_before = path_model_lmeval(cfg, cell, model, tok, shared)
-    steps = fresh_steps(cfg, cell, model, data, device)
-    retrain, field_ref = cell_retrain_reference(cfg, cell, run_dir, shared)
-    probe = CellProbes(tok, shared.probe_sets, retrain, cfg.model.max_length, field_ref,
-                       cfg.probes.rouge_tokens)
-    start = saturation(steps.model, data.forget, data.pad_id, device, cfg.probes.examples,
-                       cfg.unlearning.micro_batch_size)  # changes nothing: no update, RNG restored
+    with phases.time("load"):
+        model, tok = load_checkpoint(prefix_dir(run_dir, cell.model_key), cfg.model, device)
+        data = cell_data(cfg, cell, method, model, tok)
+    with phases.time("math"):
+        math_before = path_model_math(cfg, cell, model, tok, run_dir, shared)
+    with phases.time("lmeval"):
+        lmeval_before = path_model_lmeval(cfg, cell, model, tok, shared)
+    with phases.time("load"):
+        steps = fresh_steps(cfg, cell, model, data, device)
+    with phases.time("reference"):
+        retrain, field_ref = cell_retrain_reference(cfg, cell, run_dir, shared)
+        probe = CellProbes(tok, shared.probe_sets, retrain, cfg.model.max_length, field_ref,
+                           cfg.probes.rouge_tokens)
+    with phases.time("saturation"):  # changes nothing: no update, RNG restored
+        start = saturation(steps.model, data.forget, data.pad_id, device, cfg.probes.examples,
+                           cfg.unlearning.micro_batch_size)
     with distributed.output_dir(unit_dir(run_dir, cell)) as tmp:
         files, t0 = CellWriter(tmp), time.perf_counter()
-        diverged_at, last = unlearning_loop(cfg, cell, method, steps, data, probe, files, start)
+        diverged_at, last = unlearning_loop(cfg, cell, method, steps, data, probe, files, start,
+                                            phases)
         if diverged_at is not None:
             files.diverged(diverged_at)
         summary = finish_cell(cfg, cell, steps, tok, data, files, shared, Outcome(
             last.get(M.STEP, 0), diverged_at, t0, start, math_before,
-            None if field_ref is None else field_ref.to_json(), lmeval_before))
+            None if field_ref is None else field_ref.to_json(), lmeval_before, phases))
     return summary
 
 
@@ -265,6 +273,8 @@ class Outcome:
     """The retrain model's forget truth ratios and MIA AUCs the field metrics compared with."""
     lmeval_before: dict | None = None
     """The path model's lm-eval results ({task: {metric: value}}), with unlearning.lmeval."""
+    phases: Phases | None = None
+    """Seconds per phase of the cell so far (:data:`pathunlearn.timing.CELL_PHASES`)."""
 
 
 def cell_data(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn.Module,
@@ -328,15 +338,19 @@ def fresh_steps(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, data:
 
 def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: Steps,
                     data: CellData, probe: CellProbes, files: CellWriter,
-                    start: dict) -> tuple[int | None, dict]:
+                    start: dict, phases: Phases | None = None) -> tuple[int | None, dict]:
     """Probes at step 0, then ``steps.total`` optimizer steps with probes every
     ``eval_every`` steps (and at the last); rows go to ``files``, the first step's gradient
-    norm to ``start``. Returns (the step a non-finite loss, gradient norm or probe stopped
-    the cell at, else None; the last step's row)."""
+    norm to ``start``, the seconds of the steps and of the probes to ``phases``. Returns (the
+    step a non-finite loss, gradient norm or probe stopped the cell at, else None; the last
+    step's row)."""
     u, name, last = cfg.unlearning, cell_name(cell), {}
-    files.metrics({M.STEP: 0, **probe(steps.model, generate=True), **cell.describe()})
-    files.items(0, probe.items)
+    phases = phases if phases is not None else Phases()
+    with phases.time("probes"):
+        files.metrics({M.STEP: 0, **probe(steps.model, generate=True), **cell.describe()})
+        files.items(0, probe.items)
     for step in range(1, steps.total + 1):
+        stepped = time.perf_counter()
         lr = cell.lr * steps.multiplier(step - 1)
         for group in steps.optimizer.param_groups:
             group["lr"] = lr
@@ -353,11 +367,13 @@ def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: St
         if step == 1:
             start[M.FIRST_GRAD_NORM] = grad_norm
         files.step(last)
+        phases.add("steps", time.perf_counter() - stepped)
         if step % u.eval_every == 0 or step == steps.total:
             generate = cfg.probes.rouge_every or step == steps.total
-            row = {**last, **probe(steps.model, generate=generate), "local": cell.local}
-            files.metrics(row)
-            files.items(step, probe.items)
+            with phases.time("probes"):
+                row = {**last, **probe(steps.model, generate=generate), "local": cell.local}
+                files.metrics(row)
+                files.items(step, probe.items)
             if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
                 return step, last
     return None, last
@@ -368,13 +384,19 @@ def finish_cell(cfg: ExperimentConfig, cell: Cell, steps: Steps, tok, data: Cell
     """After the loop: the math accuracy after unlearning, the relearning runs, the summary
     and config, the unlearned model (``unlearning.save_model``); returns the summary."""
     model, diverged = steps.model, done.diverged_at is not None
-    math_after = None if diverged else measure_math(cfg.unlearning.math, model, tok, cell.seed)
-    lmeval_after = (run_lmeval(cfg.unlearning.lmeval, model, tok)
-                    if done.lmeval_before is not None and not diverged else None)
+    phases = done.phases if done.phases is not None else Phases()
+    with phases.time("math"):
+        math_after = None if diverged else measure_math(cfg.unlearning.math, model, tok,
+                                                        cell.seed)
+    with phases.time("lmeval"):
+        lmeval_after = (run_lmeval(cfg.unlearning.lmeval, model, tok)
+                        if done.lmeval_before is not None and not diverged else None)
     if cfg.relearn.steps and not diverged:
-        retain = data.retain or retain_examples(cfg, tok, cell.path)
-        files.relearn(relearn(cfg, model, tok, {"retain": retain, "forget": data.forget},
-                              shared.probe_sets, steps.device, steps.seed))
+        with phases.time("relearn"):
+            retain = data.retain or retain_examples(cfg, tok, cell.path)
+            files.relearn(relearn(cfg, model, tok, {"retain": retain, "forget": data.forget},
+                                  shared.probe_sets, steps.device, steps.seed))
+    written = time.perf_counter()
     summary = {**cell.describe(), "key": cell.key, "steps": steps.total,
                "steps_done": done.steps_done, M.DIVERGED_AT: done.diverged_at,
                "seconds": time.perf_counter() - done.started, "forget_examples": len(data.forget),
@@ -383,9 +405,12 @@ def finish_cell(cfg: ExperimentConfig, cell: Cell, steps: Steps, tok, data: Cell
                **({M.LMEVAL_BEFORE: done.lmeval_before, M.LMEVAL_AFTER: lmeval_after}
                   if done.lmeval_before is not None else {}),
                **math_fields(done.math_before, math_after)}
-    files.finish(summary, cfg)
     if cfg.unlearning.save_model and not diverged:
         write_checkpoint(model, tok, files.model_dir)
+    # (the summary is the last file written; its own write is left out of "write")
+    phases.add("write", time.perf_counter() - written)
+    summary["phases"] = {k: round(v, 4) for k, v in phases.seconds.items()}
+    files.finish(summary, cfg)
     return summary
 
 

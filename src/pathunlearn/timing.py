@@ -1,0 +1,45 @@
+"""Wall-clock seconds per phase: of a run (RUN_DIR/phases.json) and of a cell (its
+summary.json ``phases``), so a reader sees where the time goes."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+CELL_PHASES = ("load", "reference", "math", "lmeval", "saturation", "steps", "probes",
+               "relearn", "write")
+"""A cell's phases, in the order it runs them: loading the path model and encoding its data
+(with what the method takes from the path model before it changes), the retrain model's
+reference values, math accuracy (before and after), lm-eval tasks, the step-0 saturation
+diagnostics, the optimizer steps (forward, backward, clip, update), the probe evaluations at
+every eval point (generations and field metrics included), relearning, writing the summary and
+the model."""
+
+
+@dataclass
+class Phases:
+    """Wall-clock seconds per phase, in the order first timed; a phase timed twice adds up."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def time(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+def sum_phases(summaries: list[dict]) -> dict[str, float]:
+    """The cells' ``phases`` added up per phase (cells written before phases were recorded
+    add nothing)."""
+    total = Phases()
+    for s in summaries:
+        for name, seconds in (s.get("phases") or {}).items():
+            total.add(name, float(seconds))
+    return total.seconds
