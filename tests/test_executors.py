@@ -108,6 +108,11 @@ def test_ray_run_equals_the_local_run_even_when_a_worker_is_killed(workspace, re
     leftovers = [p for top in ("prefixes", "cells") for p in (run_dir / top).rglob(".*")]
     assert leftovers == [] and "ray: removed 1 partial write(s) of killed tasks" in result.out
     assert "train + unlearn (ray)" in json.loads((run_dir / "phases.json").read_text())
+    # issue 29: the killed task measured its path model's step 0 before it died; its retry
+    # (another Ray task) read it back from RUN_DIR/cache/step_zero, and the numbers above
+    # equal the local run's
+    step0 = {json.loads(p.read_text())["step0"] for p in run_dir.glob("cells/**/summary.json")}
+    assert "read" in step0, step0
     # tracking from the driver as tasks finish: every prefix and cell, then the table
     logged = json.loads((run_dir / "tracking.json").read_text())["tensorboard"]["logged"]
     plan = plan_run(load_config(config), check=False)

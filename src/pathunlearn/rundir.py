@@ -66,6 +66,7 @@ MODEL = "model"
 """A cell's unlearned model (``unlearning.save_model``)."""
 CACHE = "cache"
 MATH_BEFORE = "math_before"
+STEP_ZERO = "step_zero"
 RESULTS_JSON, RESULTS_CSV, RESULTS_MD = "results.json", "results.csv", "results.md"
 RESULTS = (RESULTS_JSON, RESULTS_CSV, RESULTS_MD)
 REPORT_HTML = "report.html"
@@ -107,6 +108,14 @@ def math_before_file(run_dir: str | Path, model_key: str, digest: str) -> Path:
     before unlearning under the settings and seed ``digest`` hashes."""
     return Path(run_dir, CACHE, MATH_BEFORE,
                 f"{path_part(model_key, 'prefix key')}-{path_part(digest, 'math digest')}.json")
+
+
+def step_zero_file(run_dir: str | Path, model_key: str, digest: str) -> Path:
+    """``RUN_DIR/cache/step_zero/<model key>-<digest>.json``: what every cell of a path model
+    measures before its first update (probes, field items, saturation) under what ``digest``
+    hashes (:func:`pathunlearn.train.unlearn.step_zero_digest`)."""
+    return Path(run_dir, CACHE, STEP_ZERO,
+                f"{path_part(model_key, 'prefix key')}-{path_part(digest, 'step-0 digest')}.json")
 
 
 # ---------------------------------------------------------------------------- one writer

@@ -7,14 +7,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-CELL_PHASES = ("load", "reference", "math", "lmeval", "saturation", "steps", "probes",
+CELL_PHASES = ("load", "math", "lmeval", "reference", "step0", "probes", "steps",
                "relearn", "write")
 """A cell's phases, in the order it runs them: loading the path model and encoding its data
-(with what the method takes from the path model before it changes), the retrain model's
-reference values, math accuracy (before and after), lm-eval tasks, the step-0 saturation
-diagnostics, the optimizer steps (forward, backward, clip, update), the probe evaluations at
-every eval point (generations and field metrics included), relearning, writing the summary and
-the model."""
+(with what the method takes from the path model before it changes), math accuracy (before
+and after), lm-eval tasks, the retrain model's reference values, the step-0 measurements
+(probes, field items and saturation diagnostics: measured once per path model, then read back),
+the probe evaluations at the later eval points (generations and field metrics included), the
+optimizer steps (forward, backward, clip, update), relearning, writing the summary and the
+model."""
 
 
 @dataclass

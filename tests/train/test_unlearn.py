@@ -232,3 +232,47 @@ def test_math_before_unlearning_is_measured_once_per_path_model_and_kept(trained
     keys = ("math_before", "math_no_answer_before", "math_shuffled_baseline")
     for a, b in zip(first, again, strict=True):
         assert [a[k] for k in keys] == [b[k] for k in keys]  # exactly: JSON keeps floats
+
+
+def test_step_zero_is_measured_once_per_path_model_and_equals_each_cell_alone(
+        trained, tmp_path, monkeypatch):
+    """Issue 29: every cell of a path model starts from the same weights, so its step-0
+    probes, field items and saturation diagnostics are measured once per path model (then
+    shared in this process, and read back from RUN_DIR/cache/step_zero by later invocations)
+    and equal exactly what each cell measures alone."""
+    import shutil
+
+    from pathunlearn.train import unlearn as unlearn_module
+
+    cfg, _ = trained
+    data = {**CONFIG, "unlearning": {**CONFIG["unlearning"], "steps": 2, "eval_every": 2},
+            "probes": {**CONFIG["probes"], "rouge_tokens": 8, "sets": [
+                {"name": "f_forget", "source": "stage:refusals", "max_prompts": 4,
+                 "role": "forget", "metrics": ["prob", "rouge", "memorization"]}]}}
+
+    def run(name: str, share: bool) -> tuple[object, list[dict]]:
+        monkeypatch.setattr(unlearn_module, "STEP_ZERO_CACHE", share)
+        c = validate_config({**data, "output_dir": str(tmp_path / name)})
+        shutil.copytree(cfg.run_dir / "prefixes", c.run_dir / "prefixes")
+        plan = plan_run(c)
+        return c, plan, unlearn_all(c, plan, log=lambda *_: None)
+
+    alone_cfg, plan, alone = run("alone", False)
+    shared_cfg, _, shared = run("shared", True)
+    paths = {c.model_key for c in plan.cells}
+    assert [s["step0"] for s in alone] == ["measured"] * len(plan.cells)
+    assert sorted(s["step0"] for s in shared).count("measured") == len(paths) == 2
+    assert {s["step0"] for s in shared} == {"measured", "shared"}
+    assert len(list((shared_cfg.run_dir / "cache" / "step_zero").glob("*.json"))) == len(paths)
+    for cell, a, b in zip(plan.cells, alone, shared, strict=True):
+        da, db = unit_dir(alone_cfg.run_dir, cell), unit_dir(shared_cfg.run_dir, cell)
+        for name in ("metrics.jsonl", "items.jsonl", "steps.jsonl"):
+            assert (da / name).read_text() == (db / name).read_text(), (cell.method, name)
+        assert a["saturation"] == b["saturation"]
+    for cell in plan.cells:  # a new invocation (as a Ray task would) reads them back
+        shutil.rmtree(unit_dir(shared_cfg.run_dir, cell))
+    again = unlearn_all(shared_cfg, plan, log=lambda *_: None)
+    assert sorted({s["step0"] for s in again}) == ["read", "shared"]
+    for cell in plan.cells:
+        assert (unit_dir(alone_cfg.run_dir, cell) / "metrics.jsonl").read_text() == (
+            unit_dir(shared_cfg.run_dir, cell) / "metrics.jsonl").read_text()

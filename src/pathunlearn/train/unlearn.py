@@ -29,7 +29,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -56,7 +56,7 @@ from pathunlearn.eval.math import (
 )
 from pathunlearn.eval.probes import ProbeSet
 from pathunlearn.eval.saturation import saturation
-from pathunlearn.files import is_done
+from pathunlearn.files import is_done, write_json
 from pathunlearn.keys import data_sha, stable_hash
 from pathunlearn.losses import token_logprobs
 from pathunlearn.methods import (
@@ -83,6 +83,7 @@ from pathunlearn.rundir import (
     math_before_file,
     prefix_dir,
     read_summary,
+    step_zero_file,
     unit_dir,
 )
 from pathunlearn.timing import Phases
@@ -110,6 +111,9 @@ class Shared:
     """Retrain model key -> its forget truth ratios and MIA AUCs (eval.field)."""
     lmeval_before: dict[str, dict] = field(default_factory=dict)
     """Path model key -> its lm-eval results (unlearning.lmeval)."""
+    step_zero: dict[str, StepZero] = field(default_factory=dict)
+    """:func:`step_zero_digest` -> what the cells of a path model measure before their first
+    update (:func:`step_zero`)."""
 
 
 @dataclass
@@ -223,18 +227,19 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
         retrain, field_ref = cell_retrain_reference(cfg, cell, run_dir, shared)
         probe = CellProbes(tok, shared.probe_sets, retrain, cfg.model.max_length, field_ref,
                            cfg.probes.rouge_tokens)
-    with phases.time("saturation"):  # changes nothing: no update, RNG restored
-        start = saturation(steps.model, data.forget, data.pad_id, device, cfg.probes.examples,
-                           cfg.unlearning.micro_batch_size)
+    with phases.time("step0"):  # changes nothing: no update, RNG restored
+        zero = step_zero(cfg, cell, steps, data, probe, run_dir, shared)
+    start = dict(zero.saturation)
     with distributed.output_dir(unit_dir(run_dir, cell)) as tmp:
         files, t0 = CellWriter(tmp), time.perf_counter()
         diverged_at, last = unlearning_loop(cfg, cell, method, steps, data, probe, files, start,
-                                            phases)
+                                            phases, zero)
         if diverged_at is not None:
             files.diverged(diverged_at)
         summary = finish_cell(cfg, cell, steps, tok, data, files, shared, Outcome(
             last.get(M.STEP, 0), diverged_at, t0, start, math_before,
-            None if field_ref is None else field_ref.to_json(), lmeval_before, phases))
+            None if field_ref is None else field_ref.to_json(), lmeval_before, phases,
+            zero.source))
     return summary
 
 
@@ -275,6 +280,8 @@ class Outcome:
     """The path model's lm-eval results ({task: {metric: value}}), with unlearning.lmeval."""
     phases: Phases | None = None
     """Seconds per phase of the cell so far (:data:`pathunlearn.timing.CELL_PHASES`)."""
+    step0: str | None = None
+    """Where the step-0 measurements came from (:attr:`StepZero.source`)."""
 
 
 def cell_data(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn.Module,
@@ -338,17 +345,20 @@ def fresh_steps(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, data:
 
 def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: Steps,
                     data: CellData, probe: CellProbes, files: CellWriter,
-                    start: dict, phases: Phases | None = None) -> tuple[int | None, dict]:
-    """Probes at step 0, then ``steps.total`` optimizer steps with probes every
-    ``eval_every`` steps (and at the last); rows go to ``files``, the first step's gradient
-    norm to ``start``, the seconds of the steps and of the probes to ``phases``. Returns (the
-    step a non-finite loss, gradient norm or probe stopped the cell at, else None; the last
-    step's row)."""
+                    start: dict, phases: Phases | None = None,
+                    zero: StepZero | None = None) -> tuple[int | None, dict]:
+    """Probes at step 0 (``zero``'s, when the path model's were measured already), then
+    ``steps.total`` optimizer steps with probes every ``eval_every`` steps (and at the last);
+    rows go to ``files``, the first step's gradient norm to ``start``, the seconds of the
+    steps and of the probes to ``phases``. Returns (the step a non-finite loss, gradient norm
+    or probe stopped the cell at, else None; the last step's row)."""
     u, name, last = cfg.unlearning, cell_name(cell), {}
     phases = phases if phases is not None else Phases()
     with phases.time("probes"):
-        files.metrics({M.STEP: 0, **probe(steps.model, generate=True), **cell.describe()})
-        files.items(0, probe.items)
+        if zero is None:
+            zero = StepZero(probe(steps.model, generate=True), list(probe.items), {})
+        files.metrics({M.STEP: 0, **zero.metrics, **cell.describe()})
+        files.items(0, zero.items)
     for step in range(1, steps.total + 1):
         stepped = time.perf_counter()
         lr = cell.lr * steps.multiplier(step - 1)
@@ -377,6 +387,97 @@ def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: St
             if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
                 return step, last
     return None, last
+
+
+@dataclass(frozen=True)
+class StepZero:
+    """What a cell measures before its first update: the probe metrics (and field items) of
+    step 0 and the saturation diagnostics. Every cell of a path model starts from the same
+    weights (under LoRA with a zero-initialised adapter), so these are the same for all its
+    methods and seeds wherever they take no gradient of the cell's own parameters."""
+
+    metrics: dict
+    items: list[dict]
+    saturation: dict
+    source: str = "measured"
+    """``measured`` by this cell, ``shared`` by an earlier cell of this process, or ``read``
+    from RUN_DIR/cache/step_zero (the cell's summary.json says which)."""
+
+    def to_json(self) -> dict:
+        return {"format": STEP_ZERO_FORMAT, "metrics": self.metrics, "items": self.items,
+                "saturation": self.saturation}
+
+
+STEP_ZERO_FORMAT = 1
+"""Bump when what :func:`step_zero` measures changes: older cache files are then ignored."""
+
+
+def step_zero(cfg: ExperimentConfig, cell: Cell, steps: Steps, data: CellData,
+              probe: CellProbes, run_dir: Path, shared: Shared) -> StepZero:
+    """The cell's :class:`StepZero`: measured once per :func:`step_zero_digest` (kept in
+    ``shared`` for this invocation and in RUN_DIR/cache/step_zero for later invocations and
+    Ray tasks; under torchrun in this process only), else read back. Reading it back gives
+    exactly the numbers measuring gives: the measurement is deterministic and changes neither
+    the model nor the random state."""
+    digest = step_zero_digest(cfg, cell, steps, data, probe)
+    if digest in shared.step_zero:
+        return replace(shared.step_zero[digest], source="shared")
+    path = step_zero_file(run_dir, cell.model_key, digest)
+    alone = distributed.world() == 1
+    kept = _read_step_zero(path) if alone and STEP_ZERO_CACHE else None
+    if kept is None:
+        metrics = probe(steps.model, generate=True)
+        kept = StepZero(metrics, list(probe.items), saturation(
+            steps.model, data.forget, data.pad_id, steps.device, cfg.probes.examples,
+            cfg.unlearning.micro_batch_size))
+        if alone and STEP_ZERO_CACHE:
+            write_json(path, kept.to_json())
+    if STEP_ZERO_CACHE:
+        shared.step_zero[digest] = kept
+    return kept
+
+
+STEP_ZERO_CACHE = True
+"""Whether cells share their path model's step-0 measurements (tests turn it off to compare)."""
+
+
+def step_zero_digest(cfg: ExperimentConfig, cell: Cell, steps: Steps, data: CellData,
+                     probe: CellProbes) -> str:
+    """What a cell's step-0 measurements depend on besides its path model (``model_key``):
+    the probe sets and how they are scored and generated, the retrain model they are compared
+    with, the forget set (saturation), the trainable parameters whose gradients the saturation
+    and GradNorm diagnostics take (all weights, the adapter, a method's chosen layers), the
+    dtype, device and precision; under LoRA also the cell's seed, which draws the adapter's
+    initialisation (the gradients depend on it), and the seed wherever dropout is active."""
+    trainable = [n for n, p in steps.model.named_parameters() if p.requires_grad]
+    stochastic = cfg.model.finetuning == "lora" or _has_dropout(steps.model)
+    return stable_hash(
+        STEP_ZERO_FORMAT, cell.model_key, cell.retrain_key if probe.retrain is not None else None,
+        [p.to_json() for p in probe.probe_sets], cfg.model.max_length, cfg.probes.rouge_tokens,
+        cfg.probes.examples, cfg.unlearning.micro_batch_size, cfg.model.dtype,
+        cfg.training.precision, str(steps.device), cfg.model.attn_implementation,
+        stable_hash([e.input_ids for e in data.forget], [e.labels for e in data.forget]),
+        trainable, cfg.model.lora.model_dump(mode="json") if cfg.model.finetuning == "lora"
+        else None, cell.seed if stochastic else None)
+
+
+def _has_dropout(model: torch.nn.Module) -> bool:
+    """Whether a forward pass in training mode draws random numbers (a dropout with p > 0)."""
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    return any(float(getattr(config, k, 0) or 0) > 0 for k in (
+        "attention_dropout", "attn_pdrop", "hidden_dropout", "resid_pdrop", "embd_pdrop"))
+
+
+def _read_step_zero(path: Path) -> StepZero | None:
+    """A kept :class:`StepZero` (None when there is none, or of another format)."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("format") != STEP_ZERO_FORMAT:
+        return None
+    return StepZero(data["metrics"], data["items"], data["saturation"], "read")
 
 
 def finish_cell(cfg: ExperimentConfig, cell: Cell, steps: Steps, tok, data: CellData,
@@ -410,6 +511,7 @@ def finish_cell(cfg: ExperimentConfig, cell: Cell, steps: Steps, tok, data: Cell
     # (the summary is the last file written; its own write is left out of "write")
     phases.add("write", time.perf_counter() - written)
     summary["phases"] = {k: round(v, 4) for k, v in phases.seconds.items()}
+    summary["step0"] = done.step0
     files.finish(summary, cfg)
     return summary
 
