@@ -114,6 +114,16 @@ ConfigArgs = Annotated[
                         "directory in an override).", show_default=False),
 ]
 
+Quiet = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="Print errors and the final summary only: no progress bars, no "
+    "line per finished unit, no notices.")]
+
+
+def event_log(quiet: bool):
+    """The ``log`` of a long command: the console, one line per event (on a terminal or
+    not), or with ``--quiet`` nothing (errors are raised, and printed by :func:`main`)."""
+    return (lambda *args, **kwargs: None) if quiet else console.print
+
 
 # ---------------------------------------------------------------------------- config
 
@@ -489,6 +499,7 @@ def model_fetch(
 def train(
     args: ConfigArgs = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="Print the plan and exit.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Finetune the base model along every path (and retrain baseline), stage after stage.
 
@@ -509,7 +520,7 @@ def train(
         return
     from pathunlearn.experiment import train as train_run
 
-    train_run(cfg, progress=True, log=console.print)
+    train_run(cfg, progress=not quiet, log=event_log(quiet))
     console.print(f"path models in {cfg.run_dir / 'prefixes'}")
 
 
@@ -779,7 +790,7 @@ def serve_command(
 
 
 @app.command("unlearn")
-def unlearn(args: ConfigArgs = None) -> None:
+def unlearn(args: ConfigArgs = None, quiet: Quiet = False) -> None:
     """Unlearn the forget stage from every path model (training any missing path first).
 
     Runs every cell (path x method x seed x swept lr/scheduler), tracking the probes before
@@ -793,7 +804,7 @@ def unlearn(args: ConfigArgs = None) -> None:
 
     config, overrides = split_args(args)
     cfg = load_config(config, overrides)
-    summaries = unlearn_run(cfg, progress=True, log=console.print)
+    summaries = unlearn_run(cfg, progress=not quiet, log=event_log(quiet))
     diverged = [s for s in summaries if s["diverged_at"]]
     console.print(f"{len(summaries)} cells in {cfg.run_dir / 'cells'}"
                   + (f"; {len(diverged)} diverged" if diverged else ""))
@@ -813,6 +824,8 @@ def report(
     width: Annotated[int | None, typer.Option(
         min=60, show_default=False, help="Columns the summary fits in [default: the "
         "terminal's].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print the summary only (not "
+                                        "the files written).")] = False,
 ) -> None:
     """Rebuild the table, recency verdict, figures and report.html from RUN_DIR's cells.
 
@@ -833,9 +846,9 @@ def report(
     results, figures, page = make_report(load_run(run_dir))
     print_results(results, console, details=details, width=width)
     files = [*results.files, *figures, page]
-    console.print(f"wrote {len(files)} files: results.{{json,csv,md}}, {len(figures)} figure "
-                  f"files in {escape(str(run_dir / 'figures'))}, {escape(str(page))}",
-                  highlight=False)
+    event_log(quiet)(f"wrote {len(files)} files: results.{{json,csv,md}}, {len(figures)} "
+                     f"figure files in {escape(str(run_dir / 'figures'))}, {escape(str(page))}",
+                     highlight=False)
 
 
 # ---------------------------------------------------------------------------- run
@@ -852,6 +865,7 @@ def run(
         "--address", metavar="auto|HOST:PORT|ray://HOST:PORT",
         help="The Ray cluster to join (default: start Ray on this machine). Overrides "
              "executor.address.", show_default=False)] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Run the whole path-dependence study: train every path (and its retrain baseline),
     unlearn with every method and seed, then write the table, the recency verdict, figures
@@ -868,7 +882,7 @@ def run(
     config, overrides = split_args(args)
     overrides += executor_overrides(executor, address)
     cfg = load_config(config, overrides)
-    results, _, page = run_experiment(cfg, log=console.print, progress=True)
+    results, _, page = run_experiment(cfg, log=event_log(quiet), progress=not quiet)
     print_results(results, console)
     console.print(f"report: {page}")
 

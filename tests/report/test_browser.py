@@ -27,7 +27,7 @@ FACTS = """(() => ({
   tables: document.querySelectorAll('table').length,
   headers: [...document.querySelectorAll('th')].map(th => th.textContent),
   sections: [...document.querySelectorAll('h2')].map(h => h.textContent),
-  text: document.body.innerText,
+  text: document.body.textContent,  // (innerText leaves out the closed sections)
 }))()"""
 
 
@@ -66,12 +66,12 @@ def test_report_renders_in_chromium(chromium, make_run, tmp_path):
     # gets) and loaded
     srcs = sorted(f"data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}"
                   for f in pngs)
-    assert sorted({image["src"] for image in facts["images"]}) == srcs  # (the first screen's
-    assert all(image["complete"] and image["width"] > 0 for image in facts["images"])  # twice)
-    # the first screen's verdict table, the saturation table, the results table, the pairwise
-    # table (one method), the cells, the probes, the environment and the unlearning time per
-    # method
-    assert facts["tables"] == 8
+    assert sorted(image["src"] for image in facts["images"]) == srcs  # each once
+    assert all(image["complete"] and image["width"] > 0 for image in facts["images"])
+    # the first screen's verdict table and its figure's values, the saturation table, the
+    # results table, the pairwise table (one method), the cells, the probes, the environment
+    # and the unlearning time per method
+    assert facts["tables"] == 9
     assert {"forget score", "d at step 0", "steps_done", "targets each"} <= set(facts["headers"])
     assert {"Figures", "Cells", "Probes"} <= set(facts["sections"])
     # the dataset's HTML is text on the page, and nothing of it ran or became an element
@@ -82,23 +82,50 @@ def test_report_renders_in_chromium(chromium, make_run, tmp_path):
 
 
 FIRST_SCREEN = """(() => {
-  const box = id => { const r = document.getElementById(id).getBoundingClientRect();
-                      return {top: r.top, bottom: r.bottom, right: r.right}; };
-  const main = [...document.querySelectorAll('h2')].find(h => h.textContent.startsWith('Table'));
-  const wide = main.nextElementSibling;
-  return {table: box('glance-table'), figure: box('glance-figure'),
+  const box = el => { const r = el.getBoundingClientRect();
+                      return {top: r.top, bottom: r.bottom, left: r.left, right: r.right}; };
+  const wide = document.querySelector('#table .wide');
+  const sections = [...document.querySelectorAll('details.section')];
+  return {table: box(document.getElementById('glance-table')),
+          panels: [...document.querySelectorAll('#glance-figure svg.plot')].map(box),
+          legend: box(document.querySelector('#glance-figure .legend')),
           answer: document.querySelector('.answer').textContent,
           pageScroll: document.documentElement.scrollWidth > window.innerWidth,
           mainScroll: wide.scrollWidth > wide.clientWidth,
-          toc: document.querySelectorAll('.toc a').length};
+          sections: sections.map(d => ({title: d.querySelector('summary').textContent,
+                                        open: d.open, content: d.lastElementChild.id})),
+          toc: [...document.querySelectorAll('.toc a')].map(a => a.getAttribute('href')),
+          values: JSON.parse(document.getElementById('glance-figure').dataset.values)};
+})()"""
+
+# the last step of the first panel: where it is, and what its hover box shows before and after
+HOVER_TARGET = """(() => {
+  const g = [...document.querySelectorAll('#glance-figure svg.plot')[0].querySelectorAll('.hv')]
+    .pop();
+  const r = g.querySelector('.band').getBoundingClientRect();
+  return {x: r.left + r.width / 2, y: r.top + r.height / 2, step: Number(g.dataset.step)};
+})()"""
+TIP = """(() => {
+  const g = [...document.querySelectorAll('#glance-figure svg.plot')[0].querySelectorAll('.hv')]
+    .pop();
+  const tip = g.querySelector('.tip');
+  return {visible: getComputedStyle(tip).visibility,
+          lines: [...tip.querySelectorAll('text')].map(t => t.textContent)};
+})()"""
+FOLLOW = """(() => {
+  document.querySelector('.toc a[href="#cells"]').click();
+  return document.getElementById('section-cells').open;
 })()"""
 
 
 def test_the_first_screen_holds_the_answer_the_verdicts_and_the_main_figure(chromium, make_run,
                                                                            tmp_path):
     """Issue 28: at 1400 x 900 the first viewport holds the one-sentence answer, the verdict
-    table and the forget metric over unlearning per path; the main table needs no horizontal
-    scroll; a screenshot of the first screen is kept beside the test's files."""
+    table and the forget metric over unlearning per path (a panel per method); the main table
+    needs no horizontal scroll; pointing at a step shows each path's mean there (the numbers of
+    the cells' metrics); the sections are <details> (the table and figures open, the diagnostics
+    closed) that the contents link into, a closed one opening when followed; a screenshot of
+    the first screen is kept beside the test's files."""
     run_dir = make_run(seeds=(0, 1))
     _, _, report = make_report(load_run(run_dir))
     with Browser(chromium, tmp_path / "browser", timeout=60) as browser:
@@ -107,12 +134,39 @@ def test_the_first_screen_holds_the_answer_the_verdicts_and_the_main_figure(chro
                   {"width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": False})
         facts = page.evaluate(FIRST_SCREEN)
         shot = page.send("Page.captureScreenshot", {"format": "png"})["data"]
+        target = page.evaluate(HOVER_TARGET)
+        before = page.evaluate(TIP)
+        page.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": target["x"],
+                                               "y": target["y"]})
+        after = page.evaluate(TIP)
+        opened = page.evaluate(FOLLOW)
         errors = page.errors
     (tmp_path / "first-screen.png").write_bytes(base64.b64decode(shot))
     assert not errors, "\n".join(errors)
     assert facts["answer"].startswith("Recency effect observed for 1 of 2 methods")
-    assert facts["table"]["bottom"] <= 900 and facts["figure"]["bottom"] <= 900
-    assert facts["table"]["top"] >= 0 and facts["figure"]["right"] <= 1400
+    assert facts["table"]["top"] >= 0 and facts["table"]["bottom"] <= 900
+    assert len(facts["panels"]) == 2 and facts["legend"]["top"] >= facts["table"]["bottom"]
+    assert all(p["bottom"] <= 900 and p["right"] <= 1400 for p in facts["panels"])
     assert not facts["pageScroll"] and not facts["mainScroll"]
-    assert facts["toc"] >= 5
     assert (tmp_path / "first-screen.png").stat().st_size > 10_000
+
+    by_title = {s["title"]: s for s in facts["sections"]}
+    assert by_title["Table (the paper's Table 1)"]["open"] and by_title["Figures"]["open"]
+    assert not any(by_title[t]["open"] for t in ("Cells", "Probes", "Environment",
+                                                 "Resolved config"))
+    assert facts["toc"] == [f"#{s['content']}" for s in facts["sections"]]
+    assert opened
+
+    # the hover box: hidden, then the step and each path's mean over seeds (from the cells)
+    assert before["visible"] == "hidden" and after["visible"] == "visible"
+    metric = "forget_label_id/all_mean"
+    cells = [c for c in load_run(run_dir).cells if c.method == "ga"]
+    panel = facts["values"][0]
+    assert panel["method"] == "ga" and target["step"] == panel["steps"][-1]
+    want = [f"step {target['step']}"]
+    for path in panel["paths"]:
+        seeds = [dict(zip(*c.series(metric), strict=True))[target["step"]] for c in cells
+                 if "-".join(c.path) == path["label"]]
+        assert len(seeds) == 2 and path["mean"][-1] == pytest.approx(sum(seeds) / 2)
+        want.append(f"p{path['position']}: {sum(seeds) / 2:.3f} ± {path['half'][-1]:.3f}")
+    assert after["lines"] == want

@@ -1,8 +1,17 @@
-"""RUN_DIR/report.html: one self-contained page (figures embedded as base64 PNG, inline CSS, no
-scripts, no external resources) with the table, the recency verdict, the pairwise distances
-between paths, the figures, the probes, the resolved config, versions, device and wall times.
+"""RUN_DIR/report.html: one self-contained page (figures embedded as base64 PNG, inline CSS and
+SVG, no scripts, no external resources) with the table, the recency verdict, the pairwise
+distances between paths, the figures, the probes, the resolved config, versions, device and
+wall times.
 
-Every string that comes from data, config or directory names goes through ``html.escape``.
+The first screen (at 1400 x 900): the answer in a sentence, the verdict table and the paper's
+Figure 1 drawn as inline SVG (a panel per method; hovering or focusing a step shows each path's
+value there, by CSS alone; the same numbers in a table below it and, as JSON, in the figure's
+``data-values`` attribute). Then the sections, each a ``<details>`` (the table and figures
+open, the diagnostics closed) that the table of contents links into: a browser opens a closed
+one when a link targets its content (the HTML standard's "ancestor details revealing").
+
+Every string that comes from data, config or directory names goes through ``html.escape``;
+JSON in an attribute has ``</`` written ``<\\/`` as well.
 """
 
 from __future__ import annotations
@@ -56,6 +65,22 @@ figure.glance { flex: 1 1 520px; margin: .4em 0; } figure.glance img { max-heigh
 tr.yes td:nth-child(2) { color: #196; } tr.no td:nth-child(2) { color: #a40; }
 .toc { font-size: .9em; margin: .6em 0; }
 span.ci { display: block; font-size: .8em; color: #555; } td.path { word-break: break-word; }
+details.section { margin: 1em 0; } details.section > summary { cursor: pointer; }
+details.section > summary h2 { display: inline; border: 0; }
+details.section > summary::after { content: ""; display: block; border-bottom: 1px solid #ccc; }
+.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(660px, 1fr)); }
+.figures figure.full { grid-column: 1 / -1; } .figures figure img { display: block; }
+.panels { display: flex; flex-wrap: wrap; gap: .4em 1em; }
+svg.plot { width: 440px; height: 290px; font-size: 12px; font-family: system-ui, sans-serif; }
+svg.plot .axis { stroke: #444; fill: none; } svg.plot .grid { stroke: #e4e4e4; }
+svg.plot .hv .band { fill: transparent; } svg.plot .hv .tip, svg.plot .hv .cursor,
+svg.plot .hv circle { visibility: hidden; } svg.plot .hv:hover .tip,
+svg.plot .hv:focus .tip, svg.plot .hv:hover .cursor, svg.plot .hv:focus .cursor,
+svg.plot .hv:hover circle, svg.plot .hv:focus circle { visibility: visible; }
+svg.plot .tip rect { fill: #fff; stroke: #888; opacity: .95; } svg.plot .cursor { stroke: #888; }
+.legend { font-size: .9em; margin: .2em 0; } .legend span { margin-right: 1.2em; }
+.legend i { display: inline-block; width: 1.6em; height: .3em; vertical-align: middle;
+            margin-right: .35em; }
 """
 
 
@@ -74,25 +99,24 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
     run_dir = results.run_dir
     figures = _figure_index(run_dir) if figures is None else figures
     phases = phases if phases is not None else _read_json(run_dir / PHASES)
-    sections = [
-        _header(run_dir, results),
-        _glance_section(results, run_dir, figures),
-        "<!--toc-->",
-        *(lead or []),
-        _verdict_section(results),
-        _matched_section(results),
-        _table_section(results),
-        _field_section(results),
-        _pairwise_section(results),
-        _relearn_section(results),
-        _figure_section(run_dir, figures, shown=_glance_png(figures)),
-        _cells_section(results),
-        _probe_section(results.run.probes if probes is None else probes,
-                       results.run.plan.probe_notes),
-        _environment_section(results, phases, extra or {}),
-        _config_section(results),
+    sections = [  # (anchor, HTML starting with its <h2>, open at first)
+        *((f"lead{i}", x, True) for i, x in enumerate(lead or [], 1)),
+        ("table", _table_section(results), True),
+        ("field", _field_section(results), True),
+        ("figures", _figure_section(run_dir, figures), True),
+        ("pairwise", _pairwise_section(results), True),
+        ("control", _matched_section(results), True),
+        ("relearning", _relearn_section(results), True),
+        ("verdicts", _verdict_section(results), False),
+        ("saturation", _saturation_table(results), False),
+        ("cells", _cells_section(results), False),
+        ("probes", _probe_section(results.run.probes if probes is None else probes,
+                                  results.run.plan.probe_notes), False),
+        ("environment", _environment_section(results, phases, extra or {}), False),
+        ("config", _config_section(results), False),
     ]
-    body = _with_contents("\n".join(sections))
+    body = "\n".join([_header(run_dir, results), _glance_section(results),
+                      _with_contents([(k, x, o) for k, x, o in sections if x])])
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>pathunlearn report: {_e(run_dir.name)}</title><style>{CSS}</style></head>"
             "<body>\n" + body + "\n</body></html>\n")
@@ -136,27 +160,29 @@ def _header(run_dir: Path, results: Results) -> str:
             f"<b>{_e(t.forget_stage)}</b>.</p>")
 
 
-def _with_contents(body: str) -> str:
-    """``body`` with an id on every section heading and, where ``<!--toc-->`` stands, a table
-    of contents linking to them."""
+def _with_contents(sections: list[tuple[str, str, bool]]) -> str:
+    """A table of contents, then each ``(anchor, html, open)`` section as a ``<details>``
+    whose summary is the section's leading ``<h2>`` and whose content has the id ``anchor``:
+    the contents link there, and following a link opens a closed section (no script)."""
     import re
 
-    titles = []
+    links, parts = [], []
+    for anchor, section, is_open in sections:
+        m = re.match(r"\s*<h2>(.*?)</h2>(.*)", section, re.DOTALL)
+        title, rest = (m.group(1), m.group(2)) if m else (_e(anchor), section)
+        links.append(f"<a href=\"#{anchor}\">{title}</a>")
+        parts.append(f"<details class=\"section\" id=\"section-{anchor}\""
+                     f"{' open' if is_open else ''}><summary><h2>{title}</h2></summary>"
+                     f"<div id=\"{anchor}\">{rest}</div></details>")
+    toc = ("<nav class=\"toc\"><b>Contents</b> (closed sections open when followed): "
+           + " · ".join(links) + "</nav>")
+    return toc + "\n" + "\n".join(parts)
 
-    def anchor(m) -> str:
-        titles.append(m.group(1))
-        return f"<a id=\"s{len(titles)}\"></a><h2>{m.group(1)}</h2>"
 
-    body = re.sub(r"<h2>(.*?)</h2>", anchor, body)
-    toc = ("<nav class=\"toc\"><b>Contents:</b> " + " · ".join(
-        f"<a href=\"#s{i}\">{t}</a>" for i, t in enumerate(titles, 1)) + "</nav>")
-    return body.replace("<!--toc-->", toc, 1)
-
-
-def _glance_section(results: Results, run_dir: Path, figures: list[dict]) -> str:
+def _glance_section(results: Results) -> str:
     """The first screen: the answer in a sentence, the verdict table (methods x without /
     with the matched-start control) and the forget metric over unlearning per path (the
-    paper's Figure 1), above the fold at 1400 x 900."""
+    paper's Figure 1, :func:`_main_figure`), above the fold at 1400 x 900."""
     recency = [v for v in results.verdicts if v.kind == "recency"]
     if not recency:
         return ""
@@ -170,24 +196,169 @@ def _glance_section(results: Results, run_dir: Path, figures: list[dict]) -> str
             "<th>forget-last path</th><th>closest other path</th>"
             + ("<th class=\"text\">with the matched-start control</th>" if matched else "")
             + "<th>seeds</th></tr>")
-    png = _glance_png(figures)
-    entry = next((e for e in figures if png in e.get("files", [])), {})
-    figure = ""
-    if png and (run_dir / FIGURES / png).is_file():
-        data = base64.b64encode((run_dir / FIGURES / png).read_bytes()).decode("ascii")
-        figure = (f"<figure id=\"glance-figure\" class=\"glance\"><img alt=\"{_e(png)}\" "
-                  f"src=\"data:image/png;base64,{data}\"><figcaption>{_e(entry.get('caption', ''))}"
-                  "</figcaption></figure>")
     return (f"<section class=\"glance\"><p class=\"answer\">{_e(answer)}.</p>"
-            f"<div class=\"glance-row\"><table id=\"glance-table\">{head}{rows}</table>"
-            f"{figure}</div></section>")
+            f"<table id=\"glance-table\">{head}{rows}</table>{_main_figure(results)}</section>")
 
 
-def _glance_png(figures: list[dict]) -> str | None:
-    """The first screen's figure: the first method's forget metric over unlearning."""
-    entry = next((e for e in figures if e.get("kind") in ("forget_label", "forget_response")),
-                 None)
-    return next((f for f in entry.get("files", []) if f.endswith(".png")), None) if entry else None
+# the first screen's figure, inline SVG: a panel per method, PANEL pixels, plot area inset by
+# MARGIN (left, right, top, bottom); the paths' colours are the PNG figures' (matplotlib C0..)
+PANEL = (440, 290)
+MARGIN = (64, 12, 26, 40)
+
+
+def _main_figure(results: Results) -> str:
+    """The paper's Figure 1 as inline SVG (:func:`_svg_panel` per method, one y-axis for all),
+    the legend above it, its caption, and its numbers: as JSON in ``data-values`` and, for
+    reading without a pointer, in a table (:func:`_values_table`)."""
+    from pathunlearn.report.plots import main_series
+
+    panels = main_series(results)
+    if not panels:
+        return ""
+    values = [v for p in panels for path in p["paths"]
+              for v in (*path["mean"], *(x for seed in path["seeds"] for x in seed))
+              if v is not None]
+    lo, hi = min(values), max(values)
+    pad = 0.08 * (hi - lo) or 0.05 * max(abs(hi), 1e-3)
+    legend = {path["label"]: path for p in panels for path in p["paths"]}
+    keys = "".join(f"<span><i style=\"background:{_e(path['color'])}\"></i>p={path['position']}"
+                   f"{' (last)' if path['last'] else ''}: {_e(label)}</span>"
+                   for label, path in legend.items())
+    seeds = len({c.seed for c in results.cells if c.diverged_at is None})
+    data = json.dumps(panels).replace("</", "<\\/")
+    return (f"<figure id=\"glance-figure\" class=\"glance\" data-values=\"{_e(data)}\">"
+            f"<div class=\"legend\">{keys}</div><div class=\"panels\">"
+            + "".join(_svg_panel(p, (lo - pad, hi + pad)) for p in panels)
+            + f"</div><figcaption><b>{_e(panels[0]['metric'])}</b> (per-token average "
+            "log-probability of the forget label: unlearn target + paraphrases; higher = still "
+            f"refuses) vs unlearning step, a curve per path; mean of {seeds} seed(s) "
+            + ("with the 95% band and each seed as a thin line" if seeds > 1 else "")
+            + ". Point at (or tab to) a step for the values there; all of them in the table "
+            f"below.</figcaption>{_values_table(panels)}</figure>")
+
+
+def _svg_panel(panel: dict, ylim: tuple[float, float]) -> str:
+    """One method's panel: grid and ticks, per path each seed (thin), the band of the 95%
+    interval (cut at ``ylim``) and the mean (thick; thicker for the forget-last path), then
+    a hover target per step (:func:`_svg_hover`)."""
+    (w, h), (left, right, top, bottom) = PANEL, MARGIN
+    steps = panel["steps"]
+    s0, s1 = steps[0], steps[-1]
+
+    def x(step: float) -> float:
+        return left + (step - s0) / ((s1 - s0) or 1) * (w - left - right)
+
+    def y(v: float) -> float:
+        v = min(max(v, ylim[0]), ylim[1])
+        return top + (ylim[1] - v) / (ylim[1] - ylim[0]) * (h - top - bottom)
+
+    parts = [f"<text x=\"{left}\" y=\"16\" font-weight=\"600\">{_e(panel['method'])}"
+             f"{_e(' — ' + panel['sweep'] if panel['sweep'] else '')}</text>"]
+    for t in _ticks(*ylim):
+        parts.append(f"<line class=\"grid\" x1=\"{left}\" x2=\"{w - right}\" y1=\"{y(t):.1f}\" "
+                     f"y2=\"{y(t):.1f}\"/><text x=\"{left - 6}\" y=\"{y(t) + 4:.1f}\" "
+                     f"text-anchor=\"end\">{t:g}</text>")
+    for t in _ticks(s0, s1, integer=True):
+        parts.append(f"<text x=\"{x(t):.1f}\" y=\"{h - bottom + 16}\" text-anchor=\"middle\">"
+                     f"{t:g}</text>")
+    parts.append(f"<rect class=\"axis\" x=\"{left}\" y=\"{top}\" width=\"{w - left - right}\" "
+                 f"height=\"{h - top - bottom}\"/><text x=\"{(left + w - right) / 2}\" "
+                 f"y=\"{h - 6}\" text-anchor=\"middle\">unlearning step</text>"
+                 f"<text transform=\"translate(14 {(top + h - bottom) / 2}) rotate(-90)\" "
+                 "text-anchor=\"middle\">forget label log-prob</text>")
+    for path in panel["paths"]:
+        parts.append(_svg_path(path, steps, x, y))
+    parts += _svg_hover(panel, x, y)
+    return (f"<svg class=\"plot\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\""
+            f"{_e(panel['method'])}: {_e(panel['metric'])} vs unlearning step\">"
+            + "".join(parts) + "</svg>")
+
+
+def _svg_path(path: dict, steps: list[int], x, y) -> str:
+    """One path's seeds, band and mean (gaps where it has no value)."""
+    color = _e(path["color"])
+
+    def line(values, width: float, opacity: float = 1.0) -> str:
+        points = [f"{x(s):.1f},{y(v):.1f}" for s, v in zip(steps, values, strict=True)
+                  if v is not None]
+        return (f"<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"{width}\" "
+                f"stroke-opacity=\"{opacity}\" points=\"{' '.join(points)}\"/>")
+
+    out = [line(seed, 0.8, 0.45) for seed in path["seeds"]] if len(path["seeds"]) > 1 else []
+    band = [(s, m, hw) for s, m, hw in zip(steps, path["mean"], path["half"], strict=True)
+            if m is not None and hw is not None]
+    if band:
+        edge = [f"{x(s):.1f},{y(m + hw):.1f}" for s, m, hw in band]
+        edge += [f"{x(s):.1f},{y(m - hw):.1f}" for s, m, hw in reversed(band)]
+        out.append(f"<polygon fill=\"{color}\" fill-opacity=\"0.12\" points=\"{' '.join(edge)}\"/>")
+    out.append(line(path["mean"], 2.8 if path["last"] else 1.8))
+    return "".join(out)
+
+
+def _svg_hover(panel: dict, x, y) -> list[str]:
+    """Per step a transparent band over the plot (to the midpoints with its neighbours) that,
+    hovered or focused, shows a cursor line, each path's mean as a dot and a box with the step
+    and every path's mean ± 95% half-width (also the band's tooltip, ``<title>``)."""
+    (w, h), (left, right, top, bottom) = PANEL, MARGIN
+    steps, out = panel["steps"], []
+    for i, step in enumerate(steps):
+        lines = [f"step {step}"] + [
+            f"p{p['position']}: {_number(p['mean'][i], p['half'][i])}" for p in panel["paths"]]
+        x0 = left if i == 0 else (x(steps[i - 1]) + x(step)) / 2
+        x1 = w - right if i == len(steps) - 1 else (x(step) + x(steps[i + 1])) / 2
+        width, height = 16 + 7.2 * max(map(len, lines)), 8 + 16 * len(lines)
+        tx = x(step) + 8 if x(step) + 8 + width <= w else x(step) - 8 - width
+        dots = "".join(f"<circle cx=\"{x(step):.1f}\" cy=\"{y(p['mean'][i]):.1f}\" r=\"3.5\" "
+                       f"fill=\"{_e(p['color'])}\"/>" for p in panel["paths"]
+                       if p["mean"][i] is not None)
+        text = "".join(f"<text x=\"{tx + 8:.1f}\" y=\"{top + 18 + 16 * k}\">{_e(t)}</text>"
+                       for k, t in enumerate(lines))
+        out.append(f"<g class=\"hv\" tabindex=\"0\" data-step=\"{step}\"><title>"
+                   f"{_e('; '.join(lines))}</title><rect class=\"band\" x=\"{x0:.1f}\" "
+                   f"y=\"{top}\" width=\"{x1 - x0:.1f}\" height=\"{h - top - bottom}\"/>"
+                   f"<line class=\"cursor\" x1=\"{x(step):.1f}\" x2=\"{x(step):.1f}\" "
+                   f"y1=\"{top}\" y2=\"{h - bottom}\"/>{dots}<g class=\"tip\"><rect "
+                   f"x=\"{tx:.1f}\" y=\"{top + 2}\" width=\"{width:.1f}\" height=\"{height}\" "
+                   f"rx=\"3\"/>{text}</g></g>")
+    return out
+
+
+def _number(mean: float | None, half: float | None) -> str:
+    """A mean and its 95% half-width, as the first screen's figure shows them."""
+    if mean is None:
+        return "—"
+    return f"{mean:.3f}" + ("" if half is None else f" ± {half:.3f}")
+
+
+def _ticks(lo: float, hi: float, integer: bool = False) -> list[float]:
+    """About five round tick values in [lo, hi] (steps of 1, 2 or 5 times a power of 10)."""
+    import math
+
+    raw = (hi - lo) / 5 or 1.0
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    step = max(1, round(step)) if integer else step
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + k * step, 10) for k in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _values_table(panels: list[dict]) -> str:
+    """The first screen figure's numbers: a row per step, a column per method and path."""
+    columns = [(p, path) for p in panels for path in p["paths"]]
+    head = "".join(f"<th>{_e(p['method'])}{_e(' ' + p['sweep'] if p['sweep'] else '')} "
+                   f"p{path['position']}</th>" for p, path in columns)
+    steps = sorted({s for p in panels for s in p["steps"]})
+    rows = []
+    for step in steps:
+        cells = []
+        for p, path in columns:
+            i = p["steps"].index(step) if step in p["steps"] else None
+            cells.append(_number(path["mean"][i], path["half"][i]) if i is not None else "—")
+        rows.append(f"<tr><td>{step}</td>" + "".join(f"<td>{_e(c)}</td>" for c in cells)
+                    + "</tr>")
+    return ("<details><summary>The figure's values (mean over seeds ± 95% half-width)</summary>"
+            f"<div class=\"wide\"><table id=\"glance-values\"><tr><th>step</th>{head}</tr>"
+            + "".join(rows) + "</table></div></details>")
 
 
 def _glance_row(v: RecencyVerdict, control: RecencyVerdict | None) -> str:
@@ -217,12 +388,12 @@ def _glance_row(v: RecencyVerdict, control: RecencyVerdict | None) -> str:
 
 
 def _verdict_section(results: Results) -> str:
-    parts = ["<h2>Recency verdict</h2>",
+    parts = ["<h2>Recency verdicts in full</h2>",
              "<p class=\"note\">Per method, paths ranked by mean forget score (rank 1 = forgets "
              "least). The recency effect (the paper's finding) is observed when the path with "
              "the forget stage last forgets least.</p>"]
     parts += [_verdict_div(v) for v in results.verdicts if v.kind != "pairwise"]
-    return "\n".join(parts) + _saturation_table(results)
+    return "\n".join(parts)
 
 
 SATURATION_HEADERS = {"target_before": "unlearn target log-prob", M.FORGET_TOKEN_PROB:
@@ -243,7 +414,7 @@ def _saturation_table(results: Results) -> str:
         f"<td>{r.position}</td>"
         + "".join(f"<td>{_e(_cell_value(r.mean(k)))}</td>" for k in keys) + "</tr>"
         for r in rows)
-    return ("<h3>Where unlearning starts (saturation, step 0)</h3><p class=\"note\">Mean over "
+    return ("<h2>Where unlearning starts (saturation, step 0)</h2><p class=\"note\">Mean over "
             "seeds. Gradient ascent's push on a sequence vanishes as its probability nears 1, "
             "so a path that starts with its forget set near probability 1 (a high token "
             "probability, a small gradient norm) can forget slowly for that reason alone. The "
@@ -384,11 +555,13 @@ def _method_cell(method: str, sweep: str) -> str:
     return f"<td class=\"text\">{_e(method)}{_e(' ' + sweep if sweep else '')}</td>"
 
 
-def embedded_figure(png: Path, caption: str) -> str:
+def embedded_figure(png: Path, caption: str, full: bool = False) -> str:
     """``png`` embedded in the page (base64), with ``caption`` (HTML, already escaped) after
-    its bold name."""
+    its bold name; ``full``: a row of the figure grid to itself."""
     data = base64.b64encode(png.read_bytes()).decode("ascii")
-    return (f"<figure><img alt=\"{_e(png.stem)}\" src=\"data:image/png;base64,{data}\">"
+    cls = " class=\"full\"" if full else ""
+    return (f"<figure{cls}><img alt=\"{_e(png.stem)}\" "
+            f"src=\"data:image/png;base64,{data}\">"
             f"<figcaption><b>{_e(png.stem)}</b>: {caption}</figcaption></figure>")
 
 
@@ -434,21 +607,19 @@ def _align(key: str) -> str:
     return "text path" if key == "path_label" else "text" if key in ("method", "sweep") else ""
 
 
-def _figure_section(run_dir: Path, figures: list[dict], shown: str | None = None) -> str:
-    """Every figure of the index, but ``shown`` (the first screen's, named, not repeated)."""
+def _figure_section(run_dir: Path, figures: list[dict]) -> str:
+    """Every figure of the index, at its own size (two a row on a wide page; the pairwise
+    ones, two panels wide, a row each)."""
     parts = ["<h2>Figures</h2>"]
     for entry in figures:
         png = next((f for f in entry.get("files", []) if f.endswith(".png")), None)
         path = run_dir / FIGURES / png if png else None
         if path is None or not path.is_file():
             continue
-        if png == shown:
-            parts.append(f"<p class=\"note\"><b>{_e(path.stem)}</b>: at the top of the page "
-                         "(<a href=\"#glance-figure\">the first screen</a>).</p>")
-            continue
         svg = next((f for f in entry["files"] if f.endswith(".svg")), None)
         parts.append(embedded_figure(path, _e(entry.get("caption", ""))
-                                     + (f" (vector: figures/{_e(svg)})" if svg else "")))
+                                     + (f" (vector: figures/{_e(svg)})" if svg else ""),
+                                     full=entry.get("kind") == "pairwise"))
     if len(parts) == 1:
         return parts[0] + "<p class=\"note\">No figures were written for this run.</p>"
     return parts[0] + "<div class=\"figures\">" + "\n".join(parts[1:]) + "</div>"

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib import colormaps
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from pathunlearn import metrics as M
 from pathunlearn.figures import save_figure
@@ -153,8 +154,8 @@ def curves_figure(cells: list[CellRecord], panels: tuple[Panel, ...], forget_sta
                 group = [c for c in cells if c.path == path and c.sweep_label == sweep]
                 values += _draw(ax, group, panel, colors[path], path, forget_stage)
             _fit_ylim(ax, values)
-            ax.set_title(panel.label + (f" — {sweep}" if sweep else ""), fontsize=9)
-            ax.set_ylabel(panel.ylabel, fontsize=8)
+            ax.set_title(panel.label + (f" — {sweep}" if sweep else ""), fontsize=10)
+            ax.set_ylabel(panel.ylabel, fontsize=9)
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if i == len(panels) - 1:
@@ -162,7 +163,7 @@ def curves_figure(cells: list[CellRecord], panels: tuple[Panel, ...], forget_sta
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=1 if len(sweeps) == 1 else 2,
-                   fontsize=8, frameon=False)
+                   fontsize=9, frameon=False)
     seeds = len({c.seed for c in cells})
     note = f"mean of {seeds} seeds, 95% band" if seeds > 1 else "1 seed: no band"
     fig.suptitle(f"{title} ({note})" if title else note, fontsize=11)
@@ -200,21 +201,65 @@ def pairwise_figure(series: list[dict], cells: list[CellRecord], forget_stage: s
         for j, ax in enumerate(axes[i]):
             if log:
                 ax.set_yscale("log")
-                for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-                    axis(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                # minor ticks labelled only within one decade (else their labels overlap)
+                ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}") if
+                                             max(values) < 10 * min(values) else NullFormatter())
             _fit_ylim(ax, values, log)
-            ax.set_title(titles[j] + (f" — {sweep}" if sweep else ""), fontsize=9)
-            ax.set_ylabel("d_MSE" + (" (log scale)" if log else ""), fontsize=8)
+            ax.set_title(titles[j] + (f" — {sweep}" if sweep else ""), fontsize=10)
+            ax.set_ylabel("d_MSE" + (" (log scale)" if log else ""), fontsize=9)
             ax.grid(alpha=0.3, which="both" if log else "major")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if i == len(sweeps) - 1:
                 ax.set_xlabel("unlearning step")
-                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7,
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=9,
                           ncol=2 if j == 0 else 1, frameon=False)
     seeds = len({s["seed"] for s in series})
     note = f"mean of {seeds} seeds, 95% band" if seeds > 1 else "1 seed: no band"
     fig.suptitle(f"{title} ({note})" if title else note, fontsize=11)
     return fig
+
+
+def main_series(results: Results) -> list[dict]:
+    """The numbers of the report's first-screen figure (the paper's Figure 1): per method (and
+    swept value), the first label probe's ``/all_mean`` at every eval step, per path (in the
+    figures' order and colours) the mean over seeds and its 95% half-width, and each seed's
+    value (None where a path has no value at a step). Diverged cells are left out."""
+    label = next((p for p in results.run.probes if p.kind == "forget_label"), None)
+    if label is None:
+        return []
+    metric, stage = M.key(label.name, M.ALL_MEAN), results.table.forget_stage
+    cells = _sorted([c for c in results.cells if c.diverged_at is None], stage)
+    out = []
+    for method, sweep in dict.fromkeys((c.method, c.sweep_label) for c in cells):
+        mine = [c for c in cells if c.method == method]
+        paths = list(dict.fromkeys(c.path for c in mine))
+        rows = []
+        for i, path in enumerate(paths):
+            group = [c for c in mine if c.path == path and c.sweep_label == sweep]
+            series = [c.series(metric) for c in group]
+            if group and any(steps for steps, _ in series):
+                rows.append((i, path, series))
+        if not rows:
+            continue
+        steps = sorted({s for _, _, series in rows for st, _ in series for s in st})
+        out.append({"method": method, "sweep": sweep, "metric": metric, "steps": steps,
+                    "paths": [_main_path(i, path, series, steps, stage)
+                              for i, path, series in rows]})
+    return out
+
+
+def _main_path(i: int, path: tuple[str, ...], series: list, steps: list[int],
+               stage: str) -> dict:
+    """One path's curve of :func:`main_series`."""
+    at, stats = mean_over_seeds(series)
+    by_step = dict(zip(at, stats, strict=True))
+    p = position(path, stage)
+    return {"label": "-".join(path), "position": p, "last": p == len(path),
+            "color": to_hex(f"C{i % 10}"),
+            "mean": [by_step[s][0] if s in by_step else None for s in steps],
+            "half": [by_step[s][1] if s in by_step else None for s in steps],
+            "seeds": [[dict(zip(st, v, strict=True)).get(s) for s in steps] for st, v in series]}
 
 
 def _fit_ylim(ax, values: list[float], log: bool = False) -> None:
