@@ -134,7 +134,8 @@ def execute(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool = T
                         on_done=on_prefix)
         if cells:
             with phase("unlearn"):
-                unlearn_all(cfg, plan, run_dir=run_dir, log=log, on_done=on_cell)
+                unlearn_all(cfg, plan, run_dir=run_dir, log=log, on_done=on_cell,
+                            progress=progress)
         return
     with phase("train + unlearn (ray)"), connect(cfg, log=log):
         run_on_ray(cfg, plan, Path(run_dir), cells=cells, progress=progress, log=log,

@@ -276,3 +276,50 @@ def test_step_zero_is_measured_once_per_path_model_and_equals_each_cell_alone(
     for cell in plan.cells:
         assert (unit_dir(alone_cfg.run_dir, cell) / "metrics.jsonl").read_text() == (
             unit_dir(shared_cfg.run_dir, cell) / "metrics.jsonl").read_text()
+
+
+def test_each_cell_reports_its_steps_and_eval_points_as_it_runs(trained, tmp_path,
+                                                                 monkeypatch):
+    """Issue 28: a cell's progress (its steps with their loss, its eval points) reaches the
+    bar as events; without a terminal the bar is silent (the log keeps one line per cell)."""
+    import shutil
+    from contextlib import contextmanager
+
+    from pathunlearn.train import unlearn as unlearn_module
+
+    events: list[tuple] = []
+
+    class Recorder(unlearn_module.CellBar):
+        def __init__(self, name):
+            self.name = name
+
+        def start(self, total):
+            events.append((self.name, "start", total))
+
+        def step(self, step, loss):
+            assert math.isfinite(loss)
+            events.append((self.name, "step", step))
+
+        def evaluated(self, step):
+            events.append((self.name, "eval", step))
+
+    @contextmanager
+    def recording(enabled, description):
+        assert enabled
+        yield Recorder(description)
+
+    cfg, _ = trained
+    data = {**CONFIG, "output_dir": str(tmp_path), "paths": {**CONFIG["paths"], "positions": [2]},
+            "unlearning": {**CONFIG["unlearning"], "methods": [{"name": "ga"}], "steps": 4,
+                           "eval_every": 2}}
+    c = validate_config(data)
+    shutil.copytree(cfg.run_dir / "prefixes", c.run_dir / "prefixes")
+    monkeypatch.setattr(unlearn_module, "cell_bar", recording)
+    unlearn_all(c, plan_run(c), log=lambda *_: None, progress=True)
+    (name,) = {e[0] for e in events}
+    assert name.startswith("[1/1] ") and "ga seed 0" in name
+    assert [e[1:] for e in events] == [("start", 4), ("eval", 0), ("step", 1), ("step", 2),
+                                       ("eval", 2), ("step", 3), ("step", 4), ("eval", 4)]
+    monkeypatch.undo()
+    with unlearn_module.cell_bar(True, "x") as bar:  # pytest's stdout is not a terminal
+        assert type(bar) is unlearn_module.CellBar

@@ -29,6 +29,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -140,11 +141,13 @@ class CellData:
 
 def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
                 run_dir: Path | None = None, cells: list[Cell] | None = None,
-                log=print, on_done: Callable[[Cell, dict], None] | None = None) -> list[dict]:
+                log=print, on_done: Callable[[Cell, dict], None] | None = None,
+                progress: bool = False) -> list[dict]:
     """Run every cell of the plan (default :func:`plan_run`) not finished with its key;
     returns the summaries of all cells. The path models (and retrain models) must be
     trained (:func:`pathunlearn.train.paths.train_paths`). ``on_done(cell, summary)`` is
-    called after each cell (the experiment's tracking)."""
+    called after each cell (the experiment's tracking); ``progress``: a progress bar inside
+    each cell (:func:`cell_bar`; on a terminal only, gone when the cell's line is printed)."""
     plan = plan or plan_run(cfg)
     run_dir = Path(run_dir or cfg.run_dir)
     cells = list(plan.cells) if cells is None else cells
@@ -158,7 +161,8 @@ def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
     shared = Shared(list(plan.probes)) if todo else None
     started = time.perf_counter()
     for i, cell in enumerate(todo, 1):
-        s = unlearn_cell(cfg, cell, run_dir, shared)
+        with cell_bar(progress, f"[{i}/{len(todo)}] {cell_name(cell)}") as bar:
+            s = unlearn_cell(cfg, cell, run_dir, shared, bar)
         log(f"[{i}/{len(todo)}] {cell_line(cell, s)}{eta(started, i, len(todo))}")
         if on_done is not None:
             on_done(cell, s)
@@ -179,6 +183,64 @@ def cell_summaries(cells: list[Cell], run_dir: Path) -> list[dict]:
     return [read_summary(unit_dir(run_dir, c)) for c in cells]
 
 
+class CellBar:
+    """What a cell reports while it runs: :meth:`start` once with its number of optimizer
+    steps, then :meth:`step` after each (with the loss), :meth:`evaluated` after each eval
+    point. This one reports nothing (no progress asked for, or no terminal)."""
+
+    def start(self, total: int) -> None:
+        pass
+
+    def step(self, step: int, loss: float) -> None:
+        pass
+
+    def evaluated(self, step: int) -> None:
+        pass
+
+
+class RichCellBar(CellBar):
+    """A rich progress bar of one cell: steps done of all, the loss, eval points done, the
+    time left; transient (the cell's finished line replaces it)."""
+
+    def __init__(self, bar, description: str):
+        self.bar, self.description, self.task, self.points = bar, description, None, 0
+
+    def start(self, total: int) -> None:
+        self.task = self.bar.add_task(self.description, total=total, loss=float("nan"),
+                                      points=0)
+
+    def step(self, step: int, loss: float) -> None:
+        self.bar.update(self.task, completed=step, loss=loss)
+
+    def evaluated(self, step: int) -> None:
+        self.points += 1
+        self.bar.update(self.task, points=self.points)
+
+
+@contextmanager
+def cell_bar(enabled: bool, description: str) -> Iterator[CellBar]:
+    """A :class:`RichCellBar` when ``enabled`` and stdout is a terminal, else a silent
+    :class:`CellBar` (a log that is not a terminal stays one line per finished cell)."""
+    import sys
+
+    if not (enabled and sys.stdout.isatty()):
+        yield CellBar()
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("steps  loss {task.fields[loss]:.3f}  "
+                             "{task.fields[points]} eval points"),
+                  TimeRemainingColumn(), transient=True) as bar:
+        yield RichCellBar(bar, description)
+
+
 def cell_line(cell: Cell, s: dict) -> str:
     """What the log says of a finished cell (``s``: its summary.json)."""
     note = f", diverged at step {s['diverged_at']}" if s["diverged_at"] else ""
@@ -196,7 +258,8 @@ def cell_name(cell: Cell) -> str:
 # ---------------------------------------------------------------------------- one cell
 
 
-def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Shared) -> dict:
+def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Shared,
+                 bar: CellBar | None = None) -> dict:
     """Run one cell from its path model; write its directory atomically; return its summary.
 
     1. load the path model and encode the forget set (and the retain data of a weakly-local
@@ -233,7 +296,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     with distributed.output_dir(unit_dir(run_dir, cell)) as tmp:
         files, t0 = CellWriter(tmp), time.perf_counter()
         diverged_at, last = unlearning_loop(cfg, cell, method, steps, data, probe, files, start,
-                                            phases, zero)
+                                            phases, zero, bar or CellBar())
         if diverged_at is not None:
             files.diverged(diverged_at)
         summary = finish_cell(cfg, cell, steps, tok, data, files, shared, Outcome(
@@ -346,7 +409,8 @@ def fresh_steps(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, data:
 def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: Steps,
                     data: CellData, probe: CellProbes, files: CellWriter,
                     start: dict, phases: Phases | None = None,
-                    zero: StepZero | None = None) -> tuple[int | None, dict]:
+                    zero: StepZero | None = None,
+                    bar: CellBar | None = None) -> tuple[int | None, dict]:
     """Probes at step 0 (``zero``'s, when the path model's were measured already), then
     ``steps.total`` optimizer steps with probes every ``eval_every`` steps (and at the last);
     rows go to ``files``, the first step's gradient norm to ``start``, the seconds of the
@@ -354,11 +418,14 @@ def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: St
     or probe stopped the cell at, else None; the last step's row)."""
     u, name, last = cfg.unlearning, cell_name(cell), {}
     phases = phases if phases is not None else Phases()
+    bar = bar or CellBar()
+    bar.start(steps.total)
     with phases.time("probes"):
         if zero is None:
             zero = StepZero(probe(steps.model, generate=True), list(probe.items), {})
         files.metrics({M.STEP: 0, **zero.metrics, **cell.describe()})
         files.items(0, zero.items)
+    bar.evaluated(0)
     for step in range(1, steps.total + 1):
         stepped = time.perf_counter()
         lr = cell.lr * steps.multiplier(step - 1)
@@ -378,12 +445,14 @@ def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: St
             start[M.FIRST_GRAD_NORM] = grad_norm
         files.step(last)
         phases.add("steps", time.perf_counter() - stepped)
+        bar.step(step, loss)
         if step % u.eval_every == 0 or step == steps.total:
             generate = cfg.probes.rouge_every or step == steps.total
             with phases.time("probes"):
                 row = {**last, **probe(steps.model, generate=generate), "local": cell.local}
                 files.metrics(row)
                 files.items(step, probe.items)
+            bar.evaluated(step)
             if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
                 return step, last
     return None, last
