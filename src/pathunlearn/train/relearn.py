@@ -56,6 +56,8 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
     optim = training.model_copy(update={"lr": r.lr or training.lr})
     pad_id = tokenizer.pad_token_id
     rows = []
+    # step 0 of every run is the unlearned model itself (each run restores it): scored once
+    before = evaluate_probes(model, tokenizer, tracked, prepared=prepared)
     with torch.random.fork_rng(devices=[]):
         for kind in r.data:
             data = examples.get(kind) or []
@@ -65,8 +67,7 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
                 continue
             optimizer = make_optimizer(params, optim)
             batches = step_indices(len(data), r.batch_size, r.batch_size, seed)
-            rows.append({M.RELEARN_DATA: kind, M.STEP: 0,
-                         **evaluate_probes(model, tokenizer, tracked, prepared=prepared)})
+            rows.append({M.RELEARN_DATA: kind, M.STEP: 0, **before})
             for step in range(1, r.steps + 1):
                 (idx,) = next(batches)[1]
                 batch = collate([data[i] for i in idx], pad_id).to(device)
