@@ -68,6 +68,9 @@ def alternatives(tmp: Path) -> dict[str, list[dict[str, Any]]]:
     mapping of dotted keys (relative to the field's section) to values, for the fields whose
     value cannot be changed generically (a free string, a field that needs another with it)."""
     other = str(tmp / "elsewhere")
+    mcq = tmp / "mcq.jsonl"  # a multiple-choice question in WMDP's schema (invented)
+    mcq.write_text(json.dumps({"question": "Which port does [placeholder service] use?",
+                               "choices": ["1", "2", "3", "4"], "answer": 1}) + "\n")
     return {
         "name": [{"name": "walk2"}],
         "output_dir": [{"output_dir": other}],
@@ -80,6 +83,8 @@ def alternatives(tmp: Path) -> dict[str, list[dict[str, Any]]]:
         "stages.*.question_key": [{"question_key": "q2"}],
         "stages.*.answer_key": [{"answer_key": "a2"}],
         "stages.*.system": [{"system": "Answer briefly."}],
+        "stages.*.text_key": [{"kind": "text", "text_key": "q", "question_key": None,
+                               "answer_key": None}],
         "paths.forget_stage": [{"forget_stage": "a", "order": ["f", "c"]}],
         "paths.positions": [{"positions": [1, 2, 3]}],
         "paths.orders": [{"order": None, "positions": None,
@@ -103,6 +108,8 @@ def alternatives(tmp: Path) -> dict[str, list[dict[str, Any]]]:
         "unlearning.lmeval.tasks": [{"tasks": ["arc_easy"]}],
         "unlearning.lmeval.include_path": [{"include_path": ["tasks"]}],
         "probes.sets.*.role": [{"role": "retain", "metrics": ["prob"]}],
+        "probes.sets.*.continuation": [{"kind": "choice", "source": f"wmdp:{mcq}",
+                                        "continuation": "text"}],
         "controls.matched_start.metric": [{"metric": "forget_label_id/mean"}],
         "runtime.device": [{"device": "cpu"}],
         "executor.address": [{"kind": "ray", "address": "auto"}],

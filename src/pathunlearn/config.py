@@ -137,11 +137,26 @@ class StageConfig(StrictModel):
     """The answer field, with `question_key`."""
     system: str | None = None
     """System prompt put before each question (question/answer files only)."""
+    kind: Literal["chat", "text"] = "chat"
+    """`chat` (conversations, the loss on the assistant turns only) or `text`: raw documents,
+    no chat template, the LM loss on every token (learned in a path, or unlearned as the
+    forget stage: GA etc. on every token). A document longer than `model.max_length` is cut
+    into windows of that many tokens, each token a target once, the last window shorter
+    (pathunlearn.data.chat.text_windows). Read as documents: a .txt file (one document), a
+    records file's `text_key` field, an adapter's raw text (`muse:DIR:raw:forget`), or any
+    conversation as one document (pathunlearn.data.text). docs/muse.md."""
+    text_key: str | None = None
+    """For `kind: text` and a records file (.jsonl, .json, .csv, .parquet): the field that
+    holds each document (default `text`)."""
 
     @model_validator(mode="after")
     def _keys_together(self) -> StageConfig:
         if (self.question_key is None) != (self.answer_key is None):
             raise ValueError("give both `question_key` and `answer_key`, or neither")
+        if self.text_key is not None and (self.kind != "text" or self.question_key is not None):
+            raise ValueError("`text_key` is for `kind: text` stages without question_key")
+        if self.kind == "text" and self.system is not None:
+            raise ValueError("`system` is a chat prompt: a `kind: text` stage has none")
         return self
 
 
@@ -489,7 +504,7 @@ class UnlearningConfig(OptimConfig):
         return self
 
 
-ProbeKind = Literal["forget_label", "forget_response", "utility", "heldout", "track"]
+ProbeKind = Literal["forget_label", "forget_response", "utility", "heldout", "track", "choice"]
 FieldMetric = Literal["prob", "truth_ratio", "rouge", "mia", "memorization", "gradnorm"]
 FieldRole = Literal["forget", "retain", "real_authors", "world_facts", "holdout"]
 
@@ -504,7 +519,10 @@ class ProbeConfig(StrictModel):
     prompts of the forget stage's kind: the forget score), `forget_response` (the forget set's
     own responses), `utility` (a retained stage's answers: `<stage> utility` in the table),
     `heldout` (items used in no training, the set the RE distances are taken on; never scored
-    as a probe), or `track` (recorded and plotted only)."""
+    as a probe), `track` (recorded and plotted only), or `choice` (multiple-choice questions,
+    e.g. `wmdp:DIR:wmdp-cyber`: each item's choices scored after its question as lm-eval
+    scores zero-shot MCQ, reported as `<name>/acc`, `/acc_norm` and `/p_correct`;
+    pathunlearn.eval.choice)."""
     source: str
     """Where the prompts come from: any source (`builtin:NAME[:SPLIT]`, `ADAPTER:FILE[:SPLIT]`,
     a file) or `stage:NAME`, a stage's data read as it is trained (its split, keys and system
@@ -543,6 +561,10 @@ class ProbeConfig(StrictModel):
     role: FieldRole | None = None
     """What the set is to the field's metrics: the `forget` set, the `retain` set, TOFU's
     `real_authors` or `world_facts`, or the `holdout` set of the MIAs. Needed with `metrics`."""
+    continuation: Literal["letter", "text"] | None = None
+    """What a `choice` probe scores after each question: `letter` (the default, as lm-eval's
+    wmdp task: the letters `A`, `B`, ... of the choices listed in the prompt) or `text` (each
+    choice's own text). Only for `kind: choice`."""
 
     @model_validator(mode="after")
     def _checked(self) -> ProbeConfig:
@@ -551,6 +573,12 @@ class ProbeConfig(StrictModel):
         if self.reduce == "sum" and (self.targets is not None or self.kind == "forget_label"):
             raise ValueError("`reduce: sum` is for response probes (targets null, not "
                              "forget_label)")
+        if self.kind == "choice" and (self.targets is not None or self.metrics
+                                      or self.reduce != "mean"):
+            raise ValueError("a `choice` probe scores each item's own choices: no `targets`, "
+                             "`metrics` or `reduce: sum`")
+        if self.continuation is not None and self.kind != "choice":
+            raise ValueError("`continuation` is for `kind: choice` probes only")
         if len(set(self.metrics)) < len(self.metrics):
             raise ValueError(f"`metrics` {self.metrics}: a metric is listed twice")
         if self.metrics and self.role is None:
@@ -1027,6 +1055,18 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def load_yaml(text: str) -> Any:
     """``yaml.safe_load`` that refuses duplicate keys (:class:`UniqueKeyLoader`)."""
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def run_config_file(config_file: Path | None) -> ExperimentConfig | None:
+    """The config a run directory's config.yaml (``config_file``) holds, paths as the run
+    resolved them (what an ``eval`` command given ``--run RUN_DIR`` uses); None for None. A
+    directory without one is one line."""
+    if config_file is None:
+        return None
+    if not config_file.is_file():
+        raise ConfigError(f"--run {config_file.parent}: no {config_file.name}; not a run "
+                          "directory written by pathunlearn")
+    return load_config(config_file, relative_to_file=False)
 
 
 def read_yaml(path: Path) -> Any:

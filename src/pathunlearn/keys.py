@@ -139,13 +139,22 @@ def base_identity(cfg: ExperimentConfig) -> dict:
     return ident
 
 
+CHAT_STAGE_DEFAULTS = {"kind": "chat", "text_key": None}
+"""Stage fields added with text stages (issue 27), left out of a stage's identity at these
+values, so every chat stage (and every finished prefix) keeps its key; any other value is in
+it: a chat and a text stage of the same source never share a checkpoint."""
+
+
 def stage_identity(cfg: ExperimentConfig, name: str) -> dict:
     """A stage's whole section, its source as keys hold it, plus the content hash of its
     local data file (a plain file, or the file an adapter reads: ``tofu:FILE``)."""
     stage = cfg.stages[name]
     sha = data_sha(stage.source)  # read once: the keyed source holds it too
-    ident = {"name": name, **stage.model_dump(mode="json"),
-             "source": _keyed(stage.source, sha)}
+    section = stage.model_dump(mode="json")
+    for field, default in CHAT_STAGE_DEFAULTS.items():  # a chat stage keys as it always did
+        if section[field] == default:
+            del section[field]
+    ident = {"name": name, **section, "source": _keyed(stage.source, sha)}
     if sha is not None:
         ident["data_sha"] = sha
     if (hub_spec := hub_part(stage.source)) is not None:  # the hub dataset's resolved commit

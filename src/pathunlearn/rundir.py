@@ -445,18 +445,6 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(run_dir, config, plan, records, probes, pending, stale, controls)
 
 
-def run_config_file(config_file: Path | None) -> ExperimentConfig | None:
-    """The config a run directory's config.yaml (``config_file``) holds, paths as the run
-    resolved them (what an ``eval`` command given ``--run RUN_DIR`` uses); None for None. A
-    directory without one is one line."""
-    if config_file is None:
-        return None
-    if not config_file.is_file():
-        raise UserError(f"--run {config_file.parent}: no {config_file.name}; not a run "
-                        "directory written by pathunlearn")
-    return load_config(config_file, relative_to_file=False)
-
-
 def read_plan(run_dir: str | Path) -> Plan:
     """RUN_DIR/plan.json as a :class:`Plan`."""
     path = Path(run_dir) / PLAN

@@ -178,5 +178,5 @@ def test_report_has_the_pairwise_section(make_run):
     assert "pairwise distance between paths grew from" in section
     assert "<td class=\"text\">p1 vs p4</td>" in section and "Theorem 3.1" in section
     assert 'alt="pairwise_ga"' in page
-    recency = page.split("<h2>Recency verdict</h2>")[1].split("<h2>")[0]
+    recency = page.split("<h2>Recency verdicts in full</h2>")[1].split("<h2>")[0]
     assert "pairwise" not in recency

@@ -66,8 +66,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pathunlearn.data import muse
 from pathunlearn.data.conversation import Conversation, qa
-from pathunlearn.data.io import FORMATS, read_records, record_to_conversation
+from pathunlearn.data.io import FORMATS, read_records, record_to_conversation, subset_files
 from pathunlearn.errors import DataError
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
@@ -241,15 +242,8 @@ TOFU_EXTRAS = ("paraphrased_answer", "perturbed_answer", "paraphrased_question")
 """The fields of TOFU's perturbed subsets kept in ``meta`` (when present and not null)."""
 
 
-def tofu_subset_files(directory: Path, subset: str) -> list[Path]:
-    """The files of one subset of a TOFU release directory: ``SUBSET.json`` (or ``.jsonl``,
-    ``.parquet``) at its root, else the parquet files under ``SUBSET/`` (the hub's layout,
-    shards in name order); [] when the directory has neither."""
-    for suffix in FORMATS:
-        if (directory / f"{subset}{suffix}").is_file():
-            return [directory / f"{subset}{suffix}"]
-    folder = directory / subset
-    return sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
+tofu_subset_files = subset_files
+"""The files of one subset of a TOFU release directory (:func:`pathunlearn.data.io.subset_files`)."""
 
 
 def tofu_record(record: dict[str, Any], where: str, system: str | None = None,
@@ -407,11 +401,15 @@ def _skillmix(records: list[dict], path: str, system: str | None,
 
 # ---------------------------------------------------------------------------- the registry
 
+from pathunlearn.data import wmdp  # noqa: E402  (wmdp: reads its subset files with tofu_subset_files)
+
 ADAPTERS: dict[str, Callable[[list[dict], str, str | None, str | None], list[Conversation]]] = {
     "gsm8k": _gsm8k,
     "sorry-bench": _sorry_bench,
     "tofu": _tofu,
     "skillmix": _skillmix,
+    "wmdp": wmdp.wmdp_records,
+    "muse": muse.muse_records,
 }
 """Adapter name -> reader of a file's records (records, path, system prompt, split)."""
 
@@ -419,16 +417,22 @@ RELEASE_DIRECTORIES: dict[str, Callable[[Path, str | None, str | None, str | Non
                                         list[Conversation]]] = {
     "sorry-bench": _sorry_bench_directory,
     "tofu": _tofu_directory,
+    "wmdp": wmdp.wmdp_directory,
+    "muse": muse.muse_directory,
 }
 """Adapter name -> reader of its release's directory (directory, subset, system prompt,
 split), for the releases that ship as several files."""
 
 
 ADAPTER_SPLITS: dict[str, tuple[str, ...]] = {"sorry-bench": SORRY_BENCH_SPLITS,
-                                              "tofu": TOFU_SPLITS}
+                                              "tofu": TOFU_SPLITS,
+                                              "wmdp": wmdp.WMDP_SPLITS,
+                                              "muse": muse.MUSE_SPLITS}
 """The splits of the adapters that have any; ``NAME:LOCATION:SPLIT`` picks one inline."""
 
-ADAPTER_SUBSETS: dict[str, tuple[str, ...]] = {"tofu": TOFU_SUBSETS}
+ADAPTER_SUBSETS: dict[str, tuple[str, ...]] = {"tofu": TOFU_SUBSETS,
+                                               "wmdp": wmdp.WMDP_SUBSETS,
+                                               "muse": muse.MUSE_SUBSETS}
 """The subsets of the releases that have several in one directory: ``NAME:DIR:SUBSET``."""
 
 ADAPTER_SPLIT_ROLES: dict[str, dict[str, str]] = {"sorry-bench": {"heldout": "test"},
@@ -507,4 +511,8 @@ def adapter_files(name: str, location: str | Path) -> list[Path]:
         return [f for s in TOFU_SUBSETS for f in tofu_subset_files(path, s)]
     if name == "sorry-bench":
         return [f for f, _ in sorry_bench_files(path)]
+    if name == "wmdp":
+        return wmdp.wmdp_files(path, subset)
+    if name == "muse":
+        return muse.muse_files(path, subset)
     return []

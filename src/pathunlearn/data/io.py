@@ -467,3 +467,14 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     that is not JSON is a DataError naming the file and the line."""
     for lineno, line in text_lines(path):
         yield parse_json(line, f"{path}: line {lineno}", position=False)
+
+
+def subset_files(directory: Path, subset: str) -> list[Path]:
+    """The files of one subset of a release directory (TOFU's, WMDP's): ``SUBSET.json`` (or
+    ``.jsonl``, ``.csv``, ``.parquet``) at its root, else the parquet files under ``SUBSET/``
+    (the hub's layout, shards in name order); [] when the directory has neither."""
+    for suffix in FORMATS:
+        if (directory / f"{subset}{suffix}").is_file():
+            return [directory / f"{subset}{suffix}"]
+    folder = directory / subset
+    return sorted(folder.rglob("*.parquet")) if folder.is_dir() else []

@@ -10,7 +10,7 @@ from pathlib import Path
 from pathunlearn import hub
 from pathunlearn.data.adapters import parse_adapter
 from pathunlearn.data.conversation import Conversation
-from pathunlearn.data.io import load_conversations
+from pathunlearn.data.io import FORMATS, load_conversations
 from pathunlearn.errors import DataError
 
 BUILTIN_PREFIX = "builtin:"
@@ -100,10 +100,21 @@ def localize(spec: str) -> str:
 def load_stage(stage, cut: bool = True) -> list[Conversation]:
     """The conversations of a stage (a :class:`pathunlearn.config.StageConfig`), exactly as
     staged training and unlearning read them; ``cut=False``: all of the source's items, also
-    those after the stage's ``max_examples`` (which no training sees)."""
-    return load_source(stage.source, split=stage.split, question_key=stage.question_key,
-                       answer_key=stage.answer_key, system=stage.system,
-                       max_examples=stage.max_examples if cut else None)
+    those after the stage's ``max_examples`` (which no training sees). A stage of ``kind:
+    text`` reads documents (:mod:`pathunlearn.data.text`); a chat stage whose source gives raw
+    text is an error that says so."""
+    max_examples = stage.max_examples if cut else None
+    if getattr(stage, "kind", "chat") == "text":
+        return load_text_source(stage.source, split=stage.split, text_key=stage.text_key,
+                                question_key=stage.question_key, answer_key=stage.answer_key,
+                                max_examples=max_examples)
+    conversations = load_source(stage.source, split=stage.split, question_key=stage.question_key,
+                                answer_key=stage.answer_key, system=stage.system,
+                                max_examples=max_examples)
+    if conversations and conversations[0].is_text:
+        raise DataError(f"{stage.source}: raw text (documents), not conversations: give the "
+                        "stage kind: text")
+    return conversations
 
 
 def split_with_role(spec: str, split: str | None, role: str) -> str | None:
@@ -126,3 +137,28 @@ def split_with_role(spec: str, split: str | None, role: str) -> str | None:
         return f"{name}:{path}:{wanted}" if wanted and wanted != (inline or split or
                                                                   "train") else None
     return None
+
+
+def load_text_source(spec: str, split: str | None = None, text_key: str | None = None,
+                     question_key: str | None = None, answer_key: str | None = None,
+                     max_examples: int | None = None) -> list[Conversation]:
+    """The documents of a text stage's source (module docstring), the first ``max_examples``."""
+    from pathunlearn.data.text import TEXT_SUFFIX, as_document, text_file, text_records
+
+    local = localize(spec)
+    plain = not local.startswith(BUILTIN_PREFIX) and parse_adapter(local) is None
+    if text_key is not None and not (plain and Path(local).suffix in FORMATS):
+        raise DataError(f"{spec}: text_key names the field of a records file ("
+                        f"{', '.join(FORMATS)}); this source is read as it comes")
+    if plain and Path(local).suffix == TEXT_SUFFIX:
+        documents = text_file(local)
+    elif plain and question_key is None:
+        if not Path(local).exists():
+            raise DataError(f"{spec}: no such file (built-in sources are written builtin:NAME)")
+        documents = text_records(local, text_key)
+    elif plain:
+        documents = [as_document(c) for c in load_conversations(local, question_key,
+                                                                answer_key)]
+    else:
+        documents = [as_document(c) for c in load_source(local, split=split)]
+    return documents[:max_examples] if max_examples else documents

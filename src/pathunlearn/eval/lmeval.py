@@ -137,7 +137,7 @@ def model_request(run_config: Path | None, device: str | None) -> tuple[Any, str
     """How ``pathunlearn eval lmeval`` loads its model: the ``model`` settings (dtype,
     attention) of the run whose config.yaml is ``run_config`` and its ``runtime.device``, or
     (None, ``auto``) without a run; a ``device`` given wins."""
-    from pathunlearn.rundir import run_config_file
+    from pathunlearn.config import run_config_file
 
     cfg = run_config_file(run_config)
     if cfg is None:

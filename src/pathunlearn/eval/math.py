@@ -410,9 +410,8 @@ def math_request(run_config: Path | None, flags: dict[str, Any], seed: int | Non
     (else auto). A value the config would refuse is one line naming the option."""
     from pydantic import ValidationError
 
-    from pathunlearn.config import error_items
+    from pathunlearn.config import error_items, run_config_file
     from pathunlearn.errors import UserError
-    from pathunlearn.rundir import run_config_file
 
     cfg = run_config_file(run_config)
     base = cfg.unlearning.math if cfg is not None else _DEFAULT

@@ -22,6 +22,8 @@ Metric names (every value is a mean over the probe's prompts; ``pathunlearn.metr
                              ``reduce="sum"``,
   ``<name>/sum``             the mean over prompts of the summed log-probability log pi(y|x)
                              (the paper's Section 4.3 curves).
+- choice probes (``kind: choice``, a question x each of its choices, scored summed):
+  ``<name>/acc``, ``<name>/acc_norm``, ``<name>/p_correct`` (:mod:`pathunlearn.eval.choice`).
 
 :func:`resolve_probes` turns a config into its probe sets: the defaults derived from the
 stages (:func:`default_probe_configs`, unless ``probes.defaults`` is false), a set of
@@ -67,6 +69,7 @@ from pathunlearn.data.conversation import Conversation
 from pathunlearn.data.sources import load_source, load_stage, split_with_role
 from pathunlearn.data.suite import REFUSAL_PARAPHRASES, REFUSAL_TARGET
 from pathunlearn.errors import ConfigError, DataError
+from pathunlearn.eval.choice import choice_metrics, choice_rows
 from pathunlearn.eval.field import field_rows
 from pathunlearn.eval.logprob import (
     Prepared,
@@ -106,6 +109,9 @@ class ProbeSet:
     """A field set's role: forget, retain, real_authors, world_facts or holdout."""
     paraphrased: bool = False
     """Whether row 1 of a field set's group is the item's paraphrased answer."""
+    answers: tuple[int, ...] = ()
+    """A choice set's correct choice per prompt (its groups are each question's choices,
+    scored summed: ``reduce`` "sum"; :mod:`pathunlearn.eval.choice`)."""
 
     @property
     def scored(self) -> bool:
@@ -115,6 +121,8 @@ class ProbeSet:
     def to_json(self) -> dict:
         field_info = {"metrics": list(self.metrics), "role": self.role,
                       "paraphrased": self.paraphrased} if self.metrics else {}
+        if self.kind == "choice":
+            field_info["answers"] = list(self.answers)
         return {"name": self.name, "kind": self.kind, "stage": self.stage,
                 "source": self.source, "reduce": self.reduce, "group_size": self.group_size,
                 **field_info,
@@ -125,7 +133,8 @@ class ProbeSet:
         rows = tuple((list(r["prompt"]), r["target"]) for r in data["rows"])
         return cls(data["name"], rows, int(data["group_size"]), data["reduce"], data["kind"],
                    data["stage"], data["source"], tuple(data.get("metrics", ())),
-                   data.get("role"), bool(data.get("paraphrased", False)))
+                   data.get("role"), bool(data.get("paraphrased", False)),
+                   tuple(int(a) for a in data.get("answers", ())))
 
     def __post_init__(self) -> None:
         if not self.rows or len(self.rows) % self.group_size:
@@ -133,8 +142,13 @@ class ProbeSet:
                              f"of {self.group_size}")
         if self.reduce not in ("mean", "sum"):
             raise ValueError(f"probe {self.name}: unknown reduce {self.reduce!r}")
-        if self.reduce == "sum" and self.group_size > 1:
+        if self.reduce == "sum" and self.group_size > 1 and self.kind != "choice":
             raise ValueError(f"probe {self.name}: reduce 'sum' is for response probes only")
+        if self.kind == "choice" and (self.reduce != "sum" or len(self.answers) * self.group_size
+                                      != len(self.rows) or not all(
+                                          0 <= a < self.group_size for a in self.answers)):
+            raise ValueError(f"probe {self.name}: a choice set is scored summed, with one "
+                             "answer index into its group per prompt")
 
 
 def label_probe(name: str, prompts: Sequence[list[dict[str, str]]],
@@ -260,6 +274,12 @@ def probe_set(cfg: ExperimentConfig, config: ProbeConfig) -> ProbeSet:
         raise DataError(f"probe {config.name}: {e}") from None
     stage = config.stage or config.stage_source
     info = {"kind": config.kind, "stage": stage, "source": config.source}
+    if config.kind == "choice":
+        try:
+            rows, answers, size = choice_rows(items, config.continuation or "letter")
+        except DataError as e:
+            raise DataError(f"probe {config.name}: {config.source}: {e}") from None
+        return ProbeSet(config.name, tuple(rows), size, "sum", answers=tuple(answers), **info)
     if config.metrics:
         rows, layout = field_rows(config.name, items, config.metrics, config.role)
         return ProbeSet(config.name, tuple(rows), layout.group_size, metrics=tuple(
@@ -296,6 +316,8 @@ def probe_metrics(probe: ProbeSet, scores: np.ndarray) -> dict[str, float]:
     """The metrics of one probe from its rows' scores (N,): per-token average
     log-probabilities, or summed ones for a probe with ``reduce="sum"``."""
     grid = np.asarray(scores, dtype=np.float64).reshape(-1, probe.group_size)  # (P, G)
+    if probe.kind == "choice":  # summed log-likelihoods of each question's choices
+        return choice_metrics(probe.name, grid, probe.answers, [t for _, t in probe.rows])
     if probe.metrics:  # a field set: its items' own answers (the rest is eval.field's)
         return {M.key(probe.name, probe.reduce): float(grid[:, 0].mean())}
     if probe.group_size == 1:

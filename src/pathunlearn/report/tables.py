@@ -15,6 +15,8 @@ its probe sets (RUN_DIR/probes.json, :func:`scores_of`):
 - ``utility_<probe>``   = 1 - |change| of a ``utility`` probe: ``utility_<stage>_train`` on the
   stage's trained answers (the paper's TOFU utility for the TOFU stage),
   ``utility_<stage>_paraphrased`` on the same facts asked in paraphrase;
+- ``<probe>_acc``       a ``choice`` probe's ``/acc`` at the end (its multiple-choice accuracy,
+  :mod:`pathunlearn.eval.choice`);
 - ``math_utility``      = accuracy after - accuracy before, from ``math_after``/``math_before``
   in the cell's summary.json when the run measured them, else null;
 - ``re_distance_to_retrain`` = ``re_retrain/kl`` at the end (distance to the retrain model,
@@ -108,6 +110,11 @@ def scores_of(probes: list) -> list[Score]:
         out.append(Score(f"utility_{p.name}", utility_header(p),
                          f"1 - |change of {p.name}/{p.reduce}| ({p.source})", "utility",
                          M.key(p.name, p.reduce)))
+    for p in (p for p in probes if p.kind == "choice"):
+        out.append(Score(f"{p.name}_acc", f"{p.name} acc", f"{p.name}/acc at the end: accuracy "
+                         "on its multiple-choice questions by each choice's log-likelihood "
+                         f"(lm-eval's acc; chance 1/{p.group_size}; {p.source})", "end",
+                         M.key(p.name, "acc")))
     return [*out, *field_scores(probes), MATH, RE]
 
 
