@@ -24,7 +24,7 @@ Methods are ranked by their mean forget spread, largest first.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from pathunlearn.report.model import CellRow, GrowthVerdict, RecencyVerdict, Stat
 from pathunlearn.report.stats import mean_ci
@@ -92,7 +92,7 @@ def path_dependence(cells: list[CellRow], recency: list[RecencyVerdict],
             recency_observed=None if rec is None else rec.observed))
     out.sort(key=lambda d: -(d.forget_spread.mean if d.forget_spread.mean is not None
                              else -math.inf))
-    return [Dependence(**{**d.__dict__, "rank": i}) for i, d in enumerate(out, 1)]
+    return [replace(d, rank=i) for i, d in enumerate(out, 1)]
 
 
 def seed_spreads(cells: list[CellRow], paths: list[str], score: str) -> list[float]:

@@ -159,16 +159,7 @@ def summary_table(table, width: int) -> list[str]:
              f"p{r.position}" if by_position else r.path_label,
              *(_cell(r, k) for k, _ in keys), str(r.n)] for r in table.rows]
     head = ["method", "path", *(h for _, h in keys), "n"]
-    dropped = []
-    while True:
-        widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
-        if sum(widths) + 2 * (len(widths) - 1) <= width or len(head) <= 4:
-            break
-        dropped.append(head.pop(-2))  # the last score column; "n" stays
-        rows = [r[:-2] + r[-1:] for r in rows]
-    out = ["  ".join(x.rjust(w) if i > 1 else x.ljust(w) for i, (x, w) in
-                     enumerate(zip(line, widths, strict=True))).rstrip()
-           for line in [head, *rows]]
+    out, head, dropped = _columns(head, rows, width)  # the last score column first; "n" stays
     legend = dict(SUMMARY_COLUMNS)
     shown = [h for h in head[2:-1]]
     names = {h: k for k, h in legend.items()}
@@ -196,18 +187,8 @@ def dependence_table(entries, width: int) -> list[str]:
     empty = [i for i in range(3, len(head) - 1) if all(r[i] == "n/a" for r in rows)]
     head = [h for i, h in enumerate(head) if i not in empty]
     rows = [[x for i, x in enumerate(r) if i not in empty] for r in rows]
-    dropped = []
-    while True:
-        widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
-        if sum(widths) + 2 * (len(widths) - 1) <= width or len(head) <= 4:
-            break
-        i = len(head) - 2  # the last column before the verdict
-        dropped.append(head.pop(i))
-        rows = [r[:i] + r[i + 1:] for r in rows]
-    out = ["", "which methods are path-dependent here (ranked by forget spread):"]
-    out += ["  ".join(x.rjust(w) if i > 1 else x.ljust(w) for i, (x, w) in
-                      enumerate(zip(line, widths, strict=True))).rstrip()
-            for line in [head, *rows]]
+    lines, _, dropped = _columns(head, rows, width)  # the verdict column stays
+    out = ["", "which methods are path-dependent here (ranked by forget spread):", *lines]
     out.append(_fit("spread = highest minus lowest forget score across paths (per seed, mean "
                     "± 95% half-width); path p = one-way ANOVA by path; FQ orders = log10 "
                     "range of forget quality; growth = d_MSE last minus first step; "
@@ -215,6 +196,25 @@ def dependence_table(entries, width: int) -> list[str]:
     if dropped:
         out.append(_fit(f"not shown at {width} columns: {', '.join(reversed(dropped))}", width))
     return out + [""]
+
+
+def _columns(head: list[str], rows: list[list[str]], width: int
+             ) -> tuple[list[str], list[str], list[str]]:
+    """``head`` and ``rows`` as aligned lines (the first two columns left-aligned, the rest
+    right-aligned, two spaces apart) within ``width``: the next-to-last column is dropped
+    until they fit or four columns are left. Returns (lines, the head shown, the headers
+    dropped, in the order dropped)."""
+    head, dropped = list(head), []
+    while True:
+        widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+        if sum(widths) + 2 * (len(widths) - 1) <= width or len(head) <= 4:
+            break
+        dropped.append(head.pop(-2))
+        rows = [r[:-2] + r[-1:] for r in rows]
+    lines = ["  ".join(x.rjust(w) if i > 1 else x.ljust(w) for i, (x, w) in
+                       enumerate(zip(line, widths, strict=True))).rstrip()
+             for line in [head, *rows]]
+    return lines, head, dropped
 
 
 def _header(table, key: str) -> str:

@@ -273,12 +273,9 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float | None) -> 
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-@contextlib.contextmanager
-def _progress(enabled: bool, stage: str, total: int):
-    """A rich progress bar showing loss and tokens/s; a no-op when disabled."""
-    if not enabled:
-        yield lambda loss, tps: None
-        return
+def progress_bar(fields: str, *, transient: bool):
+    """A rich progress bar: the task's description (bold, taken as plain text), the bar,
+    done / total, ``fields`` (a format of the task's fields) and the time left."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -287,8 +284,18 @@ def _progress(enabled: bool, stage: str, total: int):
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]:.3f}  {task.fields[tps]:.0f} tok/s"),
-                  TimeRemainingColumn(), transient=False) as bar:
+    return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+                    MofNCompleteColumn(), TextColumn(fields), TimeRemainingColumn(),
+                    transient=transient)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, stage: str, total: int):
+    """A rich progress bar showing loss and tokens/s; a no-op when disabled."""
+    if not enabled:
+        yield lambda loss, tps: None
+        return
+    with progress_bar("loss {task.fields[loss]:.3f}  {task.fields[tps]:.0f} tok/s",
+                      transient=False) as bar:
         task = bar.add_task(stage, total=total, loss=float("nan"), tps=0.0)
         yield lambda loss, tps: bar.update(task, advance=1, loss=loss, tps=tps)

@@ -95,6 +95,7 @@ from pathunlearn.train.staged import (
     clip_gradients,
     make_optimizer,
     num_steps,
+    progress_bar,
     stage_seed,
 )
 
@@ -226,18 +227,8 @@ def cell_bar(enabled: bool, description: str) -> Iterator[CellBar]:
     if not (enabled and sys.stdout.isatty()):
         yield CellBar()
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("steps  loss {task.fields[loss]:.3f}  "
-                             "{task.fields[points]} eval points"),
-                  TimeRemainingColumn(), transient=True) as bar:
+    with progress_bar("steps  loss {task.fields[loss]:.3f}  {task.fields[points]} eval points",
+                      transient=True) as bar:
         yield RichCellBar(bar, description)
 
 
@@ -341,7 +332,7 @@ class Outcome:
     """The retrain model's forget truth ratios and MIA AUCs the field metrics compared with."""
     lmeval_before: dict | None = None
     """The path model's lm-eval results ({task: {metric: value}}), with unlearning.lmeval."""
-    phases: Phases | None = None
+    phases: Phases = field(default_factory=Phases)
     """Seconds per phase of the cell so far (:data:`pathunlearn.timing.CELL_PHASES`)."""
     step0: str | None = None
     """Where the step-0 measurements came from (:attr:`StepZero.source`)."""
@@ -408,21 +399,16 @@ def fresh_steps(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, data:
 
 def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: Steps,
                     data: CellData, probe: CellProbes, files: CellWriter,
-                    start: dict, phases: Phases | None = None,
-                    zero: StepZero | None = None,
-                    bar: CellBar | None = None) -> tuple[int | None, dict]:
-    """Probes at step 0 (``zero``'s, when the path model's were measured already), then
-    ``steps.total`` optimizer steps with probes every ``eval_every`` steps (and at the last);
-    rows go to ``files``, the first step's gradient norm to ``start``, the seconds of the
-    steps and of the probes to ``phases``. Returns (the step a non-finite loss, gradient norm
-    or probe stopped the cell at, else None; the last step's row)."""
+                    start: dict, phases: Phases, zero: StepZero,
+                    bar: CellBar) -> tuple[int | None, dict]:
+    """The step-0 row (``zero``: the path model's, :func:`step_zero`), then ``steps.total``
+    optimizer steps with probes every ``eval_every`` steps (and at the last); rows go to
+    ``files``, the first step's gradient norm to ``start``, the seconds of the steps and of
+    the probes to ``phases``, the progress to ``bar``. Returns (the step a non-finite loss,
+    gradient norm or probe stopped the cell at, else None; the last step's row)."""
     u, name, last = cfg.unlearning, cell_name(cell), {}
-    phases = phases if phases is not None else Phases()
-    bar = bar or CellBar()
     bar.start(steps.total)
     with phases.time("probes"):
-        if zero is None:
-            zero = StepZero(probe(steps.model, generate=True), list(probe.items), {})
         files.metrics({M.STEP: 0, **zero.metrics, **cell.describe()})
         files.items(0, zero.items)
     bar.evaluated(0)
@@ -554,7 +540,7 @@ def finish_cell(cfg: ExperimentConfig, cell: Cell, steps: Steps, tok, data: Cell
     """After the loop: the math accuracy after unlearning, the relearning runs, the summary
     and config, the unlearned model (``unlearning.save_model``); returns the summary."""
     model, diverged = steps.model, done.diverged_at is not None
-    phases = done.phases if done.phases is not None else Phases()
+    phases = done.phases
     with phases.time("math"):
         math_after = None if diverged else measure_math(cfg.unlearning.math, model, tok,
                                                         cell.seed)
