@@ -376,3 +376,28 @@ def test_a_moved_training_key_names_its_new_place(moved, tmp_path):
     with pytest.raises(ConfigError) as e:
         validate_config(data, source="old.yaml")
     assert str(e.value) == f"old.yaml: training.{moved}: unknown key; did you mean runtime.{moved}?"
+
+
+def test_a_probe_set_keys_as_before_choice_probes_existed(tmp_path, monkeypatch):
+    """`continuation` (choice probes, issue 27) at its default is left out of the probes'
+    identity, so the cells and matched-start models of earlier runs keep their keys; set, it
+    is in it."""
+    from pathunlearn import keys
+
+    hashed = []
+    real = keys.stable_hash
+    monkeypatch.setattr(keys, "stable_hash", lambda *a: hashed.append(a) or real(*a))
+    data = base_data(tmp_path)
+    cfg = validate_config(data)
+    keys.probes_key(cfg, [])
+    (_, section, _), = [a for a in hashed if a and a[0] == "probes"]
+    assert section["sets"] and all("continuation" not in s for s in section["sets"])
+    mcq = tmp_path / "mcq.jsonl"
+    mcq.write_text(json.dumps({"question": "Which port does [placeholder service] use?",
+                               "choices": ["1", "2", "3", "4"], "answer": 1}) + "\n")
+    data["probes"]["sets"] = [{"name": "mcq", "kind": "choice", "source": f"wmdp:{mcq}",
+                               "continuation": "text"}]
+    hashed.clear()
+    keys.probes_key(validate_config(data), [])
+    (_, section, _), = [a for a in hashed if a and a[0] == "probes"]
+    assert section["sets"][0]["continuation"] == "text"

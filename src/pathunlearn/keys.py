@@ -215,6 +215,12 @@ def data_file(source: str) -> Path | None:
 # ---------------------------------------------------------------------------- probes, cells
 
 
+PROBE_SET_DEFAULTS = {"continuation": None}
+"""Probe-set fields added with choice probes (issue 27), left out of the probes' identity at
+these values, so every cell and matched-start model of an earlier run keeps its key (as
+:data:`CHAT_STAGE_DEFAULTS` does for stages); any other value is in it."""
+
+
 def probes_key(cfg: ExperimentConfig, resolved: list[dict]) -> str:
     """The whole ``probes`` section (sources as keys hold them) and the resolved probe sets
     (``resolved``: each set's JSON, :meth:`pathunlearn.eval.probes.ProbeSet.to_json`, every
@@ -223,6 +229,9 @@ def probes_key(cfg: ExperimentConfig, resolved: list[dict]) -> str:
     keyed = functools.cache(keyed_source)  # a set's source is in the section and its rows
     section = cfg.probes.model_dump(mode="json")
     for entry in section["sets"]:
+        for field, default in PROBE_SET_DEFAULTS.items():  # a set keys as it always did
+            if entry[field] == default:
+                del entry[field]
         entry["source"] = keyed(entry["source"])
         if isinstance(entry["targets"], str):
             entry["targets"] = keyed(entry["targets"])
