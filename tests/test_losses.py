@@ -161,9 +161,10 @@ def retain_loss(method: MethodConfig, logits, labels, ref_logits=None):
 def test_method_objects_cover_every_built_in_method():
     names = set(BUILTIN_METHODS)
     local = {n for n, m in BUILTIN_METHODS.items() if m.local}
-    assert local == {"ga", "npo", "simnpo", "weighted_ga", "satimp", "ceu", "undial", "dpo"}
+    assert local == {"ga", "npo", "simnpo", "weighted_ga", "satimp", "ceu", "undial", "dpo",
+                     "rmu"}
     assert names - local == {"graddiff", "npo_retain", "npo_kl", "weighted_ga_retain",
-                             "satimp_retain", "undial_retain", "dpo_retain"}
+                             "satimp_retain", "undial_retain", "dpo_retain", "rmu_retain", "pdu"}
     assert BUILTIN_METHODS["npo"].default_beta == 0.5
     assert BUILTIN_METHODS["simnpo"].default_beta == 1.0
     assert make_method(MethodConfig(name="npo")).beta == 0.5

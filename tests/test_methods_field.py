@@ -182,7 +182,7 @@ def test_retain_variants_add_the_weighted_retain_nll():
 def test_what_each_method_asks_of_a_cell():
     wants = {n: (m.needs_logits, m.needs_reference_logits) for n, m in BUILTIN_METHODS.items()}
     assert {n for n, (logits, _) in wants.items() if logits} == {"ceu", "undial",
-                                                                 "undial_retain"}
+                                                                 "undial_retain", "pdu"}
     assert {n for n, (_, teacher) in wants.items() if teacher} == {"undial", "undial_retain"}
     for name in ("ga", "npo", "simnpo", "graddiff", "npo_retain", "npo_kl"):
         assert BUILTIN_METHODS[name].option_defaults is None  # as before: unchecked
@@ -218,6 +218,8 @@ def test_methods_command_lists_every_built_in_method(cli):
     js = json.loads(cli("methods", "--json").out)
     assert [m["name"] for m in js] == list(BUILTIN_METHODS)
     assert "alternate answers" in lines["dpo"] and "alternates=" in lines["dpo"]
+    assert "a layer's activations" in lines["rmu"] and "steering_coeff=300" in lines["rmu"]
+    assert "dual_update=step" in lines["pdu"] and "weakly local" in lines["pdu"]
 
 
 # ---------------------------------------------------------------------------- through a run
@@ -229,6 +231,10 @@ def shared_run(tmp_path_factory):
     return tmp_path_factory.mktemp("methods")
 
 
+RUN_OPTIONS = {"rmu": {"layer": 2}, "rmu_retain": {"layer": 2}}
+"""Options a method needs on the tiny preset (4 layers; RMU's default layer is 7)."""
+
+
 def run_config(out, name: str) -> dict:
     return {
         "name": "methods", "output_dir": str(out), "seeds": [0],
@@ -238,7 +244,8 @@ def run_config(out, name: str) -> dict:
                    "refusals": {"source": "builtin:refusals", "epochs": 1, "max_examples": 8}},
         "paths": {"forget_stage": "refusals", "order": ["instructions"], "positions": [1]},
         "training": {"lr": 5e-4, "batch_size": 8, "micro_batch_size": 8},
-        "unlearning": {"methods": [{"name": name}], "lr": 1e-4, "batch_size": 8,
+        "unlearning": {"methods": [{"name": name, "options": RUN_OPTIONS.get(name, {})}],
+                       "lr": 1e-4, "batch_size": 8,
                        "micro_batch_size": 8, "steps": 2, "eval_every": 2},
         "probes": {"prompts": 2, "examples": 4},
     }

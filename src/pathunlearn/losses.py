@@ -7,11 +7,13 @@ Unlearning losses (all to be *minimised*; log pi(y|x) is the sum of the response
 log-probabilities, as :func:`sequence_logprobs` returns it):
 
 - forget terms: ``ga_loss``, ``npo_loss``, ``simnpo_loss``, ``wga_loss``, ``satimp_loss``,
-  ``ceu_loss``, ``undial_loss``, ``dpo_loss``;
-- retain terms of the weakly-local methods: ``retain_nll``, ``kl_to_reference``.
+  ``ceu_loss``, ``undial_loss``, ``dpo_loss``, ``logit_margin_loss`` (PDU's),
+  ``activation_mse`` (RMU's, against its control vector);
+- retain terms of the weakly-local methods: ``retain_nll``, ``kl_to_reference``,
+  ``activation_mse`` (RMU's, against the reference's activations).
 
 The unlearning methods that combine them (GA, NPO, SimNPO, GradDiff, NPO + retain NLL,
-NPO + KL, WGA, SatImp, CE-U, UNDIAL and their retain variants) are objects in
+NPO + KL, WGA, SatImp, CE-U, UNDIAL, DPO, RMU, PDU and their retain variants) are objects in
 :mod:`pathunlearn.methods`.
 
 Micro-batches: every loss takes its divisor explicitly (``num_tokens`` for token means,
@@ -243,6 +245,43 @@ def dpo_loss(win_logp: torch.Tensor, win_ref_logp: torch.Tensor, lose_logp: torc
     n = win_logp.numel() if num_sequences is None else num_sequences
     margin = (win_logp - win_ref_logp.to(win_logp)) - (lose_logp - lose_ref_logp.to(lose_logp))
     return -(2.0 / beta) * F.logsigmoid(beta * margin).sum() / max(n, 1)
+
+
+def logit_margin_loss(logits: torch.Tensor, labels: torch.Tensor,
+                      num_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
+    """PDU's forget term, the logit-margin flattening loss (Entesari et al. 2025, "Constrained
+    Entropic Unlearning: A Primal-Dual Framework for Large Language Models",
+    arXiv:2506.05314; OpenUnlearning's ``pdu.py``).
+
+    At each target position t (the logits that predict a response token),
+        loss = sum_{b,t target} (max_v z_t(v) - mean_v z_t(v))^2 / N,
+    N = ``num_tokens`` or the target count: zero exactly when the next-token distribution is
+    uniform. OpenUnlearning takes the logits at the positions of the response tokens
+    themselves (those predicting the token after each); these are the ones predicting them,
+    as every other forget term here. logits (B, T, V), labels (B, T) -> scalar.
+    """
+    mask = labels[:, 1:] != IGNORE_INDEX
+    n = mask.sum() if num_tokens is None else num_tokens
+    rows = logits[:, :-1][mask].float()  # (N, V)
+    margin = rows.max(dim=-1).values - rows.mean(dim=-1)
+    return (margin ** 2).sum() / _at_least_one(n)
+
+
+def activation_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                   num_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
+    """RMU's terms (Li et al. 2024, "The WMDP Benchmark", ICML; OpenUnlearning's ``rmu.py``
+    ``compute_activation_loss``): the squared distance of a layer's activations to a target,
+    averaged over the hidden dimension, summed over the positions of ``mask``:
+        loss = sum_{b,t in mask} mean_d (h_{b,t,d} - target_{b,t,d})^2 / N.
+    ``target`` is (D,) (the forget term: the scaled random control vector, the same at every
+    position) or (B, T, D) (the retain term: the reference model's activations, detached);
+    N = ``num_tokens`` (the effective batch's target tokens) or the count of ``mask``.
+    OpenUnlearning averages per sequence, then over the batch; a token mean makes
+    micro-batches add up. hidden (B, T, D), mask (B, T) bool -> scalar.
+    """
+    n = mask.sum() if num_tokens is None else num_tokens
+    squared = (hidden.float() - target.detach().float()) ** 2  # (B, T, D)
+    return (squared.mean(-1) * mask).sum() / _at_least_one(n)
 
 
 def retain_nll(logits: torch.Tensor, labels: torch.Tensor,

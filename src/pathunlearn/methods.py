@@ -17,13 +17,21 @@ A method is a subclass of :class:`Method` with
 - ``needs_alternates``: whether its forget term needs an alternate answer to each forget
   prompt (``batch.alt_logp``, ``batch.alt_ref_logp``: DPO's winner), drawn per example from
   ``IDK_ANSWERS`` or from the file of the method's ``alternates`` option;
+- ``needs_hidden_states``: whether its terms need the output of one decoder layer
+  (``hidden_layer()``) on the forget batch (``batch.hidden``) and, for a retain term, on the
+  retain batch under the model and the reference (``hidden``, ``ref_hidden``): RMU's;
 - ``option_defaults``: a built-in method's own settings (``options``) and their defaults;
   a key it does not list is an error (None: any options, a user's method reads its own);
 - ``forget_loss(batch)``: the forget-set term of one micro-batch (to be *minimised*);
-- ``retain_loss(batch)``: the retain-set term of one retain micro-batch (weakly local only).
+- ``retain_loss(batch)``: the retain-set term of one retain micro-batch (weakly local only);
+- hooks, no-ops by default: ``prepare(model, seed)`` once per cell before its first step
+  (RMU draws its control vector), ``trainable(name)`` which parameters are updated (RMU's
+  layers), ``after_step(step, steps_per_epoch, reduce)`` after every optimizer step, returning
+  values for the step's row (PDU's dual variable).
 
-The built-in methods (GA, NPO, SimNPO, WGA, SatImp, CE-U, UNDIAL; GradDiff, NPO + retain NLL,
-NPO + KL, and WGA, SatImp, UNDIAL with a retain NLL) are defined below exactly as a user's
+The built-in methods (GA, NPO, SimNPO, WGA, SatImp, CE-U, UNDIAL, DPO, RMU; GradDiff, NPO +
+retain NLL, NPO + KL, WGA, SatImp, UNDIAL, DPO with a retain NLL, RMU with its activation
+retain term, PDU) are defined below exactly as a user's
 method is; ``pathunlearn methods`` lists them. A config names a method by its built-in name, by an import path
 ``package.module:Class``, by a file ``path/to/file.py:Class`` or by an entry point of the group
 ``pathunlearn.methods``; see ``examples/custom_method.py``:
@@ -49,7 +57,7 @@ import inspect
 import re
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -59,10 +67,13 @@ import torch
 
 from pathunlearn.errors import ConfigError
 from pathunlearn.losses import (
+    IGNORE_INDEX,
+    activation_mse,
     ceu_loss,
     dpo_loss,
     ga_loss,
     kl_to_reference,
+    logit_margin_loss,
     npo_loss,
     retain_nll,
     satimp_loss,
@@ -107,6 +118,9 @@ class ForgetBatch:
     alt_ref_logp: torch.Tensor | None = None
     """(B,) log pi_ref(a|x) of the alternate answers under the path model before
     unlearning; set with ``needs_alternates``."""
+    hidden: torch.Tensor | None = None
+    """(B, T, D) the output of decoder layer ``method.hidden_layer()`` (differentiable); set,
+    with ``labels``, when the method has ``needs_hidden_states``."""
 
     @property
     def logp(self) -> torch.Tensor:
@@ -135,6 +149,11 @@ class RetainBatch:
     vocab_chunk: int | None = None
     """The config's ``vocab_chunk``: pass it to :func:`pathunlearn.losses.retain_nll` /
     ``nll_sum`` (target positions per softmax over the vocabulary; None: all at once)."""
+    hidden: torch.Tensor | None = None
+    """(B, T, D) the output of decoder layer ``method.hidden_layer()`` (differentiable); set
+    when the method has ``needs_hidden_states``."""
+    ref_hidden: torch.Tensor | None = None
+    """(B, T, D) the same layer's output under the reference model; set with ``hidden``."""
 
 
 class Method:
@@ -153,6 +172,7 @@ class Method:
     needs_logits: ClassVar[bool] = False
     needs_reference_logits: ClassVar[bool] = False
     needs_alternates: ClassVar[bool] = False
+    needs_hidden_states: ClassVar[bool] = False
     option_defaults: ClassVar[dict[str, float | str] | None] = None
 
     def __init__(self, config: MethodConfig):
@@ -197,6 +217,27 @@ class Method:
         parts = [doc] + ([f"beta {self.beta:g}"] if self.beta is not None else [])
         parts += [f"{k} {v}" for k, v in sorted(self.options.items())]
         return ", ".join(parts) + ("" if self.local else " (weakly local: uses retain data)")
+
+    def hidden_layer(self) -> int:
+        """The decoder layer (0-based) whose output a ``needs_hidden_states`` method reads:
+        its option ``layer``."""
+        return int(self.options["layer"])
+
+    def prepare(self, model: torch.nn.Module, seed: int) -> None:
+        """Called once per cell before its first step with the model being unlearned (under
+        LoRA with its fresh adapter) and the cell's seed. Nothing by default."""
+
+    def trainable(self, name: str) -> bool:
+        """Whether the parameter ``name`` (as ``named_parameters()`` of the model being
+        unlearned names it) is updated; every trainable one by default."""
+        return True
+
+    def after_step(self, step: int, steps_per_epoch: int,
+                   reduce: Callable[[float], float]) -> dict[str, float]:
+        """Called after optimizer step ``step`` (1-based); ``reduce`` sums a float over the
+        ranks under torchrun (the identity otherwise). Returns values the step's row records
+        (PDU: its dual variable); none by default."""
+        return {}
 
     def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
         """The forget-set term of one micro-batch (a scalar to minimise)."""
@@ -490,9 +531,165 @@ class DPORetain(DPO):
         return weighted_retain_nll(self, batch)
 
 
+
+def parse_layers(text: str, method: str) -> list[int]:
+    """Layer indices from ``"5,6,7"`` (empty: none); a ConfigError naming the method otherwise."""
+    try:
+        layers = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        layers = [-1]
+    if any(x < 0 for x in layers):
+        raise ConfigError(f"method {method!r}: option update_layers must be layer indices "
+                          f"separated by commas (e.g. '5,6,7'), got {text!r}")
+    return layers
+
+
+class RMU(Method):
+    r"""RMU: representation misdirection; the forget tokens' activations at one layer are
+    pushed towards a fixed random direction.
+
+    loss = sum_{b,t response} mean_d (h_{b,t,d} - c u_d)^2 / N
+    (:func:`pathunlearn.losses.activation_mse`), h the output of decoder layer ``layer`` at the
+    response tokens' positions, u a random unit vector (uniform on [0, 1)^D, normalised, drawn
+    from the cell's seed: the paths of one seed share it), c ``steering_coeff``. Only the
+    parameters of the layers ``update_layers`` (default: layer-2 .. layer) whose names match
+    the regular expression ``update_params`` (default: every one) are updated. Source: Li et
+    al. 2024, "The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning"
+    (ICML); defaults from OpenUnlearning's ``configs/trainer/RMU.yaml`` (layer 7, update layers
+    5-7, steering coefficient 300; its alpha 1000 is ``rmu_retain``'s ``retain_weight``).
+    OpenUnlearning updates only ``mlp.down_proj`` (``update_params: 'mlp\.down_proj'``; under
+    LoRA add ``down_proj`` to ``model.lora.target_modules``); the WMDP paper's zephyr-7b setting
+    is c 6.5, alpha 1200. c is relative to the layer's activation norm: tune it per model.
+    """
+
+    name = "rmu"
+    needs_hidden_states = True
+    option_defaults = {"layer": 7, "update_layers": "", "update_params": "",
+                       "steering_coeff": 300.0}
+
+    def __init__(self, config: MethodConfig):
+        super().__init__(config)
+        o = self.options
+        if o["layer"] != int(o["layer"]) or o["layer"] < 0:
+            raise ConfigError(f"method {config.name!r}: option layer must be a layer's index "
+                              f"(0, 1, ...), got {o['layer']!r}")
+        self.layer = int(o["layer"])
+        self.update_layers = (parse_layers(o["update_layers"], config.name)
+                              or list(range(max(self.layer - 2, 0), self.layer + 1)))
+        try:
+            self.update_params = re.compile(o["update_params"])
+        except re.error as e:
+            raise ConfigError(f"method {config.name!r}: option update_params is not a regular "
+                              f"expression ({e})") from None
+        alternatives = "|".join(str(x) for x in self.update_layers)
+        self._in_layers = re.compile(rf"(^|\.)layers\.({alternatives})\.")
+        self.control: torch.Tensor | None = None
+
+    def hidden_layer(self) -> int:
+        return self.layer
+
+    def prepare(self, model: torch.nn.Module, seed: int) -> None:
+        n = model.config.num_hidden_layers
+        bad = [x for x in (self.layer, *self.update_layers) if x >= n]
+        if bad:
+            raise ConfigError(f"method {self.config.name!r}: layer {bad[0]}, but the model has "
+                              f"{n} layers (0..{n - 1}): set its options layer / update_layers")
+        u = torch.rand(model.config.hidden_size, generator=torch.Generator().manual_seed(seed))
+        self.control = float(self.options["steering_coeff"]) * u / u.norm()
+
+    def trainable(self, name: str) -> bool:
+        return bool(self._in_layers.search(name) and self.update_params.search(name))
+
+    def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
+        if batch.hidden is None or batch.labels is None or self.control is None:
+            raise ValueError(f"{self.name} needs the layer's activations (needs_hidden_states) "
+                             "and its control vector (prepare)")
+        return activation_mse(batch.hidden, self.control.to(batch.hidden.device),
+                              batch.labels != IGNORE_INDEX, batch.num_tokens)
+
+
+class RMURetain(RMU):
+    """RMU on the forget set + lambda * the distance of the retain tokens' activations to the
+    path model's (OpenUnlearning's RMU with ``retain_loss_type: EMBED_DIFF``; lambda its alpha)."""
+
+    name = "rmu_retain"
+    local = False
+
+    def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
+        if batch.hidden is None or batch.ref_hidden is None:
+            raise ValueError(f"{self.name} needs the retain activations and the reference's")
+        return self.config.retain_weight * activation_mse(
+            batch.hidden, batch.ref_hidden, batch.labels != IGNORE_INDEX, batch.num_tokens)
+
+
+class PDU(Method):
+    """PDU: primal-dual unlearning; flattens the forget logits under a constraint on the
+    retain loss.
+
+    loss = gamma * sum_t (max_v z_t(v) - mean_v z_t(v))^2 / N
+    (:func:`pathunlearn.losses.logit_margin_loss`) + lambda * NLL_retain, lambda the dual
+    variable, starting at ``retain_weight``; after every step (``dual_update: step``)
+    lambda <- max(0, lambda + dual_step * (NLL_retain - retain_eps)) with the step's retain
+    NLL, or after every epoch of the forget set (``dual_update: epoch``) with the mean of that
+    epoch's step NLLs; no update in the first ``dual_warmup_epochs`` epochs. Each step's row
+    records ``dual`` (lambda after the step) and ``retain_nll``. Source: Entesari et al. 2025,
+    "Constrained Entropic Unlearning: A Primal-Dual Framework for Large Language Models"
+    (arXiv:2506.05314); defaults from OpenUnlearning's ``pdu.py`` (eps 0, step size 1, per
+    step, no warm-up; the paper's TOFU runs: alpha 100, eps 0.3, step size 5, warm-up 5).
+    Differences: the per-epoch update averages the epoch's training-step NLLs, where
+    OpenUnlearning makes a pass over the whole retain set; the loss recorded omits the
+    constant -lambda * eps (it has no gradient). Weakly local only: its constraint is on
+    retain data.
+    """
+
+    name = "pdu"
+    local = False
+    needs_logits = True
+    option_defaults = {"gamma": 1.0, "retain_eps": 0.0, "dual_step": 1.0,
+                       "dual_update": "step", "dual_warmup_epochs": 0}
+
+    def __init__(self, config: MethodConfig):
+        super().__init__(config)
+        if self.options["dual_update"] not in ("step", "epoch"):
+            raise ConfigError(f"method {config.name!r}: option dual_update must be 'step' or "
+                              f"'epoch', got {self.options['dual_update']!r}")
+        self.dual = float(config.retain_weight)
+        self._step_nll: torch.Tensor | float = 0.0
+        self._epoch_nlls: list[float] = []
+
+    def forget_loss(self, batch: ForgetBatch) -> torch.Tensor:
+        if batch.logits is None or batch.labels is None:
+            raise ValueError(f"{self.name} needs the logits and labels (needs_logits)")
+        return float(self.options["gamma"]) * logit_margin_loss(batch.logits, batch.labels,
+                                                                batch.num_tokens)
+
+    def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
+        nll = retain_nll(batch.logits, batch.labels, batch.num_tokens, batch.vocab_chunk)
+        self._step_nll = self._step_nll + nll.detach()
+        return self.dual * nll
+
+    def after_step(self, step: int, steps_per_epoch: int,
+                   reduce: Callable[[float], float]) -> dict[str, float]:
+        o = self.options
+        nll, self._step_nll = reduce(float(self._step_nll)), 0.0
+        warm = step > o["dual_warmup_epochs"] * steps_per_epoch
+        if o["dual_update"] == "step":
+            if warm:
+                self.dual = max(0.0, self.dual + o["dual_step"] * (nll - o["retain_eps"]))
+        else:
+            self._epoch_nlls.append(nll)
+            if step % steps_per_epoch == 0:
+                if step >= o["dual_warmup_epochs"] * steps_per_epoch:
+                    mean = sum(self._epoch_nlls) / len(self._epoch_nlls)
+                    self.dual = max(0.0, self.dual + o["dual_step"] * (mean - o["retain_eps"]))
+                self._epoch_nlls = []
+        return {"dual": self.dual, "retain_nll": nll}
+
+
 BUILTIN_METHODS: dict[str, type[Method]] = {
     m.name: m for m in (GA, NPO, SimNPO, GradDiff, NPORetain, NPOKL, WGA, WGARetain, SatImp,
-                        SatImpRetain, CEU, UNDIAL, UNDIALRetain, DPO, DPORetain)}
+                        SatImpRetain, CEU, UNDIAL, UNDIALRetain, DPO, DPORetain, RMU, RMURetain,
+                        PDU)}
 """The methods a config names by a bare name (``pathunlearn.config.BUILTIN_METHOD_NAMES``)."""
 
 def method_listing() -> list[dict[str, Any]]:
@@ -507,6 +704,8 @@ def method_listing() -> list[dict[str, Any]]:
             (cls.needs_alternates, "alternate answers and their reference log-probs"),
             (cls.needs_logits, "logits"),
             (cls.needs_reference_logits or cls.needs_reference_model, "reference model logits"),
+            (cls.needs_hidden_states, "a layer's activations"
+             + ("" if cls.local else " (and the reference's on retain data)")),
         ) if flag]
         settings = {**({"beta": cls.default_beta} if cls.default_beta is not None else {}),
                     **({} if cls.local else {"retain_weight": 1.0}),

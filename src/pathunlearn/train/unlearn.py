@@ -27,6 +27,7 @@ import copy
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ from pathunlearn.config import ExperimentConfig, LmEvalConfig, MathConfig
 from pathunlearn.data.batching import collate, step_indices
 from pathunlearn.data.chat import EncodedExample, encode_conversation, tokenize_conversations
 from pathunlearn.data.sources import load_stage
+from pathunlearn.errors import ConfigError
 from pathunlearn.eval.cell import CellProbes, retrain_field_reference, retrain_reference
 from pathunlearn.eval.divergence import Reference
 from pathunlearn.eval.field import FieldReference
@@ -276,7 +278,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     with phases.time("lmeval"):
         lmeval_before = path_model_lmeval(cfg, cell, model, tok, shared)
     with phases.time("load"):
-        steps = fresh_steps(cfg, cell, model, data, device)
+        steps = fresh_steps(cfg, cell, model, data, device, method)
     with phases.time("reference"):
         retrain, field_ref = cell_retrain_reference(cfg, cell, run_dir, shared)
         probe = CellProbes(tok, shared.probe_sets, retrain, cfg.model.max_length, field_ref,
@@ -352,7 +354,8 @@ def cell_data(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn
         answers = getattr(method, "alternates", None) or list(IDK_ANSWERS)
         data.alternates = alternate_examples(cfg, tok, answers, cell.seed)
         data.alt_ref_logp = reference_logprobs(model, data.alternates, data.pad_id)
-    wants_model = method.needs_reference_model or method.needs_reference_logits
+    wants_model = (method.needs_reference_model or method.needs_reference_logits
+                   or (method.needs_hidden_states and not method.local))
     if wants_model and cfg.model.finetuning == "full":
         data.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     return data
@@ -374,11 +377,22 @@ def alternate_examples(cfg: ExperimentConfig, tok, answers: list[str],
 
 
 def fresh_steps(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, data: CellData,
-                device: torch.device) -> Steps:
-    """A fresh adapter (under LoRA), optimizer, schedule and batch order for the cell."""
+                device: torch.device, method: Method) -> Steps:
+    """A fresh adapter (under LoRA), optimizer, schedule and batch order for the cell; only
+    the parameters ``method.trainable`` keeps are updated (the others frozen), and the method
+    is prepared (``method.prepare``) with the model and the cell's seed."""
     u, seed = cfg.unlearning, stage_seed(cell.seed, "unlearn")
     if cfg.model.finetuning == "lora":
         model = apply_lora(model, cfg.model.lora, seed=seed)
+    frozen = [p for n, p in model.named_parameters()
+              if p.requires_grad and not method.trainable(n)]
+    if frozen and len(frozen) == sum(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"method {cell.method.name!r}: no trainable parameter is one it "
+                          "updates (its options choose layers or names the model does not "
+                          "have; under LoRA only the adapter's matrices are trainable)")
+    for p in frozen:
+        p.requires_grad_(False)
+    method.prepare(model, seed)
     if cfg.runtime.gradient_checkpointing:
         checkpoint_activations(model)
     # under torchrun: DDP around the model, or FSDP2 sharding it in place (before the
@@ -407,6 +421,7 @@ def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: St
     the probes to ``phases``, the progress to ``bar``. Returns (the step a non-finite loss,
     gradient norm or probe stopped the cell at, else None; the last step's row)."""
     u, name, last = cfg.unlearning, cell_name(cell), {}
+    steps_per_epoch = max(1, math.ceil(len(data.forget) / u.batch_size))
     bar.start(steps.total)
     with phases.time("probes"):
         files.metrics({M.STEP: 0, **zero.metrics, **cell.describe()})
@@ -426,7 +441,8 @@ def unlearning_loop(cfg: ExperimentConfig, cell: Cell, method: Method, steps: St
             return step, last
         steps.optimizer.step()
         steps.optimizer.zero_grad(set_to_none=True)
-        last = {M.STEP: step, M.LOSS: loss, M.LR: lr, M.GRAD_NORM: grad_norm}
+        last = {M.STEP: step, M.LOSS: loss, M.LR: lr, M.GRAD_NORM: grad_norm,
+                **method.after_step(step, steps_per_epoch, distributed.all_reduce_sum)}
         if step == 1:
             start[M.FIRST_GRAD_NORM] = grad_norm
         files.step(last)
@@ -630,11 +646,12 @@ def forget_batch(method: Method, model: torch.nn.Module, data: CellData, idx: li
     batch = collate([data.forget[i] for i in idx], data.pad_id).to(device)
     teacher = (reference_logits(model, data, batch.inputs())
                if method.needs_reference_logits else None)
-    with autocast(device, precision):
+    with autocast(device, precision), layer_output(model, method) as hidden:
         logits = model(**batch.inputs()).logits  # (B, T, V)
     token_logp, mask = token_logprobs(logits, batch.labels, vocab_chunk)
     ref = None if data.ref_logp is None else data.ref_logp[idx].to(device)
     full = method.needs_logits
+    labels = batch.labels if full or method.needs_hidden_states else None
     alt_logp = alt_ref = None
     if method.needs_alternates:
         alt = collate([data.alternates[i] for i in idx], data.pad_id).to(device)
@@ -643,19 +660,52 @@ def forget_batch(method: Method, model: torch.nn.Module, data: CellData, idx: li
         alt_token_logp, alt_mask = token_logprobs(alt_logits, alt.labels, vocab_chunk)
         alt_logp = (alt_token_logp * alt_mask).sum(-1)
         alt_ref = data.alt_ref_logp[idx].to(device)
-    return ForgetBatch(token_logp, mask, *counts, ref, logits if full else None,
-                       batch.labels if full else None, teacher, alt_logp, alt_ref)
+    return ForgetBatch(token_logp, mask, *counts, ref, logits if full else None, labels,
+                       teacher, alt_logp, alt_ref, hidden[-1] if hidden else None)
 
 
-def reference_logits(model: torch.nn.Module, data: CellData, inputs: dict) -> torch.Tensor:
+@contextmanager
+def layer_output(model: torch.nn.Module, method: Method) -> Iterator[list[torch.Tensor]]:
+    """A list that the forward passes inside the block append the output of decoder layer
+    ``method.hidden_layer()`` to (the module named ``...layers.<i>``: Llama, Qwen and their
+    LoRA/DDP wrappings); empty, and nothing hooked, unless the method has
+    ``needs_hidden_states``."""
+    out: list[torch.Tensor] = []
+    if not method.needs_hidden_states:
+        yield out
+        return
+    layer = method.hidden_layer()
+    found = [m for n, m in model.named_modules() if re.search(rf"(^|\.)layers\.{layer}$", n)]
+    if not found:
+        raise ConfigError(f"method {method.config.name!r}: the model has no decoder layer "
+                          f"{layer} (no module named ...layers.{layer})")
+    handle = found[0].register_forward_hook(
+        lambda _m, _i, o: out.append(o[0] if isinstance(o, tuple) else o))
+    try:
+        yield out
+    finally:
+        handle.remove()
+
+
+def reference_logits(model: torch.nn.Module, data: CellData, inputs: dict,
+                     method: Method | None = None) -> torch.Tensor:
     """The reference (path) model's logits on ``inputs``, without gradients: the frozen copy,
-    or under LoRA the model with its adapter switched off."""
+    or under LoRA the model with its adapter switched off. With a ``needs_hidden_states``
+    ``method``: the output of its layer instead."""
     with torch.no_grad():
         if data.ref_model is not None:
-            return data.ref_model(**inputs).logits
+            return _forward(data.ref_model, inputs, method)
         base = distributed.unwrap(model)  # outside DDP: no gradient reduction
         with base.disable_adapter():
-            return base(**inputs).logits
+            return _forward(base, inputs, method)
+
+
+def _forward(model: torch.nn.Module, inputs: dict, method: Method | None) -> torch.Tensor:
+    if method is None:
+        return model(**inputs).logits
+    with layer_output(model, method) as hidden:
+        model(**inputs)
+    return hidden[-1]
 
 
 def retain_batch(method: Method, model: torch.nn.Module, data: CellData, idx: list[int],
@@ -666,9 +716,12 @@ def retain_batch(method: Method, model: torch.nn.Module, data: CellData, idx: li
     batch = collate([data.retain[i] for i in idx], data.pad_id).to(device)
     ref_logits = (reference_logits(model, data, batch.inputs())
                   if method.needs_reference_model else None)
-    with autocast(device, precision):
+    ref_hidden = (reference_logits(model, data, batch.inputs(), method)
+                  if method.needs_hidden_states else None)
+    with autocast(device, precision), layer_output(model, method) as hidden:
         logits = model(**batch.inputs()).logits
-    return RetainBatch(logits, batch.labels, n_tokens, ref_logits, vocab_chunk)
+    return RetainBatch(logits, batch.labels, n_tokens, ref_logits, vocab_chunk,
+                       hidden[-1] if hidden else None, ref_hidden)
 
 
 def cell_retrain_reference(cfg: ExperimentConfig, cell: Cell, run_dir: Path,
