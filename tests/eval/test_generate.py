@@ -188,3 +188,11 @@ def test_restores_training_mode(model, tiny_tokenizer):
     model.eval()
     generate(model, tiny_tokenizer, [SHORT], greedy=True, max_new_tokens=2)
     assert not model.training
+
+
+def test_progress_reports_the_rows_done_after_every_batch(model, tiny_tokenizer):
+    prompts = [[{"role": "user", "content": f"What is {i} plus {i}?"}] for i in range(5)]
+    calls = []
+    generate(model, tiny_tokenizer, prompts, n=1, greedy=True, max_new_tokens=2, batch_size=2,
+             progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(2, 5), (4, 5), (5, 5)]

@@ -303,6 +303,9 @@ def test_each_cell_reports_its_steps_and_eval_points_as_it_runs(trained, tmp_pat
         def evaluated(self, step):
             events.append((self.name, "eval", step))
 
+        def math(self, done, total):
+            events.append((self.name, "math", done, total))
+
     @contextmanager
     def recording(enabled, description):
         assert enabled
@@ -311,15 +314,17 @@ def test_each_cell_reports_its_steps_and_eval_points_as_it_runs(trained, tmp_pat
     cfg, _ = trained
     data = {**CONFIG, "output_dir": str(tmp_path), "paths": {**CONFIG["paths"], "positions": [2]},
             "unlearning": {**CONFIG["unlearning"], "methods": [{"name": "ga"}], "steps": 4,
-                           "eval_every": 2}}
+                           "eval_every": 2, "math": {"questions": 3, "greedy": True}}}
     c = validate_config(data)
     shutil.copytree(cfg.run_dir / "prefixes", c.run_dir / "prefixes")
     monkeypatch.setattr(unlearn_module, "cell_bar", recording)
     unlearn_all(c, plan_run(c), log=lambda *_: None, progress=True)
     (name,) = {e[0] for e in events}
     assert name.startswith("[1/1] ") and "ga seed 0" in name
-    assert [e[1:] for e in events] == [("start", 4), ("eval", 0), ("step", 1), ("step", 2),
-                                       ("eval", 2), ("step", 3), ("step", 4), ("eval", 4)]
+    # math samples (3 questions, one batch) before the path model's measurement and after
+    assert [e[1:] for e in events] == [("math", 3, 3), ("start", 4), ("eval", 0), ("step", 1),
+                                       ("step", 2), ("eval", 2), ("step", 3), ("step", 4),
+                                       ("eval", 4), ("math", 3, 3)]
     monkeypatch.undo()
     with unlearn_module.cell_bar(True, "x") as bar:  # pytest's stdout is not a terminal
         assert type(bar) is unlearn_module.CellBar

@@ -222,12 +222,15 @@ def sample_generator(seed: int, prompt: int, sample: int) -> torch.Generator:
 
 def generate(model, tokenizer, prompts: list[list[dict]], *, n: int = 1,
              temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
-             greedy: bool = False, seed: int = 0, batch_size: int = 16) -> list[list[str]]:
+             greedy: bool = False, seed: int = 0, batch_size: int = 16,
+             progress: Callable[[int, int], None] | None = None) -> list[list[str]]:
     """``n`` completions of every prompt (a list of chat messages), decoded with special tokens
     stripped and cut at the first stop token: ``result[i][j]`` is sample ``j`` of prompt ``i``.
 
     ``greedy`` decodes each prompt once (argmax) and repeats it ``n`` times. ``batch_size``
     counts rows (prompt × sample). The model is put in eval mode and its mode restored.
+    ``progress(done, total)`` is called after every batch with the rows (this rank's, under
+    torchrun) generated so far and of all.
     """
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("n, batch_size and max_new_tokens must be >= 1")
@@ -258,6 +261,8 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, n: int = 1,
                                   top_p=top_p)
             for job, tokens in zip(batch, new, strict=True):
                 texts[job] = tokenizer.decode(tokens, skip_special_tokens=True)
+            if progress is not None:
+                progress(len(texts), len(jobs))
     if dealt:
         texts = dict(distributed.gather(list(texts.items())))
     return [[texts[(i, 0 if greedy else j)] for j in range(n)] for i in range(len(prompts))]

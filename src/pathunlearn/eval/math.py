@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -287,14 +288,15 @@ def evaluate_math(model, tokenizer, conversations: list[Conversation], *,
                   top_p: float = _DEFAULT.top_p, max_new_tokens: int = _DEFAULT.max_new_tokens,
                   greedy: bool = _DEFAULT.greedy, seed: int = 0,
                   prompt_style: PromptStyle | str = "paper", max_questions: int | None = None,
-                  batch_size: int = GENERATE_BATCH) -> MathResult:
+                  batch_size: int = GENERATE_BATCH,
+                  progress: Callable[[int, int], None] | None = None) -> MathResult:
     """Sample ``n`` responses per question and score them (greedy decoding: one per question).
 
     The defaults are :class:`~pathunlearn.config.MathConfig`'s; ``prompt_style`` is a resolved
     one (:func:`prompt_style`: ``auto`` means ``paper`` for questions not from a built-in
     source). The gold answer is ``conv.meta["answer"]`` or the ``####`` answer of the
     reference response; a conversation with neither is a :class:`DataError` (see
-    :func:`gold_answers`).
+    :func:`gold_answers`). ``progress``: as :func:`pathunlearn.eval.generate.generate`'s.
     """
     from pathunlearn.eval.generate import generate
 
@@ -304,7 +306,7 @@ def evaluate_math(model, tokenizer, conversations: list[Conversation], *,
     prompts = [question_messages(c, prompt_style) for c in conversations]
     samples = generate(model, tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
                        max_new_tokens=max_new_tokens, greedy=greedy, seed=seed,
-                       batch_size=batch_size)
+                       batch_size=batch_size, progress=progress)
     questions = [QuestionResult(_question(c), g, s, [extract_answer(t) for t in s])
                  for c, g, s in zip(conversations, golds, samples, strict=True)]
     settings = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
@@ -334,7 +336,8 @@ def math_questions(config: MathConfig) -> list[Conversation]:
 
 def measure_math(config: MathConfig, model, tokenizer, seed: int, *,
                  questions: list[Conversation] | None = None,
-                 batch_size: int = GENERATE_BATCH) -> MathResult | None:
+                 batch_size: int = GENERATE_BATCH,
+                 progress: Callable[[int, int], None] | None = None) -> MathResult | None:
     """Math accuracy on the first ``config.questions`` questions of ``config.source`` as
     ``unlearning.math`` asks for it: what a cell measures before and after unlearning, and
     what ``pathunlearn eval math`` measures (which passes the ``questions`` it checked before
@@ -346,11 +349,12 @@ def measure_math(config: MathConfig, model, tokenizer, seed: int, *,
     return evaluate_math(model, tokenizer, questions, n=config.samples,
                          temperature=config.temperature, top_p=config.top_p,
                          greedy=config.greedy, max_new_tokens=config.max_new_tokens, seed=seed,
-                         prompt_style=prompt_style(config), batch_size=batch_size)
+                         prompt_style=prompt_style(config), batch_size=batch_size,
+                         progress=progress)
 
 
-def cached_math(config: MathConfig, model, tokenizer, seed: int,
-                cache_file: Path) -> MathResult | None:
+def cached_math(config: MathConfig, model, tokenizer, seed: int, cache_file: Path,
+                progress: Callable[[int, int], None] | None = None) -> MathResult | None:
     """:func:`measure_math`, kept in ``cache_file`` (a JSON file with every answer, for people
     to read; rank 0 alone writes it): read back when it exists, else measured and written.
     The caller names the file by what the result depends on (a path model's math accuracy
@@ -362,7 +366,7 @@ def cached_math(config: MathConfig, model, tokenizer, seed: int,
         return None
     if cache_file.is_file():
         return MathResult.from_json(json.loads(cache_file.read_text()))
-    result = measure_math(config, model, tokenizer, seed)
+    result = measure_math(config, model, tokenizer, seed, progress=progress)
     if result is not None and distributed.is_main():
         write_json(cache_file, result.to_json())
     return result

@@ -187,9 +187,13 @@ def cell_summaries(cells: list[Cell], run_dir: Path) -> list[dict]:
 
 
 class CellBar:
-    """What a cell reports while it runs: :meth:`start` once with its number of optimizer
-    steps, then :meth:`step` after each (with the loss), :meth:`evaluated` after each eval
-    point. This one reports nothing (no progress asked for, or no terminal)."""
+    """What a cell reports while it runs: :meth:`math` while it samples math answers (before
+    and after unlearning), :meth:`start` once with its number of optimizer steps, then
+    :meth:`step` after each (with the loss), :meth:`evaluated` after each eval point. This one
+    reports nothing (no progress asked for, or no terminal)."""
+
+    def math(self, done: int, total: int) -> None:
+        pass
 
     def start(self, total: int) -> None:
         pass
@@ -208,9 +212,17 @@ class RichCellBar(CellBar):
     def __init__(self, bar, description: str):
         self.bar, self.description, self.task, self.points = bar, description, None, 0
 
+    def _task(self, total: int | None):
+        if self.task is None:
+            self.task = self.bar.add_task(self.description, total=total, loss=float("nan"),
+                                          points=0, extra="")
+        return self.task
+
+    def math(self, done: int, total: int) -> None:
+        self.bar.update(self._task(None), extra=f"  math {done}/{total}" if done < total else "")
+
     def start(self, total: int) -> None:
-        self.task = self.bar.add_task(self.description, total=total, loss=float("nan"),
-                                      points=0)
+        self.bar.update(self._task(total), total=total)
 
     def step(self, step: int, loss: float) -> None:
         self.bar.update(self.task, completed=step, loss=loss)
@@ -229,8 +241,8 @@ def cell_bar(enabled: bool, description: str) -> Iterator[CellBar]:
     if not (enabled and sys.stdout.isatty()):
         yield CellBar()
         return
-    with progress_bar("steps  loss {task.fields[loss]:.3f}  {task.fields[points]} eval points",
-                      transient=True) as bar:
+    with progress_bar("steps  loss {task.fields[loss]:.3f}  {task.fields[points]} eval points"
+                      "{task.fields[extra]}", transient=True) as bar:
         yield RichCellBar(bar, description)
 
 
@@ -268,13 +280,13 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
        ``relearn.steps`` > 0), the summary, the unlearned model when asked for
        (:func:`finish_cell`).
     """
-    device, phases = resolve_device(cfg.runtime.device), Phases()
+    device, phases, bar = resolve_device(cfg.runtime.device), Phases(), bar or CellBar()
     method = make_method(cell.method)
     with phases.time("load"):
         model, tok = load_checkpoint(prefix_dir(run_dir, cell.model_key), cfg.model, device)
         data = cell_data(cfg, cell, method, model, tok)
     with phases.time("math"):
-        math_before = path_model_math(cfg, cell, model, tok, run_dir, shared)
+        math_before = path_model_math(cfg, cell, model, tok, run_dir, shared, bar)
     with phases.time("lmeval"):
         lmeval_before = path_model_lmeval(cfg, cell, model, tok, shared)
     with phases.time("load"):
@@ -289,13 +301,13 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     with distributed.output_dir(unit_dir(run_dir, cell)) as tmp:
         files, t0 = CellWriter(tmp), time.perf_counter()
         diverged_at, last = unlearning_loop(cfg, cell, method, steps, data, probe, files, start,
-                                            phases, zero, bar or CellBar())
+                                            phases, zero, bar)
         if diverged_at is not None:
             files.diverged(diverged_at)
         summary = finish_cell(cfg, cell, steps, tok, data, files, shared, Outcome(
             last.get(M.STEP, 0), diverged_at, t0, start, math_before,
             None if field_ref is None else field_ref.to_json(), lmeval_before, phases,
-            zero.source))
+            zero.source), bar)
     return summary
 
 
@@ -552,14 +564,15 @@ def _read_step_zero(path: Path) -> StepZero | None:
 
 
 def finish_cell(cfg: ExperimentConfig, cell: Cell, steps: Steps, tok, data: CellData,
-                files: CellWriter, shared: Shared, done: Outcome) -> dict:
+                files: CellWriter, shared: Shared, done: Outcome,
+                bar: CellBar | None = None) -> dict:
     """After the loop: the math accuracy after unlearning, the relearning runs, the summary
     and config, the unlearned model (``unlearning.save_model``); returns the summary."""
     model, diverged = steps.model, done.diverged_at is not None
     phases = done.phases
     with phases.time("math"):
-        math_after = None if diverged else measure_math(cfg.unlearning.math, model, tok,
-                                                        cell.seed)
+        math_after = None if diverged else measure_math(
+            cfg.unlearning.math, model, tok, cell.seed, progress=(bar or CellBar()).math)
     with phases.time("lmeval"):
         lmeval_after = (run_lmeval(cfg.unlearning.lmeval, model, tok)
                         if done.lmeval_before is not None and not diverged else None)
@@ -768,7 +781,8 @@ def retain_examples(cfg: ExperimentConfig, tokenizer,
 
 
 def path_model_math(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, tokenizer,
-                    run_dir: Path, shared: Shared) -> MathResult | None:
+                    run_dir: Path, shared: Shared,
+                    bar: CellBar | None = None) -> MathResult | None:
     """The math accuracy of the cell's path model before unlearning (None without math
     questions). It is the same for every method and learning rate of a (path model, seed), so
     it is measured once: kept in ``shared`` for this invocation, and in the run's cache
@@ -780,8 +794,8 @@ def path_model_math(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, t
         settings = cfg.unlearning.math
         shared.math_before[key] = cached_math(
             settings, model, tokenizer, cell.seed,
-            math_before_path(run_dir, cell.model_key, settings, cell.seed)
-        ) if settings.questions else None
+            math_before_path(run_dir, cell.model_key, settings, cell.seed),
+            (bar or CellBar()).math) if settings.questions else None
     return shared.math_before[key]
 
 
