@@ -558,8 +558,8 @@ class RMU(Method):
     (ICML); defaults from OpenUnlearning's ``configs/trainer/RMU.yaml`` (layer 7, update layers
     5-7, steering coefficient 300; its alpha 1000 is ``rmu_retain``'s ``retain_weight``).
     OpenUnlearning updates only ``mlp.down_proj`` (``update_params: 'mlp\.down_proj'``; under
-    LoRA add ``down_proj`` to ``model.lora.target_modules``); the WMDP paper's zephyr-7b setting
-    is c 6.5, alpha 1200. c is relative to the layer's activation norm: tune it per model.
+    LoRA its adapter there, with ``model.lora.mlp``); the WMDP paper's zephyr-7b setting is
+    c 6.5, alpha 1200. c is relative to the layer's activation norm: tune it per model.
     """
 
     name = "rmu"

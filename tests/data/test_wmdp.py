@@ -200,3 +200,62 @@ def test_a_wmdp_format_study_runs_end_to_end_with_the_choice_metrics(tmp_path, c
     assert "wmdp_cyber_acc" in results["scores"]
     ends = {json.loads(c.read_text().splitlines()[-1])["wmdp_cyber/acc"] for c in cells}
     assert {r["wmdp_cyber_acc"] for r in results["rows"]} == ends
+
+
+# ---------------------------------------------------------------------------- the paper config
+
+
+def placeholder_documents(kind: str, n: int = 4) -> list[dict]:
+    """``n`` invented, harmless documents in the corpora's schema (one ``text`` field)."""
+    return [{"text": f"[placeholder {kind} document {i}] The operator restarted the "
+                     f"[placeholder service {i}] after the nightly backup finished."}
+            for i in range(n)]
+
+
+def write_corpora(root: Path) -> Path:
+    """``cais/wmdp-corpora`` as a hub dataset with subsets: ``<subset>/train-*.parquet``."""
+    for subset in ("cyber-forget-corpus", "cyber-retain-corpus"):
+        folder = root / subset
+        folder.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(placeholder_documents(subset)),
+                       folder / "train-00000-of-00001.parquet")
+    return root
+
+
+RMU_TINY = "{layer: 2, update_params: 'mlp\\.down_proj', steering_coeff: 50}"
+REDUCED = ["model.preset=tiny", "model.max_length=32", "unlearning.steps=2",
+           "unlearning.eval_every=1",
+           f"unlearning.methods=[{{name: rmu, options: {RMU_TINY}}}, "
+           f"{{name: rmu_retain, retain_weight: 10, options: {RMU_TINY}}}]",
+           "training.lr=3e-3", "training.batch_size=4", "training.micro_batch_size=4",
+           "unlearning.batch_size=4", "unlearning.micro_batch_size=4",
+           *(f"stages.{s}.max_examples=4" for s in ("cyber_forget", "cyber_retain",
+                                                    "instructions"))]
+"""configs/paper/wmdp-cyber.yaml on the tiny preset (RMU at its layer 2 of 4)."""
+
+
+def test_the_wmdp_cyber_paper_config_runs_reduced_with_rmu(tmp_path, cli, hub_cache,
+                                                           monkeypatch):
+    """configs/paper/wmdp-cyber.yaml reduced: the cyber corpora (invented placeholder
+    documents in the hub's layout, offline) as text stages, the forget corpus at each of its
+    three positions, unlearned by RMU and RMU with its retain term, the wmdp-cyber questions
+    (placeholders) as a choice probe at every eval point of every cell."""
+    from pathunlearn.config import builtin_config_path
+
+    add_dataset_snapshot(hub_cache, "cais/wmdp-corpora", write_corpora(tmp_path / "corpora"))
+    monkeypatch.chdir(tmp_path)
+    result = cli("run", builtin_config_path("paper/wmdp-cyber"), *REDUCED)
+    assert result.code == 0, result.err
+    run = tmp_path / "runs" / "paper-wmdp-cyber"
+    cells = sorted(run.glob("cells/**/metrics.jsonl"))
+    assert len(cells) == 6  # 3 positions x 2 methods
+    for cell in cells:
+        rows = [json.loads(line) for line in cell.read_text().splitlines()]
+        assert [r["step"] for r in rows if "wmdp_cyber/acc" in r] == [0, 1, 2]
+        assert all(r["wmdp_cyber/acc"] in (0.0, 0.25, 0.5, 0.75, 1.0) for r in rows)
+    steps = [json.loads(line) for c in run.glob("cells/*/rmu*/*/steps.jsonl")
+             for line in c.read_text().splitlines()]
+    assert len(steps) == 12 and all(s["loss"] > 0 for s in steps)  # a distance to a target
+    results = json.loads((run / "results.json").read_text())
+    assert {r["method"] for r in results["rows"]} == {"rmu", "rmu_retain"}
+    assert "wmdp_cyber_acc" in results["scores"]
