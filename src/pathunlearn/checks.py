@@ -25,6 +25,7 @@ first training step. Nothing here writes to the run directory.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -199,11 +200,48 @@ def truncated_line(stage: str, n: int, max_length: int) -> str:
 
 
 def _check_methods(cfg: ExperimentConfig, problems: Problems) -> None:
-    from pathunlearn.methods import resolve_method
+    """Every method resolves; one that needs alternate answers (DPO) does not meet a forget
+    stage of raw text (which has no answer to replace); one that reads a decoder layer (RMU)
+    names layers the model has, where its config.json tells (a GGUF model: at the cell)."""
+    from pathunlearn.methods import make_method, resolve_method
 
+    forget = cfg.stages.get(cfg.paths.forget_stage)
+    layers = _model_layers(cfg)
     for i, method in enumerate(cfg.unlearning.methods):
+        cls = None
         with problems.at(f"unlearning.methods.{i}.name"):
-            resolve_method(method.name)
+            cls = resolve_method(method.name)
+        if cls is None:
+            continue
+        with problems.at(f"unlearning.methods.{i}"):
+            obj = make_method(method)  # a built-in method checks its options here
+            if cls.needs_alternates and forget is not None and forget.kind == "text":
+                problems.add(f"unlearning.methods.{i}: {method.name} replaces each forget "
+                             f"answer by an alternate, but the forget stage "
+                             f"{cfg.paths.forget_stage!r} is raw text (kind: text) with no "
+                             "answer to replace; use a chat forget stage or another method")
+            if cls.needs_hidden_states and layers is not None:
+                bad = [x for x in (obj.hidden_layer(), *getattr(obj, "update_layers", []))
+                       if x >= layers]
+                if bad:
+                    problems.add(f"unlearning.methods.{i}: {method.name} reads layer {bad[0]}, "
+                                 f"but the model has {layers} layers (0..{layers - 1}): set "
+                                 "its options layer / update_layers")
+
+
+def _model_layers(cfg: ExperimentConfig) -> int | None:
+    """The model's number of decoder layers from its directory's config.json (None where
+    there is none to read, e.g. a GGUF file, or it does not say)."""
+    from pathunlearn.models import model_location
+
+    try:
+        directory, gguf = model_location(cfg.model)
+        if gguf is not None or not (directory / "config.json").is_file():
+            return None
+        layers = json.loads((directory / "config.json").read_text()).get("num_hidden_layers")
+    except (UserError, OSError, ValueError):  # reported where the model is checked, or later
+        return None
+    return layers if isinstance(layers, int) else None
 
 
 def _check_probes(cfg: ExperimentConfig, problems: Problems,
