@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -239,3 +241,32 @@ def test_calibrated_token_scores_are_min_k_plus_plus(model, tiny_tokenizer):
         vocab, picked = lp[keep], lp[keep].gather(-1, labels[keep][:, None]).squeeze(-1)
         assert mia.min_k_score(result.calibrated(i).tolist()) == pytest.approx(
             mia.min_k_plus_plus_score(picked, vocab), abs=1e-4)
+
+
+def test_the_head_at_the_read_positions_alone_gives_the_full_forwards_logits(
+        model, tiny_tokenizer, monkeypatch):
+    """Issue 29: probe scoring applies the output head only where a target is read (the
+    decoder over every position); the logits there are the full forward's, with LoRA too, and
+    a model type outside HEAD_APART takes the full forward."""
+    from pathunlearn.config import LoraConfig
+    from pathunlearn.data.batching import collate
+    from pathunlearn.eval import logprob
+    from pathunlearn.eval.logprob import encode_rows
+    from pathunlearn.models import apply_lora
+
+    encoded = encode_rows(tiny_tokenizer, ROWS)
+    inputs = collate(encoded, 0).inputs()
+    where = torch.tensor([1, 5, 9, 40, 77])
+    with torch.no_grad():
+        full = model(**inputs).logits.reshape(-1, model.config.vocab_size)[where]
+        assert model.config.model_type in logprob.HEAD_APART
+        assert torch.equal(logprob.target_logits(model, inputs, where), full)
+        lora = apply_lora(copy.deepcopy(model), LoraConfig(rank=2, alpha=4), seed=1)
+        for p in (p for p in lora.parameters() if p.requires_grad):
+            p.data.add_(0.01 * torch.randn_like(p))  # a non-zero adapter: it must be applied
+        lora_full = lora(**inputs).logits.reshape(-1, model.config.vocab_size)[where]
+        assert not torch.allclose(lora_full, full)
+        assert torch.allclose(logprob.target_logits(lora, inputs, where), lora_full,
+                              atol=1e-6, rtol=0)
+        monkeypatch.setattr(logprob, "HEAD_APART", frozenset())
+        assert torch.equal(logprob.target_logits(model, inputs, where), full)

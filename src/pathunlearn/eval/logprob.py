@@ -168,8 +168,8 @@ def score_prepared(model: torch.nn.Module, prepared: Prepared,
     forwards = distributed.deal(prepared.forwards)
     with torch.no_grad(), eval_mode(model), distributed.lockstep(model, len(forwards)):
         for f in forwards:
-            logits = model(**{k: v.to(device) for k, v in f.inputs.items()}).logits  # (B, T, V)
-            rows = logits.reshape(-1, logits.size(-1))[f.where.to(device)].float()
+            rows = target_logits(model, {k: v.to(device) for k, v in f.inputs.items()},
+                                 f.where.to(device)).float()  # (K, V)
             lp = torch.log_softmax(rows, dim=-1)
             picked = lp.gather(-1, f.targets.to(device)[:, None])
             logp.index_add_(0, f.owner, picked.squeeze(-1).cpu())
@@ -189,6 +189,28 @@ def score_prepared(model: torch.nn.Module, prepared: Prepared,
     order = torch.sort(owner, stable=True).indices
     return ScoreResult(distributed.all_reduce_tensor(logp), prepared.num_tokens.clone(),
                        value[order], hit[order], None if z is None else z[order])
+
+
+HEAD_APART = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+"""Model types whose logits are exactly ``lm_head(decoder(x))``, with no scaling or soft cap
+after the head (transformers' ``*ForCausalLM.forward``), so the head can be applied to the
+positions that are read alone (:func:`target_logits`)."""
+
+
+def target_logits(model: torch.nn.Module, inputs: dict, where: torch.Tensor) -> torch.Tensor:
+    """(K, V) the logits at the flat positions ``where`` of the (B, T) batch ``inputs``: the
+    decoder over every position and the output head over those alone, for the model types of
+    :data:`HEAD_APART` (under LoRA too: the adapters are inside the two modules); otherwise,
+    and for an FSDP2-sharded model (whose root unshards in its own forward), the full forward's
+    (B, T, V) logits at ``where``. The same values either way: each position's logits are the
+    head's product with its hidden state alone."""
+    config = getattr(model, "config", None)
+    if (getattr(config, "model_type", None) in HEAD_APART and not distributed.is_sharded(model)
+            and getattr(config, "final_logit_softcapping", None) is None):
+        hidden = model.get_decoder()(**inputs).last_hidden_state  # (B, T, H)
+        return model.get_output_embeddings()(hidden.reshape(-1, hidden.size(-1))[where])
+    logits = model(**inputs).logits  # (B, T, V)
+    return logits.reshape(-1, logits.size(-1))[where]
 
 
 def _calibrated(lp: torch.Tensor, picked: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
