@@ -210,8 +210,10 @@ def fixed_after(phase: list[str]):
 def test_failures_are_counted_by_cause_and_a_rerun_sends_the_unanswered(cli, tmp_path):
     src, out = sorry_input(tmp_path, 18)  # 17 fails the refusal check (refusal(): id % 17)
     phase = ["first"]
-    quick = ("--content-retries", "0", "--timeout", "0.6")  # the fake hangs 0.9 s
-    with FakeLLM(refusal, plan=fixed_after(phase), hang=0.9) as llm:
+    # the fake hangs 2 s; a healthy reply under a loaded suite must come well inside the
+    # timeout (at 0.6 s, one slow 500 retry counted as a timeout and moved the retry causes)
+    quick = ("--content-retries", "0", "--timeout", "1.5")
+    with FakeLLM(refusal, plan=fixed_after(phase), hang=2.0) as llm:
         first = cli(*args(src, out, llm, *quick))
         assert first.code == 1, first.err
         assert summary_causes(first.out) == {
