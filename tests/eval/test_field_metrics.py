@@ -60,11 +60,42 @@ def test_rouge_is_recall_with_stemming_as_rouge_score_gives_it():
 
     answer, generation = "The cats are running home", "a cat ran home quickly"
     # stemmed answer: the cat are run home (5); generation shares cat, home: recall 2/5
-    (r,) = tofu.rouge_recall([answer], [generation])
+    (r,) = tofu.rouge_scores([answer], [generation])
     assert (r.rouge1, r.rougeL) == (pytest.approx(0.4), pytest.approx(0.4))
     direct = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True).score(
         answer, generation)
     assert (r.rouge1, r.rougeL) == (direct["rouge1"].recall, direct["rougeL"].recall)
+
+
+def test_rouge_l_f1_is_muses_unstemmed_lcs_f_measure_by_hand():
+    # MUSE (verbmem/get_rouge.py, knowmem/get_rouge_qa.py) scores ROUGE-L F1 without stemming:
+    # F1 = 2 P R / (P + R) = 2 LCS / (len(answer) + len(generation)), in tokens
+    answer, generation = "The cat sat on the mat", "the cat lay on a mat today"
+    # answer: the cat sat on the mat (6); generation: the cat lay on a mat today (7);
+    # LCS = the cat on mat (4): recall 4/6, precision 4/7, F1 = 8/13
+    stemmed, unstemmed = "The cats are running home", "a cat ran home quickly"
+    # without stemming: the cats are running home (5) vs a cat ran home quickly (5): LCS = home
+    # (1), F1 = 2/10, where the stemmed recall above is 2/5
+    first, second = tofu.rouge_scores([answer, stemmed], [generation, unstemmed])
+    assert first.rougeL == pytest.approx(4 / 6) and first.rougeL_f1 == pytest.approx(8 / 13)
+    assert second.rougeL == pytest.approx(0.4) and second.rougeL_f1 == pytest.approx(0.2)
+    (exact,) = tofu.rouge_scores(["Bridge plan on Tuesday."], ["bridge plan on tuesday"])
+    assert exact.rougeL_f1 == 1.0  # case and punctuation are not tokens
+
+
+def test_a_sets_rouge_l_f1_is_the_mean_over_its_items_beside_the_recall():
+    import numpy as np
+
+    from pathunlearn.eval.field import FieldSet, Layout, item_values, set_metrics
+
+    answers = ("The cat sat on the mat", "The cats are running home")
+    fs = FieldSet("verbmem", "verbmem", ("rouge",), Layout(False, 0), answers, ([], []))
+    items = item_values(fs, {"mean": np.array([-1.0, -2.0])},
+                        ["the cat lay on a mat today", "a cat ran home quickly"])
+    assert [it["rougeL_f1"] for it in items] == [pytest.approx(8 / 13), pytest.approx(0.2)]
+    values = set_metrics(fs, items)
+    assert values["verbmem/rougeL_f1"] == pytest.approx((8 / 13 + 0.2) / 2)
+    assert values["verbmem/rougeL"] == pytest.approx((4 / 6 + 0.4) / 2)  # TOFU's, unchanged
 
 
 def test_non_finite_values_are_refused():

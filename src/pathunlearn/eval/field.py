@@ -13,11 +13,12 @@ Per item (``items.jsonl``, one row per eval step, set and item): the NLLs, ``pro
 on ``real_authors``/``world_facts`` normalised over the options, TOFU's ``probability_w_options``),
 ``truth_ratio`` (:func:`pathunlearn.eval.tofu.truth_ratios`: the paraphrased answer is the true
 one on forget/retain sets, the answer itself elsewhere), the greedy generation with its ROUGE-1
-and ROUGE-L recall (at the first and last eval point unless ``probes.rouge_every``), and the
-LOSS and ZLib attack scores of forget and holdout items (:mod:`pathunlearn.eval.mia`).
+and ROUGE-L recall and MUSE's ROUGE-L F1 (``rougeL_f1``; at the first and last eval point unless
+``probes.rouge_every``), and the LOSS and ZLib attack scores of forget and holdout items
+(:mod:`pathunlearn.eval.mia`).
 
 Aggregates (``metrics.jsonl``): ``<set>/prob``, ``<set>/truth_ratio`` (closer-to-1 on the forget
-set, true-better elsewhere), ``<set>/rouge1``, ``<set>/rougeL``; across sets:
+set, true-better elsewhere), ``<set>/rouge1``, ``<set>/rougeL``, ``<set>/rougeL_f1``; across sets:
 ``<forget set>/forget_quality`` (KS p-value of the forget truth ratios against the cell's
 retrain model's, the retrain model *of the same path*), ``model_utility`` (harmonic mean of the
 nine TOFU numbers, where the retain, real-authors and world-facts sets have prob, ROUGE and truth
@@ -168,16 +169,16 @@ def item_values(fs: FieldSet, rows: dict, generations: Sequence[str] | None = No
             it["exact_memorization"] = tofu.exact_memorization(hits)
             it["extraction_strength"] = tofu.extraction_strength(hits)
     if generations is not None:
-        for it, text, r in zip(out, generations, tofu.rouge_recall(fs.answers, generations),
+        for it, text, r in zip(out, generations, tofu.rouge_scores(fs.answers, generations),
                                strict=True):
-            it.update(generation=text, rouge1=r.rouge1, rougeL=r.rougeL)
+            it.update(generation=text, rouge1=r.rouge1, rougeL=r.rougeL, rougeL_f1=r.rougeL_f1)
     return out
 
 
 def set_metrics(fs: FieldSet, items: list[dict]) -> dict[str, float]:
     """The set's aggregates over its items: ``<name>/prob``, ``/truth_ratio``,
-    ``/exact_memorization``, ``/extraction_strength``, ``/rouge1``, ``/rougeL`` (the ones
-    measured)."""
+    ``/exact_memorization``, ``/extraction_strength``, ``/rouge1``, ``/rougeL`` (TOFU's
+    recalls), ``/rougeL_f1`` (MUSE's F1; each the mean over items; the ones measured)."""
     out = {}
     if "prob" in fs.metrics:
         out[f"{fs.name}/prob"] = float(np.mean([it["prob"] for it in items]))
@@ -190,6 +191,7 @@ def set_metrics(fs: FieldSet, items: list[dict]) -> dict[str, float]:
     if items and "rougeL" in items[0]:
         out[f"{fs.name}/rouge1"] = float(np.mean([it["rouge1"] for it in items]))
         out[f"{fs.name}/rougeL"] = float(np.mean([it["rougeL"] for it in items]))
+        out[f"{fs.name}/rougeL_f1"] = float(np.mean([it["rougeL_f1"] for it in items]))
     return out
 
 

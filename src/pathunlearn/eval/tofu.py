@@ -21,7 +21,10 @@ Per item ``i`` with answer NLL ``l_i`` (the mean over the answer's tokens of ``-
   equally likely) and ``mean(max(0, 1 - TR))`` elsewhere (``true_better``).
 - ``rouge``: ROUGE-1 and ROUGE-L *recall* of the greedy generation against the answer,
   ``rouge_score.rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)``,
-  ``score(target=answer, prediction=generation)``.
+  ``score(target=answer, prediction=generation)``; beside them MUSE's ROUGE-L *F1*
+  (``swj0419/muse_bench``: ``verbmem/get_rouge.py``, ``knowmem/get_rouge_qa.py``: the
+  ``fmeasure`` of a scorer *without* stemming), ``2 LCS / (len(answer) + len(generation))``
+  in tokens (lower-cased, split at every non-alphanumeric character).
 - ``forget_quality``: the p-value of the two-sample Kolmogorov-Smirnov test
   (``scipy.stats.ks_2samp``, its default exact/asymptotic choice) between the unlearned
   model's per-item forget truth ratios (the raw ``TR_i``, not the aggregate) and a reference
@@ -116,24 +119,27 @@ def truth_ratio(ratios: Sequence[float], forget: bool) -> float:
 
 @dataclass(frozen=True)
 class Rouge:
-    """ROUGE recall of one generation against its answer."""
+    """ROUGE of one generation against its answer: TOFU's recalls and MUSE's ROUGE-L F1."""
 
     rouge1: float
     rougeL: float  # noqa: N815 - the name every TOFU table uses
+    rougeL_f1: float  # noqa: N815 - MUSE's (no stemming)
 
 
-def rouge_recall(answers: Sequence[str], generations: Sequence[str]) -> list[Rouge]:
-    """Per item ROUGE-1 and ROUGE-L recall of ``generations[i]`` against ``answers[i]``,
-    with Porter stemming, as TOFU scores it."""
+def rouge_scores(answers: Sequence[str], generations: Sequence[str]) -> list[Rouge]:
+    """Per item ROUGE-1 and ROUGE-L recall of ``generations[i]`` against ``answers[i]``, with
+    Porter stemming, as TOFU scores it, and ROUGE-L F1 without stemming, as MUSE scores it."""
     from rouge_score import rouge_scorer
 
     if len(answers) != len(generations):
         raise ValueError("rouge: one generation per answer")
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    tofu = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    muse = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     out = []
     for answer, generation in zip(answers, generations, strict=True):
-        s = scorer.score(answer, generation)
-        out.append(Rouge(s["rouge1"].recall, s["rougeL"].recall))
+        s = tofu.score(answer, generation)
+        f1 = muse.score(answer, generation)["rougeL"].fmeasure
+        out.append(Rouge(s["rouge1"].recall, s["rougeL"].recall, f1))
     return out
 
 
