@@ -507,7 +507,12 @@ class UnlearningConfig(OptimConfig):
 
 ProbeKind = Literal["forget_label", "forget_response", "utility", "heldout", "track", "choice"]
 FieldMetric = Literal["prob", "truth_ratio", "rouge", "mia", "memorization", "gradnorm"]
-FieldRole = Literal["forget", "retain", "real_authors", "world_facts", "holdout"]
+FieldRole = Literal["forget", "retain", "real_authors", "world_facts", "holdout",
+                    "verbmem", "knowmem_forget", "knowmem_retain"]
+MUSE_ROLES = ("verbmem", "knowmem_forget", "knowmem_retain")
+"""The roles of MUSE's ROUGE sets (docs/muse.md): beside the forget / holdout MIA sets, so
+that one run scores MUSE's criteria C1 (verbmem), C2 (knowmem forget), C3 (privleak) and C4
+(knowmem retain) together while every other role keeps one set."""
 
 
 class ProbeConfig(StrictModel):
@@ -561,7 +566,11 @@ class ProbeConfig(StrictModel):
     sets) and privleak. Every item's values go to the cell's items.jsonl."""
     role: FieldRole | None = None
     """What the set is to the field's metrics: the `forget` set, the `retain` set, TOFU's
-    `real_authors` or `world_facts`, or the `holdout` set of the MIAs. Needed with `metrics`."""
+    `real_authors` or `world_facts`, or the `holdout` set of the MIAs; or one of MUSE's ROUGE
+    sets (docs/muse.md): `verbmem` (verbatim continuations of the forget corpus: C1),
+    `knowmem_forget` (QA on the forget corpus: C2), `knowmem_retain` (QA on the retain
+    corpus: C4), with `prob`, `rouge` and `memorization` only. One set per role. Needed with
+    `metrics`."""
     continuation: Literal["letter", "text"] | None = None
     """What a `choice` probe scores after each question: `letter` (the default, as lm-eval's
     wmdp task: the letters `A`, `B`, ... of the choices listed in the prompt) or `text` (each
@@ -584,7 +593,8 @@ class ProbeConfig(StrictModel):
             raise ValueError(f"`metrics` {self.metrics}: a metric is listed twice")
         if self.metrics and self.role is None:
             raise ValueError("`metrics` needs a `role` (forget, retain, real_authors, "
-                             "world_facts or holdout)")
+                             "world_facts or holdout), or MUSE's verbmem, knowmem_forget "
+                             "or knowmem_retain")
         if self.metrics and (self.targets is not None or self.reduce != "mean"
                              or self.kind in ("forget_label", "heldout")):
             raise ValueError("`metrics` score each item's own answers: a set with `metrics` "
@@ -593,6 +603,10 @@ class ProbeConfig(StrictModel):
         if self.role == "holdout" and {"truth_ratio", "rouge", "memorization"} & set(
                 self.metrics):
             raise ValueError("a `holdout` set has `prob`, `mia` and `gradnorm` only")
+        if self.role in MUSE_ROLES and {"truth_ratio", "mia", "gradnorm"} & set(self.metrics):
+            raise ValueError(f"a `{self.role}` set (MUSE's) has `prob`, `rouge` and "
+                             "`memorization` only; the MIAs are the `forget` and `holdout` "
+                             "sets'")
         if "gradnorm" in self.metrics and (self.role not in ("forget", "holdout")
                                            or "mia" not in self.metrics):
             raise ValueError("`gradnorm` is a membership-inference attack: on a `forget` or "

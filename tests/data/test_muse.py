@@ -9,6 +9,8 @@ with ``HF_HUB_OFFLINE=1`` (as tests/data/test_wmdp.py does)."""
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -207,9 +209,10 @@ def test_the_muse_news_paper_config_runs_reduced_end_to_end(tmp_path, cli, hub_c
                                                             monkeypatch):
     """configs/paper/muse-news.yaml reduced: text stages from the release in the HF cache
     (offline), GA on every token of the forget corpus at each of its three positions, and
-    MUSE's evaluation sets as probes: privleak's forget / holdout as the MIA sets (privleak
-    against the path's retrain model), knowmem's retain QA scored with ROUGE, knowmem's forget
-    QA and verbmem's continuations tracked by their log-likelihood."""
+    MUSE's evaluation sets as probes scoring its four criteria: verbmem's continuations (C1)
+    and knowmem's forget QA (C2) by ROUGE-L F1, privleak's forget / holdout as the MIA sets
+    (C3: privleak against the path's retrain model), knowmem's retain QA by ROUGE-L F1 after
+    over before unlearning (C4); the report's MUSE view gives them per path."""
     from pathunlearn.config import builtin_config_path
 
     monkeypatch.chdir(tmp_path)
@@ -237,16 +240,87 @@ def test_the_muse_news_paper_config_runs_reduced_end_to_end(tmp_path, cli, hub_c
         assert last["verbmem_forget/mean"] < first["verbmem_forget/mean"]
     summary = json.loads(next(run.glob("cells/**/summary.json")).read_text())
     assert summary["retrain_field"]  # the retrain model's AUCs: what privleak compares with
+    assert_muse_criteria(run, cells)
+
+
+CRITERIA = {"muse_verbmem": "verbmem_forget/rougeL_f1",
+            "muse_knowmem_forget": "knowmem_forget/rougeL_f1", "privleak": "mia_min_k/privleak",
+            "muse_knowmem_retain": "knowmem_retain/rougeL_f1"}
+"""MUSE's criteria C1-C4 as the table's scores, and the metric of metrics.jsonl each is of."""
+
+
+def assert_muse_criteria(run: Path, cells: list[list[dict]]) -> None:
+    """Each path's criteria in results.json are its cell's metrics at the end of unlearning
+    (C4: over step 0's), finite, and results.md's MUSE view shows them per path."""
+    results = json.loads((run / "results.json").read_text())
+    rows = sorted(results["rows"], key=lambda r: r["position"])
+    assert [r["position"] for r in rows] == [1, 2, 3]
+    by_path = {c.relative_to(run / "cells").parts[0]: [json.loads(line) for line in
+                                                        c.read_text().splitlines()]
+               for c in run.glob("cells/*/ga/0/metrics.jsonl")}  # cells/PATH/METHOD/SEED
+    assert len(by_path) == len(cells) == 3
+    for row in rows:
+        metrics = by_path[row["path_label"]]
+        first, last = metrics[0], metrics[-1]
+        for key, metric in CRITERIA.items():
+            assert math.isfinite(row[key]), (key, row)
+            want = last[metric] / first[metric] if key == "muse_knowmem_retain" else last[metric]
+            assert row[key] == pytest.approx(want), key
+        assert 0.0 <= row["muse_verbmem"] <= 1.0 and 0.0 <= row["muse_knowmem_forget"] <= 1.0
+    view = (run / "results.md").read_text().split("## MUSE's criteria per path")[1]
+    assert ("| method | p | path | C1 verbmem | C2 knowmem forget | C3 privleak (Min-K%) | "
+            "C4 knowmem retain (after/before) | seeds |") in view
+    for row in rows:
+        line = next(ln for ln in view.splitlines() if f"| {row['path_label']} |" in ln)
+        assert f"| {row['muse_knowmem_forget']:.3f} |" in line
+    assert "- ga across 3 paths: C1 verbmem" in view
 
 
 def test_verbmem_continuations_are_generated_from_the_raw_prompt_and_scored(tmp_path, cli,
                                                                             release):
+    from rouge_score import rouge_scorer
+
     sets = [{"name": "verbmem", "source": f"muse:{release}:verbmem:forget",
-             "metrics": ["rouge"], "role": "forget"}]
+             "metrics": ["rouge"], "role": "verbmem"}]
     result = cli("run", write_config(tmp_path, str(release), sets, "verbmem"))
     assert result.code == 0, result.err
-    items = [json.loads(line) for item in (tmp_path / "runs" / "verbmem").glob(
-        "cells/**/items.jsonl") for line in item.read_text().splitlines()]
+    cells = sorted((tmp_path / "runs" / "verbmem").glob("cells/**/items.jsonl"))
+    items = [json.loads(line) for item in cells for line in item.read_text().splitlines()]
     generated = [it for it in items if "generation" in it]
-    assert generated and all(0.0 <= it["rougeL"] <= 1.0 for it in generated)
-    assert all(isinstance(it["generation"], str) for it in generated)
+    assert generated and all(isinstance(it["generation"], str) for it in generated)
+    # MUSE's F1, unstemmed, of the continuation against gt; TOFU's recall beside it
+    muse = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    for it in generated:
+        assert it["rougeL_f1"] == muse.score(" bridge plan on Tuesday.",
+                                             it["generation"])["rougeL"].fmeasure
+        assert 0.0 <= it["rougeL"] <= 1.0
+    for cell in cells:  # the set's F1 is the mean over its items, at each generating step
+        rows = [json.loads(line) for line in cell.with_name("metrics.jsonl").read_text()
+                .splitlines()]
+        its = [json.loads(line) for line in cell.read_text().splitlines()]
+        last = [it for it in its if it["step"] == rows[-1]["step"]]
+        assert len(last) == 3 and rows[-1]["verbmem/rougeL_f1"] == pytest.approx(
+            sum(it["rougeL_f1"] for it in last) / 3)
+
+
+@pytest.mark.parametrize("sets, message", [
+    ([{"name": "v", "role": "verbmem", "metrics": ["rouge", "mia"]}],
+     "a `verbmem` set (MUSE's) has `prob`, `rouge` and `memorization` only"),
+    ([{"name": "k", "role": "knowmem_forget", "metrics": ["truth_ratio"]}],
+     "a `knowmem_forget` set (MUSE's) has"),
+    ([{"name": "a", "role": "verbmem", "metrics": ["rouge"]},
+      {"name": "b", "role": "verbmem", "metrics": ["rouge"]}],
+     "role(s) ['verbmem'] given to more than one set"),
+])
+def test_muses_roles_take_rouge_sets_one_each(sets, message):
+    from pydantic import ValidationError
+
+    from pathunlearn.config import ProbesConfig
+
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        ProbesConfig(sets=[{"source": "muse:x:verbmem:forget", **s} for s in sets])
+    # MUSE's four criteria's sets in one run: two MIA sets and three ROUGE sets
+    roles = ["forget", "holdout", "verbmem", "knowmem_forget", "knowmem_retain"]
+    ProbesConfig(sets=[{"name": r, "source": "muse:x:raw:forget", "role": r,
+                        "metrics": ["mia"] if r in ("forget", "holdout") else ["rouge"]}
+                       for r in roles])

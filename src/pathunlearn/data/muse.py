@@ -32,17 +32,21 @@ What each becomes here:
   (``privleak:forget`` / ``privleak:holdout``) gives MUSE's privleak (Min-K% AUC against the
   path's retrain model, pathunlearn.eval.field);
 - ``knowmem``: question/answer conversations (the stage's ``system`` prompt before each):
-  a probe set with ``metrics: [rouge]`` scores the greedy answer with ROUGE;
+  a probe set with ``metrics: [rouge]`` scores the greedy answer with ROUGE (role
+  ``knowmem_forget`` / ``knowmem_retain``: MUSE's criteria C2 / C4);
 - ``verbmem``: raw text whose prefix is ``prompt`` and continuation ``gt``: a probe set with
   ``metrics: [rouge]`` generates from the raw prompt (no chat template) and scores the
-  continuation against ``gt``.
+  continuation against ``gt`` (role ``verbmem``: C1).
+
+docs/muse.md gives the criteria (ROUGE-L F1 as MUSE scores it, ``<set>/rougeL_f1``) and the
+scalability / sustainability how-tos.
 
 Where pathunlearn differs from MUSE's own evaluation (``swj0419/muse_bench``: ``eval.py``,
 ``verbmem/get_rouge.py``, ``knowmem/get_rouge_qa.py``): knowmem questions are asked as chat
 turns, not after MUSE's raw few-shot prompt (``Question: q\\nAnswer: a`` x 10 from the ``_icl``
 split); the generations are ``probes.rouge_tokens`` long (MUSE: 128 for verbmem, 32 for
-knowmem) and scored with ROUGE recall as the field sets are (MUSE reports verbmem's and
-knowmem's ROUGE-L F1); a probe item is cut to ``model.max_length`` from the left.
+knowmem) and ``gt`` is not cut to the generation's length; a probe item is cut to
+``model.max_length`` from the left; privleak compares with the path's own retrain model.
 
 A source is ``muse:DIR:SUBSET:SPLIT`` (a local copy in the hub's layout, or the GitHub one),
 ``muse:FILE`` (one file; its folder names the subset, as in the release), or

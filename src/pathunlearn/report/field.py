@@ -1,4 +1,5 @@
-"""The report's TOFU view: retrain equivalence in the field's metrics, per path and method.
+"""The report's TOFU and MUSE views: retrain equivalence in the field's metrics, per path and
+method.
 
 Forget quality (the KS-test p-value of the forget set's truth ratios against the path's *own*
 retrain model), model utility and privleak at the end of unlearning, from the table's rows
@@ -6,6 +7,12 @@ retrain model), model utility and privleak at the end of unlearning, from the ta
 method the spread of forget quality across paths: how far the field's test of retrain
 equivalence depends on the order the stages were learned in. No other tool has a retrain model
 per path, so this spread is what pathunlearn adds to a TOFU table.
+
+The MUSE view (docs/muse.md): MUSE's four measurable criteria per path and method at the end of
+unlearning, each a score of the table (:func:`pathunlearn.report.tables.muse_scores`) computed
+from the cells' metrics.jsonl: C1 verbmem ROUGE-L F1, C2 knowmem-forget ROUGE-L F1, C3 privleak
+against the path's own retrain model, C4 knowmem-retain ROUGE-L F1 over the path model's
+before unlearning; and per method each criterion's range across paths.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from pathunlearn.report.tables import ResultTable, display_value
 
 FIELD_KEYS = ("forget_quality", "model_utility", "privleak")
 """The table's scores the view shows, where the run measured them."""
+MUSE_KEYS = ("muse_verbmem", "muse_knowmem_forget", "privleak", "muse_knowmem_retain")
+"""MUSE's criteria C1-C4 as the table's scores, in MUSE's order; the view is shown where the
+run measured one of C1, C2 or C4 (privleak alone is the TOFU view's)."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +54,12 @@ class Spread:
                 "paths.")
 
 
-def field_columns(table: ResultTable) -> list[tuple[str, str]]:
-    """(key, header) of the view's columns: the field scores the run measured."""
-    return [(s.key, s.header) for s in table.scores
-            if s.key in FIELD_KEYS and table.measured.get(s.key)]
+def field_columns(table: ResultTable, keys: tuple[str, ...] = FIELD_KEYS
+                  ) -> list[tuple[str, str]]:
+    """(key, header) of the view's columns: the field scores (of ``keys``) the run measured,
+    in ``keys``' order."""
+    measured = {s.key: s.header for s in table.scores if table.measured.get(s.key)}
+    return [(k, measured[k]) for k in keys if k in measured]
 
 
 def spreads(table: ResultTable) -> list[Spread]:
@@ -68,21 +80,66 @@ def spreads(table: ResultTable) -> list[Spread]:
 
 
 def field_markdown(table: ResultTable) -> list[str]:
-    """The view as a section of results.md (empty without field scores)."""
+    """The views as sections of results.md: TOFU's, then MUSE's (empty without field
+    scores)."""
     cols = field_columns(table)
     if not cols:
-        return []
-    head = ["method", "p", "path", *(h for _, h in cols), "seeds"]
+        return muse_markdown(table)
     lines = ["## Retrain equivalence in the field's metrics (TOFU view)", "",
              "Each path against its own retrain model (the path without the forget stage), "
              "at the end of unlearning; means over seeds ± 95% half-width.", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+             *_table_lines(table, cols)]
+    lines += [""] + [f"- {s.text}" for s in spreads(table)]
+    muse = muse_markdown(table)
+    return lines + ([""] + muse if muse else [])
+
+
+def _table_lines(table: ResultTable, cols: list[tuple[str, str]]) -> list[str]:
+    head = ["method", "p", "path", *(h for _, h in cols), "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in table.rows:
         cells = [r.method + (f" ({r.sweep})" if r.sweep else ""), display_value(r, "position"),
                  r.path_label, *(display_value(r, k) for k, _ in cols), display_value(r, "n")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    lines += [""] + [f"- {s.text}" for s in spreads(table)]
     return lines
+
+
+def muse_markdown(table: ResultTable) -> list[str]:
+    """The MUSE view as a section of results.md: the criteria per path and method, then per
+    method each criterion's range across paths (empty without MUSE's ROUGE sets)."""
+    cols = [(k, "C3 " + h if k == "privleak" else h)
+            for k, h in field_columns(table, MUSE_KEYS)]
+    if not any(k != "privleak" for k, _ in cols):
+        return []
+    lines = ["## MUSE's criteria per path", "",
+             "At the end of unlearning; means over seeds ± 95% half-width. C1 no verbatim "
+             "memorisation (verbmem ROUGE-L F1, lower = better), C2 no knowledge memorisation "
+             "(knowmem forget ROUGE-L F1, lower = better), C3 no privacy leak (privleak, Min-K% "
+             "AUC against the path's own retrain model, 0 = like retraining), C4 utility "
+             "preserved (knowmem retain ROUGE-L F1 over the path model's before unlearning, "
+             "1 = kept); docs/muse.md.", "", *_table_lines(table, cols), ""]
+    return lines + [f"- {t}" for t in criterion_ranges(table, cols)]
+
+
+def criterion_ranges(table: ResultTable, cols: list[tuple[str, str]]) -> list[str]:
+    """Per method (and sweep value) and criterion measured on two or more paths: its lowest
+    and highest path mean."""
+    out = []
+    for method, sweep in dict.fromkeys((r.method, r.sweep) for r in table.rows):
+        rows = [r for r in table.rows if (r.method, r.sweep) == (method, sweep)]
+        parts = []
+        for key, header in cols:
+            have = sorted((r for r in rows if r.mean(key) is not None), key=lambda r: r.mean(key))
+            if len(have) >= 2 and have[0].mean(key) == have[-1].mean(key):
+                parts.append(f"{header} {have[0].mean(key):.3g} on all {len(have)} paths")
+            elif len(have) >= 2:
+                lo, hi = have[0], have[-1]
+                parts.append(f"{header} {lo.mean(key):.3g} (p={lo.position}, {lo.path_label}) "
+                             f"to {hi.mean(key):.3g} (p={hi.position}, {hi.path_label})")
+        if parts:
+            name = method + (f" ({sweep})" if sweep else "")
+            out.append(f"{name} across {len(rows)} paths: " + "; ".join(parts) + ".")
+    return out
 
 
 # ---------------------------------------------------------------------------- another reference

@@ -63,7 +63,8 @@ from pathunlearn.rundir import CellRecord, is_number, unit_dir
 class Score:
     """One score of a cell: its key in results, its column header, what it is, and how it is
     computed from the cell (``drop`` or ``utility`` of ``metric``, ``end``: ``metric`` at the
-    last eval point, ``math``, ``re``)."""
+    last eval point, ``ratio``: ``metric`` at the last eval point over step 0's, ``math``,
+    ``re``)."""
 
     key: str
     header: str
@@ -140,6 +141,34 @@ def field_scores(probes: list) -> list[Score]:
                          "Min-K% Prob attack (k = 0.4), "
                          "forget vs holdout, against the path's own retrain model (MUSE; 0 = "
                          "like retraining)", "end", "mia_min_k/privleak"))
+    return out + muse_scores(roles)
+
+
+def muse_scores(roles: dict) -> list[Score]:
+    """MUSE's criteria C1, C2 and C4 (docs/muse.md), where the run has MUSE's ROUGE sets
+    (roles ``verbmem``, ``knowmem_forget``, ``knowmem_retain`` with ``rouge``); C3 is the
+    privleak score."""
+    have = {r: roles[r].name for r in ("verbmem", "knowmem_forget", "knowmem_retain")
+            if r in roles and "rouge" in roles[r].metrics}
+    out = []
+    if "verbmem" in have:
+        out.append(Score("muse_verbmem", "C1 verbmem", f"{have['verbmem']}/rougeL_f1 at the "
+                         "end: ROUGE-L F1 of the continuations of forget-corpus excerpts (MUSE's "
+                         "no verbatim memorisation; lower = less memorised)", "end",
+                         f"{have['verbmem']}/rougeL_f1"))
+    if "knowmem_forget" in have:
+        name = have["knowmem_forget"]
+        out.append(Score("muse_knowmem_forget", "C2 knowmem forget", f"{name}/rougeL_f1 at the "
+                         "end: ROUGE-L F1 of the answers to questions on the forget corpus "
+                         "(MUSE's no knowledge memorisation; lower = less known)", "end",
+                         f"{name}/rougeL_f1"))
+    if "knowmem_retain" in have:
+        name = have["knowmem_retain"]
+        out.append(Score("muse_knowmem_retain", "C4 knowmem retain (after/before)",
+                         f"{name}/rougeL_f1 at the end over its value at step 0: ROUGE-L F1 of "
+                         "the answers to questions on the retain corpus relative to the path "
+                         "model before unlearning (MUSE's utility preserved; 1 = kept)", "ratio",
+                         f"{name}/rougeL_f1"))
     return out
 
 
@@ -218,6 +247,8 @@ def cell_scores(cell: CellRecord, scores: list[Score]) -> dict[str, float | None
         a, b = first.get(score.metric), last.get(score.metric)
         if not (is_number(a) and is_number(b)):
             return None
+        if score.how == "ratio":  # undefined where step 0 scores nothing
+            return b / a if a > 0 else None
         return a - b if score.how == "drop" else 1.0 - abs(a - b)
 
     forget = next(s for s in scores if s.key == "forget_score").metric
@@ -555,7 +586,8 @@ def notes(table: ResultTable) -> list[str]:
     and diverged cells."""
     lines = [f"Forget stage: {table.forget_stage}; p = its 1-based position in the path.",
              "; ".join(f"{s.header} = {s.definition}" for s in table.scores
-                       if s.how in ("drop", "utility", "end", "lmeval")) + " (drops: before minus after "
+                       if s.how in ("drop", "utility", "end", "ratio", "lmeval"))
+             + " (drops: before minus after "
              "unlearning, positive = fell; utilities: 1 = unchanged).",
              "Values are means over seeds ± the half-width of a 95% t-interval; a value without "
              "± has 1 seed: no interval."]
