@@ -186,7 +186,7 @@ def test_small_trees_and_training_rows_score_the_same(model, tiny_tokenizer, mon
     # flash attention takes no 4D mask: every row alone
     flash = torch.nn.Module()
     flash.config = SimpleNamespace(_attn_implementation="flash_attention_2")
-    assert not logprob._packable(flash) and logprob._packable(model)
+    assert not logprob.packable(flash) and logprob.packable(model)
 
 
 def one_row_tokens(model, tokenizer, prompt, target) -> tuple[list[float], list[bool]]:

@@ -328,3 +328,59 @@ def test_each_cell_reports_its_steps_and_eval_points_as_it_runs(trained, tmp_pat
     monkeypatch.undo()
     with unlearn_module.cell_bar(True, "x") as bar:  # pytest's stdout is not a terminal
         assert type(bar) is unlearn_module.CellBar
+
+
+def test_token_ids_and_scoring_batches_are_worked_out_once_per_invocation(trained, tmp_path,
+                                                                          monkeypatch):
+    """Issue 29: the stages' token ids, the probes' and the forget set's scoring batches depend
+    on the tokenizer and the data only, so one invocation works each out once (pathunlearn.memo)
+    for all its cells, and every cell's files are the same as with nothing kept."""
+    import shutil
+
+    from pathunlearn.eval import cell as cell_module
+    from pathunlearn.memo import Memo
+    from pathunlearn.train import relearn as relearn_module
+    from pathunlearn.train import unlearn as unlearn_module
+
+    cfg, _ = trained
+    data = {**CONFIG, "relearn": {"steps": 1, "eval_every": 1},
+            "unlearning": {**CONFIG["unlearning"], "steps": 2, "eval_every": 2, "methods": [
+                {"name": "ga"}, {"name": "npo"}, {"name": "graddiff"}]}}
+
+    def run(name: str, keep: bool) -> tuple[object, object, dict[str, int]]:
+        calls = {"tokenize": 0, "prepare": 0}
+
+        def counted(module, name, what):
+            real = getattr(module, name)
+
+            def wrapper(*args, **kwargs):
+                calls[what] += 1
+                return real(*args, **kwargs)
+            monkeypatch.setattr(module, name, wrapper)
+
+        counted(unlearn_module, "tokenize_conversations", "tokenize")
+        for module in (cell_module, relearn_module, unlearn_module):
+            counted(module, "prepare_scoring", "prepare")
+        if not keep:  # a memo that keeps nothing: every cell works everything out itself
+            monkeypatch.setattr(Memo, "once", lambda self, key, make: make())
+        c = validate_config({**data, "output_dir": str(tmp_path / name)})
+        shutil.copytree(cfg.run_dir / "prefixes", c.run_dir / "prefixes")
+        plan = plan_run(c)
+        unlearn_all(c, plan, log=lambda *_: None)
+        monkeypatch.undo()
+        return c, plan, calls
+
+    kept_cfg, plan, kept = run("kept", True)
+    alone_cfg, _, alone = run("alone", False)
+    assert len(plan.cells) == 6
+    # kept: the forget stage and the retain stage tokenised once each; prepared once each:
+    # the probes, relearning's tracked probes, NPO's forget-set reference
+    assert kept == {"tokenize": 2, "prepare": 3}
+    # alone: per cell the forget stage, graddiff's retain stage, relearning's retain stage
+    # for the 4 cells without one; probes + relearning per cell, NPO's reference per NPO cell
+    assert alone == {"tokenize": 6 + 2 + 4, "prepare": 6 * 2 + 2}
+    for cell in plan.cells:
+        a, b = unit_dir(kept_cfg.run_dir, cell), unit_dir(alone_cfg.run_dir, cell)
+        for name in ("metrics.jsonl", "items.jsonl", "steps.jsonl", "relearn.jsonl"):
+            if (a / name).exists() or (b / name).exists():
+                assert (a / name).read_text() == (b / name).read_text(), (cell.method, name)

@@ -40,14 +40,16 @@ from pathunlearn.eval.field import (
     set_metrics,
 )
 from pathunlearn.eval.generate import generate
-from pathunlearn.eval.logprob import Prepared, prepare_scoring
+from pathunlearn.eval.logprob import Prepared, packable, prepare_scoring
 from pathunlearn.eval.probes import (
     ProbeSet,
     encode_probes,
     probe_conversations,
     probe_metrics,
+    probes_key,
     score_probe_rows,
 )
+from pathunlearn.memo import Memo, once, tokenizer_key
 
 HELDOUT_BATCH = 32
 """Sequences per forward pass over the held-out RE set."""
@@ -63,19 +65,24 @@ class CellProbes:
     with a retrain model, the distances to it (``re_retrain/kl``, ``/mse``) and the field
     reference (forget quality, privleak). Without heldout probe sets there are no distances.
     ``max_length``: the run's ``model.max_length``, which the probes are tokenised to;
-    ``rouge_tokens``: the most new tokens a ROUGE generation gets."""
+    ``rouge_tokens``: the most new tokens a ROUGE generation gets; ``memo``: the invocation's
+    :class:`~pathunlearn.memo.Memo`, where the probes' token ids and scoring batches are
+    worked out once for all its cells (they depend on the tokenizer and the probes only)."""
 
     def __init__(self, tokenizer, probe_sets: list[ProbeSet], retrain: Reference | None,
                  max_length: int, field_reference: FieldReference | None = None,
-                 rouge_tokens: int = 200):
+                 rouge_tokens: int = 200, memo: Memo | None = None):
         self.tokenizer, self.probe_sets, self.retrain = tokenizer, probe_sets, retrain
         self.field_sets = [FieldSet.of(p) for p in probe_sets if p.metrics and p.scored]
         self.field_reference, self.rouge_tokens = field_reference, rouge_tokens
         self.items: list[dict] = []
-        self.max_length = max_length
-        self.encoded = encode_probes(tokenizer, probe_sets, max_length)
+        self.max_length, self.memo = max_length, memo
+        self.key = (tokenizer_key(tokenizer), probes_key(probe_sets), max_length)
+        self.encoded = once(memo, ("probes", *self.key),
+                            lambda: encode_probes(tokenizer, probe_sets, max_length))
         self.prepared: Prepared | None = None  # the batches, worked out at the first call
-        self.heldout = heldout_set(tokenizer, probe_sets, max_length)
+        self.heldout = once(memo, ("heldout", *self.key),
+                            lambda: heldout_set(tokenizer, probe_sets, max_length))
         # under torchrun a rank holds the retrain reference of its share of the held-out set
         if retrain is not None and retrain.tokens.numel() != sum(
                 e.num_targets for e in distributed.shard(self.heldout)):
@@ -87,7 +94,10 @@ class CellProbes:
         """The metrics at this eval point; ``generate``: also the generation-based ones
         (ROUGE, and with it model utility)."""
         if self.prepared is None:
-            self.prepared = prepare_scoring(model, self.encoded, self.tokenizer.pad_token_id)
+            dtype = next(model.parameters()).dtype
+            self.prepared = once(
+                self.memo, ("prepared", *self.key, dtype, packable(model)),
+                lambda: prepare_scoring(model, self.encoded, self.tokenizer.pad_token_id))
         scores = score_probe_rows(model, self.tokenizer, self.probe_sets, prepared=self.prepared)
         metrics = {}
         for p in self.probe_sets:

@@ -134,7 +134,7 @@ def prepare_scoring(model: torch.nn.Module, examples: list[EncodedExample], pad_
                                for e in examples], dtype=torch.long)
     if not examples:
         return Prepared([], num_tokens, dtype)
-    if share_prompts and _packable(model):
+    if share_prompts and packable(model):
         return Prepared(_tree_forwards(examples, tree_rows(examples), pad_id, batch_size, dtype),
                         num_tokens, dtype)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids), reverse=True)
@@ -301,7 +301,7 @@ def tree_rows(examples: list[EncodedExample], max_tokens: int = 256) -> list[Tre
     return trees
 
 
-def _packable(model: torch.nn.Module) -> bool:
+def packable(model: torch.nn.Module) -> bool:
     """A tree needs a 4D attention mask: sdpa and eager take one, flash attention does not."""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
     return impl in ("sdpa", "eager")

@@ -331,6 +331,13 @@ def probe_metrics(probe: ProbeSet, scores: np.ndarray) -> dict[str, float]:
     }
 
 
+def probes_key(probe_sets: list[ProbeSet]) -> tuple:
+    """The probe sets in a memo key: their names and identities (a probe set holds lists, so
+    it has no hash; the invocation's ``Shared`` keeps the sets, so an identity is not reused
+    while the memo lives)."""
+    return tuple((p.name, id(p)) for p in probe_sets)
+
+
 def encode_probes(tokenizer, probe_sets: Sequence[ProbeSet],
                   max_length: int = 256) -> list[EncodedExample]:
     """The rows of all scored probe sets, tokenised in order; encode once, evaluate at every

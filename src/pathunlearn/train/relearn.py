@@ -27,9 +27,10 @@ from pathunlearn import metrics as M
 from pathunlearn.config import ExperimentConfig
 from pathunlearn.data.batching import collate, step_indices
 from pathunlearn.data.chat import EncodedExample
-from pathunlearn.eval.logprob import prepare_scoring
-from pathunlearn.eval.probes import ProbeSet, encode_probes, evaluate_probes
+from pathunlearn.eval.logprob import packable, prepare_scoring
+from pathunlearn.eval.probes import ProbeSet, encode_probes, evaluate_probes, probes_key
 from pathunlearn.losses import nll_sum
+from pathunlearn.memo import Memo, once, tokenizer_key
 from pathunlearn.train.staged import autocast, clip_gradients, make_optimizer
 
 TRACKED_KINDS = ("forget_label", "forget_response")
@@ -40,17 +41,20 @@ DATA = M.RELEARN_DATA
 
 def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
             examples: dict[str, list[EncodedExample]], probe_sets: list[ProbeSet],
-            device: torch.device, seed: int) -> list[dict]:
+            device: torch.device, seed: int, memo: Memo | None = None) -> list[dict]:
     """The relearning rows of one cell (module docstring). ``examples``: the data of each run
     (``retain``, the whole forget set for ``forget``, of which the first
-    ``relearn.forget_examples`` are used); a run without data is skipped."""
+    ``relearn.forget_examples`` are used); a run without data is skipped. ``memo``: where the
+    tracked probes' scoring batches are worked out once for all the invocation's cells."""
     r, training = cfg.relearn, cfg.training
     tracked = next(([p for p in probe_sets if p.kind == kind] for kind in TRACKED_KINDS
                     if any(p.kind == kind for p in probe_sets)), [])
     if not r.steps or not tracked:
         return []
-    prepared = prepare_scoring(model, encode_probes(tokenizer, tracked, cfg.model.max_length),
-                               tokenizer.pad_token_id)
+    key = ("relearn", tokenizer_key(tokenizer), probes_key(tracked), cfg.model.max_length,
+           next(model.parameters()).dtype, packable(model))
+    prepared = once(memo, key, lambda: prepare_scoring(
+        model, encode_probes(tokenizer, tracked, cfg.model.max_length), tokenizer.pad_token_id))
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.detach().clone() for p in params]
     optim = training.model_copy(update={"lr": r.lr or training.lr})

@@ -46,7 +46,7 @@ from pathunlearn.errors import ConfigError
 from pathunlearn.eval.cell import CellProbes, retrain_field_reference, retrain_reference
 from pathunlearn.eval.divergence import Reference
 from pathunlearn.eval.field import FieldReference
-from pathunlearn.eval.logprob import reference_logprobs
+from pathunlearn.eval.logprob import packable, prepare_scoring, reference_logprobs, score_prepared
 from pathunlearn.eval.math import (
     GENERATE_BATCH,
     MathRequest,
@@ -62,6 +62,7 @@ from pathunlearn.eval.saturation import saturation
 from pathunlearn.files import is_done, write_json
 from pathunlearn.keys import data_sha, stable_hash
 from pathunlearn.losses import token_logprobs
+from pathunlearn.memo import Memo, once, tokenizer_key
 from pathunlearn.methods import (
     IDK_ANSWERS,
     ForgetBatch,
@@ -118,6 +119,9 @@ class Shared:
     step_zero: dict[str, StepZero] = field(default_factory=dict)
     """:func:`step_zero_digest` -> what the cells of a path model measure before their first
     update (:func:`step_zero`)."""
+    memo: Memo = field(default_factory=Memo)
+    """What depends on the tokenizer and the data alone (the stages' and probes' token ids,
+    the probes' scoring batches), worked out once for all the cells (pathunlearn.memo)."""
 
 
 @dataclass
@@ -284,7 +288,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     method = make_method(cell.method)
     with phases.time("load"):
         model, tok = load_checkpoint(prefix_dir(run_dir, cell.model_key), cfg.model, device)
-        data = cell_data(cfg, cell, method, model, tok)
+        data = cell_data(cfg, cell, method, model, tok, shared.memo)
     with phases.time("math"):
         math_before = path_model_math(cfg, cell, model, tok, run_dir, shared, bar)
     with phases.time("lmeval"):
@@ -294,7 +298,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     with phases.time("reference"):
         retrain, field_ref = cell_retrain_reference(cfg, cell, run_dir, shared)
         probe = CellProbes(tok, shared.probe_sets, retrain, cfg.model.max_length, field_ref,
-                           cfg.probes.rouge_tokens)
+                           cfg.probes.rouge_tokens, shared.memo)
     with phases.time("step0"):  # changes nothing: no update, RNG restored
         zero = step_zero(cfg, cell, steps, data, probe, run_dir, shared)
     start = dict(zero.saturation)
@@ -353,15 +357,20 @@ class Outcome:
 
 
 def cell_data(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn.Module,
-              tok) -> CellData:
+              tok, memo: Memo | None = None) -> CellData:
     """The forget set (and a weakly-local method's retain data) tokenised, and what the
     method needs of the path model before it changes (reference log-probabilities, or under
-    full finetuning a frozen copy for a KL retain term or a teacher's logits)."""
-    data = CellData(forget=encode_stage(cfg, tok, cfg.paths.forget_stage),
-                    retain=[] if method.local else retain_examples(cfg, tok, cell.path),
+    full finetuning a frozen copy for a KL retain term or a teacher's logits). ``memo``: the
+    invocation's, where the stages' token ids and the forget set's scoring batches are worked
+    out once."""
+    data = CellData(forget=encode_stage(cfg, tok, cfg.paths.forget_stage, memo),
+                    retain=[] if method.local else retain_examples(cfg, tok, cell.path, memo),
                     pad_id=tok.pad_token_id)
     if method.needs_reference:
-        data.ref_logp = reference_logprobs(model, data.forget, data.pad_id)
+        key = ("forget-scoring", tokenizer_key(tok), cfg.paths.forget_stage,
+               cfg.model.max_length, next(model.parameters()).dtype, packable(model))
+        data.ref_logp = score_prepared(model, once(memo, key, lambda: prepare_scoring(
+            model, data.forget, data.pad_id))).logp  # reference_logprobs, batches reused
     if method.needs_alternates:
         answers = getattr(method, "alternates", None) or list(IDK_ANSWERS)
         data.alternates = alternate_examples(cfg, tok, answers, cell.seed)
@@ -578,9 +587,9 @@ def finish_cell(cfg: ExperimentConfig, cell: Cell, steps: Steps, tok, data: Cell
                         if done.lmeval_before is not None and not diverged else None)
     if cfg.relearn.steps and not diverged:
         with phases.time("relearn"):
-            retain = data.retain or retain_examples(cfg, tok, cell.path)
+            retain = data.retain or retain_examples(cfg, tok, cell.path, shared.memo)
             files.relearn(relearn(cfg, model, tok, {"retain": retain, "forget": data.forget},
-                                  shared.probe_sets, steps.device, steps.seed))
+                                  shared.probe_sets, steps.device, steps.seed, shared.memo))
     written = time.perf_counter()
     summary = {**cell.describe(), "key": cell.key, "steps": steps.total,
                "steps_done": done.steps_done, M.DIVERGED_AT: done.diverged_at,
@@ -760,10 +769,16 @@ def cell_retrain_reference(cfg: ExperimentConfig, cell: Cell, run_dir: Path,
 # ---------------------------------------------------------------------------- data
 
 
-def encode_stage(cfg: ExperimentConfig, tokenizer, stage_name: str) -> list[EncodedExample]:
-    """A stage's conversations tokenised exactly as staged training saw them."""
-    conversations = load_stage(cfg.stages[stage_name])
-    return tokenize_conversations(tokenizer, conversations, cfg.model.max_length)[0]
+def encode_stage(cfg: ExperimentConfig, tokenizer, stage_name: str,
+                 memo: Memo | None = None) -> list[EncodedExample]:
+    """A stage's conversations tokenised exactly as staged training saw them (once per
+    ``memo``: the invocation's)."""
+    def make() -> list[EncodedExample]:
+        conversations = load_stage(cfg.stages[stage_name])
+        return tokenize_conversations(tokenizer, conversations, cfg.model.max_length)[0]
+
+    key = ("stage", tokenizer_key(tokenizer), stage_name, cfg.model.max_length)
+    return once(memo, key, make)
 
 
 def retain_stages(cfg: ExperimentConfig, path: tuple[str, ...]) -> list[str]:
@@ -771,10 +786,10 @@ def retain_stages(cfg: ExperimentConfig, path: tuple[str, ...]) -> list[str]:
     return list(cfg.unlearning.retain_stages) or list(retrain_path(cfg, path))
 
 
-def retain_examples(cfg: ExperimentConfig, tokenizer,
-                    path: tuple[str, ...]) -> list[EncodedExample]:
+def retain_examples(cfg: ExperimentConfig, tokenizer, path: tuple[str, ...],
+                    memo: Memo | None = None) -> list[EncodedExample]:
     """The retain data of a cell on ``path`` (:func:`retain_stages`), tokenised."""
-    return [e for s in retain_stages(cfg, path) for e in encode_stage(cfg, tokenizer, s)]
+    return [e for s in retain_stages(cfg, path) for e in encode_stage(cfg, tokenizer, s, memo)]
 
 
 # ---------------------------------------------------------------------------- math
