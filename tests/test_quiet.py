@@ -7,6 +7,7 @@ result; what is tested is what the command lets through, not how long anything t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,21 @@ def test_quiet_report_prints_the_summary_only(cli, monkeypatch, tmp_path):
     quiet = cli("report", tmp_path, "--quiet")
     assert quiet.code == 0, quiet.err
     assert quiet.out.splitlines() == [SUMMARY]
+
+
+def test_an_events_line_is_not_wrapped_at_the_console_width(cli, stand_in, tmp_path,
+                                                            monkeypatch):
+    """Issue 28: without a terminal (a log piped to a file, CI) the console is 80 columns;
+    a finished cell's line longer than that stays one line, so the log keeps one line per
+    event (a terminal wraps it for display, the text is unchanged)."""
+    import pathunlearn.cli
+
+    long = ("[19/30] instructions-authors-arithmetic-refusals simnpo-norm seed 0 "
+            "(matched-start control): 20 steps, 6.8s; ~82s left")
+    assert len(long) > 80
+    monkeypatch.setattr(pathunlearn.cli.console, "width", 80)
+    events = [*EVENTS, long]
+    monkeypatch.setattr(sys.modules[__name__], "EVENTS", events)  # what the stand-in logs
+    got = cli("run", f"output_dir={tmp_path}")
+    assert got.code == 0, got.err
+    assert got.out.splitlines()[:len(events)] == events

@@ -121,8 +121,12 @@ Quiet = Annotated[bool, typer.Option(
 
 def event_log(quiet: bool):
     """The ``log`` of a long command: the console, one line per event (on a terminal or
-    not), or with ``--quiet`` nothing (errors are raised, and printed by :func:`main`)."""
-    return (lambda *args, **kwargs: None) if quiet else console.print
+    not: an event's line is never wrapped at the console's width, so a log piped to a file
+    keeps one line per finished unit), or with ``--quiet`` nothing (errors are raised, and
+    printed by :func:`main`)."""
+    if quiet:
+        return lambda *args, **kwargs: None
+    return lambda *args, **kwargs: console.print(*args, **{"soft_wrap": True, **kwargs})
 
 
 # ---------------------------------------------------------------------------- config
