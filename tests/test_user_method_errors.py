@@ -3,10 +3,7 @@ file (exit 2), and under --debug the user's own traceback, with their file and l
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -78,33 +75,36 @@ def write(tmp_path, name: str, source: str, cls: str) -> tuple[str, str]:
     return str(path), f"{path}:{cls}"
 
 
-def pathunlearn(*args: str, cwd) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PATHUNLEARN_DEBUG"}
-    return subprocess.run([sys.executable, "-m", "pathunlearn", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=600)
+@pytest.fixture
+def pathunlearn(cli, monkeypatch):
+    """``pathunlearn ARGS`` as the console script runs it (``main()``: its stderr and exit
+    code; tests/test_bad_inputs.py runs the console script itself in a process of its own),
+    without a PATHUNLEARN_DEBUG of the caller's."""
+    monkeypatch.delenv("PATHUNLEARN_DEBUG", raising=False)
+    return cli
 
 
-def test_a_name_error_in_forget_loss_is_one_line_or_the_users_traceback(tmp_path):
+def test_a_name_error_in_forget_loss_is_one_line_or_the_users_traceback(tmp_path, pathunlearn):
     file, spec = write(tmp_path, "broken_method.py", BROKEN, "Broken")
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config(tmp_path, spec)))
 
-    plain = pathunlearn("run", str(path), cwd=tmp_path)
-    assert plain.returncode == 2, plain.stderr
-    lines = plain.stderr.strip().splitlines()
-    assert len(lines) == 1, plain.stderr
-    assert "Traceback" not in plain.stderr
+    plain = pathunlearn("run", str(path))
+    assert plain.code == 2, plain.err
+    lines = plain.err.strip().splitlines()
+    assert len(lines) == 1, plain.err
+    assert "Traceback" not in plain.err
     line = lines[0]
     assert f"method '{spec}'" in line and "forget_loss raised NameError" in line
     assert f"(at {file}, line {BROKEN_LINE})" in line and "undefined_weight" in line
     assert "at unlearning step 1 of cell" in line
 
-    debug = pathunlearn("run", str(path), "--debug", cwd=tmp_path)
-    assert debug.returncode == 2
+    debug = pathunlearn("run", str(path), "--debug")
+    assert debug.code == 2
     # the user's frame, as Python prints it, then the one line
-    assert f'File "{file}", line {BROKEN_LINE}, in forget_loss' in debug.stderr
-    assert "NameError: name 'undefined_weight' is not defined" in debug.stderr
-    assert debug.stderr.strip().splitlines()[-1] == line
+    assert f'File "{file}", line {BROKEN_LINE}, in forget_loss' in debug.err
+    assert "NameError: name 'undefined_weight' is not defined" in debug.err
+    assert debug.err.strip().splitlines()[-1] == line
 
 
 def test_a_loss_that_is_not_a_scalar_is_one_line_naming_the_method(tmp_path, cli):
@@ -118,18 +118,18 @@ def test_a_loss_that_is_not_a_scalar_is_one_line_naming_the_method(tmp_path, cli
     assert "it must return a scalar tensor" in line
 
 
-def test_an_error_at_import_keeps_the_users_traceback_under_debug(tmp_path):
+def test_an_error_at_import_keeps_the_users_traceback_under_debug(tmp_path, pathunlearn):
     file, spec = write(tmp_path, "late.py", AT_IMPORT, "Late")
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config(tmp_path, spec)))
-    plain = pathunlearn("train", str(path), "--plan", cwd=tmp_path)
-    assert plain.returncode == 2
-    (line,) = plain.stderr.strip().splitlines()
+    plain = pathunlearn("train", str(path), "--plan")
+    assert plain.code == 2
+    (line,) = plain.err.strip().splitlines()
     assert f"cannot load {file}: NameError" in line and f"line {AT_IMPORT_LINE})" in line
-    debug = pathunlearn("train", str(path), "--plan", "--debug", cwd=tmp_path)
-    assert debug.returncode == 2
+    debug = pathunlearn("train", str(path), "--plan", "--debug")
+    assert debug.code == 2
     assert re.search(rf'File "{re.escape(file)}", line {AT_IMPORT_LINE}, in <module>',
-                     debug.stderr), debug.stderr
+                     debug.err), debug.err
     assert not (tmp_path / "runs").exists()
 
 

@@ -234,40 +234,72 @@ def test_math_before_unlearning_is_measured_once_per_path_model_and_kept(trained
         assert [a[k] for k in keys] == [b[k] for k in keys]  # exactly: JSON keeps floats
 
 
-def test_step_zero_is_measured_once_per_path_model_and_equals_each_cell_alone(
+def test_step_zero_and_token_ids_are_worked_out_once_and_equal_each_cell_alone(
         trained, tmp_path, monkeypatch):
     """Issue 29: every cell of a path model starts from the same weights, so its step-0
     probes, field items and saturation diagnostics are measured once per path model (then
-    shared in this process, and read back from RUN_DIR/cache/step_zero by later invocations)
-    and equal exactly what each cell measures alone."""
+    shared in this process, and read back from RUN_DIR/cache/step_zero by later invocations);
+    the stages' token ids and the probes' / forget set's scoring batches depend on the
+    tokenizer and the data only, so one invocation works each out once (pathunlearn.memo).
+    Every cell's files equal exactly what each cell writes alone, with nothing shared."""
     import shutil
 
+    from pathunlearn.eval import cell as cell_module
+    from pathunlearn.memo import Memo
+    from pathunlearn.train import relearn as relearn_module
     from pathunlearn.train import unlearn as unlearn_module
 
     cfg, _ = trained
-    data = {**CONFIG, "unlearning": {**CONFIG["unlearning"], "steps": 2, "eval_every": 2},
+    data = {**CONFIG, "relearn": {"steps": 1, "eval_every": 1},
+            "unlearning": {**CONFIG["unlearning"], "steps": 2, "eval_every": 2, "methods": [
+                {"name": "ga"}, {"name": "npo"}, {"name": "graddiff"}]},
             "probes": {**CONFIG["probes"], "rouge_tokens": 8, "sets": [
                 {"name": "f_forget", "source": "stage:refusals", "max_prompts": 4,
                  "role": "forget", "metrics": ["prob", "rouge", "memorization"]}]}}
 
-    def run(name: str, share: bool) -> tuple[object, list[dict]]:
+    def run(name: str, share: bool):
+        calls = {"tokenize": 0, "prepare": 0}
+
+        def counted(module, name, what):
+            real = getattr(module, name)
+
+            def wrapper(*args, **kwargs):
+                calls[what] += 1
+                return real(*args, **kwargs)
+            monkeypatch.setattr(module, name, wrapper)
+
+        counted(unlearn_module, "tokenize_conversations", "tokenize")
+        for module in (cell_module, relearn_module, unlearn_module):
+            counted(module, "prepare_scoring", "prepare")
         monkeypatch.setattr(unlearn_module, "STEP_ZERO_CACHE", share)
+        if not share:  # a memo that keeps nothing: every cell works everything out itself
+            monkeypatch.setattr(Memo, "once", lambda self, key, make: make())
         c = validate_config({**data, "output_dir": str(tmp_path / name)})
         shutil.copytree(cfg.run_dir / "prefixes", c.run_dir / "prefixes")
         plan = plan_run(c)
-        return c, plan, unlearn_all(c, plan, log=lambda *_: None)
+        summaries = unlearn_all(c, plan, log=lambda *_: None)
+        monkeypatch.undo()
+        return c, plan, summaries, calls
 
-    alone_cfg, plan, alone = run("alone", False)
-    shared_cfg, _, shared = run("shared", True)
+    alone_cfg, plan, alone, alone_calls = run("alone", False)
+    shared_cfg, _, shared, shared_calls = run("shared", True)
+    assert len(plan.cells) == 6
     paths = {c.model_key for c in plan.cells}
     assert [s["step0"] for s in alone] == ["measured"] * len(plan.cells)
     assert sorted(s["step0"] for s in shared).count("measured") == len(paths) == 2
     assert {s["step0"] for s in shared} == {"measured", "shared"}
     assert len(list((shared_cfg.run_dir / "cache" / "step_zero").glob("*.json"))) == len(paths)
+    # shared: the forget stage and the retain stage tokenised once each; prepared once each:
+    # the probes, relearning's tracked probes, NPO's forget-set reference
+    assert shared_calls == {"tokenize": 2, "prepare": 3}
+    # alone: per cell the forget stage, graddiff's retain stage, relearning's retain stage
+    # for the 4 cells without one; probes + relearning per cell, NPO's reference per NPO cell
+    assert alone_calls == {"tokenize": 6 + 2 + 4, "prepare": 6 * 2 + 2}
     for cell, a, b in zip(plan.cells, alone, shared, strict=True):
         da, db = unit_dir(alone_cfg.run_dir, cell), unit_dir(shared_cfg.run_dir, cell)
-        for name in ("metrics.jsonl", "items.jsonl", "steps.jsonl"):
-            assert (da / name).read_text() == (db / name).read_text(), (cell.method, name)
+        for name in ("metrics.jsonl", "items.jsonl", "steps.jsonl", "relearn.jsonl"):
+            if (da / name).exists() or (db / name).exists():
+                assert (da / name).read_text() == (db / name).read_text(), (cell.method, name)
         assert a["saturation"] == b["saturation"]
     for cell in plan.cells:  # a new invocation (as a Ray task would) reads them back
         shutil.rmtree(unit_dir(shared_cfg.run_dir, cell))
@@ -328,59 +360,3 @@ def test_each_cell_reports_its_steps_and_eval_points_as_it_runs(trained, tmp_pat
     monkeypatch.undo()
     with unlearn_module.cell_bar(True, "x") as bar:  # pytest's stdout is not a terminal
         assert type(bar) is unlearn_module.CellBar
-
-
-def test_token_ids_and_scoring_batches_are_worked_out_once_per_invocation(trained, tmp_path,
-                                                                          monkeypatch):
-    """Issue 29: the stages' token ids, the probes' and the forget set's scoring batches depend
-    on the tokenizer and the data only, so one invocation works each out once (pathunlearn.memo)
-    for all its cells, and every cell's files are the same as with nothing kept."""
-    import shutil
-
-    from pathunlearn.eval import cell as cell_module
-    from pathunlearn.memo import Memo
-    from pathunlearn.train import relearn as relearn_module
-    from pathunlearn.train import unlearn as unlearn_module
-
-    cfg, _ = trained
-    data = {**CONFIG, "relearn": {"steps": 1, "eval_every": 1},
-            "unlearning": {**CONFIG["unlearning"], "steps": 2, "eval_every": 2, "methods": [
-                {"name": "ga"}, {"name": "npo"}, {"name": "graddiff"}]}}
-
-    def run(name: str, keep: bool) -> tuple[object, object, dict[str, int]]:
-        calls = {"tokenize": 0, "prepare": 0}
-
-        def counted(module, name, what):
-            real = getattr(module, name)
-
-            def wrapper(*args, **kwargs):
-                calls[what] += 1
-                return real(*args, **kwargs)
-            monkeypatch.setattr(module, name, wrapper)
-
-        counted(unlearn_module, "tokenize_conversations", "tokenize")
-        for module in (cell_module, relearn_module, unlearn_module):
-            counted(module, "prepare_scoring", "prepare")
-        if not keep:  # a memo that keeps nothing: every cell works everything out itself
-            monkeypatch.setattr(Memo, "once", lambda self, key, make: make())
-        c = validate_config({**data, "output_dir": str(tmp_path / name)})
-        shutil.copytree(cfg.run_dir / "prefixes", c.run_dir / "prefixes")
-        plan = plan_run(c)
-        unlearn_all(c, plan, log=lambda *_: None)
-        monkeypatch.undo()
-        return c, plan, calls
-
-    kept_cfg, plan, kept = run("kept", True)
-    alone_cfg, _, alone = run("alone", False)
-    assert len(plan.cells) == 6
-    # kept: the forget stage and the retain stage tokenised once each; prepared once each:
-    # the probes, relearning's tracked probes, NPO's forget-set reference
-    assert kept == {"tokenize": 2, "prepare": 3}
-    # alone: per cell the forget stage, graddiff's retain stage, relearning's retain stage
-    # for the 4 cells without one; probes + relearning per cell, NPO's reference per NPO cell
-    assert alone == {"tokenize": 6 + 2 + 4, "prepare": 6 * 2 + 2}
-    for cell in plan.cells:
-        a, b = unit_dir(kept_cfg.run_dir, cell), unit_dir(alone_cfg.run_dir, cell)
-        for name in ("metrics.jsonl", "items.jsonl", "steps.jsonl", "relearn.jsonl"):
-            if (a / name).exists() or (b / name).exists():
-                assert (a / name).read_text() == (b / name).read_text(), (cell.method, name)
