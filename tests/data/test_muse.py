@@ -274,6 +274,15 @@ def assert_muse_criteria(run: Path, cells: list[list[dict]]) -> None:
         line = next(ln for ln in view.splitlines() if f"| {row['path_label']} |" in ln)
         assert f"| {row['muse_knowmem_forget']:.3f} |" in line
     assert "- ga across 3 paths: C1 verbmem" in view
+    # report.html: the same view, its own section with a contents link
+    page = (run / "report.html").read_text()
+    assert "<a href=\"#muse\">MUSE's criteria per path</a>" in page
+    section = page.split("id=\"muse\"")[1].split("</details>")[0]
+    assert "<th class=\"\">C2 knowmem forget</th>" in section
+    for row in rows:
+        line = section.split(f">{row['path_label']}</td>")[1].split("</tr>")[0]
+        assert f"<td>{row['muse_knowmem_forget']:.3f}</td>" in line
+    assert "<li>ga across 3 paths: C1 verbmem" in section
 
 
 def test_verbmem_continuations_are_generated_from_the_raw_prompt_and_scored(tmp_path, cli,

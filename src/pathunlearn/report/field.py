@@ -104,20 +104,30 @@ def _table_lines(table: ResultTable, cols: list[tuple[str, str]]) -> list[str]:
     return lines
 
 
-def muse_markdown(table: ResultTable) -> list[str]:
-    """The MUSE view as a section of results.md: the criteria per path and method, then per
-    method each criterion's range across paths (empty without MUSE's ROUGE sets)."""
-    cols = [(k, "C3 " + h if k == "privleak" else h)
-            for k, h in field_columns(table, MUSE_KEYS)]
-    if not any(k != "privleak" for k, _ in cols):
-        return []
-    lines = ["## MUSE's criteria per path", "",
-             "At the end of unlearning; means over seeds ± 95% half-width. C1 no verbatim "
+MUSE_NOTE = ("At the end of unlearning; means over seeds ± 95% half-width. C1 no verbatim "
              "memorisation (verbmem ROUGE-L F1, lower = better), C2 no knowledge memorisation "
              "(knowmem forget ROUGE-L F1, lower = better), C3 no privacy leak (privleak, Min-K% "
              "AUC against the path's own retrain model, 0 = like retraining), C4 utility "
              "preserved (knowmem retain ROUGE-L F1 over the path model's before unlearning, "
-             "1 = kept); docs/muse.md.", "", *_table_lines(table, cols), ""]
+             "1 = kept); docs/muse.md.")
+"""What the MUSE view's columns are, under its table in results.md and report.html."""
+
+
+def muse_columns(table: ResultTable) -> list[tuple[str, str]]:
+    """(key, header) of the MUSE view's columns, C1-C4 where measured; none without one of
+    MUSE's ROUGE sets (privleak alone is the TOFU view's)."""
+    cols = [(k, "C3 " + h if k == "privleak" else h)
+            for k, h in field_columns(table, MUSE_KEYS)]
+    return cols if any(k != "privleak" for k, _ in cols) else []
+
+
+def muse_markdown(table: ResultTable) -> list[str]:
+    """The MUSE view as a section of results.md: the criteria per path and method, then per
+    method each criterion's range across paths (empty without MUSE's ROUGE sets)."""
+    cols = muse_columns(table)
+    if not cols:
+        return []
+    lines = ["## MUSE's criteria per path", "", MUSE_NOTE, "", *_table_lines(table, cols), ""]
     return lines + [f"- {t}" for t in criterion_ranges(table, cols)]
 
 

@@ -103,6 +103,7 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
         *((f"lead{i}", x, True) for i, x in enumerate(lead or [], 1)),
         ("table", _table_section(results), True),
         ("field", _field_section(results), True),
+        ("muse", _muse_section(results), True),
         ("figures", _figure_section(run_dir, figures), True),
         ("pairwise", _pairwise_section(results), True),
         ("control", _matched_section(results), True),
@@ -461,6 +462,33 @@ def _field_section(results: Results) -> str:
     cols = field_columns(t)
     if not cols:
         return ""
+    items = "".join(f"<li>{_e(s.text)}</li>" for s in spreads(t))
+    return ("<h2>Retrain equivalence in the field's metrics (TOFU view)</h2><p class=\"note\">"
+            "Forget quality is TOFU's test of retrain equivalence: the p-value of a KS test "
+            "between the forget set's per-item truth ratios after unlearning and those of a "
+            "retrain model. Here every path is compared with its <b>own</b> retrain model (the "
+            "path without the forget stage, trained in the same order), at the end of "
+            "unlearning; model utility and privleak as TOFU and MUSE define them "
+            "(docs/metrics.md). Per-item values: each cell's items.jsonl.</p>"
+            + _view_table(t, cols) + (f"<ul>{items}</ul>" if items else ""))
+
+
+def _muse_section(results: Results) -> str:
+    """The MUSE view (:mod:`pathunlearn.report.field`): MUSE's criteria C1-C4 per method and
+    path, and per method each criterion's range across paths."""
+    from pathunlearn.report.field import MUSE_NOTE, criterion_ranges, muse_columns
+
+    t = results.table
+    cols = muse_columns(t)
+    if not cols:
+        return ""
+    items = "".join(f"<li>{_e(x)}</li>" for x in criterion_ranges(t, cols))
+    return (f"<h2>MUSE's criteria per path</h2><p class=\"note\">{_e(MUSE_NOTE)}</p>"
+            + _view_table(t, cols) + (f"<ul>{items}</ul>" if items else ""))
+
+
+def _view_table(t, cols: list[tuple[str, str]]) -> str:
+    """A field view's table: per method and path its ``cols`` (key, header), then seeds."""
     head = "".join(f"<th class=\"{_align(k)}\">{_e(h)}</th>"
                    for k, h in [("method", "method"), ("position", "p"),
                                 ("path_label", "path"), *cols, ("n", "seeds")])
@@ -470,16 +498,7 @@ def _field_section(results: Results) -> str:
         f"{_e(r.path_label)}</td>"
         + "".join(f"<td>{_e(display_value(r, k))}</td>" for k, _ in cols)
         + f"<td>{_e(display_value(r, 'n'))}</td></tr>" for r in t.rows)
-    items = "".join(f"<li>{_e(s.text)}</li>" for s in spreads(t))
-    return ("<h2>Retrain equivalence in the field's metrics (TOFU view)</h2><p class=\"note\">"
-            "Forget quality is TOFU's test of retrain equivalence: the p-value of a KS test "
-            "between the forget set's per-item truth ratios after unlearning and those of a "
-            "retrain model. Here every path is compared with its <b>own</b> retrain model (the "
-            "path without the forget stage, trained in the same order), at the end of "
-            "unlearning; model utility and privleak as TOFU and MUSE define them "
-            "(docs/metrics.md). Per-item values: each cell's items.jsonl.</p>"
-            f"<div class=\"wide\"><table><tr>{head}</tr>{body}</table></div>"
-            + (f"<ul>{items}</ul>" if items else ""))
+    return f"<div class=\"wide\"><table><tr>{head}</tr>{body}</table></div>"
 
 
 def _interval(value: str) -> str:
