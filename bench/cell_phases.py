@@ -3,7 +3,9 @@
 Reads the ``phases`` of every finished cell of RUN_DIR (each cell's summary.json, seconds per
 phase: pathunlearn.timing.CELL_PHASES) and prints, per phase, the seconds summed over the
 cells and their share, then per method the median cell's step time, non-step time and their
-ratio (issue 29's target: non-step time <= 3x the step time). With ``--config`` it first runs
+ratio (issue 29's target: non-step time <= 3x the step time), and the whole run's evaluation
+time over its training time (relearning's optimizer steps counted as training, not as
+evaluation: ``relearn_steps``). With ``--config`` it first runs
 that config (``pathunlearn run CONFIG output_dir=DIR``) into a fresh directory.
 
     python bench/cell_phases.py runs/demo
@@ -21,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pathunlearn.timing import TRAINING_PHASES
 
 
 def cell_phases(run_dir: Path) -> list[tuple[str, dict[str, float]]]:
@@ -55,6 +59,9 @@ def report(run_dir: Path) -> None:
               f"{other / steps if steps else float('inf'):11.1f}")
     all_steps = sum(p.get("steps", 0.0) for _, p in cells)
     print(f"  all cells: non-step time / step time = {(whole - all_steps) / all_steps:.1f}")
+    training = sum(total.get(k, 0.0) for k in TRAINING_PHASES)
+    print(f"  all cells: everything but optimizer steps / optimizer steps (unlearning and "
+          f"relearning) = {(whole - training) / training:.1f}")
 
 
 def main() -> None:

@@ -69,6 +69,8 @@ def test_run_end_to_end_then_rerun_skips_everything(tmp_path, cli):
     # issue 29: seconds per phase in every cell, and in phases.json their sums over the cells
     assert set(summary["phases"]) == set(CELL_PHASES)
     assert all(v >= 0 for v in summary["phases"].values()) and summary["phases"]["steps"] > 0
+    # relearning's optimizer steps apart from its evaluations (both measured: 2 runs of 2)
+    assert summary["phases"]["relearn_steps"] > 0 and summary["phases"]["relearn"] > 0
     summaries = [json.loads(p.read_text()) for p in run_dir.glob("cells/**/summary.json")]
     cells = json.loads((run_dir / "phases.json").read_text())["cells"]
     assert cells == pytest.approx({k: sum(s["phases"][k] for s in summaries) for k in cells})

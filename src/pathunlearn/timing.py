@@ -8,14 +8,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 CELL_PHASES = ("load", "math", "lmeval", "reference", "step0", "probes", "steps",
-               "relearn", "write")
+               "relearn", "relearn_steps", "write")
 """A cell's phases, in the order it runs them: loading the path model and encoding its data
 (with what the method takes from the path model before it changes), math accuracy (before
 and after), lm-eval tasks, the retrain model's reference values, the step-0 measurements
 (probes, field items and saturation diagnostics: measured once per path model, then read back),
 the probe evaluations at the later eval points (generations and field metrics included), the
-optimizer steps (forward, backward, clip, update), relearning, writing the summary and the
-model."""
+optimizer steps (forward, backward, clip, update), relearning's evaluations (its data and
+tracked probes, scored at its eval points) and relearning's own optimizer steps, writing the
+summary and the model."""
+TRAINING_PHASES = ("steps", "relearn_steps")
+"""The phases that are optimizer steps (unlearning's and relearning's); the rest of a cell is
+evaluation, loading and writing."""
 
 
 @dataclass

@@ -31,6 +31,7 @@ from pathunlearn.eval.logprob import packable, prepare_scoring
 from pathunlearn.eval.probes import ProbeSet, encode_probes, evaluate_probes, probes_key
 from pathunlearn.losses import nll_sum
 from pathunlearn.memo import Memo, once, tokenizer_key
+from pathunlearn.timing import Phases
 from pathunlearn.train.staged import autocast, clip_gradients, make_optimizer
 
 TRACKED_KINDS = ("forget_label", "forget_response")
@@ -41,11 +42,15 @@ DATA = M.RELEARN_DATA
 
 def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
             examples: dict[str, list[EncodedExample]], probe_sets: list[ProbeSet],
-            device: torch.device, seed: int, memo: Memo | None = None) -> list[dict]:
+            device: torch.device, seed: int, memo: Memo | None = None,
+            phases: Phases | None = None) -> list[dict]:
     """The relearning rows of one cell (module docstring). ``examples``: the data of each run
     (``retain``, the whole forget set for ``forget``, of which the first
     ``relearn.forget_examples`` are used); a run without data is skipped. ``memo``: where the
-    tracked probes' scoring batches are worked out once for all the invocation's cells."""
+    tracked probes' scoring batches are worked out once for all the invocation's cells.
+    ``phases``: where the optimizer steps' seconds are added (``relearn_steps``); the caller
+    times the rest."""
+    steps_time = (phases or Phases()).time
     r, training = cfg.relearn, cfg.training
     tracked = next(([p for p in probe_sets if p.kind == kind] for kind in TRACKED_KINDS
                     if any(p.kind == kind for p in probe_sets)), [])
@@ -73,17 +78,18 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
             batches = step_indices(len(data), r.batch_size, r.batch_size, seed)
             rows.append({M.RELEARN_DATA: kind, M.STEP: 0, **before})
             for step in range(1, r.steps + 1):
-                (idx,) = next(batches)[1]
-                batch = collate([data[i] for i in idx], pad_id).to(device)
-                with autocast(device, training.precision):
-                    logits = model(**batch.inputs()).logits
-                # the run's vocab_chunk, as in staged training and unlearning
-                loss = nll_sum(logits, batch.labels, cfg.runtime.vocab_chunk) / max(
-                    batch.num_targets, 1)
-                loss.backward()
-                clip_gradients(params, training.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                with steps_time("relearn_steps"):
+                    (idx,) = next(batches)[1]
+                    batch = collate([data[i] for i in idx], pad_id).to(device)
+                    with autocast(device, training.precision):
+                        logits = model(**batch.inputs()).logits
+                    # the run's vocab_chunk, as in staged training and unlearning
+                    loss = nll_sum(logits, batch.labels, cfg.runtime.vocab_chunk) / max(
+                        batch.num_targets, 1)
+                    loss.backward()
+                    clip_gradients(params, training.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
                 if step % r.eval_every == 0 or step == r.steps:
                     row = {M.RELEARN_DATA: kind, M.STEP: step, M.LOSS: loss.item(),
                            **evaluate_probes(model, tokenizer, tracked, prepared=prepared)}
