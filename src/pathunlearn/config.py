@@ -490,9 +490,9 @@ class UnlearningConfig(OptimConfig):
     save_model: bool = False
     """Also save every unlearned model (merged weights + adapter) in its cell directory."""
     math: MathConfig = MathConfig()
+    """Math accuracy before and after unlearning (off unless `math.questions` > 0)."""
     lmeval: LmEvalConfig = LmEvalConfig()
     """lm-evaluation-harness tasks before and after every cell (off unless `lmeval.tasks`)."""
-    """Math accuracy before and after unlearning (off unless `math.questions` > 0)."""
 
     @model_validator(mode="after")
     def _nothing_twice(self) -> UnlearningConfig:
