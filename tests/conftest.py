@@ -74,3 +74,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+HEAVY_FIRST = (  # the files that take longest (seconds on 2 cores, summed over their tests)
+    "tests/distributed/test_torchrun.py",  # ~65: torchrun launches
+    "tests/train/test_unlearn.py",  # ~55
+    "tests/test_executors.py",  # ~40: Ray
+    "tests/test_resilience.py",  # ~40: killed runs
+    "tests/test_faults.py",  # ~40
+    "tests/test_bad_inputs.py",  # ~33
+    "tests/test_methods_field.py",  # ~30: every method through a run
+    "tests/test_experiment.py",  # ~30
+)
+"""Run first: ``--dist loadfile`` hands out files in collection order, so a long file
+collected last (tests/train/ sorts after tests/test_*.py) kept one core busy while the other
+had finished. Longest first leaves short files to even out the end."""
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    root = config.rootpath
+
+    def key(item) -> int:
+        path = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        return rank.get(path, len(HEAVY_FIRST))
+
+    items.sort(key=key)  # stable: every file keeps its tests' order
