@@ -484,7 +484,9 @@ class UnlearningConfig(OptimConfig):
     epochs: float = Field(1.0, gt=0)
     """Passes over the forget set when `steps` is null (the paper: one epoch)."""
     eval_every: int = Field(1, gt=0)
-    """Evaluate the probes every k steps (and before the first step)."""
+    """Evaluate the probes every k steps (and before the first step and at the last). The
+    table reads the first and the last point only: a larger k gives the same table and coarser
+    curves."""
     retain_stages: list[str] = []
     """Retain data of the weakly-local methods; empty: the path's other stages."""
     save_model: bool = False

@@ -360,3 +360,29 @@ def test_each_cell_reports_its_steps_and_eval_points_as_it_runs(trained, tmp_pat
     monkeypatch.undo()
     with unlearn_module.cell_bar(True, "x") as bar:  # pytest's stdout is not a terminal
         assert type(bar) is unlearn_module.CellBar
+
+
+def test_fewer_eval_points_give_the_same_first_and_last_rows(trained, tmp_path):
+    """The table reads a cell's first and last eval points only (README, Probes): scoring is
+    inference and draws no random numbers, so evaluating every step or only at the ends gives
+    the same steps and the same rows at both ends."""
+    import shutil
+
+    cfg, _ = trained
+    rows_by = {}
+    for every in (1, 4):
+        data = {**CONFIG, "output_dir": str(tmp_path / f"every{every}"), "unlearning": {
+            **CONFIG["unlearning"], "methods": [{"name": "npo"}], "eval_every": every}}
+        c = validate_config(data)
+        shutil.copytree(cfg.run_dir / "prefixes", c.run_dir / "prefixes")
+        plan = plan_run(c)
+        unlearn_all(c, plan, log=lambda *_: None)
+        rows_by[every] = [(rows(unit_dir(c.run_dir, cell) / "metrics.jsonl"),
+                           rows(unit_dir(c.run_dir, cell) / "steps.jsonl")) for cell in plan.cells]
+    for (dense, dense_steps), (sparse, sparse_steps) in zip(rows_by[1], rows_by[4], strict=True):
+        assert [r["step"] for r in dense] == [0, 1, 2, 3, 4]
+        assert [r["step"] for r in sparse] == [0, 4]
+        assert sparse == [dense[0], dense[-1]]
+        drop = ("seconds",)  # wall time
+        assert [{k: v for k, v in r.items() if k not in drop} for r in sparse_steps] == \
+            [{k: v for k, v in r.items() if k not in drop} for r in dense_steps]
