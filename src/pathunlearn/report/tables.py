@@ -144,31 +144,31 @@ def field_scores(probes: list) -> list[Score]:
     return out + muse_scores(roles)
 
 
+MUSE_CRITERIA = (  # (role, key, header, how, what the score is)
+    ("verbmem", "muse_verbmem", "C1 verbmem", "end",
+     "ROUGE-L F1 of the continuations of forget-corpus excerpts (MUSE's no verbatim "
+     "memorisation; lower = less memorised)"),
+    ("knowmem_forget", "muse_knowmem_forget", "C2 knowmem forget", "end",
+     "ROUGE-L F1 of the answers to questions on the forget corpus (MUSE's no knowledge "
+     "memorisation; lower = less known)"),
+    ("knowmem_retain", "muse_knowmem_retain", "C4 knowmem retain (after/before)", "ratio",
+     "ROUGE-L F1 of the answers to questions on the retain corpus relative to the path model "
+     "before unlearning (MUSE's utility preserved; 1 = kept)"),
+)
+"""MUSE's criteria C1, C2 and C4 as scores of one probe set's ``rougeL_f1`` each (C3 is the
+privleak score)."""
+
+
 def muse_scores(roles: dict) -> list[Score]:
     """MUSE's criteria C1, C2 and C4 (docs/muse.md), where the run has MUSE's ROUGE sets
     (roles ``verbmem``, ``knowmem_forget``, ``knowmem_retain`` with ``rouge``); C3 is the
     privleak score."""
-    have = {r: roles[r].name for r in ("verbmem", "knowmem_forget", "knowmem_retain")
-            if r in roles and "rouge" in roles[r].metrics}
     out = []
-    if "verbmem" in have:
-        out.append(Score("muse_verbmem", "C1 verbmem", f"{have['verbmem']}/rougeL_f1 at the "
-                         "end: ROUGE-L F1 of the continuations of forget-corpus excerpts (MUSE's "
-                         "no verbatim memorisation; lower = less memorised)", "end",
-                         f"{have['verbmem']}/rougeL_f1"))
-    if "knowmem_forget" in have:
-        name = have["knowmem_forget"]
-        out.append(Score("muse_knowmem_forget", "C2 knowmem forget", f"{name}/rougeL_f1 at the "
-                         "end: ROUGE-L F1 of the answers to questions on the forget corpus "
-                         "(MUSE's no knowledge memorisation; lower = less known)", "end",
-                         f"{name}/rougeL_f1"))
-    if "knowmem_retain" in have:
-        name = have["knowmem_retain"]
-        out.append(Score("muse_knowmem_retain", "C4 knowmem retain (after/before)",
-                         f"{name}/rougeL_f1 at the end over its value at step 0: ROUGE-L F1 of "
-                         "the answers to questions on the retain corpus relative to the path "
-                         "model before unlearning (MUSE's utility preserved; 1 = kept)", "ratio",
-                         f"{name}/rougeL_f1"))
+    for role, key, header, how, what in MUSE_CRITERIA:
+        if role in roles and "rouge" in roles[role].metrics:
+            metric = f"{roles[role].name}/rougeL_f1"
+            at = "at the end over its value at step 0" if how == "ratio" else "at the end"
+            out.append(Score(key, header, f"{metric} {at}: {what}", how, metric))
     return out
 
 
