@@ -44,7 +44,7 @@ def stand_in(monkeypatch, tmp_path):
             raise UserError(f"{tmp_path}/data.jsonl: record 3: no 'messages' key")
         return seen
 
-    def run_experiment(cfg, *, log=print, progress=False):
+    def run_experiment(cfg, *, log=print, progress=False, figures=True):
         return work(cfg, log=log, progress=progress), [], tmp_path / "report.html"
 
     monkeypatch.setattr(pathunlearn.experiment, "run_experiment", run_experiment)

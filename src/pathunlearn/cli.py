@@ -114,6 +114,10 @@ ConfigArgs = Annotated[
                         "directory in an override).", show_default=False),
 ]
 
+NoFigures = Annotated[bool, typer.Option(
+    "--no-figures", help="Write the tables and report.html without the figures (for sweeps "
+    "and quick checks; seconds a report); the figures of an earlier report are removed. "
+    "`pathunlearn report RUN_DIR` draws them.")]
 Quiet = Annotated[bool, typer.Option(
     "--quiet", "-q", help="Print errors and the final summary only: no progress bars, no "
     "line per finished unit, no notices.")]
@@ -830,6 +834,7 @@ def report(
         "terminal's].")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print the summary only (not "
                                         "the files written).")] = False,
+    no_figures: NoFigures = False,
 ) -> None:
     """Rebuild the table, recency verdict, figures and report.html from RUN_DIR's cells.
 
@@ -847,7 +852,7 @@ def report(
     from pathunlearn.report.terminal import print_results
     from pathunlearn.rundir import load_run
 
-    results, figures, page = make_report(load_run(run_dir))
+    results, figures, page = make_report(load_run(run_dir), figures=not no_figures)
     print_results(results, console, details=details, width=width)
     files = [*results.files, *figures, page]
     event_log(quiet)(f"wrote {len(files)} files: results.{{json,csv,md}}, {len(figures)} "
@@ -870,6 +875,7 @@ def run(
         help="The Ray cluster to join (default: start Ray on this machine). Overrides "
              "executor.address.", show_default=False)] = None,
     quiet: Quiet = False,
+    no_figures: NoFigures = False,
 ) -> None:
     """Run the whole path-dependence study: train every path (and its retrain baseline),
     unlearn with every method and seed, then write the table, the recency verdict, figures
@@ -886,7 +892,8 @@ def run(
     config, overrides = split_args(args)
     overrides += executor_overrides(executor, address)
     cfg = load_config(config, overrides)
-    results, _, page = run_experiment(cfg, log=event_log(quiet), progress=not quiet)
+    results, _, page = run_experiment(cfg, log=event_log(quiet), progress=not quiet,
+                                      figures=not no_figures)
     print_results(results, console)
     console.print(f"report: {page}")
 

@@ -73,11 +73,13 @@ def unlearn(cfg: ExperimentConfig, *, log=print, progress: bool = False) -> list
         return cell_summaries(plan.cells, run_dir)
 
 
-def run_experiment(cfg: ExperimentConfig, *, log=print, progress: bool = False):
+def run_experiment(cfg: ExperimentConfig, *, log=print, progress: bool = False,
+                   figures: bool = True):
     """``pathunlearn run``: the whole study of ``cfg`` (or what is left of it); returns
     ``(results, figure files, report path)``. The prefixes and cells run on the config's
     executor (:mod:`pathunlearn.executors`); tracking logs each as it finishes, then the
-    table (:mod:`pathunlearn.tracking`)."""
+    table (:mod:`pathunlearn.tracking`). ``figures=False``: the report without figures
+    (``--no-figures``)."""
     run_dir = Path(cfg.run_dir)
     phases = Phases()
     started = time.perf_counter()
@@ -87,18 +89,19 @@ def run_experiment(cfg: ExperimentConfig, *, log=print, progress: bool = False):
             execute(cfg, plan, run_dir, progress=progress, log=log, phase=phases.time,
                     on_prefix=tracker.prefix, on_cell=tracker.cell)
             if distributed.is_main():
-                made = _report(cfg, run_dir, phases, log)
+                made = _report(cfg, run_dir, phases, log, figures=figures)
                 tracker.results()
             distributed.barrier()
             if not distributed.is_main():  # under torchrun: rank 0's report, read back
                 from pathunlearn.report import make_report
                 from pathunlearn.rundir import load_run
 
-                made = make_report(load_run(run_dir), reuse=True)
+                made = make_report(load_run(run_dir), reuse=True, figures=figures)
             return made
 
 
-def _report(cfg: ExperimentConfig, run_dir: Path, phases: Phases, log=print):
+def _report(cfg: ExperimentConfig, run_dir: Path, phases: Phases, log=print,
+            figures: bool = True):
     """The report of a run and the record of its wall times (phases.json, phases_history.json)."""
     from pathunlearn.models import resolve_device
     from pathunlearn.report import make_report
@@ -111,7 +114,7 @@ def _report(cfg: ExperimentConfig, run_dir: Path, phases: Phases, log=print):
             first = earlier[0]["seconds"]
             extra["first invocation"] = ", ".join(f"{k} {v:.0f} s" for k, v in first.items())
         made = make_report(load_run(run_dir), phases=phases.seconds, extra=extra, reuse=True,
-                           log=log)
+                           log=log, figures=figures)
     # phases.json: this invocation's wall times, and "cells": the phases inside every
     # finished cell added up (timing.CELL_PHASES); phases_history.json: every invocation's,
     # so rerunning a finished run does not hide how long the work took

@@ -43,3 +43,33 @@ def test_report_without_figures_or_phases(make_run):
                                                      ["t"])]).read_text()
     assert "No figures were written" in page and "not recorded" in page
     assert "1 seed: no interval" in page
+
+
+def test_no_figures_writes_the_tables_and_page_without_figures_and_removes_old_ones(
+        make_run, cli):
+    """``--no-figures``: the same results, a page that says how to draw the figures, no
+    figure of an earlier report left beside them; a later report with figures draws them
+    again (one without them vouches for no report with them)."""
+    import json
+
+    from pathunlearn.report import make_report
+    from pathunlearn.rundir import FIGURES, REPORT_HTML
+
+    run_dir = make_run(seeds=(0, 1))
+    drawn = cli("report", run_dir, "--quiet")
+    assert drawn.code == 0, drawn.err
+    assert list((run_dir / FIGURES).glob("*.png"))
+    with_figures = json.loads((run_dir / "results.json").read_text())
+    bare = cli("report", run_dir, "--no-figures")
+    assert bare.code == 0, bare.err
+    assert "0 figure files" in " ".join(bare.out.split())
+    assert not (run_dir / FIGURES).exists()
+    assert json.loads((run_dir / "results.json").read_text()) == with_figures
+    page = (run_dir / REPORT_HTML).read_text()
+    assert "The figures were not drawn (--no-figures)" in page and "<img" not in page
+    assert "<svg" in page  # the first screen's figure is drawn from the results, inline
+    # a run's report with figures is not vouched for by the one without: drawn again
+    _, figures, _ = make_report(load_run(run_dir), reuse=True)
+    assert figures and all(f.is_file() for f in figures)
+    _, again, _ = make_report(load_run(run_dir), reuse=True)  # and now it is up to date
+    assert sorted(again) == sorted(figures)

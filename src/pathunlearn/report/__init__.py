@@ -67,18 +67,20 @@ def _cell_files(run: Run, cell) -> dict[str, str]:
 
 
 def make_report(run: Run, *, phases: dict[str, float] | None = None, extra: dict | None = None,
-                reuse: bool = False, log=None):
+                reuse: bool = False, log=None, figures: bool = True):
     """Score ``run``'s finished cells, write results.{json,csv,md}, the figures and
     report.html; returns ``(results, figure_files, report_path)``. ``reuse``: when the files
     on disk were built from the same run state (:func:`report_fingerprint`), score the run
     without writing anything (a rerun of a finished run takes seconds, not a report's
-    worth of figures)."""
+    worth of figures). ``figures=False`` (``--no-figures``): the tables and report.html
+    without figures, the figures of an earlier report removed (none is left beside results
+    it was not drawn from); a later report with figures is not vouched for by this one."""
     # imported here: `import pathunlearn.report` must not pull in matplotlib
     from pathunlearn.files import write_text
     from pathunlearn.report.results import build_results
 
     key_file = run.run_dir / REPORT_KEY
-    fingerprint = report_fingerprint(run)
+    fingerprint = report_fingerprint(run) + ("" if figures else "-no-figures")
     page = run.run_dir / REPORT_HTML
     vouched = _vouched(key_file, fingerprint) if reuse else None
     if vouched is not None:
@@ -93,7 +95,7 @@ def make_report(run: Run, *, phases: dict[str, float] | None = None, extra: dict
             log(f"report up to date ({page}): nothing changed since it was written")
         return results, figures, page
     key_file.unlink(missing_ok=True)  # from here until the new key, no report is up to date
-    made = _make_report(run, phases=phases, extra=extra)
+    made = _make_report(run, phases=phases, extra=extra, figures=figures)
     results, figures, report = made
     files = [*results.files, *figures, report]
     write_text(key_file, json.dumps({"fingerprint": fingerprint, "files": {
@@ -120,23 +122,30 @@ def _vouched(key_file: Path, fingerprint: str) -> list[Path] | None:
 
 
 def _make_report(run: Run, *, phases: dict[str, float] | None = None,
-                 extra: dict | None = None):
+                 extra: dict | None = None, figures: bool = True):
     from pathunlearn.report.html import write_report
     from pathunlearn.report.plots import write_figures
     from pathunlearn.report.results import build_results
 
     results = build_results(run)
-    figures = write_figures(results)
-    if results.relearn:
+    if figures:
+        drawn = write_figures(results)
+    else:
+        import shutil
+
+        shutil.rmtree(run.run_dir / FIGURES, ignore_errors=True)  # the report's own files
+        drawn = []
+    if results.relearn and figures:
         from pathunlearn.report.relearn import write_relearn_figures
 
-        figures += write_relearn_figures(results.relearn, run.run_dir / FIGURES)
+        drawn += write_relearn_figures(results.relearn, run.run_dir / FIGURES)
     lead = []
     if run.config.study == "superficial":
         from pathunlearn.report.superficial import superficial_html, write_superficial
 
-        results.superficial = write_superficial(run)
-        figures += sorted((run.run_dir / FIGURES).glob("superficial.*"))
+        results.superficial = write_superficial(run, figure=figures)
+        drawn += sorted((run.run_dir / FIGURES).glob("superficial.*"))
         lead.append(superficial_html(run.run_dir, results.superficial))
-    report = write_report(results, phases=phases, extra=extra, lead=lead)
-    return results, figures, report
+    report = write_report(results, phases=phases, extra=extra, lead=lead,
+                          **({} if figures else {"figures": None, "drawn": False}))
+    return results, drawn, report

@@ -86,7 +86,8 @@ svg.plot .tip rect { fill: #fff; stroke: #888; opacity: .95; } svg.plot .cursor 
 
 def write_report(results: Results, *, figures: list[dict] | None = None,
                  phases: dict[str, float] | None = None, extra: dict | None = None,
-                 probes: list | None = None, lead: list[str] | None = None) -> Path:
+                 probes: list | None = None, lead: list[str] | None = None,
+                 drawn: bool = True) -> Path:
     """Write RUN_DIR/report.html (atomically) and return its path.
 
     ``results``: from :func:`pathunlearn.report.results.build_results`; ``figures``: entries
@@ -95,16 +96,17 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
     ``{"device": "cuda:0 (NVIDIA H200)"}``); ``probes``: the probe sets to show (default: the
     ones the run tracked, RUN_DIR/probes.json); ``lead``: HTML sections
     (already escaped) shown right after the header, e.g. the superficial-forgetting study.
+    ``drawn=False``: the figures were not drawn (``--no-figures``), and the page says so.
     """
     run_dir = results.run_dir
-    figures = _figure_index(run_dir) if figures is None else figures
+    figures = [] if not drawn else _figure_index(run_dir) if figures is None else figures
     phases = phases if phases is not None else _read_json(run_dir / PHASES)
     sections = [  # (anchor, HTML starting with its <h2>, open at first)
         *((f"lead{i}", x, True) for i, x in enumerate(lead or [], 1)),
         ("table", _table_section(results), True),
         ("field", _field_section(results), True),
         ("muse", _muse_section(results), True),
-        ("figures", _figure_section(run_dir, figures), True),
+        ("figures", _figure_section(run_dir, figures, drawn), True),
         ("pairwise", _pairwise_section(results), True),
         ("control", _matched_section(results), True),
         ("relearning", _relearn_section(results), True),
@@ -626,10 +628,13 @@ def _align(key: str) -> str:
     return "text path" if key == "path_label" else "text" if key in ("method", "sweep") else ""
 
 
-def _figure_section(run_dir: Path, figures: list[dict]) -> str:
+def _figure_section(run_dir: Path, figures: list[dict], drawn: bool = True) -> str:
     """Every figure of the index, at its own size (two a row on a wide page; the pairwise
     ones, two panels wide, a row each)."""
     parts = ["<h2>Figures</h2>"]
+    if not drawn:
+        return parts[0] + ("<p class=\"note\">The figures were not drawn (--no-figures); "
+                           f"<code>pathunlearn report {_e(run_dir)}</code> draws them.</p>")
     for entry in figures:
         png = next((f for f in entry.get("files", []) if f.endswith(".png")), None)
         path = run_dir / FIGURES / png if png else None

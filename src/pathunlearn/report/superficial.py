@@ -159,14 +159,14 @@ def superficial_figure(entries: list[dict]) -> Figure:
     return fig
 
 
-def write_superficial(run: Run) -> list[dict]:
-    """Curves and verdicts of every path: RUN_DIR/superficial.json and the figure; returns the
-    entries (empty when no cell has the R, C, U probes)."""
+def write_superficial(run: Run, *, figure: bool = True) -> list[dict]:
+    """Curves and verdicts of every path: RUN_DIR/superficial.json and (with ``figure``) the
+    figure; returns the entries (empty when no cell has the R, C, U probes)."""
     run_dir = run.run_dir
     entries = path_curves(run.cells, run.config)
     write_json(run_dir / SUPERFICIAL, {"rule": RULE, "tau": TAU, "rho": RHO,
                                               "paths": entries})
-    if entries:
+    if entries and figure:
         (run_dir / FIGURES).mkdir(parents=True, exist_ok=True)
         save_figure(superficial_figure(entries), run_dir / FIGURES, FIGURE_STEM)
     return entries
