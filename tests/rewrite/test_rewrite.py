@@ -42,8 +42,13 @@ def test_safety_with_30_percent_faults_every_record_once_in_order(cli, tmp_path,
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     src, out = tmp_path / "sorry.jsonl", tmp_path / "run" / "safety.jsonl"
     write_jsonl(src, sorry_records(210, dropped_styles=10))  # 200 kept by the style filter
-    with FakeLLM(refusal, faults=0.3, hang=0.4) as llm:
-        result = cli(*rewrite_args("safety", src, out, llm, *fast_args, "--price-in", "1",
+    # the fake hangs 1.5 s and the client waits 0.8 s: a healthy reply under a loaded suite
+    # comes well inside the timeout (at 0.25 s against a 0.4 s hang, 4 slow healthy replies
+    # were counted as retries and broke the request count below)
+    args = [*fast_args[:fast_args.index("--timeout")], *fast_args[fast_args.index("--timeout")
+                                                                   + 2:], "--timeout", "0.8"]
+    with FakeLLM(refusal, faults=0.3, hang=1.5) as llm:
+        result = cli(*rewrite_args("safety", src, out, llm, *args, "--price-in", "1",
                                    "--price-out", "2"))
     assert result.code == 0, result.err
     kept, dropped = read_jsonl(out), read_jsonl(out.with_name("safety.dropped.jsonl"))
