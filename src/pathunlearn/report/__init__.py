@@ -86,18 +86,18 @@ def make_report(run: Run, *, phases: dict[str, float] | None = None, extra: dict
     if vouched is not None:
         results = build_results(run, write=False)
         results.files = [run.run_dir / name for name in RESULTS]
-        figures = sorted(f for f in vouched if f.parent.name == FIGURES)
+        kept = sorted(f for f in vouched if f.parent.name == FIGURES)
         if run.config.study == "superficial":
             from pathunlearn.report.superficial import path_curves
 
             results.superficial = path_curves(run.cells, run.config)
         if log is not None:
             log(f"report up to date ({page}): nothing changed since it was written")
-        return results, figures, page
+        return results, kept, page
     key_file.unlink(missing_ok=True)  # from here until the new key, no report is up to date
     made = _make_report(run, phases=phases, extra=extra, figures=figures)
-    results, figures, report = made
-    files = [*results.files, *figures, report]
+    results, drawn, report = made
+    files = [*results.files, *drawn, report]
     write_text(key_file, json.dumps({"fingerprint": fingerprint, "files": {
         str(f.relative_to(run.run_dir)): sha256_file(f) for f in files}}, indent=1) + "\n")
     return made
@@ -130,15 +130,15 @@ def _make_report(run: Run, *, phases: dict[str, float] | None = None,
     results = build_results(run)
     if figures:
         drawn = write_figures(results)
+        if results.relearn:
+            from pathunlearn.report.relearn import write_relearn_figures
+
+            drawn += write_relearn_figures(results.relearn, run.run_dir / FIGURES)
     else:
         import shutil
 
         shutil.rmtree(run.run_dir / FIGURES, ignore_errors=True)  # the report's own files
         drawn = []
-    if results.relearn and figures:
-        from pathunlearn.report.relearn import write_relearn_figures
-
-        drawn += write_relearn_figures(results.relearn, run.run_dir / FIGURES)
     lead = []
     if run.config.study == "superficial":
         from pathunlearn.report.superficial import superficial_html, write_superficial
@@ -146,6 +146,5 @@ def _make_report(run: Run, *, phases: dict[str, float] | None = None,
         results.superficial = write_superficial(run, figure=figures)
         drawn += sorted((run.run_dir / FIGURES).glob("superficial.*"))
         lead.append(superficial_html(run.run_dir, results.superficial))
-    report = write_report(results, phases=phases, extra=extra, lead=lead,
-                          **({} if figures else {"figures": None, "drawn": False}))
+    report = write_report(results, phases=phases, extra=extra, lead=lead, drawn=figures)
     return results, drawn, report

@@ -99,7 +99,7 @@ def write_report(results: Results, *, figures: list[dict] | None = None,
     ``drawn=False``: the figures were not drawn (``--no-figures``), and the page says so.
     """
     run_dir = results.run_dir
-    figures = [] if not drawn else _figure_index(run_dir) if figures is None else figures
+    figures = _figure_index(run_dir) if figures is None else figures
     phases = phases if phases is not None else _read_json(run_dir / PHASES)
     sections = [  # (anchor, HTML starting with its <h2>, open at first)
         *((f"lead{i}", x, True) for i, x in enumerate(lead or [], 1)),
