@@ -162,16 +162,18 @@ def test_method_objects_cover_every_built_in_method():
     names = set(BUILTIN_METHODS)
     local = {n for n, m in BUILTIN_METHODS.items() if m.local}
     assert local == {"ga", "npo", "simnpo", "weighted_ga", "satimp", "ceu", "undial", "dpo",
-                     "rmu"}
+                     "altpo", "rmu"}
     assert names - local == {"graddiff", "npo_retain", "npo_kl", "weighted_ga_retain",
-                             "satimp_retain", "undial_retain", "dpo_retain", "rmu_retain", "pdu"}
+                             "satimp_retain", "undial_retain", "dpo_retain", "altpo_retain",
+                             "rmu_retain", "pdu"}
     assert BUILTIN_METHODS["npo"].default_beta == 0.5
     assert BUILTIN_METHODS["simnpo"].default_beta == 1.0
     assert make_method(MethodConfig(name="npo")).beta == 0.5
     assert make_method(MethodConfig(name="npo", beta=0.1)).beta == 0.1
     assert make_method(MethodConfig(name="ga")).beta is None
     needs_ref = {n for n, m in BUILTIN_METHODS.items() if m.needs_reference}
-    assert needs_ref == {"npo", "npo_retain", "npo_kl", "dpo", "dpo_retain"}
+    assert needs_ref == {"npo", "npo_retain", "npo_kl", "dpo", "dpo_retain", "altpo",
+                         "altpo_retain"}
     assert {n for n, m in BUILTIN_METHODS.items() if m.needs_reference_model} == {"npo_kl"}
 
 

@@ -260,10 +260,11 @@ def test_every_built_in_method_runs_through_pathunlearn_run(name, shared_run, cl
     rows = json.loads((shared_run / "runs" / "methods" / "results.json").read_text())["rows"]
     mine = [r for r in rows if r["method"] == name]
     assert mine and all(math.isfinite(r["forget_score"]) for r in mine), rows
-    if name.startswith(("dpo", "npo")):  # the model is its reference at step 1
+    if name.startswith(("dpo", "npo", "altpo")):  # the model is its reference at step 1
         cell = next((shared_run / "runs" / "methods").glob(f"cells/*/{name}/*/steps.jsonl"))
         first = json.loads(cell.read_text().splitlines()[0])["loss"]
-        scale = 2.0 if name.startswith("dpo") else 4.0  # 2 / beta, beta 1 and 0.5
+        # 2 / beta: beta 1 (DPO), 0.5 (NPO), 0.1 (AltPO)
+        scale = {"dpo": 2.0, "npo": 4.0, "alt": 20.0}[name[:3]]
         if name.endswith("retain"):
             assert first > scale * math.log(2)  # plus the retain NLL
         else:
@@ -300,3 +301,152 @@ def test_undials_teacher_under_lora_is_the_path_model(tmp_path):
     expected = undial_loss(logits, logits, batch.labels, 10.0, n).item()
     step = json.loads((unit_dir(cfg.run_dir, cell) / "steps.jsonl").read_text().splitlines()[0])
     assert step["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------- AltPO
+
+
+def test_dpo_with_k_alternates_is_the_mean_of_each_prompts_pairs():
+    def log_sigmoid(x):
+        return -math.log(1 + math.exp(-x))
+
+    # prompt 0: forget margin l - l_ref = -1; alternates' w - w_ref = 1 and -1: margins 2, 0
+    # prompt 1: forget margin 0; one alternate 3 over its reference, the other equal: 3, 0
+    win = torch.tensor([[-2.0, -4.0], [-1.0, -5.0]])
+    win_ref = torch.tensor([[-3.0, -3.0], [-4.0, -5.0]])
+    lose, lose_ref = torch.tensor([-4.0, -2.0]), torch.tensor([-3.0, -2.0])
+    beta = 0.5
+    per_prompt = [(log_sigmoid(beta * 2) + log_sigmoid(0.0)) / 2,
+                  (log_sigmoid(beta * 3) + log_sigmoid(0.0)) / 2]
+    by_hand = -(2 / beta) * sum(per_prompt) / 2
+    assert dpo_loss(win, win_ref, lose, lose_ref, beta).item() == pytest.approx(by_hand)
+    assert dpo_loss(win, win_ref, lose, lose_ref, beta, 4).item() == pytest.approx(by_hand / 2)
+    # one alternate per prompt as a (B, 1) column is DPO's (B,) term
+    one = dpo_loss(win[:, :1], win_ref[:, :1], lose, lose_ref, beta).item()
+    assert one == pytest.approx(dpo_loss(win[:, 0], win_ref[:, 0], lose, lose_ref, beta).item())
+    with pytest.raises(ValueError, match="3 rows of alternates for 2 prompts"):
+        dpo_loss(torch.zeros(3, 2), torch.zeros(3, 2), lose, lose_ref)
+
+
+def conversations():
+    from pathunlearn.data.conversation import Conversation
+
+    return [
+        Conversation([{"role": "user", "content": "Where was Ada born?"},
+                      {"role": "assistant", "content": "In Paris."}]),
+        Conversation([{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "Who wrote it?"},
+                      {"role": "assistant", "content": "Mo Lee."}]),
+        Conversation([{"role": "user", "content": "No answer here."}]),
+    ]
+
+
+def test_altpo_asks_the_path_model_for_alternates_to_each_forget_answer():
+    import random
+
+    from pathunlearn.methods import ALTPO_INSTRUCTION
+
+    calls = []
+
+    def sample(prompts, n, temperature, max_new_tokens):
+        calls.append((prompts, n, temperature, max_new_tokens))
+        return [[f"  alt {i}.{j}\nQuestion: next?" for j in range(n)]
+                for i in range(len(prompts))]
+
+    method = make_method(MethodConfig(name="altpo", options={"samples": 3,
+                                                               "max_new_tokens": 40}))
+    assert method.beta == 0.1 and method.local and method.needs_reference
+    rows = method.alternate_answers(conversations(), random.Random(0), sample)
+    # the answerless conversation is not asked about; every row has K = 3 alternates, cut
+    # at the model's next "Question:" and stripped
+    assert rows == [["alt 0.0", "alt 0.1", "alt 0.2"], ["alt 1.0", "alt 1.1", "alt 1.2"],
+                    ["", "", ""]]
+    (prompts, n, temperature, max_new), = calls
+    assert (n, temperature, max_new) == (3, 1.0, 40)
+    assert prompts[0] == [{"role": "user", "content": "Question: Where was Ada born?\n"
+                                                      f"Answer: In Paris.\n{ALTPO_INSTRUCTION}"}]
+    assert "Question: Who wrote it?\nAnswer: Mo Lee." in prompts[1][0]["content"]
+    assert make_method(MethodConfig(name="altpo_retain")).local is False
+
+
+@pytest.mark.parametrize("options,words", [
+    ({"samples": 0}, "option 'samples' must be a whole number >= 1, got 0"),
+    ({"samples": 2.5}, "option 'samples' must be a whole number >= 1, got 2.5"),
+    ({"temperature": 0}, "option 'temperature' must be > 0, got 0"),
+    ({"alternates": "/nonexistent/alts.jsonl"}, "option alternates: no such file"),
+])
+def test_altpos_bad_options_are_config_errors(options, words):
+    with pytest.raises(ConfigError, match=words):
+        make_method(MethodConfig(name="altpo", options=options))
+
+
+def generate_py_lines(key: str = "alternate") -> str:
+    """Alternates as AltPO's generate.py writes them: one JSON line per sample, a question's
+    samples one after the other (OpenUnlearning's key "alternate"; the original
+    repository's "sub_answer")."""
+    rows = [("Where was Ada born?", "In Paris.", a) for a in ("In Rome.", "In Oslo.", "In Bern.")]
+    rows += [("Who wrote it?", "Mo Lee.", a) for a in ("Jo Park.", "Al Diaz.")]
+    return "".join(json.dumps({"question": q, "answer": y, key: a}) + "\n" for q, y, a in rows)
+
+
+@pytest.mark.parametrize("key", ["alternate", "sub_answer"])
+def test_altpo_reads_alternates_in_generate_py_layout(tmp_path, key):
+    import random
+
+    path = tmp_path / "alt5_seed_0.json"
+    path.write_text(generate_py_lines(key))
+    method = make_method(MethodConfig(name="altpo", options={"alternates": str(path),
+                                                               "samples": 2}))
+
+    def sample(*_):
+        raise AssertionError("a file of alternates is read, not sampled")
+
+    rows = method.alternate_answers(conversations(), random.Random(0), sample)
+    assert rows == [["In Rome.", "In Oslo."], ["Jo Park.", "Al Diaz."], ["", ""]]
+    assert method.data_identity()["alternates_sha"]
+
+
+@pytest.mark.parametrize("content,words", [
+    (generate_py_lines(), "has 2 alternate\\(s\\) of forget example 1 \\(question 'Who wrote "
+                          "it\\?'\\), samples is 3"),
+    ('{"question": "Where was Ada born?", "alternate": "x"}\nnot json\n', "line 2: not JSON"),
+    ('{"question": "Where was Ada born?", "alternate": 3}\n',
+     "line 1: needs string keys question and alternate \\(or sub_answer\\)"),
+])
+def test_a_bad_altpo_alternates_file_names_its_line_or_question(tmp_path, content, words):
+    import random
+
+    path = tmp_path / "alts.jsonl"
+    path.write_text(content)
+    method = make_method(MethodConfig(name="altpo", options={"alternates": str(path),
+                                                               "samples": 3}))
+    with pytest.raises(ConfigError, match=words):
+        method.alternate_answers(conversations(), random.Random(0), lambda *_: [])
+
+
+def test_altpos_cell_keeps_its_alternates_and_reads_them_back(shared_run, cli):
+    """An AltPO cell writes the alternates it sampled from the path model in generate.py's
+    layout; a run whose option ``alternates`` is that file trains on the same alternates, so
+    its steps are the same. A file missing a forget question is refused before any work."""
+    runs = shared_run / "runs" / "methods"
+    path = shared_run / "altpo.yaml"
+    path.write_text(yaml.safe_dump(run_config(shared_run / "runs", "altpo")))
+    assert cli("run", path, "--no-figures").code == 0
+    cell = next(runs.glob("cells/*/altpo/*/"))
+    rows = [json.loads(line) for line in (cell / "alternates.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 * 5 and {"question", "answer", "alternate"} <= set(rows[0])
+    steps = (cell / "steps.jsonl").read_text().splitlines()
+    own = shared_run / "own_alternates.jsonl"
+    own.write_text((cell / "alternates.jsonl").read_text())
+    config = run_config(shared_run / "runs", "altpo")
+    config["name"] = "altpo-file"
+    config["unlearning"]["methods"][0]["options"] = {"alternates": str(own)}
+    path.write_text(yaml.safe_dump(config))
+    assert cli("run", path, "--no-figures").code == 0
+    again = next((shared_run / "runs" / "altpo-file").glob("cells/*/altpo/*/steps.jsonl"))
+    losses = [json.loads(s)["loss"] for s in steps]
+    assert [json.loads(s)["loss"] for s in again.read_text().splitlines()] == pytest.approx(
+        losses, abs=1e-6)
+    own.write_text("".join(line + "\n" for line in own.read_text().splitlines()[5:]))
+    result = cli("run", path, "--no-figures")
+    assert result.code == 2 and "has 0 alternate(s) of forget example 0" in result.err

@@ -201,9 +201,10 @@ def truncated_line(stage: str, n: int, max_length: int) -> str:
 
 def _check_methods(cfg: ExperimentConfig, problems: Problems) -> None:
     """Every method resolves; one that needs alternate answers (DPO) does not meet a forget
-    stage of raw text (which has no answer to replace); one that reads a decoder layer (RMU)
+    stage of raw text (which has no answer to replace); AltPO's file of alternates holds
+    every forget question's; one that reads a decoder layer (RMU)
     names layers the model has, where its config.json tells (a GGUF model: at the cell)."""
-    from pathunlearn.methods import make_method, resolve_method
+    from pathunlearn.methods import AltPO, make_method, read_alternates_file, resolve_method
 
     forget = cfg.stages.get(cfg.paths.forget_stage)
     layers = _model_layers(cfg)
@@ -220,6 +221,12 @@ def _check_methods(cfg: ExperimentConfig, problems: Problems) -> None:
                              f"answer by an alternate, but the forget stage "
                              f"{cfg.paths.forget_stage!r} is raw text (kind: text) with no "
                              "answer to replace; use a chat forget stage or another method")
+            elif isinstance(obj, AltPO) and obj.options["alternates"] and forget is not None:
+                from pathunlearn.data.sources import load_stage
+
+                # every forget question has its alternates in the file, before any work
+                read_alternates_file(obj.options["alternates"], method.name, obj.samples,
+                                     load_stage(forget))
             if cls.needs_hidden_states and layers is not None:
                 bad = [x for x in (obj.hidden_layer(), *getattr(obj, "update_layers", []))
                        if x >= layers]

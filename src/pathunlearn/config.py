@@ -307,8 +307,8 @@ class DistributedConfig(StrictModel):
 
 BUILTIN_METHOD_NAMES = ("ga", "npo", "simnpo", "graddiff", "npo_retain", "npo_kl",
                         "weighted_ga", "weighted_ga_retain", "satimp", "satimp_retain", "ceu",
-                        "undial", "undial_retain", "dpo", "dpo_retain", "rmu", "rmu_retain",
-                        "pdu")
+                        "undial", "undial_retain", "dpo", "dpo_retain", "altpo", "altpo_retain",
+                        "rmu", "rmu_retain", "pdu")
 """The names of the built-in methods (``pathunlearn.methods.BUILTIN_METHODS``; a test checks
 they agree): the bases of the labels :func:`parse_method_label` reads."""
 

@@ -241,10 +241,19 @@ def dpo_loss(win_logp: torch.Tensor, win_ref_logp: torch.Tensor, lose_logp: torc
     w, l (B,): summed log-probabilities of the alternate and the forget response under the
     model, w_ref, l_ref under the reference (the path model); n = ``num_sequences`` or B.
     Equals (2/beta) log 2 while the model is still the reference.
+
+    With K alternates per prompt (AltPO), w and w_ref are (B, K) and every prompt's term is
+    the mean of its K pairs, ``(1/K) sum_j log sigmoid(beta ((w_ij - w_ref,ij) - (l_i -
+    l_ref,i)))``: the expectation of AltPO's dataset of K pairs per forget example.
     """
-    n = win_logp.numel() if num_sequences is None else num_sequences
-    margin = (win_logp - win_ref_logp.to(win_logp)) - (lose_logp - lose_ref_logp.to(lose_logp))
-    return -(2.0 / beta) * F.logsigmoid(beta * margin).sum() / max(n, 1)
+    n = lose_logp.numel() if num_sequences is None else num_sequences
+    lose = lose_logp - lose_ref_logp.to(lose_logp)
+    win = win_logp - win_ref_logp.to(win_logp)
+    if win.dim() == 2:
+        if win.shape[0] != lose.shape[0]:
+            raise ValueError(f"{win.shape[0]} rows of alternates for {lose.shape[0]} prompts")
+        return -(2.0 / beta) * F.logsigmoid(beta * (win - lose[:, None])).mean(-1).sum() / max(n, 1)
+    return -(2.0 / beta) * F.logsigmoid(beta * (win - lose)).sum() / max(n, 1)
 
 
 def logit_margin_loss(logits: torch.Tensor, labels: torch.Tensor,

@@ -14,9 +14,10 @@ A method is a subclass of :class:`Method` with
   labels (``batch.logits``, ``batch.labels``; off by default: they are the biggest tensors);
 - ``needs_reference_logits``: whether its forget term needs the reference model's (B, T, V)
   logits on the forget batch (``batch.ref_logits``: a teacher, as UNDIAL's);
-- ``needs_alternates``: whether its forget term needs an alternate answer to each forget
-  prompt (``batch.alt_logp``, ``batch.alt_ref_logp``: DPO's winner), drawn per example from
-  ``IDK_ANSWERS`` or from the file of the method's ``alternates`` option;
+- ``needs_alternates``: whether its forget term needs alternate answers to each forget
+  prompt (``batch.alt_logp``, ``batch.alt_ref_logp``: DPO's winner); the hook
+  ``alternate_answers`` says which (by default one drawn per example from the method's
+  ``alternates`` list, else ``IDK_ANSWERS``; AltPO's are sampled from the path model);
 - ``needs_hidden_states``: whether its terms need the output of one decoder layer
   (``hidden_layer()``) on the forget batch (``batch.hidden``) and, for a retain term, on the
   retain batch under the model and the reference (``hidden``, ``ref_hidden``): RMU's;
@@ -24,14 +25,15 @@ A method is a subclass of :class:`Method` with
   a key it does not list is an error (None: any options, a user's method reads its own);
 - ``forget_loss(batch)``: the forget-set term of one micro-batch (to be *minimised*);
 - ``retain_loss(batch)``: the retain-set term of one retain micro-batch (weakly local only);
-- hooks, no-ops by default: ``prepare(model, seed)`` once per cell before its first step
+- hooks, no-ops by default: ``alternate_answers(conversations, rng, sample)`` the
+  alternates of each forget example (``needs_alternates``), ``prepare(model, seed)`` once per cell before its first step
   (RMU draws its control vector), ``trainable(name)`` which parameters are updated (RMU's
   layers), ``after_step(step, steps_per_epoch, reduce)`` after every optimizer step, returning
   values for the step's row (PDU's dual variable).
 
-The built-in methods (GA, NPO, SimNPO, WGA, SatImp, CE-U, UNDIAL, DPO, RMU; GradDiff, NPO +
-retain NLL, NPO + KL, WGA, SatImp, UNDIAL, DPO with a retain NLL, RMU with its activation
-retain term, PDU) are defined below exactly as a user's
+The built-in methods (GA, NPO, SimNPO, WGA, SatImp, CE-U, UNDIAL, DPO, AltPO, RMU;
+GradDiff, NPO + retain NLL, NPO + KL, WGA, SatImp, UNDIAL, DPO, AltPO with a retain NLL, RMU
+with its activation retain term, PDU) are defined below exactly as a user's
 method is; ``pathunlearn methods`` lists them. A config names a method by its built-in name, by an import path
 ``package.module:Class``, by a file ``path/to/file.py:Class`` or by an entry point of the group
 ``pathunlearn.methods``; see ``examples/custom_method.py``:
@@ -54,6 +56,8 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
+import random
 import re
 import sys
 import traceback
@@ -65,6 +69,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from pathunlearn.data.conversation import Conversation
 from pathunlearn.errors import ConfigError
 from pathunlearn.losses import (
     IGNORE_INDEX,
@@ -86,6 +91,11 @@ if TYPE_CHECKING:
     from pathunlearn.config import MethodConfig
 
 ENTRY_POINT_GROUP = "pathunlearn.methods"
+
+Sampler = Callable[[list[list[dict[str, str]]], int, float, int], list[list[str]]]
+"""``sample(prompts, n, temperature, max_new_tokens)``: ``n`` completions of every prompt (a
+list of chat messages) from the path model before unlearning, ``result[i][j]`` sample ``j``
+of prompt ``i``, seeded by the cell (:func:`pathunlearn.eval.generate.generate`)."""
 
 
 @dataclass(frozen=True)
@@ -113,10 +123,11 @@ class ForgetBatch:
     """(B, T, V) the reference model's logits on this batch; set when the method has
     ``needs_reference_logits``."""
     alt_logp: torch.Tensor | None = None
-    """(B,) log pi(a|x) of each prompt's alternate answer under the model (differentiable);
-    set when the method has ``needs_alternates``."""
+    """(B,) log pi(a|x) of each prompt's alternate answer under the model (differentiable),
+    or (B, K) when ``alternate_answers`` gives each prompt K > 1 alternates (AltPO); set
+    when the method has ``needs_alternates``."""
     alt_ref_logp: torch.Tensor | None = None
-    """(B,) log pi_ref(a|x) of the alternate answers under the path model before
+    """(B,) or (B, K) log pi_ref(a|x) of the alternate answers under the path model before
     unlearning; set with ``needs_alternates``."""
     hidden: torch.Tensor | None = None
     """(B, T, D) the output of decoder layer ``method.hidden_layer()`` (differentiable); set,
@@ -222,6 +233,19 @@ class Method:
         """The decoder layer (0-based) whose output a ``needs_hidden_states`` method reads:
         its option ``layer``."""
         return int(self.options["layer"])
+
+    def alternate_answers(self, conversations: list[Conversation], rng: random.Random,
+                          sample: Sampler) -> list[list[str]]:
+        """The alternate answers of each forget conversation (``needs_alternates``): row ``i``
+        replaces the last answer of ``conversations[i]``, every row with the same number K
+        of answers (a conversation without an answer is used as it is). ``rng`` is seeded by
+        the cell's seed; ``sample(prompts, n, temperature, max_new_tokens)`` draws ``n``
+        completions of each prompt (chat messages) from the path model, seeded by the cell.
+        Default: one answer per example drawn by ``rng`` from the method's ``alternates``
+        list, else from ``IDK_ANSWERS``."""
+        answers = list(getattr(self, "alternates", None) or IDK_ANSWERS)
+        return [[rng.choice(answers)] if any(m["role"] == "assistant" for m in c.messages)
+                else [""] for c in conversations]
 
     def prepare(self, model: torch.nn.Module, seed: int) -> None:
         """Called once per cell before its first step with the model being unlearned (under
@@ -531,6 +555,156 @@ class DPORetain(DPO):
         return weighted_retain_nll(self, batch)
 
 
+ALTPO_INSTRUCTION = ("Write another answer to this question. Keep every detail the question "
+                     "gives, but change the facts the answer states to different, plausible "
+                     "ones.")
+"""What AltPO asks the path model for (our wording of Mekala et al.'s prompt): the question,
+its forget answer, then this instruction, as one user turn of the chat template."""
+
+ALTPO_STOPS = ("\nQuestion:", "Question:")
+"""An alternate is cut at the first of these (the model starting a new question), as AltPO's
+``generate.py`` cuts its samples."""
+
+
+def last_exchange(conversation: Conversation) -> tuple[str, str] | None:
+    """The last answer of ``conversation`` and the user turn before it (its question; "" when
+    there is none); None when it has no answer."""
+    messages = conversation.messages
+    at = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not at:
+        return None
+    question = next((m["content"] for m in reversed(messages[:at[-1]])
+                     if m["role"] == "user"), "")
+    return question, messages[at[-1]]["content"]
+
+
+def altpo_prompt(conversation: Conversation) -> list[dict[str, str]] | None:
+    """The chat prompt that asks for an alternate to the last answer of ``conversation``
+    (None: it has no answer)."""
+    exchange = last_exchange(conversation)
+    if exchange is None:
+        return None
+    question, answer = exchange
+    return [{"role": "user",
+             "content": f"Question: {question}\nAnswer: {answer}\n{ALTPO_INSTRUCTION}"}]
+
+
+def clean_alternate(text: str) -> str:
+    """A sampled alternate cut at :data:`ALTPO_STOPS` and stripped of surrounding space."""
+    for stop in ALTPO_STOPS:
+        text = text.split(stop)[0]
+    return text.strip()
+
+
+def read_alternates_file(path: str, method: str, k: int,
+                         conversations: list[Conversation]) -> list[list[str]]:
+    """The first ``k`` alternates of each forget question from a file in the layout AltPO's
+    and OpenUnlearning's ``generate.py`` write: JSON lines ``{"question", "answer",
+    "alternate"}`` (the original repository's key: ``"sub_answer"``), one line per sample, a
+    question's samples in file order. A ConfigError names the file and line, or the forget
+    question it has too few alternates of."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"method {method!r}: option alternates: no such file {file}")
+    found: dict[str, list[str]] = {}
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"method {method!r}: option alternates: {file} line {n}: not "
+                              f"JSON ({e.msg})") from None
+        alt = record.get("alternate", record.get("sub_answer")) if isinstance(record, dict) else None
+        question = record.get("question") if isinstance(record, dict) else None
+        if not isinstance(question, str) or not isinstance(alt, str):
+            raise ConfigError(f"method {method!r}: option alternates: {file} line {n}: needs "
+                              "string keys question and alternate (or sub_answer)")
+        found.setdefault(question.strip(), []).append(alt.strip())
+    rows = []
+    for i, conv in enumerate(conversations):
+        exchange = last_exchange(conv)
+        if exchange is None:
+            rows.append([""] * k)
+            continue
+        question = exchange[0].strip()
+        have = found.get(question, [])
+        if len(have) < k:
+            raise ConfigError(f"method {method!r}: option alternates: {file} has "
+                              f"{len(have)} alternate(s) of forget example {i} (question "
+                              f"{question[:60]!r}), samples is {k}")
+        rows.append(have[:k])
+    return rows
+
+
+class AltPO(DPO):
+    """AltPO: the model prefers alternate answers it wrote itself to the forget answer,
+    against the path model.
+
+    The path model is asked, for each forget question and its answer, for ``samples``
+    alternates with different plausible facts (sampled at ``temperature``, at most
+    ``max_new_tokens`` tokens, seeded by the cell), once per cell before unlearning; the loss
+    is DPO's with each prompt's term the mean over its K alternates,
+    -(2/beta) sum_i (1/K) sum_j log sigmoid(beta ((log pi(a_ij) - log pi_ref(a_ij)) -
+    (log pi(y_i) - log pi_ref(y_i)))) / n (:func:`pathunlearn.losses.dpo_loss`). Source:
+    Mekala et al. 2025, "Alternate Preference Optimization for Unlearning Factual Knowledge
+    in Large Language Models" (COLING; arXiv:2409.13474) and its code (5 samples at
+    temperature 1.0, 200 new tokens; beta 0.1 in its search space 0.05-0.5), as
+    OpenUnlearning's community method. Option ``alternates``: a file of alternates already
+    written (its ``generate.py`` layout) instead of sampling. Forget term only;
+    ``altpo_retain`` adds lambda * NLL as the paper does.
+    """
+
+    name = "altpo"
+    default_beta = 0.1
+    option_defaults = {"alternates": "", "samples": 5, "temperature": 1.0,
+                       "max_new_tokens": 200}
+
+    def __init__(self, config: MethodConfig):
+        Method.__init__(self, config)
+        o = self.options
+        for key in ("samples", "max_new_tokens"):
+            if o[key] != int(o[key]) or o[key] < 1:
+                raise ConfigError(f"method {config.name!r}: option {key!r} must be a whole "
+                                  f"number >= 1, got {o[key]!r}")
+        if not o["temperature"] > 0:
+            raise ConfigError(f"method {config.name!r}: option 'temperature' must be > 0, "
+                              f"got {o['temperature']!r}")
+        self.samples, self.max_new_tokens = int(o["samples"]), int(o["max_new_tokens"])
+        path = o["alternates"]
+        if path and not Path(path).is_file():
+            raise ConfigError(f"method {config.name!r}: option alternates: no such file {path}")
+        self.alternates_text = Path(path).read_bytes() if path else b""
+
+    def data_identity(self) -> dict[str, str]:
+        if not self.options["alternates"]:
+            return {}
+        return {"alternates_sha": hashlib.sha256(self.alternates_text).hexdigest()}
+
+    def alternate_answers(self, conversations: list[Conversation], rng: random.Random,
+                          sample: Sampler) -> list[list[str]]:
+        k = self.samples
+        if self.options["alternates"]:
+            return read_alternates_file(self.options["alternates"], self.config.name, k,
+                                        conversations)
+        prompts = [altpo_prompt(c) for c in conversations]
+        asked = [p for p in prompts if p is not None]
+        drawn = iter(sample(asked, k, float(self.options["temperature"]),
+                            self.max_new_tokens) if asked else [])
+        return [[""] * k if p is None else [clean_alternate(t) for t in next(drawn)]
+                for p in prompts]
+
+
+class AltPORetain(AltPO):
+    """AltPO on the forget set + lambda * NLL on retain data (the paper's AltPO)."""
+
+    name = "altpo_retain"
+    local = False
+
+    def retain_loss(self, batch: RetainBatch) -> torch.Tensor:
+        return weighted_retain_nll(self, batch)
+
+
 
 def parse_layers(text: str, method: str) -> list[int]:
     """Layer indices from ``"5,6,7"`` (empty: none); a ConfigError naming the method otherwise."""
@@ -688,8 +862,8 @@ class PDU(Method):
 
 BUILTIN_METHODS: dict[str, type[Method]] = {
     m.name: m for m in (GA, NPO, SimNPO, GradDiff, NPORetain, NPOKL, WGA, WGARetain, SatImp,
-                        SatImpRetain, CEU, UNDIAL, UNDIALRetain, DPO, DPORetain, RMU, RMURetain,
-                        PDU)}
+                        SatImpRetain, CEU, UNDIAL, UNDIALRetain, DPO, DPORetain, AltPO,
+                        AltPORetain, RMU, RMURetain, PDU)}
 """The methods a config names by a bare name (``pathunlearn.config.BUILTIN_METHOD_NAMES``)."""
 
 def method_listing() -> list[dict[str, Any]]:
@@ -820,6 +994,30 @@ def checked_loss(method: Method, term: str, batch: ForgetBatch | RetainBatch,
         raise MethodError(f"{where} returned {got}, {at}: it must return a scalar tensor "
                           "(reduce it, e.g. `.sum() / batch.num_tokens`)")
     return loss
+
+
+def checked_alternates(method: Method, conversations: list[Conversation],
+                       rng: random.Random, sample: Sampler, cell: str) -> list[list[str]]:
+    """``method.alternate_answers(conversations, rng, sample)`` checked to be one row of
+    strings per conversation, every row of the same length K >= 1: anything else (or an
+    exception of a user's method) is a :class:`MethodError` naming the method and ``cell``."""
+    cls = type(method)
+    where = f"{method_where(cls, method.config.name)}: alternate_answers"
+    try:
+        rows = method.alternate_answers(conversations, rng, sample)
+    except (ConfigError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:
+        if is_builtin(cls):
+            raise
+        raise MethodError(f"{where} raised {_what(e, cls)}, in cell {cell}") from e
+    ok = (isinstance(rows, list) and len(rows) == len(conversations) and all(
+        isinstance(r, list) and r and all(isinstance(a, str) for a in r) for r in rows))
+    if not ok or len({len(r) for r in rows}) > 1:
+        raise MethodError(f"{where} must return one non-empty list of strings per forget "
+                          f"example ({len(conversations)}), all of the same length, in cell "
+                          f"{cell}")
+    return rows
 
 
 def _source_file(cls: type) -> str | None:

@@ -8,7 +8,8 @@ runs/<name>/
   prefixes/<key>/  a path-model checkpoint + metrics.jsonl, prefix.json, config.yaml (train/paths)
   cells/<path>/<method>/<seed>[/<lr>][/<scheduler>]/
                    metrics.jsonl (a row per eval point), steps.jsonl (a row per optimizer
-                   step), [relearn.jsonl,] summary.json, config.yaml [, model/]
+                   step), [relearn.jsonl,] [items.jsonl,] [alternates.jsonl,] summary.json,
+                   config.yaml [, model/]
                    (train/unlearn, via CellWriter)
   cache/math_before/<model key>-<hash>.json
                    a path model's math accuracy before unlearning (train/unlearn), content-
@@ -61,6 +62,10 @@ RELEARN = "relearn.jsonl"
 ITEMS = "items.jsonl"
 """A cell's per-item values of its field sets (:mod:`pathunlearn.eval.field`): one row per
 eval step, set and item."""
+ALTERNATES = "alternates.jsonl"
+"""The alternate answers a cell's method preferred (DPO, AltPO): ``{"question", "answer",
+"alternate"}`` per forget example and alternate, the layout of AltPO's ``generate.py`` (so
+one cell's file is another's option ``alternates``)."""
 SUMMARY = "summary.json"
 MODEL = "model"
 """A cell's unlearned model (``unlearning.save_model``)."""
@@ -250,6 +255,10 @@ class CellWriter:
             self._items = (self.directory / ITEMS).open("w", encoding="utf-8")
         for row in rows:
             self._items.write(json.dumps({M.STEP: step, **row}) + "\n")
+
+    def alternates(self, rows: list[dict]) -> None:
+        """The alternate answers of the cell's method (alternates.jsonl), written whole."""
+        write_jsonl(self.directory / ALTERNATES, rows)
 
     def relearn(self, rows: list[dict]) -> None:
         """The relearning rows (:mod:`pathunlearn.train.relearn`), written whole."""

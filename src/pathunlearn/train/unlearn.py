@@ -41,11 +41,13 @@ from pathunlearn import metrics as M
 from pathunlearn.config import ExperimentConfig, LmEvalConfig, MathConfig
 from pathunlearn.data.batching import collate, step_indices
 from pathunlearn.data.chat import EncodedExample, encode_conversation, tokenize_conversations
+from pathunlearn.data.conversation import Conversation
 from pathunlearn.data.sources import load_stage
 from pathunlearn.errors import ConfigError
 from pathunlearn.eval.cell import CellProbes, retrain_field_reference, retrain_reference
 from pathunlearn.eval.divergence import Reference
 from pathunlearn.eval.field import FieldReference
+from pathunlearn.eval.generate import generate
 from pathunlearn.eval.logprob import packable, prepare_scoring, reference_logprobs, score_prepared
 from pathunlearn.eval.math import (
     GENERATE_BATCH,
@@ -64,11 +66,13 @@ from pathunlearn.keys import data_sha, stable_hash
 from pathunlearn.losses import token_logprobs
 from pathunlearn.memo import Memo, once, tokenizer_key
 from pathunlearn.methods import (
-    IDK_ANSWERS,
     ForgetBatch,
     Method,
     RetainBatch,
+    Sampler,
+    checked_alternates,
     checked_loss,
+    last_exchange,
     make_method,
 )
 from pathunlearn.models import (
@@ -136,11 +140,14 @@ class CellData:
     """(N,) log pi_ref(y|x) of every forget example under the path model (NPO forms)."""
     ref_model: torch.nn.Module | None = None
     """A frozen copy of the path model (a KL retain term under full finetuning)."""
-    alternates: list[EncodedExample] = field(default_factory=list)
-    """An alternate answer to each forget prompt (DPO's winner), ``alternates[i]`` belonging
-    to ``forget[i]``; empty unless the method has ``needs_alternates``."""
+    alternates: list[list[EncodedExample]] = field(default_factory=list)
+    """The K alternate answers of each forget prompt (DPO's winners), ``alternates[i]``
+    belonging to ``forget[i]``; empty unless the method has ``needs_alternates``."""
     alt_ref_logp: torch.Tensor | None = None
-    """(N,) log pi_ref(a|x) of every alternate under the path model."""
+    """(N, K) log pi_ref(a|x) of every alternate under the path model."""
+    alternate_rows: list[dict] = field(default_factory=list)
+    """The alternates as text, one row per forget example and alternate: ``{"question",
+    "answer", "alternate"}`` (what the cell's alternates.jsonl holds)."""
 
 
 # ---------------------------------------------------------------------------- all cells
@@ -304,6 +311,8 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     start = dict(zero.saturation)
     with distributed.output_dir(unit_dir(run_dir, cell)) as tmp:
         files, t0 = CellWriter(tmp), time.perf_counter()
+        if data.alternate_rows:
+            files.alternates(data.alternate_rows)
         diverged_at, last = unlearning_loop(cfg, cell, method, steps, data, probe, files, start,
                                             phases, zero, bar)
         if diverged_at is not None:
@@ -372,9 +381,20 @@ def cell_data(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn
         data.ref_logp = score_prepared(model, once(memo, key, lambda: prepare_scoring(
             model, data.forget, data.pad_id))).logp  # reference_logprobs, batches reused
     if method.needs_alternates:
-        answers = getattr(method, "alternates", None) or list(IDK_ANSWERS)
-        data.alternates = alternate_examples(cfg, tok, answers, cell.seed)
-        data.alt_ref_logp = reference_logprobs(model, data.alternates, data.pad_id)
+        conversations = load_stage(cfg.stages[cfg.paths.forget_stage])
+        key = ("alternates", cell.model_key, cell.seed, type(method).alternate_answers,
+               stable_hash(method.options), stable_hash(method.data_identity()),
+               cfg.paths.forget_stage, tokenizer_key(tok))
+        rows = once(memo if cell.model_key else None, key, lambda: checked_alternates(
+            method, conversations, random.Random(stage_seed(cell.seed, "alternates")),
+            path_sampler(model, tok, stage_seed(cell.seed, "alternates")), cell_name(cell)))
+        data.alternates = alternate_examples(cfg, tok, conversations, rows)
+        data.alternate_rows = [
+            {"question": ex[0], "answer": ex[1], "alternate": a}
+            for conv, row in zip(conversations, rows, strict=True)
+            if (ex := last_exchange(conv)) is not None for a in row]
+        flat = [e for row in data.alternates for e in row]
+        data.alt_ref_logp = reference_logprobs(model, flat, data.pad_id).view(len(rows), -1)
     wants_model = (method.needs_reference_model or method.needs_reference_logits
                    or (method.needs_hidden_states and not method.local))
     if wants_model and cfg.model.finetuning == "full":
@@ -382,19 +402,31 @@ def cell_data(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn
     return data
 
 
-def alternate_examples(cfg: ExperimentConfig, tok, answers: list[str],
-                       seed: int) -> list[EncodedExample]:
-    """Every forget conversation with its last answer replaced by one of ``answers``, drawn
-    per example by the cell's seed, tokenised as the forget set is (same order)."""
-    rng = random.Random(stage_seed(seed, "alternates"))
+def alternate_examples(cfg: ExperimentConfig, tok, conversations: list[Conversation],
+                       rows: list[list[str]]) -> list[list[EncodedExample]]:
+    """Every forget conversation once per alternate of its row, its last answer replaced by
+    the alternate, tokenised as the forget set is (same order)."""
     out = []
-    for conv in load_stage(cfg.stages[cfg.paths.forget_stage]):
-        messages = [dict(m) for m in conv.messages]
-        answers_at = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        if answers_at:  # (one without an answer has no targets either way)
-            messages[answers_at[-1]]["content"] = rng.choice(answers)
-        out.append(encode_conversation(tok, messages, cfg.model.max_length))
+    for conv, row in zip(conversations, rows, strict=True):
+        answers_at = [i for i, m in enumerate(conv.messages) if m["role"] == "assistant"]
+        encoded = []
+        for answer in row:
+            messages = [dict(m) for m in conv.messages]
+            if answers_at:  # (one without an answer has no targets either way)
+                messages[answers_at[-1]]["content"] = answer
+            encoded.append(encode_conversation(tok, messages, cfg.model.max_length))
+        out.append(encoded)
     return out
+
+
+def path_sampler(model: torch.nn.Module, tok, seed: int) -> Sampler:
+    """A method's ``sample(prompts, n, temperature, max_new_tokens)``: completions from
+    ``model`` (the path model before unlearning), seeded by ``seed``."""
+    def sample(prompts: list[list[dict[str, str]]], n: int, temperature: float,
+               max_new_tokens: int) -> list[list[str]]:
+        return generate(model, tok, prompts, n=n, temperature=temperature,
+                        max_new_tokens=max_new_tokens, seed=seed, batch_size=GENERATE_BATCH)
+    return sample
 
 
 def fresh_steps(cfg: ExperimentConfig, cell: Cell, model: torch.nn.Module, data: CellData,
@@ -681,12 +713,15 @@ def forget_batch(method: Method, model: torch.nn.Module, data: CellData, idx: li
     labels = batch.labels if full or method.needs_hidden_states else None
     alt_logp = alt_ref = None
     if method.needs_alternates:
-        alt = collate([data.alternates[i] for i in idx], data.pad_id).to(device)
+        alt = collate([e for i in idx for e in data.alternates[i]], data.pad_id).to(device)
         with autocast(device, precision):
             alt_logits = model(**alt.inputs()).logits
         alt_token_logp, alt_mask = token_logprobs(alt_logits, alt.labels, vocab_chunk)
-        alt_logp = (alt_token_logp * alt_mask).sum(-1)
+        k = data.alt_ref_logp.shape[1]
+        alt_logp = (alt_token_logp * alt_mask).sum(-1).view(len(idx), k)
         alt_ref = data.alt_ref_logp[idx].to(device)
+        if k == 1:  # one alternate per prompt: (B,), as DPO's term reads it
+            alt_logp, alt_ref = alt_logp[:, 0], alt_ref[:, 0]
     return ForgetBatch(token_logp, mask, *counts, ref, logits if full else None, labels,
                        teacher, alt_logp, alt_ref, hidden[-1] if hidden else None)
 
