@@ -401,3 +401,23 @@ def test_a_probe_set_keys_as_before_choice_probes_existed(tmp_path, monkeypatch)
     keys.probes_key(validate_config(data), [])
     (_, section, _), = [a for a in hashed if a and a[0] == "probes"]
     assert section["sets"][0]["continuation"] == "text"
+
+
+def test_probe_precision_keys_as_before_it_existed(tmp_path, monkeypatch):
+    """`probes.precision` (issue 29) at its default, fp32, is left out of the probes'
+    identity, so earlier runs keep their keys; bf16 is in it (the walk above checks that it
+    moves every cell's key)."""
+    from pathunlearn import keys
+
+    hashed = []
+    real = keys.stable_hash
+    monkeypatch.setattr(keys, "stable_hash", lambda *a: hashed.append(a) or real(*a))
+    data = base_data(tmp_path)
+    keys.probes_key(validate_config(data), [])
+    (_, section, _), = [a for a in hashed if a and a[0] == "probes"]
+    assert "precision" not in section
+    data["probes"]["precision"] = "bf16"
+    hashed.clear()
+    keys.probes_key(validate_config(data), [])
+    (_, section, _), = [a for a in hashed if a and a[0] == "probes"]
+    assert section["precision"] == "bf16"

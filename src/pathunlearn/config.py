@@ -648,6 +648,13 @@ class ProbesConfig(StrictModel):
     """Most new tokens of the greedy generations ROUGE scores (TOFU's 200)."""
     rouge_every: bool = False
     """Generate (ROUGE, and model utility) at every eval point, not only the first and last."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """`bf16`: every probe evaluation (the scored probes, the field metrics and their
+    generations, the held-out RE tokens; at every eval point, in relearning, and the retrain
+    models' references alike) runs under bf16 autocast, the log-softmax still in fp32.
+    Cheaper where the hardware multiplies in bf16, but the numbers differ (docs/performance.md
+    shows by how much on the demo); training and the methods' reference log-probs keep
+    `training.precision`. Off by default."""
 
     @model_validator(mode="after")
     def _unique(self) -> ProbesConfig:

@@ -228,6 +228,8 @@ def probes_key(cfg: ExperimentConfig, resolved: list[dict]) -> str:
     the rows: ``probes.examples`` also sizes the step-0 saturation diagnostics."""
     keyed = functools.cache(keyed_source)  # a set's source is in the section and its rows
     section = cfg.probes.model_dump(mode="json")
+    if section["precision"] == "fp32":  # (keys from before the option stay as they were)
+        del section["precision"]
     for entry in section["sets"]:
         for field, default in PROBE_SET_DEFAULTS.items():  # a set keys as it always did
             if entry[field] == default:

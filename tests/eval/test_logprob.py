@@ -270,3 +270,26 @@ def test_the_head_at_the_read_positions_alone_gives_the_full_forwards_logits(
                               atol=1e-6, rtol=0)
         monkeypatch.setattr(logprob, "HEAD_APART", frozenset())
         assert torch.equal(logprob.target_logits(model, inputs, where), full)
+
+
+def test_bf16_scoring_is_autocast_close_to_fp32_and_leaves_the_weights(model, tiny_tokenizer):
+    """probes.precision bf16: the forwards under bf16 autocast, the log-softmax in fp32; the
+    scores move by bf16's rounding (here < 0.05 nats a token), the parameters not at all."""
+    from pathunlearn.eval.logprob import scoring_precision
+
+    weights = [p.detach().clone() for p in model.parameters()]
+    exact = score_rows(model, tiny_tokenizer, ROWS)
+    with scoring_precision("cpu", "bf16"):
+        assert model.get_input_embeddings()(torch.tensor([[1]])).dtype == torch.float32
+        assert torch.nn.functional.linear(torch.ones(1, 2), torch.ones(2, 2)).dtype == (
+            torch.bfloat16)
+        rough = score_rows(model, tiny_tokenizer, ROWS)
+    assert rough.logp.dtype == torch.float32
+    per_token = (rough.logp - exact.logp).abs() / exact.num_tokens
+    assert 0 < per_token.max() < 0.05
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+    with scoring_precision("cpu", "fp32"):
+        assert torch.equal(score_rows(model, tiny_tokenizer, ROWS).logp, exact.logp)
+    with pytest.raises(ValueError, match="precision must be fp32 or bf16, got 'fp16'"):
+        with scoring_precision("cpu", "fp16"):
+            pass

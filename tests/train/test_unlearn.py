@@ -386,3 +386,32 @@ def test_fewer_eval_points_give_the_same_first_and_last_rows(trained, tmp_path):
         drop = ("seconds",)  # wall time
         assert [{k: v for k, v in r.items() if k not in drop} for r in sparse_steps] == \
             [{k: v for k, v in r.items() if k not in drop} for r in dense_steps]
+
+
+def test_bf16_probes_change_the_measurements_only(trained, tmp_path):
+    """probes.precision bf16 (issue 29, off by default): the same steps (evaluation draws
+    no random numbers and changes no weight; training keeps training.precision), the probe
+    values within bf16's rounding of fp32's, and other cell keys (a bf16 run never passes
+    for an fp32 one)."""
+    import shutil
+
+    cfg, _ = trained
+    found = {}
+    for precision in ("fp32", "bf16"):
+        data = {**CONFIG, "output_dir": str(tmp_path / precision),
+                "unlearning": {**CONFIG["unlearning"], "methods": [{"name": "npo"}]},
+                "probes": {**CONFIG["probes"], "precision": precision}}
+        c = validate_config(data)
+        shutil.copytree(cfg.run_dir / "prefixes", c.run_dir / "prefixes")
+        plan = plan_run(c)
+        unlearn_all(c, plan, log=lambda *_: None)
+        found[precision] = [(cell.key, rows(unit_dir(c.run_dir, cell) / "metrics.jsonl"),
+                             rows(unit_dir(c.run_dir, cell) / "steps.jsonl"))
+                            for cell in plan.cells]
+    for (key32, m32, s32), (key16, m16, s16) in zip(found["fp32"], found["bf16"], strict=True):
+        assert key32 != key16
+        assert [(r["step"], r["loss"]) for r in s32] == [(r["step"], r["loss"]) for r in s16]
+        for r32, r16 in zip(m32, m16, strict=True):
+            for name in PROBES:
+                assert r16[name] == pytest.approx(r32[name], abs=0.1), name
+        assert any(r16[n] != r32[n] for r32, r16 in zip(m32, m16, strict=True) for n in PROBES)

@@ -40,7 +40,7 @@ from pathunlearn.eval.field import (
     set_metrics,
 )
 from pathunlearn.eval.generate import generate
-from pathunlearn.eval.logprob import Prepared, packable, prepare_scoring
+from pathunlearn.eval.logprob import Prepared, packable, prepare_scoring, scoring_precision
 from pathunlearn.eval.probes import (
     ProbeSet,
     encode_probes,
@@ -67,16 +67,17 @@ class CellProbes:
     ``max_length``: the run's ``model.max_length``, which the probes are tokenised to;
     ``rouge_tokens``: the most new tokens a ROUGE generation gets; ``memo``: the invocation's
     :class:`~pathunlearn.memo.Memo`, where the probes' token ids and scoring batches are
-    worked out once for all its cells (they depend on the tokenizer and the probes only)."""
+    worked out once for all its cells (they depend on the tokenizer and the probes only);
+    ``precision``: ``probes.precision``, the evaluations under bf16 autocast for ``bf16``."""
 
     def __init__(self, tokenizer, probe_sets: list[ProbeSet], retrain: Reference | None,
                  max_length: int, field_reference: FieldReference | None = None,
-                 rouge_tokens: int = 200, memo: Memo | None = None):
+                 rouge_tokens: int = 200, memo: Memo | None = None, precision: str = "fp32"):
         self.tokenizer, self.probe_sets, self.retrain = tokenizer, probe_sets, retrain
         self.field_sets = [FieldSet.of(p) for p in probe_sets if p.metrics and p.scored]
         self.field_reference, self.rouge_tokens = field_reference, rouge_tokens
         self.items: list[dict] = []
-        self.max_length, self.memo = max_length, memo
+        self.max_length, self.memo, self.precision = max_length, memo, precision
         self.key = (tokenizer_key(tokenizer), probes_key(probe_sets), max_length)
         self.encoded = once(memo, ("probes", *self.key),
                             lambda: encode_probes(tokenizer, probe_sets, max_length))
@@ -93,6 +94,10 @@ class CellProbes:
     def __call__(self, model: torch.nn.Module, generate: bool = False) -> dict:
         """The metrics at this eval point; ``generate``: also the generation-based ones
         (ROUGE, and with it model utility)."""
+        with scoring_precision(next(model.parameters()).device, self.precision):
+            return self._measure(model, generate)
+
+    def _measure(self, model: torch.nn.Module, generate: bool) -> dict:
         if self.prepared is None:
             dtype = next(model.parameters()).dtype
             self.prepared = once(

@@ -415,6 +415,20 @@ def pad_token_id(tokenizer) -> int:
 
 
 @contextlib.contextmanager
+def scoring_precision(device: torch.device | str, precision: str = "fp32") -> Iterator[None]:
+    """``probes.precision``: the forwards inside the block under bf16 autocast on ``device``'s
+    kind for ``bf16`` (parameters untouched; :func:`score_prepared` takes its log-softmax in
+    fp32 either way), as they are for ``fp32``."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        yield
+
+
+@contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode inside the block (no dropout), the caller's train/eval mode restored after:
     scorers and samplers are called from loops that may be mid-training."""

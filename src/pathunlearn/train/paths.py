@@ -277,7 +277,10 @@ def train_matched_model(cfg: ExperimentConfig, plan: Plan, m: Matched, run_dir: 
     device = resolve_device(cfg.runtime.device)
 
     def measure(model, tokenizer) -> float:
-        metrics = evaluate_probes(model, tokenizer, probe)
+        from pathunlearn.eval.logprob import scoring_precision
+
+        with scoring_precision(device, cfg.probes.precision):  # as the cells measure it
+            metrics = evaluate_probes(model, tokenizer, probe)
         if control.metric not in metrics:
             raise ConfigError(f"controls.matched_start.metric: probe {name} has no "
                               f"{control.metric!r} ({', '.join(metrics)})")

@@ -27,7 +27,7 @@ from pathunlearn import metrics as M
 from pathunlearn.config import ExperimentConfig
 from pathunlearn.data.batching import collate, step_indices
 from pathunlearn.data.chat import EncodedExample
-from pathunlearn.eval.logprob import packable, prepare_scoring
+from pathunlearn.eval.logprob import packable, prepare_scoring, scoring_precision
 from pathunlearn.eval.probes import ProbeSet, encode_probes, evaluate_probes, probes_key
 from pathunlearn.losses import nll_sum
 from pathunlearn.memo import Memo, once, tokenizer_key
@@ -65,8 +65,12 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
     optim = training.model_copy(update={"lr": r.lr or training.lr})
     pad_id = tokenizer.pad_token_id
     rows = []
+    def evaluate() -> dict:
+        with scoring_precision(device, cfg.probes.precision):
+            return evaluate_probes(model, tokenizer, tracked, prepared=prepared)
+
     # step 0 of every run is the unlearned model itself (each run restores it): scored once
-    before = evaluate_probes(model, tokenizer, tracked, prepared=prepared)
+    before = evaluate()
     with torch.random.fork_rng(devices=[]):
         for kind in r.data:
             data = examples.get(kind) or []
@@ -92,7 +96,7 @@ def relearn(cfg: ExperimentConfig, model: torch.nn.Module, tokenizer,
                     optimizer.zero_grad(set_to_none=True)
                 if step % r.eval_every == 0 or step == r.steps:
                     row = {M.RELEARN_DATA: kind, M.STEP: step, M.LOSS: loss.item(),
-                           **evaluate_probes(model, tokenizer, tracked, prepared=prepared)}
+                           **evaluate()}
                     rows.append(row)
                     if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
                         break

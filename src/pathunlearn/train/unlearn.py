@@ -48,7 +48,13 @@ from pathunlearn.eval.cell import CellProbes, retrain_field_reference, retrain_r
 from pathunlearn.eval.divergence import Reference
 from pathunlearn.eval.field import FieldReference
 from pathunlearn.eval.generate import generate
-from pathunlearn.eval.logprob import packable, prepare_scoring, reference_logprobs, score_prepared
+from pathunlearn.eval.logprob import (
+    packable,
+    prepare_scoring,
+    reference_logprobs,
+    score_prepared,
+    scoring_precision,
+)
 from pathunlearn.eval.math import (
     GENERATE_BATCH,
     MathRequest,
@@ -305,7 +311,7 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     with phases.time("reference"):
         retrain, field_ref = cell_retrain_reference(cfg, cell, run_dir, shared)
         probe = CellProbes(tok, shared.probe_sets, retrain, cfg.model.max_length, field_ref,
-                           cfg.probes.rouge_tokens, shared.memo)
+                           cfg.probes.rouge_tokens, shared.memo, cfg.probes.precision)
     with phases.time("step0"):  # changes nothing: no update, RNG restored
         zero = step_zero(cfg, cell, steps, data, probe, run_dir, shared)
     start = dict(zero.saturation)
@@ -580,6 +586,7 @@ def step_zero_digest(cfg: ExperimentConfig, cell: Cell, steps: Steps, data: Cell
         [p.to_json() for p in probe.probe_sets], cfg.model.max_length, cfg.probes.rouge_tokens,
         cfg.probes.examples, cfg.unlearning.micro_batch_size, cfg.model.dtype,
         cfg.training.precision, str(steps.device), cfg.model.attn_implementation,
+        *([cfg.probes.precision] if cfg.probes.precision != "fp32" else []),
         stable_hash([e.input_ids for e in data.forget], [e.labels for e in data.forget]),
         trainable, cfg.model.lora.model_dump(mode="json") if cfg.model.finetuning == "lora"
         else None, cell.seed if stochastic else None)
@@ -802,8 +809,9 @@ def cell_retrain_reference(cfg: ExperimentConfig, cell: Cell, run_dir: Path,
         return loaded[key]
 
     args = (cell.retrain_key, load, shared.probe_sets, cfg.model.max_length)
-    return (retrain_reference(*args, shared.references),
-            retrain_field_reference(*args, shared.field_references))
+    with scoring_precision(resolve_device(cfg.runtime.device), cfg.probes.precision):
+        return (retrain_reference(*args, shared.references),
+                retrain_field_reference(*args, shared.field_references))
 
 
 # ---------------------------------------------------------------------------- data
