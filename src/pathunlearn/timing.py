@@ -7,10 +7,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-CELL_PHASES = ("load", "math", "lmeval", "reference", "step0", "probes", "steps",
+CELL_PHASES = ("load", "alternates", "math", "lmeval", "reference", "step0", "probes", "steps",
                "relearn", "relearn_steps", "write")
 """A cell's phases, in the order it runs them: loading the path model and encoding its data
-(with what the method takes from the path model before it changes), math accuracy (before
+(with what the method takes from the path model before it changes), the alternate answers of
+a DPO / AltPO cell (AltPO samples them from the path model) and their reference
+log-probabilities, math accuracy (before
 and after), lm-eval tasks, the retrain model's reference values, the step-0 measurements
 (probes, field items and saturation diagnostics: measured once per path model, then read back),
 the probe evaluations at the later eval points (generations and field metrics included), the

@@ -302,6 +302,9 @@ def unlearn_cell(cfg: ExperimentConfig, cell: Cell, run_dir: Path, shared: Share
     with phases.time("load"):
         model, tok = load_checkpoint(prefix_dir(run_dir, cell.model_key), cfg.model, device)
         data = cell_data(cfg, cell, method, model, tok, shared.memo)
+    with phases.time("alternates"):
+        if method.needs_alternates:
+            cell_alternates(cfg, cell, method, model, tok, data, shared.memo)
     with phases.time("math"):
         math_before = path_model_math(cfg, cell, model, tok, run_dir, shared, bar)
     with phases.time("lmeval"):
@@ -386,26 +389,33 @@ def cell_data(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn
                cfg.model.max_length, next(model.parameters()).dtype, packable(model))
         data.ref_logp = score_prepared(model, once(memo, key, lambda: prepare_scoring(
             model, data.forget, data.pad_id))).logp  # reference_logprobs, batches reused
-    if method.needs_alternates:
-        conversations = load_stage(cfg.stages[cfg.paths.forget_stage])
-        key = ("alternates", cell.model_key, cell.seed, type(method).alternate_answers,
-               stable_hash(method.options), stable_hash(method.data_identity()),
-               cfg.paths.forget_stage, tokenizer_key(tok))
-        rows = once(memo if cell.model_key else None, key, lambda: checked_alternates(
-            method, conversations, random.Random(stage_seed(cell.seed, "alternates")),
-            path_sampler(model, tok, stage_seed(cell.seed, "alternates")), cell_name(cell)))
-        data.alternates = alternate_examples(cfg, tok, conversations, rows)
-        data.alternate_rows = [
-            {"question": ex[0], "answer": ex[1], "alternate": a}
-            for conv, row in zip(conversations, rows, strict=True)
-            if (ex := last_exchange(conv)) is not None for a in row]
-        flat = [e for row in data.alternates for e in row]
-        data.alt_ref_logp = reference_logprobs(model, flat, data.pad_id).view(len(rows), -1)
     wants_model = (method.needs_reference_model or method.needs_reference_logits
                    or (method.needs_hidden_states and not method.local))
     if wants_model and cfg.model.finetuning == "full":
         data.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     return data
+
+
+def cell_alternates(cfg: ExperimentConfig, cell: Cell, method: Method, model: torch.nn.Module,
+                    tok, data: CellData, memo: Memo | None = None) -> None:
+    """The alternate answers of a ``needs_alternates`` method (``method.alternate_answers``:
+    drawn, sampled from the path model ``model`` before it changes, or read from a file;
+    once per path model, seed and method settings in ``memo``), tokenised into ``data`` with
+    their reference log-probabilities under the path model."""
+    conversations = load_stage(cfg.stages[cfg.paths.forget_stage])
+    key = ("alternates", cell.model_key, cell.seed, type(method).alternate_answers,
+           stable_hash(method.options), stable_hash(method.data_identity()),
+           cfg.paths.forget_stage, tokenizer_key(tok))
+    rows = once(memo if cell.model_key else None, key, lambda: checked_alternates(
+        method, conversations, random.Random(stage_seed(cell.seed, "alternates")),
+        path_sampler(model, tok, stage_seed(cell.seed, "alternates")), cell_name(cell)))
+    data.alternates = alternate_examples(cfg, tok, conversations, rows)
+    data.alternate_rows = [
+        {"question": ex[0], "answer": ex[1], "alternate": a}
+        for conv, row in zip(conversations, rows, strict=True)
+        if (ex := last_exchange(conv)) is not None for a in row]
+    flat = [e for row in data.alternates for e in row]
+    data.alt_ref_logp = reference_logprobs(model, flat, data.pad_id).view(len(rows), -1)
 
 
 def alternate_examples(cfg: ExperimentConfig, tok, conversations: list[Conversation],
