@@ -213,7 +213,9 @@ def placeholder_documents(kind: str, n: int = 4) -> list[dict]:
 
 
 def write_corpora(root: Path) -> Path:
-    """``cais/wmdp-corpora`` as a hub dataset with subsets: ``<subset>/train-*.parquet``."""
+    """``cais/wmdp-corpora`` as a hub dataset with subsets, as its dataset card's ``configs``
+    and its files are laid out: ``<subset>/train-00000-of-00001.parquet``, one ``text``
+    column (docs/wmdp.md)."""
     for subset in ("cyber-forget-corpus", "cyber-retain-corpus"):
         folder = root / subset
         folder.mkdir(parents=True)
