@@ -175,6 +175,11 @@ def test_matched_start_control_end_to_end(tmp_path, cli):
     cell = json.loads((run_dir / "cells" / "instructions-refusals@matched_start" / "npo" / "0"
                        / "metrics.jsonl").read_text().splitlines()[0])
     assert cell["forget_label_id/target"] == pytest.approx(info["trace"][-1]["value"], abs=1e-5)
+    # phases.json's cells are every cell's phases added up, the control's included
+    steps = sum(json.loads(f.read_text())["phases"]["steps"]
+                for f in run_dir.glob("cells/**/summary.json"))
+    summed = json.loads((run_dir / "phases.json").read_text())["cells"]["steps"]
+    assert summed == pytest.approx(steps, abs=1e-3)
     results = json.loads((run_dir / "results.json").read_text())
     control = results["matched_start"]
     assert control["models"][0]["stopped_at"] == info["stopped_at"]

@@ -113,14 +113,15 @@ def _report(cfg: ExperimentConfig, run_dir: Path, phases: Phases, log=print,
         if earlier:  # a rerun: keep the timings of the run that did the work visible
             first = earlier[0]["seconds"]
             extra["first invocation"] = ", ".join(f"{k} {v:.0f} s" for k, v in first.items())
-        made = make_report(load_run(run_dir), phases=phases.seconds, extra=extra, reuse=True,
-                           log=log, figures=figures)
+        run = load_run(run_dir)
+        made = make_report(run, phases=phases.seconds, extra=extra, reuse=True, log=log,
+                           figures=figures)
     # phases.json: this invocation's wall times, and "cells": the phases inside every
     # finished cell added up (timing.CELL_PHASES; the matched-start control's cells too, so
     # they add up to the unlearn phase); phases_history.json: every invocation's, so
     # rerunning a finished run does not hide how long the work took
     write_json(run_dir / PHASES, {**phases.seconds, "cells": sum_phases(
-        [c.summary for c in (*made[0].cells, *made[0].controls)])})
+        [c.summary for c in (*run.cells, *run.controls)])})
     write_json(run_dir / PHASES_HISTORY, earlier + [
         {"finished": datetime.now(UTC).isoformat(timespec="seconds"),
          "seconds": dict(phases.seconds)}])
