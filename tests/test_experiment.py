@@ -192,3 +192,19 @@ def test_matched_start_control_end_to_end(tmp_path, cli):
     assert "instructions-refusals npo seed 0 (matched-start control): " in result.out
     assert "Recency verdict with the matched-start control" in (run_dir / "report.html"
                                                                 ).read_text()
+
+
+def test_a_phase_timed_apart_leaves_out_what_it_times_inside(monkeypatch):
+    """Phases.apart: the outer phase gets the block's time less its inner phases', which
+    are phases of their own (a fake clock: 10 s in all, 3 + 2 s inside)."""
+    import pathunlearn.timing as timing
+
+    clock = iter([0.0, 1.0, 4.0, 5.0, 7.0, 10.0])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    phases = timing.Phases()
+    with phases.apart("relearn") as inner:
+        with inner.time("relearn_steps"):
+            pass
+        with inner.time("relearn_steps"):
+            pass
+    assert phases.seconds == {"relearn": 5.0, "relearn_steps": 5.0}

@@ -41,6 +41,18 @@ class Phases:
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
+    @contextmanager
+    def apart(self, name: str):
+        """Time ``name`` around the block, less the phases the block times on the
+        :class:`Phases` it is given, which are added here as phases of their own (relearning:
+        its optimizer steps apart from its evaluations)."""
+        inner = Phases()
+        with self.time(name):
+            yield inner
+        for inside, seconds in inner.seconds.items():
+            self.add(inside, seconds)
+            self.add(name, -seconds)
+
 
 def sum_phases(summaries: list[dict]) -> dict[str, float]:
     """The cells' ``phases`` added up per phase (cells written before phases were recorded

@@ -635,15 +635,11 @@ def finish_cell(cfg: ExperimentConfig, cell: Cell, steps: Steps, tok, data: Cell
         lmeval_after = (run_lmeval(cfg.unlearning.lmeval, model, tok)
                         if done.lmeval_before is not None and not diverged else None)
     if cfg.relearn.steps and not diverged:
-        inner = Phases()  # relearning's optimizer steps, apart from its evaluations
-        with phases.time("relearn"):
+        with phases.apart("relearn") as inner:  # its optimizer steps: relearn_steps
             retain = data.retain or retain_examples(cfg, tok, cell.path, shared.memo)
             files.relearn(relearn(cfg, model, tok, {"retain": retain, "forget": data.forget},
                                   shared.probe_sets, steps.device, steps.seed, shared.memo,
                                   phases=inner))
-        for name, seconds in inner.seconds.items():  # moved out of "relearn"
-            phases.add(name, seconds)
-            phases.add("relearn", -seconds)
     written = time.perf_counter()
     summary = {**cell.describe(), "key": cell.key, "steps": steps.total,
                "steps_done": done.steps_done, M.DIVERGED_AT: done.diverged_at,
