@@ -399,6 +399,7 @@ def test_bf16_probes_change_the_measurements_only(trained, tmp_path):
     found = {}
     for precision in ("fp32", "bf16"):
         data = {**CONFIG, "output_dir": str(tmp_path / precision),
+                "paths": {**CONFIG["paths"], "positions": [2]},
                 "unlearning": {**CONFIG["unlearning"], "methods": [{"name": "npo"}]},
                 "probes": {**CONFIG["probes"], "precision": precision}}
         c = validate_config(data)
