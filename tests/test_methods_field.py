@@ -130,11 +130,12 @@ def test_dpo_reads_the_batch_and_its_alternates(tmp_path):
 @pytest.mark.parametrize("content,words", [
     (None, "method 'dpo': option alternates: no such file"),
     ("\n  \n", "holds no answer \\(one per line\\)"),
+    (b"No idea.\n\xff\xfe\n", "method 'dpo': option alternates: not UTF-8 text \\(byte 9\\)"),
 ])
 def test_a_bad_alternates_file_is_a_config_error(tmp_path, content, words):
     path = tmp_path / "alts.txt"
     if content is not None:
-        path.write_text(content)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(ConfigError, match=words):
         make_method(MethodConfig(name="dpo", options={"alternates": str(path)}))
     with pytest.raises(ConfigError, match="option 'alternates' must be a string, got 3"):
@@ -426,18 +427,23 @@ def test_altpo_reads_alternates_in_generate_py_layout(tmp_path, key):
 @pytest.mark.parametrize("content,words", [
     (generate_py_lines(), "has 2 alternate\\(s\\) of forget example 1 \\(question 'Who wrote "
                           "it\\?'\\), samples is 3"),
-    ('{"question": "Where was Ada born?", "alternate": "x"}\nnot json\n', "line 2: not JSON"),
+    ('{"question": "Where was Ada born?", "alternate": "x"}\nnot json\n',
+     "line 2: invalid JSON: Expecting value"),
+    ("[" * 5000 + "]" * 5000 + "\n", "line 1: nested deeper than"),
+    (b'{"question": "caf\xe9", "alternate": "x"}\n', "line 1: not UTF-8 text"),
     ('{"question": "Where was Ada born?", "alternate": 3}\n',
      "line 1: needs string keys question and alternate \\(or sub_answer\\)"),
 ])
 def test_a_bad_altpo_alternates_file_names_its_line_or_question(tmp_path, content, words):
     import random
 
+    from pathunlearn.errors import UserError
+
     path = tmp_path / "alts.jsonl"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     method = make_method(MethodConfig(name="altpo", options={"alternates": str(path),
                                                                "samples": 3}))
-    with pytest.raises(ConfigError, match=words):
+    with pytest.raises(UserError, match=words):
         method.alternate_answers(conversations(), random.Random(0), lambda *_: [])
 
 

@@ -56,7 +56,6 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import json
 import random
 import re
 import sys
@@ -70,6 +69,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from pathunlearn.data.conversation import Conversation
+from pathunlearn.data.io import parse_json, read_text, text_lines
 from pathunlearn.errors import ConfigError
 from pathunlearn.losses import (
     IGNORE_INDEX,
@@ -499,7 +499,8 @@ def read_alternates(path: str, method: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"method {method!r}: option alternates: no such file {file}")
-    answers = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    text = read_text(file, ConfigError, prefix=f"method {method!r}: option alternates: ")
+    answers = [line.strip() for line in text.splitlines()]
     answers = [a for a in answers if a]
     if not answers:
         raise ConfigError(f"method {method!r}: option alternates: {file} holds no answer "
@@ -607,14 +608,10 @@ def read_alternates_file(path: str, method: str, k: int,
     if not file.is_file():
         raise ConfigError(f"method {method!r}: option alternates: no such file {file}")
     found: dict[str, list[str]] = {}
-    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"method {method!r}: option alternates: {file} line {n}: not "
-                              f"JSON ({e.msg})") from None
+    where = f"method {method!r}: option alternates: {file}"
+    # (a regular UTF-8 file read line by line, each line plain JSON: data.io's checks)
+    for n, line in text_lines(file, hint=f" ({where})"):
+        record = parse_json(line, f"{where} line {n}", position=False)
         alt = record.get("alternate", record.get("sub_answer")) if isinstance(record, dict) else None
         question = record.get("question") if isinstance(record, dict) else None
         if not isinstance(question, str) or not isinstance(alt, str):
