@@ -91,7 +91,7 @@ def inspect_inputs(cfg: ExperimentConfig) -> Inspection:
     """Check every input of ``cfg`` (module docstring), keeping the resolved probe sets."""
     problems = Problems()
     broken = _check_stages(cfg, problems)
-    _check_methods(cfg, problems)
+    _check_methods(cfg, problems, broken)
     probes, notes = _check_probes(cfg, problems, broken)
     _check_math(cfg, problems)
     _check_lmeval(cfg, problems)
@@ -199,7 +199,7 @@ def truncated_line(stage: str, n: int, max_length: int) -> str:
             "or shorten the prompts")
 
 
-def _check_methods(cfg: ExperimentConfig, problems: Problems) -> None:
+def _check_methods(cfg: ExperimentConfig, problems: Problems, broken: set[str]) -> None:
     """Every method resolves; one that needs alternate answers (DPO) does not meet a forget
     stage of raw text (which has no answer to replace); AltPO's file of alternates holds
     every forget question's; one that reads a decoder layer (RMU)
@@ -221,7 +221,8 @@ def _check_methods(cfg: ExperimentConfig, problems: Problems) -> None:
                              f"answer by an alternate, but the forget stage "
                              f"{cfg.paths.forget_stage!r} is raw text (kind: text) with no "
                              "answer to replace; use a chat forget stage or another method")
-            elif isinstance(obj, AltPO) and obj.options["alternates"] and forget is not None:
+            elif (isinstance(obj, AltPO) and obj.options["alternates"] and forget is not None
+                  and cfg.paths.forget_stage not in broken):  # (a broken stage is said once)
                 from pathunlearn.data.sources import load_stage
 
                 # every forget question has its alternates in the file, before any work

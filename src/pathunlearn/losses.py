@@ -249,11 +249,13 @@ def dpo_loss(win_logp: torch.Tensor, win_ref_logp: torch.Tensor, lose_logp: torc
     n = lose_logp.numel() if num_sequences is None else num_sequences
     lose = lose_logp - lose_ref_logp.to(lose_logp)
     win = win_logp - win_ref_logp.to(win_logp)
-    if win.dim() == 2:
+    if win.dim() == 2:  # K alternates per prompt: each prompt's term is the mean of its K
         if win.shape[0] != lose.shape[0]:
             raise ValueError(f"{win.shape[0]} rows of alternates for {lose.shape[0]} prompts")
-        return -(2.0 / beta) * F.logsigmoid(beta * (win - lose[:, None])).mean(-1).sum() / max(n, 1)
-    return -(2.0 / beta) * F.logsigmoid(beta * (win - lose)).sum() / max(n, 1)
+        per_prompt = F.logsigmoid(beta * (win - lose[:, None])).mean(-1)
+    else:
+        per_prompt = F.logsigmoid(beta * (win - lose))
+    return -(2.0 / beta) * per_prompt.sum() / max(n, 1)
 
 
 def logit_margin_loss(logits: torch.Tensor, labels: torch.Tensor,

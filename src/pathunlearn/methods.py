@@ -244,8 +244,8 @@ class Method:
         Default: one answer per example drawn by ``rng`` from the method's ``alternates``
         list, else from ``IDK_ANSWERS``."""
         answers = list(getattr(self, "alternates", None) or IDK_ANSWERS)
-        return [[rng.choice(answers)] if any(m["role"] == "assistant" for m in c.messages)
-                else [""] for c in conversations]
+        return [[rng.choice(answers)] if last_exchange(c) is not None else [""]
+                for c in conversations]
 
     def prepare(self, model: torch.nn.Module, seed: int) -> None:
         """Called once per cell before its first step with the model being unlearned (under
@@ -493,12 +493,19 @@ IDK_ANSWERS = (
 it refuses (a refusal would teach refusing, not forgetting); one is drawn per forget example."""
 
 
-def read_alternates(path: str, method: str) -> list[str]:
-    """The alternate answers of a file (one per line; blank lines skipped): a ConfigError
-    naming the method and the file when it is missing or holds none."""
+def alternates_file(path: str, method: str) -> Path:
+    """The file a method's option ``alternates`` names: a ConfigError naming the method when
+    there is no such file."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"method {method!r}: option alternates: no such file {file}")
+    return file
+
+
+def read_alternates(path: str, method: str) -> list[str]:
+    """The alternate answers of a file (one per line; blank lines skipped): a ConfigError
+    naming the method and the file when it is missing or holds none."""
+    file = alternates_file(path, method)
     text = read_text(file, ConfigError, prefix=f"method {method!r}: option alternates: ")
     answers = [line.strip() for line in text.splitlines()]
     answers = [a for a in answers if a]
@@ -604,19 +611,17 @@ def read_alternates_file(path: str, method: str, k: int,
     "alternate"}`` (the original repository's key: ``"sub_answer"``), one line per sample, a
     question's samples in file order. A ConfigError names the file and line, or the forget
     question it has too few alternates of."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"method {method!r}: option alternates: no such file {file}")
+    file = alternates_file(path, method)
     found: dict[str, list[str]] = {}
     where = f"method {method!r}: option alternates: {file}"
     # (a regular UTF-8 file read line by line, each line plain JSON: data.io's checks)
     for n, line in text_lines(file, hint=f" ({where})"):
         record = parse_json(line, f"{where} line {n}", position=False)
-        alt = record.get("alternate", record.get("sub_answer")) if isinstance(record, dict) else None
-        question = record.get("question") if isinstance(record, dict) else None
+        record = record if isinstance(record, dict) else {}
+        question, alt = record.get("question"), record.get("alternate", record.get("sub_answer"))
         if not isinstance(question, str) or not isinstance(alt, str):
-            raise ConfigError(f"method {method!r}: option alternates: {file} line {n}: needs "
-                              "string keys question and alternate (or sub_answer)")
+            raise ConfigError(f"{where} line {n}: needs string keys question and alternate "
+                              "(or sub_answer)")
         found.setdefault(question.strip(), []).append(alt.strip())
     rows = []
     for i, conv in enumerate(conversations):
@@ -627,8 +632,7 @@ def read_alternates_file(path: str, method: str, k: int,
         question = exchange[0].strip()
         have = found.get(question, [])
         if len(have) < k:
-            raise ConfigError(f"method {method!r}: option alternates: {file} has "
-                              f"{len(have)} alternate(s) of forget example {i} (question "
+            raise ConfigError(f"{where} has {len(have)} alternate(s) of forget example {i} (question "
                               f"{question[:60]!r}), samples is {k}")
         rows.append(have[:k])
     return rows
@@ -669,9 +673,8 @@ class AltPO(DPO):
                               f"got {o['temperature']!r}")
         self.samples, self.max_new_tokens = int(o["samples"]), int(o["max_new_tokens"])
         path = o["alternates"]
-        if path and not Path(path).is_file():
-            raise ConfigError(f"method {config.name!r}: option alternates: no such file {path}")
-        self.alternates_text = Path(path).read_bytes() if path else b""
+        self.alternates_text = (alternates_file(path, config.name).read_bytes() if path
+                                else b"")
 
     def data_identity(self) -> dict[str, str]:
         if not self.options["alternates"]:
