@@ -257,18 +257,18 @@ def run_config(out, *names: str) -> dict:
 
 
 ALL_RUN: dict = {}
-"""The one run of every built-in method (:func:`every_method_ran`), made by the first test
-that asks for it."""
+"""The one run of every built-in method per shared run directory (:func:`every_method_ran`),
+made by the first test that asks for it."""
 
 
 def every_method_ran(shared_run, cli):
     """``pathunlearn run`` of one config naming every built-in method (one run, its path
     models trained once, one report), its CLI result kept for each method's test."""
-    if "result" not in ALL_RUN:
+    if shared_run not in ALL_RUN:  # (keyed by the run directory the result belongs to)
         path = shared_run / "every-method.yaml"
         path.write_text(yaml.safe_dump(run_config(shared_run / "runs", *BUILTIN_METHODS)))
-        ALL_RUN["result"] = cli("run", path, "--no-figures")  # the table is what this checks
-    return ALL_RUN["result"]
+        ALL_RUN[shared_run] = cli("run", path, "--no-figures")  # the table is what this checks
+    return ALL_RUN[shared_run]
 
 
 @pytest.mark.parametrize("name", list(BUILTIN_METHODS))
