@@ -80,6 +80,7 @@ HEAVY_FIRST = (  # the files that take longest (seconds on 2 cores, summed over 
     "tests/distributed/test_torchrun.py",  # ~65: torchrun launches
     "tests/train/test_unlearn.py",  # ~55
     "tests/test_executors.py",  # ~40: Ray
+    "tests/test_workers.py",  # ~25: local worker processes
     "tests/test_resilience.py",  # ~40: killed runs
     "tests/test_faults.py",  # ~40
     "tests/test_bad_inputs.py",  # ~33

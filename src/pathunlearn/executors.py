@@ -55,6 +55,7 @@ from pathunlearn.rundir import (
 )
 from pathunlearn.train.paths import (
     matched_line,
+    planned_line,
     prefix_line,
     train_matched_model,
     train_paths,
@@ -62,7 +63,7 @@ from pathunlearn.train.paths import (
     verify_models,
 )
 from pathunlearn.train.pretrain import ensure_base
-from pathunlearn.train.unlearn import Shared, cell_line, unlearn_all, unlearn_cell
+from pathunlearn.train.unlearn import Shared, cell_line, cells_line, unlearn_all, unlearn_cell
 
 Unit = Prefix | Matched | Cell
 """One unit of work: a prefix or matched-start model to train, a cell to run."""
@@ -128,6 +129,10 @@ def execute(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool = T
     ``on_prefix`` / ``on_cell`` are called in this process after each unit."""
     if (line := older_keys_line(plan, Path(run_dir))) is not None:
         log(line)
+    if local_workers(cfg) > 1:
+        run_in_processes(cfg, plan, Path(run_dir), cells=cells, log=log, phase=phase,
+                         on_prefix=on_prefix, on_cell=on_cell)
+        return
     if cfg.executor.kind == "local":
         with phase("train"):
             train_paths(cfg, plan, run_dir=run_dir, progress=progress, log=log,
@@ -183,6 +188,9 @@ class TaskContext:
     """The driver's working directory: relative paths of the config resolve against it."""
     env: dict[str, str]
     threads: int
+    keep_shared: bool = False
+    """Keep what cells share (the retrain references, math before, the scoring batches) in
+    the worker process for the next cell (local workers); a Ray task computes its own."""
 
 
 def run_on_ray(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool = True,
@@ -315,7 +323,152 @@ def _raise_failure(failed: list[tuple[Unit, Exception]]) -> None:
                        "finished is kept, rerun to resume") from error
 
 
+# ---------------------------------------------------------------------------- local workers
+
+
+def local_workers(cfg: ExperimentConfig) -> int:
+    """The worker processes the local executor uses: ``executor.workers``, but 1 (this
+    process) with the Ray executor and under torchrun, where each rank is one process."""
+    from pathunlearn import distributed
+
+    if cfg.executor.kind != "local" or distributed.world() > 1:
+        return 1
+    return cfg.executor.workers
+
+
+def run_in_processes(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool = True,
+                     log=print, phase=_no_phase, on_prefix: OnDone | None = None,
+                     on_cell: OnDone | None = None) -> None:
+    """The local executor on ``executor.workers`` processes (spawned; each with torch's
+    threads divided among them, at least 1): the prefixes and matched-start models first
+    (phase ``train``), each submitted once the models it starts from are trained, then the
+    cells (phase ``unlearn``), in the plan's order. A worker keeps what the cells of one
+    invocation share (:class:`~pathunlearn.train.unlearn.Shared`) across the cells it runs.
+    The driver (this process) holds the run directory, logs every unit as it finishes and
+    calls the hooks; a unit that fails stops the submitting, the units running finish, what
+    finished is kept, and the failure is raised (a UserError as one line)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    run_dir = run_dir.resolve()
+    workers = cfg.executor.workers
+    threads = max(1, torch.get_num_threads() // workers)
+    verify_models(plan, run_dir, log=log)
+    units = todo(cfg, plan, run_dir, cells=cells)
+    models = [u for u in units if not isinstance(u, Cell)]
+    runs = [u for u in units if isinstance(u, Cell)]
+    log(planned_line(plan, sum(isinstance(u, Prefix) for u in models)))
+    if cells:
+        log(cells_line(list(plan.cells), runs, run_dir))
+    if not units:
+        return
+    log(f"local: {len(units)} unit(s) on {workers} worker processes of {threads} torch "
+        "thread(s) each")
+    if models:
+        ensure_base(cfg.model, log=log)  # in the driver, once
+    context = TaskContext(cfg, plan, str(run_dir), os.getcwd(),
+                          {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)},
+                          threads, keep_shared=True)
+    failed: list[tuple[Unit, BaseException]] = []
+    try:
+        with ProcessPoolExecutor(workers,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            for name, wave in (("train", models), ("unlearn", runs)):
+                if failed or (name == "unlearn" and not cells):
+                    break
+                with phase(name):
+                    failed = _run_wave(pool, context, wave, cfg, log, on_prefix, on_cell)
+    finally:  # every worker ended (also after ctrl-c): what a failed unit began is removed
+        removed = remove_partial_writes(run_dir)
+        if removed:
+            log(f"local: removed {removed} partial write(s) of failed units")
+    if failed:
+        _raise_local_failure(failed)
+
+
+def _run_wave(pool, context: TaskContext, units: list[Unit], cfg: ExperimentConfig, log,
+              on_prefix: OnDone | None, on_cell: OnDone | None
+              ) -> list[tuple[Unit, BaseException]]:
+    """Run ``units`` (each after the units of the list it waits for) on ``pool``; log and
+    call the hooks as they finish. After a failure nothing more is submitted; returns the
+    failures once the running units ended."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    keys = {u.key for u in units if not isinstance(u, Cell)}
+    leaders = cell_leaders(units)
+    waiting = list(range(len(units)))
+    made: set[str] = set()
+    ended: set[int] = set()
+    running: dict[object, int] = {}
+    failed: list[tuple[Unit, BaseException]] = []
+    finished = 0
+    while waiting or running:
+        if not failed:
+            ready = [i for i in waiting if leaders[i] <= ended and all(
+                k in made for k in dependencies(units[i]) if k in keys)]
+            for i in ready:
+                waiting.remove(i)
+                running[pool.submit(run_unit, context, units[i])] = i
+        if not running:
+            break
+        done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+        for future in done:
+            i = running.pop(future)
+            unit = units[i]
+            try:
+                summary = future.result()
+            except Exception as e:  # noqa: BLE001 - reported once all running units ended
+                failed.append((unit, e))
+                log(f"local: FAILED {label(unit)}: {_first_line(e)}")
+                continue
+            finished += 1
+            ended.add(i)
+            if not isinstance(unit, Cell):
+                made.add(unit.key)
+            log(f"[{finished}/{len(units)}] {line(cfg, unit, summary)}")
+            hook = on_cell if isinstance(unit, Cell) else on_prefix
+            if hook is not None:
+                hook(unit, summary)
+    return failed
+
+
+def cell_leaders(units: list[Unit]) -> list[set[int]]:
+    """For each of ``units`` the indices of the cells it waits for: the first cell of a path
+    model before the other cells of that model, and the first cell of a (path model, seed)
+    before the others of that seed. What those measure once and keep in the run directory
+    (the step-0 measurements, the math accuracy before) the others then read instead of
+    measuring it at the same moment in another worker."""
+    first_model: dict[str, int] = {}
+    first_seed: dict[tuple[str, int], int] = {}
+    out: list[set[int]] = []
+    for i, unit in enumerate(units):
+        if not isinstance(unit, Cell):
+            out.append(set())
+            continue
+        model = first_model.setdefault(unit.model_key, i)
+        seed = first_seed.setdefault((unit.model_key, unit.seed), i)
+        out.append({j for j in (model, seed) if j != i})
+    return out
+
+
+def _raise_local_failure(failed: list[tuple[Unit, BaseException]]) -> None:
+    """The first failure of a worker: a UserError as itself, with the unit it came from;
+    else an error that keeps it as its cause (a worker that died: BrokenProcessPool)."""
+    unit, error = failed[0]
+    more = f" (and {len(failed) - 1} more unit(s))" if len(failed) > 1 else ""
+    if isinstance(error, UserError):
+        raise type(error)(f"{label(unit)}: {error}{more}") from None
+    raise RuntimeError(f"{len(failed)} unit(s) failed in the worker processes, first "
+                       f"{label(unit)}{more}; what finished is kept, rerun to resume"
+                       ) from error
+
+
 # ---------------------------------------------------------------------------- in a worker
+
+_SHARED: dict[tuple[str, str], Shared] = {}
+"""In a local worker process: (run directory, probe sets hash) -> what its cells share."""
 
 
 def run_unit(context: TaskContext, unit: Unit, *_models_it_starts_from) -> dict:
@@ -339,9 +492,13 @@ def run_unit(context: TaskContext, unit: Unit, *_models_it_starts_from) -> dict:
     if isinstance(unit, Cell):
         if cell_done(directory, unit.key):  # a retry of a task that finished its writes
             return read_summary(directory)
-        # per task: the retrain reference and math accuracy before are recomputed per cell
-        # (deterministic, so the numbers equal the local executor's)
-        return unlearn_cell(cfg, unit, run_dir, Shared(list(plan.probes)))
+        # per Ray task: the retrain reference and math accuracy before are recomputed per
+        # cell (deterministic, so the numbers equal the local executor's); a local worker
+        # keeps them for its next cell
+        if not context.keep_shared:
+            return unlearn_cell(cfg, unit, run_dir, Shared(list(plan.probes)))
+        shared = _SHARED.setdefault((str(run_dir), plan.probes_sha), Shared(list(plan.probes)))
+        return unlearn_cell(cfg, unit, run_dir, shared)
     if is_done(directory):
         return read_prefix(directory)
     if isinstance(unit, Matched):

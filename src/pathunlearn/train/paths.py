@@ -221,8 +221,7 @@ def train_paths(cfg: ExperimentConfig, plan: Plan | None = None, *,
     run_dir = Path(run_dir or cfg.run_dir)
     verify_models(plan, run_dir, log=log)
     todo = [p for p in plan.prefixes if not is_done(unit_dir(run_dir, p))]
-    log(f"{len(plan.prefixes)} stage-trainings planned ({plan.naive_count} without sharing), "
-        f"{len(plan.prefixes) - len(todo)} already done")
+    log(planned_line(plan, len(todo)))
     if todo:
         ensure_base(cfg.model, progress=progress, log=log)
     for i, prefix in enumerate(todo, 1):
@@ -232,6 +231,12 @@ def train_paths(cfg: ExperimentConfig, plan: Plan | None = None, *,
             on_done(prefix, s)
     train_matched(cfg, plan, run_dir, progress=progress, log=log, on_done=on_done)
     return plan
+
+
+def planned_line(plan: Plan, todo: int) -> str:
+    """What the log says before the stage-trainings, ``todo`` of them not done yet."""
+    return (f"{len(plan.prefixes)} stage-trainings planned ({plan.naive_count} without "
+            f"sharing), {len(plan.prefixes) - todo} already done")
 
 
 def prefix_line(prefix: Prefix, s: dict) -> str:

@@ -172,9 +172,7 @@ def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
     run_dir = Path(run_dir or cfg.run_dir)
     cells = list(plan.cells) if cells is None else cells
     todo = [c for c in cells if not cell_done(unit_dir(run_dir, c), c.key)]
-    stale = sum(is_done(unit_dir(run_dir, c)) for c in todo)
-    log(f"{len(cells)} unlearning cells, {len(cells) - len(todo)} already done"
-        + (f", {stale} finished under other settings (rerun)" if stale else ""))
+    log(cells_line(cells, todo, run_dir))
     if todo and not plan.probes:
         raise ValueError("the plan holds no probe sets: plan_run resolves them (a plan read "
                          "back from plan.json does not)")
@@ -187,6 +185,14 @@ def unlearn_all(cfg: ExperimentConfig, plan: Plan | None = None, *,
         if on_done is not None:
             on_done(cell, s)
     return cell_summaries(cells, run_dir)
+
+
+def cells_line(cells: list[Cell], todo: list[Cell], run_dir: Path) -> str:
+    """What the log says before the cells: how many, how many done, how many of ``todo``
+    finished under other settings (their key changed: run again)."""
+    stale = sum(is_done(unit_dir(run_dir, c)) for c in todo)
+    return (f"{len(cells)} unlearning cells, {len(cells) - len(todo)} already done"
+            + (f", {stale} finished under other settings (rerun)" if stale else ""))
 
 
 def eta(started: float, done: int, total: int) -> str:
