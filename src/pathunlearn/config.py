@@ -738,9 +738,11 @@ class ExecutorConfig(StrictModel):
     another. N > 1: N worker processes, each with torch's CPU threads divided by N (at least
     1), each taking the next unit whose models exist (the prefixes first, then the cells).
     For small models on CPU, where one forward cannot keep the cores busy: the demo's tiny
-    model runs in about 0.6x the time on 2 workers of 1 thread (docs/performance.md). The same
-    numbers on CPU as one process (tests/test_workers.py). Ignored with kind `ray` (tasks
-    take `num_cpus` each) and under torchrun (each rank is one process)."""
+    model runs in 0.78x the time on 2 workers of 1 thread (docs/performance.md). The numbers
+    are those of one process with as many threads as a worker has (tests/test_workers.py); a
+    different thread count can move the last bits of some methods' numbers (DPO, AltPO:
+    docs/methods.md). Ignored with kind `ray` (tasks take `num_cpus` each) and under torchrun
+    (each rank is one process)."""
     address: str | None = None
     """The Ray cluster to join: `auto` (the cluster `ray start` started on this machine),
     `HOST:PORT` (its head node's GCS) or `ray://HOST:10001` (Ray Client); null: the cluster

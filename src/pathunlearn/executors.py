@@ -372,15 +372,19 @@ def run_in_processes(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells:
                           {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)},
                           threads, keep_shared=True)
     failed: list[tuple[Unit, BaseException]] = []
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        with ProcessPoolExecutor(workers,
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-            for name, wave in (("train", models), ("unlearn", runs)):
-                if failed or (name == "unlearn" and not cells):
-                    break
-                with phase(name):
-                    failed = _run_wave(pool, context, wave, cfg, log, on_prefix, on_cell)
-    finally:  # every worker ended (also after ctrl-c): what a failed unit began is removed
+        for name, wave in (("train", models), ("unlearn", runs)):
+            if failed or (name == "unlearn" and not cells):
+                break
+            with phase(name):
+                failed = _run_wave(pool, context, wave, cfg, log, on_prefix, on_cell)
+    except BaseException:  # ctrl-c: the units not started are dropped, not run
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown(wait=True)
+    finally:  # every worker ended: what a failed or interrupted unit began is removed
         removed = remove_partial_writes(run_dir)
         if removed:
             log(f"local: removed {removed} partial write(s) of failed units")
@@ -392,8 +396,9 @@ def _run_wave(pool, context: TaskContext, units: list[Unit], cfg: ExperimentConf
               on_prefix: OnDone | None, on_cell: OnDone | None
               ) -> list[tuple[Unit, BaseException]]:
     """Run ``units`` (each after the units of the list it waits for) on ``pool``; log and
-    call the hooks as they finish. After a failure nothing more is submitted; returns the
-    failures once the running units ended."""
+    call the hooks as they finish. After a failure nothing more is started (what was
+    submitted but not started is cancelled); returns the failures once the running units
+    ended."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     keys = {u.key for u in units if not isinstance(u, Cell)}
@@ -422,6 +427,8 @@ def _run_wave(pool, context: TaskContext, units: list[Unit], cfg: ExperimentConf
             except Exception as e:  # noqa: BLE001 - reported once all running units ended
                 failed.append((unit, e))
                 log(f"local: FAILED {label(unit)}: {_first_line(e)}")
+                for queued in [f for f in running if f.cancel()]:  # not started: not run
+                    running.pop(queued)
                 continue
             finished += 1
             ended.add(i)
