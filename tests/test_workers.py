@@ -131,3 +131,62 @@ def test_a_failed_unit_is_raised_with_its_name_a_users_error_as_one(tmp_path):
                        "what finished is kept") as died:
         _raise_local_failure([(cell, BrokenProcessPool("killed")), (cell, BrokenProcessPool(""))])
     assert isinstance(died.value.__cause__, BrokenProcessPool)
+
+
+SLOW_NPO = '''"""NPO that says it started, then takes minutes over its first step."""
+import time
+from pathlib import Path
+
+from pathunlearn.methods import NPO
+
+
+class SlowNPO(NPO):
+    name = "snpo"
+
+    def forget_loss(self, batch):
+        Path(__file__).with_name("STARTED").touch()
+        time.sleep(300)
+        return super().forget_loss(batch)
+'''
+
+
+def test_ctrl_c_stops_the_workers_at_once_and_leaves_nothing_half_written(tmp_path):
+    """A terminal's ctrl-c (SIGINT to the whole process group) while both workers are inside
+    a cell: the run ends within seconds with the interrupted line and exit code 130, no
+    worker is left, nothing is half-written, and the trained prefixes are kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "slow.py").write_text(SLOW_NPO)
+    path = write_config(tmp_path, workers=2)
+    data = yaml.safe_load(path.read_text())
+    data["unlearning"]["methods"] = [{"name": f"{tmp_path / 'slow.py'}:SlowNPO"}]
+    path.write_text(yaml.safe_dump(data))
+    run = subprocess.Popen([sys.executable, "-m", "pathunlearn", "run", str(path), "-q"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "STARTED").exists():
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "no cell started"
+        time.sleep(0.1)
+    time.sleep(0.5)  # the other worker's cell too, most of the time
+    stopped = time.monotonic()
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert time.monotonic() - stopped < 20  # the cells sleep for 300 s
+    assert run.returncode == 130, out + err
+    assert err.strip() == ("interrupted: finished stages and cells are kept; rerun to "
+                           "resume")
+    run_dir = tmp_path / "runs" / "small"
+    assert len(list(run_dir.glob("prefixes/*/DONE"))) == 2
+    assert list(run_dir.glob("cells/**/DONE")) == []
+    assert [p for top in ("prefixes", "cells", "cache") for p in (run_dir / top).rglob(".*")
+            if p.name.endswith((".tmp", ".old"))] == []
+    deadline = time.monotonic() + 10  # no process of the run's session is left
+    while (alive := subprocess.run(["pgrep", "-a", "-s", str(run.pid)], capture_output=True,
+                                   text=True).stdout.strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive == ""

@@ -57,14 +57,20 @@ def main() -> None:
         command = e.ctx.command_path if e.ctx else "pathunlearn"
         _fail(e, debug, [f"error: {e.format_message()} (see: {command} --help)"], 2)
     except (typer.Abort, KeyboardInterrupt) as e:
-        _fail(e, debug, ["interrupted: finished stages and cells are kept; rerun to resume"], 130)
+        _fail(e, debug, [INTERRUPTED_LINE], INTERRUPTED)
     except OSError as e:
         if e.errno not in WRITE_ERRNOS:
             raise
         where = f"{e.filename}: " if e.filename else ""
         _fail(e, debug, [f"error: {where}{e.strerror or e}: the run stopped; what was being "
                          "written is discarded, what finished is kept (rerun to resume)"], 1)
+    if code == INTERRUPTED:  # typer turns a KeyboardInterrupt into exit code 130 silently
+        _fail(KeyboardInterrupt(), False, [INTERRUPTED_LINE], INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+INTERRUPTED = 130
+INTERRUPTED_LINE = "interrupted: finished stages and cells are kept; rerun to resume"
 
 
 def _click_exceptions():

@@ -372,14 +372,16 @@ def run_in_processes(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells:
                           {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)},
                           threads, keep_shared=True)
     failed: list[tuple[Unit, BaseException]] = []
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_ignore_ctrl_c)
     try:
         for name, wave in (("train", models), ("unlearn", runs)):
             if failed or (name == "unlearn" and not cells):
                 break
             with phase(name):
                 failed = _run_wave(pool, context, wave, cfg, log, on_prefix, on_cell)
-    except BaseException:  # ctrl-c: the units not started are dropped, not run
+    except BaseException:  # ctrl-c: the workers stop now, what they began is discarded
+        _stop_workers(pool)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     else:
@@ -387,9 +389,30 @@ def run_in_processes(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells:
     finally:  # every worker ended: what a failed or interrupted unit began is removed
         removed = remove_partial_writes(run_dir)
         if removed:
-            log(f"local: removed {removed} partial write(s) of failed units")
+            log(f"local: removed {removed} partial write(s) of failed or interrupted units")
     if failed:
         _raise_local_failure(failed)
+
+
+def _ignore_ctrl_c() -> None:
+    """A worker's initializer: ctrl-c in a terminal reaches the whole process group, and the
+    driver alone decides (it stops the workers: :func:`_stop_workers`)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_workers(pool) -> None:
+    """End ``pool``'s worker processes at once (SIGTERM, then SIGKILL after 5 s): their units
+    write atomically, so what they began is a temporary file the driver removes."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # CPython: pid -> process
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def _run_wave(pool, context: TaskContext, units: list[Unit], cfg: ExperimentConfig, log,
