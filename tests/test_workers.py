@@ -117,19 +117,24 @@ def test_workers_are_the_local_executors_in_a_plain_process(tmp_path, monkeypatc
         load_config(path, ["executor.workers=0"])
 
 
+LOCAL = ("unit(s) failed in the worker processes", "unit(s)")
+"""How run_in_processes names its failures."""
+
+
 def test_a_failed_unit_is_raised_with_its_name_a_users_error_as_one(tmp_path):
     from concurrent.futures.process import BrokenProcessPool
 
     from pathunlearn.errors import DataError
-    from pathunlearn.executors import _raise_local_failure
+    from pathunlearn.executors import _raise_failure
 
     cell = plan_run(load_config(write_config(tmp_path, workers=2)), check=False).cells[0]
     with pytest.raises(DataError) as bad:
-        _raise_local_failure([(cell, DataError("stage x: record 3: no answer"))])
+        _raise_failure([(cell, DataError("stage x: record 3: no answer"))], *LOCAL)
     assert str(bad.value) == f"{unit_dir('', cell)}: stage x: record 3: no answer"
     with pytest.raises(RuntimeError, match=r"2 unit\(s\) failed .*\(and 1 more unit\(s\)\); "
                        "what finished is kept") as died:
-        _raise_local_failure([(cell, BrokenProcessPool("killed")), (cell, BrokenProcessPool(""))])
+        _raise_failure([(cell, BrokenProcessPool("killed")), (cell, BrokenProcessPool(""))],
+                       *LOCAL)
     assert isinstance(died.value.__cause__, BrokenProcessPool)
 
 

@@ -74,6 +74,11 @@ ENV_PREFIXES = ("PATHUNLEARN_", "HF_", "TRANSFORMERS_")
 Hugging Face's offline switches ...)."""
 
 
+def task_env() -> dict[str, str]:
+    """The driver's environment variables a task or worker gets (:data:`ENV_PREFIXES`)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+
+
 def import_ray():
     """The ``ray`` module, or one line saying how to install it."""
     return require("ray", "executor.kind", "ray")
@@ -217,7 +222,7 @@ def run_on_ray(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells: bool 
         retry_exceptions=ex.retry_exceptions)
     context = ray.put(TaskContext(
         cfg, plan, str(run_dir), os.getcwd(),
-        {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)},
+        task_env(),
         max(1, int(ex.num_cpus))))
     made: dict[str, object] = {}  # key of a model -> the task that trains it
     pending: dict[object, tuple[Unit, list[str]]] = {}
@@ -310,16 +315,20 @@ def _first_line(e: BaseException) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}"
 
 
-def _raise_failure(failed: list[tuple[Unit, Exception]]) -> None:
+def _raise_failure(failed: list[tuple[Unit, BaseException]], what: str = "Ray task(s) failed",
+                   units: str = "task(s)") -> None:
     """A UserError when the first failure is one (a problem with the inputs that the checks
-    could not see before the work, e.g. a node without the run directory); else an error that
-    keeps the remote traceback (a bug, or a worker that died more often than max_retries)."""
+    could not see before the work, e.g. a node without the run directory; a Ray task's error
+    carries it as its ``cause``), with the unit it came from; else an error that keeps the
+    failure as its cause (a bug, a Ray worker that died more often than max_retries, a local
+    worker that died: BrokenProcessPool). ``what`` / ``units``: how the message names the
+    failed work."""
     unit, error = failed[0]
-    cause = getattr(error, "cause", None)
-    more = f" (and {len(failed) - 1} more task(s))" if len(failed) > 1 else ""
+    cause = getattr(error, "cause", None) or error
+    more = f" (and {len(failed) - 1} more {units})" if len(failed) > 1 else ""
     if isinstance(cause, UserError):
         raise type(cause)(f"{label(unit)}: {cause}{more}") from None
-    raise RuntimeError(f"{len(failed)} Ray task(s) failed, first {label(unit)}{more}; what "
+    raise RuntimeError(f"{len(failed)} {what}, first {label(unit)}{more}; what "
                        "finished is kept, rerun to resume") from error
 
 
@@ -369,7 +378,7 @@ def run_in_processes(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells:
     if models:
         ensure_base(cfg.model, log=log)  # in the driver, once
     context = TaskContext(cfg, plan, str(run_dir), os.getcwd(),
-                          {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)},
+                          task_env(),
                           threads, keep_shared=True)
     failed: list[tuple[Unit, BaseException]] = []
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
@@ -391,7 +400,7 @@ def run_in_processes(cfg: ExperimentConfig, plan: Plan, run_dir: Path, *, cells:
         if removed:
             log(f"local: removed {removed} partial write(s) of failed or interrupted units")
     if failed:
-        _raise_local_failure(failed)
+        _raise_failure(failed, "unit(s) failed in the worker processes", "unit(s)")
 
 
 def _ignore_ctrl_c() -> None:
@@ -481,18 +490,6 @@ def cell_leaders(units: list[Unit]) -> list[set[int]]:
         seed = first_seed.setdefault((unit.model_key, unit.seed), i)
         out.append({j for j in (model, seed) if j != i})
     return out
-
-
-def _raise_local_failure(failed: list[tuple[Unit, BaseException]]) -> None:
-    """The first failure of a worker: a UserError as itself, with the unit it came from;
-    else an error that keeps it as its cause (a worker that died: BrokenProcessPool)."""
-    unit, error = failed[0]
-    more = f" (and {len(failed) - 1} more unit(s))" if len(failed) > 1 else ""
-    if isinstance(error, UserError):
-        raise type(error)(f"{label(unit)}: {error}{more}") from None
-    raise RuntimeError(f"{len(failed)} unit(s) failed in the worker processes, first "
-                       f"{label(unit)}{more}; what finished is kept, rerun to resume"
-                       ) from error
 
 
 # ---------------------------------------------------------------------------- in a worker
